@@ -1,0 +1,123 @@
+"""The plugin registry.
+
+A plugin bundles what one data domain needs (decoders, per-sample transforms, collate, device-side batch
+transforms, ready tasks, metrics and a shard builder) behind the same fields for every domain. Built-in plugins
+live in ``dltrain.plugins.<name>`` and are imported only when asked for; third-party packages add theirs through
+the entry-point group ``dltrain.plugins``:
+
+    [project.entry-points."dltrain.plugins"]
+    myplugin = "mypackage.dltrain_plugin:plugin"
+
+Example:
+    >>> import dltrain.plugins
+    >>> "vision" in dltrain.plugins.available()
+    True
+    >>> vision = dltrain.plugins.get("vision")  # imports torchvision now, not at `import dltrain`
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from dltrain.errors import ConfigurationError
+
+__all__ = ["Plugin", "PluginDependencyError", "available", "get", "register"]
+
+_BUILTIN = {
+    "vision": "dltrain.plugins.vision",
+    "text": "dltrain.plugins.text",
+    "audio": "dltrain.plugins.audio",
+}
+_ENTRY_POINT_GROUP = "dltrain.plugins"
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """What a domain plugin provides. Every field has the same meaning in every domain.
+
+    Args:
+        name: registry name.
+        extra: the pip extra that installs its dependencies (``pip install 'dltrain[vision]'``).
+        decoders: shard field extension -> decoder of the raw bytes (runs in the loader workers).
+        transforms: factories of per-sample CPU transforms, at least ``"train"`` and ``"eval"``.
+        collate: turns a list of samples into a batch.
+        device_transforms: factories of batch transforms that run on the device (``nn.Module``).
+        tasks: ready ``dltrain.Task`` subclasses.
+        metrics: factories of torchmetrics metrics.
+        write_shards: builds shards (and their index) from the domain's usual on-disk layout.
+    """
+
+    name: str
+    extra: str
+    decoders: Mapping[str, Callable[[bytes], Any]] = field(default_factory=dict)
+    transforms: Mapping[str, Callable[..., Callable[[dict], Any]]] = field(default_factory=dict)
+    collate: Callable[[list], Any] | None = None
+    device_transforms: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    tasks: Mapping[str, type] = field(default_factory=dict)
+    metrics: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    write_shards: Callable[..., list[str]] | None = None
+
+
+class PluginDependencyError(ConfigurationError, ImportError):
+    """A plugin's optional dependency is not installed."""
+
+
+_registered: dict[str, Plugin | Callable[[], Plugin]] = {}
+
+
+def register(name: str, plugin: Plugin | Callable[[], Plugin]) -> None:
+    """Register a plugin (or a zero-argument callable that builds it on first use) under ``name``."""
+    _registered[name] = plugin
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=_ENTRY_POINT_GROUP)}
+
+
+def available() -> list[str]:
+    """Names of every plugin that :func:`get` can load: built-in, registered and installed entry points."""
+    return sorted(set(_BUILTIN) | set(_registered) | set(_entry_points()))
+
+
+def get(name: str) -> Plugin:
+    """Load the plugin called ``name``.
+
+    Raises:
+        ConfigurationError: no plugin has that name (the message lists the available ones).
+        PluginDependencyError: the plugin's optional dependency is missing (the message names the extra).
+    """
+    if name in _registered:
+        entry = _registered[name]
+        plugin = entry if isinstance(entry, Plugin) else entry()
+        _registered[name] = plugin
+        return plugin
+    if name in _BUILTIN:
+        module = importlib.import_module(_BUILTIN[name])
+        plugin = module.plugin
+    else:
+        eps = _entry_points()
+        if name not in eps:
+            raise ConfigurationError(
+                f"unknown plugin {name!r}; available plugins: {', '.join(available())}. "
+                f"Third-party plugins register through the entry-point group {_ENTRY_POINT_GROUP!r}."
+            )
+        plugin = eps[name].load()
+    if not isinstance(plugin, Plugin):
+        raise ConfigurationError(f"plugin {name!r} is a {type(plugin).__name__}, not a dltrain.plugins.Plugin")
+    _registered[name] = plugin
+    return plugin
+
+
+def require(module: str, *, plugin: str, extra: str) -> Any:
+    """Import ``module`` for ``plugin``, or raise an error that says which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise PluginDependencyError(
+            f"the {plugin!r} plugin needs the package {module!r}, which is not installed: "
+            f"pip install 'dltrain[{extra}]'"
+        ) from err

@@ -1,0 +1,67 @@
+"""Start a Python script under torchrun (gloo on CPU) from a test and return what it did."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_distributed(
+    script: str | Path,
+    args: Sequence[str] = (),
+    *,
+    nproc: int = 2,
+    nnodes: int = 1,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    extra_torchrun: Sequence[str] = (),
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with ``torchrun --nproc_per_node=nproc``; raise with its output if it fails.
+
+    With ``nnodes > 1`` every "node" is a separate torchrun on this machine, joined through a c10d rendezvous
+    on localhost, one process each when ``nproc=1``.
+    """
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO), full_env.get("PYTHONPATH", "")])
+    base = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra_torchrun]
+    if nnodes == 1:
+        cmds = [[*base, "--standalone", str(script), *args]]
+    else:
+        port = free_port()
+        cmds = [
+            [*base, f"--nnodes={nnodes}", f"--node_rank={i}", "--rdzv-backend=c10d",
+             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=dltrain-test", str(script), *args]
+            for i in range(nnodes)
+        ]
+    procs = [subprocess.Popen(c, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for c in cmds]
+    outputs = []
+    codes = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            out, _ = p.communicate()
+            raise AssertionError(f"{script} did not finish within {timeout}s (hang?):\n{out}") from None
+        outputs.append(out)
+        codes.append(p.returncode)
+    output = "\n".join(outputs)
+    rc = max(codes, key=abs)
+    if check and rc != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {rc}:\n{output[-8000:]}")
+    return subprocess.CompletedProcess(cmds[0], rc, output, "")
