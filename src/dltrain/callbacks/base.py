@@ -1,0 +1,91 @@
+"""`Callback`: the typed base class of every Trainer extension."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from dltrain.task import Task
+    from dltrain.trainer import Trainer
+
+__all__ = ["HOOKS", "Callback"]
+
+
+class Callback:
+    """Override the hooks you need; the Trainer calls a hook only on the callbacks that override it.
+
+    Hooks have Lightning's names and arguments. ``state_dict``/``load_state_dict`` make a callback's state part
+    of every checkpoint (keyed by ``state_key``).
+
+    Example:
+        >>> class PrintLoss(Callback):
+        ...     def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+        ...         if trainer.global_step % 100 == 0:
+        ...             print(trainer.global_step, trainer.callback_metrics.get("train/loss"))
+    """
+
+    @property
+    def state_key(self) -> str:
+        """Key of this callback's state in checkpoints; make it unique when a callback is used twice."""
+        return type(self).__qualname__
+
+    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+        """Called at the start of ``fit``/``validate``/``test``/``predict`` (stage), before any loop."""
+
+    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+        """Called at the end of every stage, also after an exception."""
+
+    def on_fit_start(self, trainer: Trainer, task: Task) -> None: ...
+    def on_fit_end(self, trainer: Trainer, task: Task) -> None: ...
+    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None: ...
+    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None: ...
+
+    def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None: ...
+
+    def on_train_batch_end(
+        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+    ) -> None: ...
+
+    def on_before_optimizer_step(self, trainer: Trainer, task: Task, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None: ...
+    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None: ...
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+    ) -> None: ...
+
+    def on_test_epoch_start(self, trainer: Trainer, task: Task) -> None: ...
+    def on_test_epoch_end(self, trainer: Trainer, task: Task) -> None: ...
+
+    def on_test_batch_end(
+        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+    ) -> None: ...
+
+    def on_predict_batch_end(
+        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+    ) -> None: ...
+
+    def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
+        """Called when a stage stops on an exception, before ``teardown``."""
+
+    def on_save_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None: ...
+    def on_load_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+HOOKS: tuple[str, ...] = tuple(
+    name for name, value in vars(Callback).items() if name.startswith(("on_", "setup", "teardown")) and callable(value)
+)
+
+
+def overrides(callback: Callback, hook: str) -> bool:
+    """True when ``callback``'s class defines ``hook`` itself (not the no-op of the base class)."""
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
