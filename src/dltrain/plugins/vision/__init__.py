@@ -1,0 +1,76 @@
+"""The vision plugin: image decoding, torchvision transforms, MixUp/CutMix on the device, a classification task.
+
+Needs the ``vision`` extra (``pip install 'dltrain[vision]'``: torchvision and Pillow).
+
+Example:
+    >>> import dltrain.plugins
+    >>> vision = dltrain.plugins.get("vision")
+    >>> train_tf = vision.transforms["train"](224, color_jitter=0.4)
+    >>> task = vision.tasks["classification"]("resnet18", num_classes=10)
+"""
+
+from __future__ import annotations
+
+from dltrain.plugins import Plugin, require
+
+# Checked before anything else imports them, so a missing extra gives one clear message.
+require("torchvision", plugin="vision", extra="vision")
+require("PIL", plugin="vision", extra="vision")
+
+from dltrain.plugins.vision.decode import (  # noqa: E402
+    IMAGE_EXTENSIONS,
+    decode_image,
+    decode_label,
+    encode_image,
+    image_decoders,
+    parse_label,
+    to_channels,
+)
+from dltrain.plugins.vision.mix import MixUpCutMix, one_hot_targets  # noqa: E402
+from dltrain.plugins.vision.shards import find_images, write_image_shards  # noqa: E402
+from dltrain.plugins.vision.task import ImageClassificationTask, accuracy, build_model, load_weights  # noqa: E402
+from dltrain.plugins.vision.transforms import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageSampleTransform,
+    collate,
+    eval_transform,
+    train_transform,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "ImageClassificationTask",
+    "ImageSampleTransform",
+    "MixUpCutMix",
+    "accuracy",
+    "build_model",
+    "collate",
+    "decode_image",
+    "decode_label",
+    "encode_image",
+    "eval_transform",
+    "find_images",
+    "image_decoders",
+    "load_weights",
+    "one_hot_targets",
+    "parse_label",
+    "plugin",
+    "to_channels",
+    "train_transform",
+    "write_image_shards",
+]
+
+plugin = Plugin(
+    name="vision",
+    extra="vision",
+    decoders=image_decoders(channels=3),
+    transforms={"train": train_transform, "eval": eval_transform},
+    collate=collate,
+    device_transforms={"mixup_cutmix": MixUpCutMix},
+    tasks={"classification": ImageClassificationTask},
+    metrics={"accuracy": accuracy},
+    write_shards=write_image_shards,
+)

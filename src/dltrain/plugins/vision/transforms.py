@@ -1,0 +1,214 @@
+"""Per-sample CPU transforms (run in the loader workers) and the batch collate for image classification.
+
+A sample transform takes the decoded shard sample (a dict) and returns ``(image, label)``: a float
+``(C, H, W)`` tensor of fixed size and an ``int``. Workers only decode, crop, flip and jitter; batch-level
+augmentation (MixUp/CutMix) runs on the device, see :mod:`dltrain.plugins.vision.mix`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.transforms import v2
+
+from dltrain.errors import DataError
+from dltrain.plugins.vision.decode import IMAGE_EXTENSIONS, decode_image, parse_label, to_channels
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageSampleTransform", "collate", "eval_transform", "train_transform"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+ColorJitterArg = float | tuple[float, float, float, float] | None
+
+
+def _mean_std(
+    channels: int | None, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[list[float], list[float]]:
+    if mean is not None and std is not None:
+        return list(mean), list(std)
+    if channels == 1:  # the ImageNet statistics of the luma plane
+        return [0.449] if mean is None else list(mean), [0.226] if std is None else list(std)
+    return list(IMAGENET_MEAN) if mean is None else list(mean), list(IMAGENET_STD) if std is None else list(std)
+
+
+class ImageSampleTransform:
+    """Sample dict -> ``(image, label)``: picks the image and label fields, checks them, runs ``pipeline``.
+
+    A top-level class (not a closure) so it pickles into loader worker processes.
+
+    Args:
+        pipeline: a transform on a ``uint8`` ``(C, H, W)`` tensor (e.g. a ``torchvision.transforms.v2.Compose``).
+        channels: channels the model expects; images are converted where unambiguous (see ``to_channels``).
+        num_classes: when given, labels outside ``[0, num_classes)`` raise ``DataError``.
+        image_keys: sample fields searched, in order, for the image.
+        label_key: sample field holding the class index (``None`` for unlabelled data: the label is ``-1``).
+
+    Example:
+        >>> t = ImageSampleTransform(v2.Resize(8), channels=3)
+        >>> img, label = t({"png": torch.zeros(1, 16, 16, dtype=torch.uint8), "cls": 2})
+        >>> img.shape, label
+        (torch.Size([3, 8, 8]), 2)
+    """
+
+    def __init__(
+        self,
+        pipeline: Callable[[Tensor], Tensor],
+        *,
+        channels: int | None = 3,
+        num_classes: int | None = None,
+        image_keys: Sequence[str] = IMAGE_EXTENSIONS,
+        label_key: str | None = "cls",
+    ) -> None:
+        self.pipeline = pipeline
+        self.channels = channels
+        self.num_classes = num_classes
+        self.image_keys = tuple(image_keys)
+        self.label_key = label_key
+
+    def __call__(self, sample: Mapping[str, Any]) -> tuple[Tensor, int]:
+        image = next((sample[k] for k in self.image_keys if k in sample), None)
+        if image is None:
+            fields = sorted(k for k in sample if not k.startswith("__"))
+            raise DataError(f"the sample has no image field (looked for {', '.join(self.image_keys)}; it has {fields})")
+        if isinstance(image, (bytes, bytearray, memoryview)):  # the loader was given no decoder: decode here
+            image = decode_image(image, self.channels)
+        elif not isinstance(image, Tensor):
+            try:  # a PIL image or a numpy array from a user's own decoder
+                image = v2.functional.pil_to_tensor(image) if hasattr(image, "getbands") else torch.as_tensor(image)
+            except Exception as err:
+                raise DataError(f"the image field holds a {type(image).__name__}, not an image") from err
+            if image.ndim == 3 and image.shape[-1] in (1, 2, 3, 4) and image.shape[0] not in (1, 2, 3, 4):
+                image = image.permute(2, 0, 1)  # (H, W, C) array -> (C, H, W)
+        image = to_channels(image, self.channels)
+        if self.label_key is None:
+            label = -1
+        else:
+            if self.label_key not in sample:
+                raise DataError(f"the sample has no class label field {self.label_key!r}")
+            label = parse_label(sample[self.label_key], self.num_classes)
+        return self.pipeline(image), label
+
+
+def _color_jitter(color_jitter: ColorJitterArg, channels: int | None) -> list[Any]:
+    if not color_jitter:
+        return []
+    if isinstance(color_jitter, (int, float)):
+        b = c = s = float(color_jitter)
+        h = 0.0
+    else:
+        b, c, s, h = color_jitter
+    if channels == 1:  # saturation and hue mean nothing on a gray plane
+        s, h = 0.0, 0.0
+    return [v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)]
+
+
+def train_transform(
+    size: int | tuple[int, int] = 224,
+    *,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    color_jitter: ColorJitterArg = None,
+    normalize: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    channels: int | None = 3,
+    num_classes: int | None = None,
+    interpolation: str = "bilinear",
+    image_keys: Sequence[str] = IMAGE_EXTENSIONS,
+    label_key: str | None = "cls",
+) -> ImageSampleTransform:
+    """The usual training pipeline: RandomResizedCrop, horizontal flip, optional ColorJitter, Normalize.
+
+    Args:
+        size: output size (square if an int).
+        scale, ratio: RandomResizedCrop's area and aspect ranges.
+        hflip: probability of a horizontal flip (0 for digits and text, where a flip changes the class).
+        color_jitter: brightness/contrast/saturation strength, or a (b, c, s, hue) tuple; ``None`` turns it off.
+        normalize: convert to float and normalize with ``mean``/``std`` (``False`` keeps ``uint8``).
+        mean, std: per-channel statistics; ImageNet's by default.
+        channels: channels the model expects.
+        num_classes: checks labels against the number of classes.
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+        image_keys, label_key: sample fields (see :class:`ImageSampleTransform`).
+
+    Example:
+        >>> t = train_transform(32, scale=(0.5, 1.0), hflip=0.0, channels=1)
+        >>> t({"png": torch.zeros(1, 40, 40, dtype=torch.uint8), "cls": 0})[0].shape
+        torch.Size([1, 32, 32])
+    """
+    steps: list[Any] = [
+        v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=interpolation, antialias=True)
+    ]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    steps += _color_jitter(color_jitter, channels)  # on uint8: cheaper than on float
+    if normalize:
+        m, s = _mean_std(channels, mean, std)
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(m, s)]
+    return ImageSampleTransform(
+        v2.Compose(steps), channels=channels, num_classes=num_classes, image_keys=image_keys, label_key=label_key
+    )
+
+
+def eval_transform(
+    size: int | tuple[int, int] = 224,
+    *,
+    resize: int | None = None,
+    normalize: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    channels: int | None = 3,
+    num_classes: int | None = None,
+    interpolation: str = "bilinear",
+    image_keys: Sequence[str] = IMAGE_EXTENSIONS,
+    label_key: str | None = "cls",
+) -> ImageSampleTransform:
+    """The usual evaluation pipeline: Resize (shorter side) + CenterCrop, Normalize. Deterministic.
+
+    Args:
+        size: output size (square if an int).
+        resize: shorter side before the center crop; default ``size / 0.875`` (256 for 224).
+        normalize, mean, std, channels, num_classes, interpolation, image_keys, label_key: as in
+            :func:`train_transform`.
+
+    Example:
+        >>> t = eval_transform(32, resize=32, channels=3)
+        >>> t({"jpg": torch.zeros(3, 48, 64, dtype=torch.uint8), "cls": 1})[0].shape
+        torch.Size([3, 32, 32])
+    """
+    crop = size if isinstance(size, int) else min(size)
+    steps: list[Any] = [
+        v2.Resize(resize if resize is not None else round(crop / 0.875), interpolation=interpolation, antialias=True),
+        v2.CenterCrop(size),
+    ]
+    if normalize:
+        m, s = _mean_std(channels, mean, std)
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(m, s)]
+    return ImageSampleTransform(
+        v2.Compose(steps), channels=channels, num_classes=num_classes, image_keys=image_keys, label_key=label_key
+    )
+
+
+def collate(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    """Stack ``(image, label)`` samples into ``(images (B, C, H, W), labels (B,) int64)``.
+
+    Example:
+        >>> x, y = collate([(torch.zeros(3, 4, 4), 1), (torch.ones(3, 4, 4), 2)])
+        >>> x.shape, y.tolist()
+        (torch.Size([2, 3, 4, 4]), [1, 2])
+    """
+    if not samples:
+        raise DataError("cannot collate an empty batch")
+    images = [s[0] for s in samples]
+    shapes = {tuple(i.shape) for i in images}
+    if len(shapes) > 1:
+        raise DataError(
+            f"images in one batch have different shapes {sorted(shapes)[:4]}; use a transform with a fixed output "
+            "size (train_transform/eval_transform crop to `size`)"
+        )
+    return torch.stack(images), torch.tensor([int(s[1]) for s in samples], dtype=torch.long)
