@@ -1,0 +1,56 @@
+"""The ``dltrain`` command line.
+
+Example:
+    $ dltrain shards index "data/train-{000000..000127}.tar"
+    wrote data/train.index.json: 128 shards, 160000 samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _shards_index(args: argparse.Namespace) -> int:
+    from dltrain.data.shards import build_index, default_index_path, expand_urls
+
+    urls = expand_urls(args.urls)
+    path = args.output or default_index_path(urls)
+    index = build_index(urls, path=path)
+    print(f"wrote {path}: {len(index['shards'])} shards, {index['total']} samples")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dltrain", description="dltrain command line tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    shards = sub.add_parser("shards", help="work with tar shards")
+    shards_sub = shards.add_subparsers(dest="shards_command", required=True)
+    index = shards_sub.add_parser(
+        "index",
+        help="write the sample-count index of existing shards (reads tar headers only)",
+        description="Write <stem>.index.json next to the shards (see dltrain.data.shards).",
+    )
+    index.add_argument("urls", nargs="+", help="shard paths/URLs or brace patterns ('d/train-{000000..000127}.tar')")
+    index.add_argument("-o", "--output", default=None, help="index path (default: next to the first shard)")
+    index.set_defaults(func=_shards_index)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (errors from bad data print a message and return 1)."""
+    from dltrain.errors import DltrainError
+
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except DltrainError as exn:
+        print(f"dltrain: error: {exn}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The epoch plan: which samples each rank gets, in which order. Pure functions of plain (JSON-able) data.
+
+Samples are numbered by their *position* in the epoch: shards in the epoch's shard order, then samples in shard
+order. A *level* describes how positions are dealt to ranks:
+
+- a root level (``base`` is None) splits ``range(num_samples)`` into contiguous per-rank ranges and shuffles
+  each range in windows of ``window_size(shuffle_buffer, batch_size)`` positions;
+- a re-split level (after a resume with another world size or batch size) takes what the ranks of the saved
+  level had not consumed yet, concatenated rank by rank, and splits that the same way (no reshuffle).
+
+Level dict keys: ``epoch, seed, shuffle, shuffle_buffer, training, batch_size, world_size, base``, where
+``base`` is None or ``{"state": <saved level + "batches">, "offset": <batches before the re-split>}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "locate",
+    "num_batches",
+    "offset_of",
+    "rank_positions",
+    "root_of",
+    "shard_order",
+    "split_range",
+    "window_size",
+]
+
+_MASK64 = (1 << 64) - 1
+_TAG_SHARDS = 0x5A4D  # separates the random streams of shard order and window shuffles
+_TAG_WINDOW = 0x3B1F
+
+
+def _rng(*parts: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(p) & _MASK64 for p in parts]))
+
+
+def window_size(shuffle_buffer: int, batch_size: int) -> int:
+    """Shuffle window in samples: ``shuffle_buffer`` rounded up to a multiple of ``batch_size`` (so a batch never
+    straddles two windows)."""
+    batches = max(1, -(-max(1, shuffle_buffer) // batch_size))
+    return batches * batch_size
+
+
+def shard_order(num_shards: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The epoch's shard order: a permutation seeded by (seed, epoch), or identity without shuffle."""
+    if not shuffle:
+        return np.arange(num_shards, dtype=np.int64)
+    return _rng(seed, epoch, _TAG_SHARDS).permutation(num_shards).astype(np.int64)
+
+
+def split_range(n: int, rank: int, world_size: int, batch_size: int, training: bool) -> tuple[int, int]:
+    """Contiguous range of ``n`` positions for ``rank``.
+
+    Training: every rank gets ``floor(n / (world_size * batch_size)) * batch_size`` (equal batch counts; the
+    leftover at the end is dropped). Evaluation: an exact partition (every position once, sizes differ by <= 1).
+    """
+    if training:
+        per_rank = (n // (world_size * batch_size)) * batch_size
+        return rank * per_rank, (rank + 1) * per_rank
+    return rank * n // world_size, (rank + 1) * n // world_size
+
+
+def offset_of(level: Mapping[str, Any]) -> int:
+    """Batches of the epoch yielded before this level's plan started (0 for a root level)."""
+    base = level.get("base")
+    return int(base["offset"]) if base else 0
+
+
+def root_of(level: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The root level (whose seed and shuffle fix the epoch's shard order)."""
+    while level.get("base"):
+        level = level["base"]["state"]
+    return level
+
+
+def _window_shuffle(pos: np.ndarray, level: Mapping[str, Any], rank: int) -> np.ndarray:
+    size = window_size(int(level["shuffle_buffer"]), int(level["batch_size"]))
+    out = pos.copy()
+    for w, start in enumerate(range(0, len(pos), size)):
+        chunk = out[start : start + size]
+        out[start : start + size] = chunk[_rng(level["seed"], level["epoch"], rank, w, _TAG_WINDOW).permutation(len(chunk))]
+    return out
+
+
+def rank_positions(level: Mapping[str, Any], rank: int, num_samples: int) -> np.ndarray:
+    """Positions ``rank`` reads in this level's plan, in batch order (batch j = the j-th ``batch_size`` group).
+
+    Example:
+        >>> lvl = dict(epoch=0, seed=0, shuffle=False, shuffle_buffer=1, training=False, batch_size=2,
+        ...            world_size=2, base=None)
+        >>> rank_positions(lvl, 1, 5).tolist()
+        [2, 3, 4]
+    """
+    batch_size, world = int(level["batch_size"]), int(level["world_size"])
+    training = bool(level["training"])
+    base = level.get("base")
+    if not base:
+        lo, hi = split_range(num_samples, rank, world, batch_size, training)
+        pos = np.arange(lo, hi, dtype=np.int64)
+        return _window_shuffle(pos, level, rank) if level["shuffle"] else pos
+    old = base["state"]
+    consumed = (int(old["batches"]) - offset_of(old)) * int(old["batch_size"])
+    remaining = np.concatenate(
+        [rank_positions(old, r, num_samples)[consumed:] for r in range(int(old["world_size"]))]
+        or [np.zeros(0, dtype=np.int64)]
+    )
+    lo, hi = split_range(len(remaining), rank, world, batch_size, training)
+    return remaining[lo:hi]
+
+
+def num_batches(num_positions: int, batch_size: int, training: bool) -> int:
+    """Batches made of ``num_positions`` (training ranges are whole batches; evaluation keeps a last partial)."""
+    return num_positions // batch_size if training else -(-num_positions // batch_size)
+
+
+def locate(positions: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Map epoch positions to (shard id, sample index in the shard)."""
+    ordered = np.asarray(counts, dtype=np.int64)[order]
+    starts = np.concatenate([[0], np.cumsum(ordered)])
+    k = np.searchsorted(starts, positions, side="right") - 1
+    return order[k], positions - starts[k]

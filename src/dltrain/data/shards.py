@@ -1,0 +1,533 @@
+"""Shard files: writing them, the sample-count index next to them, and reading samples out of them.
+
+Tar reading and URL opening are webdataset's (``webdataset.tariterators.tar_file_iterator`` and
+``webdataset.gopen``): local paths, ``file:``, ``pipe:`` and ``http(s):`` URLs all work, and brace patterns
+(``data/train-{000000..000127}.tar``) are expanded with ``braceexpand``.
+
+The index
+---------
+A JSON file named ``<stem>.index.json`` in the directory of the first shard, where ``<stem>`` is the common
+prefix of the shard file names without extensions, trailing digits and trailing ``-_.`` (``train-000000.tar``
+.. ``train-000127.tar`` -> ``train.index.json``; ``shards.index.json`` when nothing is left)::
+
+    {"format": "dltrain.shard-index", "version": 1, "total": 1234,
+     "shards": [{"url": "train-000000.tar", "samples": 50}, ...]}
+
+Shards in the index's directory are named relative to it (the directory can be moved); others keep their full
+URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import re
+import tarfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import braceexpand
+from webdataset import tariterators
+from webdataset.gopen import gopen as wds_open
+from webdataset.writer import ShardWriter
+
+from dltrain.errors import DataError
+
+__all__ = [
+    "INDEX_FORMAT",
+    "build_index",
+    "default_index_path",
+    "expand_urls",
+    "load_index",
+    "shard_counts",
+    "write_index",
+    "write_shards",
+]
+
+INDEX_FORMAT = "dltrain.shard-index"
+INDEX_VERSION = 1
+INDEX_SUFFIX = ".index.json"
+
+# webdataset drops these files when it groups tar members into samples; counting must drop the same ones.
+_SKIP_META = re.compile(r"__[^/]*__($|/)")
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Expand brace patterns into a flat list of shard URLs.
+
+    Args:
+        urls: one pattern (``"data/train-{000000..000006}.tar"``), or a list of URLs/patterns.
+
+    Example:
+        >>> expand_urls("d/s-{0..2}.tar")
+        ['d/s-0.tar', 'd/s-1.tar', 'd/s-2.tar']
+    """
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for item in items:
+        out.extend(braceexpand.braceexpand(str(item)))
+    if not out:
+        raise DataError("no shard URLs given: pass a path, a brace pattern or a list of URLs")
+    return out
+
+
+def _is_local(url: str) -> bool:
+    scheme = urlparse(url).scheme
+    return scheme == "" or scheme == "file" or (len(scheme) == 1 and os.name == "nt")
+
+
+def _local_path(url: str) -> str:
+    return re.sub(r"^file://?", "/", url) if url.startswith("file:") else url
+
+
+def _dirname(url: str) -> str:
+    return os.path.dirname(_local_path(url)) if _is_local(url) else posixpath.dirname(url)
+
+
+def _index_stem(urls: Sequence[str]) -> str:
+    names = [posixpath.basename(_local_path(u)).split(".", 1)[0] for u in urls]
+    stem = os.path.commonprefix(names).rstrip("0123456789").rstrip("-_.")  # noqa: RUF071 (names, not paths)
+    return stem or "shards"
+
+
+def default_index_path(urls: str | Sequence[str]) -> str:
+    """Where the index of these shards lives: ``<dir of first shard>/<stem>.index.json`` (see module doc).
+
+    Example:
+        >>> default_index_path("data/train-{000000..000003}.tar")
+        'data/train.index.json'
+    """
+    expanded = expand_urls(urls)
+    directory = _dirname(expanded[0])
+    name = _index_stem(expanded) + INDEX_SUFFIX
+    if _is_local(expanded[0]):
+        return os.path.join(directory, name)
+    return f"{directory}/{name}" if directory else name
+
+
+def _relative_name(url: str, index_path: str) -> str:
+    if _is_local(url) and _is_local(index_path):
+        shard_dir = os.path.abspath(os.path.dirname(_local_path(url)))
+        if shard_dir == os.path.abspath(os.path.dirname(_local_path(index_path))):
+            return os.path.basename(_local_path(url))
+        return url
+    if posixpath.dirname(url) == posixpath.dirname(index_path):
+        return posixpath.basename(url)
+    return url
+
+
+def _make_index(urls: Sequence[str], counts: Sequence[int], index_path: str) -> dict[str, Any]:
+    return {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "total": int(sum(counts)),
+        "shards": [{"url": _relative_name(u, index_path), "samples": int(c)} for u, c in zip(urls, counts)],
+    }
+
+
+def write_index(index: Mapping[str, Any], path: str) -> None:
+    """Write an index dict as JSON, atomically for local paths (readers never see half a file)."""
+    text = json.dumps(index, indent=1) + "\n"
+    if _is_local(path):
+        local = _local_path(path)
+        tmp = f"{local}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, local)
+    else:
+        with wds_open(path, "wb") as f:
+            f.write(text.encode("utf-8"))
+
+
+def load_index(path: str) -> dict[str, Any]:
+    """Read and check an index file (local path or URL); raise `DataError` if it is not one."""
+    try:
+        with wds_open(path, "rb") as f:
+            index = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as exn:
+        raise DataError(
+            f"cannot read shard index {path!r} ({type(exn).__name__}: {exn}); rebuild it with "
+            "`dltrain shards index URLS...`"
+        ) from exn
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "shards" not in index:
+        raise DataError(f"{path!r} is not a dltrain shard index; rebuild it with `dltrain shards index URLS...`")
+    return index
+
+
+def _index_exists(path: str) -> bool:
+    if _is_local(path):
+        return os.path.isfile(_local_path(path))
+    if urlparse(path).scheme in ("http", "https"):
+        try:
+            with wds_open(path, "rb") as f:
+                f.read(1)
+            return True
+        except Exception:
+            return False
+    return False  # pipe: and friends: we cannot guess where an index lives, pass index= instead
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def write_shards(
+    samples: Iterable[Mapping[str, Any]],
+    pattern: str,
+    *,
+    max_count: int = 10_000,
+    max_size: float = 1e9,
+    index: bool = True,
+) -> list[str]:
+    """Write dict samples into tar shards (webdataset's `ShardWriter`) and the index next to them.
+
+    Each sample has a ``__key__`` (no ``.`` in its last path component) and fields whose extension picks the
+    encoding, as in webdataset: ``"cls": 3``, ``"txt": "hi"``, ``"json": {...}``, ``"npy": ndarray``,
+    ``"png": bytes`` (bytes are stored as they are).
+
+    Args:
+        samples: the samples, in order.
+        pattern: printf-style shard path, e.g. ``"out/train-%06d.tar"``.
+        max_count: at most this many samples per shard.
+        max_size: start a new shard once one reaches this many bytes.
+        index: also write ``<stem>.index.json`` (see the module docstring).
+
+    Returns:
+        The shard paths, in order.
+
+    Example:
+        >>> paths = write_shards(({"__key__": f"s{i}", "cls": i} for i in range(10)), "/tmp/d/t-%03d.tar",
+        ...                      max_count=4)  # doctest: +SKIP
+        >>> len(paths)  # doctest: +SKIP
+        3
+    """
+    if "%" not in pattern:
+        raise DataError(f"shard pattern {pattern!r} needs a printf field for the shard number, e.g. 'train-%06d.tar'")
+    directory = os.path.dirname(_local_path(pattern)) if _is_local(pattern) else ""
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    paths: list[str] = []
+    counts: list[int] = []
+    writer: ShardWriter | None = None
+
+    def _post(fname: str) -> None:  # ShardWriter calls this before it resets its per-shard count
+        assert writer is not None
+        paths.append(fname)
+        counts.append(int(writer.count))
+
+    writer = ShardWriter(pattern, maxcount=max_count, maxsize=max_size, post=_post, verbose=0)
+    previous_key = None
+    try:
+        for sample in samples:
+            key = sample.get("__key__")
+            if not isinstance(key, str) or not key:
+                raise DataError("every sample needs a non-empty string '__key__'", key=None)
+            if "." in key.rsplit("/", 1)[-1]:
+                # webdataset splits member names at the first dot of the file name: 'a.b.cls' would become key 'a'
+                raise DataError("sample keys must not contain '.' (it separates key and field)", key=key)
+            if key == previous_key:
+                raise DataError("two consecutive samples have the same key; they would merge into one", key=key)
+            previous_key = key
+            try:
+                writer.write(dict(sample))
+            except (ValueError, TypeError) as exn:
+                raise DataError(f"cannot encode sample: {exn}", key=key) from exn
+    finally:
+        writer.close()
+    if index and paths:
+        index_path = default_index_path(paths)
+        write_index(_make_index(paths, counts, index_path), index_path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------- counting
+
+
+class _KeyCounter:
+    """Counts samples the way webdataset's ``group_by_keys`` forms them: a new sample at each key change."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._key: str | None = None
+
+    def feed(self, fname: str) -> None:
+        prefix, _ = tariterators.base_plus_ext(fname)
+        if prefix is not None and prefix != self._key:
+            self._key = prefix
+            self.count += 1
+
+
+def _count_local(path: str) -> int:
+    # Random-access mode seeks over payloads: only the 512-byte headers are read.
+    counter = _KeyCounter()
+    with tarfile.open(path, mode="r:*") as tar:
+        for info in tar:
+            name = info.name
+            if not info.isreg() or _SKIP_META.match(name):
+                continue
+            if "/" not in name and name.startswith(tariterators.meta_prefix) and name.endswith(tariterators.meta_suffix):
+                continue
+            counter.feed(name)
+    return counter.count
+
+
+def _count_stream(url: str) -> int:
+    counter = _KeyCounter()
+
+    def select(fname: str) -> bool:
+        counter.feed(fname)
+        return False  # never extract: the payload is skipped, not kept
+
+    stream = wds_open(url, "rb")
+    try:
+        for _ in tariterators.tar_file_iterator(stream, select_files=select):
+            pass
+    finally:
+        stream.close()
+    return counter.count
+
+
+def count_samples(url: str) -> int:
+    """Number of samples in one shard, from its tar headers (payloads are not decoded or kept)."""
+    try:
+        if _is_local(url) and not _local_path(url).endswith(("gz", "bz2", "xz")):
+            return _count_local(_local_path(url))
+        return _count_stream(url)
+    except Exception as exn:
+        raise DataError(
+            f"cannot count the samples of the shard ({type(exn).__name__}: {exn}); is it missing, corrupt or "
+            "truncated? Rewrite the shard or leave it out",
+            url=url,
+        ) from exn
+
+
+def build_index(urls: str | Sequence[str], *, path: str | None = None, write: bool = True) -> dict[str, Any]:
+    """Build the index of existing shards from their tar headers, and write it next to them.
+
+    Args:
+        urls: shard URLs or brace patterns.
+        path: where to write the index; default `default_index_path(urls)`.
+        write: write the file (else only return the dict).
+
+    Returns:
+        The index dict (same content as `write_shards` writes).
+
+    Example:
+        >>> build_index("data/train-{000000..000006}.tar")["total"]  # doctest: +SKIP
+        180
+    """
+    expanded = expand_urls(urls)
+    path = path or default_index_path(expanded)
+    index = _make_index(expanded, [count_samples(u) for u in expanded], path)
+    if write:
+        write_index(index, path)
+    return index
+
+
+def shard_counts(
+    urls: Sequence[str],
+    index: str | None = None,
+    *,
+    missing_ok: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> list[int]:
+    """Samples per shard for ``urls``: from ``index`` (or the default index next to the shards if it exists),
+    else by reading tar headers (slower; a warning says so).
+
+    Args:
+        urls: expanded shard URLs.
+        index: explicit index path.
+        missing_ok: a shard that cannot be counted counts 0 samples instead of raising (``on_error="skip"``).
+        warn: where warnings go (default `warnings.warn`).
+    """
+    warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
+    path = index if index is not None else default_index_path(urls)
+    by_name: dict[str, int] = {}
+    if index is not None or _index_exists(path):
+        data = load_index(path)
+        base = _dirname(path)
+        for entry in data["shards"]:
+            name = str(entry["url"])
+            by_name[name] = int(entry["samples"])
+            full = os.path.join(base, name) if _is_local(path) else f"{base}/{name}"
+            by_name.setdefault(os.path.normpath(full) if _is_local(path) else full, int(entry["samples"]))
+    else:
+        warn(
+            f"no shard index at {path!r}: counting samples by reading the tar headers of {len(urls)} shards "
+            "(slow for big datasets; write one with `dltrain shards index URLS...`)"
+        )
+    counts: list[int] = []
+    for url in urls:
+        key = os.path.normpath(_local_path(url)) if _is_local(url) else url
+        found = by_name.get(key, by_name.get(url))
+        if found is None and by_name:
+            found = by_name.get(posixpath.basename(_local_path(url)))
+            if found is None:
+                warn(f"shard {url!r} is not in the index {path!r}; counting it by reading its headers")
+        if found is None:
+            try:
+                found = count_samples(url)
+            except DataError as exn:
+                if not missing_ok:
+                    raise
+                warn(f"{exn}; counting it as 0 samples (on_error='skip')")
+                found = 0
+        counts.append(found)
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+class _StopShard(Exception):
+    """Raised from the file selector once no wanted sample is left in the shard: stop reading it."""
+
+
+def _stop_or_raise(exn: Exception) -> bool:
+    if isinstance(exn, _StopShard):
+        return False  # tar_file_iterator then ends quietly
+    raise exn
+
+
+class ShardReader:
+    """Forward-only reader of chosen samples of one shard, by their position in the shard.
+
+    Only members of wanted samples are extracted; everything else is skipped in the tar stream without being
+    kept or decoded. Reading stops at the header that follows the last wanted sample.
+
+    Args:
+        url: shard URL (anything ``webdataset.gopen`` opens).
+        wanted: positions (0-based, in the shard) of every sample that may be asked for, in any order.
+        expected: samples the index says the shard has (for the truncation message).
+    """
+
+    def __init__(self, url: str, wanted: Iterable[int], expected: int) -> None:
+        self.url = url
+        self.expected = expected
+        self._wanted = set(int(i) for i in wanted)
+        self._max_wanted = max(self._wanted, default=-1)
+        self._stream: Any = None
+        self._files: Iterator[dict[str, Any]] | None = None
+        self._idx = -1  # position of the sample whose member header was seen last
+        self._key: str | None = None
+        self._keys: dict[int, str] = {}
+        self._target = -1
+        self._pending: tuple[int, dict[str, Any]] | None = None
+        self._stopped = False
+        self._failed: DataError | None = None
+        self.next_index = 0  # samples before this one can no longer be read without reopening
+
+    def _select(self, fname: str) -> bool:
+        prefix, _ = tariterators.base_plus_ext(fname)
+        if prefix is None:
+            return False
+        if prefix != self._key:
+            self._key = prefix
+            self._idx += 1
+            self._keys[self._idx] = prefix
+            if self._idx > self._max_wanted:
+                self._stopped = True
+                raise _StopShard()
+        return self._idx == self._target or self._idx in self._wanted
+
+    def _open(self) -> None:
+        try:
+            self._stream = wds_open(self.url, "rb")
+        except Exception as exn:
+            raise DataError(
+                f"cannot open the shard ({type(exn).__name__}: {exn}); check that it exists and is readable, "
+                "or leave it out of the URL list",
+                url=self.url,
+            ) from exn
+        self._files = tariterators.tar_file_iterator(
+            self._stream, handler=_stop_or_raise, select_files=self._select
+        )
+
+    def _where(self, index: int) -> str:
+        key = self._keys.get(index)
+        if key is not None:
+            return key
+        last = self._keys.get(self._idx)
+        return f"#{index} (after {last!r})" if last else f"#{index}"
+
+    def get(self, index: int) -> dict[str, Any]:
+        """The raw sample at ``index``: ``{"__key__", "__url__", ext: bytes, ...}``; raises `DataError`."""
+        if self._failed is not None:
+            raise DataError(self._failed.reason, url=self.url, key=self._where(index))
+        if index < self.next_index:
+            raise ValueError(f"ShardReader is forward-only: asked for {index} after {self.next_index - 1}")
+        self._target = index
+        self.next_index = index + 1
+        try:
+            if self._files is None:
+                self._open()
+            return self._read(index)
+        except DataError as exn:
+            self._failed = exn
+            self.close()
+            raise
+        except Exception as exn:
+            err = DataError(
+                f"cannot read the shard ({type(exn).__name__}: {exn}); it is corrupt or truncated: rewrite it, "
+                "or use on_error='skip' to skip the rest of it",
+                url=self.url,
+                key=self._where(index),
+            )
+            self._failed = err
+            self.close()
+            raise err from exn
+
+    def _read(self, index: int) -> dict[str, Any]:
+        sample: dict[str, Any] = {}
+        if self._pending is not None:
+            idx, f = self._pending
+            if idx == index:
+                self._pending = None
+                self._add(sample, f)
+            elif idx < index:
+                self._pending = None
+            else:
+                raise ValueError(f"sample {index} of {self.url} was not in the wanted set")
+        assert self._files is not None
+        for f in self._files:
+            idx = self._idx
+            if idx == index:
+                self._add(sample, f)
+            elif idx > index:
+                self._pending = (idx, f)
+                break
+        if sample:
+            sample["__key__"] = self._keys[index]
+            sample["__url__"] = self.url
+            return sample
+        return self._read_missing(index)
+
+    def _read_missing(self, index: int) -> dict[str, Any]:
+        raise DataError(
+            f"the shard ended after {self._idx + 1} samples but the index says it has {self.expected}: it is "
+            "truncated or corrupt, or the index is stale; rewrite the shard or rebuild the index with "
+            "`dltrain shards index URLS...` (or use on_error='skip')",
+            url=self.url,
+            key=f"#{index}",
+        )
+
+    def _add(self, sample: dict[str, Any], f: dict[str, Any]) -> None:
+        _, suffix = tariterators.base_plus_ext(f["fname"])
+        suffix = suffix.lower()
+        if suffix in sample:
+            raise DataError(f"duplicate field {suffix!r} in one sample", url=self.url, key=self._keys.get(self._idx))
+        sample[suffix] = f["data"]
+
+    def close(self) -> None:
+        """Close the underlying stream (safe to call twice)."""
+        files, self._files = self._files, None
+        if files is not None and hasattr(files, "close"):
+            with contextlib.suppress(Exception):
+                files.close()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()

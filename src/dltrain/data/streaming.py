@@ -1,0 +1,527 @@
+"""`StreamingDataset` and `StreamingDataLoader`: deterministic, resumable, distributed streaming of tar shards.
+
+How an epoch is planned (see `dltrain.data.plan`):
+
+1. the shard order is a permutation seeded by (seed, epoch) (identity with ``shuffle=False``);
+2. the samples, in that order, are split into contiguous per-rank ranges. Training: every rank gets the same
+   whole number of batches and the leftover at the end is dropped (it changes every epoch with the shard order).
+   Evaluation (``training=False``): an exact partition, every sample once, ranks may differ by one batch;
+3. each rank's range is shuffled in windows of ``shuffle_buffer`` samples (rounded up to a multiple of
+   ``batch_size``); batch j of the rank is the j-th group of ``batch_size`` samples.
+
+The plan depends only on (seed, epoch, rank, world size, batch size). Loader worker w of K produces the rank's
+batches j = w, w+K, w+2K, ... which is exactly the round-robin order in which `torch.utils.data.DataLoader`
+collects them, so the number of workers never changes what a rank sees. A worker reads only the shards holding
+its samples, keeps raw bytes only of the samples it needs, and decodes only those.
+
+Bad data (``on_error``): ``"raise"`` raises `DataError` naming the shard, the sample key and what to do;
+``"skip"`` drops the bad samples (the batch gets smaller, or is ``None`` if every sample of it was bad; the
+number of batches never changes, so DDP ranks stay in step). The loader counts skipped samples in the main
+process: read ``loader.skipped`` or ``loader.epoch_report()`` at the end of an epoch; a `DataSkipWarning` is
+also emitted when an epoch ends with skipped samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+
+from dltrain.data import plan as _plan
+from dltrain.data.decoders import Decoder, SampleDecoder
+from dltrain.data.shards import ShardReader, expand_urls, shard_counts
+from dltrain.errors import ConfigurationError, DataError
+
+__all__ = ["DataSkipWarning", "StreamingDataLoader", "StreamingDataset", "resolve_rank"]
+
+STATE_VERSION = 1
+_SPEC_BYTES = 1 << 16
+_MAX_REPORTED_ERRORS = 20
+
+
+class DataSkipWarning(UserWarning):
+    """Emitted at the end of an epoch in which ``on_error="skip"`` dropped bad samples."""
+
+
+def resolve_rank() -> tuple[int, int]:
+    """(rank, world size): from `torch.distributed` when initialised, else env ``RANK``/``WORLD_SIZE``, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class _SharedSpec:
+    """A JSON document in shared memory.
+
+    Loader workers hold a copy of the dataset made when they started (persistent workers live across epochs),
+    so attribute changes made later in the main process never reach them; this buffer does. It is a torch
+    tensor in shared memory: inherited through fork, passed by handle through torch's multiprocessing pickler.
+    """
+
+    def __init__(self) -> None:
+        self._buf = torch.zeros(_SPEC_BYTES, dtype=torch.uint8).share_memory_()
+
+    def write(self, doc: Mapping[str, Any]) -> None:
+        data = json.dumps(doc).encode("utf-8")
+        if len(data) + 8 > _SPEC_BYTES:
+            raise DataError(f"loader state too large to share with workers ({len(data)} bytes)")
+        payload = np.frombuffer(len(data).to_bytes(8, "little") + data, dtype=np.uint8)
+        self._buf[: len(payload)] = torch.from_numpy(payload.copy())
+
+    def read(self) -> dict[str, Any] | None:
+        raw = self._buf.numpy()
+        n = int.from_bytes(raw[:8].tobytes(), "little")
+        return json.loads(raw[8 : 8 + n].tobytes().decode("utf-8")) if n else None
+
+
+class StreamingDataset(IterableDataset):
+    """An iterable of collated batches streamed from tar shards; see the module docstring for the plan.
+
+    Args:
+        urls: shard URLs (local paths, ``file:``, ``pipe:``, ``http(s):``), brace patterns, or a list of them.
+        batch_size: samples per batch.
+        decode: extra decoders by field extension, ``{"png": decode_png}`` (bytes -> value); run in workers.
+        map: per-sample function ``decoded sample dict -> value``, run in workers after decoding.
+        collate_fn: list of mapped samples -> batch (default `torch.utils.data.default_collate`).
+        shuffle: shuffle shard order and samples within windows.
+        shuffle_buffer: window size in samples (rounded up to a multiple of ``batch_size``).
+        seed: plan seed; the plan is a pure function of (seed, epoch, rank, world size, batch size).
+        training: equal batch counts on every rank (drops the leftover); ``False``: every sample exactly once.
+        on_error: ``"raise"`` or ``"skip"`` bad samples (see module docstring).
+        unsafe_decoders: pickle-based extensions to decode anyway (``"pyd"``, ``"pickle"``, ``"pth"``, ``"pt"``).
+        index: path of the shard index; default: ``<stem>.index.json`` next to the shards if it exists, else
+            counts are read from the tar headers (slower, with a warning).
+
+    Example:
+        >>> ds = StreamingDataset("data/train-{000000..000006}.tar", batch_size=32,
+        ...                       map=lambda s: (s["npy"], s["cls"]))  # doctest: +SKIP
+        >>> loader = ds.loader(num_workers=2)  # doctest: +SKIP
+        >>> for epoch in range(3):  # doctest: +SKIP
+        ...     loader.set_epoch(epoch)
+        ...     for x, y in loader: ...
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        batch_size: int,
+        decode: Mapping[str, Decoder] | None = None,
+        map: Callable[[dict[str, Any]], Any] | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        training: bool = True,
+        on_error: Literal["raise", "skip"] = "raise",
+        unsafe_decoders: Sequence[str] = (),
+        index: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+        if on_error not in ("raise", "skip"):
+            raise ConfigurationError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if shuffle_buffer < 1:
+            raise ConfigurationError(f"shuffle_buffer must be >= 1, got {shuffle_buffer!r}")
+        self.urls = expand_urls(urls)
+        self.batch_size = batch_size
+        self.decoder = SampleDecoder(decode, unsafe_decoders)
+        self.map = map
+        self.collate_fn = collate_fn or default_collate
+        self.shuffle = bool(shuffle)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = int(seed)
+        self.training = bool(training)
+        self.on_error = on_error
+        self.index = index
+        self._counts: list[int] | None = None
+        self._spec = _SharedSpec()
+        self._tagged = False  # the copy inside a StreamingDataLoader yields (batch, skip info) to the main process
+        self.skipped = 0  # samples skipped by direct iteration in this process (loaders keep their own count)
+
+    # ----------------------------------------------------------------------------------------- plan helpers
+
+    @property
+    def counts(self) -> list[int]:
+        """Samples per shard (from the index; loaded on first use)."""
+        if self._counts is None:
+            self._counts = shard_counts(self.urls, self.index, missing_ok=self.on_error == "skip")
+        return self._counts
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in the dataset (all shards, all ranks)."""
+        return int(sum(self.counts))
+
+    def _root_level(self, epoch: int, world_size: int) -> dict[str, Any]:
+        return {
+            "epoch": int(epoch),
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "shuffle_buffer": self.shuffle_buffer,
+            "training": self.training,
+            "batch_size": self.batch_size,
+            "world_size": int(world_size),
+            "base": None,
+        }
+
+    def _num_batches(self, level: Mapping[str, Any], rank: int) -> int:
+        n = len(_plan.rank_positions(level, rank, self.num_samples))
+        return _plan.num_batches(n, int(level["batch_size"]), bool(level["training"]))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used by the next direct iteration (loaders set their own through `StreamingDataLoader.set_epoch`)."""
+        self._spec.write({"epoch": int(epoch), "start": 0, "rank": None, "world_size": None, "level": None})
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        rank, world = resolve_rank()
+        return self._num_batches(self._root_level(0, world), rank)
+
+    def loader(
+        self,
+        num_workers: int = 2,
+        *,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int = 2,
+        **kwargs: Any,
+    ) -> StreamingDataLoader:
+        """A `StreamingDataLoader` over this dataset (see there for the arguments)."""
+        return StreamingDataLoader(
+            self,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            prefetch_factor=prefetch_factor,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------------------------------- iteration
+
+    def __iter__(self) -> Iterator[Any]:
+        # Read the shared spec now, not lazily in the generator: a persistent worker calls iter() at the start of
+        # every epoch, after the main process wrote that epoch's spec.
+        spec = self._spec.read() or {}
+        rank, world = spec.get("rank"), spec.get("world_size")
+        if rank is None or world is None:
+            rank, world = resolve_rank()
+        level = spec.get("level") or self._root_level(int(spec.get("epoch", 0)), world)
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self._generate(level, int(rank), int(spec.get("start", 0)), worker, num_workers)
+
+    def _generate(self, level: Mapping[str, Any], rank: int, start: int, worker: int, num_workers: int) -> Iterator[Any]:
+        counts = self.counts
+        positions = _plan.rank_positions(level, rank, sum(counts))
+        batch_size, training = int(level["batch_size"]), bool(level["training"])
+        total = _plan.num_batches(len(positions), batch_size, training)
+        first = start - _plan.offset_of(level)  # plan-relative batch index
+        mine = list(range(max(first, 0) + worker, total, num_workers))
+        if not mine:
+            return
+        root = _plan.root_of(level)
+        order = _plan.shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
+
+        # Every sample this worker will read this epoch, per shard: a shard reader extracts only those.
+        mine_arr = np.asarray(mine, dtype=np.int64)
+        flat = (mine_arr[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
+        needed = positions[flat[flat < len(positions)]]
+        shard_ids, locals_ = _plan.locate(needed, order, counts)
+        by_shard = np.argsort(shard_ids, kind="stable")
+        sorted_ids = shard_ids[by_shard]
+
+        def wanted(shard: int) -> np.ndarray:
+            lo, hi = np.searchsorted(sorted_ids, [shard, shard + 1])
+            return locals_[by_shard[lo:hi]]
+
+        group_batches = _plan.window_size(int(level["shuffle_buffer"]), batch_size) // batch_size
+        reader: ShardReader | None = None
+        reader_shard = -1
+        try:
+            for _, group in itertools.groupby(mine, key=lambda j: j // group_batches):
+                batches = list(group)
+                pos_of = {j: positions[j * batch_size : (j + 1) * batch_size] for j in batches}
+                need = np.unique(np.concatenate(list(pos_of.values())))
+                g_shards, g_locals = _plan.locate(need, order, counts)
+                raw: dict[int, Any] = {}
+                for p, s, i in zip(need.tolist(), g_shards.tolist(), g_locals.tolist()):
+                    # Keep the open shard when the next sample lies further along it: no re-reading.
+                    if reader is None or reader_shard != s or i < reader.next_index:
+                        if reader is not None:
+                            reader.close()
+                        reader, reader_shard = ShardReader(self.urls[s], wanted(s).tolist(), counts[s]), s
+                    try:
+                        raw[p] = reader.get(i)
+                    except DataError as exn:
+                        if self.on_error == "raise":
+                            raise
+                        raw[p] = exn
+                for j in batches:
+                    yield self._make_batch(pos_of[j], raw)
+        except DataError as exn:
+            if not self._tagged:
+                raise
+            # DataLoader re-raises worker exceptions from their formatted text, which loses url/key: send the
+            # error itself (DataError pickles with them) and let the main process raise it.
+            yield ("error", exn)
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def _prepare(self, raw: dict[str, Any]) -> Any:
+        sample = self.decoder(raw)
+        if self.map is None:
+            return sample
+        try:
+            return self.map(sample)
+        except DataError:
+            raise
+        except KeyError as exn:
+            fields = sorted(k for k in sample if not k.startswith("__"))
+            raise DataError(
+                f"the sample has no field {exn.args[0]!r} that map needs (it has {fields}); fix the shard or "
+                "the map, or use on_error='skip'",
+                url=raw.get("__url__"),
+                key=raw.get("__key__"),
+            ) from exn
+        except Exception as exn:
+            raise DataError(
+                f"map raised {type(exn).__name__}: {exn}; fix the map or the sample, or use on_error='skip'",
+                url=raw.get("__url__"),
+                key=raw.get("__key__"),
+            ) from exn
+
+    def _make_batch(self, positions: np.ndarray, raw: dict[int, Any]) -> Any:
+        samples: list[Any] = []
+        bad: list[DataError] = []
+        keys: list[str] = []
+        for p in positions.tolist():
+            item = raw.pop(p)
+            if isinstance(item, DataError):
+                bad.append(item)
+                continue
+            try:
+                samples.append(self._prepare(item))
+                keys.append(str(item.get("__key__")))
+            except DataError as exn:
+                if self.on_error == "raise":
+                    raise
+                bad.append(exn)
+        batch = None
+        if samples:
+            try:
+                batch = self.collate_fn(samples)
+            except DataError:
+                raise
+            except Exception as exn:
+                raise DataError(
+                    f"collate_fn failed on samples {keys[:8]}{'...' if len(keys) > 8 else ''} "
+                    f"({type(exn).__name__}: {exn}); make map return samples of one structure and shape"
+                ) from exn
+        if self._tagged:
+            return ("batch", batch, len(bad), [str(e) for e in bad[:_MAX_REPORTED_ERRORS]])
+        if bad:
+            self.skipped += len(bad)
+        return batch
+
+
+class StreamingDataLoader(DataLoader):
+    """`torch.utils.data.DataLoader` (``batch_size=None``) over a `StreamingDataset`, with the Trainer's loader
+    protocol: ``len()``, `set_epoch`, `state_dict`, `load_state_dict`, plus skip reporting (`skipped`,
+    `epoch_report`).
+
+    Args:
+        dataset: the `StreamingDataset` (the loader iterates a shallow copy of it; the original is ``.stream``).
+        num_workers: worker processes that read, decode, map and collate. The order of batches does not depend
+            on it.
+        pin_memory: default: True when CUDA is available.
+        persistent_workers: default: ``num_workers > 0``.
+        prefetch_factor: batches prefetched per worker.
+        **kwargs: other `DataLoader` arguments (``timeout``, ``multiprocessing_context``, ...).
+
+    Example:
+        >>> loader = StreamingDataset("d/train-{0..6}.tar", batch_size=8).loader(num_workers=2)  # doctest: +SKIP
+        >>> loader.set_epoch(0); batches = list(loader)  # doctest: +SKIP
+        >>> state = loader.state_dict()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dataset: StreamingDataset,
+        *,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(dataset, StreamingDataset):
+            raise ConfigurationError(f"StreamingDataLoader needs a StreamingDataset, got {type(dataset).__name__}")
+        _ = dataset.counts  # read the index once here, before workers copy the dataset
+        view = copy.copy(dataset)  # shares the counts and the shared-memory spec
+        view._tagged = True
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available()
+        if persistent_workers is None:
+            persistent_workers = num_workers > 0
+        super().__init__(
+            view,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            **kwargs,
+        )
+        self.stream = dataset
+        self._epoch = 0
+        self._batches = 0  # batches handed out in this epoch (counted here, not what workers prefetched)
+        self._level: dict[str, Any] | None = None  # plan of the epoch being iterated, None before the first iter()
+        self._pending: dict[str, Any] | None = None  # a loaded state, applied at the next iter()
+        self._rank = 0
+        self.skipped = 0
+        self._errors: list[str] = []
+
+    # ------------------------------------------------------------------------------------------- protocol
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s plan from the next ``iter()`` on; a loaded state for another epoch is dropped."""
+        epoch = int(epoch)
+        if self._pending is not None and int(self._pending["epoch"]) != epoch:
+            self._pending = None
+        if epoch != self._epoch:
+            self._level = None
+            self._batches = 0
+        self._epoch = epoch
+
+    def _same_plan(self, state: Mapping[str, Any], world: int) -> bool:
+        ds = self.stream
+        return (
+            int(state["world_size"]) == world
+            and int(state["batch_size"]) == ds.batch_size
+            and int(state["seed"]) == ds.seed
+            and bool(state["shuffle"]) == ds.shuffle
+            and int(state["shuffle_buffer"]) == ds.shuffle_buffer
+            and bool(state["training"]) == ds.training
+        )
+
+    def _next_plan(self) -> tuple[dict[str, Any], int, int, int]:
+        """(level, start batch, rank, world) for the next iter(), without changing any state."""
+        rank, world = resolve_rank()
+        state = self._pending
+        if state is None:
+            return self.stream._root_level(self._epoch, world), 0, rank, world
+        level = {k: state[k] for k in ("epoch", "seed", "shuffle", "shuffle_buffer", "training", "batch_size",
+                                        "world_size", "base")}
+        batches = int(state["batches"])
+        if self._same_plan(state, world):
+            return level, batches, rank, world
+        # Another world/batch size: re-split what the saved ranks had not consumed yet among the current ranks.
+        new = self.stream._root_level(int(state["epoch"]), world)
+        new["base"] = {"state": {**level, "batches": batches}, "offset": batches}
+        return new, batches, rank, world
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch (counting those before a resume)."""
+        if self._pending is None and self._level is not None:
+            level, rank = self._level, self._rank
+        else:
+            level, _, rank, _ = self._next_plan()
+        return _plan.offset_of(level) + self.stream._num_batches(level, rank)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        level, start, rank, world = self._next_plan()
+        if self._pending is not None:
+            self._epoch = int(self._pending["epoch"])
+            self.skipped = int(self._pending.get("skipped", 0))
+        else:
+            self.skipped = 0
+        self._errors = []
+        self._pending = None
+        self._level, self._batches, self._rank = level, start, rank
+        # Workers resolve nothing themselves: torch.distributed is not initialised inside them.
+        self.stream._spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
+                                 "level": level})
+        return self._count(super().__iter__())
+
+    def _count(self, items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            if item[0] == "error":
+                raise item[1]
+            _, batch, n_bad, errors = item
+            if n_bad:
+                self.skipped += int(n_bad)
+                room = _MAX_REPORTED_ERRORS - len(self._errors)
+                self._errors.extend(list(errors)[: max(room, 0)])
+            self._batches += 1  # before yielding: a checkpoint taken during this step counts this batch as done
+            yield batch
+        if self.skipped:
+            warnings.warn(
+                f"dltrain.data: skipped {self.skipped} bad samples in epoch {self._epoch} on rank {self._rank} "
+                f"(on_error='skip'); first: {self._errors[:3]}",
+                DataSkipWarning,
+                stacklevel=2,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the epoch: epoch, batches handed out so far, and the plan parameters.
+
+        Example:
+            >>> loader.state_dict()["batches"]  # doctest: +SKIP
+            17
+        """
+        if self._pending is not None:
+            return copy.deepcopy(self._pending)
+        level = self._level if self._level is not None else self._next_plan()[0]
+        return {
+            "version": STATE_VERSION,
+            **copy.deepcopy(level),
+            "epoch": self._epoch,
+            "batches": self._batches,
+            "skipped": self.skipped,
+            "num_samples": self.stream.num_samples,
+            "num_shards": len(self.stream.urls),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next ``iter()`` yields exactly the batches the uninterrupted run would have yielded next.
+
+        If the world size or batch size changed, what the saved ranks had not consumed is re-split among the
+        current ranks (nothing repeated or skipped, except the final leftover that does not fill a global batch
+        in training).
+        """
+        if int(state.get("version", -1)) != STATE_VERSION:
+            raise DataError(f"unsupported loader state version {state.get('version')!r} (expected {STATE_VERSION})")
+        if int(state["num_samples"]) != self.stream.num_samples or int(state["num_shards"]) != len(self.stream.urls):
+            raise DataError(
+                f"the saved loader state is for {state['num_samples']} samples in {state['num_shards']} shards, "
+                f"but this dataset has {self.stream.num_samples} samples in {len(self.stream.urls)} shards: "
+                "resume with the same shards (and index), or start the epoch over without the loader state"
+            )
+        self._pending = copy.deepcopy(dict(state))
+        self._epoch = int(state["epoch"])
+        self._level = None
+
+    def epoch_report(self) -> dict[str, Any]:
+        """What happened in the current (or last finished) epoch on this rank.
+
+        Returns:
+            ``{"epoch", "rank", "batches", "skipped", "errors"}``; ``errors`` holds the first messages.
+        """
+        return {
+            "epoch": self._epoch,
+            "rank": self._rank,
+            "batches": self._batches,
+            "skipped": self.skipped,
+            "errors": list(self._errors),
+        }
