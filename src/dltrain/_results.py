@@ -1,0 +1,275 @@
+"""The store behind ``Task.log``: values stay on the device until the Trainer reads them.
+
+Reading happens every ``log_every_n_steps`` optimizer steps (step values) and at the end of an epoch (epoch
+aggregates); only then are values synchronised across ranks and copied to the host. A training step therefore
+costs one dictionary lookup and an attribute write per logged value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from dltrain.errors import DltrainError
+
+_REDUCE_FX = ("mean", "sum", "max", "min")
+# Epoch values are kept as a list of per-step tensors, folded into a running sum every so often so that memory
+# stays bounded without paying a tensor operation on every step.
+_FOLD_EVERY = 256
+
+
+class _Entry:
+    __slots__ = (
+        "fresh",
+        "last",
+        "metric",
+        "name",
+        "on_epoch",
+        "on_step",
+        "pending",
+        "pending_w",
+        "prog_bar",
+        "reduce_fx",
+        "sync_dist",
+        "total",
+        "weight",
+    )
+
+    def __init__(self, name: str, on_step: bool, on_epoch: bool, prog_bar: bool, sync_dist: bool, reduce_fx: str):
+        self.name = name
+        self.on_step = on_step
+        self.on_epoch = on_epoch
+        self.prog_bar = prog_bar
+        self.sync_dist = sync_dist
+        self.reduce_fx = reduce_fx
+        self.last: Any = None
+        self.metric: Metric | None = None
+        self.fresh = False
+        self.pending: list[Tensor] = []
+        self.pending_w: list[float] = []
+        self.total: Tensor | None = None  # folded epoch aggregate (sum of v*w, or running max/min)
+        self.weight = 0.0
+
+    def fold(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([v.float() for v in self.pending])
+        if self.reduce_fx in ("mean", "sum"):
+            weights = torch.tensor(self.pending_w, dtype=values.dtype, device=values.device)
+            part = (values * weights).sum() if self.reduce_fx == "mean" else values.sum()
+            self.total = part if self.total is None else self.total + part
+        elif self.reduce_fx == "max":
+            part = values.max()
+            self.total = part if self.total is None else torch.maximum(self.total, part)
+        else:
+            part = values.min()
+            self.total = part if self.total is None else torch.minimum(self.total, part)
+        self.weight += sum(self.pending_w)
+        self.pending.clear()
+        self.pending_w.clear()
+
+
+def _as_tensor(value: Any, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise DltrainError(
+                f"self.log({name!r}) got a tensor of shape {tuple(value.shape)}; log a scalar (e.g. .mean()) or a "
+                "torchmetrics Metric"
+            )
+        return value.detach()
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value))
+    raise DltrainError(
+        f"self.log({name!r}) got a {type(value).__name__}; log a tensor, a number or a torchmetrics Metric"
+    )
+
+
+def _batch_size_of(batch: Any) -> int:
+    if isinstance(batch, Tensor):
+        return batch.shape[0] if batch.ndim else 1
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            size = _batch_size_of(item)
+            if size:
+                return size
+    if isinstance(batch, dict):
+        for item in batch.values():
+            size = _batch_size_of(item)
+            if size:
+                return size
+    return 0
+
+
+class ResultStore:
+    """Values logged during one stage (training, or one validation/test run)."""
+
+    def __init__(self, training: bool, trainer: Any) -> None:
+        self.training = training
+        self._trainer = trainer
+        self._entries: dict[str, _Entry] = {}
+        self.batch: Any = None  # the current batch, for inferring batch sizes (set by the Trainer)
+
+    def log(
+        self,
+        name: str,
+        value: Any,
+        on_step: bool | None,
+        on_epoch: bool | None,
+        prog_bar: bool,
+        sync_dist: bool,
+        batch_size: int | None,
+        reduce_fx: str,
+    ) -> None:
+        entry = self._entries.get(name)
+        if entry is None:
+            if reduce_fx not in _REDUCE_FX:
+                raise DltrainError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): use one of {_REDUCE_FX}")
+            entry = _Entry(
+                name,
+                self.training if on_step is None else on_step,
+                (not self.training) if on_epoch is None else on_epoch,
+                prog_bar,
+                sync_dist,
+                reduce_fx,
+            )
+            if not (entry.on_step or entry.on_epoch):
+                raise DltrainError(f"self.log({name!r}) with on_step=False and on_epoch=False logs nothing")
+            self._entries[name] = entry
+        entry.fresh = True
+        if isinstance(value, Metric):
+            entry.metric = value
+            entry.last = value
+            return
+        entry.last = value
+        if entry.on_epoch:
+            if batch_size is None:
+                batch_size = _batch_size_of(self.batch) or 1
+            entry.pending.append(_as_tensor(value, name))
+            entry.pending_w.append(float(batch_size))
+            if len(entry.pending) >= _FOLD_EVERY:
+                entry.fold()
+
+    # ------------------------------------------------------------------ reading
+    def _key(self, entry: _Entry, suffix: str) -> str:
+        return f"{entry.name}_{suffix}" if entry.on_step and entry.on_epoch else entry.name
+
+    def read_step(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Step values logged since the last read: (all, progress-bar ones). Syncs ``sync_dist`` values."""
+        values: dict[str, Tensor] = {}
+        bar: dict[str, Tensor] = {}
+        to_sync: list[tuple[str, Tensor]] = []
+        for entry in self._entries.values():
+            if not (entry.on_step and entry.fresh):
+                continue
+            entry.fresh = False
+            if entry.metric is not None:
+                cached = getattr(entry.metric, "_forward_cache", None)
+                if cached is None:
+                    continue
+                value = _as_tensor(cached, entry.name)
+            else:
+                value = _as_tensor(entry.last, entry.name)
+            key = self._key(entry, "step")
+            if entry.sync_dist:
+                to_sync.append((key, value))
+            values[key] = value
+            if entry.prog_bar:
+                bar[key] = value
+        if to_sync and self._trainer.world_size > 1:
+            stacked = torch.stack([v.float().to(self._trainer.device) for _, v in to_sync])
+            reduced = self._trainer.fabric.all_reduce(stacked, reduce_op="mean")
+            for i, (key, _) in enumerate(to_sync):
+                values[key] = reduced[i]
+                if key in bar:
+                    bar[key] = reduced[i]
+        return values, bar
+
+    def read_epoch(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Epoch aggregates over every rank (exact: weighted by batch sizes), then reset for the next epoch.
+
+        Epoch aggregates are always reduced across ranks: it costs a few collectives per epoch and makes
+        distributed evaluation exact whatever the number of batches each rank ran.
+        """
+        trainer = self._trainer
+        distributed = trainer.world_size > 1
+        names = sorted(n for n, e in self._entries.items() if e.on_epoch)
+        if distributed:
+            # Ranks may have logged different names (a rank with no evaluation batch logs nothing).
+            gathered: list[list[str]] = [[] for _ in range(trainer.world_size)]
+            torch.distributed.all_gather_object(gathered, names)
+            names = sorted(set().union(*gathered))
+        values: dict[str, Tensor] = {}
+        bar: dict[str, Tensor] = {}
+        device = trainer.device
+        sums: dict[str, list[Tensor]] = {"mean": [], "sum": [], "max": [], "min": []}
+        order: dict[str, list[str]] = {"mean": [], "sum": [], "max": [], "min": []}
+        for name in names:
+            entry = self._entries.get(name)
+            if entry is not None and entry.metric is not None:
+                values[self._key(entry, "epoch")] = entry.metric.compute().detach()
+                entry.metric.reset()
+                continue
+            if entry is None:
+                # A name another rank logged: contribute nothing. The reduce op is unknown here, so assume the
+                # default ("mean"); ranks that log the same name with different reduce_fx are a user error.
+                order["mean"].append(name)
+                sums["mean"].append(torch.zeros(2, device=device))
+                continue
+            entry.fold()
+            fx = entry.reduce_fx
+            total = entry.total if entry.total is not None else torch.zeros((), device=device)
+            if fx in ("max", "min") and entry.total is None:
+                total = torch.tensor(float("-inf") if fx == "max" else float("inf"), device=device)
+            sums[fx].append(torch.stack([total.float().to(device), torch.tensor(entry.weight, device=device)]))
+            order[fx].append(name)
+        for fx, parts in sums.items():
+            if not parts:
+                continue
+            stacked = torch.stack(parts)
+            if distributed:
+                op = {"mean": "sum", "sum": "sum", "max": "max", "min": "min"}[fx]
+                stacked = trainer.fabric.all_reduce(stacked, reduce_op=op)
+            for i, name in enumerate(order[fx]):
+                total, weight = stacked[i, 0], stacked[i, 1]
+                entry = self._entries.get(name)
+                key = self._key(entry, "epoch") if entry is not None else name
+                if fx == "mean":
+                    if float(weight) == 0:
+                        continue
+                    values[key] = total / weight
+                else:
+                    values[key] = total
+        for entry in self._entries.values():
+            key = self._key(entry, "epoch")
+            if entry.on_epoch and entry.prog_bar and key in values:
+                bar[key] = values[key]
+            entry.total = None
+            entry.weight = 0.0
+        return values, bar
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch aggregates so far (so a resumed epoch reports the same epoch means)."""
+        state = {}
+        for name, entry in self._entries.items():
+            if entry.on_epoch and entry.metric is None:
+                entry.fold()
+                state[name] = {
+                    "total": None if entry.total is None else entry.total.detach().cpu(),
+                    "weight": entry.weight,
+                    "on_step": entry.on_step,
+                    "prog_bar": entry.prog_bar,
+                    "sync_dist": entry.sync_dist,
+                    "reduce_fx": entry.reduce_fx,
+                }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, s in state.items():
+            entry = _Entry(name, s["on_step"], True, s["prog_bar"], s["sync_dist"], s["reduce_fx"])
+            entry.total = None if s["total"] is None else s["total"].to(self._trainer.device)
+            entry.weight = s["weight"]
+            self._entries[name] = entry

@@ -1,0 +1,216 @@
+"""Checkpoint files: atomic writes, safe loads, RNG states, and finding the newest complete checkpoint.
+
+A checkpoint is a ``dict`` saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: tensors,
+numbers, strings, lists, tuples and dicts only, so loading a checkpoint never runs code from the file.
+
+Layout (``FORMAT_VERSION`` 1)::
+
+    {"format": 1, "dltrain_version": str, "task_class": str, "hparams": dict,
+     "state_dict": model weights, "optimizer": state, "lr_schedulers": [state, ...], "precision": state,
+     "loops": {"global_step", "epoch", "batches_in_epoch", "epoch_complete"},
+     "callbacks": {state_key: state}, "loggers": [state, ...], "train_metrics": state,
+     "ranks": [{"rng": ..., "train_loader": ...}, ...]   # one entry per rank, index = global rank
+     "world_size": int}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dltrain.errors import CheckpointError
+
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"step=(\d+)")
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``obj`` to ``path`` so that ``path`` is either the old file or the complete new one, never partial.
+
+    The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over ``path``;
+    the folder is fsynced so that the rename itself survives a power loss.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) -> None:
+    """Make ``link`` name the same file as ``target`` (a hard link, a copy where links are not supported),
+    replacing ``link`` atomically: it always names a complete checkpoint."""
+    target, link = Path(target), Path(link)
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(target, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(target, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, link)
+    _fsync_dir(link.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``, onto the CPU).
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a dltrain checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        others = [str(p) for p in sorted(path.parent.glob("*.ckpt")) if p.resolve() != path.resolve()]
+        hint = f" Other checkpoints in that folder: {', '.join(others)}." if others else ""
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {str(err)[:200]}); it is truncated or "
+            f"corrupt, or was not written by dltrain/torch.save.{hint} Pass ckpt_path='last' to use the newest "
+            "complete one."
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{str(path)!r} is not a dltrain checkpoint (no 'state_dict' entry)")
+    return ckpt
+
+
+def is_loadable(path: Path) -> bool:
+    try:
+        load(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def find_last(folder: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint in ``folder``: ``last.ckpt`` if it loads, else the highest step that loads."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    last = folder / "last.ckpt"
+    if last.is_file() and is_loadable(last):
+        return last
+
+    def step_of(p: Path) -> int:
+        match = _STEP_RE.search(p.name)
+        return int(match.group(1)) if match else -1
+
+    candidates = sorted(
+        (p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: (step_of(p), p.stat().st_mtime)
+    )
+    for p in reversed(candidates):
+        if is_loadable(p):
+            return p
+    return None
+
+
+# ---------------------------------------------------------------------- RNG states
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states: Python, NumPy, torch CPU and every CUDA device (weights_only-safe types)."""
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plain_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyperparameters reduced to types that load with ``weights_only=True`` (others become their ``repr``)."""
+
+    def plain(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return repr(v)
+
+    return {str(k): plain(v) for k, v in hparams.items()}
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: dict[str, Any], path: str) -> None:
+    """Raise a CheckpointError naming missing/unexpected keys and shape mismatches before loading."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict
+        and isinstance(state_dict[k], torch.Tensor)
+        and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:10]}")
+        raise CheckpointError(
+            f"checkpoint {path!r} does not match {type(model).__name__}: {'; '.join(parts)}. Was it written by a "
+            "different model or configuration?"
+        )
