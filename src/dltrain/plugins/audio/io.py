@@ -28,10 +28,12 @@ from dltrain.plugins import require
 __all__ = [
     "AUDIO_EXTENSIONS",
     "Audio",
+    "AudioDecodeError",
     "AudioTransform",
     "collate",
     "crop_or_pad",
     "decode_audio",
+    "decode_field",
     "eval_transform",
     "resample",
     "select_channels",
@@ -98,6 +100,22 @@ def decode_audio(data: bytes) -> Audio:
             "FLAC and OGG/Vorbis; convert other formats first"
         ) from err
     return Audio(np.ascontiguousarray(wave.T), rate)
+
+
+class AudioDecodeError(ValueError):
+    """Raised by :func:`decode_field` so that the data layer wraps it in a ``DataError`` naming shard and key."""
+
+
+def decode_field(data: bytes) -> Audio:
+    """:func:`decode_audio` as a shard field decoder (the plugin's ``decoders``).
+
+    The data layer passes a ``DataError`` raised by a decoder through unchanged, so one without shard and key
+    would lose where it happened; a plain exception is wrapped with both.
+    """
+    try:
+        return decode_audio(data)
+    except DataError as err:
+        raise AudioDecodeError(err.reason) from err
 
 
 @lru_cache(maxsize=32)

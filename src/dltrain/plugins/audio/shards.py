@@ -57,7 +57,8 @@ def write_audio_shards(
             for path in sorted((root / name).rglob("*")):
                 ext = path.suffix.lower().lstrip(".")
                 if path.is_file() and ext in exts:
-                    key = path.relative_to(root).with_suffix("").as_posix()
+                    # webdataset splits a tar member name at the first dot of its base name: keep dots out of keys.
+                    key = path.relative_to(root).with_suffix("").as_posix().replace(".", "_")
                     yield {"__key__": key, ext: path.read_bytes(), "cls": index}
 
     urls = write_shards(samples(), pattern, **kwargs)
