@@ -125,7 +125,11 @@ def decode_image(data: bytes | bytearray | memoryview, channels: int | None = 3)
     # bytearray copies once (cheap next to decoding) and gives torch a writable buffer, avoiding its warning.
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        image = _tv_decode_image(buffer, mode=_READ_MODE[channels])
+        with warnings.catch_warnings():
+            # torchvision >= 0.29 warns on every call that its image I/O moves to torchcodec; it still works and is
+            # the fastest decoder here. Silenced per call (~3 us) so it does not flood logs from every worker.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            image = _tv_decode_image(buffer, mode=_READ_MODE[channels])
     except RuntimeError as tv_err:
         try:
             image = _pil_decode(bytes(data), channels)
@@ -136,7 +140,8 @@ def decode_image(data: bytes | bytearray | memoryview, channels: int | None = 3)
                 f"Pillow: {pil_err}. Supported formats: JPEG, PNG, WebP, GIF, BMP, TIFF"
             ) from pil_err
     # torchvision ignores GRAY for WebP/GIF and returns uint16 for 16-bit PNG: normalise both here.
-    return to_channels(_to_uint8(image), channels)
+    # torchvision returns a channels-last view; make it contiguous once here rather than in every later op.
+    return to_channels(_to_uint8(image), channels).contiguous()
 
 
 def encode_image(image: Tensor | np.ndarray, format: str = "png", quality: int = 95) -> bytes:
