@@ -76,3 +76,20 @@ def make_shards(directory: str | Path, *, num_shards: int = 7, min_size: int = 1
     build_index(final)
     pattern = str(directory / f"{prefix}-{{{0:06d}..{num_shards - 1:06d}}}.tar")
     return ShardSet(directory, pattern, final, keys, Path(directory / f"{prefix}.index.json"))
+
+
+def key_of(sample: dict) -> str:
+    """A `map` that keeps only the sample key (module-level so workers can pickle it)."""
+    return sample["__key__"]
+
+
+def as_list(samples: list) -> list:
+    """A `collate_fn` that keeps the batch as a plain list."""
+    return list(samples)
+
+
+def epoch_keys(loader, epoch: int | None = None) -> list[list[str]]:
+    """All batches of one epoch as lists of keys (``None`` batches kept as ``[]``)."""
+    if epoch is not None:
+        loader.set_epoch(epoch)
+    return [list(b) if b is not None else [] for b in loader]
