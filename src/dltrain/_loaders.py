@@ -157,7 +157,12 @@ class ResumableLoader:
                 obj.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in self._loader:
+        # Create the DataLoader iterator now, not at the first next(): it draws its seed from the global RNG,
+        # and the Trainer restores a checkpoint's RNG state right after calling iter().
+        return self._count(iter(self._loader))
+
+    def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        for batch in iterator:
             self._consumed += 1
             yield batch
         # The epoch is over: a checkpoint taken now resumes at the start of the next one.

@@ -746,7 +746,7 @@ class Trainer:
                 self._skipped_nonfinite = getattr(self, "_skipped_nonfinite", 0) + 1
                 return True
             raise StepError(
-                f"the loss is {float(loss)} at global step {self.global_step} (epoch {self.current_epoch}, batch "
+                f"the loss is {float(loss.detach())} at global step {self.global_step} (epoch {self.current_epoch}, batch "
                 f"{batch_idx}, rank {self.global_rank}). Lower the learning rate, clip gradients "
                 "(gradient_clip_val), check the data, or pass Trainer(on_nonfinite_loss='skip')."
             )

@@ -111,11 +111,12 @@ class ModelCheckpoint(Callback):
         values: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for k, v in trainer.callback_metrics.items():
             with contextlib.suppress(Exception):
-                values[k.replace("/", "_")] = float(v)
+                values[k] = float(v)
         name = self.filename
         for key, value in values.items():
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
-            name = name.replace("{" + key + "}", f"{key}={text}")
+            # Metric names often hold "/" ("val/loss"): keep the file in dirpath.
+            name = name.replace("{" + key + "}", f"{key.replace('/', '_')}={text}")
         return name + ".ckpt"
 
     def _save(self, trainer: Trainer, epoch_end: bool = False) -> None:
