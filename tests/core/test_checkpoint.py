@@ -118,4 +118,5 @@ def test_resume_from_epoch_end_checkpoint_starts_next_epoch(tmp_path):
     t1.fit(TinyTask(), loader(n=32))
     t2 = quiet_trainer(tmp_path, max_epochs=3, enable_checkpointing=True)
     t2.fit(TinyTask(), loader(n=32), ckpt_path="last")
-    assert t2.current_epoch == 2 and t2.global_step == 12
+    assert t1.global_step == 8
+    assert t2.current_epoch == 3 and t2.global_step == 12
