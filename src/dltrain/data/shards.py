@@ -433,7 +433,7 @@ class ShardReader:
                 raise _StopShard()
         return self._idx == self._target or self._idx in self._wanted
 
-    def _open(self) -> None:
+    def _open(self, index: int) -> None:
         try:
             self._stream = wds_open(self.url, "rb")
         except Exception as exn:
@@ -441,6 +441,7 @@ class ShardReader:
                 f"cannot open the shard ({type(exn).__name__}: {exn}); check that it exists and is readable, "
                 "or leave it out of the URL list",
                 url=self.url,
+                key=self._where(index),
             ) from exn
         self._files = tariterators.tar_file_iterator(
             self._stream, handler=_stop_or_raise, select_files=self._select
@@ -463,22 +464,24 @@ class ShardReader:
         self.next_index = index + 1
         try:
             if self._files is None:
-                self._open()
+                self._open(index)
             return self._read(index)
         except DataError as exn:
             self._failed = exn
             self.close()
             raise
         except Exception as exn:
-            err = DataError(
-                f"cannot read the shard ({type(exn).__name__}: {exn}); it is corrupt or truncated: rewrite it, "
-                "or use on_error='skip' to skip the rest of it",
-                url=self.url,
-                key=self._where(index),
-            )
-            self._failed = err
+            self._failed = self._read_error(exn, index)
             self.close()
-            raise err from exn
+            raise self._failed from exn
+
+    def _read_error(self, exn: Exception, index: int) -> DataError:
+        return DataError(
+            f"cannot read the shard ({type(exn).__name__}: {exn}); it is corrupt or truncated: rewrite it, "
+            "or use on_error='skip' to skip the rest of it",
+            url=self.url,
+            key=self._where(index),
+        )
 
     def _read(self, index: int) -> dict[str, Any]:
         sample: dict[str, Any] = {}
@@ -492,13 +495,20 @@ class ShardReader:
             else:
                 raise ValueError(f"sample {index} of {self.url} was not in the wanted set")
         assert self._files is not None
-        for f in self._files:
-            idx = self._idx
-            if idx == index:
-                self._add(sample, f)
-            elif idx > index:
-                self._pending = (idx, f)
-                break
+        try:
+            for f in self._files:
+                idx = self._idx
+                if idx == index:
+                    self._add(sample, f)
+                elif idx > index:
+                    self._pending = (idx, f)
+                    break
+        except Exception as exn:
+            if not sample or self._idx <= index:
+                raise
+            # The damage is in a later sample (seen while looking for the end of this one): this one is whole.
+            self._failed = self._read_error(exn, self._idx)
+            self.close()
         if sample:
             sample["__key__"] = self._keys[index]
             sample["__url__"] = self.url
@@ -511,7 +521,7 @@ class ShardReader:
             "truncated or corrupt, or the index is stale; rewrite the shard or rebuild the index with "
             "`dltrain shards index URLS...` (or use on_error='skip')",
             url=self.url,
-            key=f"#{index}",
+            key=self._where(index),
         )
 
     def _add(self, sample: dict[str, Any], f: dict[str, Any]) -> None:
