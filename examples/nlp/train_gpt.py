@@ -26,11 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `corpus` when run as a script or by torchrun
 
-import torch  # noqa: E402
+import torch
 
-import dltrain  # noqa: E402
-from dltrain.data import StreamingDataset  # noqa: E402
-from dltrain.plugins import text  # noqa: E402
+import dltrain
+from dltrain.data import StreamingDataset
+from dltrain.plugins import text
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # loader workers fork after the tokenizer ran
 

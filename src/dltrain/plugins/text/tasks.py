@@ -364,6 +364,7 @@ class TextClassificationTask(_TokenizerMixin):
         return loss
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+        self._log_counters(batch)
         if batch["labels"].numel() == 0:
             return
         logits = self(batch["input_ids"], batch["attention_mask"])
