@@ -1,0 +1,7 @@
+"""Experiment loggers: where the metrics logged with ``Task.log`` go."""
+
+from dltrain.loggers.base import Logger
+from dltrain.loggers.csv import CSVLogger
+from dltrain.loggers.wandb import WandbLogger
+
+__all__ = ["CSVLogger", "Logger", "WandbLogger"]

@@ -1,0 +1,174 @@
+"""`WandbLogger`: Weights & Biases runs that continue across restarts without a repeated step."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+from collections.abc import Mapping
+from typing import Any
+
+from dltrain.loggers.base import Logger
+
+__all__ = ["WandbLogger"]
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+class WandbLogger(Logger):
+    """Log to a W&B run, opened lazily (``wandb.init``) on the first metrics, on the rank that logs.
+
+    The run id is chosen at construction (8 random characters, like wandb's own) unless ``id`` is given, so it is
+    known before the run starts: it is part of ``state_dict()`` (saved in checkpoints) and of a small record file
+    ``<save_dir>/wandb/dltrain-run-<id>.json`` (``{"id": ..., "last_step": ...}``) that is updated before every
+    ``run.log``. On resume, ``load_state_dict`` re-opens the same run (``resume="allow"``) and drops every step
+    ``<=`` the last step logged before the restart (from the record file, which is newer than the checkpoint), so
+    W&B sees each step once and in increasing order even after a ``kill -9``.
+
+    Nothing is read from or written about the environment by this class: the API key (if any) is read by wandb
+    itself, and offline mode needs none.
+
+    Args:
+        project: W&B project (wandb's default when ``None``).
+        name: display name of the run.
+        save_dir: folder under which wandb writes its ``wandb/`` directory.
+        offline: ``mode="offline"``: write locally only (``wandb sync`` uploads later); no network, no key.
+        id: run id to create or continue.
+        init_kwargs: passed to ``wandb.init`` (``entity``, ``tags``, ``group``, ``settings``, ...).
+
+    Example:
+        >>> logger = WandbLogger(project="mnist", offline=True, save_dir="runs")
+        >>> logger.log_metrics({"train/loss": 0.5}, step=10)  # starts the run here
+    """
+
+    RECORD_FILE = "dltrain-run-{id}.json"
+
+    def __init__(
+        self,
+        project: str | None = None,
+        name: str | None = None,
+        save_dir: str | os.PathLike[str] = ".",
+        offline: bool = False,
+        id: str | None = None,
+        **init_kwargs: Any,
+    ) -> None:
+        self._project = project
+        self._name = name
+        self._save_dir = os.fspath(save_dir)
+        self._offline = offline
+        self._id = id or "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+        self._init_kwargs = init_kwargs
+        self._run: Any = None
+        self._pending_config: dict[str, Any] = {}
+        self._last_step: int | None = None  # last step sent to wandb (or by the run this one resumes)
+        self._skip_until: int | None = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self._name or "wandb"
+
+    @property
+    def version(self) -> str:
+        """The run id."""
+        return self._id
+
+    @property
+    def log_dir(self) -> str:
+        return os.path.join(self._save_dir, "wandb")
+
+    @property
+    def record_file(self) -> str:
+        return os.path.join(self.log_dir, self.RECORD_FILE.format(id=self._id))
+
+    @property
+    def experiment(self) -> Any:
+        """The ``wandb.Run``, started on first access."""
+        if self._run is None:
+            self._run = self._init_run()
+        return self._run
+
+    def _init_run(self) -> Any:
+        import wandb  # imported here: `import dltrain` must not pay for wandb
+
+        os.makedirs(self.log_dir, exist_ok=True)
+        kwargs: dict[str, Any] = {
+            "project": self._project,
+            "name": self._name,
+            "dir": self._save_dir,
+            "id": self._id,
+            # "allow": continue the run if it exists (resume, or fit then test in one process), else create it.
+            "resume": "allow",
+            # Each logger owns its run; a run the user started with wandb.init() is left alone.
+            "reinit": "create_new",
+        }
+        if self._offline:
+            kwargs["mode"] = "offline"
+        if self._pending_config:
+            kwargs["config"] = dict(self._pending_config)
+        kwargs.update(self._init_kwargs)
+        run = wandb.init(**kwargs)
+        self._pending_config.clear()
+        return run
+
+    # ------------------------------------------------------------------ logging
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        """Update the run's config; kept until the run starts, so a resume can still pick the run id."""
+        if self._run is None:
+            self._pending_config.update(params)
+        else:
+            self._run.config.update(dict(params), allow_val_change=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        step = int(step)
+        if self._skip_until is not None and step <= self._skip_until:
+            return  # logged by the run this one resumes: W&B keeps one row per step
+        run = self.experiment
+        if self._last_step is None or step > self._last_step:
+            self._last_step = step
+            # Recorded before run.log: if the process dies in between, the step is lost rather than repeated.
+            self._write_record()
+        run.log(dict(metrics), step=step)
+
+    def finalize(self, status: str) -> None:
+        """Finish the run: ``exit_code`` 0 for ``"success"``, 1 otherwise (failed or interrupted)."""
+        if self._run is None and self._pending_config:
+            self.experiment  # noqa: B018 - start the run so that its config is kept
+        if self._run is not None:
+            self._run.finish(exit_code=0 if status == "success" else 1)
+            self._run = None  # a later stage (test after fit) re-opens the same run id
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"id": self._id, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the run ``state_dict["id"]``; steps up to the last one it logged are dropped."""
+        new_id = state_dict["id"]
+        if self._run is not None and self._run.id != new_id:
+            self._run.finish(exit_code=0)
+            self._run = None
+        self._id = new_id
+        last = state_dict.get("last_step")
+        record = self._read_record()
+        if record is not None and record.get("last_step") is not None:
+            last = record["last_step"] if last is None else max(last, int(record["last_step"]))
+        self._last_step = last
+        self._skip_until = last
+
+    def _write_record(self) -> None:
+        os.makedirs(self.log_dir, exist_ok=True)
+        path = self.record_file
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"id": self._id, "last_step": self._last_step}, f)
+        os.replace(tmp, path)
+
+    def _read_record(self) -> dict[str, Any] | None:
+        try:
+            with open(self.record_file, encoding="utf-8") as f:
+                record = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return record if record.get("id") == self._id else None

@@ -1,0 +1,128 @@
+"""WandbLogger in offline mode (no network, no key), read back from the files wandb wrote."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dltrain.loggers import CSVLogger, WandbLogger
+
+from .wandb_reader import has_exit_record, read_history, read_run_ids
+
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 chars, the shape of a real key
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+
+
+def _run_files(save_dir: Path) -> list[str]:
+    """The runs' ``.wandb`` files, oldest first, once complete.
+
+    ``run.finish()`` returns before wandb's service process has written everything, so wait for the exit record.
+    """
+    files = sorted(glob.glob(str(save_dir / "wandb" / "offline-run-*" / "run-*.wandb")))
+    deadline = time.monotonic() + 60
+    for f in files:
+        while not has_exit_record(f) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return files
+
+
+def _steps(history: list[dict]) -> list[int]:
+    return [row["_step"] for row in history]
+
+
+_KILLED_RUN = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from dltrain.loggers import WandbLogger
+    save_dir, state_path = sys.argv[1], sys.argv[2]
+    logger = WandbLogger(project="p", save_dir=save_dir, offline=True)
+    logger.log_hyperparams({"lr": 0.1})
+    for step in range(1, 11):
+        logger.log_metrics({"loss": float(step)}, step=step)
+        if step == 5:  # the last checkpoint before the crash
+            with open(state_path, "w") as f:
+                json.dump(logger.state_dict(), f)
+    logger.experiment.finish(exit_code=1)  # flush what wandb buffered, then die without cleanup
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_offline_resume_same_run_no_duplicate_steps(tmp_path):
+    save_dir = tmp_path / "runs"
+    state_path = tmp_path / "state.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(save_dir), str(state_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == -9, proc.stderr
+    state = json.loads(state_path.read_text())
+    assert state["last_step"] == 5
+    assert json.loads((save_dir / "wandb" / f"dltrain-run-{state['id']}.json").read_text())["last_step"] == 10
+
+    # The restarted process: a new logger restored from the checkpoint re-trains steps 6..15.
+    logger = WandbLogger(project="p", save_dir=save_dir, offline=True)
+    logger.load_state_dict(state)
+    assert logger.version == state["id"]
+    for step in range(6, 16):
+        logger.log_metrics({"loss": step + 0.5}, step=step)
+    logger.log_metrics({"val/loss": 3.0}, step=15)  # a second call at the same step (epoch metrics) is kept
+    logger.finalize("success")
+    assert logger.state_dict() == {"id": state["id"], "last_step": 15}
+
+    files = _run_files(save_dir)
+    assert len(files) == 2
+    histories = [read_history(f) for f in files]  # folder names sort by start time
+    assert all(read_run_ids(f) == {state["id"]} for f in files)
+    steps = _steps(histories[0]) + _steps(histories[1])
+    assert steps == sorted(set(steps)), steps  # monotonic, no step twice
+    assert _steps(histories[0]) == list(range(1, 11))
+    assert _steps(histories[1]) == list(range(11, 16))
+    assert histories[1][-1]["loss"] == 15.5 and histories[1][-1]["val/loss"] == 3.0
+
+
+def test_config_metrics_finish_and_no_key_on_disk(tmp_path):
+    save_dir = tmp_path / "runs"
+    logger = WandbLogger(project="p", name="n", save_dir=save_dir, offline=True, id="fixedid1", tags=["t"])
+    csv_logger = CSVLogger(save_dir)
+    assert not (save_dir / "wandb").exists()  # nothing happens before the first use
+    for lg in (logger, csv_logger):  # the Trainer loops over several loggers
+        lg.log_hyperparams({"lr": 0.1, "batch_size": 32})
+        lg.log_metrics({"loss": 1.0}, step=1)
+        lg.log_metrics({"loss": 0.5}, step=2)
+    logger.log_hyperparams({"lr": 0.2})  # allow_val_change
+    assert logger.experiment.config["lr"] == 0.2
+    assert logger.experiment.id == "fixedid1"
+    for lg in (logger, csv_logger):
+        lg.finalize("success")
+    (file,) = _run_files(save_dir)
+    assert _steps(read_history(file)) == [1, 2]
+    summary = save_dir / "wandb"
+    # The fake key is in this process's environment: it must not appear in anything written.
+    for path in summary.rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+    assert os.path.exists(csv_logger.metrics_file)
+
+
+def test_no_run_until_used_and_finalize_without_run(tmp_path):
+    logger = WandbLogger(save_dir=tmp_path, offline=True)
+    logger.finalize("success")  # nothing started: nothing to finish
+    assert not (tmp_path / "wandb").exists()
+    assert logger.state_dict()["last_step"] is None
