@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dltrain.callbacks.base import overrides
+from dltrain.callbacks.early_stopping import EarlyStopping
+from dltrain.errors import ConfigurationError, DltrainError
+
+
+def _trainer(**kw):
+    base = dict(
+        current_epoch=0,
+        global_step=0,
+        callback_metrics={},
+        should_stop=False,
+        stage="fit",
+        is_global_zero=True,
+    )
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def _run(cb, trainer, values, hook="on_validation_epoch_end"):
+    """Feed one value per epoch; return the epoch at which should_stop became True (or None)."""
+    cb.setup(trainer, None, "fit")
+    for epoch, v in enumerate(values):
+        trainer.current_epoch = epoch
+        trainer.callback_metrics = {"val/loss": torch.tensor(v), "train/loss": torch.tensor(v)}
+        getattr(cb, hook)(trainer, None)
+        if trainer.should_stop:
+            return epoch
+    return None
+
+
+def test_stops_after_patience_min_and_max():
+    cb = EarlyStopping("val/loss", patience=2)
+    assert _run(cb, _trainer(), [1.0, 0.9, 0.95, 0.91, 0.5]) == 3
+    assert cb.best_score == pytest.approx(0.9) and cb.wait_count == 2 and cb.stopped_epoch == 3
+
+    cb = EarlyStopping("val/loss", patience=2, mode="max")
+    assert _run(cb, _trainer(), [0.1, 0.2, 0.3, 0.3, 0.25]) == 4
+
+
+def test_min_delta():
+    cb = EarlyStopping("val/loss", patience=2, min_delta=0.1)
+    assert _run(cb, _trainer(), [1.0, 0.95, 0.92, 0.5]) == 2  # improvements smaller than 0.1 do not count
+
+
+def test_non_finite_stops_at_once():
+    cb = EarlyStopping("val/loss", patience=10)
+    assert _run(cb, _trainer(), [1.0, math.nan]) == 1
+    assert "not finite" in cb.stop_reason
+
+
+def test_missing_metric_lists_available():
+    cb = EarlyStopping("val/acc")
+    trainer = _trainer(callback_metrics={"val/loss": torch.tensor(1.0), "train/loss": torch.tensor(2.0)})
+    with pytest.raises(DltrainError, match=r"val/acc.*Available metrics: train/loss, val/loss"):
+        cb.on_validation_epoch_end(trainer, None)
+
+
+def test_check_on_train_and_fallback_without_validation():
+    cb = EarlyStopping("train/loss", patience=1, check_on="train")
+    assert _run(cb, _trainer(), [1.0, 2.0], hook="on_train_epoch_end") == 1
+
+    # check_on="validation" but the Trainer says there is no validation: train epoch end checks (and is strict).
+    cb = EarlyStopping("train/loss", patience=1)
+    assert _run(cb, _trainer(num_val_batches=0), [1.0, 2.0], hook="on_train_epoch_end") == 1
+    with pytest.raises(DltrainError):
+        EarlyStopping("nope").on_train_epoch_end(_trainer(num_val_batches=0), None)
+
+    # Validation configured: the train epoch end does nothing.
+    cb = EarlyStopping("val/loss", patience=1)
+    assert _run(cb, _trainer(num_val_batches=[3]), [1.0, 2.0, 3.0], hook="on_train_epoch_end") is None
+
+
+def test_unknown_validation_runs_after_train_epoch_end():
+    # The Trainer does not say whether validation exists and runs it after on_train_epoch_end: the first train
+    # epoch end skips (metric missing, not an error), then the validation hook takes over; one check per epoch.
+    cb = EarlyStopping("val/loss", patience=2)
+    trainer = _trainer()
+    cb.setup(trainer, None, "fit")
+    for epoch, v in enumerate([1.0, 1.5, 1.6]):
+        trainer.current_epoch = epoch
+        trainer.callback_metrics = (
+            {"train/loss": torch.tensor(0.0)} if epoch == 0 else {"val/loss": torch.tensor(v - 1)}
+        )
+        cb.on_train_epoch_end(trainer, None)
+        trainer.callback_metrics = {"val/loss": torch.tensor(v)}
+        cb.on_validation_epoch_end(trainer, None)
+    assert trainer.should_stop and cb.stopped_epoch == 2 and cb.wait_count == 2
+
+
+def test_validate_stage_and_sanity_check_do_not_count():
+    cb = EarlyStopping("val/loss", patience=1)
+    trainer = _trainer(stage="validate", callback_metrics={"val/loss": torch.tensor(1.0)})
+    cb.on_validation_epoch_end(trainer, None)
+    trainer = _trainer(sanity_checking=True, callback_metrics={"val/loss": torch.tensor(1.0)})
+    cb.on_validation_epoch_end(trainer, None)
+    assert cb.best_score == math.inf and not trainer.should_stop
+
+
+def test_state_survives_resume():
+    cb = EarlyStopping("val/loss", patience=3)
+    _run(cb, _trainer(), [1.0, 2.0, 2.0])
+    state = cb.state_dict()
+    assert state["wait_count"] == 2 and state["best_score"] == 1.0
+    resumed = EarlyStopping("val/loss", patience=3)
+    resumed.load_state_dict(state)
+    trainer = _trainer(current_epoch=3, callback_metrics={"val/loss": torch.tensor(3.0)})
+    resumed.on_validation_epoch_end(trainer, None)
+    assert trainer.should_stop
+    assert cb.state_key == "EarlyStopping{monitor=val/loss,mode=min}"
+
+
+def test_config_errors_and_hooks():
+    with pytest.raises(ConfigurationError):
+        EarlyStopping("x", mode="lowest")
+    with pytest.raises(ConfigurationError):
+        EarlyStopping("x", check_on="step")
+    cb = EarlyStopping("x")
+    assert overrides(cb, "on_validation_epoch_end") and not overrides(cb, "on_train_batch_end")
