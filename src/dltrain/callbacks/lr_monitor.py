@@ -1,0 +1,113 @@
+"""`LearningRateMonitor`: log the learning rate of every optimizer parameter group."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from dltrain.callbacks.base import Callback
+from dltrain.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import torch
+
+    from dltrain.task import Task
+    from dltrain.trainer import Trainer
+
+__all__ = ["LearningRateMonitor"]
+
+
+class LearningRateMonitor(Callback):
+    """Log each parameter group's learning rate, with Lightning's metric names.
+
+    Names: ``lr-<OptimizerClass>`` for an optimizer with one parameter group; ``lr-<OptimizerClass>/pg<i>``
+    (``i`` from 1) or ``lr-<OptimizerClass>/<group "name">`` with several; a second optimizer of the same class
+    gets ``lr-<OptimizerClass>-1``. With ``log_momentum``, ``<name>-momentum`` too (``betas[0]`` for Adam).
+
+    The value logged for a step is the learning rate that step used (read before the optimizer step, so a
+    per-step scheduler has not advanced it yet). ``"step"``: logged on the optimizer steps that the Trainer sends
+    to the loggers (every ``log_every_n_steps``); ``"epoch"``: the rate at the start of each training epoch,
+    logged as an epoch value.
+
+    Args:
+        logging_interval: ``"step"`` or ``"epoch"``.
+        log_momentum: also log the momentum (or Adam's ``beta1``) of each group.
+
+    Example:
+        >>> monitor = LearningRateMonitor(logging_interval="step")
+        >>> # Trainer(callbacks=[monitor]); logs e.g. "lr-AdamW" every log_every_n_steps steps
+    """
+
+    def __init__(self, logging_interval: str = "step", log_momentum: bool = False) -> None:
+        if logging_interval not in ("step", "epoch"):
+            raise ConfigurationError(
+                f"LearningRateMonitor(logging_interval={logging_interval!r}): use 'step' or 'epoch'"
+            )
+        self.logging_interval = logging_interval
+        self.log_momentum = log_momentum
+        self._pending: dict[str, float] | None = None
+        self._last_logged_step = -1
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None:
+        if self.logging_interval != "step":
+            return
+        # The optimizer step that follows this batch brings global_step to global_step + 1: read the rates now
+        # if that step is one the Trainer logs. With gradient accumulation this runs once per micro-batch; the
+        # rate does not change between them.
+        if (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0:
+            self._pending = self.read(trainer.optimizers)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending is None or self.logging_interval != "step":
+            return
+        step = trainer.global_step
+        if step % max(1, trainer.log_every_n_steps) != 0 or step == self._last_logged_step:
+            return  # a micro-batch before the optimizer step (gradient accumulation), or already logged
+        for name, value in self._pending.items():
+            task.log(name, value, on_step=True, on_epoch=False)
+        self._last_logged_step = step
+        self._pending = None
+
+    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+        if self.logging_interval == "epoch":
+            self._pending = self.read(trainer.optimizers)
+
+    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+        if self.logging_interval == "epoch" and self._pending is not None:
+            for name, value in self._pending.items():
+                task.log(name, value, on_step=False, on_epoch=True)
+            self._pending = None
+
+    # ------------------------------------------------------------------ reading
+    def read(self, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+        """``{metric name: value}`` for every parameter group of ``optimizers`` (plain floats, no device read)."""
+        values: dict[str, float] = {}
+        seen: Counter[type] = Counter()
+        for optimizer in optimizers:
+            # Wrappers (Fabric's, DeepSpeed's) keep the real optimizer in `.optimizer`.
+            inner = getattr(optimizer, "optimizer", optimizer)
+            cls = type(inner)
+            base = f"lr-{cls.__name__}"
+            if seen[cls]:
+                base = f"{base}-{seen[cls]}"
+            seen[cls] += 1
+            groups = inner.param_groups
+            for i, group in enumerate(groups):
+                if len(groups) > 1:
+                    name = f"{base}/{group.get('name', f'pg{i + 1}')}"
+                else:
+                    name = f"{base}/{group['name']}" if group.get("name") else base
+                values[name] = _as_float(group["lr"])
+                if self.log_momentum:
+                    momentum = group.get("betas", (group.get("momentum"),))[0]
+                    if momentum is not None:
+                        values[f"{name}-momentum"] = _as_float(momentum)
+        return values
+
+
+def _as_float(value: Any) -> float:
+    # Some optimizers accept a tensor lr (capturable Adam); a CPU scalar tensor reads without a device sync.
+    return float(value)
