@@ -51,15 +51,12 @@ def test_step_interval_logs_rate_used_by_the_step():
     trainer = SimpleNamespace(global_step=0, log_every_n_steps=2, optimizers=[opt])
     task = FakeTask()
     cb = LearningRateMonitor()
-    accumulate = 2  # two micro-batches per optimizer step
-    for batch_idx in range(12):
-        cb.on_train_batch_start(trainer, task, None, batch_idx)
-        if batch_idx % accumulate == accumulate - 1:
-            trainer.global_step += 1  # optimizer step, then the per-step scheduler
-            opt.step()
-            sched.step()
-        cb.on_train_batch_end(trainer, task, None, None, batch_idx)
-    # steps 2, 4, 6 are logged, with the rate steps 2, 4, 6 used (1 / step).
+    for _ in range(6):  # the Trainer's order: hook, optimizer step, global_step += 1, scheduler, logging
+        cb.on_before_optimizer_step(trainer, task, opt)
+        opt.step()
+        trainer.global_step += 1
+        sched.step()
+    # steps 2, 4, 6 are logged, each with the rate it used (the schedule gives 1 / step to step `step`).
     assert task.logged == [("lr-SGD", pytest.approx(1 / s), True, False) for s in (2, 4, 6)]
 
 
@@ -70,10 +67,10 @@ def test_epoch_interval():
     cb = LearningRateMonitor(logging_interval="epoch")
     for _epoch in range(2):
         cb.on_train_epoch_start(trainer, task)
-        cb.on_train_batch_start(trainer, task, None, 0)
-        cb.on_train_batch_end(trainer, task, None, None, 0)
-        opt.param_groups[0]["lr"] /= 10  # an epoch scheduler stepping at the end of the epoch
+        cb.on_before_optimizer_step(trainer, task, opt)  # nothing per step
+        trainer.global_step += 1
         cb.on_train_epoch_end(trainer, task)
+        opt.param_groups[0]["lr"] /= 10  # an epoch scheduler stepping after the epoch
     assert task.logged == [("lr-SGD", 0.1, False, True), ("lr-SGD", pytest.approx(0.01), False, True)]
 
 

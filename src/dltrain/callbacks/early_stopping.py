@@ -166,7 +166,8 @@ class EarlyStopping(Callback):
 
 def _has_validation(trainer: Any) -> bool | None:
     """Whether this fit runs validation, when the Trainer says so (``None``: unknown)."""
-    for name in ("num_val_batches", "val_dataloaders", "val_dataloader"):
+    # Public names first (Lightning's); dltrain's Trainer keeps the fit's validation loader in `_val_loader`.
+    for name in ("num_val_batches", "val_dataloaders", "_val_loader"):
         if hasattr(trainer, name):
             value = getattr(trainer, name)
             if isinstance(value, (list, tuple)):

@@ -24,10 +24,9 @@ class LearningRateMonitor(Callback):
     (``i`` from 1) or ``lr-<OptimizerClass>/<group "name">`` with several; a second optimizer of the same class
     gets ``lr-<OptimizerClass>-1``. With ``log_momentum``, ``<name>-momentum`` too (``betas[0]`` for Adam).
 
-    The value logged for a step is the learning rate that step used (read before the optimizer step, so a
-    per-step scheduler has not advanced it yet). ``"step"``: logged on the optimizer steps that the Trainer sends
-    to the loggers (every ``log_every_n_steps``); ``"epoch"``: the rate at the start of each training epoch,
-    logged as an epoch value.
+    ``"step"``: logged in ``on_before_optimizer_step`` of the optimizer steps whose values the Trainer sends to the
+    loggers (every ``log_every_n_steps``): the value is the rate that step used (a per-step scheduler has not
+    advanced it yet). ``"epoch"``: the rate at the start of each training epoch, logged as an epoch value.
 
     Args:
         logging_interval: ``"step"`` or ``"epoch"``.
@@ -45,41 +44,30 @@ class LearningRateMonitor(Callback):
             )
         self.logging_interval = logging_interval
         self.log_momentum = log_momentum
-        self._pending: dict[str, float] | None = None
         self._last_logged_step = -1
 
     # ------------------------------------------------------------------ hooks
-    def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None:
+    def on_before_optimizer_step(
+        self, trainer: Trainer, task: Task, optimizer: torch.optim.Optimizer
+    ) -> None:
         if self.logging_interval != "step":
             return
-        # The optimizer step that follows this batch brings global_step to global_step + 1: read the rates now
-        # if that step is one the Trainer logs. With gradient accumulation this runs once per micro-batch; the
-        # rate does not change between them.
-        if (trainer.global_step + 1) % max(1, trainer.log_every_n_steps) == 0:
-            self._pending = self.read(trainer.optimizers)
-
-    def on_train_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if self._pending is None or self.logging_interval != "step":
-            return
-        step = trainer.global_step
+        # Called once per optimizer step, before it and before per-step schedulers advance: the rates read now
+        # are the ones this step uses. The step brings global_step to global_step + 1; the Trainer sends step
+        # values to the loggers right after the steps where that is a multiple of log_every_n_steps.
+        step = trainer.global_step + 1
         if step % max(1, trainer.log_every_n_steps) != 0 or step == self._last_logged_step:
-            return  # a micro-batch before the optimizer step (gradient accumulation), or already logged
-        for name, value in self._pending.items():
-            task.log(name, value, on_step=True, on_epoch=False)
+            return  # with several optimizers this hook runs once per optimizer: log once per step
         self._last_logged_step = step
-        self._pending = None
+        for name, value in self.read(trainer.optimizers).items():
+            task.log(name, value, on_step=True, on_epoch=False)
 
     def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
         if self.logging_interval == "epoch":
-            self._pending = self.read(trainer.optimizers)
-
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
-        if self.logging_interval == "epoch" and self._pending is not None:
-            for name, value in self._pending.items():
-                task.log(name, value, on_step=False, on_epoch=True)
-            self._pending = None
+            # Logged now as an epoch value: the rate at the start of the epoch is the one the epoch uses (epoch
+            # schedulers step after the epoch), and a value logged here is part of this epoch's aggregates.
+            for name, value in self.read(trainer.optimizers).items():
+                task.log(name, value, on_step=False, on_epoch=True, reduce_fx="min")
 
     # ------------------------------------------------------------------ reading
     def read(self, optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
