@@ -19,6 +19,8 @@ require("PIL", plugin="vision", extra="vision")
 
 from dltrain.plugins.vision.decode import (  # noqa: E402
     IMAGE_EXTENSIONS,
+    FieldDecoder,
+    ImageDecodeError,
     decode_image,
     decode_label,
     encode_image,
@@ -42,7 +44,9 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "FieldDecoder",
     "ImageClassificationTask",
+    "ImageDecodeError",
     "ImageSampleTransform",
     "MixUpCutMix",
     "accuracy",

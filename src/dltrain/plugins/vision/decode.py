@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from dltrain.errors import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "decode_image", "decode_label", "encode_image", "image_decoders", "parse_label",
+__all__ = ["IMAGE_EXTENSIONS", "FieldDecoder", "ImageDecodeError", "decode_image", "decode_label", "encode_image", "image_decoders", "parse_label",
            "to_channels"]
 
 #: Shard field extensions treated as images (the lower-case file suffix, without the dot).
@@ -234,6 +233,32 @@ def decode_label(data: bytes) -> int:
     return parse_label(data)
 
 
+class ImageDecodeError(ValueError):
+    """Raised by the plugin's field decoders so that the data layer wraps it in a ``DataError`` naming the shard
+    and sample key (it passes a ``DataError`` from a decoder through unchanged, which would lose both)."""
+
+
+class FieldDecoder:
+    """A shard field decoder (``bytes -> value``) that reports bad data as :class:`ImageDecodeError`.
+
+    A class rather than a closure so that it pickles into loader workers.
+    """
+
+    def __init__(self, kind: str, channels: int | None = 3) -> None:
+        self.kind = kind
+        self.channels = channels
+        self.__name__ = f"vision {kind} decoder"  # shows up in the data layer's error message
+
+    def __call__(self, data: bytes) -> Any:
+        try:
+            return decode_label(data) if self.kind == "label" else decode_image(data, self.channels)
+        except DataError as err:
+            raise ImageDecodeError(err.reason) from err
+
+    def __repr__(self) -> str:
+        return f"FieldDecoder({self.kind!r}, channels={self.channels})"
+
+
 def image_decoders(channels: int | None = 3) -> dict[str, Any]:
     """Decoders for every image extension plus ``cls``, for ``StreamingDataset(decode=...)``.
 
@@ -244,7 +269,6 @@ def image_decoders(channels: int | None = 3) -> dict[str, Any]:
         >>> sorted(image_decoders(channels=1))[:3]
         ['bmp', 'cls', 'gif']
     """
-    image = partial(decode_image, channels=channels)  # a partial pickles into loader workers; a lambda does not
-    decoders: dict[str, Any] = dict.fromkeys(IMAGE_EXTENSIONS, image)
-    decoders["cls"] = decode_label
+    decoders: dict[str, Any] = dict.fromkeys(IMAGE_EXTENSIONS, FieldDecoder("image", channels))
+    decoders["cls"] = FieldDecoder("label")
     return decoders

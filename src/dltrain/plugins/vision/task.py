@@ -92,8 +92,8 @@ class ImageClassificationTask(Task):
     """Image classification with cross-entropy, optional MixUp/CutMix on the device, top-1/top-5 accuracy.
 
     Batches are ``(images (B, C, H, W) float, labels (B,) int64)``, as made by the vision plugin's transforms and
-    ``collate``. Logs ``train/loss``, ``train/acc`` (without mixing), ``val/loss``, ``val/acc``, ``val/acc_top5``
-    (and ``test/...``).
+    ``collate``. Logs ``train/loss`` and ``train/acc`` (without mixing) per step and per
+    epoch (``_step``/``_epoch`` suffixes), ``val/loss``, ``val/acc``, ``val/acc_top5`` (and ``test/...``).
 
     Args:
         model: a torchvision model name (``"resnet18"``) built with ``num_classes`` outputs, or any ``nn.Module``
@@ -186,8 +186,8 @@ class ImageClassificationTask(Task):
             loss = F.cross_entropy(logits, targets)
         else:
             loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-            self.log("train/acc", (logits.argmax(-1) == targets).float().mean(), prog_bar=True)
-        self.log("train/loss", loss, prog_bar=True)
+            self.log("train/acc", (logits.argmax(-1) == targets).float().mean(), prog_bar=True, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True, on_epoch=True)
         return loss
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], split: str, metrics: nn.ModuleDict) -> None:
@@ -233,18 +233,29 @@ class ImageClassificationTask(Task):
             opt = torch.optim.AdamW(groups, lr=self.lr)
         if self.scheduler_name == "none" and self.warmup_steps == 0:
             return opt
-        total = self._schedule_length() if self.scheduler_name == "cosine" else None
-        if self.scheduler_name == "cosine" and total is None:
-            warnings.warn("ImageClassificationTask: the number of training steps is unknown, so the learning rate "
-                          "stays constant after warmup; pass total_steps= or Trainer(max_steps=)", stacklevel=2)
         warmup = self.warmup_steps
+        cosine = self.scheduler_name == "cosine"
+        known: list[int] = []  # the schedule length, found lazily
+        warned: list[bool] = []
 
         def factor(step: int) -> float:
+            # Called at every scheduler step. The length is looked up lazily because the Trainer may call
+            # configure_optimizers before it knows how many batches an epoch has.
             if warmup and step < warmup:
                 return (step + 1) / warmup
-            if total is None:
+            if not cosine:
                 return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            if not known:
+                total = self._schedule_length()
+                if total is None:
+                    if step > 0 and not warned:
+                        warned.append(True)
+                        warnings.warn("ImageClassificationTask: the number of training steps is unknown, so the "
+                                      "learning rate stays constant; pass total_steps= or Trainer(max_steps=)",
+                                      stacklevel=2)
+                    return 1.0
+                known.append(total)
+            progress = min((step - warmup) / max(known[0] - warmup, 1), 1.0)
             return 0.5 * (1.0 + math.cos(math.pi * progress))
 
         schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)

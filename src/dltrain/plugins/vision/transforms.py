@@ -70,6 +70,15 @@ class ImageSampleTransform:
         self.label_key = label_key
 
     def __call__(self, sample: Mapping[str, Any]) -> tuple[Tensor, int]:
+        try:
+            return self._apply(sample)
+        except DataError as err:
+            if err.url is None and err.key is None and ("__key__" in sample or "__url__" in sample):
+                # Say where: the data layer passes a DataError from map through as it is.
+                raise DataError(err.reason, url=sample.get("__url__"), key=sample.get("__key__")) from err
+            raise
+
+    def _apply(self, sample: Mapping[str, Any]) -> tuple[Tensor, int]:
         image = next((sample[k] for k in self.image_keys if k in sample), None)
         if image is None:
             fields = sorted(k for k in sample if not k.startswith("__"))
