@@ -17,8 +17,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
-from torch.utils.data import SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from dltrain.errors import ConfigurationError
 
@@ -127,7 +134,8 @@ class ResumableLoader:
                 world_size=world_size,
                 training=training,
             )
-            self._loader = _rebuild(loader, BatchSampler(self.sampler, loader.batch_size, loader.drop_last))
+            batch_size = int(loader.batch_size)  # type: ignore[arg-type]  # checked by `standard`
+            self._loader = _rebuild(loader, BatchSampler(self.sampler, batch_size, loader.drop_last))
         elif world_size > 1 and not isinstance(sampler, DistributedSampler) and not isinstance(
             getattr(loader.batch_sampler, "sampler", None), DistributedSampler
         ):
@@ -153,7 +161,7 @@ class ResumableLoader:
         if self.sampler is not None:
             self.sampler.epoch = epoch
         for obj in (self.loader.sampler, getattr(self.loader.batch_sampler, "sampler", None)):
-            if hasattr(obj, "set_epoch") and obj is not self.sampler:
+            if obj is not None and obj is not self.sampler and hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:

@@ -13,6 +13,7 @@ and every other rank's watchdog, seeing either, prints what happened and exits t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -61,18 +62,14 @@ class Watchdog:
         if self._store is None:
             return
         msg = f"rank {self.rank} failed at global step {step}: {type(exc).__name__}: {str(exc)[:2000]}"
-        try:
+        with contextlib.suppress(Exception):
             self._store.set(_ERROR_KEY, msg)
-        except Exception:
-            pass
 
     def report_exhausted(self, epoch: int, batches: int) -> None:
         if self._store is None:
             return
-        try:
+        with contextlib.suppress(Exception):
             self._store.set(f"dltrain/exhausted/{epoch}/{self.rank}", str(batches))
-        except Exception:
-            pass
 
     def _exit(self, msg: str) -> None:
         sys.stderr.write(f"[dltrain] rank {self.rank}: {msg}\n")
@@ -107,10 +104,8 @@ class Watchdog:
                                     "the same number of batches (dltrain's StreamingDataset and map-style loaders "
                                     "do; check a custom sampler or IterableDataset)"
                                 )
-                                try:
+                                with contextlib.suppress(Exception):
                                     store.set(_ERROR_KEY, f"rank {self.rank} detected: {msg}")
-                                except Exception:
-                                    pass
                                 self._exit(msg)
             except Exception:
                 # The store went away (job ending): nothing left to watch.

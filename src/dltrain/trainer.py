@@ -153,6 +153,11 @@ class Trainer:
                 f"precision={precision!r}: {err}"
             ) from err
         self._check_precision_supported(precision)
+        if sync_batchnorm and self.fabric.device.type != "cuda":
+            raise ConfigurationError(
+                "sync_batchnorm=True needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); on "
+                f"{self.fabric.device.type} leave it off"
+            )
         self.fabric.launch()
 
         self.max_epochs = max_epochs
@@ -350,6 +355,7 @@ class Trainer:
         self._wrapped = forward_module is not task  # DDP / FSDP: steps must go through the wrapper's forward
         self._sharded = self._wrapped and not isinstance(self.fabric.strategy, DDPStrategy)
         self._move_batches = self.device.type != "cpu"
+        self._check_loss_on_host = self.device.type == "cpu" or self.on_nonfinite_loss == "skip"
 
     # ================================================================== step dispatch
     def _through_wrapper(self, method_name: str, batch: Any, batch_idx: int) -> Any:
@@ -553,7 +559,9 @@ class Trainer:
         if self.world_size < 2 or not math.isfinite(self.num_training_batches):
             return
         mine = int(self.num_training_batches) - self._resume_batch
-        lengths = self.fabric.all_gather(torch.tensor(mine, device=self.device)).tolist()
+        gathered = self.fabric.all_gather(torch.tensor(mine, device=self.device))
+        assert isinstance(gathered, Tensor)
+        lengths = gathered.tolist()
         if len(set(lengths)) > 1:
             raise DltrainError(
                 f"the ranks have different numbers of training batches this epoch ({dict(enumerate(lengths))}): "
@@ -592,7 +600,10 @@ class Trainer:
         log_every = self.log_every_n_steps
         val_every = self._val_every()
         check_nonfinite = self.on_nonfinite_loss != "ignore"
-        sync_each_step = self.device.type == "cpu" or self.on_nonfinite_loss == "skip"
+        # On the CPU reading the loss costs no device sync, so it is checked exactly every step; on an accelerator
+        # the first bad step is recorded on the device and read at logging intervals (unless the user asked to
+        # skip bad steps, which needs the answer before the optimizer step).
+        sync_each_step = self._check_loss_on_host
 
         start = self._resume_batch
         self._resume_batch = 0
@@ -604,7 +615,7 @@ class Trainer:
         self._in_train_loop = True
         batch_idx = start - 1
         last_batch = int(limit) - 1 if math.isfinite(limit) else -1
-        for batch_idx, batch in enumerate(iterator, start):  # noqa: B007
+        for batch_idx, batch in enumerate(iterator, start):
             if batch_idx >= limit:
                 batch_idx -= 1
                 break
@@ -629,18 +640,15 @@ class Trainer:
             except DltrainError:
                 raise
             except Exception as err:
+                _raise_if_unused_parameters(err)
                 raise StepError(
                     f"training_step failed on batch {batch_idx} (epoch {self.current_epoch}, global step "
-                    f"{self.global_step}): {type(err).__name__}: {err}. Check that the batch has the structure "
-                    f"training_step expects (got {_describe(batch)})."
+                    f"{self.global_step}) with {type(err).__name__}: {err} — the batch was {_describe(batch)}"
                 ) from err
             loss = self._extract_loss(output, batch_idx)
             self._stepped = False
-            if loss is not None:
-                if check_nonfinite and self._is_nonfinite(loss, batch_idx, sync_each_step):
-                    # on_nonfinite_loss="skip": drop this batch's contribution entirely.
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = None
+            if loss is not None and check_nonfinite and self._is_nonfinite(loss, batch_idx, sync_each_step):
+                loss = None  # on_nonfinite_loss="skip": no backward from this batch
             if loss is not None:
                 if accumulate > 1:
                     loss = loss / accumulate
@@ -680,6 +688,7 @@ class Trainer:
             self._report_exhausted(batch_idx + 1)
         self._in_train_loop = False
         results.batch = None
+        self._log_skipped(loader, results, "train")
         self._check_bad_step()
         self._batch_idx = batch_idx + 1
 
@@ -697,6 +706,14 @@ class Trainer:
             if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
                 self._step_scheduler(config)
 
+    @staticmethod
+    def _log_skipped(loader: Any, results: ResultStore, stage: str) -> None:
+        """Bad samples a loader skipped (``on_error="skip"``) this epoch, summed over ranks, as a metric."""
+        report = getattr(loader, "epoch_report", None)
+        skipped = report()["skipped"] if report is not None else 0
+        if skipped:
+            results.log(f"data/{stage}_skipped_samples", float(skipped), False, True, False, False, 1, "sum")
+
     def _report_exhausted(self, batches: int) -> None:
         if self.world_size > 1 and not math.isfinite(self.num_training_batches):
             self._watchdog.report_exhausted(self.current_epoch, batches)
@@ -708,7 +725,9 @@ class Trainer:
     def _any_rank(self, flag: bool) -> bool:
         if self.world_size < 2:
             return flag
-        return bool(self.fabric.all_reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
+        total = self.fabric.all_reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
+        assert isinstance(total, Tensor)
+        return bool(total > 0)
 
     def _extract_loss(self, output: Any, batch_idx: int) -> Tensor | None:
         if output is None:
@@ -771,13 +790,7 @@ class Trainer:
         try:
             self.fabric.backward(loss, model=self._module)
         except RuntimeError as err:
-            if "find_unused_parameters" in str(err) or "did not receive grad" in str(err):
-                raise StepError(
-                    "some parameters got no gradient in this step, which DDP does not allow by default (it costs "
-                    "speed to look for them). Use them in the loss, freeze them (requires_grad=False), or pass "
-                    "strategy='ddp_find_unused_parameters_true' (or DDPStrategy(find_unused_parameters=True)). "
-                    f"Original error: {str(err)[:500]}"
-                ) from err
+            _raise_if_unused_parameters(err)
             raise
 
     def _clip(self, optimizer: Any) -> None:
@@ -856,12 +869,13 @@ class Trainer:
                     raise
                 except Exception as err:
                     raise StepError(
-                        f"{step_name} failed on batch {batch_idx}: {type(err).__name__}: {err}. Check that the "
-                        f"batch has the structure {step_name} expects (got {_describe(batch)})."
+                        f"{step_name} failed on batch {batch_idx} with {type(err).__name__}: {err} — the batch was "
+                        f"{_describe(batch)}"
                     ) from err
                 for hook in batch_end:
                     hook(self, task, output, batch, batch_idx)
         results.batch = None
+        self._log_skipped(loader, results, stage)
         getattr(task, f"on_{stage}_epoch_end")()
         metrics, bar = results.read_epoch()
         self._publish(metrics, bar)
@@ -1060,6 +1074,18 @@ class Trainer:
     _wrapped = False
     _sharded = False
     _move_batches = False
+    _check_loss_on_host = True
+
+
+def _raise_if_unused_parameters(err: BaseException) -> None:
+    """DDP reports parameters without a gradient at the next forward, in terms of its own arguments."""
+    if "find_unused_parameters" in str(err) or "did not receive grad" in str(err):
+        raise StepError(
+            "some parameters got no gradient in the previous step, which DDP does not allow by default (looking "
+            "for them costs speed). Use them in the loss, freeze them (requires_grad=False), or pass "
+            "strategy='ddp_find_unused_parameters_true' (or DDPStrategy(find_unused_parameters=True)). "
+            f"Original error: {str(err)[:300]}"
+        ) from err
 
 
 def _describe(batch: Any) -> str:

@@ -1,0 +1,85 @@
+"""A cheap, non-timing guard of the training step's hot path.
+
+Between logging intervals a step must not read values back from the device (on a GPU that is a sync) and must
+not call the loggers. On the CPU the Trainer reads the loss each step to check it is finite (free there); the
+test switches that to the accelerator behaviour, which records a bad step on the device instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+import dltrain
+from dltrain.loggers.base import Logger
+from tests.helpers.tasks import TinyTask, loader, quiet_trainer
+
+_READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__", "cpu")
+
+
+class CountingLogger(Logger):
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def log_metrics(self, metrics, step):
+        self.steps.append(step)
+
+
+def test_no_device_reads_and_no_logger_calls_between_logging_intervals(tmp_path, monkeypatch):
+    reads: list[tuple[str, int, bool]] = []
+    trainer_ref: dict[str, dltrain.Trainer] = {}
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            trainer = trainer_ref.get("t")
+            # The sampler turns its CPU index permutation into a list once per epoch: not a device read.
+            from_sampler = sys._getframe(1).f_code.co_filename.endswith("_loaders.py")
+            if trainer is not None and trainer._in_train_loop and not from_sampler:
+                reads.append((name, trainer.global_step, trainer._stepped))
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    logger = CountingLogger()
+    log_every = 5
+    trainer = quiet_trainer(tmp_path, max_epochs=2, log_every_n_steps=log_every, logger=logger)
+    trainer_ref["t"] = trainer
+    monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
+    for name in _READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    trainer.fit(TinyTask(), loader(n=96, batch_size=8))
+    monkeypatch.undo()
+
+    assert trainer.global_step == 24
+    # Every read happened right after an optimizer step that is a logging step.
+    assert reads, "the logging steps should read the logged values"
+    assert {step % log_every for _, step, _ in reads} == {0}, reads
+    # Loggers: every log_every steps only (the task logs no epoch aggregate).
+    assert logger.steps == [5, 10, 15, 20]
+
+
+def _accelerator_like(setup, trainer):
+    def wrapped(*args, **kwargs):
+        setup(*args, **kwargs)
+        trainer._check_loss_on_host = False
+
+    return wrapped
+
+
+def test_nonfinite_loss_on_the_accelerator_path_names_the_first_bad_step(tmp_path, monkeypatch):
+    import math
+
+    import pytest
+
+    class NanFrom(TinyTask):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * math.nan if self.trainer.global_step >= 7 else loss
+
+    trainer = quiet_trainer(tmp_path, max_epochs=1, log_every_n_steps=5)
+    monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
+    with pytest.raises(dltrain.StepError, match="NaN or infinite at global step 7"):
+        trainer.fit(NanFrom(), loader(n=96, batch_size=8))

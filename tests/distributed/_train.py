@@ -1,0 +1,186 @@
+"""Training script for the distributed and kill/resume tests (python or torchrun).
+
+Every rank appends what it trains on to ``<out>/keys-rank<r>.jsonl`` (global step, sample keys), so the tests can
+rebuild the sequence of samples that ended up in the weights; rank zero saves the final weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+import dltrain
+from dltrain import checkpoint as ckpt_io
+from dltrain.callbacks import ModelCheckpoint
+
+
+class Keyed(Dataset):
+    def __init__(self, n: int) -> None:
+        g = torch.Generator().manual_seed(7)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x[:, :4].sum(1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], i
+
+
+def stream_loader(args, batch_size, training):
+    from dltrain.data import StreamingDataset, write_shards
+
+    folder = Path(args.out) / "shards"
+    if not (folder / "train.index.json").exists() and int(os.environ.get("RANK", "0")) == 0:
+        ds = Keyed(args.n)
+        samples = ({"__key__": f"{i:05d}", "npy": ds.x[i].numpy(), "y.npy": ds.y[i].numpy(), "cls": i}
+                   for i in range(args.n))
+        write_shards(samples, str(folder / "train-%06d.tar"), max_count=13)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    shards = sorted(str(p) for p in folder.glob("train-*.tar"))
+    ds = StreamingDataset(shards, batch_size=batch_size, shuffle=training, seed=3, training=training,
+                          shuffle_buffer=16, map=lambda s: (torch.from_numpy(s["npy"]), torch.from_numpy(s["y.npy"]),
+                                                            s["cls"]))
+    return ds.loader(num_workers=args.workers)
+
+
+class KeyTask(dltrain.Task):
+    def __init__(self, out: str, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.LayerNorm(32), torch.nn.ReLU(),
+                                       torch.nn.Dropout(dropout), torch.nn.Linear(32, 1))
+        self.out = out
+        self._log = None
+
+    def training_step(self, batch, batch_idx):
+        x, y, keys = batch
+        if self._log is None:
+            self._log = open(Path(self.out) / f"keys-rank{self.global_rank}.jsonl", "a")
+        self._log.write(json.dumps({"step": self.trainer.global_step, "epoch": self.trainer.current_epoch,
+                                    "keys": [int(k) for k in keys]}) + "\n")
+        self._log.flush()
+        loss = F.mse_loss(self.net(x), y)
+        self.log("train/loss", loss)
+        self.log("rank_value", float(self.global_rank), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, keys = batch
+        self.log("val/loss", F.mse_loss(self.net(x), y))
+        self.log("val/count", float(len(keys)), reduce_fx="sum")
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 5, 0.7),
+                                                   "interval": "step"}}
+
+
+class KillAt(dltrain.Callback):
+    """SIGKILL this process after optimizer step ``step`` (on ``rank``), once (a marker file remembers)."""
+
+    def __init__(self, step: int, rank: int, marker: Path) -> None:
+        self.step, self.rank, self.marker = step, rank, marker
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and trainer.global_rank == self.rank and not self.marker.exists():
+            self.marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_during_save(nth: int, marker: Path) -> None:
+    """SIGKILL rank 0 in the middle of writing its ``nth`` checkpoint (half the bytes are on disk)."""
+    real_save = torch.save
+    count = {"n": 0}
+
+    def save(obj, f, *a, **k):
+        count["n"] += 1
+        if count["n"] == nth and not marker.exists() and hasattr(f, "write"):
+            marker.write_text("killed in save")
+            import io
+
+            buf = io.BytesIO()
+            real_save(obj, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *a, **k)
+
+    ckpt_io.torch.save = save  # type: ignore[attr-defined]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=8, help="global batch size")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--data", choices=["map", "stream"], default="map")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--accumulate", type=int, default=1)
+    p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--every", type=int, default=2, help="checkpoint every n steps")
+    p.add_argument("--kill-step", type=int, default=None)
+    p.add_argument("--kill-rank", type=int, default=0)
+    p.add_argument("--kill-in-save", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--sync-batchnorm", action="store_true")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--logger", choices=["none", "csv", "wandb"], default="none")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+
+    callbacks = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every, save_top_k=2)]
+    if args.kill_step is not None:
+        callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))
+    if args.kill_in_save is not None:
+        kill_during_save(args.kill_in_save, out / "killed-in-save.marker")
+    logger: object = False
+    if args.logger == "csv":
+        from dltrain.loggers import CSVLogger
+
+        logger = CSVLogger(out, name="logs")
+    elif args.logger == "wandb":
+        from dltrain.loggers import WandbLogger
+
+        logger = WandbLogger(project="dltrain-test", save_dir=str(out), offline=True)
+    trainer = dltrain.Trainer(accelerator="cpu", max_epochs=args.epochs, default_root_dir=str(out), seed=11,
+                              accumulate_grad_batches=args.accumulate, gradient_clip_val=args.clip,
+                              callbacks=callbacks, logger=logger, enable_progress_bar=False,
+                              log_every_n_steps=2, sync_batchnorm=args.sync_batchnorm)
+    per_rank = args.batch_size // trainer.world_size
+    torch.manual_seed(5)
+    task = KeyTask(args.out, dropout=args.dropout)
+    if args.data == "map":
+        train = DataLoader(Keyed(args.n), batch_size=per_rank, shuffle=True, num_workers=args.workers,
+                           persistent_workers=args.workers > 0)
+        val = DataLoader(Keyed(21), batch_size=4)
+    else:
+        train = stream_loader(args, per_rank, training=True)
+        val = DataLoader(Keyed(21), batch_size=4)
+    trainer.fit(task, train, val, ckpt_path="last" if args.resume else None)
+    report = {
+        "rank": trainer.global_rank,
+        "world_size": trainer.world_size,
+        "global_step": trainer.global_step,
+        "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+                "files": sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()),
+    }
+    (out / f"report-rank{trainer.global_rank}.json").write_text(json.dumps(report))
+    if trainer.is_global_zero:
+        torch.save(task.state_dict(), out / "final.pt")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
