@@ -89,3 +89,28 @@ def test_fit_with_monitoring_callbacks_and_csv(tmp_path):
     assert all(0.0 <= float(r["throughput/epoch_data_wait_fraction"]) <= 1.0 for r in epoch_rows)
     text = out.getvalue()  # not a TTY: plain lines at epoch ends
     assert "Epoch 1/6" in text and "Epoch 2/6" in text and "8/8" in text and "\r" not in text
+
+
+def test_csv_resume_continues_same_version(tmp_path):
+    train, val = _loaders()
+
+    def trainer(max_epochs):
+        return Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=max_epochs,
+            log_every_n_steps=2,
+            default_root_dir=tmp_path,
+            logger=CSVLogger(tmp_path),
+            enable_progress_bar=False,
+        )
+
+    trainer(2).fit(Regression(), train, val)
+    resumed = trainer(3)
+    resumed.fit(Regression(), train, val, ckpt_path="last")
+    assert resumed.logger.log_dir == str(tmp_path / "logs" / "version_0")
+    assert not (tmp_path / "logs" / "version_1").exists()
+    with open(tmp_path / "logs" / "version_0" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    step_rows = [int(r["step"]) for r in rows if r["train/loss"]]
+    assert step_rows == list(range(2, 25, 2))  # epochs 0-2, every second step, each once
