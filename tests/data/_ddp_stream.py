@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from tests.helpers.shards import as_list, epoch_keys, key_of
 
 from dltrain.data import StreamingDataset
+from tests.helpers.shards import as_list, epoch_keys, key_of
 
 
 def main() -> None:

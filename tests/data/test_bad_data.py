@@ -12,10 +12,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from tests.helpers.shards import epoch_keys
 
 from dltrain.data import DataSkipWarning, StreamingDataset, write_shards
 from dltrain.errors import DataError
+from tests.helpers.shards import epoch_keys
 
 PER_SHARD = 6
 

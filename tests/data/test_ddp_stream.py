@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.helpers.distributed import run_distributed
-from tests.helpers.shards import ShardSet, as_list, epoch_keys, key_of
 
 from dltrain.data import StreamingDataset
+from tests.helpers.distributed import run_distributed
+from tests.helpers.shards import ShardSet, as_list, epoch_keys, key_of
 
 SCRIPT = Path(__file__).with_name("_ddp_stream.py")
 

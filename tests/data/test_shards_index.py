@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers.shards import as_list, key_of
 
 from dltrain.cli import main
 from dltrain.data import (
@@ -23,6 +22,7 @@ from dltrain.data import (
     write_shards,
 )
 from dltrain.errors import ConfigurationError, DataError
+from tests.helpers.shards import as_list, key_of
 
 
 def _samples(n: int):

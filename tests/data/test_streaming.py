@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.helpers.shards import ShardSet, as_list, epoch_keys, key_of
 
 from dltrain.data import StreamingDataset
 from dltrain.data import plan as _plan
+from tests.helpers.shards import ShardSet, as_list, epoch_keys, key_of
 
 
 def _ds(shards: ShardSet, **kw) -> StreamingDataset:

@@ -449,22 +449,32 @@ class StreamingDataLoader(DataLoader):
         self._errors = []
         self._pending = None
         self._level, self._batches, self._rank = level, start, rank
+        if self.stream.training and start == 0 and self.stream._num_batches(level, rank) == 0:
+            warnings.warn(
+                f"dltrain.data: {self.stream.num_samples} samples do not fill one batch of {self.stream.batch_size} "
+                f"on each of {world} ranks: this training epoch is empty (lower batch_size or add data)",
+                stacklevel=2,
+            )
         # Workers resolve nothing themselves: torch.distributed is not initialised inside them.
         self.stream._spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
                                  "level": level})
         return self._count(super().__iter__())
 
     def _count(self, items: Iterator[Any]) -> Iterator[Any]:
-        for item in items:
-            if item[0] == "error":
-                raise item[1]
-            _, batch, n_bad, errors = item
-            if n_bad:
-                self.skipped += int(n_bad)
-                room = _MAX_REPORTED_ERRORS - len(self._errors)
-                self._errors.extend(list(errors)[: max(room, 0)])
-            self._batches += 1  # before yielding: a checkpoint taken during this step counts this batch as done
-            yield batch
+        try:
+            for item in items:
+                if item[0] == "error":
+                    raise item[1]
+                _, batch, n_bad, errors = item
+                if n_bad:
+                    self.skipped += int(n_bad)
+                    room = _MAX_REPORTED_ERRORS - len(self._errors)
+                    self._errors.extend(list(errors)[: max(room, 0)])
+                self._batches += 1  # before yielding: a checkpoint taken during this step counts this batch as done
+                yield batch
+        except Exception:
+            self._stop_workers(items)
+            raise
         if self.skipped:
             warnings.warn(
                 f"dltrain.data: skipped {self.skipped} bad samples in epoch {self._epoch} on rank {self._rank} "
@@ -472,6 +482,14 @@ class StreamingDataLoader(DataLoader):
                 DataSkipWarning,
                 stacklevel=2,
             )
+
+    def _stop_workers(self, items: Iterator[Any]) -> None:
+        # The epoch cannot go on. Stop the workers now: left to the cycle collector (the traceback references
+        # this loader), a worker iterator shuts down in an arbitrary order and waits 5 s per worker.
+        shutdown = getattr(items, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+        self._iterator = None  # persistent workers are started afresh by the next iter()
 
     def state_dict(self) -> dict[str, Any]:
         """The position in the epoch: epoch, batches handed out so far, and the plan parameters.
