@@ -112,3 +112,28 @@ def classification_examples(min_per_class: int = 30) -> tuple[list[tuple[str, st
     names = [p for p in CLASSIFICATION_PACKAGES if len(by_pkg[p]) >= min_per_class]
     examples = [(rel, doc, names.index(p)) for p in names for rel, doc in by_pkg[p]]
     return examples, names
+
+
+def split_by_file(examples: list[tuple[str, str, int]], val_fraction: float, seed: int = 0
+                  ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Stratified train/val split that keeps each source file on one side.
+
+    Per label, files are taken in a stable hashed order into val until it holds ``val_fraction`` of that label's
+    docstrings (at least one file always stays in train), so every class is in both splits when it spans two or
+    more files, and no file's docstrings leak across the split.
+    """
+    files: dict[int, dict[str, list[str]]] = {}
+    for rel, doc, label in examples:
+        files.setdefault(label, {}).setdefault(rel, []).append(doc)
+    train: list[tuple[str, int]] = []
+    val: list[tuple[str, int]] = []
+    for _label, by_file in sorted(files.items()):
+        total = sum(map(len, by_file.values()))
+        order = sorted(by_file, key=lambda r: hashlib.sha256(f"{seed}:{r}".encode()).hexdigest())
+        n_val = 0
+        for i, rel in enumerate(order):
+            # Skip files that would overshoot the target by half (one big file must not empty the train side).
+            take = i < len(order) - 1 and n_val + len(by_file[rel]) <= 1.5 * val_fraction * total
+            (val if take else train).extend((d, _label) for d in by_file[rel])
+            n_val += len(by_file[rel]) if take else 0
+    return train, val
