@@ -21,7 +21,7 @@ def _result(output: str) -> dict:
 
 
 def test_gpt_example_two_processes(tmp_path: Path) -> None:
-    words = "the cat sat on a mat while dogs ran in parks and birds sang songs".split()
+    words = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "in", "parks", "and", "birds", "sang", "songs"]
     for i in range(40):
         (tmp_path / f"doc{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(30 + i)))
     (tmp_path / "broken.txt").write_bytes(b"bytes \xff\xfe that are not utf-8 " * 5)
