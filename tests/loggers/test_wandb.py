@@ -68,10 +68,12 @@ _KILLED_RUN = textwrap.dedent(
 def test_offline_resume_same_run_no_duplicate_steps(tmp_path):
     save_dir = tmp_path / "runs"
     state_path = tmp_path / "state.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", _KILLED_RUN, str(save_dir), str(state_path)], capture_output=True, text=True
-    )
-    assert proc.returncode == -9, proc.stderr
+    # Output to a file, not a pipe: wandb's service process outlives the killed one and would hold a pipe open.
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.run(
+            [sys.executable, "-c", _KILLED_RUN, str(save_dir), str(state_path)], stdout=err, stderr=err
+        )
+    assert proc.returncode == -9, (tmp_path / "stderr.txt").read_text()
     state = json.loads(state_path.read_text())
     assert state["last_step"] == 5
     assert json.loads((save_dir / "wandb" / f"dltrain-run-{state['id']}.json").read_text())["last_step"] == 10
