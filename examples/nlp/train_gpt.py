@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--dropout", type=float, default=0.0)
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int, default=16, help="blocks per batch per process")
-    t.add_argument("--max-steps", type=int, default=1500)
+    t.add_argument("--max-steps", type=int, default=800)
     t.add_argument("--max-epochs", type=int, default=None)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--warmup-steps", type=int, default=50)
