@@ -23,6 +23,7 @@ _FOLD_EVERY = 256
 
 class _Entry:
     __slots__ = (
+        "epoch_fresh",
         "fresh",
         "last",
         "metric",
@@ -47,7 +48,8 @@ class _Entry:
         self.reduce_fx = reduce_fx
         self.last: Any = None
         self.metric: Metric | None = None
-        self.fresh = False
+        self.fresh = False  # logged since the last step read
+        self.epoch_fresh = False  # logged since the last epoch read
         self.pending: list[Tensor] = []
         self.pending_w: list[float] = []
         self.total: Tensor | None = None  # folded epoch aggregate (sum of v*w, or running max/min)
@@ -139,6 +141,7 @@ class ResultStore:
                 raise DltrainError(f"self.log({name!r}) with on_step=False and on_epoch=False logs nothing")
             self._entries[name] = entry
         entry.fresh = True
+        entry.epoch_fresh = True
         if isinstance(value, Metric):
             entry.metric = value
             entry.last = value
@@ -195,7 +198,9 @@ class ResultStore:
         """
         trainer = self._trainer
         distributed = trainer.world_size > 1
-        names = sorted(n for n, e in self._entries.items() if e.on_epoch)
+        # Only what was logged since the last read: the Trainer reads again after the epoch-end callbacks, which
+        # may log too, and older values must not be reported twice.
+        names = sorted(n for n, e in self._entries.items() if e.on_epoch and e.epoch_fresh)
         if distributed:
             # Ranks may have logged different names (a rank with no evaluation batch logs nothing).
             gathered: list[list[str]] = [[] for _ in range(trainer.world_size)]
@@ -208,6 +213,8 @@ class ResultStore:
         order: dict[str, list[str]] = {"mean": [], "sum": [], "max": [], "min": []}
         for name in names:
             entry = self._entries.get(name)
+            if entry is not None:
+                entry.epoch_fresh = False
             if entry is not None and entry.metric is not None:
                 values[self._key(entry, "epoch")] = entry.metric.compute().detach()
                 entry.metric.reset()
@@ -236,12 +243,9 @@ class ResultStore:
                 total, weight = stacked[i, 0], stacked[i, 1]
                 entry = self._entries.get(name)
                 key = self._key(entry, "epoch") if entry is not None else name
-                if fx == "mean":
-                    if float(weight) == 0:
-                        continue
-                    values[key] = total / weight
-                else:
-                    values[key] = total
+                if float(weight) == 0:
+                    continue  # no rank logged it since the last read
+                values[key] = total / weight if fx == "mean" else total
         for entry in self._entries.values():
             key = self._key(entry, "epoch")
             if entry.on_epoch and entry.prog_bar and key in values:
@@ -272,4 +276,5 @@ class ResultStore:
             entry = _Entry(name, s["on_step"], True, s["prog_bar"], s["sync_dist"], s["reduce_fx"])
             entry.total = None if s["total"] is None else s["total"].to(self._trainer.device)
             entry.weight = s["weight"]
+            entry.epoch_fresh = entry.weight > 0
             self._entries[name] = entry

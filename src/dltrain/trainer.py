@@ -189,6 +189,8 @@ class Trainer:
         self.logged_metrics: dict[str, float] = {}
         self.progress_bar_metrics: dict[str, float] = {}
         self.num_training_batches: float = float("inf")
+        self.num_val_batches: float = float("inf")
+        self.num_test_batches: float = float("inf")
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.train_dataloader: Any = None
@@ -675,10 +677,11 @@ class Trainer:
                 for config in step_schedulers:
                     if self.global_step % config.frequency == 0:
                         self._step_scheduler(config)
-                if self.global_step % log_every == 0:
-                    self._log_step(results)
             for hook in batch_end_hooks:
                 hook(self, task, output, batch, batch_idx)
+            # After the batch-end hooks, so that what callbacks log for this step is sent with it.
+            if self._stepped and self.global_step % log_every == 0:
+                self._log_step(results)
             if val_every is not None and (batch_idx + 1) % val_every == 0 and batch_idx != last_batch:
                 self._run_validation(task)
                 task._results = results
@@ -696,15 +699,28 @@ class Trainer:
             self._run_validation(task)
         task._results = results
         task.on_train_epoch_end()
-        metrics, bar = results.read_epoch()
-        self._publish(metrics, bar)
         self._epoch_complete = True
-        self._call("on_train_epoch_end")
+        self._epoch_end_callbacks("on_train_epoch_end", results)
         self._epoch_complete = False
         self.should_stop = self._any_rank(self.should_stop)
         for config in self.lr_scheduler_configs:
             if config.interval == "epoch" and (self.current_epoch + 1) % config.frequency == 0:
                 self._step_scheduler(config)
+
+    def _epoch_end_callbacks(self, hook: str, results: ResultStore) -> dict[str, Tensor]:
+        """Reduce the epoch's values, run the callbacks' epoch-end hook, then send everything to the loggers.
+
+        Callbacks see the epoch aggregates (in ``callback_metrics``) and what they log in the hook is reported with
+        the same epoch, as in Lightning.
+        """
+        metrics, bar = results.read_epoch()
+        self.callback_metrics.update(metrics)
+        self._call(hook)
+        more, more_bar = results.read_epoch()
+        metrics.update(more)
+        bar.update(more_bar)
+        self._publish(metrics, bar)
+        return metrics
 
     @staticmethod
     def _log_skipped(loader: Any, results: ResultStore, stage: str) -> None:
@@ -850,6 +866,10 @@ class Trainer:
         task._results = results
         task.eval()
         n = self._num_batches(loader, limit)
+        if stage == "validation":
+            self.num_val_batches = n
+        else:
+            self.num_test_batches = n
         getattr(task, f"on_{stage}_epoch_start")()
         self._call(f"on_{stage}_epoch_start")
         batch_end = self._hooks(f"on_{stage}_batch_end")
@@ -877,9 +897,7 @@ class Trainer:
         results.batch = None
         self._log_skipped(loader, results, stage)
         getattr(task, f"on_{stage}_epoch_end")()
-        metrics, bar = results.read_epoch()
-        self._publish(metrics, bar)
-        self._call(f"on_{stage}_epoch_end")
+        metrics = self._epoch_end_callbacks(f"on_{stage}_epoch_end", results)
         return {k: float(v) for k, v in metrics.items()}
 
     def validate(self, task: Task, dataloaders: Iterable[Any], ckpt_path: str | None = None) -> dict[str, float]:

@@ -55,7 +55,7 @@ def main() -> None:
     task = {"raise": RaiseAt, "unused": Unused}.get(args.mode, TinyTask)()
     data = Uneven() if args.mode == "exhausted" else DataLoader(make_data(64), batch_size=4)
     trainer.fit(task, data)
-    print(f"rank {trainer.global_rank} finished in {time.monotonic() - start:.1f}s", flush=True)
+    print(f"DLTRAIN-TEST-COMPLETED rank {trainer.global_rank} in {time.monotonic() - start:.1f}s", flush=True)
 
 
 if __name__ == "__main__":
