@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 
 from dltrain.errors import DataError
 from dltrain.plugins.vision.decode import IMAGE_EXTENSIONS, decode_image, parse_label, to_channels
@@ -102,6 +102,11 @@ class ImageSampleTransform:
         return self.pipeline(image), label
 
 
+def _mode(interpolation: str | InterpolationMode) -> InterpolationMode:
+    # torchvision < 0.27 accepts only the enum, not its name.
+    return interpolation if isinstance(interpolation, InterpolationMode) else InterpolationMode(interpolation.lower())
+
+
 def _color_jitter(color_jitter: ColorJitterArg, channels: int | None) -> list[Any]:
     if not color_jitter:
         return []
@@ -151,7 +156,7 @@ def train_transform(
         torch.Size([1, 32, 32])
     """
     steps: list[Any] = [
-        v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=interpolation, antialias=True)
+        v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=_mode(interpolation), antialias=True)
     ]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
@@ -192,7 +197,8 @@ def eval_transform(
     """
     crop = size if isinstance(size, int) else min(size)
     steps: list[Any] = [
-        v2.Resize(resize if resize is not None else round(crop / 0.875), interpolation=interpolation, antialias=True),
+        v2.Resize(resize if resize is not None else round(crop / 0.875), interpolation=_mode(interpolation),
+                  antialias=True),
         v2.CenterCrop(size),
     ]
     if normalize:
