@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if trainer.is_global_zero:
         print("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         logger = trainer.logger
-        log_dir = Path(logger.log_dir) if logger is not None and hasattr(logger, "log_dir") else None
+        log_dir_name = getattr(logger, "log_dir", None)
+        log_dir = Path(log_dir_name) if log_dir_name else None
         if log_dir is not None and (log_dir / "metrics.csv").is_file():
             plot = plot_metrics(log_dir / "metrics.csv", log_dir / "metrics.png")
             if plot is not None:

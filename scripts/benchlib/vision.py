@@ -25,7 +25,7 @@ def _make_images() -> dict[str, bytes]:
     for size in (256, 32):
         # Smooth random content: compresses like a photo rather than like noise.
         base = rng.integers(0, 256, (size // 8 + 1, size // 8 + 1, 3), dtype=np.uint8)
-        image = Image.fromarray(base).resize((size, size), Image.BILINEAR)
+        image = Image.fromarray(base).resize((size, size), Image.Resampling.BILINEAR)
         for fmt, kw in (("jpg", {"format": "JPEG", "quality": 90}), ("png", {"format": "PNG"})):
             buf = io.BytesIO()
             image.save(buf, **kw)
