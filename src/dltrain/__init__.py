@@ -2,14 +2,24 @@
 
 Example:
     >>> import dltrain
-    >>> trainer = dltrain.Trainer(max_epochs=3)
+    >>> trainer = dltrain.Trainer(max_epochs=3)  # doctest: +SKIP
     >>> trainer.fit(MyTask(), train_loader, val_loader)  # doctest: +SKIP
+
+``Trainer`` and ``seed_everything`` are imported on first use: they need Lightning Fabric, whose import pulls in
+torchmetrics (and, through it, torchvision when installed), which costs seconds. ``import dltrain``, the data
+layer and the ``dltrain`` command line stay quick, and ``import dltrain`` imports no plugin.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from dltrain.callbacks.base import Callback
 from dltrain.errors import CheckpointError, ConfigurationError, DataError, DltrainError, StepError
 from dltrain.task import Task
-from dltrain.trainer import Trainer, seed_everything
+
+if TYPE_CHECKING:
+    from dltrain.trainer import Trainer, seed_everything
 
 __version__ = "0.1.0"
 
@@ -25,3 +35,11 @@ __all__ = [
     "__version__",
     "seed_everything",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Trainer", "seed_everything"):
+        from dltrain import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'dltrain' has no attribute {name!r}")

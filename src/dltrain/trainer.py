@@ -360,6 +360,22 @@ class Trainer:
         self._check_loss_on_host = self.device.type == "cpu" or self.on_nonfinite_loss == "skip"
 
     # ================================================================== step dispatch
+    def _zero_loss(self, batch: Any, batch_idx: int, forward_done: bool) -> Tensor:
+        """A loss whose gradient is zero for every parameter (for a rank that has nothing to contribute)."""
+        task = self._task
+        assert task is not None
+
+        def zero(*_: Any) -> Tensor:
+            return sum((p.sum() * 0.0 for p in task.parameters() if p.requires_grad), torch.zeros((), device=self.device))
+
+        if forward_done:  # DDP's forward already ran for this step: it now expects one backward
+            return zero()
+        task.__dict__["_dltrain_zero_step"] = zero
+        try:
+            return self._through_wrapper("_dltrain_zero_step", batch, batch_idx)
+        finally:
+            task.__dict__.pop("_dltrain_zero_step", None)
+
     def _through_wrapper(self, method_name: str, batch: Any, batch_idx: int) -> Any:
         """Call ``task.<method_name>`` through the DDP/FSDP wrapper's forward (gradient sync, parameter gathering).
 
@@ -433,7 +449,6 @@ class Trainer:
         it. Returning ``None`` from ``training_step`` skips that batch (no backward, no optimizer step from it).
         """
         self._attach(task, "fit")
-        self._setup_task(task, with_optimizer=True)
         train_loader = wrap_loader(
             train_dataloaders, rank=self.global_rank, world_size=self.world_size, seed=self.seed, training=True
         )
@@ -447,6 +462,8 @@ class Trainer:
         self.train_dataloader = train_loader
         self._val_loader = val_loader
         self.num_training_batches = self._num_batches(train_loader, self.limit_train_batches)
+        # After the loaders: configure_optimizers may read trainer.estimated_stepping_batches.
+        self._setup_task(task, with_optimizer=True)
         if self.max_epochs is None and self.max_steps < 0:
             if not math.isfinite(self.num_training_batches):
                 raise ConfigurationError(
@@ -632,7 +649,11 @@ class Trainer:
 
             is_step = (batch_idx + 1) % accumulate == 0 or batch_idx == last_batch
             try:
-                if plain:
+                if batch is None:
+                    # The loader skipped every sample of this batch (on_error="skip"); it still counts as a
+                    # batch so that every rank keeps the same number of steps.
+                    output = None
+                elif plain:
                     output = task.training_step(batch, batch_idx)
                 elif distributed and not is_step and wrapped:
                     with self.fabric.no_backward_sync(self._module, enabled=True):
@@ -651,6 +672,9 @@ class Trainer:
             self._stepped = False
             if loss is not None and check_nonfinite and self._is_nonfinite(loss, batch_idx, sync_each_step):
                 loss = None  # on_nonfinite_loss="skip": no backward from this batch
+            if loss is None and distributed and wrapped:
+                # The other ranks wait for this one in the gradient all-reduce: take part with a zero gradient.
+                loss = self._zero_loss(batch, batch_idx, forward_done=batch is not None)
             if loss is not None:
                 if accumulate > 1:
                     loss = loss / accumulate

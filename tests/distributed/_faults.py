@@ -30,6 +30,28 @@ class RaiseAt(TinyTask):
         return super().training_step(batch, batch_idx)
 
 
+class NoneOnRank1(TinyTask):
+    """Rank 1 skips some batches (returns None) and gets a None batch; rank 0 trains on all of them."""
+
+    def training_step(self, batch, batch_idx):
+        if self.global_rank == 1 and batch_idx in (2, 5):
+            return None
+        return super().training_step(batch, batch_idx)
+
+
+class NoneBatches(IterableDataset):
+    """Every rank gets 8 batches; rank 1's batch 6 is None (a loader that skipped every sample of it)."""
+
+    def __len__(self):
+        return 8
+
+    def __iter__(self):
+        rank = torch.distributed.get_rank()
+        data = make_data(64)
+        for i in range(8):
+            yield None if (rank == 1 and i == 6) else data[i * 4:(i + 1) * 4]
+
+
 class Unused(TinyTask):
     def __init__(self):
         super().__init__()
@@ -38,7 +60,7 @@ class Unused(TinyTask):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["raise", "exhausted", "unused", "callback"])
+    p.add_argument("mode", choices=["raise", "exhausted", "unused", "callback", "none"])
     args = p.parse_args()
     torch.set_num_threads(1)
     callbacks = []
@@ -52,9 +74,15 @@ def main() -> None:
     trainer = dltrain.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_progress_bar=False,
                               enable_checkpointing=False, callbacks=callbacks, max_steps=50)
     start = time.monotonic()
-    task = {"raise": RaiseAt, "unused": Unused}.get(args.mode, TinyTask)()
-    data = Uneven() if args.mode == "exhausted" else DataLoader(make_data(64), batch_size=4)
+    task = {"raise": RaiseAt, "unused": Unused, "none": NoneOnRank1}.get(args.mode, TinyTask)()
+    data = {"exhausted": Uneven(), "none": NoneBatches()}.get(args.mode, DataLoader(make_data(64), batch_size=4))
     trainer.fit(task, data)
+    if args.mode == "none":
+        # DDP kept the replicas identical although rank 1 contributed nothing for three batches.
+        weights = torch.cat([p.detach().flatten() for p in task.parameters()])
+        gathered = trainer.fabric.all_gather(weights)
+        assert torch.equal(gathered[0], gathered[1])
+        assert trainer.global_step == 16
     print(f"DLTRAIN-TEST-COMPLETED rank {trainer.global_rank} in {time.monotonic() - start:.1f}s", flush=True)
 
 

@@ -67,6 +67,12 @@ def test_two_nodes_rendezvous_on_localhost(tmp_path):
     assert (out / "final.pt").exists(), result.stdout[-2000:]
 
 
+def test_a_rank_with_nothing_to_contribute_does_not_hang():
+    """training_step returning None, or a None batch, on one rank: it joins the all-reduce with zero gradients."""
+    result = run_distributed(FAULTS, ["none"], nproc=2, timeout=150)
+    assert result.stdout.count("DLTRAIN-TEST-COMPLETED") == 2
+
+
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [

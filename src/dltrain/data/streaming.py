@@ -279,13 +279,16 @@ class StreamingDataset(IterableDataset):
                 reader.close()
 
     def _prepare(self, raw: dict[str, Any]) -> Any:
-        sample = self.decoder(raw)
-        if self.map is None:
-            return sample
         try:
+            sample = self.decoder(raw)
+            if self.map is None:
+                return sample
             return self.map(sample)
-        except DataError:
-            raise
+        except DataError as exn:
+            if exn.url is not None and exn.key is not None:
+                raise
+            # A plugin's decoder or map raised a DataError without knowing where the sample came from.
+            raise DataError(exn.reason, url=exn.url or raw.get("__url__"), key=exn.key or raw.get("__key__")) from exn
         except KeyError as exn:
             fields = sorted(k for k in sample if not k.startswith("__"))
             raise DataError(
