@@ -810,7 +810,8 @@ class Trainer:
                 "(gradient_clip_val), check the data, or pass Trainer(on_nonfinite_loss='skip')."
             )
         # On an accelerator, remember the first bad step on the device and look at it when logging: no sync.
-        step = torch.tensor(self.global_step, device=loss.device)
+        # torch.full, not torch.tensor: a tensor built from a Python number is copied to the device (a sync).
+        step = torch.full((), self.global_step, device=loss.device, dtype=torch.long)
         if self._bad_step is None:
             self._bad_step = torch.full((), -1, device=loss.device, dtype=torch.long)
         bad = ~torch.isfinite(loss.detach()) & (self._bad_step < 0)
