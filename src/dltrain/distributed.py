@@ -22,7 +22,10 @@ from typing import Any
 
 import torch.distributed as dist
 
-_ERROR_KEY = "dltrain/error"
+# torchrun keeps its store across restarts (--max-restarts): keys carry the restart round, so a restarted job
+# does not see the failure that made it restart.
+_PREFIX = f"dltrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+_ERROR_KEY = f"{_PREFIX}/error"
 
 
 def _store() -> Any:
@@ -69,7 +72,7 @@ class Watchdog:
         if self._store is None:
             return
         with contextlib.suppress(Exception):
-            self._store.set(f"dltrain/exhausted/{epoch}/{self.rank}", str(batches))
+            self._store.set(f"{_PREFIX}/exhausted/{epoch}/{self.rank}", str(batches))
 
     def _exit(self, msg: str) -> None:
         sys.stderr.write(f"[dltrain] rank {self.rank}: {msg}\n")
@@ -90,7 +93,7 @@ class Watchdog:
                 for r in range(self.world_size):
                     if r == self.rank:
                         continue
-                    key = f"dltrain/exhausted/{epoch}/{r}"
+                    key = f"{_PREFIX}/exhausted/{epoch}/{r}"
                     if store.check([key]):
                         theirs = int(store.get(key).decode())
                         # Give the other rank's last collective a moment: it may simply be a step ahead.

@@ -52,6 +52,21 @@ class NoneBatches(IterableDataset):
             yield None if (rank == 1 and i == 6) else data[i * 4:(i + 1) * 4]
 
 
+class BrokenPipeline(IterableDataset):
+    """Rank 1's data pipeline fails at its fourth batch (as a corrupt shard would)."""
+
+    def __len__(self):
+        return 8
+
+    def __iter__(self):
+        rank = torch.distributed.get_rank()
+        data = make_data(64)
+        for i in range(8):
+            if rank == 1 and i == 3:
+                raise dltrain.DataError("bad payload", url="shard-000003.tar", key="sample-42")
+            yield data[i * 4:(i + 1) * 4]
+
+
 class Unused(TinyTask):
     def __init__(self):
         super().__init__()
@@ -60,7 +75,7 @@ class Unused(TinyTask):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["raise", "exhausted", "unused", "callback", "none"])
+    p.add_argument("mode", choices=["raise", "exhausted", "unused", "callback", "none", "data"])
     args = p.parse_args()
     torch.set_num_threads(1)
     callbacks = []
@@ -75,7 +90,8 @@ def main() -> None:
                               enable_checkpointing=False, callbacks=callbacks, max_steps=50)
     start = time.monotonic()
     task = {"raise": RaiseAt, "unused": Unused, "none": NoneOnRank1}.get(args.mode, TinyTask)()
-    data = {"exhausted": Uneven(), "none": NoneBatches()}.get(args.mode, DataLoader(make_data(64), batch_size=4))
+    data = {"exhausted": Uneven(), "none": NoneBatches(), "data": BrokenPipeline()}.get(
+        args.mode, DataLoader(make_data(64), batch_size=4))
     trainer.fit(task, data)
     if args.mode == "none":
         # DDP kept the replicas identical although rank 1 contributed nothing for three batches.

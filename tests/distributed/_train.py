@@ -60,6 +60,9 @@ class KeyTask(dltrain.Task):
                                        torch.nn.Dropout(dropout), torch.nn.Linear(32, 1))
         self.out = out
         self._log = None
+        import torchmetrics
+
+        self.val_mse = torchmetrics.MeanSquaredError()
 
     def training_step(self, batch, batch_idx):
         x, y, keys = batch
@@ -75,8 +78,11 @@ class KeyTask(dltrain.Task):
 
     def validation_step(self, batch, batch_idx):
         x, y, keys = batch
-        self.log("val/loss", F.mse_loss(self.net(x), y))
+        pred = self.net(x)
+        self.log("val/loss", F.mse_loss(pred, y))
         self.log("val/count", float(len(keys)), reduce_fx="sum")
+        self.val_mse.update(pred, y)
+        self.log("val/mse_metric", self.val_mse)  # a torchmetrics Metric: synced over ranks at epoch end
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
@@ -98,23 +104,25 @@ class KillAt(dltrain.Callback):
 
 def kill_during_save(nth: int, marker: Path) -> None:
     """SIGKILL rank 0 in the middle of writing its ``nth`` checkpoint (half the bytes are on disk)."""
-    real_save = torch.save
+    real_save = ckpt_io.save_atomic
     count = {"n": 0}
 
-    def save(obj, f, *a, **k):
+    def save_atomic(obj, path):
         count["n"] += 1
-        if count["n"] == nth and not marker.exists() and hasattr(f, "write"):
-            marker.write_text("killed in save")
+        if count["n"] == nth and not marker.exists():
             import io
 
+            marker.write_text("killed in save")
             buf = io.BytesIO()
-            real_save(obj, buf)
-            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-            f.flush()
+            torch.save(obj, buf)
+            path = Path(path)
+            with open(path.with_name(f".{path.name}.tmp-{os.getpid()}"), "wb") as f:
+                f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        return real_save(obj, f, *a, **k)
+        return real_save(obj, path)
 
-    ckpt_io.torch.save = save  # type: ignore[attr-defined]
+    ckpt_io.save_atomic = save_atomic  # type: ignore[assignment]
 
 
 def main() -> None:
@@ -167,7 +175,7 @@ def main() -> None:
         val = DataLoader(Keyed(21), batch_size=4)
     else:
         train = stream_loader(args, per_rank, training=True)
-        val = DataLoader(Keyed(21), batch_size=4)
+        val = stream_loader(args, 4, training=False).stream  # the dataset itself: the Trainer makes the loader
     trainer.fit(task, train, val, ckpt_path="last" if args.resume else None)
     report = {
         "rank": trainer.global_rank,

@@ -42,6 +42,8 @@ def test_two_processes_match_one_process_and_only_rank_zero_writes(tmp_path):
     # Exact distributed evaluation: 21 samples over 2 ranks (11 + 10, no padding) give the one-process value.
     assert r0["metrics"]["val/count"] == 21.0
     assert abs(r0["metrics"]["val/loss"] - report(single)["metrics"]["val/loss"]) < 1e-6
+    assert abs(r0["metrics"]["val/mse_metric"] - report(single)["metrics"]["val/mse_metric"]) < 1e-6
+    assert abs(r0["metrics"]["val/mse_metric"] - r0["metrics"]["val/loss"]) < 1e-6
     # Only rank zero writes logs and checkpoints: one CSV version folder, one set of checkpoints.
     files = [f for f in r1["files"] if not f.startswith("keys-")]
     assert sorted(f for f in files if f.startswith("logs/")) == ["logs/version_0/hparams.yaml",
@@ -80,6 +82,7 @@ def test_a_rank_with_nothing_to_contribute_does_not_hang():
         ("exhausted", r"rank 0 ran out of training data after 3 batches in epoch 0"),
         ("unused", r"some parameters got no gradient.*ddp_find_unused_parameters_true"),
         ("callback", r"callback failed on rank 0"),
+        ("data", r"rank 1, global step 3.*bad payload \(shard 'shard-000003.tar', sample 'sample-42'\)"),
     ],
 )
 def test_a_failing_rank_stops_the_job_with_a_clear_error(mode, expected):

@@ -1,0 +1,98 @@
+"""Trainer options that are cheap to check in one process."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import torch
+
+import dltrain
+from tests.helpers.tasks import TinyTask, loader, quiet_trainer
+
+
+def test_sync_batchnorm_on_cpu_is_a_clear_error(tmp_path):
+    with pytest.raises(dltrain.ConfigurationError, match="sync_batchnorm=True needs CUDA"):
+        quiet_trainer(tmp_path, sync_batchnorm=True)
+
+
+def test_collective_timeout_through_a_fabric_strategy(tmp_path):
+    from lightning.fabric.strategies import DDPStrategy
+
+    trainer = quiet_trainer(tmp_path, devices=1, strategy=DDPStrategy(timeout=timedelta(seconds=42)), max_epochs=1)
+    assert trainer.strategy._timeout == timedelta(seconds=42)
+    trainer.fit(TinyTask(), loader(n=16))  # a one-process DDP job runs
+    assert trainer.global_step == 2
+
+
+def test_compile_compiles_the_task_submodules_but_not_metrics(tmp_path, monkeypatch):
+    import torchmetrics
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+
+    class WithMetric(TinyTask):
+        def __init__(self):
+            super().__init__()
+            self.mae = torchmetrics.MeanAbsoluteError()
+
+    quiet_trainer(tmp_path, compile=True, max_epochs=1).fit(WithMetric(), loader(n=16))
+    assert compiled == ["Sequential"]
+
+
+def test_limits_and_val_interval(tmp_path):
+    calls = []
+
+    class Count(dltrain.Callback):
+        def on_validation_epoch_end(self, trainer, task):
+            calls.append((trainer.global_step, trainer.num_val_batches))
+
+    trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=0.5, limit_val_batches=2,
+                            val_check_interval=3, check_val_every_n_epoch=None, callbacks=[Count()])
+    trainer.fit(TinyTask(), loader(n=96), loader(n=64))
+    assert trainer.num_training_batches == 6
+    assert trainer.global_step == 12
+    assert calls == [(3, 2), (9, 2)]  # every 3 batches, but not at an epoch's last batch
+
+
+def test_max_steps_stops_mid_epoch_and_estimated_stepping_batches(tmp_path):
+    seen = {}
+
+    class Peek(TinyTask):
+        def configure_optimizers(self):
+            seen["steps"] = self.trainer.estimated_stepping_batches
+            return super().configure_optimizers()
+
+    trainer = quiet_trainer(tmp_path, max_steps=7, accumulate_grad_batches=2)
+    trainer.fit(Peek(), loader(n=96))
+    assert trainer.global_step == 7
+    assert seen["steps"] == 7
+
+    trainer = quiet_trainer(tmp_path, max_epochs=3, accumulate_grad_batches=5)
+    trainer.fit(Peek(), loader(n=96))
+    assert seen["steps"] == 3 * 3  # 12 batches per epoch, 5 per step: 3 steps (the last one partial)
+    assert trainer.global_step == 9
+
+
+def test_predict_returns_outputs_in_order(tmp_path):
+    task = TinyTask()
+    data = loader(n=20, batch_size=8)
+    outputs = quiet_trainer(tmp_path).predict(task, [x for x, _ in data])
+    assert [o.shape[0] for o in outputs] == [8, 8, 4]
+    with torch.no_grad():
+        assert torch.equal(outputs[0], task(next(iter(data))[0]))
+
+
+def test_early_stopping_and_plateau_scheduler(tmp_path):
+    from dltrain.callbacks import EarlyStopping
+
+    class Plateau(TinyTask):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.0)  # nothing improves
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+
+    trainer = quiet_trainer(tmp_path, max_epochs=20, callbacks=[EarlyStopping("val/loss", patience=2)])
+    trainer.fit(Plateau(), loader(n=32), loader(n=16))
+    assert trainer.current_epoch == 2  # epochs 0, 1, 2: no improvement after the first
+    assert trainer.should_stop
