@@ -13,7 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -397,16 +397,14 @@ class Trainer:
             task.__dict__.pop("forward", None)
 
     def _run_step(self, method_name: str, batch: Any, batch_idx: int, through_wrapper: bool) -> Any:
+        task = self._task
+        assert task is not None
+        step = partial(self._through_wrapper, method_name) if through_wrapper else getattr(task, method_name)
+        if self._plain_precision:
+            return step(batch, batch_idx)
         precision = self.fabric.strategy.precision
-        if not self._plain_precision:
-            batch = precision.convert_input(batch)
-            with precision.forward_context():
-                if through_wrapper:
-                    return self._through_wrapper(method_name, batch, batch_idx)
-                return getattr(self._task, method_name)(batch, batch_idx)
-        if through_wrapper:
-            return self._through_wrapper(method_name, batch, batch_idx)
-        return getattr(self._task, method_name)(batch, batch_idx)
+        with precision.forward_context():
+            return step(precision.convert_input(batch), batch_idx)
 
     def _to_device(self, batch: Any) -> Any:
         return self.fabric.to_device(batch) if self._move_batches else batch
@@ -433,20 +431,22 @@ class Trainer:
                     training_step                        task
                     backward
                     on_before_optimizer_step             task, callbacks  (every accumulate_grad_batches)
-                    optimizer step, step-interval LR schedulers, logging every log_every_n_steps
+                    optimizer step, step-interval LR schedulers
                     on_train_batch_end                   callbacks
+                    step values to the loggers           every log_every_n_steps optimizer steps
                     validation when val_check_interval is reached (below)
                 validation at the end of the epoch when check_val_every_n_epoch says so:
                     on_validation_epoch_start            task, callbacks
                     validation_step for each batch       task; on_validation_batch_end callbacks
-                    on_validation_epoch_end              task, then epoch metrics are reduced, then callbacks
-                on_train_epoch_end                       task, then epoch metrics are reduced, then callbacks
+                    on_validation_epoch_end              task; epoch metrics reduced; callbacks; loggers
+                on_train_epoch_end                       task; epoch metrics reduced; callbacks; loggers
                 epoch-interval LR schedulers
             on_fit_end                                   task, callbacks
             teardown("fit")                              callbacks (also after an exception, after on_exception)
 
         Validation runs in ``eval()`` mode under ``torch.no_grad()`` and leaves the training RNG stream as it found
-        it. Returning ``None`` from ``training_step`` skips that batch (no backward, no optimizer step from it).
+        it. Returning ``None`` from ``training_step`` skips that batch: no backward from it (under DDP the rank
+        joins the gradient all-reduce with zeros, so the other ranks do not wait for it).
         """
         self._attach(task, "fit")
         train_loader = wrap_loader(
@@ -1146,6 +1146,3 @@ def _version() -> str:
 
     return __version__
 
-
-# Referenced by type checkers and users building strategies with a collective timeout.
-_ = timedelta
