@@ -21,6 +21,7 @@ def _digits():
     spec = importlib.util.spec_from_file_location("kws_digits", REPO / "examples" / "audio" / "digits.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["kws_digits"] = module  # dataclasses look their module up while the class is created
     spec.loader.exec_module(module)
     return module
 

@@ -143,6 +143,8 @@ class AudioClassificationTask(Task):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Waveforms ``[B, T]`` (or ``[B, C, T]``) -> log-mel ``[B, C, n_mels, frames]``; SpecAugment in training."""
+        if batch is None:  # every sample of the batch was bad and skipped (on_error="skip")
+            return None
         waves, labels = batch
         feats = self.features(waves)
         if feats.dim() == 3:
@@ -156,7 +158,9 @@ class AudioClassificationTask(Task):
         logits = self(feats)
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing), logits, labels
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if batch is None:
+            return None  # nothing left of this batch: skip the step
         loss, logits, labels = self._shared(batch)
         self.train_acc(logits, labels)
         self.log("train/loss", loss, prog_bar=True)
@@ -164,12 +168,16 @@ class AudioClassificationTask(Task):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is None:
+            return
         loss, logits, labels = self._shared(batch)
         self.val_acc(logits, labels)
         self.log("val/loss", loss, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is None:
+            return
         loss, logits, labels = self._shared(batch)
         self.test_acc(logits, labels)
         self.test_confusion(logits, labels)
