@@ -184,3 +184,23 @@ def test_streaming_with_bad_samples(tmp_path):
     waves = torch.cat([w for w, _ in batches])
     labels = torch.cat([y for _, y in batches])
     assert waves.shape == (12, 8000) and sorted(labels.tolist()) == sorted(i % 3 for i in range(12))
+
+
+def test_write_audio_shards_from_class_folders(tmp_path):
+    import json
+
+    import dltrain.plugins
+    from dltrain.data import StreamingDataset
+
+    audio = dltrain.plugins.get("audio")
+    for c, name in enumerate(["no", "yes"]):
+        (tmp_path / "clips" / name).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "clips" / name / f"take.{i}.wav").write_bytes(encode(sine(300 + 100 * c, 8000), 8000, "wav"))
+    (tmp_path / "clips" / "yes" / "notes.txt").write_text("not audio")
+    urls = audio.write_shards(tmp_path / "clips", str(tmp_path / "out" / "s-%06d.tar"), max_count=4)
+    assert len(urls) == 2 and json.loads((tmp_path / "out" / "classes.json").read_text()) == ["no", "yes"]
+    ds = StreamingDataset(urls, batch_size=6, decode=audio.decoders, shuffle=False, training=False,
+                          map=audio.transforms["eval"](sample_rate=16000, clip_seconds=1.0), collate_fn=audio.collate)
+    (waves, labels), = list(ds)
+    assert waves.shape == (6, 16000) and labels.tolist() == [0, 0, 0, 1, 1, 1]
