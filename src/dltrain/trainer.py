@@ -641,7 +641,7 @@ class Trainer:
             self._batch_idx = batch_idx
             if self._move_batches:
                 batch = self.fabric.to_device(batch)
-            if task_after_transfer is not None:
+            if task_after_transfer is not None and batch is not None:
                 batch = task_after_transfer(batch, 0)
             results.batch = batch
             for hook in batch_start_hooks:
