@@ -86,11 +86,16 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path, tmp_path_factory, world,
 
 
 def test_torchrun_max_restarts_continues_by_itself(tmp_path, tmp_path_factory):
-    """A rank is SIGKILLed mid-epoch; torchrun restarts the workers, which resume from "last" by themselves."""
+    """A rank is SIGKILLed mid-epoch; torchrun restarts the workers, which resume from "last" by themselves.
+
+    Several restarts are allowed: on this loaded 2-core machine, gloo's reconnection in the restarted round was
+    seen to fail now and then ("Connection refused" in connectFullMesh, before any dltrain code runs), and
+    torchrun then simply starts another round, which must resume just the same.
+    """
     ref = reference(tmp_path_factory, 2, "map")
     out = tmp_path / "run"
     run_distributed(TRAIN, ["--out", str(out), "--kill-step", "9", "--kill-rank", "1", "--resume"], nproc=2,
-                    extra_torchrun=["--max-restarts=1"])
+                    extra_torchrun=["--max-restarts=3"])
     assert (out / "killed.marker").exists()
     assert_same_run(ref, out, 2)
 
