@@ -20,9 +20,13 @@ def test_collective_timeout_through_a_fabric_strategy(tmp_path):
     from lightning.fabric.strategies import DDPStrategy
 
     trainer = quiet_trainer(tmp_path, devices=1, strategy=DDPStrategy(timeout=timedelta(seconds=42)), max_epochs=1)
-    assert trainer.strategy._timeout == timedelta(seconds=42)
-    trainer.fit(TinyTask(), loader(n=16))  # a one-process DDP job runs
-    assert trainer.global_step == 2
+    try:
+        assert trainer.strategy._timeout == timedelta(seconds=42)
+        trainer.fit(TinyTask(), loader(n=16))  # a one-process DDP job runs
+        assert trainer.global_step == 2
+    finally:
+        # The process group would outlive the test and make later tests of this process "distributed".
+        torch.distributed.destroy_process_group()
 
 
 def test_compile_compiles_the_task_submodules_but_not_metrics(tmp_path, monkeypatch):
