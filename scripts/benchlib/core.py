@@ -1651,13 +1651,14 @@ class Bench:
                       "same machine, same shards) while building this harness; the run's own figures are above.", "",
                       *found]
         lines += [METHOD, ""]
-        for path in self.args.include:
+        for i, path in enumerate(self.args.include):
             text = Path(path).read_text()
             body = "\n".join(("#" + ln if ln.startswith("#") else ln) for ln in text.splitlines())
+            note = self.args.include_note[i] if i < len(self.args.include_note) else ""
             lines += [f"## Included: another invocation ({Path(path).name})", "",
                       "The figures below come from a separate run of `scripts/bench` on another machine (its command, "
-                      "machine and date are in its own header); they are not comparable with the figures above.", "",
-                      body, ""]
+                      "machine and date are in its own header); they are not comparable with the figures above.",
+                      *([f"**Note:** {note}"] if note else []), "", body, ""]
         return "\n".join(lines)
 
 
@@ -1870,6 +1871,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--include", action="append", default=[], metavar="MD",
                    help="append another scripts/bench output (e.g. a --device cuda run on a GPU machine) as a "
                         "clearly separated section; its figures stay those of its own invocation")
+    p.add_argument("--include-note", action="append", default=[], metavar="TEXT",
+                   help="a note printed above the --include file with the same position")
     p.add_argument("--no-cache", action="store_true",
                    help="write the shards into the temp dir instead of reusing ~/.cache/dltrain-bench")
     args = p.parse_args(argv)
