@@ -174,6 +174,9 @@ def _index_exists(path: str) -> bool:
 # --------------------------------------------------------------------------------------------------- writing
 
 
+_SHARD_MTIME = 1_700_000_000  # 2023-11-14, any whole number of seconds works
+
+
 def write_shards(
     samples: Iterable[Mapping[str, Any]],
     pattern: str,
@@ -218,7 +221,10 @@ def write_shards(
         paths.append(fname)
         counts.append(int(writer.count))
 
-    writer = ShardWriter(pattern, maxcount=max_count, maxsize=max_size, post=_post, verbose=0)
+    # A whole-second mtime: webdataset's default is time.time(), a float, which makes Python's tarfile write a PAX
+    # header before every member (1 KiB more per sample, and about twice the parsing time when reading). A fixed
+    # value also makes the shards byte-for-byte reproducible.
+    writer = ShardWriter(pattern, maxcount=max_count, maxsize=max_size, post=_post, verbose=0, mtime=_SHARD_MTIME)
     previous_key = None
     try:
         for sample in samples:
