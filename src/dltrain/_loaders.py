@@ -204,8 +204,9 @@ class ResumableLoader:
 def wrap_loader(loader: Any, *, rank: int, world_size: int, seed: int, training: bool) -> Any:
     """What the Trainer iterates: map-style DataLoaders get :class:`ResumableLoader`, a dataset that knows how to
     make its own loader (``dltrain.data.StreamingDataset``) gets that loader, others are used as they are."""
-    if isinstance(loader, IterableDataset) and callable(getattr(loader, "loader", None)):
-        return loader.loader()
+    make_loader = getattr(loader, "loader", None)
+    if isinstance(loader, IterableDataset) and callable(make_loader):
+        return make_loader()
     if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
         if hasattr(loader, "state_dict"):  # a stateful loader (e.g. torchdata's) manages its own position
             return loader

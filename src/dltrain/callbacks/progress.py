@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from abc import ABC, abstractmethod
 from time import monotonic
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -185,12 +186,12 @@ def _postfix(trainer: Any) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
-class _Bar:
-    def update(self, n: int, postfix: str) -> None:
-        raise NotImplementedError
+class _Bar(ABC):
+    @abstractmethod
+    def update(self, n: int, postfix: str) -> None: ...
 
-    def close(self, n: int, postfix: str | None) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self, n: int, postfix: str | None) -> None: ...
 
 
 class _TqdmBar(_Bar):
