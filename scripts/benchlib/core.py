@@ -1645,7 +1645,9 @@ class Bench:
 
     def render(self, cases: list[str]) -> str:
         m = getattr(self, "machine_info", None) or machine()
-        cmd = " ".join(["scripts/bench", *sys.argv[1:]])
+        import shlex
+
+        cmd = shlex.join(["scripts/bench", *sys.argv[1:]])
         passed = sum(1 for *_, s in self.verdicts if s == "PASS")
         lines = [
             "# dltrain benchmarks", "",
@@ -1678,7 +1680,10 @@ class Bench:
         lines += [METHOD, ""]
         for i, path in enumerate(self.args.include):
             text = Path(path).read_text()
-            body = "\n".join(("#" + ln if ln.startswith("#") else ln) for ln in text.splitlines())
+            # Drop its title line and its Method section (the same as ours); demote its headings by one level.
+            text = text.split("\n## Method", 1)[0]
+            kept = [ln for ln in text.splitlines() if not ln.startswith(("# dltrain benchmarks", "Every figure below"))]
+            body = "\n".join(("#" + ln if ln.startswith("#") else ln) for ln in kept).strip()
             note = self.args.include_note[i] if i < len(self.args.include_note) else ""
             lines += [f"## Included: another invocation ({Path(path).name})", "",
                       "The figures below come from a separate run of `scripts/bench` on another machine (its command, "
