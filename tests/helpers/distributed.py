@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +48,10 @@ def run_distributed(
              f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=dltrain-test", str(script), *args]
             for i in range(nnodes)
         ]
-    procs = [subprocess.Popen(c, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Each launch in its own session, so that a timeout can kill torchrun *and* its workers: an orphaned worker
+    # would keep the output pipe open and block this process forever.
+    procs = [subprocess.Popen(c, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
              for c in cmds]
     outputs = []
     codes = []
@@ -55,7 +60,8 @@ def run_distributed(
             out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             for q in procs:
-                q.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(q.pid, signal.SIGKILL)
             out, _ = p.communicate()
             raise AssertionError(f"{script} did not finish within {timeout}s (hang?):\n{out}") from None
         outputs.append(out)
