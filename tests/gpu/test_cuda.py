@@ -130,3 +130,27 @@ def test_fsdp_single_gpu_trains_and_checkpoints(tmp_path):
         TinyTask(), loader(n=32), ckpt_path=str(tmp_path / "fsdp.ckpt"))
     assert "test/loss" in metrics
 
+
+
+def test_nonfinite_loss_on_cuda_names_the_first_bad_step_or_is_skipped(tmp_path):
+    import math
+
+    class NanAt(TinyTask):
+        def __init__(self, bad: set[int]):
+            super().__init__()
+            self.bad = bad
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * math.nan if self.trainer.global_step in self.bad else loss
+
+    # "raise": checked without a per-step sync, at the next logging step, naming the first bad step.
+    trainer = quiet_trainer(tmp_path / "raise", accelerator="cuda", devices=1, max_epochs=1, log_every_n_steps=5)
+    with pytest.raises(dltrain.StepError, match="NaN or infinite at global step 7"):
+        trainer.fit(NanAt(set(range(7, 100))), loader(n=96, batch_size=8))
+    # "skip": the bad step leaves the weights untouched and training goes on.
+    task = NanAt({3})
+    trainer = quiet_trainer(tmp_path / "skip", accelerator="cuda", devices=1, max_epochs=1, on_nonfinite_loss="skip")
+    trainer.fit(task, loader(n=96, batch_size=8))
+    assert trainer._skipped_nonfinite == 1
+    assert all(torch.isfinite(p).all() for p in task.parameters())
