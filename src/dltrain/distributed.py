@@ -9,23 +9,80 @@ runs a thread that polls the process group's key-value store once a second;
 - a rank whose training data ran out writes ``dltrain/exhausted/<epoch>/<rank>`` with its batch count;
 
 and every other rank's watchdog, seeing either, prints what happened and exits the process with status 1.
+
+:func:`isolate_restart_round` keeps a ``torchrun --max-restarts`` round from connecting to the round before it.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 # torchrun keeps its store across restarts (--max-restarts): keys carry the restart round, so a restarted job
 # does not see the failure that made it restart.
 _PREFIX = f"dltrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 _ERROR_KEY = f"{_PREFIX}/error"
+
+
+def isolate_restart_round(strategy: Any) -> bool:
+    """Create the default process group of a torchrun job in a store namespace of its own restart round.
+
+    Why: since torch 2.5 the agent of a c10d/standalone rendezvous hosts the job's TCPStore
+    (``TORCHELASTIC_USE_AGENT_STORE=True``) and keeps that one store for all restart rounds, and
+    ``init_process_group`` puts the process group's keys in it under names that do not change between rounds. Gloo's
+    rendezvous has every rank write its listening address under such a key and read its peers' keys; in a restarted
+    round a rank that gets there before a peer reads the *killed* round's address of that peer and fails to connect
+    ("Connection refused" in ``connectFullMesh``), or, when both sides then wait for the other to connect, hangs
+    until the process-group timeout (30 minutes). Which rank gets there first is a race, so restarts failed or hung
+    now and then, more often on a loaded machine.
+
+    So the group is created here, before ``Fabric.launch`` would, on a ``PrefixStore`` named by
+    ``TORCHELASTIC_RESTART_COUNT`` over a client of the same agent store, with the backend, timeout and device the
+    strategy would have used; Lightning then finds the group initialized and keeps it. Only for one agent (one
+    torchrun, any number of local processes): with several nodes each agent counts its restarts itself and the
+    counts can differ, so a per-round prefix could split the ranks; such jobs keep torch's behaviour (set
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` for torchrun to get a fresh store every round). Returns whether it
+    created the group.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE", "1") != "1":
+        return False
+    if not dist.is_available() or dist.is_initialized() or int(env.get("WORLD_SIZE", "1")) < 2:
+        return False
+    backend_of = getattr(strategy, "_get_process_group_backend", None)
+    if backend_of is None:  # not one of Lightning's process-group strategies: leave it to the strategy
+        return False
+    backend: str = backend_of()
+    timeout: timedelta = getattr(strategy, "_timeout", None) or timedelta(minutes=30)
+    device: torch.device = strategy.root_device
+    client = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
+    store = dist.PrefixStore(f"{_PREFIX}/pg", client)
+    dist.init_process_group(
+        backend,
+        store=store,
+        rank=int(env["RANK"]),
+        world_size=int(env["WORLD_SIZE"]),
+        timeout=timeout,
+        device_id=device if device.type != "cpu" else None,  # as Lightning passes it
+    )
+    if backend == "nccl":
+        # Lightning registers this for the groups it creates: torch warns about an NCCL group left undestroyed.
+        atexit.register(_destroy_process_group)
+    return True
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _store() -> Any:

@@ -28,7 +28,7 @@ from dltrain._loaders import wrap_loader
 from dltrain._optim import SchedulerConfig, parse_optimizers
 from dltrain._results import ResultStore
 from dltrain.callbacks.base import Callback, overrides
-from dltrain.distributed import Watchdog
+from dltrain.distributed import Watchdog, isolate_restart_round
 from dltrain.errors import CheckpointError, ConfigurationError, DltrainError, StepError
 from dltrain.loggers.base import Logger
 from dltrain.task import Task
@@ -158,6 +158,7 @@ class Trainer:
                 "sync_batchnorm=True needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); on "
                 f"{self.fabric.device.type} leave it off"
             )
+        isolate_restart_round(self.fabric.strategy)  # before launch: see its docstring (torchrun restarts)
         self.fabric.launch()
 
         self.max_epochs = max_epochs

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -140,6 +141,8 @@ def main() -> None:
     p.add_argument("--kill-rank", type=int, default=0)
     p.add_argument("--kill-in-save", type=int, default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--restart-skew", type=float, default=0.0,
+                   help="in a torchrun-restarted round, rank 0 starts its Trainer this many seconds late")
     p.add_argument("--sync-batchnorm", action="store_true")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--logger", choices=["none", "csv", "wandb"], default="none")
@@ -147,6 +150,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0" and os.environ.get("RANK") == "0":
+        # The other ranks reach the process-group rendezvous first and read whatever the store holds for rank 0
+        # by then: this makes a restarted round that would pick up the killed round's addresses do so every time.
+        time.sleep(args.restart_skew)
 
     callbacks = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every, save_top_k=2)]
     if args.kill_step is not None:
