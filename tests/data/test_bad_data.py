@@ -6,6 +6,7 @@ the number of batches, counts them in the main process and reports them at the e
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
 import tarfile
@@ -42,16 +43,26 @@ def _member_offsets(path: Path) -> dict[str, tuple[int, int]]:
 
 
 def _make(tmp: Path, case: str) -> tuple[str, str, int, str]:
-    """Write 4 shards of 6 samples, damage them per ``case``; return (pattern, bad shard, skipped, key hint)."""
+    """Write 4 shards of 6 samples, damage them per ``case``; return (pattern, bad shard, skipped, key hint).
+
+    A ``-scan`` case drops the sample offsets from the index (as version 1 wrote it): shards are read forward.
+    """
+    case, scan = case.removesuffix("-scan"), case.endswith("-scan")
     paths = write_shards((_sample(i, case) for i in range(4 * PER_SHARD)), str(tmp / "bad-%02d.tar"),
                          max_count=PER_SHARD)
+    if scan:
+        index = json.loads((tmp / "bad.index.json").read_text())
+        for entry in index["shards"]:
+            del entry["offsets"]
+        (tmp / "bad.index.json").write_text(json.dumps(index))
     bad = Path(paths[1])
-    if case == "corrupt":  # garbage over the header of sample 3 of the shard: tar stops reading there
+    if case == "corrupt":  # garbage over the header of sample 3 of the shard
         start, _ = _member_offsets(bad)["k009.json"]
         data = bytearray(bad.read_bytes())
         data[start : start + 512] = b"\xff" * 512
         bad.write_bytes(bytes(data))
-        return str(tmp / "bad-{00..03}.tar"), str(bad), 3, "k008"
+        # A forward scan stops there, losing the rest of the shard; seeking to indexed offsets loses that sample.
+        return str(tmp / "bad-{00..03}.tar"), str(bad), 3 if scan else 1, "k008"
     if case == "truncated":  # cut inside the payload of sample 3 of the shard
         _, data_at = _member_offsets(bad)["k009.json"]
         bad.write_bytes(bad.read_bytes()[: data_at + 3])
@@ -74,10 +85,13 @@ def _raised(loader) -> DataError:
     raise AssertionError("no DataError raised")
 
 
-CASES = ["corrupt", "truncated", "missing", "missing_field", "undecodable", "pickle"]
+CASES = ["corrupt", "corrupt-scan", "truncated", "truncated-scan", "missing", "missing_field", "undecodable",
+         "pickle"]
 WHAT = {
-    "corrupt": "ended after 3 samples",
+    "corrupt": "the index does not match the shard",
+    "corrupt-scan": "ended after 3 samples",
     "truncated": "cannot read the shard",
+    "truncated-scan": "cannot read the shard",
     "missing": "cannot open the shard",
     "missing_field": "no field 'txt'",
     "undecodable": "cannot decode field 'json'",

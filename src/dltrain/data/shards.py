@@ -10,11 +10,16 @@ A JSON file named ``<stem>.index.json`` in the directory of the first shard, whe
 prefix of the shard file names without extensions, trailing digits and trailing ``-_.`` (``train-000000.tar``
 .. ``train-000127.tar`` -> ``train.index.json``; ``shards.index.json`` when nothing is left)::
 
-    {"format": "dltrain.shard-index", "version": 1, "total": 1234,
-     "shards": [{"url": "train-000000.tar", "samples": 50}, ...]}
+    {"format": "dltrain.shard-index", "version": 2, "total": 1234,
+     "shards": [{"url": "train-000000.tar", "samples": 50, "offsets": [0, 3072, ..., 153600]}, ...]}
 
 Shards in the index's directory are named relative to it (the directory can be moved); others keep their full
 URL.
+
+``offsets`` (version 2, uncompressed shards indexed or written locally) has ``samples + 1`` byte offsets: where
+each sample's first tar member header starts, then where the last sample's data ends, so sample ``i`` is the
+members in ``[offsets[i], offsets[i + 1])``. Readers of local shards seek there instead of parsing every header
+before the sample; without offsets (version 1 indexes, compressed shards) they scan forward.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import braceexpand
+import numpy as np
 from webdataset import tariterators
 from webdataset.gopen import gopen as wds_open
 from webdataset.writer import ShardWriter
@@ -43,17 +49,20 @@ __all__ = [
     "default_index_path",
     "expand_urls",
     "load_index",
+    "seekable",
     "shard_counts",
+    "shard_layout",
     "write_index",
     "write_shards",
 ]
 
 INDEX_FORMAT = "dltrain.shard-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 INDEX_SUFFIX = ".index.json"
 
 # webdataset drops these files when it groups tar members into samples; counting must drop the same ones.
 _SKIP_META = re.compile(r"__[^/]*__($|/)")
+_COMPRESSED = ("gz", "bz2", "xz")
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
@@ -82,6 +91,11 @@ def _is_local(url: str) -> bool:
 
 def _local_path(url: str) -> str:
     return re.sub(r"^file://?", "/", url) if url.startswith("file:") else url
+
+
+def seekable(url: str) -> bool:
+    """Whether samples of this shard can be read by seeking to their indexed offsets (local, uncompressed)."""
+    return _is_local(url) and not _local_path(url).endswith(_COMPRESSED)
 
 
 def _dirname(url: str) -> str:
@@ -120,18 +134,28 @@ def _relative_name(url: str, index_path: str) -> str:
     return url
 
 
-def _make_index(urls: Sequence[str], counts: Sequence[int], index_path: str) -> dict[str, Any]:
-    return {
-        "format": INDEX_FORMAT,
-        "version": INDEX_VERSION,
-        "total": int(sum(counts)),
-        "shards": [{"url": _relative_name(u, index_path), "samples": int(c)} for u, c in zip(urls, counts)],
-    }
+def _make_index(
+    urls: Sequence[str], counts: Sequence[int], offsets: Sequence[Sequence[int] | None], index_path: str
+) -> dict[str, Any]:
+    shards: list[dict[str, Any]] = []
+    for url, count, offs in zip(urls, counts, offsets):
+        entry: dict[str, Any] = {"url": _relative_name(url, index_path), "samples": int(count)}
+        if offs is not None:
+            entry["offsets"] = [int(o) for o in offs]
+        shards.append(entry)
+    return {"format": INDEX_FORMAT, "version": INDEX_VERSION, "total": int(sum(counts)), "shards": shards}
+
+
+def _index_text(index: Mapping[str, Any]) -> str:
+    # One line per shard: with indent=1, json would put every offset on a line of its own.
+    head = json.dumps({k: v for k, v in index.items() if k != "shards"})
+    shards = ",\n  ".join(json.dumps(entry) for entry in index["shards"])
+    return f'{head[:-1]},\n "shards": [\n  {shards}\n ]}}\n'
 
 
 def write_index(index: Mapping[str, Any], path: str) -> None:
     """Write an index dict as JSON, atomically for local paths (readers never see half a file)."""
-    text = json.dumps(index, indent=1) + "\n"
+    text = _index_text(index)
     if _is_local(path):
         local = _local_path(path)
         tmp = f"{local}.tmp{os.getpid()}"
@@ -214,17 +238,24 @@ def write_shards(
         os.makedirs(directory, exist_ok=True)
     paths: list[str] = []
     counts: list[int] = []
+    offsets: list[list[int] | None] = []
+    starts: list[int] = []  # offsets of the samples of the shard being written
+    end = 0  # where the data of its last sample ends
     writer: ShardWriter | None = None
 
     def _post(fname: str) -> None:  # ShardWriter calls this before it resets its per-shard count
         assert writer is not None
         paths.append(fname)
         counts.append(int(writer.count))
+        offsets.append([*starts, end] if track and len(starts) == writer.count else None)
+        starts.clear()
 
     # A whole-second mtime: webdataset's default is time.time(), a float, which makes Python's tarfile write a PAX
     # header before every member (1 KiB more per sample, and about twice the parsing time when reading). A fixed
     # value also makes the shards byte-for-byte reproducible.
     writer = ShardWriter(pattern, maxcount=max_count, maxsize=max_size, post=_post, verbose=0, mtime=_SHARD_MTIME)
+    # Offsets in a compressed stream are not file offsets: such shards are indexed without them.
+    track = seekable(pattern) and _tar_offset(writer) is not None
     previous_key = None
     try:
         for sample in samples:
@@ -237,16 +268,30 @@ def write_shards(
             if key == previous_key:
                 raise DataError("two consecutive samples have the same key; they would merge into one", key=key)
             previous_key = key
+            if all(k.startswith("_") for k in sample):
+                raise DataError("the sample has no field to write (only '__key__' and other '_' names)", key=key)
+            before = _tar_offset(writer)
             try:
                 writer.write(dict(sample))
             except (ValueError, TypeError) as exn:
                 raise DataError(f"cannot encode sample: {exn}", key=key) from exn
+            if track:
+                # A sample that opened a new shard starts at 0: tarfile writes nothing before the first member.
+                starts.append(0 if writer.count == 1 else int(before or 0))
+                end = int(_tar_offset(writer) or 0)
     finally:
         writer.close()
     if index and paths:
         index_path = default_index_path(paths)
-        write_index(_make_index(paths, counts, index_path), index_path)
+        write_index(_make_index(paths, counts, offsets, index_path), index_path)
     return paths
+
+
+def _tar_offset(writer: ShardWriter) -> int | None:
+    """Bytes written so far to the shard being written (webdataset's TarWriter wraps a `tarfile.TarFile`)."""
+    tar = getattr(getattr(writer, "tarstream", None), "tarstream", None)
+    offset = getattr(tar, "offset", None)
+    return offset if isinstance(offset, int) else None
 
 
 # --------------------------------------------------------------------------------------------------- counting
@@ -259,25 +304,37 @@ class _KeyCounter:
         self.count = 0
         self._key: str | None = None
 
-    def feed(self, fname: str) -> None:
+    def feed(self, fname: str) -> bool:
+        """Count ``fname``'s member; True when it starts a new sample."""
         prefix, _ = tariterators.base_plus_ext(fname)
         if prefix is not None and prefix != self._key:
             self._key = prefix
             self.count += 1
+            return True
+        return False
 
 
-def _count_local(path: str) -> int:
+def _grouped(info: tarfile.TarInfo) -> bool:
+    """Whether webdataset's tar iteration hands this member on to sample grouping (a regular, non-meta file)."""
+    name = info.name
+    if not info.isreg() or _SKIP_META.match(name):
+        return False
+    return not ("/" not in name and name.startswith(tariterators.meta_prefix) and name.endswith(tariterators.meta_suffix))
+
+
+def _scan_local(path: str) -> tuple[int, list[int]]:
     # Random-access mode seeks over payloads: only the 512-byte headers are read.
     counter = _KeyCounter()
+    offsets: list[int] = []
+    end = 0
     with tarfile.open(path, mode="r:*") as tar:
         for info in tar:
-            name = info.name
-            if not info.isreg() or _SKIP_META.match(name):
+            if not _grouped(info) or tariterators.base_plus_ext(info.name)[0] is None:
                 continue
-            if "/" not in name and name.startswith(tariterators.meta_prefix) and name.endswith(tariterators.meta_suffix):
-                continue
-            counter.feed(name)
-    return counter.count
+            if counter.feed(info.name):
+                offsets.append(info.offset)
+            end = tar.offset  # tarfile has just moved past this member's data
+    return counter.count, [*offsets, end]
 
 
 def _count_stream(url: str) -> int:
@@ -296,18 +353,23 @@ def _count_stream(url: str) -> int:
     return counter.count
 
 
-def count_samples(url: str) -> int:
-    """Number of samples in one shard, from its tar headers (payloads are not decoded or kept)."""
+def _scan(url: str) -> tuple[int, list[int] | None]:
+    """(samples, sample offsets) of one shard from its tar headers; offsets only where `seekable`."""
     try:
-        if _is_local(url) and not _local_path(url).endswith(("gz", "bz2", "xz")):
-            return _count_local(_local_path(url))
-        return _count_stream(url)
+        if seekable(url):
+            return _scan_local(_local_path(url))
+        return _count_stream(url), None
     except Exception as exn:
         raise DataError(
             f"cannot count the samples of the shard ({type(exn).__name__}: {exn}); is it missing, corrupt or "
             "truncated? Rewrite the shard or leave it out",
             url=url,
         ) from exn
+
+
+def count_samples(url: str) -> int:
+    """Number of samples in one shard, from its tar headers (payloads are not decoded or kept)."""
+    return _scan(url)[0]
 
 
 def build_index(urls: str | Sequence[str], *, path: str | None = None, write: bool = True) -> dict[str, Any]:
@@ -327,7 +389,8 @@ def build_index(urls: str | Sequence[str], *, path: str | None = None, write: bo
     """
     expanded = expand_urls(urls)
     path = path or default_index_path(expanded)
-    index = _make_index(expanded, [count_samples(u) for u in expanded], path)
+    scans = [_scan(u) for u in expanded]
+    index = _make_index(expanded, [c for c, _ in scans], [o for _, o in scans], path)
     if write:
         write_index(index, path)
     return index
@@ -341,7 +404,20 @@ def shard_counts(
     warn: Callable[[str], None] | None = None,
 ) -> list[int]:
     """Samples per shard for ``urls``: from ``index`` (or the default index next to the shards if it exists),
-    else by reading tar headers (slower; a warning says so).
+    else by reading tar headers (slower; a warning says so). See `shard_layout` for the arguments."""
+    return shard_layout(urls, index, missing_ok=missing_ok, warn=warn)[0]
+
+
+def shard_layout(
+    urls: Sequence[str],
+    index: str | None = None,
+    *,
+    missing_ok: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[list[int], list[np.ndarray | None]]:
+    """Samples per shard for ``urls`` and, where known, their byte offsets (``samples + 1`` each, see the module
+    docstring): from ``index`` (or the default index next to the shards if it exists), else by reading tar
+    headers (slower; a warning says so).
 
     Args:
         urls: expanded shard URLs.
@@ -351,21 +427,22 @@ def shard_counts(
     """
     warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
     path = index if index is not None else default_index_path(urls)
-    by_name: dict[str, int] = {}
+    by_name: dict[str, Mapping[str, Any]] = {}
     if index is not None or _index_exists(path):
         data = load_index(path)
         base = _dirname(path)
         for entry in data["shards"]:
             name = str(entry["url"])
-            by_name[name] = int(entry["samples"])
+            by_name[name] = entry
             full = os.path.join(base, name) if _is_local(path) else f"{base}/{name}"
-            by_name.setdefault(os.path.normpath(full) if _is_local(path) else full, int(entry["samples"]))
+            by_name.setdefault(os.path.normpath(full) if _is_local(path) else full, entry)
     else:
         warn(
             f"no shard index at {path!r}: counting samples by reading the tar headers of {len(urls)} shards "
             "(slow for big datasets; write one with `dltrain shards index URLS...`)"
         )
     counts: list[int] = []
+    offsets: list[np.ndarray | None] = []
     for url in urls:
         key = os.path.normpath(_local_path(url)) if _is_local(url) else url
         found = by_name.get(key, by_name.get(url))
@@ -373,16 +450,25 @@ def shard_counts(
             found = by_name.get(posixpath.basename(_local_path(url)))
             if found is None:
                 warn(f"shard {url!r} is not in the index {path!r}; counting it by reading its headers")
-        if found is None:
+        if found is not None:
+            count, offs = int(found["samples"]), found.get("offsets")
+            if offs is not None and len(offs) != count + 1:
+                raise DataError(
+                    f"the index {path!r} lists {len(offs)} offsets for {count} samples: it is damaged; rebuild it "
+                    "with `dltrain shards index URLS...`",
+                    url=url,
+                )
+        else:
             try:
-                found = count_samples(url)
+                count, offs = _scan(url)
             except DataError as exn:
                 if not missing_ok:
                     raise
                 warn(f"{exn}; counting it as 0 samples (on_error='skip')")
-                found = 0
-        counts.append(found)
-    return counts
+                count, offs = 0, None
+        counts.append(count)
+        offsets.append(None if offs is None else np.asarray(offs, dtype=np.int64))
+    return counts, offsets
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -547,3 +633,143 @@ class ShardReader:
         if stream is not None:
             with contextlib.suppress(Exception):
                 stream.close()
+
+
+class _Mismatch(Exception):
+    """The tar members at a sample's indexed offsets are not one whole sample."""
+
+
+class IndexedShardReader:
+    """Random-access reader of one local, uncompressed shard whose index has sample offsets.
+
+    Sample ``i`` is the tar members in ``[offsets[i], offsets[i + 1])``: the reader seeks there and lets
+    `tarfile` parse just those headers, so a loader worker touches only the samples it reads (the forward
+    `ShardReader` parses every header before them). The range is also a cheap check that the index still fits
+    the shard: its first header must parse, its members must share one key and end exactly at the next offset.
+
+    Args:
+        url: local shard path or ``file:`` URL (see `seekable`).
+        offsets: the shard's ``samples + 1`` offsets from the index.
+        expected: samples the index says the shard has.
+    """
+
+    def __init__(self, url: str, offsets: Sequence[int] | np.ndarray, expected: int) -> None:
+        self.url = url
+        self.expected = expected
+        self._offsets = offsets
+        self._file: Any = None
+        self._tar: tarfile.TarFile | None = None
+        self._size = 0
+        self._failed: DataError | None = None  # the shard could not be opened: every sample fails the same way
+        self.next_index = 0  # any sample can be read, in any order (same attribute as `ShardReader`)
+
+    def _open(self, index: int) -> tarfile.TarFile:
+        try:
+            self._file = open(_local_path(self.url), "rb")  # noqa: SIM115 (closed by close())
+        except OSError as exn:
+            raise DataError(
+                f"cannot open the shard ({type(exn).__name__}: {exn}); check that it exists and is readable, "
+                "or leave it out of the URL list",
+                url=self.url,
+                key=f"#{index}",
+            ) from exn
+        try:
+            self._size = os.fstat(self._file.fileno()).st_size
+            return tarfile.TarFile(fileobj=self._file, mode="r")  # parses the first header: a non-tar fails here
+        except Exception as exn:
+            self.close()
+            raise self._read_error(exn, f"#{index}") from exn
+
+    def get(self, index: int) -> dict[str, Any]:
+        """The raw sample at ``index``: ``{"__key__", "__url__", ext: bytes, ...}``; raises `DataError`."""
+        if self._failed is not None:
+            raise DataError(self._failed.reason, url=self.url, key=f"#{index}")
+        if not 0 <= index < self.expected:
+            raise ValueError(f"sample {index} of {self.url} is out of range (the index says {self.expected})")
+        if self._tar is None:
+            try:
+                self._tar = self._open(index)
+            except DataError as exn:
+                self._failed = exn
+                raise
+        start, stop = int(self._offsets[index]), int(self._offsets[index + 1])
+        if start >= self._size:
+            raise DataError(
+                f"the shard has {self._size} bytes but the index puts sample #{index} at byte {start}: it is "
+                "truncated, or the index is stale; rewrite the shard or rebuild the index with "
+                "`dltrain shards index URLS...` (or use on_error='skip')",
+                url=self.url,
+                key=self._where(index),
+            )
+        sample: dict[str, Any] = {}
+        try:
+            self._read(self._tar, start, stop, sample)
+        except DataError:
+            raise
+        except _Mismatch as exn:
+            raise DataError(
+                f"the index does not match the shard: sample #{index} should be the tar members at bytes "
+                f"{start}..{stop}, but {exn}; the shard changed after it was indexed (rebuild the index with "
+                "`dltrain shards index URLS...`) or it is corrupt (rewrite it; on_error='skip' skips the sample)",
+                url=self.url,
+                key=sample.get("__key__") or self._where(index),
+            ) from exn
+        except Exception as exn:
+            raise self._read_error(exn, sample.get("__key__") or self._where(index)) from exn
+        sample["__url__"] = self.url
+        return sample
+
+    def _read(self, tar: tarfile.TarFile, start: int, stop: int, sample: dict[str, Any]) -> None:
+        pos = start
+        while pos < stop:
+            tar.fileobj.seek(pos)  # type: ignore[union-attr]
+            try:
+                info = tar.tarinfo.fromtarfile(tar)  # one member, with its PAX/GNU extension headers
+            except tarfile.HeaderError as exn:
+                if pos + tarfile.BLOCKSIZE > self._size:
+                    raise  # cut short by the end of the file: a truncated shard
+                raise _Mismatch(f"byte {pos} holds no tar header ({exn})") from exn
+            pos = tar.offset  # where the next header starts
+            if not _grouped(info):
+                continue
+            prefix, suffix = tariterators.base_plus_ext(info.name)
+            if prefix is None:
+                continue
+            key = sample.setdefault("__key__", prefix)
+            if prefix != key:
+                raise _Mismatch(f"they hold members of two samples ({key!r} and {prefix!r})")
+            suffix = suffix.lower()
+            if suffix in sample:
+                raise DataError(f"duplicate field {suffix!r} in one sample", url=self.url, key=key)
+            file = tar.extractfile(info)
+            assert file is not None  # a regular member
+            sample[suffix] = file.read()
+        if pos != stop or "__key__" not in sample:
+            raise _Mismatch(f"its members end at byte {pos}")
+
+    def _where(self, index: int) -> str:
+        # Only on errors: name the sample before this one, as the forward reader does, if it can be read.
+        previous = None
+        if index > 0 and self._tar is not None:
+            with contextlib.suppress(Exception):
+                self._tar.fileobj.seek(int(self._offsets[index - 1]))  # type: ignore[union-attr]
+                previous = tariterators.base_plus_ext(self._tar.tarinfo.fromtarfile(self._tar).name)[0]
+        return f"#{index} (after {previous!r})" if previous else f"#{index}"
+
+    def _read_error(self, exn: Exception, key: str) -> DataError:
+        return DataError(
+            f"cannot read the shard ({type(exn).__name__}: {exn}); it is corrupt or truncated: rewrite it, "
+            "or use on_error='skip' to skip the samples that cannot be read",
+            url=self.url,
+            key=key,
+        )
+
+    def close(self) -> None:
+        """Close the shard file (safe to call twice)."""
+        tar, self._tar = self._tar, None
+        file, self._file = self._file, None
+        for closing in (tar, file):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    closing.close()
+

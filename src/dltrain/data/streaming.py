@@ -12,7 +12,10 @@ How an epoch is planned (see `dltrain.data.plan`):
 The plan depends only on (seed, epoch, rank, world size, batch size). Loader worker w of K produces the rank's
 batches j = w, w+K, w+2K, ... which is exactly the round-robin order in which `torch.utils.data.DataLoader`
 collects them, so the number of workers never changes what a rank sees. A worker reads only the shards holding
-its samples, keeps raw bytes only of the samples it needs, and decodes only those.
+its samples, keeps raw bytes only of the samples it needs, and decodes only those. Where the index has sample
+offsets (local, uncompressed shards; see `dltrain.data.shards`) it seeks to each of its samples, batch by batch;
+otherwise (``pipe:``/``http(s):`` URLs, compressed shards, version 1 indexes) it scans each shard forward and
+reads a shuffle window at a time.
 
 Bad data (``on_error``): ``"raise"`` raises `DataError` naming the shard, the sample key and what to do;
 ``"skip"`` drops the bad samples (the batch gets smaller, or is ``None`` if every sample of it was bad; the
@@ -37,7 +40,13 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from dltrain.data import plan as _plan
 from dltrain.data.decoders import Decoder, SampleDecoder
-from dltrain.data.shards import ShardReader, expand_urls, shard_counts
+from dltrain.data.shards import (
+    IndexedShardReader,
+    ShardReader,
+    expand_urls,
+    seekable,
+    shard_layout,
+)
 from dltrain.errors import ConfigurationError, DataError
 
 __all__ = ["DataSkipWarning", "StreamingDataLoader", "StreamingDataset", "resolve_rank"]
@@ -144,6 +153,7 @@ class StreamingDataset(IterableDataset):
         self.on_error = on_error
         self.index = index
         self._counts: list[int] | None = None
+        self._offsets: list[np.ndarray | None] = []  # per shard, from the index (see dltrain.data.shards)
         self._spec = _SharedSpec()
         self._tagged = False  # the copy inside a StreamingDataLoader yields (batch, skip info) to the main process
         self.skipped = 0  # samples skipped by direct iteration in this process (loaders keep their own count)
@@ -154,7 +164,7 @@ class StreamingDataset(IterableDataset):
     def counts(self) -> list[int]:
         """Samples per shard (from the index; loaded on first use)."""
         if self._counts is None:
-            self._counts = shard_counts(self.urls, self.index, missing_ok=self.on_error == "skip")
+            self._counts, self._offsets = shard_layout(self.urls, self.index, missing_ok=self.on_error == "skip")
         return self._counts
 
     @property
@@ -232,7 +242,7 @@ class StreamingDataset(IterableDataset):
         root = _plan.root_of(level)
         order = _plan.shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
 
-        # Every sample this worker will read this epoch, per shard: a shard reader extracts only those.
+        # Every sample this worker will read this epoch, per shard: a forward shard reader extracts only those.
         mine_arr = np.asarray(mine, dtype=np.int64)
         flat = (mine_arr[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
         needed = positions[flat[flat < len(positions)]]
@@ -245,29 +255,23 @@ class StreamingDataset(IterableDataset):
             return locals_[by_shard[lo:hi]]
 
         group_batches = _plan.window_size(int(level["shuffle_buffer"]), batch_size) // batch_size
-        reader: ShardReader | None = None
-        reader_shard = -1
+        readers: dict[int, ShardReader | IndexedShardReader] = {}
         try:
             for _, group in itertools.groupby(mine, key=lambda j: j // group_batches):
                 batches = list(group)
                 pos_of = {j: positions[j * batch_size : (j + 1) * batch_size] for j in batches}
-                need = np.unique(np.concatenate(list(pos_of.values())))
-                g_shards, g_locals = _plan.locate(need, order, counts)
-                raw: dict[int, Any] = {}
-                for p, s, i in zip(need.tolist(), g_shards.tolist(), g_locals.tolist()):
-                    # Keep the open shard when the next sample lies further along it: no re-reading.
-                    if reader is None or reader_shard != s or i < reader.next_index:
-                        if reader is not None:
-                            reader.close()
-                        reader, reader_shard = ShardReader(self.urls[s], wanted(s).tolist(), counts[s]), s
-                    try:
-                        raw[p] = reader.get(i)
-                    except DataError as exn:
-                        if self.on_error == "raise":
-                            raise
-                        raw[p] = exn
-                for j in batches:
-                    yield self._make_batch(pos_of[j], raw)
+                # Forward readers need the window's samples in shard order, so the whole group is read before its
+                # first batch. Where every shard of the group can seek, each batch reads just its own samples:
+                # the first batch of an epoch does not wait for the window.
+                shards = set(_plan.locate(np.concatenate(list(pos_of.values())), order, counts)[0].tolist())
+                seek = all(self._seekable(s) for s in shards)
+                for s in [s for s in readers if s not in shards]:
+                    readers.pop(s).close()
+                for unit in ([[j] for j in batches] if seek else [batches]):
+                    need = np.unique(np.concatenate([pos_of[j] for j in unit]))
+                    raw = self._read_raw(need, order, counts, readers, wanted)
+                    for j in unit:
+                        yield self._make_batch(pos_of[j], raw)
         except DataError as exn:
             if not self._tagged:
                 raise
@@ -275,8 +279,45 @@ class StreamingDataset(IterableDataset):
             # error itself (DataError pickles with them) and let the main process raise it.
             yield ("error", exn)
         finally:
-            if reader is not None:
+            for reader in readers.values():
                 reader.close()
+
+    def _seekable(self, shard: int) -> bool:
+        """Whether the shard's samples can be read by seeking to their indexed offsets."""
+        return self._offsets[shard] is not None and seekable(self.urls[shard])
+
+    def _read_raw(
+        self,
+        need: np.ndarray,
+        order: np.ndarray,
+        counts: Sequence[int],
+        readers: dict[int, ShardReader | IndexedShardReader],
+        wanted: Callable[[int], np.ndarray],
+    ) -> dict[int, Any]:
+        """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``."""
+        raw: dict[int, Any] = {}
+        shard_ids, locals_ = _plan.locate(need, order, counts)
+        for p, s, i in zip(need.tolist(), shard_ids.tolist(), locals_.tolist()):
+            reader = readers.get(s)
+            # Keep a forward reader when the next sample lies further along its shard: no re-reading.
+            if reader is None or i < reader.next_index:
+                offsets = self._offsets[s]
+                if offsets is not None and self._seekable(s):
+                    reader = IndexedShardReader(self.urls[s], offsets, counts[s])
+                else:
+                    reader = ShardReader(self.urls[s], wanted(s).tolist(), counts[s])
+                    # Forward readers stream their shard (maybe a pipe): one open at a time, as the sorted positions
+                    # go shard by shard.
+                    for t in [t for t, r in readers.items() if isinstance(r, ShardReader)]:
+                        readers.pop(t).close()
+                readers[s] = reader
+            try:
+                raw[p] = reader.get(i)
+            except DataError as exn:
+                if self.on_error == "raise":
+                    raise
+                raw[p] = exn
+        return raw
 
     def _prepare(self, raw: dict[str, Any]) -> Any:
         try:

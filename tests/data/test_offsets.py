@@ -1,0 +1,154 @@
+"""Sample byte offsets in the index (version 2): written by `write_shards`, rebuilt by `build_index`, used by
+`IndexedShardReader` to seek to a sample instead of parsing every tar header before it."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dltrain.data import DataSkipWarning, StreamingDataset, build_index, load_index, write_shards
+from dltrain.data.shards import IndexedShardReader, ShardReader, write_index
+from dltrain.errors import DataError
+from tests.helpers.shards import ShardSet, as_list, epoch_keys, key_of
+
+
+def _samples(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    for i in range(n):
+        # Uneven payloads (some over one 512-byte block), a varying set of fields, one nested key.
+        sample = {"__key__": f"k{i:04d}" if i != 5 else "sub/k0005", "cls": i, "bin": bytes(rng.randrange(1500))}
+        if i % 3:
+            sample["json"] = {"i": i}
+        yield sample
+
+
+def _without_offsets(index_path: Path) -> None:
+    """Rewrite an index as version 1 wrote it: no offsets."""
+    index = json.loads(index_path.read_text())
+    index["version"] = 1
+    for entry in index["shards"]:
+        entry.pop("offsets")
+    index_path.write_text(json.dumps(index, indent=1) + "\n")
+
+
+def _scan_all(url: str, n: int) -> list[dict]:
+    reader = ShardReader(url, range(n), n)
+    try:
+        return [reader.get(i) for i in range(n)]
+    finally:
+        reader.close()
+
+
+def test_write_shards_offsets_equal_build_index(tmp_path: Path) -> None:
+    paths = write_shards(_samples(40), str(tmp_path / "o-%03d.tar"), max_count=9, max_size=5_000)
+    written = load_index(str(tmp_path / "o.index.json"))
+    assert written["version"] == 2 and len(paths) > 5  # max_size cut some shards before max_count
+    for entry in written["shards"]:
+        assert len(entry["offsets"]) == entry["samples"] + 1 and entry["offsets"][0] == 0
+    assert build_index(paths, write=False) == written
+
+
+def test_seeking_reader_gives_the_scanned_samples_in_any_order(tmp_path: Path) -> None:
+    paths = write_shards(_samples(30), str(tmp_path / "s-%03d.tar"), max_count=12)
+    index = load_index(str(tmp_path / "s.index.json"))
+    for path, entry in zip(paths, index["shards"]):
+        n = entry["samples"]
+        scanned = _scan_all(path, n)
+        order = list(range(n))
+        random.Random(1).shuffle(order)
+        reader = IndexedShardReader(path, np.asarray(entry["offsets"]), n)
+        try:
+            seeked = {i: reader.get(i) for i in order}
+        finally:
+            reader.close()
+        assert [seeked[i] for i in range(n)] == scanned
+
+
+def test_pax_headers_and_skipped_members_keep_offsets_exact(tmp_path: Path) -> None:
+    # A float mtime makes tarfile write a PAX header before each member; directories and __meta__ files are
+    # members that webdataset skips. Offsets must point at the PAX header, ranges must step over skipped members.
+    path = tmp_path / "pax-000.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        def add(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5
+            tar.addfile(info, io.BytesIO(data))
+
+        for i in range(6):
+            if i == 3:
+                d = tarfile.TarInfo("somedir")
+                d.type = tarfile.DIRTYPE
+                tar.addfile(d)
+                add("__meta__", b"{}")
+                add("__info__/a.json", b"{}")
+            add(f"p{i}.cls", str(i).encode())
+            add(f"p{i}.txt", b"x" * (i * 300))
+        add("__tail__", b"{}")
+    index = build_index([str(path)], write=False)
+    entry = index["shards"][0]
+    assert entry["samples"] == 6
+    reader = IndexedShardReader(str(path), np.asarray(entry["offsets"]), 6)
+    try:
+        assert [reader.get(i) for i in reversed(range(6))][::-1] == _scan_all(str(path), 6)
+    finally:
+        reader.close()
+
+
+def test_old_index_without_offsets_reads_the_same_batches(shard_set: ShardSet, tmp_path: Path) -> None:
+    def ds(index: str | None = None) -> StreamingDataset:
+        return StreamingDataset(shard_set.pattern, batch_size=4, shuffle_buffer=10, seed=2, map=key_of,
+                                collate_fn=as_list, index=index)
+
+    new = ds()
+    assert all(o is not None for o in new._offsets) or new.counts is None
+    expected = [epoch_keys(new.loader(num_workers=0), e) for e in (0, 1)]
+    old_index = tmp_path / "old.index.json"
+    old_index.write_text(shard_set.index_path.read_text())
+    _without_offsets(old_index)
+    old = ds(str(old_index))
+    assert old.counts == shard_set.counts and all(o is None for o in old._offsets)
+    for workers in (0, 2):
+        loader = old.loader(num_workers=workers)
+        assert [epoch_keys(loader, e) for e in (0, 1)] == expected
+
+
+def test_stale_offsets_raise_a_clear_error_or_are_skipped(tmp_path: Path) -> None:
+    def samples(scale: int):
+        for i in range(24):
+            yield {"__key__": f"k{i:03d}", "txt": "t" * (scale * (i + 1)), "cls": i}
+
+    paths = write_shards(samples(10), str(tmp_path / "st-%02d.tar"), max_count=6)
+    # The second shard is rewritten after indexing: same keys, bigger payloads.
+    newer = write_shards(samples(70), str(tmp_path / "new" / "st-%02d.tar"), max_count=6)
+    Path(newer[1]).replace(paths[1])
+
+    def ds(on_error: str) -> StreamingDataset:
+        return StreamingDataset(str(tmp_path / "st-{00..03}.tar"), batch_size=6, map=key_of, collate_fn=as_list,
+                                shuffle=False, training=False, on_error=on_error)  # type: ignore[arg-type]
+
+    with pytest.raises(DataError, match="dltrain shards index") as info:
+        list(ds("raise"))
+    err = info.value
+    assert err.url == paths[1] and paths[1] in str(err) and "does not match" in str(err)
+    # k006 kept its byte layout (its payload still fits one block) and reads; k007 grew: its range no longer fits.
+    assert err.key == "k007"
+    loader = ds("skip").loader(num_workers=2)
+    with pytest.warns(DataSkipWarning):
+        keys = [k for b in epoch_keys(loader, 0) for k in b]
+    assert loader.skipped == 5 and keys == [f"k{i:03d}" for i in range(24) if not 7 <= i < 12]
+
+
+def test_truncated_index_offsets_are_refused(tmp_path: Path) -> None:
+    write_shards(_samples(8), str(tmp_path / "t-%03d.tar"), max_count=8)
+    index_path = tmp_path / "t.index.json"
+    index = load_index(str(index_path))
+    index["shards"][0]["offsets"].pop()
+    write_index(index, str(index_path))
+    with pytest.raises(DataError, match=r"offsets for 8 samples.*dltrain shards index"):
+        StreamingDataset(str(tmp_path / "t-000.tar"), batch_size=2).counts  # noqa: B018
