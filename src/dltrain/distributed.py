@@ -41,9 +41,8 @@ def isolate_restart_round(strategy: Any) -> bool:
     ``init_process_group`` puts the process group's keys in it under names that do not change between rounds. Gloo's
     rendezvous has every rank write its listening address under such a key and read its peers' keys; in a restarted
     round a rank that gets there before a peer reads the *killed* round's address of that peer and fails to connect
-    ("Connection refused" in ``connectFullMesh``), or, when both sides then wait for the other to connect, hangs
-    until the process-group timeout (30 minutes). Which rank gets there first is a race, so restarts failed or hung
-    now and then, more often on a loaded machine.
+    ("Connection refused" in ``connectFullMesh``; it was also seen to hang there, up to the process-group timeout).
+    Which rank gets there first is a race, so restarts failed or hung now and then, more often on a loaded machine.
 
     So the group is created here, before ``Fabric.launch`` would, on a ``PrefixStore`` named by
     ``TORCHELASTIC_RESTART_COUNT`` over a client of the same agent store, with the backend, timeout and device the
