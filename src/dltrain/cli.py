@@ -2,7 +2,7 @@
 
 Example:
     $ dltrain shards index "data/train-{000000..000127}.tar"
-    wrote data/train.index.json: 128 shards, 160000 samples
+    wrote data/train.index.json: 128 shards, 160000 samples, with sample offsets
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ def _shards_index(args: argparse.Namespace) -> int:
     urls = expand_urls(args.urls)
     path = args.output or default_index_path(urls)
     index = build_index(urls, path=path)
-    print(f"wrote {path}: {len(index['shards'])} shards, {index['total']} samples")
+    # Offsets let local shards be read by seeking (dltrain.data.shards); say when some shards have none.
+    seek = sum("offsets" in s for s in index["shards"])
+    what = "with sample offsets" if seek == len(index["shards"]) else f"sample offsets for {seek} (local, uncompressed)"
+    print(f"wrote {path}: {len(index['shards'])} shards, {index['total']} samples, {what}")
     return 0
 
 
@@ -31,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     shards_sub = shards.add_subparsers(dest="shards_command", required=True)
     index = shards_sub.add_parser(
         "index",
-        help="write the sample-count index of existing shards (reads tar headers only)",
+        help="write the index of existing shards: sample counts and byte offsets (reads tar headers only)",
         description="Write <stem>.index.json next to the shards (see dltrain.data.shards).",
     )
     index.add_argument("urls", nargs="+", help="shard paths/URLs or brace patterns ('d/train-{000000..000127}.tar')")
