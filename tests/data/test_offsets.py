@@ -152,3 +152,12 @@ def test_truncated_index_offsets_are_refused(tmp_path: Path) -> None:
     write_index(index, str(index_path))
     with pytest.raises(DataError, match=r"offsets for 8 samples.*dltrain shards index"):
         StreamingDataset(str(tmp_path / "t-000.tar"), batch_size=2).counts  # noqa: B018
+
+
+def test_cli_index_reports_offsets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dltrain.cli import main
+
+    write_shards(_samples(6), str(tmp_path / "c-%03d.tar"), max_count=4, index=False)
+    assert main(["shards", "index", str(tmp_path / "c-{000..001}.tar")]) == 0
+    assert "2 shards, 6 samples, with sample offsets" in capsys.readouterr().out
+    assert all(len(s["offsets"]) == s["samples"] + 1 for s in load_index(str(tmp_path / "c.index.json"))["shards"])
