@@ -1769,12 +1769,11 @@ FINDINGS: list[tuple[tuple[str, ...], str]] = [
   shards, resume at 90 %; shards with PAX headers, before a17055e): to read the 512 samples left in the window,
   `tar_file_iterator` parsed 6,867 members, 2.51 s of the 2.57 s to the first batch. The 10 % point falls at
   another offset, hence the unstable 90 %/10 % ratio (compare the 0 % column: the difference is the scan).
-- **Fix.** Store each sample's byte offset in the index. `write_shards` knows it: `writer.tarstream.tarstream.offset`
-  before each `writer.write`. `build_index` can record `TarInfo.offset` while it counts. Then, for seekable
-  (local) shards, `ShardReader` seeks to the first wanted sample of each contiguous run and parses only what it
-  returns; `pipe:`/`http:` URLs keep scanning. This makes per-worker work proportional to the samples it returns,
-  and a resume costs the same at any position. The index version goes to 2; version-1 indexes keep the current
-  path.
+- **Fix (done in 7839b65).** The index (version 2) stores each sample's byte offset: `write_shards` takes it
+  from the tar writer, `build_index` from `TarInfo.offset`. Local, uncompressed shards are read by seeking to a
+  sample (`IndexedShardReader`), so each worker parses only the headers of the samples it returns and a resume
+  costs the same at any position. `pipe:`/`http:` URLs, compressed shards and version-1 indexes keep the forward
+  scan, and with them this finding still holds: rebuild old indexes with `dltrain shards index URLS`.
 """),
     (("3. StreamingDataset gap", "3. StreamingDataset first batch", "5. resume streaming"),
      """### The first batch of an epoch waits for a whole shuffle window (gap between epochs, time to first batch)
@@ -1790,13 +1789,12 @@ FINDINGS: list[tuple[tuple[str, ...], str]] = [
   4 shards (PAX-header shards, before a17055e): 1.51 s, of which 1.43 s is `ShardReader.get` for the 1,024
   samples of the first window, almost all of it in `tarfile` header parsing. The mtime fix halves the parsing;
   the wait for a whole window stays.
-- **Fix.** (1) Reading a window faster helps: the mtime fix (a17055e) halved header parsing, and seeking by
-  byte offset (above) removes the duplicated parsing. (2) With persistent workers, let each worker read the raw bytes of epoch e+1's first
-  window in the background once its last batch of epoch e is out. The plan is a pure function of (seed, epoch,
-  rank, world size, batch size), so the worker can compute it; keep the bytes only if the spec written at
-  `iter()` matches. (3) Or make the first window of every epoch small (for example 2 x batch x workers) and
-  the rest `shuffle_buffer`. This is a plan change (the same shards give another order), but it is still
-  deterministic.
+- **Fix (done in 7839b65 for seekable shards).** With offsets a worker reads batch by batch instead of the whole
+  window first, so an epoch's first batch costs one batch's reads and decode. Still open when this finding shows:
+  shards that cannot seek (`pipe:`, `http:`, compressed, version-1 index) still read the first window serially.
+  Next options: with persistent workers, read epoch e+1's first window in the background once epoch e's last
+  batch is out (the plan is a pure function of seed, epoch, rank, world size and batch size; keep the bytes only
+  if the spec written at `iter()` matches), or a smaller first window.
 """),
 ]
 
