@@ -1716,16 +1716,17 @@ PAX_TITLE = "### Tar format: a PAX header before every member"
 FINDINGS: list[tuple[tuple[str, ...], str]] = [
     (("1. Loop overhead", "2. Compute-bound"), """### Loop overhead (cases 1-2): what the profiles show
 
-- **No per-step cost found in dltrain's single-device fast path.** cProfile of a 400-step dltrain fit (defaults
-  on) shows only the hand loop's own work (DataLoader fetch and collate, forward, `run_backward`, SGD) plus
-  `bool(torch.isfinite(loss))`: 7.7 µs per step on CPU (microbenchmark), about 1 % of this step. That check
-  comes from `on_nonfinite_loss="raise"` (`src/dltrain/trainer.py`, `_is_nonfinite`, called from `_train_epoch`
-  with `sync_each_step = self.device.type == "cpu"`). Set `on_nonfinite_loss="ignore"` to drop it. The
-  progress-bar hook is a store, a clock read and a comparison.
-- **Noise.** Alternating the two loops inside one process gave 399 ms (dltrain) vs 413 ms (hand) CPU per
-  400-step fit. On an idle 16-core machine (included below when present), dltrain came out at or below the hand
-  loop. A miss here under load sits inside the spread shown in the table (min-max over rounds). Re-run on an idle
-  machine before acting on it.
+- **No per-step Python work added.** `scripts/calls_per_step.py` counts Python function calls with cProfile
+  (counts do not depend on machine load): 400 steps, hand 680.4 and dltrain 691.4 calls per step, where dltrain's
+  count includes its per-fit set-up and final checkpoint spread over the steps; over 2,000 steps, hand 679.3 and
+  dltrain 648.2 (dltrain's epoch sampler yields from a list, torch's RandomSampler from a generator). The
+  non-finite-loss check is one `.item()` on the CPU loss (under 1 µs).
+- **Noise, and an unexplained remainder.** The per-round ratios spread widely (the ranges in the table). On this
+  2-core machine the median-step ratio of case 1 was 1.114, 1.054, 1.007 and 1.038 in four full runs with the same
+  step code. On the 16-core host of a lent GPU machine (included below when present) it was 1.047 (range
+  0.984-1.758): about 26 µs per 543 µs step that the call counts above do not show. Not found yet: candidates are
+  the extra tensor work per step (detaching the logged loss, the `.item()` check) and the larger process
+  (lightning imported: peak RSS 950 vs 634 MB).
 - **Fixed per-fit cost.** The *fixed ms* column is mostly the end-of-fit checkpoint (atomic write with fsync)
   and the CSV logger. It is amortized over the epoch; per step it is (fixed ms) / steps.
 """),
