@@ -102,6 +102,20 @@ def test_torchrun_max_restarts_continues_by_itself(tmp_path, tmp_path_factory):
     assert_same_run(ref, out, 2)
 
 
+def test_torchrun_max_restarts_on_two_nodes_with_a_fresh_store_per_round(tmp_path, tmp_path_factory):
+    """Two torchrun "nodes" (c10d rendezvous on localhost), rank 1 SIGKILLed: with
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (what the README tells multi-node users to set) the job continues by
+    itself. Without it this setup hung here: each node's torchrun counts its restarts itself, so dltrain cannot
+    namespace a round's process group for them (see ``dltrain.distributed.isolate_restart_round``)."""
+    ref = reference(tmp_path_factory, 2, "map")
+    out = tmp_path / "run"
+    run_distributed(TRAIN, ["--out", str(out), "--kill-step", "9", "--kill-rank", "1", "--resume",
+                            "--restart-skew", "3"], nproc=1, nnodes=2, extra_torchrun=["--max-restarts=1"],
+                    timeout=280, env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    assert (out / "killed.marker").exists()
+    assert_same_run(ref, out, 2)
+
+
 def test_resume_with_another_world_size_sees_every_sample_once(tmp_path):
     """Killed at step 7 with 2 ranks, resumed with 1: epoch 0 still trains on every sample exactly once."""
     out = tmp_path / "run"
