@@ -54,16 +54,10 @@ def test_http_urls_give_the_local_order_and_resume(shard_set: ShardSet, http_roo
     loader = remote.loader(num_workers=2)
     assert [epoch_keys(loader, 0), epoch_keys(loader, 1)] == expected
 
-    # Stop mid-epoch and continue from the saved position, still over http.
-    loader.set_epoch(1)
-    it = iter(loader)
-    head = [next(it) for _ in range(5)]
-    state = loader.state_dict()
-    del it
-    resumed = _ds(pattern, seed=4).loader(num_workers=2)
-    resumed.load_state_dict(state)
-    resumed.set_epoch(1)
-    assert head + epoch_keys(resumed) == expected[1]
+    # Stop mid-epoch and continue from the saved position in a new loader, still over http.
+    head, state = _run_until(loader, None, 1, 5)
+    rest, _ = _run_until(_ds(pattern, seed=4).loader(num_workers=2), state, 1, None)
+    assert head + rest == expected[1]
 
     # Evaluation over http: every sample once.
     ev = _ds(pattern, training=False, shuffle=False).loader(num_workers=2)
@@ -87,15 +81,10 @@ def test_spawned_workers_give_the_same_order_across_epochs(shard_set: ShardSet) 
     expected = [epoch_keys(_ds(shard_set.pattern, seed=6).loader(num_workers=0), e) for e in (0, 1)]
     loader = _ds(shard_set.pattern, seed=6).loader(num_workers=2, multiprocessing_context="spawn")
     assert [epoch_keys(loader, 0), epoch_keys(loader, 1)] == expected
-    # Resume mid-epoch through spawned persistent workers.
-    loader.set_epoch(1)
-    it = iter(loader)
-    head = [next(it) for _ in range(3)]
-    state = loader.state_dict()
-    del it
-    loader.load_state_dict(state)
-    loader.set_epoch(1)
-    assert head + epoch_keys(loader) == expected[1]
+    # Resume mid-epoch through the same spawned persistent workers.
+    head, state = _run_until(loader, None, 1, 3)
+    rest, _ = _run_until(loader, state, 1, None)
+    assert head + rest == expected[1]
 
 
 def _run_until(loader, state: dict | None, epoch: int, stop: int | None) -> tuple[list[list[str]], dict]:
