@@ -1717,9 +1717,9 @@ FINDINGS: list[tuple[tuple[str, ...], str]] = [
     (("1. Loop overhead", "2. Compute-bound"), """### Loop overhead (cases 1-2): what the profiles show
 
 - **No per-step Python work added.** `scripts/calls_per_step.py` counts Python function calls with cProfile
-  (counts do not depend on machine load): 400 steps, hand 680.4 and dltrain 691.4 calls per step, where dltrain's
-  count includes its per-fit set-up and final checkpoint spread over the steps; over 2,000 steps, hand 679.3 and
-  dltrain 648.2 (dltrain's epoch sampler yields from a list, torch's RandomSampler from a generator). The
+  (counts do not depend on machine load): 400 steps, hand 687.0 and dltrain 699.8 calls per step, where dltrain's
+  count includes its per-fit set-up and final checkpoint spread over the steps; over 2,000 steps, hand 683.0 and
+  dltrain 653.9 (dltrain's epoch sampler yields from a list, torch's RandomSampler from a generator). The
   non-finite-loss check is one `.item()` on the CPU loss (under 1 µs).
 - **Noise, and an unexplained remainder.** The per-round ratios spread widely (the ranges in the table). On this
   2-core machine the median-step ratio of case 1 was 1.114, 1.054, 1.007 and 1.038 in four full runs with the same
