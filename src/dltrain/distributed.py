@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dltrain._compat import default_store
+
 # torchrun keeps its store across restarts (--max-restarts): keys carry the restart round, so a restarted job
 # does not see the failure that made it restart.
 _PREFIX = f"dltrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
@@ -85,13 +87,9 @@ def _destroy_process_group() -> None:
 
 
 def _store() -> Any:
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
     try:
-        from torch.distributed.distributed_c10d import _get_default_store
-
-        return _get_default_store()
-    except Exception:  # a backend without a store: no watchdog, the collective timeout still applies
+        return default_store()
+    except RuntimeError:  # a backend without a store: no watchdog, the collective timeout still applies
         return None
 
 

@@ -152,7 +152,10 @@ class Task(nn.Module):
                 f"self.log({name!r}) was called outside a Trainer loop; log from training_step, validation_step, "
                 "test_step or an epoch hook"
             )
-        self._results.log(name, value, on_step, on_epoch, prog_bar, sync_dist, batch_size, reduce_fx)
+        self._results.log(
+            name, value, on_step=on_step, on_epoch=on_epoch, prog_bar=prog_bar, sync_dist=sync_dist,
+            batch_size=batch_size, reduce_fx=reduce_fx,
+        )
 
     def log_dict(self, values: Mapping[str, Tensor | float | int | Metric], **kwargs: Any) -> None:
         """``self.log`` for every item of ``values`` with the same options."""
@@ -176,6 +179,15 @@ class Task(nn.Module):
         ``self.training`` tells training from evaluation.
         """
         return batch
+
+    def _zero_grad_loss(self, batch: Any, batch_idx: int) -> Tensor:
+        """A loss whose gradient is zero for every trainable parameter.
+
+        A rank with nothing to contribute to a step (its batch was skipped) still joins DDP's gradient all-reduce
+        with it; the Trainer calls it through the strategy's wrapper (``mark_forward_method``) when no forward ran.
+        """
+        zero = torch.zeros((), device=self.device)
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), zero)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add entries to a checkpoint before it is written."""

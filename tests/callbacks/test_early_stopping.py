@@ -19,6 +19,9 @@ def _trainer(**kw):
         should_stop=False,
         stage="fit",
         is_global_zero=True,
+        val_dataloaders="a validation loader",  # the documented trainer view: None when fit has no validation
+        val_check_interval=None,
+        sanity_checking=False,
     )
     base.update(kw)
     return SimpleNamespace(**base)
@@ -69,30 +72,13 @@ def test_check_on_train_and_fallback_without_validation():
 
     # check_on="validation" but the Trainer says there is no validation: train epoch end checks (and is strict).
     cb = EarlyStopping("train/loss", patience=1)
-    assert _run(cb, _trainer(num_val_batches=0), [1.0, 2.0], hook="on_train_epoch_end") == 1
+    assert _run(cb, _trainer(val_dataloaders=None), [1.0, 2.0], hook="on_train_epoch_end") == 1
     with pytest.raises(DltrainError):
-        EarlyStopping("nope").on_train_epoch_end(_trainer(num_val_batches=0), None)
+        EarlyStopping("nope").on_train_epoch_end(_trainer(val_dataloaders=None), None)
 
     # Validation configured: the train epoch end does nothing.
     cb = EarlyStopping("val/loss", patience=1)
-    assert _run(cb, _trainer(num_val_batches=[3]), [1.0, 2.0, 3.0], hook="on_train_epoch_end") is None
-
-
-def test_unknown_validation_runs_after_train_epoch_end():
-    # The Trainer does not say whether validation exists and runs it after on_train_epoch_end: the first train
-    # epoch end skips (metric missing, not an error), then the validation hook takes over; one check per epoch.
-    cb = EarlyStopping("val/loss", patience=2)
-    trainer = _trainer()
-    cb.setup(trainer, None, "fit")
-    for epoch, v in enumerate([1.0, 1.5, 1.6]):
-        trainer.current_epoch = epoch
-        trainer.callback_metrics = (
-            {"train/loss": torch.tensor(0.0)} if epoch == 0 else {"val/loss": torch.tensor(v - 1)}
-        )
-        cb.on_train_epoch_end(trainer, None)
-        trainer.callback_metrics = {"val/loss": torch.tensor(v)}
-        cb.on_validation_epoch_end(trainer, None)
-    assert trainer.should_stop and cb.stopped_epoch == 2 and cb.wait_count == 2
+    assert _run(cb, _trainer(), [1.0, 2.0, 3.0], hook="on_train_epoch_end") is None
 
 
 def test_validate_stage_and_sanity_check_do_not_count():

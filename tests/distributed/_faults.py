@@ -23,6 +23,18 @@ class Uneven(IterableDataset):
             yield data[i * 4:(i + 1) * 4]
 
 
+class UnequalLengths(IterableDataset):
+    """A sized dataset that promises rank 0 three batches and rank 1 five: refused before the epoch starts."""
+
+    def __len__(self):
+        return 3 if torch.distributed.get_rank() == 0 else 5
+
+    def __iter__(self):
+        data = make_data(64)
+        for i in range(len(self)):
+            yield data[i * 4:(i + 1) * 4]
+
+
 class RaiseAt(TinyTask):
     def training_step(self, batch, batch_idx):
         if self.global_rank == 1 and self.trainer.global_step == 3:
@@ -75,7 +87,7 @@ class Unused(TinyTask):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["raise", "exhausted", "unused", "callback", "none", "data"])
+    p.add_argument("mode", choices=["raise", "exhausted", "unused", "callback", "none", "data", "unequal"])
     args = p.parse_args()
     torch.set_num_threads(1)
     callbacks = []
@@ -90,7 +102,7 @@ def main() -> None:
                               enable_checkpointing=False, callbacks=callbacks, max_steps=50)
     start = time.monotonic()
     task = {"raise": RaiseAt, "unused": Unused, "none": NoneOnRank1}.get(args.mode, TinyTask)()
-    data = {"exhausted": Uneven(), "none": NoneBatches(), "data": BrokenPipeline()}.get(
+    data = {"exhausted": Uneven(), "none": NoneBatches(), "data": BrokenPipeline(), "unequal": UnequalLengths()}.get(
         args.mode, DataLoader(make_data(64), batch_size=4))
     trainer.fit(task, data)
     if args.mode == "none":

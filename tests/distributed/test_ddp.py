@@ -83,6 +83,8 @@ def test_a_rank_with_nothing_to_contribute_does_not_hang():
         ("unused", r"some parameters got no gradient.*ddp_find_unused_parameters_true"),
         ("callback", r"callback failed on rank 0"),
         ("data", r"rank 1, global step 3.*bad payload \(shard 'shard-000003.tar', sample 'sample-42'\)"),
+        ("unequal", r"DistributedError: the ranks have different numbers of training batches this epoch "
+                    r"\(\{0: 3, 1: 5\}\)"),
     ],
 )
 def test_a_failing_rank_stops_the_job_with_a_clear_error(mode, expected):

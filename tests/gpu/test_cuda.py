@@ -68,14 +68,19 @@ def test_no_host_device_sync_between_logging_steps(tmp_path):
     data = [(x.cuda(), y.cuda()) for x, y in loader(n=160, batch_size=8)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        original = trainer._log_step
+        from dltrain.loop import FitLoop
 
-        def log_step(results):
+        original = FitLoop._log_step
+
+        def log_step(self):
             torch.cuda.set_sync_debug_mode("default")
-            original(results)
+            original(self)
 
-        trainer._log_step = log_step
-        trainer.fit(task, data)
+        FitLoop._log_step = log_step
+        try:
+            trainer.fit(task, data)
+        finally:
+            FitLoop._log_step = original
     syncs = [w for w in caught if "called a synchronizing" in str(w.message).lower()]
     steps_with_sync.extend(range(len(syncs)))
     assert trainer.global_step == 20
@@ -152,5 +157,5 @@ def test_nonfinite_loss_on_cuda_names_the_first_bad_step_or_is_skipped(tmp_path)
     task = NanAt({3})
     trainer = quiet_trainer(tmp_path / "skip", accelerator="cuda", devices=1, max_epochs=1, on_nonfinite_loss="skip")
     trainer.fit(task, loader(n=96, batch_size=8))
-    assert trainer._skipped_nonfinite == 1
+    assert trainer.loop_state.skipped_nonfinite_steps == 1
     assert all(torch.isfinite(p).all() for p in task.parameters())

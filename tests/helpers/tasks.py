@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import dltrain
+from dltrain.loggers import Logger
 
 
 def make_model(dropout: float = 0.0) -> nn.Module:
@@ -74,3 +75,24 @@ def quiet_trainer(tmp_path, **kwargs) -> dltrain.Trainer:
     kwargs.setdefault("enable_checkpointing", False)
     kwargs.setdefault("accelerator", "cpu")
     return dltrain.Trainer(default_root_dir=str(tmp_path), **kwargs)
+
+
+class RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` call as ``(step, metrics)``."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics, step):
+        self.records.append((step, dict(metrics)))
+
+    def values(self, key: str) -> list[tuple[int, float]]:
+        return [(step, m[key]) for step, m in self.records if key in m]
+
+
+class CountEpochs(dltrain.Callback):
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_train_epoch_start(self, trainer, task):
+        self.epochs.append(trainer.current_epoch)

@@ -79,13 +79,14 @@ class ModelCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         n = self.every_n_train_steps
-        if n and trainer.global_step % n == 0 and trainer.global_step != self._last_saved_step and trainer._stepped:
+        stepped = trainer.loop_state.stepped  # only right after an optimizer step (not inside a window)
+        if n and stepped and trainer.global_step % n == 0 and trainer.global_step != self._last_saved_step:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
         n = self.every_n_epochs
         if n and (trainer.current_epoch + 1) % n == 0 and trainer.global_step != self._last_saved_step:
-            self._save(trainer, epoch_end=True)
+            self._save(trainer)
 
     def on_fit_end(self, trainer: Trainer, task: Task) -> None:
         # The final state is always saved, whatever the schedule: it is what a user expects to find.
@@ -119,7 +120,7 @@ class ModelCheckpoint(Callback):
             name = name.replace("{" + key + "}", f"{key.replace('/', '_')}={text}")
         return name + ".ckpt"
 
-    def _save(self, trainer: Trainer, epoch_end: bool = False) -> None:
+    def _save(self, trainer: Trainer) -> None:
         assert self.dirpath is not None
         score = self._score(trainer)
         keep = self.save_top_k == -1 or (
@@ -132,7 +133,7 @@ class ModelCheckpoint(Callback):
         path = self.dirpath / self._format(trainer)
         if not keep:
             path = self.dirpath / f".last-{trainer.global_step}.ckpt"
-        trainer.save_checkpoint(path, epoch_end=epoch_end)
+        trainer.save_checkpoint(path)
         self._last_saved_step = trainer.global_step
         if not trainer.is_global_zero:
             return

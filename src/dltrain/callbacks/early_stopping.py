@@ -76,31 +76,27 @@ class EarlyStopping(Callback):
         self._seen_validation = False
 
     def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
-        if getattr(trainer, "stage", "fit") != "fit" or self.check_on != "validation":
+        if trainer.stage != "fit" or self.check_on != "validation":
             return  # trainer.validate() on its own does not stop anything
         self._seen_validation = True
-        self._check(trainer, strict=True)
+        self._check(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
         if self.check_on == "train":
-            self._check(trainer, strict=True)
+            self._check(trainer)
         elif not self._seen_validation and not _has_validation(trainer):
-            # No validation in this fit: fall back to the training epoch. When the Trainer does not say whether
-            # validation is configured and runs it after this hook, the validation metric is not there yet:
-            # skip instead of failing (the validation hook checks this epoch).
-            self._check(trainer, strict=_has_validation(trainer) is False)
+            # No validation in this fit: check on the training epoch's metrics instead.
+            self._check(trainer)
 
     # ------------------------------------------------------------------ logic
-    def _check(self, trainer: Trainer, strict: bool) -> None:
-        if getattr(trainer, "sanity_checking", False):
+    def _check(self, trainer: Trainer) -> None:
+        if trainer.sanity_checking:
             return
         epoch = int(trainer.current_epoch)
         if self._last_checked_epoch == epoch and not self._checks_every_run(trainer):
             return
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
-            if not strict:
-                return
             available = ", ".join(sorted(metrics)) or "none"
             raise DltrainError(
                 f"EarlyStopping(monitor={self.monitor!r}): no metric named {self.monitor!r} was logged "
@@ -112,7 +108,7 @@ class EarlyStopping(Callback):
         if self._update(value):
             self.stopped_epoch = epoch
             trainer.should_stop = True
-            if getattr(trainer, "is_global_zero", True):
+            if trainer.is_global_zero:
                 log.info(
                     "EarlyStopping: stopping at epoch %d, step %d: %s",
                     epoch,
@@ -123,7 +119,7 @@ class EarlyStopping(Callback):
     @staticmethod
     def _checks_every_run(trainer: Trainer) -> bool:
         # Validation several times per epoch (val_check_interval < 1): every run counts as a check.
-        interval = getattr(trainer, "val_check_interval", 1.0)
+        interval = trainer.val_check_interval
         return isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval != 1.0
 
     def _update(self, value: float) -> bool:
@@ -164,15 +160,6 @@ class EarlyStopping(Callback):
         self.stopped_epoch = state_dict.get("stopped_epoch")
 
 
-def _has_validation(trainer: Any) -> bool | None:
-    """Whether this fit runs validation, when the Trainer says so (``None``: unknown)."""
-    # Public names first (Lightning's); dltrain's Trainer keeps the fit's validation loader in `_val_loader`.
-    for name in ("num_val_batches", "val_dataloaders", "_val_loader"):
-        if hasattr(trainer, name):
-            value = getattr(trainer, name)
-            if isinstance(value, (list, tuple)):
-                return any(bool(v) for v in value)
-            if isinstance(value, (int, float)):
-                return value > 0
-            return value is not None
-    return None
+def _has_validation(trainer: Trainer) -> bool:
+    """Whether this fit runs validation (``trainer.val_dataloaders`` is ``None`` when it does not)."""
+    return trainer.val_dataloaders is not None

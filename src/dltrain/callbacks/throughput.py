@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dltrain._batch import batch_size_of
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
@@ -82,7 +83,6 @@ class ThroughputMonitor(Callback):
         self._cum_wait = 0.0
         self._cum_samples = 0
         self._prev_end = now
-        self._start = now
         self._paused = 0.0
         self._pause_start: float | None = None
         self._epoch_logged = False
@@ -96,7 +96,6 @@ class ThroughputMonitor(Callback):
     def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None:
         now = perf_counter() - self._paused
         self._cum_wait += now - self._prev_end
-        self._start = now
 
     def on_train_batch_end(
         self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
@@ -188,18 +187,3 @@ def _rates_from(
     values["steps_per_sec"] = steps / dt
     values["data_wait_fraction"] = min(max(wait / dt, 0.0), 1.0)
     return values
-
-
-def batch_size_of(batch: Any) -> int:
-    """The first dimension of the first tensor in ``batch`` (searched depth-first), 0 when there is none."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.ndim else 1
-    if isinstance(batch, Mapping):
-        batch = batch.values()
-    elif not isinstance(batch, (list, tuple)):
-        return 0
-    for item in batch:
-        size = batch_size_of(item)
-        if size:
-            return size
-    return 0

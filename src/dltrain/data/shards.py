@@ -41,6 +41,7 @@ from webdataset import tariterators
 from webdataset.gopen import gopen as wds_open
 from webdataset.writer import ShardWriter
 
+from dltrain._compat import tar_writer_offset
 from dltrain.errors import DataError
 
 __all__ = [
@@ -255,7 +256,7 @@ def write_shards(
     # value also makes the shards byte-for-byte reproducible.
     writer = ShardWriter(pattern, maxcount=max_count, maxsize=max_size, post=_post, verbose=0, mtime=_SHARD_MTIME)
     # Offsets in a compressed stream are not file offsets: such shards are indexed without them.
-    track = seekable(pattern) and _tar_offset(writer) is not None
+    track = seekable(pattern) and tar_writer_offset(writer) is not None
     previous_key = None
     try:
         for sample in samples:
@@ -270,7 +271,7 @@ def write_shards(
             previous_key = key
             if all(k.startswith("_") for k in sample):
                 raise DataError("the sample has no field to write (only '__key__' and other '_' names)", key=key)
-            before = _tar_offset(writer)
+            before = tar_writer_offset(writer)
             try:
                 writer.write(dict(sample))
             except (ValueError, TypeError) as exn:
@@ -278,20 +279,13 @@ def write_shards(
             if track:
                 # A sample that opened a new shard starts at 0: tarfile writes nothing before the first member.
                 starts.append(0 if writer.count == 1 else int(before or 0))
-                end = int(_tar_offset(writer) or 0)
+                end = int(tar_writer_offset(writer) or 0)
     finally:
         writer.close()
     if index and paths:
         index_path = default_index_path(paths)
         write_index(_make_index(paths, counts, offsets, index_path), index_path)
     return paths
-
-
-def _tar_offset(writer: ShardWriter) -> int | None:
-    """Bytes written so far to the shard being written (webdataset's TarWriter wraps a `tarfile.TarFile`)."""
-    tar = getattr(getattr(writer, "tarstream", None), "tarstream", None)
-    offset = getattr(tar, "offset", None)
-    return offset if isinstance(offset, int) else None
 
 
 # --------------------------------------------------------------------------------------------------- counting
@@ -508,7 +502,6 @@ class ShardReader:
         self._keys: dict[int, str] = {}
         self._target = -1
         self._pending: tuple[int, dict[str, Any]] | None = None
-        self._stopped = False
         self._failed: DataError | None = None
         self.next_index = 0  # samples before this one can no longer be read without reopening
 
@@ -521,7 +514,6 @@ class ShardReader:
             self._idx += 1
             self._keys[self._idx] = prefix
             if self._idx > self._max_wanted:
-                self._stopped = True
                 raise _StopShard()
         return self._idx == self._target or self._idx in self._wanted
 

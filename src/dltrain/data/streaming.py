@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from dltrain._compat import shutdown_loader_workers
 from dltrain.data import plan as _plan
 from dltrain.data.decoders import Decoder, SampleDecoder
 from dltrain.data.shards import (
@@ -530,9 +531,7 @@ class StreamingDataLoader(DataLoader):
     def _stop_workers(self, items: Iterator[Any]) -> None:
         # The epoch cannot go on. Stop the workers now: left to the cycle collector (the traceback references
         # this loader), a worker iterator shuts down in an arbitrary order and waits 5 s per worker.
-        shutdown = getattr(items, "_shutdown_workers", None)
-        if callable(shutdown):
-            shutdown()
+        shutdown_loader_workers(items)
         self._iterator = None  # persistent workers are started afresh by the next iter()
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.logged: dict[str, Any] = {}
 
-    def log(self, name: str, value: Any, *args: Any) -> None:
+    def log(self, name: str, value: Any, **options: Any) -> None:
         self.logged[name] = value
 
 

@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from dltrain._batch import batch_size_of
+from dltrain._compat import metric_forward_value
 from dltrain.errors import DltrainError
 
 _REDUCE_FX = ("mean", "sum", "max", "min")
@@ -89,23 +91,7 @@ def _as_tensor(value: Any, name: str) -> Tensor:
     )
 
 
-def _batch_size_of(batch: Any) -> int:
-    if isinstance(batch, Tensor):
-        return batch.shape[0] if batch.ndim else 1
-    if isinstance(batch, (list, tuple)):
-        for item in batch:
-            size = _batch_size_of(item)
-            if size:
-                return size
-    if isinstance(batch, dict):
-        for item in batch.values():
-            size = _batch_size_of(item)
-            if size:
-                return size
-    return 0
-
-
-class ResultStore:
+class LoggedValues:
     """Values logged during one stage (training, or one validation/test run)."""
 
     def __init__(self, training: bool, trainer: Any) -> None:
@@ -118,6 +104,7 @@ class ResultStore:
         self,
         name: str,
         value: Any,
+        *,
         on_step: bool | None,
         on_epoch: bool | None,
         prog_bar: bool,
@@ -149,7 +136,7 @@ class ResultStore:
         entry.last = value
         if entry.on_epoch:
             if batch_size is None:
-                batch_size = _batch_size_of(self.batch) or 1
+                batch_size = batch_size_of(self.batch) or 1
             entry.pending.append(_as_tensor(value, name))
             entry.pending_w.append(float(batch_size))
             if len(entry.pending) >= _FOLD_EVERY:
@@ -169,7 +156,7 @@ class ResultStore:
                 continue
             entry.fresh = False
             if entry.metric is not None:
-                cached = getattr(entry.metric, "_forward_cache", None)
+                cached = metric_forward_value(entry.metric)
                 if cached is None:
                     continue
                 value = _as_tensor(cached, entry.name)

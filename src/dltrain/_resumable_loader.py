@@ -27,6 +27,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from dltrain._compat import random_sampler_draws_fixed_count
 from dltrain.errors import ConfigurationError
 
 
@@ -120,12 +121,13 @@ class ResumableLoader:
         self.world_size = world_size
         self.batch_size = loader.batch_size
         self._consumed = 0  # batches handed out in the current epoch (main process count, not prefetch)
+        self._restored_batches = 0  # of those, the ones counted in sampler.start (restored from a checkpoint)
         self._epoch = 0
         sampler = loader.sampler
         self.sampler: EpochSampler | None = None
         self._skipper: _SkipBatches | None = None
         standard = type(sampler) in (RandomSampler, SequentialSampler) and loader.batch_size is not None
-        if standard and not (isinstance(sampler, RandomSampler) and (sampler.replacement or sampler._num_samples)):
+        if standard and not (isinstance(sampler, RandomSampler) and (sampler.replacement or random_sampler_draws_fixed_count(sampler))):
             self.sampler = EpochSampler(
                 len(loader.dataset),  # type: ignore[arg-type]
                 shuffle=isinstance(sampler, RandomSampler),
@@ -156,6 +158,7 @@ class ResumableLoader:
         if epoch != self._epoch:
             self._epoch = epoch
             self._consumed = 0
+            self._restored_batches = 0
             if self.sampler is not None:
                 self.sampler.start = 0
         if self.sampler is not None:
@@ -174,13 +177,22 @@ class ResumableLoader:
             self._consumed += 1
             yield batch
         # The epoch is over: a checkpoint taken now resumes at the start of the next one.
+        self._restored_batches = self._consumed
         if self.sampler is not None:
             self.sampler.start = 0
 
+    @property
+    def persistent_workers(self) -> bool:
+        """Whether worker processes live across epochs (then only the first ``iter()`` draws a worker seed)."""
+        return bool(self._loader.persistent_workers and self._loader.num_workers > 0)
+
     def state_dict(self) -> dict[str, Any]:
+        # Samples consumed over all ranks: those before this run's restore point (``sampler.start``, already
+        # counted in the restored state) plus the batches handed out since then.
         consumed_samples = 0
         if self.sampler is not None and self.batch_size is not None:
-            consumed_samples = self.sampler.start + self._consumed * self.batch_size * self.world_size
+            since_restore = self._consumed - self._restored_batches
+            consumed_samples = self.sampler.start + since_restore * self.batch_size * self.world_size
         return {
             "epoch": self._epoch,
             "batches": self._consumed,
@@ -199,6 +211,7 @@ class ResumableLoader:
                 self._consumed = state["samples"] // (self.batch_size * self.world_size)
         elif self._skipper is not None:
             self._skipper.skip = self._consumed
+        self._restored_batches = self._consumed
 
 
 def wrap_loader(loader: Any, *, rank: int, world_size: int, seed: int, training: bool) -> Any:

@@ -1,0 +1,151 @@
+"""What a training checkpoint holds, and how a fit is restored from one (the layout is in ``dltrain.checkpoint``).
+
+The loop's part is ``trainer.loop_state`` (a `dltrain.loop.LoopState`) and the training loader's position; every
+rank's RNG states and loader positions are gathered so that each rank resumes its own stream.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dltrain import checkpoint as ckpt_io
+from dltrain.callbacks.base import overrides
+from dltrain.errors import CheckpointError, DltrainError
+
+if TYPE_CHECKING:
+    from dltrain.loop import FitLoop
+    from dltrain.trainer import Trainer
+
+
+def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
+    """Write a checkpoint of everything needed to resume exactly; every rank must call it."""
+    task, loop = trainer._task, trainer._fit_loop
+    if task is None:
+        raise DltrainError("save_checkpoint() needs a task: call it during or after fit/validate/test")
+    rank_state: dict[str, Any] = {"rng": ckpt_io.rng_state()}
+    position = loop.loader_position() if loop is not None else None
+    if position is not None:
+        rank_state["train_loader"] = position
+    ranks = _gather_objects(trainer, rank_state)
+    from dltrain import __version__
+
+    checkpoint: dict[str, Any] = {
+        "format": ckpt_io.FORMAT_VERSION,
+        "dltrain_version": __version__,
+        "task_class": f"{type(task).__module__}.{type(task).__qualname__}",
+        "hparams": ckpt_io.plain_hparams(task.hparams),
+        "loops": trainer.loop_state.state_dict(),
+        # Monitored values (ReduceLROnPlateau, ModelCheckpoint, EarlyStopping) as the loop saw them.
+        "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
+        "loggers": [lg.state_dict() for lg in trainer.loggers],
+        "train_metrics": loop.results.state_dict() if loop is not None else {},
+        "ranks": ranks,
+        "world_size": trainer.world_size,
+    }
+    if trainer.optimizers:
+        checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
+        checkpoint["precision"] = trainer.strategy.precision.state_dict()
+    task.on_save_checkpoint(checkpoint)
+    for cb in trainer.callbacks:
+        if overrides(cb, "on_save_checkpoint"):
+            cb.on_save_checkpoint(trainer, task, checkpoint)
+    checkpoint["state_dict"] = trainer.strategy.get_module_state_dict(trainer._fabric_module)
+    if trainer.optimizers:
+        checkpoint["optimizer"] = trainer.strategy.get_optimizer_state(trainer._fabric_optimizer)
+    if trainer.is_global_zero:
+        ckpt_io.save_atomic(checkpoint, path)
+        for lg in trainer.loggers:
+            lg.save()
+    trainer.fabric.barrier()
+
+
+def _gather_objects(trainer: Trainer, obj: Any) -> list[Any]:
+    if trainer.world_size < 2:
+        return [obj]
+    out: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def resolve(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path | None:
+    """A checkpoint file; ``"last"`` is the newest complete one in the checkpoint folder (None: there is none)."""
+    if str(ckpt_path) != "last":
+        return Path(ckpt_path)
+    cb = trainer.checkpoint_callback
+    folder = cb.dirpath if cb is not None and cb.dirpath is not None else Path(trainer.default_root_dir) / "checkpoints"
+    found = ckpt_io.find_last(folder)
+    if found is None and trainer.is_global_zero:
+        import sys
+
+        sys.stderr.write(f"[dltrain] ckpt_path='last': no complete checkpoint in {folder}; starting from scratch\n")
+    return found
+
+
+def load_weights(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> None:
+    """Load only the model weights (validate/test/predict with ``ckpt_path``)."""
+    path = resolve(trainer, ckpt_path)
+    if path is None:
+        raise CheckpointError(f"ckpt_path={str(ckpt_path)!r}: no checkpoint found")
+    checkpoint = ckpt_io.load(path)
+    assert trainer._task is not None
+    ckpt_io.check_state_dict(trainer._task, checkpoint["state_dict"], str(path))
+    trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
+
+
+def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) -> None:
+    """Restore a fit: weights, optimizer, schedulers, loop state, callbacks, loggers, loader position, RNG."""
+    path = resolve(trainer, ckpt_path)
+    if path is None:
+        return
+    checkpoint = ckpt_io.load(path)
+    task = loop.task
+    ckpt_io.check_state_dict(task, checkpoint["state_dict"], str(path))
+    trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
+    if "optimizer" in checkpoint:
+        trainer._fabric_optimizer.load_state_dict(checkpoint["optimizer"])
+    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+        config.scheduler.load_state_dict(state)
+    if checkpoint.get("precision"):
+        trainer.strategy.precision.load_state_dict(checkpoint["precision"])
+    trainer.loop_state.load_state_dict(checkpoint["loops"])
+    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in checkpoint.get("callback_metrics", {}).items()})
+    states = checkpoint.get("callbacks", {})
+    for cb in trainer.callbacks:
+        if cb.state_key in states:
+            cb.load_state_dict(states[cb.state_key])
+    if trainer.is_global_zero:
+        for lg, state in zip(trainer.loggers, checkpoint.get("loggers", [])):
+            lg.load_state_dict(state)
+    task.on_load_checkpoint(checkpoint)
+    for cb in trainer.callbacks:
+        if overrides(cb, "on_load_checkpoint"):
+            cb.on_load_checkpoint(trainer, task, checkpoint)
+    ranks = checkpoint.get("ranks", [])
+    same_world = checkpoint.get("world_size") == trainer.world_size
+    mine = ranks[trainer.global_rank] if same_world and trainer.global_rank < len(ranks) else None
+    state = trainer.loop_state
+    if state.phase == "epoch_end":
+        loop.resumed = "epoch_end"
+    elif state.batches_done == 0:
+        loop.resumed = "epoch_start"
+    else:
+        loop.resumed = "mid_epoch"
+        loop.results.load_state_dict(checkpoint.get("train_metrics", {}))
+        loader_state = (mine or (ranks[0] if ranks else {})).get("train_loader")
+        if loader_state is not None and hasattr(loop.loader, "load_state_dict"):
+            loop.loader.load_state_dict(loader_state)
+            # With another world size the loader re-splits what is left; it knows which batch is next.
+            state.batches_done = int(loop.loader.state_dict().get("batches", state.batches_done))
+        else:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} was taken in the middle of an epoch, but the training loader "
+                f"({type(loop.loader).__name__}) cannot restore its position (no load_state_dict). Use a "
+                "map-style DataLoader or dltrain.data.StreamingDataset, or checkpoint at epoch ends only."
+            )
+    # RNG states are per rank; with another world size there is no matching state: keep the fresh seed.
+    loop.pending_rng = mine["rng"] if mine is not None else None

@@ -1,0 +1,78 @@
+"""Each private API of another library that dltrain uses (all in ``dltrain._compat``), against the installed version.
+
+A failure here means a new torch, torchmetrics, webdataset or Lightning changed something dltrain reads: fix
+``dltrain/_compat.py`` before anything else.
+"""
+
+from __future__ import annotations
+
+import tarfile
+
+import torch
+import torchmetrics
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from dltrain import _compat
+
+
+def test_random_sampler_fixed_count_is_detected():
+    data = TensorDataset(torch.arange(10))
+    assert _compat.random_sampler_draws_fixed_count(RandomSampler(data, num_samples=4))
+    assert not _compat.random_sampler_draws_fixed_count(RandomSampler(data))
+
+
+def test_metric_forward_value_is_the_last_batch_value():
+    metric = torchmetrics.MeanMetric()
+    assert _compat.metric_forward_value(metric) is None
+    metric(torch.tensor([1.0, 3.0]))
+    metric(torch.tensor([5.0]))
+    assert float(_compat.metric_forward_value(metric)) == 5.0  # the batch value, not the running mean (3.0)
+
+
+def test_tar_writer_offset_follows_what_is_written(tmp_path):
+    from webdataset.writer import ShardWriter
+
+    with ShardWriter(str(tmp_path / "s-%06d.tar"), maxcount=100, verbose=0) as writer:
+        before = _compat.tar_writer_offset(writer)
+        writer.write({"__key__": "a", "txt": "x" * 1000})
+        after = _compat.tar_writer_offset(writer)
+    assert before == 0 and after is not None and after >= 1024  # one header block + the padded payload
+    with tarfile.open(tmp_path / "s-000000.tar") as tar:
+        assert tar.getmembers()[0].offset == before
+
+
+def test_shutdown_loader_workers_stops_worker_processes():
+    loader = DataLoader(TensorDataset(torch.arange(8)), batch_size=2, num_workers=2)
+    iterator = iter(loader)
+    next(iterator)
+    workers = list(iterator._workers)  # type: ignore[attr-defined]
+    assert all(w.is_alive() for w in workers)
+    _compat.shutdown_loader_workers(iterator)
+    assert not any(w.is_alive() for w in workers)
+    _compat.shutdown_loader_workers(iter(DataLoader(TensorDataset(torch.arange(4)))))  # no workers: a no-op
+
+
+def test_default_store_is_the_process_group_store(tmp_path):
+    import torch.distributed as dist
+
+    assert _compat.default_store() is None
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        store = _compat.default_store()
+        store.set("dltrain/compat", "ok")
+        assert store.get("dltrain/compat") == b"ok"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_strategy_wraps_module_tells_wrapped_from_plain():
+    from lightning.fabric import Fabric
+
+    plain = Fabric(accelerator="cpu", devices=1)
+    assert not _compat.strategy_wraps_module(plain.setup_module(torch.nn.Linear(2, 2)))
+    ddp = Fabric(accelerator="cpu", devices=1, strategy="ddp")  # a one-process DDP job
+    ddp.launch()
+    try:
+        assert _compat.strategy_wraps_module(ddp.setup_module(torch.nn.Linear(2, 2)))
+    finally:
+        torch.distributed.destroy_process_group()
