@@ -19,11 +19,13 @@ from dltrain.errors import CheckpointError, ConfigurationError, DataError, Dltra
 from dltrain.task import Task
 
 if TYPE_CHECKING:
+    from dltrain._config_cli import CLI
     from dltrain.trainer import Trainer, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLI",
     "Callback",
     "CheckpointError",
     "ConfigurationError",
@@ -38,6 +40,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "CLI":  # imports the Trainer and jsonargparse
+        from dltrain._config_cli import CLI
+
+        return CLI
     if name in ("Trainer", "seed_everything"):
         from dltrain import trainer
 

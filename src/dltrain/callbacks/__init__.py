@@ -3,8 +3,18 @@
 from dltrain.callbacks.base import Callback
 from dltrain.callbacks.checkpoint import ModelCheckpoint
 from dltrain.callbacks.early_stopping import EarlyStopping
+from dltrain.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from dltrain.callbacks.lr_monitor import LearningRateMonitor
 from dltrain.callbacks.progress import ProgressBar
 from dltrain.callbacks.throughput import ThroughputMonitor
 
-__all__ = ["Callback", "EarlyStopping", "LearningRateMonitor", "ModelCheckpoint", "ProgressBar", "ThroughputMonitor"]
+__all__ = [
+    "BackboneFinetuning",
+    "BaseFinetuning",
+    "Callback",
+    "EarlyStopping",
+    "LearningRateMonitor",
+    "ModelCheckpoint",
+    "ProgressBar",
+    "ThroughputMonitor",
+]

@@ -2,6 +2,7 @@
 
 from dltrain.loggers.base import Logger
 from dltrain.loggers.csv import CSVLogger
+from dltrain.loggers.tensorboard import TensorBoardLogger
 from dltrain.loggers.wandb import WandbLogger
 
-__all__ = ["CSVLogger", "Logger", "WandbLogger"]
+__all__ = ["CSVLogger", "Logger", "TensorBoardLogger", "WandbLogger"]

@@ -1,0 +1,250 @@
+"""`TensorBoardLogger`: scalars, hyperparameters and the model graph in TensorBoard event files.
+
+Needs the ``tensorboard`` package (``pip install dltrain[tensorboard]``); it is imported when the logger is built.
+"""
+
+from __future__ import annotations
+
+import os
+from argparse import Namespace
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from dltrain.loggers._versions import claim_next_version, next_version
+from dltrain.loggers.base import Logger
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ["TensorBoardLogger"]
+
+class TensorBoardLogger(Logger):
+    """Write to ``<save_dir>/<name>/version_<N>[/<sub_dir>]`` through ``torch.utils.tensorboard.SummaryWriter``.
+
+    Lightning's ``TensorBoardLogger`` with the same arguments and folders: ``N`` is the next free version
+    number (chosen, and the folder created, on the first write, so a logger built on every rank creates nothing
+    on the ranks that never write); an ``int`` version names ``version_<version>``, a ``str`` is the folder name.
+
+    ``log_hyperparams`` writes ``hparams.yaml`` in the version folder and TensorBoard's HPARAMS entry (with the
+    metric ``hp_metric`` = -1 when ``default_hp_metric``, as Lightning does, so the HPARAMS tab shows the run).
+    ``log_graph(model, input_array)`` writes the graph when the logger was built with ``log_graph=True``
+    (Lightning's rule; ``input_array`` defaults to ``model.example_input_array``). ``experiment`` is the
+    ``SummaryWriter``; extra keyword arguments go to it (e.g. ``flush_secs``, ``max_queue``).
+
+    Resume: ``state_dict()`` is ``{"version": ...}``; ``load_state_dict`` continues writing in that folder.
+
+    Example:
+        >>> logger = TensorBoardLogger("runs", name="mnist")
+        >>> logger.log_metrics({"train/loss": 0.5}, step=10)  # runs/mnist/version_0/events.out.tfevents...
+        >>> logger.experiment.add_histogram("weights", task.net.weight, 10)  # doctest: +SKIP
+    """
+
+    NAME_HPARAMS_FILE = "hparams.yaml"
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike[str],
+        name: str | None = "lightning_logs",
+        version: int | str | None = None,
+        log_graph: bool = False,
+        default_hp_metric: bool = True,
+        prefix: str = "",
+        sub_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            import tensorboard  # noqa: F401  (SummaryWriter needs it; say so now rather than at the first write)
+        except ImportError as err:
+            raise ModuleNotFoundError(
+                "TensorBoardLogger needs the tensorboard package: pip install 'dltrain[tensorboard]'"
+            ) from err
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._log_graph = log_graph
+        self._default_hp_metric = default_hp_metric
+        self._prefix = prefix
+        self._sub_dir = os.fspath(sub_dir) if sub_dir is not None else None
+        self._kwargs = kwargs
+        self._experiment: SummaryWriter | None = None
+        self.hparams: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``<save_dir>/<name>`` (``save_dir`` when ``name`` is empty)."""
+        return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
+
+    @property
+    def version(self) -> int | str:
+        """The version; resolving it (the next free number) does not create the folder."""
+        if self._version is None:
+            self._version = next_version(self.root_dir)
+        return self._version
+
+    @property
+    def log_dir(self) -> str:
+        version = self.version
+        folder = version if isinstance(version, str) else f"version_{version}"
+        path = os.path.join(self.root_dir, folder)
+        if self._sub_dir:
+            path = os.path.join(path, self._sub_dir)
+        return os.path.expandvars(os.path.expanduser(path))
+
+    @property
+    def sub_dir(self) -> str | None:
+        return self._sub_dir
+
+    def _claim_dir(self) -> None:
+        if self._version is None:
+            self._version = claim_next_version(self.root_dir)
+        os.makedirs(self.log_dir, exist_ok=True)
+
+    @property
+    def experiment(self) -> SummaryWriter:
+        """The ``SummaryWriter`` of this run (created, with its folder, on first use)."""
+        if self._experiment is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._claim_dir()
+            self._experiment = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
+        return self._experiment
+
+    # ------------------------------------------------------------------ logging
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}-{key}" if self._prefix else key
+
+    def log_hyperparams(
+        self, params: Mapping[str, Any] | Namespace, metrics: Mapping[str, float] | None = None
+    ) -> None:
+        """Merge ``params`` into ``hparams.yaml`` and write TensorBoard's HPARAMS entry.
+
+        Nested mappings are flattened with ``/`` (``{"opt": {"lr": 0.1}}`` -> ``opt/lr``); values TensorBoard
+        cannot show (lists, objects) are shown as their ``str``.
+        """
+        values = dict(vars(params) if isinstance(params, Namespace) else params)
+        self.hparams.update(values)
+        writer = self.experiment
+        self._write_hparams_file()
+        shown = {k: _scalar_or_str(v) for k, v in _flatten(values).items()}
+        if metrics is None:
+            if not self._default_hp_metric:
+                return
+            metrics = {"hp_metric": -1.0}
+        from torch.utils.tensorboard.summary import hparams
+
+        exp, ssi, sei = hparams(shown, dict(metrics))
+        file_writer = writer.file_writer
+        if file_writer is None:  # closed by finalize: reopen
+            self._experiment = None
+            file_writer = self.experiment.file_writer
+        assert file_writer is not None
+        for summary in (exp, ssi, sei):
+            file_writer.add_summary(summary)
+        for key, value in metrics.items():
+            writer.add_scalar(key, float(value), 0)
+
+    def _write_hparams_file(self) -> None:
+        import yaml
+
+        path = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            yaml.safe_dump(_yaml_safe(self.hparams), f, sort_keys=True)
+        os.replace(tmp, path)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        writer = self.experiment
+        for key, value in metrics.items():
+            if isinstance(value, Mapping):
+                writer.add_scalars(self._key(key), {k: float(v) for k, v in value.items()}, step)
+            else:
+                writer.add_scalar(self._key(key), float(value), step)
+
+    def log_graph(self, model: torch.nn.Module, input_array: Any = None) -> None:
+        """Write ``model``'s graph traced on ``input_array`` (default ``model.example_input_array``).
+
+        Does nothing unless the logger was built with ``log_graph=True`` (as in Lightning) or when there is no
+        input to trace with.
+        """
+        if not self._log_graph:
+            return
+        if input_array is None:
+            input_array = getattr(model, "example_input_array", None)
+        if input_array is None:
+            return
+        self.experiment.add_graph(model, input_array)
+
+    def save(self) -> None:
+        """Flush the event file (and rewrite ``hparams.yaml``)."""
+        if self._experiment is not None:
+            self._experiment.flush()
+            if self.hparams:
+                self._write_hparams_file()
+
+    def finalize(self, status: str) -> None:
+        """Flush and close the event file; a later write opens a new one in the same folder."""
+        if self._experiment is not None:
+            self.save()
+            self._experiment.close()
+            self._experiment = None
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": self.version}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue in the folder of ``state_dict["version"]`` (TensorBoard merges the event files of a folder)."""
+        if self._experiment is not None:
+            self._experiment.close()
+            self._experiment = None
+        self._version = state_dict["version"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_experiment"] = None  # a SummaryWriter holds a thread and a file: not picklable
+        return state
+
+
+def _flatten(values: Mapping[str, Any], parent: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{parent}/{key}" if parent else str(key)
+        if isinstance(value, Namespace):
+            value = vars(value)
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+def _scalar_or_str(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
+
+
+def _yaml_safe(value: Any) -> Any:
+    if isinstance(value, Namespace):
+        value = vars(value)
+    if isinstance(value, Mapping):
+        return {str(k): _yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_yaml_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
