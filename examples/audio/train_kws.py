@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     trainer.fit(task, train_loader, val_loader)
     metrics: dict[str, float] = {}
     if test_loader is not None:
-        metrics = trainer.test(task, test_loader)
+        metrics = trainer.test(task, test_loader)[0]
         say("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
         say("confusion matrix (rows: spoken digit, columns: predicted):")
         say(task.format_confusion_matrix())

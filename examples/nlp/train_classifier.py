@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_global_zero:
         print(f"classes: {info['classes']}; examples {info.get('sizes')}; data {json.dumps(info['stats'])}")
     trainer.fit(task, train_loader, val_loader)
-    res = trainer.validate(task, val_loader)
+    res = trainer.validate(task, val_loader)[0]
     out = {"val_acc": res.get("val/acc"), "val_f1": res.get("val/f1"), "majority_acc": info["majority"],
            "truncated_docs": res.get("data/truncated_docs"), "wall_s": round(time.time() - t0, 1)}
     if trainer.is_global_zero:

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"model: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, context {args.context}; "
               f"{len(train_loader)} train batches/epoch/process")
     trainer.fit(task, train_loader, val_loader)
-    results = trainer.validate(task, val_loader)
+    results = trainer.validate(task, val_loader)[0]
     out = {"val_bpb": results.get("val/bpb"), "val_ppl": results.get("val/ppl"),
            "baseline_bpb": info["baseline_bpb"], "wall_s": round(time.time() - t_start, 1)}
     if trainer.is_global_zero:

@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         enable_progress_bar=not args.no_progress,
     )
     trainer.fit(task, loader(train_urls, train_tf, True), loader(val_urls, eval_tf, False))
-    metrics = trainer.test(task, loader(test_urls, eval_tf, False))
+    metrics = trainer.test(task, loader(test_urls, eval_tf, False))[0]
 
     if trainer.is_global_zero:
         print("test metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dltrain.callbacks.base import Callback
+from dltrain.datamodule import DataModule
 from dltrain.errors import CheckpointError, ConfigurationError, DataError, DltrainError, StepError
 from dltrain.task import Task
 
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CLI",
     "Callback",
+    "DataModule",
     "CheckpointError",
     "ConfigurationError",
     "DataError",

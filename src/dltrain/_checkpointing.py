@@ -14,7 +14,7 @@ import torch
 
 from dltrain import checkpoint as ckpt_io
 from dltrain.callbacks.base import overrides
-from dltrain.errors import CheckpointError, DltrainError
+from dltrain.errors import CheckpointError, ConfigurationError, DltrainError
 
 if TYPE_CHECKING:
     from dltrain.loop import FitLoop
@@ -42,6 +42,7 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         # Monitored values (ReduceLROnPlateau, ModelCheckpoint, EarlyStopping) as the loop saw them.
         "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
         "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
+        "datamodule": trainer.datamodule.state_dict() if hasattr(trainer.datamodule, "state_dict") else {},
         "loggers": [lg.state_dict() for lg in trainer.loggers],
         "train_metrics": loop.results.state_dict() if loop is not None else {},
         "ranks": ranks,
@@ -56,7 +57,7 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
             cb.on_save_checkpoint(trainer, task, checkpoint)
     checkpoint["state_dict"] = trainer.strategy.get_module_state_dict(trainer._fabric_module)
     if trainer.optimizers:
-        checkpoint["optimizer"] = trainer.strategy.get_optimizer_state(trainer._fabric_optimizer)
+        checkpoint["optimizer_states"] = [trainer.strategy.get_optimizer_state(o) for o in trainer._fabric_optimizers]
     if trainer.is_global_zero:
         ckpt_io.save_atomic(checkpoint, path)
         for lg in trainer.loggers:
@@ -73,17 +74,56 @@ def _gather_objects(trainer: Trainer, obj: Any) -> list[Any]:
 
 
 def resolve(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path | None:
-    """A checkpoint file; ``"last"`` is the newest complete one in the checkpoint folder (None: there is none)."""
+    """A checkpoint file for ``ckpt_path``: a path as given; ``"last"``: the newest complete checkpoint of the most
+    recent run (None: there is none, start from scratch); ``"best"``: the checkpoint callback's best."""
+    if str(ckpt_path) == "best":
+        return _resolve_best(trainer)
     if str(ckpt_path) != "last":
         return Path(ckpt_path)
-    cb = trainer.checkpoint_callback
-    folder = cb.dirpath if cb is not None and cb.dirpath is not None else Path(trainer.default_root_dir) / "checkpoints"
-    found = ckpt_io.find_last(folder)
+    folders = _last_folders(trainer)
+    found = ckpt_io.find_newest_last(folders)
     if found is None and trainer.is_global_zero:
         import sys
 
-        sys.stderr.write(f"[dltrain] ckpt_path='last': no complete checkpoint in {folder}; starting from scratch\n")
+        where = ", ".join(str(f) for f in folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+        sys.stderr.write(f"[dltrain] ckpt_path='last': no complete checkpoint in {where}; starting from scratch\n")
     return found
+
+
+def _last_folders(trainer: Trainer) -> list[Path]:
+    """Where "last" is looked for: the checkpoint callbacks' folders, or (not decided yet) every run folder."""
+    from dltrain.callbacks.checkpoint import ModelCheckpoint, run_folders
+
+    callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    if not callbacks:
+        return run_folders(trainer)
+    return list(dict.fromkeys(folder for cb in callbacks for folder in cb.last_folders(trainer)))
+
+
+def _resolve_best(trainer: Trainer) -> Path:
+    """``trainer.checkpoint_callback.best_model_path``; in a new process (nothing saved yet), the best checkpoint
+    named by the state of the run's newest checkpoint."""
+    from dltrain.callbacks.checkpoint import ModelCheckpoint
+
+    cb = trainer.checkpoint_callback
+    if not isinstance(cb, ModelCheckpoint):
+        raise ConfigurationError(
+            'ckpt_path="best" needs a ModelCheckpoint callback (enable_checkpointing=True or one in callbacks); '
+            'pass a checkpoint path instead'
+        )
+    best = cb.best_model_path
+    if not best:
+        last = ckpt_io.find_newest_last(cb.last_folders(trainer))
+        state = ckpt_io.load(last).get("callbacks", {}).get(cb.state_key) if last is not None else None
+        kept = sorted((float(s), str(p)) for s, p in (state or {}).get("kept", []))
+        best = next((p for _, p in reversed(kept) if os.path.isfile(p)), "")
+    if not best or not os.path.isfile(best):
+        raise ConfigurationError(
+            f'ckpt_path="best": the ModelCheckpoint {cb.state_key} has no best checkpoint'
+            f"{f' ({best!r} does not exist)' if best else ''}; it keeps one once it has saved (save_top_k >= 1). "
+            'Pass a checkpoint path, or "last"'
+        )
+    return Path(best)
 
 
 def load_weights(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> None:
@@ -106,14 +146,20 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
     task = loop.task
     ckpt_io.check_state_dict(task, checkpoint["state_dict"], str(path))
     trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
-    if "optimizer" in checkpoint:
-        trainer._fabric_optimizer.load_state_dict(checkpoint["optimizer"])
+    states = checkpoint.get("optimizer_states", [checkpoint["optimizer"]] if "optimizer" in checkpoint else [])
+    if len(states) != len(trainer._fabric_optimizers):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds {len(states)} optimizer states, but configure_optimizers() returned "
+            f"{len(trainer._fabric_optimizers)} optimizers"
+        )
+    for optimizer, optimizer_state in zip(trainer._fabric_optimizers, states):
+        optimizer.load_state_dict(optimizer_state)
     for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         config.scheduler.load_state_dict(state)
     if checkpoint.get("precision"):
         trainer.strategy.precision.load_state_dict(checkpoint["precision"])
     trainer.loop_state.load_state_dict(checkpoint["loops"])
-    trainer.callback_metrics.update({k: torch.tensor(v) for k, v in checkpoint.get("callback_metrics", {}).items()})
+    trainer._callback_metrics.update({k: torch.tensor(v) for k, v in checkpoint.get("callback_metrics", {}).items()})
     states = checkpoint.get("callbacks", {})
     for cb in trainer.callbacks:
         if cb.state_key in states:
@@ -121,6 +167,8 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
     if trainer.is_global_zero:
         for lg, state in zip(trainer.loggers, checkpoint.get("loggers", [])):
             lg.load_state_dict(state)
+    if checkpoint.get("datamodule") and hasattr(trainer.datamodule, "load_state_dict"):
+        trainer.datamodule.load_state_dict(checkpoint["datamodule"])
     task.on_load_checkpoint(checkpoint)
     for cb in trainer.callbacks:
         if overrides(cb, "on_load_checkpoint"):

@@ -18,6 +18,8 @@ from dltrain._compat import metric_forward_value
 from dltrain.errors import DltrainError
 
 _REDUCE_FX = ("mean", "sum", "max", "min")
+# Lightning also accepts the torch functions themselves.
+_REDUCE_NAMES: dict[Any, str] = {torch.mean: "mean", torch.sum: "sum", torch.max: "max", torch.min: "min"}
 # Epoch values are kept as a list of per-step tensors, folded into a running sum every so often so that memory
 # stays bounded without paying a tensor operation on every step.
 _FOLD_EVERY = 256
@@ -99,6 +101,9 @@ class LoggedValues:
         self._trainer = trainer
         self._entries: dict[str, _Entry] = {}
         self.batch: Any = None  # the current batch, for inferring batch sizes (set by the Trainer)
+        # With several evaluation loaders: the loader being run, and the name suffix that says so.
+        self.dataloader_idx: int | None = None
+        self.not_for_loggers: set[str] = set()  # keys logged with logger=False
 
     def log(
         self,
@@ -110,10 +115,15 @@ class LoggedValues:
         prog_bar: bool,
         sync_dist: bool,
         batch_size: int | None,
-        reduce_fx: str,
+        reduce_fx: str | Any,
+        logger: bool = True,
+        add_dataloader_idx: bool = True,
     ) -> None:
+        if self.dataloader_idx is not None and add_dataloader_idx:
+            name = f"{name}/dataloader_idx_{self.dataloader_idx}"
         entry = self._entries.get(name)
         if entry is None:
+            reduce_fx = _REDUCE_NAMES.get(reduce_fx, reduce_fx)
             if reduce_fx not in _REDUCE_FX:
                 raise DltrainError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): use one of {_REDUCE_FX}")
             entry = _Entry(
@@ -127,6 +137,8 @@ class LoggedValues:
             if not (entry.on_step or entry.on_epoch):
                 raise DltrainError(f"self.log({name!r}) with on_step=False and on_epoch=False logs nothing")
             self._entries[name] = entry
+            if not logger:
+                self.not_for_loggers.update({name, self._key(entry, "step"), self._key(entry, "epoch")})
         entry.fresh = True
         entry.epoch_fresh = True
         if isinstance(value, Metric):
@@ -176,6 +188,21 @@ class LoggedValues:
                 if key in bar:
                     bar[key] = reduced[i]
         return values, bar
+
+    def latest(self) -> dict[str, Tensor]:
+        """The newest value of every step-level entry (not synced, not copied to the host): what
+        ``trainer.callback_metrics`` shows between logging intervals."""
+        values: dict[str, Tensor] = {}
+        for entry in self._entries.values():
+            if not entry.on_step or entry.last is None:
+                continue
+            last = metric_forward_value(entry.last) if isinstance(entry.last, Metric) else entry.last
+            if last is None:
+                continue
+            value = last.detach() if isinstance(last, Tensor) else torch.tensor(float(last))
+            values[self._key(entry, "step")] = value
+            values[entry.name] = value
+        return values
 
     def read_epoch(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Epoch aggregates over every rank (exact: weighted by batch sizes), then reset for the next epoch.

@@ -1,4 +1,4 @@
-"""Turn what ``Task.configure_optimizers`` returned into one optimizer and its scheduler configs."""
+"""``configure_optimizers``'s return value as optimizers and scheduler configs; manual-optimization wrappers."""
 
 from __future__ import annotations
 
@@ -66,23 +66,20 @@ def _scheduler_config(item: Any, where: str) -> SchedulerConfig:
     return config
 
 
-def parse_optimizers(returned: Any) -> tuple[Optimizer, list[SchedulerConfig]]:
-    """Normalise the return value of ``configure_optimizers``.
+def parse_optimizers(returned: Any) -> tuple[list[Optimizer], list[SchedulerConfig]]:
+    """Normalise the return value of ``configure_optimizers`` (every shape Lightning accepts).
 
-    Raises:
-        ConfigurationError: the value has another shape, or holds several optimizers (automatic optimization
-            steps exactly one; put parameter groups in one optimizer instead).
+    ``None`` means no optimizer (Lightning allows it; then nothing is stepped). Raises ConfigurationError for any
+    other shape, naming what was returned.
     """
     optimizers: list[Any]
     schedulers: list[Any] = []
+    if returned is None:
+        return [], []
     if isinstance(returned, Optimizer):
         optimizers = [returned]
     elif isinstance(returned, Mapping):
-        if "optimizer" not in returned:
-            raise ConfigurationError(f"configure_optimizers() returned a dict without 'optimizer'; {_EXPECTED}")
-        optimizers = [returned["optimizer"]]
-        if returned.get("lr_scheduler") is not None:
-            schedulers = [returned["lr_scheduler"]]
+        optimizers, schedulers = _from_dict(returned)
     elif (
         isinstance(returned, (tuple, list))
         and len(returned) == 2
@@ -90,6 +87,12 @@ def parse_optimizers(returned: Any) -> tuple[Optimizer, list[SchedulerConfig]]:
         and isinstance(returned[1], (list, tuple))
     ):
         optimizers, schedulers = list(returned[0]), list(returned[1])
+    elif isinstance(returned, (tuple, list)) and returned and all(isinstance(o, Mapping) for o in returned):
+        optimizers = []
+        for item in returned:
+            opts, scheds = _from_dict(item)
+            optimizers += opts
+            schedulers += scheds
     elif isinstance(returned, (tuple, list)) and all(isinstance(o, Optimizer) for o in returned) and returned:
         optimizers = list(returned)
     else:
@@ -99,12 +102,42 @@ def parse_optimizers(returned: Any) -> tuple[Optimizer, list[SchedulerConfig]]:
             raise ConfigurationError(
                 f"configure_optimizers(): optimizer {i} is a {type(opt).__name__}, not a torch.optim.Optimizer; {_EXPECTED}"
             )
-    if len(optimizers) != 1:
-        raise ConfigurationError(
-            f"configure_optimizers() returned {len(optimizers)} optimizers; dltrain steps exactly one optimizer per "
-            "step: put several parameter groups in one optimizer"
-        )
     configs = [_scheduler_config(s, f"scheduler {i}") for i, s in enumerate(schedulers)] if isinstance(
         schedulers, Sequence
     ) else []
-    return optimizers[0], configs
+    return optimizers, configs
+
+
+def _from_dict(item: Mapping[str, Any]) -> tuple[list[Any], list[Any]]:
+    if "optimizer" not in item:
+        raise ConfigurationError(f"configure_optimizers() returned a dict without 'optimizer'; {_EXPECTED}")
+    scheduler = item.get("lr_scheduler")
+    return [item["optimizer"]], ([] if scheduler is None else [scheduler])
+
+
+class ManualOptimizer:
+    """What ``Task.optimizers()`` returns under manual optimization (Lightning's ``LightningOptimizer``).
+
+    ``step()`` runs the ``on_before_optimizer_step`` hooks, steps through the strategy and precision (Fabric's
+    optimizer) and counts a training step (``trainer.global_step``), as Lightning does. Anything else (``zero_grad``,
+    ``param_groups``, ``state``) is the optimizer's own.
+    """
+
+    def __init__(self, trainer: Any, optimizer: Optimizer, fabric_optimizer: Any) -> None:
+        self._trainer = trainer
+        self.optimizer = optimizer
+        self._fabric_optimizer = fabric_optimizer
+
+    def step(self, closure: Any = None) -> Any:
+        t = self._trainer
+        t._before_optimizer_step(self.optimizer)
+        out = self._fabric_optimizer.step(closure) if closure is not None else self._fabric_optimizer.step()
+        t.loop_state.global_step += 1
+        return out
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._trainer._before_zero_grad(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)

@@ -3,12 +3,12 @@
 A checkpoint is a ``dict`` saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: tensors,
 numbers, strings, lists, tuples and dicts only, so loading a checkpoint never runs code from the file.
 
-Layout (``FORMAT_VERSION`` 1)::
+Layout (``FORMAT_VERSION`` 2; version 1 files load too)::
 
-    {"format": 1, "dltrain_version": str, "task_class": str, "hparams": dict,
-     "state_dict": model weights, "optimizer": state, "lr_schedulers": [state, ...], "precision": state,
-     "loops": {"global_step", "epoch", "batches_in_epoch", "epoch_complete"},
-     "callbacks": {state_key: state}, "loggers": [state, ...], "train_metrics": state,
+    {"format": 2, "dltrain_version": str, "task_class": str, "hparams": dict,
+     "state_dict": model weights, "optimizer_states": [state, ...], "lr_schedulers": [state, ...],
+     "precision": state, "loops": dltrain.loop.LoopState.state_dict(), "callback_metrics": {name: float},
+     "callbacks": {state_key: state}, "datamodule": state, "loggers": [state, ...], "train_metrics": state,
      "ranks": [{"rng": ..., "train_loader": ...}, ...]   # one entry per rank, index = global rank
      "world_size": int}
 """
@@ -16,9 +16,12 @@ Layout (``FORMAT_VERSION`` 1)::
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import re
+import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ import torch
 
 from dltrain.errors import CheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _STEP_RE = re.compile(r"step=(\d+)")
 
 
@@ -39,7 +42,7 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _temporary(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -56,7 +59,7 @@ def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) ->
     """Make ``link`` name the same file as ``target`` (a hard link, a copy where links are not supported),
     replacing ``link`` atomically: it always names a complete checkpoint."""
     target, link = Path(target), Path(link)
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp = _temporary(link)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     try:
@@ -69,6 +72,74 @@ def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) ->
             os.fsync(f.fileno())
     os.replace(tmp, link)
     _fsync_dir(link.parent)
+
+
+def _temporary(path: Path) -> Path:
+    """The temporary name ``path`` is written under: hidden, naming this host and process (see
+    :func:`remove_stale_temporaries`)."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+# ".<name>.tmp-<host>-<pid>"; files of older versions have no host: ".<name>.tmp-<pid>".
+_TEMPORARY_RE = re.compile(r"^\.(?P<name>.+\.ckpt)\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files that processes killed while writing a checkpoint left in ``folder``.
+
+    A temporary is stale when the process that wrote it is gone: it was written on this host and its process id
+    is not running, or is running but started after the file was last written (the id was reused), or is this
+    very process (which is not writing at this moment). Temporaries of other hosts (a shared file system) are left
+    alone: whether their writer is alive cannot be known from here. Returns the removed paths.
+    """
+    folder = Path(folder)
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    host = socket.gethostname()
+    removed = []
+    for p in entries:
+        match = _TEMPORARY_RE.match(p.name)
+        if match is None or match.group("host") not in (None, host):
+            continue
+        pid = int(match.group("pid"))
+        try:
+            written = p.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if pid != os.getpid() and _process_alive_since(pid, written):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def _process_alive_since(pid: int, written: float) -> bool:
+    """Whether process ``pid`` is running and may have written a file at time ``written`` (it started before)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # running, as another user
+    except OSError:
+        return True  # cannot tell: keep the file
+    started = _process_start_time(pid)
+    return started is None or started <= written + 1.0
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from ``/proc`` on Linux; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -117,25 +188,52 @@ def is_loadable(path: Path) -> bool:
 
 
 def find_last(folder: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint in ``folder``: ``last.ckpt`` if it loads, else the highest step that loads."""
+    """The newest complete checkpoint in ``folder``: the newest ``last.ckpt`` (or ``last-v<N>.ckpt``, written when
+    another run's ``last.ckpt`` was already there) that loads, else the highest step that loads."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    last = folder / "last.ckpt"
-    if last.is_file() and is_loadable(last):
-        return last
+    lasts = sorted((p for p in folder.glob("last*.ckpt") if _LAST_RE.match(p.name)), key=_mtime, reverse=True)
+    for last in lasts:
+        if is_loadable(last):
+            return last
 
     def step_of(p: Path) -> int:
         match = _STEP_RE.search(p.name)
         return int(match.group(1)) if match else -1
 
     candidates = sorted(
-        (p for p in folder.glob("*.ckpt") if p.name != "last.ckpt"), key=lambda p: (step_of(p), p.stat().st_mtime)
+        (p for p in folder.glob("*.ckpt") if not _LAST_RE.match(p.name)), key=lambda p: (step_of(p), _mtime(p))
     )
     for p in reversed(candidates):
         if is_loadable(p):
             return p
     return None
+
+
+def find_newest_last(folders: Iterable[str | os.PathLike[str]]) -> Path | None:
+    """The newest complete checkpoint in any of ``folders`` (:func:`find_last` of the folder whose checkpoints were
+    written most recently; an older folder when that one holds none that loads)."""
+    newest: list[tuple[float, Path]] = []
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        times = [_mtime(p) for p in folder.glob("*.ckpt")] if folder.is_dir() else []
+        if times:
+            newest.append((max(times), folder))
+    for _, folder in sorted(newest, key=lambda tf: tf[0], reverse=True):
+        found = find_last(folder)
+        if found is not None:
+            return found
+    return None
+
+
+_LAST_RE = re.compile(r"^last(-v\d+)?\.ckpt$")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return -math.inf
 
 
 # ---------------------------------------------------------------------- RNG states

@@ -9,33 +9,36 @@ Read top to bottom:
   ``None`` batch (a loader that skipped every sample of it) reaches no step, in any stage.
 - `FitLoop`: the epoch loop, one training batch (accumulation, clipping, optimizer and scheduler steps), the epoch
   end and validation.
-- `evaluate` and `predict`: the evaluation loops, on the same batch path.
+- ``dltrain.evaluation``: the evaluation and prediction loops, on the same batch path.
 
-The Trainer (``dltrain.trainer``) holds the settings and builds these; the hook order is in ``Trainer.fit``.
+The Trainer (``dltrain.trainer``) holds the settings and builds these; the hook order is in ``Trainer.fit``. Hooks
+are resolved once per epoch (or stage) to the callbacks and task methods that override them, so a hook nobody
+overrides costs nothing per batch.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins.precision import Precision
+from torch import Tensor
 
 from dltrain import checkpoint as ckpt_io
 from dltrain._batch import describe_batch
 from dltrain._logged_values import LoggedValues
 from dltrain._step_output import NonfiniteLosses, add_note, loss_of, raise_if_unused_parameters
-from dltrain.errors import ConfigurationError
 from dltrain.task import Task
 
 if TYPE_CHECKING:
     from dltrain.trainer import Trainer
 
-__all__ = ["BatchPath", "FitLoop", "LoopState", "evaluate", "predict"]
+__all__ = ["BatchPath", "FitLoop", "LoopState"]
 
 _END = object()
 
@@ -77,15 +80,19 @@ class LoopState:
 
 
 class BatchPath:
-    """Loader → device → ``on_after_batch_transfer`` → step, for one stage (see the module docstring)."""
+    """Loader → device → transfer hooks → step, for one stage and loader (see the module docstring)."""
 
-    def __init__(self, trainer: Trainer, task: Task, step_name: str, through_wrapper: bool) -> None:
+    def __init__(self, trainer: Trainer, task: Task, step_name: str, through_wrapper: bool,
+                 dataloader_idx: int | None = None) -> None:
         self.trainer = trainer
         self.task = task
         self.step_name = step_name
+        self.dataloader_idx = dataloader_idx  # passed to the step only with several loaders (as in Lightning)
         self.move = trainer.device.type != "cpu"
-        overridden = type(task).on_after_batch_transfer is not Task.on_after_batch_transfer
-        self.after_transfer = task.on_after_batch_transfer if overridden else None
+        self.before_transfer = _overridden(task, "on_before_batch_transfer")
+        self.transfer = _overridden(task, "transfer_batch_to_device")
+        self.after_transfer = _overridden(task, "on_after_batch_transfer")
+        self.needs_preparing = self.move or any((self.before_transfer, self.transfer, self.after_transfer))
         self.step = self._resolve_step(step_name, through_wrapper)
         self.lookahead_position: dict[str, Any] | None = None  # the loader's position before the look-ahead
 
@@ -93,17 +100,24 @@ class BatchPath:
         if through_wrapper:
             # Fabric sends the call through the wrapper's forward (DDP's gradient sync, FSDP's all-gather), under
             # the precision context.
-            return getattr(self.trainer._fabric_module, name)
-        method = getattr(self.task, name)
+            method = getattr(self.trainer._fabric_module, name)
+        else:
+            method = getattr(self.task, name)
+        extra = () if self.dataloader_idx is None else (self.dataloader_idx,)
+        takes_index = _accepts_batch_idx(getattr(self.task, name))  # Lightning allows training_step(self, batch)
         precision = self.trainer.strategy.precision
-        if type(precision) is Precision:  # full precision: call the task as a hand-written loop would
-            return method
+        plain = through_wrapper or type(precision) is Precision  # the wrapper applies the precision itself
+        if plain and takes_index and not extra:
+            return method  # one device, full precision: call the task as a hand-written loop would
 
-        def with_precision(batch: Any, batch_idx: int) -> Any:
+        def step(batch: Any, batch_idx: int) -> Any:
+            args = (batch, batch_idx, *extra) if takes_index else (batch, *extra)
+            if plain:
+                return method(*args)
             with precision.forward_context():
-                return method(precision.convert_input(batch), batch_idx)
+                return method(precision.convert_input(args[0]), *args[1:])
 
-        return with_precision
+        return step
 
     def batches(self, loader: Any, iterator: Iterator[Any], start: int, limit: float,
                 lookahead: bool) -> Iterator[tuple[int, Any, bool]]:
@@ -111,7 +125,7 @@ class BatchPath:
         prepare = self.prepare
         if math.isfinite(limit) or not lookahead:
             last = int(limit) - 1 if math.isfinite(limit) else -1
-            needs_preparing = self.move or self.after_transfer is not None  # else a batch is used as it comes
+            needs_preparing = self.needs_preparing  # else a batch is used as it comes
             for batch_idx, batch in enumerate(iterator, start):
                 if batch_idx >= limit:
                     return
@@ -131,12 +145,18 @@ class BatchPath:
         self.lookahead_position = None
 
     def prepare(self, batch: Any) -> Any:
+        """``on_before_batch_transfer`` → ``transfer_batch_to_device`` (or Fabric's move) → ``on_after_batch_transfer``."""
         if batch is None:
             return None
-        if self.move:
+        idx = self.dataloader_idx or 0
+        if self.before_transfer is not None:
+            batch = self.before_transfer(batch, idx)
+        if self.transfer is not None:
+            batch = self.transfer(batch, self.trainer.device, idx)
+        elif self.move:
             batch = self.trainer.fabric.to_device(batch)
         if self.after_transfer is not None:
-            batch = self.after_transfer(batch, 0)
+            batch = self.after_transfer(batch, idx)
         return batch
 
     def run(self, batch: Any, batch_idx: int) -> Any:
@@ -156,14 +176,29 @@ class BatchPath:
             raise
 
 
+@dataclass
+class _TrainHooks:
+    """The per-batch hooks of one epoch, resolved to what overrides them (callbacks first, then the task)."""
+
+    batch_start: list[Callable[..., Any]] = field(default_factory=list)
+    batch_end: list[Callable[..., Any]] = field(default_factory=list)
+    before_backward: list[Callable[..., Any]] = field(default_factory=list)
+    after_backward: list[Callable[..., Any]] = field(default_factory=list)
+    before_optimizer_step: list[Callable[..., Any]] = field(default_factory=list)
+    before_zero_grad: list[Callable[..., Any]] = field(default_factory=list)
+    optimizer_step: Callable[..., Any] | None = None  # the task's overrides, or None for the default
+    optimizer_zero_grad: Callable[..., Any] | None = None
+    configure_gradient_clipping: Callable[..., Any] | None = None
+
+
 class FitLoop:
     """`fit`'s loops over one Trainer, task and pair of loaders; its progress is ``trainer.loop_state``."""
 
-    def __init__(self, trainer: Trainer, task: Task, loader: Any, val_loader: Any) -> None:
+    def __init__(self, trainer: Trainer, task: Task, loader: Any, val_loaders: list[Any] | None) -> None:
         self.trainer = trainer
         self.task = task
         self.loader = loader
-        self.val_loader = val_loader
+        self.val_loaders = val_loaders
         self.state = trainer.loop_state
         self.results = LoggedValues(training=True, trainer=trainer)
         self.path = BatchPath(trainer, task, "training_step", through_wrapper=trainer._strategy_wraps_module)
@@ -174,11 +209,15 @@ class FitLoop:
         self.pending_rng: dict[str, Any] | None = None  # this rank's RNG state from that checkpoint
         self.nonfinite = NonfiniteLosses(trainer)
         self._published_skips = 0
+        self._last_loss: Tensor | None = None  # what an overridden optimizer_step's closure returns
 
     # ------------------------------------------------------------------ epochs
     def run(self) -> None:
-        """Train until ``max_epochs``, ``max_steps`` or ``should_stop``."""
+        """Sanity check, ``on_train_start``, epochs until ``max_epochs``/``max_steps``/``should_stop``,
+        ``on_train_end``."""
         state, t = self.state, self.trainer
+        self._sanity_check()
+        t._call_hook("on_train_start")
         if self.resumed in ("epoch_end", "epoch_start"):
             self._restore_rng()
         if self.resumed == "epoch_end":
@@ -187,31 +226,55 @@ class FitLoop:
                 # when replaying the end of the epoch the checkpoint was taken in.
                 warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
                 self._finish_epoch()
-        while not (state.should_stop or self._max_steps_reached()):
+        while not (self._stopping() or self._max_steps_reached()):
             if t.max_epochs is not None and state.epoch >= t.max_epochs:
                 break
             self._train_epoch()
+        t._call_hook("on_train_end")
 
     def _max_steps_reached(self) -> bool:
         return 0 < self.trainer.max_steps <= self.state.global_step
 
+    def _stopping(self) -> bool:
+        """``should_stop``, once ``min_epochs`` and ``min_steps`` are reached (until then it is ignored)."""
+        t, state = self.trainer, self.state
+        return state.should_stop and state.epoch + 1 >= t.min_epochs and state.global_step >= t.min_steps
+
+    def _sanity_check(self) -> None:
+        """A few validation batches before training, so that a broken validation_step fails now, not after an
+        epoch; nothing it logs reaches the loggers or callback_metrics."""
+        t = self.trainer
+        if not self.val_loaders or not t.num_sanity_val_steps or self.resumed is not None:
+            return
+        t.sanity_checking = True
+        try:
+            t._call_callbacks("on_sanity_check_start")
+            limit = None if t.num_sanity_val_steps < 0 else t.num_sanity_val_steps
+            self._validate(limit)
+            t._call_callbacks("on_sanity_check_end")
+        finally:
+            t.sanity_checking = False
+
     def _train_epoch(self) -> None:
-        t, task, state, loader = self.trainer, self.task, self.state, self.loader
+        t, task, state = self.trainer, self.task, self.state
         start = state.batches_done  # > 0 only when resuming in the middle of this epoch
         state.phase = "train"
+        if t.reload_dataloaders_every_n_epochs and state.epoch and state.epoch % t.reload_dataloaders_every_n_epochs == 0:
+            self.loader = t._reload_train_loader()
+        loader = self.loader
         task._results = self.results
         task.train()
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(state.epoch)
         t.num_training_batches = t._count_batches(loader, t.limit_train_batches)
         t._check_equal_lengths(int(t.num_training_batches) - start if math.isfinite(t.num_training_batches) else 0)
-        t.optimizers[0].zero_grad(set_to_none=True)  # nothing from an interrupted window crosses into the epoch
-        task.on_train_epoch_start()
+        for optimizer in t.optimizers:  # nothing from an interrupted window crosses into the epoch
+            optimizer.zero_grad(set_to_none=True)
         t._call_hook("on_train_epoch_start")
         iterator = self._iter(loader)
         self.in_batches = True
-        hooks = (t._hooks("on_train_batch_start"), t._hooks("on_train_batch_end"), t._hooks("on_before_optimizer_step"))
-        val_every = t._val_batches_interval(val=self.val_loader is not None)
+        hooks = self._resolve_hooks()
+        val_every = t._val_batches_interval(val=bool(self.val_loaders))
         if self.resumed == "mid_epoch" and val_every and start % val_every == 0 and start < t.num_training_batches:
             self._validate()  # due after the batch the checkpoint was taken at
         self.resumed = None
@@ -219,16 +282,31 @@ class FitLoop:
         for batch_idx, batch, is_last in self.path.batches(loader, iterator, start, t.num_training_batches,
                                                            lookahead=True):
             self.batch_idx = batch_idx
-            self._train_batch(batch, batch_idx, is_last, *hooks)
+            if self._train_batch(batch, batch_idx, is_last, hooks):
+                break  # the task's on_train_batch_start returned -1: the rest of the epoch is skipped
             if val_every is not None and (batch_idx + 1) % val_every == 0 and not is_last:
                 self._validate()
-            if state.should_stop or 0 < t.max_steps <= state.global_step:
+            if (state.should_stop and self._stopping()) or 0 < t.max_steps <= state.global_step:
                 break
         else:
             t._report_exhausted(batch_idx + 1)
         self.in_batches = False
         self.batch_idx = batch_idx + 1
         self._end_epoch()
+
+    def _resolve_hooks(self) -> _TrainHooks:
+        t, task = self.trainer, self.task
+        return _TrainHooks(
+            batch_start=t._hooks("on_train_batch_start"),
+            batch_end=t._hooks("on_train_batch_end"),
+            before_backward=t._hooks("on_before_backward"),
+            after_backward=t._hooks("on_after_backward"),
+            before_optimizer_step=t._hooks("on_before_optimizer_step"),
+            before_zero_grad=t._hooks("on_before_zero_grad"),
+            optimizer_step=_overridden(task, "optimizer_step"),
+            optimizer_zero_grad=_overridden(task, "optimizer_zero_grad"),
+            configure_gradient_clipping=_overridden(task, "configure_gradient_clipping"),
+        )
 
     def _iter(self, loader: Any) -> Iterator[Any]:
         """``iter(loader)``, keeping the RNG stream of a resumed run equal to the uninterrupted run's.
@@ -258,7 +336,7 @@ class FitLoop:
         self.results.batch = None
         t._log_skipped(self.loader, self.results, "train")
         self.nonfinite.check()
-        if self.val_loader is not None and t._validate_after_epoch(state.epoch):
+        if self.val_loaders and t._validate_after_epoch(state.epoch):
             self._validate()
         task._results = self.results
         task.on_train_epoch_end()
@@ -271,38 +349,47 @@ class FitLoop:
         """What follows the epoch-end callbacks (a resume from an epoch-end checkpoint starts here)."""
         t, state = self.trainer, self.state
         state.should_stop = t._any_rank(state.should_stop)
-        for config in t.lr_scheduler_configs:
-            if config.interval == "epoch" and (state.epoch + 1) % config.frequency == 0:
-                t._step_scheduler(config)
-        if not (state.should_stop or self._max_steps_reached()):
+        if self.task.automatic_optimization:  # with manual optimization the task steps its schedulers
+            for config in t.lr_scheduler_configs:
+                if config.interval == "epoch" and (state.epoch + 1) % config.frequency == 0:
+                    t._step_scheduler(config)
+        if not (self._stopping() or self._max_steps_reached()):
+            state.should_stop = False  # asked for before min_epochs/min_steps: ignored
             state.epoch += 1
             state.batches_done = 0
             state.phase = "train"
 
     # ------------------------------------------------------------------ one training batch
-    def _train_batch(self, batch: Any, batch_idx: int, is_last: bool, batch_start: list[Any], batch_end: list[Any],
-                     before_optimizer: list[Any]) -> None:
+    def _train_batch(self, batch: Any, batch_idx: int, is_last: bool, hooks: _TrainHooks) -> bool:
+        """One batch: hooks, step, backward, optimizer step when due. True: end the epoch here."""
         t, task, state = self.trainer, self.task, self.state
         self.results.batch = batch
-        for hook in batch_start:
-            hook(t, task, batch, batch_idx)
-        is_step = is_last or (batch_idx + 1) % t.accumulate_grad_batches == 0
-        if is_step or not t._strategy_wraps_module:
-            output = self._forward_backward(batch, batch_idx)
-        else:  # inside an accumulation window: no gradient all-reduce
-            with t.fabric.no_backward_sync(t._fabric_module, enabled=True):
-                output = self._forward_backward(batch, batch_idx)
-        state.stepped = False
-        if is_step:
-            self._optimizer_step(before_optimizer)
+        for hook in hooks.batch_start:
+            if hook(batch, batch_idx) == -1:
+                return True
+        if not task.automatic_optimization:
+            steps_before = state.global_step
+            output = self.path.run(batch, batch_idx)  # the task steps its optimizers (ManualOptimizer counts)
+            state.stepped = state.global_step != steps_before
+        else:
+            is_step = is_last or (batch_idx + 1) % t.accumulate_grad_batches == 0
+            if is_step or not t._strategy_wraps_module:
+                output = self._forward_backward(batch, batch_idx, hooks)
+            else:  # inside an accumulation window: no gradient all-reduce
+                with t.fabric.no_backward_sync(t._fabric_module, enabled=True):
+                    output = self._forward_backward(batch, batch_idx, hooks)
+            state.stepped = False
+            if is_step and t.optimizers:
+                self._optimizer_step(batch_idx, hooks)
         state.batches_done = batch_idx + 1
-        for hook in batch_end:
-            hook(t, task, output, batch, batch_idx)
+        for hook in hooks.batch_end:
+            hook(output, batch, batch_idx)
         # After the batch-end hooks, so that what callbacks log for this step is sent with it.
         if state.stepped and state.global_step % t.log_every_n_steps == 0:
             self._log_step()
+        return False
 
-    def _forward_backward(self, batch: Any, batch_idx: int) -> Any:
+    def _forward_backward(self, batch: Any, batch_idx: int, hooks: _TrainHooks) -> Any:
         t = self.trainer
         output = self.path.run(batch, batch_idx)
         loss = loss_of(output, batch_idx)
@@ -314,25 +401,39 @@ class FitLoop:
         if loss is not None:
             if t.accumulate_grad_batches > 1:
                 loss = loss / t.accumulate_grad_batches
+            for hook in hooks.before_backward:
+                hook(loss)
             if t._plain:
                 loss.backward()
             else:
                 t._backward(loss)
+            for hook in hooks.after_backward:
+                hook()
+            self._last_loss = loss
         return output
 
-    def _optimizer_step(self, before_optimizer: list[Any]) -> None:
-        t, task, state = self.trainer, self.task, self.state
+    def _optimizer_step(self, batch_idx: int, hooks: _TrainHooks) -> None:
+        t, state = self.trainer, self.state
         optimizer = t.optimizers[0]
-        task.on_before_optimizer_step(optimizer)
-        for hook in before_optimizer:
-            hook(t, task, optimizer)
-        if t.gradient_clip_val is not None:
-            t._clip_gradients()
-        if t._plain:
+        for hook in hooks.before_optimizer_step:
+            hook(optimizer)
+        if hooks.configure_gradient_clipping is not None:
+            hooks.configure_gradient_clipping(optimizer, t.gradient_clip_val, t.gradient_clip_algorithm)
+        elif t.gradient_clip_val is not None:
+            t._clip(optimizer, t.gradient_clip_val, t.gradient_clip_algorithm)
+        if hooks.optimizer_step is not None:
+            wrapped = optimizer if t._plain else t._fabric_optimizers[0]
+            hooks.optimizer_step(state.epoch, batch_idx, wrapped, lambda: self._last_loss)
+        elif t._plain:
             optimizer.step()
         else:
-            t._fabric_optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+            t._fabric_optimizers[0].step()
+        for hook in hooks.before_zero_grad:
+            hook(optimizer)
+        if hooks.optimizer_zero_grad is not None:
+            hooks.optimizer_zero_grad(state.epoch, batch_idx, optimizer)
+        else:
+            optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
         state.stepped = True
         for config in t.lr_scheduler_configs:
@@ -345,7 +446,7 @@ class FitLoop:
         self._publish_skips()
         values, bar = self.results.read_step()
         if values:
-            self.trainer._publish(values, bar)
+            self.trainer._publish(values, bar, self.results)
 
     def _publish_skips(self) -> None:
         skipped = self.nonfinite.skipped
@@ -354,14 +455,21 @@ class FitLoop:
             self.results.log("train/skipped_nonfinite_steps", float(skipped), on_step=True, on_epoch=False,
                              prog_bar=False, sync_dist=True, batch_size=1, reduce_fx="max")
 
-    def _validate(self) -> None:
+    def _validate(self, limit: int | float | None = None) -> None:
         """Validation inside fit: it leaves the training RNG stream and the train/eval mode as it found them."""
+        from dltrain.evaluation import evaluate
+
+        t = self.trainer
+        assert self.val_loaders is not None
         rng = ckpt_io.rng_state()
         try:
-            evaluate(self.trainer, self.task, self.val_loader, "validation", self.trainer.limit_val_batches)
+            evaluate(t, self.task, self.val_loaders, "validation", t.limit_val_batches if limit is None else limit)
         finally:
             ckpt_io.set_rng_state(rng)
-            self.task.train()
+            if _overridden(self.task, "on_validation_model_train") is not None:
+                self.task.on_validation_model_train()
+            else:
+                self.task.train()
             self.task._results = self.results
 
     def loader_position(self) -> dict[str, Any] | None:
@@ -372,50 +480,16 @@ class FitLoop:
         return state_dict() if state_dict is not None else None
 
 
-# ---------------------------------------------------------------------- evaluation
-def evaluate(trainer: Trainer, task: Task, loader: Any, stage: str, limit: int | float | None) -> dict[str, float]:
-    """Run ``validation_step`` or ``test_step`` over ``loader``; the epoch metrics, reduced over every rank."""
-    step_name = {"validation": "validation_step", "test": "test_step"}[stage]
-    if getattr(type(task), step_name) is getattr(Task, step_name):
-        raise ConfigurationError(f"{type(task).__name__} has no {step_name}(batch, batch_idx) to run {stage} with")
-    results = LoggedValues(training=False, trainer=trainer)
-    task._results = results
-    task.eval()
-    n = trainer._count_batches(loader, limit)
-    if stage == "validation":
-        trainer.num_val_batches = n
-    else:
-        trainer.num_test_batches = n
-    getattr(task, f"on_{stage}_epoch_start")()
-    trainer._call_hook(f"on_{stage}_epoch_start")
-    batch_end = trainer._hooks(f"on_{stage}_batch_end")
-    # Evaluation runs no collective per step (ranks may have different numbers of batches, and DDP's forward
-    # could sync): steps call the task directly; only sharded models (FSDP) go through the wrapper.
-    path = BatchPath(trainer, task, step_name, through_wrapper=trainer._strategy_shards_module)
-    with torch.no_grad():
-        for batch_idx, batch, _ in path.batches(loader, iter(loader), 0, n, lookahead=False):
-            results.batch = batch
-            output = path.run(batch, batch_idx)
-            for hook in batch_end:
-                hook(trainer, task, output, batch, batch_idx)
-    results.batch = None
-    trainer._log_skipped(loader, results, stage)
-    getattr(task, f"on_{stage}_epoch_end")()
-    metrics = trainer._epoch_end_callbacks(f"on_{stage}_epoch_end", results)
-    return {k: float(v) for k, v in metrics.items()}
+def _overridden(task: Task, name: str) -> Callable[..., Any] | None:
+    """``task.<name>`` when the task's class overrides Task's default, else None (the loop does the default)."""
+    return getattr(task, name) if getattr(type(task), name) is not getattr(Task, name) else None
 
 
-def predict(trainer: Trainer, task: Task, loader: Any) -> list[Any]:
-    """``predict_step`` on every batch: this rank's outputs in order (``None`` for a ``None`` batch)."""
-    task.eval()
-    trainer.num_predict_batches = trainer._count_batches(loader, None)
-    batch_end = trainer._hooks("on_predict_batch_end")
-    path = BatchPath(trainer, task, "predict_step", through_wrapper=trainer._strategy_shards_module)
-    outputs = []
-    with torch.no_grad():
-        for batch_idx, batch, _ in path.batches(loader, iter(loader), 0, math.inf, lookahead=False):
-            output = path.run(batch, batch_idx)
-            for hook in batch_end:
-                hook(trainer, task, output, batch, batch_idx)
-            outputs.append(output)
-    return outputs
+def _accepts_batch_idx(method: Callable[..., Any]) -> bool:
+    """Whether a step method takes ``batch_idx`` (Lightning allows ``training_step(self, batch)``)."""
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from dltrain.errors import DltrainError
+from dltrain._hparams import HyperparametersMixin
+from dltrain.errors import CheckpointError, ConfigurationError, DltrainError
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
 
+    from dltrain.loggers.base import Logger
     from dltrain.trainer import Trainer
 
 __all__ = ["Task"]
 
 
-class Task(nn.Module):
+class Task(HyperparametersMixin, nn.Module):
     """Subclass this to describe what to train. A plain ``nn.Module``: no attribute magic.
 
     Override ``training_step`` and ``configure_optimizers``; the other hooks are optional and keep Lightning's
-    names and meaning, so a ``LightningModule`` moves over with few changes.
+    names, arguments and meaning, so a ``LightningModule`` moves over by renaming its base class. The Trainer calls
+    a per-batch hook only when the task overrides it. ``automatic_optimization = False`` hands the optimizer steps
+    to ``training_step`` (``self.optimizers()``, ``self.manual_backward(loss)``), as in Lightning.
 
     ``training_step`` returns the loss: a scalar tensor, or a mapping with a ``"loss"`` entry (the other entries are
     passed to callbacks as the step's outputs). Returning ``None`` skips the step: no backward and no optimizer step
@@ -49,7 +53,8 @@ class Task(nn.Module):
         # Plain attributes (not buffers or submodules): set by the Trainer while it runs this task.
         self._trainer: Trainer | None = None
         self._results: Any = None
-        self.hparams: dict[str, Any] = {}
+        self.automatic_optimization = True
+        self._frozen_by_toggle: dict[nn.Parameter, bool] = {}
 
     # ------------------------------------------------------------------ context
     @property
@@ -69,39 +74,55 @@ class Task(nn.Module):
         return torch.device("cpu")
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the task's (first floating-point) parameters."""
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
     def global_rank(self) -> int:
         return 0 if self._trainer is None else self._trainer.global_rank
 
-    def save_hyperparameters(self, *names: str, ignore: tuple[str, ...] = (), **values: Any) -> None:
-        """Store constructor arguments in ``self.hparams`` (saved in checkpoints, sent to loggers).
+    @property
+    def local_rank(self) -> int:
+        return 0 if self._trainer is None else self._trainer.local_rank
 
-        With no arguments, collects the arguments of the calling ``__init__`` as Lightning does.
+    @property
+    def current_epoch(self) -> int:
+        return 0 if self._trainer is None else self._trainer.current_epoch
 
-        Args:
-            names: only keep these arguments of the calling ``__init__``.
-            ignore: arguments to leave out (modules, large objects).
-            values: explicit name/value pairs, stored as given.
-        """
-        if not values or names:
-            frame = inspect.currentframe()
-            caller = frame.f_back if frame is not None else None
-            if caller is not None:
-                info = inspect.getargvalues(caller)
-                collected = {a: info.locals[a] for a in info.args if a != "self"}
-                if info.keywords:
-                    collected.update(info.locals[info.keywords])
-                if names:
-                    collected = {k: v for k, v in collected.items() if k in names}
-                self.hparams.update({k: v for k, v in collected.items() if k not in ignore})
-        self.hparams.update(values)
+    @property
+    def global_step(self) -> int:
+        return 0 if self._trainer is None else self._trainer.global_step
+
+    @property
+    def logger(self) -> Logger | None:
+        return None if self._trainer is None else self._trainer.logger
+
+    @property
+    def loggers(self) -> list[Logger]:
+        return [] if self._trainer is None else self._trainer.loggers
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank zero only."""
+        if self.global_rank == 0:
+            print(*args, **kwargs)
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | Mapping[str, Any] | None:
-        """Compute and return the training loss for one batch."""
+        """Compute and return the training loss for one batch (``None`` skips the batch)."""
         raise DltrainError(f"{type(self).__name__} must override training_step(batch, batch_idx) to be trained")
 
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
-        """Evaluate one validation batch; log metrics with ``self.log`` (epoch means by default)."""
+        """Evaluate one validation batch; log metrics with ``self.log`` (epoch means by default).
+
+        With several validation loaders it is called with a third argument, ``dataloader_idx``."""
 
     def test_step(self, batch: Any, batch_idx: int) -> Any:
         """Evaluate one test batch; log metrics with ``self.log``."""
@@ -111,27 +132,86 @@ class Task(nn.Module):
         return self(batch)
 
     def configure_optimizers(self) -> Any:
-        """Return an optimizer, ``(optimizers, schedulers)``, or ``{"optimizer": ..., "lr_scheduler": ...}``.
+        """Return an optimizer, several, ``(optimizers, schedulers)``, ``{"optimizer": ..., "lr_scheduler": ...}``
+        or a list of such dicts.
 
-        The scheduler may be a scheduler or a dict ``{"scheduler": s, "interval": "step"|"epoch",
-        "frequency": n, "monitor": "val/loss"}`` (``monitor`` for ``ReduceLROnPlateau``).
+        A scheduler may be a scheduler or a dict ``{"scheduler": s, "interval": "step"|"epoch", "frequency": n,
+        "monitor": "val/loss"}`` (``monitor`` for ``ReduceLROnPlateau``). Several optimizers need
+        ``automatic_optimization = False``, as in Lightning.
         """
         raise DltrainError(f"{type(self).__name__} must override configure_optimizers() to be trained")
+
+    def configure_callbacks(self) -> Any:
+        """Callbacks this task needs (a callback or a list); they replace the Trainer's callbacks of the same type."""
+        return []
+
+    def configure_model(self) -> None:
+        """Create (sharded) layers here instead of ``__init__``; called once per Trainer before optimizers."""
+
+    # ------------------------------------------------------------------ manual optimization
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        """The optimizer (several: a list) from ``configure_optimizers``, for manual optimization: its ``step()``
+        counts a training step and runs the ``on_before_optimizer_step`` hooks, as in Lightning."""
+        opts = self.trainer._manual_optimizers if use_pl_optimizer else self.trainer.optimizers
+        return opts[0] if len(opts) == 1 else list(opts)
+
+    def lr_schedulers(self) -> Any:
+        """The scheduler (several: a list; none: ``None``); with manual optimization, step them yourself."""
+        schedulers = [c.scheduler for c in self.trainer.lr_scheduler_configs]
+        if not schedulers:
+            return None
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """``loss.backward()`` through the strategy and precision (gradient sync under DDP, loss scaling)."""
+        t = self.trainer
+        if self.automatic_optimization:
+            raise ConfigurationError("manual_backward() is for manual optimization: set self.automatic_optimization = "
+                                     "False in __init__, or return the loss from training_step")
+        t._run_backward(loss, *args, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Let only ``optimizer``'s parameters require grad (for several optimizers, as in GANs)."""
+        own = {id(p) for group in _inner(optimizer).param_groups for p in group["params"]}
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) not in own and p not in self._frozen_by_toggle:
+                        self._frozen_by_toggle[p] = p.requires_grad
+                        p.requires_grad = False
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        """Undo ``toggle_optimizer``."""
+        for p, requires_grad in self._frozen_by_toggle.items():
+            p.requires_grad = requires_grad
+        self._frozen_by_toggle = {}
+
+    def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
+                       gradient_clip_algorithm: str | None = None) -> None:
+        """Clip the gradients of ``optimizer``'s parameters by norm (default) or value."""
+        if gradient_clip_val is None:
+            return
+        self.trainer._clip(_inner(optimizer), gradient_clip_val, gradient_clip_algorithm or "norm")
 
     # ------------------------------------------------------------------ logging
     def log(
         self,
         name: str,
         value: Tensor | float | int | Metric,
-        *,
+        prog_bar: bool = False,
+        logger: bool | None = None,
         on_step: bool | None = None,
         on_epoch: bool | None = None,
-        prog_bar: bool = False,
+        reduce_fx: str | Callable[..., Any] = "mean",
+        enable_graph: bool = False,
         sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
         batch_size: int | None = None,
-        reduce_fx: str = "mean",
+        metric_attribute: str | None = None,
+        rank_zero_only: bool = False,
     ) -> None:
-        """Record a value; the Trainer sends it to the loggers.
+        """Record a value; the Trainer sends it to the loggers. Lightning's arguments, in Lightning's order.
 
         Nothing is read back from the device here: values stay tensors and are reduced every
         ``log_every_n_steps`` (``on_step``) or at the end of the epoch (``on_epoch``).
@@ -140,12 +220,16 @@ class Task(nn.Module):
             name: metric name, for example ``"train/loss"``.
             value: a tensor, a number, or a torchmetrics ``Metric`` (computed, synced across ranks and reset at
                 the end of the epoch).
+            prog_bar: also show it on the progress bar.
+            logger: send it to the loggers (default True); ``False`` keeps it in ``callback_metrics`` only.
             on_step: log the value of every logging step. Default: True in training, False in evaluation.
             on_epoch: log the epoch aggregate. Default: False in training, True in evaluation.
-            prog_bar: also show it on the progress bar.
+            reduce_fx: ``"mean"``, ``"sum"``, ``"max"`` or ``"min"`` (or ``torch.mean``/``sum``/``max``/``min``).
             sync_dist: reduce the value across ranks when it is read (every logging interval / epoch end).
+            add_dataloader_idx: with several evaluation loaders, suffix the name with ``/dataloader_idx_<i>``.
             batch_size: weight of this value in the epoch mean; inferred from the batch when not given.
-            reduce_fx: ``"mean"``, ``"sum"``, ``"max"`` or ``"min"`` for the epoch aggregate.
+            rank_zero_only: accepted for Lightning compatibility (only rank zero writes to loggers anyway).
+            enable_graph, sync_dist_group, metric_attribute: accepted for Lightning compatibility; ignored.
         """
         if self._results is None:
             raise DltrainError(
@@ -154,31 +238,144 @@ class Task(nn.Module):
             )
         self._results.log(
             name, value, on_step=on_step, on_epoch=on_epoch, prog_bar=prog_bar, sync_dist=sync_dist,
-            batch_size=batch_size, reduce_fx=reduce_fx,
+            batch_size=batch_size, reduce_fx=reduce_fx, logger=logger is not False,
+            add_dataloader_idx=add_dataloader_idx,
         )
 
-    def log_dict(self, values: Mapping[str, Tensor | float | int | Metric], **kwargs: Any) -> None:
-        """``self.log`` for every item of ``values`` with the same options."""
-        for name, value in values.items():
+    def log_dict(self, dictionary: Mapping[str, Tensor | float | int | Metric], **kwargs: Any) -> None:
+        """``self.log`` for every item of ``dictionary`` with the same options."""
+        for name, value in dictionary.items():
             self.log(name, value, **kwargs)
 
-    # ------------------------------------------------------------------ hooks
+    # ------------------------------------------------------------------ hooks (Lightning's names and arguments)
+    def prepare_data(self) -> None:
+        """Download data (once per machine), when the task makes its own loaders."""
+
+    def setup(self, stage: str) -> None:
+        """Called at the start of ``fit``/``validate``/``test``/``predict`` on every rank, before ``configure_model``
+        and ``configure_optimizers``."""
+
+    def teardown(self, stage: str) -> None: ...
     def on_fit_start(self) -> None: ...
     def on_fit_end(self) -> None: ...
+    def on_train_start(self) -> None: ...
+    def on_train_end(self) -> None: ...
+    def on_validation_start(self) -> None: ...
+    def on_validation_end(self) -> None: ...
+    def on_test_start(self) -> None: ...
+    def on_test_end(self) -> None: ...
+    def on_predict_start(self) -> None: ...
+    def on_predict_end(self) -> None: ...
     def on_train_epoch_start(self) -> None: ...
     def on_train_epoch_end(self) -> None: ...
     def on_validation_epoch_start(self) -> None: ...
     def on_validation_epoch_end(self) -> None: ...
     def on_test_epoch_start(self) -> None: ...
     def on_test_epoch_end(self) -> None: ...
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_predict_epoch_start(self) -> None: ...
+    def on_predict_epoch_end(self) -> None: ...
+    def on_validation_model_eval(self) -> None:
+        self.eval()
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+    def on_validation_model_train(self) -> None:
+        self.train()
+
+    def on_test_model_eval(self) -> None:
+        self.eval()
+
+    def on_test_model_train(self) -> None:
+        self.train()
+
+    def on_predict_model_eval(self) -> None:
+        self.eval()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        """Return ``-1`` to end the epoch here (as in Lightning)."""
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
+    def on_before_backward(self, loss: Tensor) -> None: ...
+    def on_after_backward(self) -> None: ...
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Callable[[], Any] | None = None) -> None:
+        """Step ``optimizer`` (override for warm-up and the like; call ``optimizer.step(closure=optimizer_closure)``).
+
+        The closure returns the batch's loss: training_step and backward have run before it (LBFGS-style
+        optimizers that re-evaluate the loss need manual optimization)."""
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step ``scheduler`` (with ``metric`` for ``ReduceLROnPlateau``)."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip gradients before the optimizer step (default: the Trainer's ``gradient_clip_val``)."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move ``batch`` to ``device`` (tensors in nested lists, tuples, dicts, dataclasses)."""
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+
+        return move_data_to_device(batch, device)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Transform a batch once it is on the device (batch augmentation such as MixUp, log-mel features).
 
         ``self.training`` tells training from evaluation.
         """
         return batch
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add entries to a checkpoint before it is written."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Read entries you added in ``on_save_checkpoint``."""
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], map_location: Any = None,
+                             strict: bool | None = None, **kwargs: Any) -> Task:
+        """A task built from a checkpoint's hyperparameters (``kwargs`` override them) with its weights.
+
+        Loading is safe (``weights_only=True``): hyperparameters that were not plain values were stored as their
+        ``repr`` and must be passed again in ``kwargs``.
+        """
+        from dltrain import checkpoint as ckpt_io
+
+        checkpoint = ckpt_io.load(checkpoint_path)
+        hparams = {**checkpoint.get("hparams", {}), **kwargs}
+        try:
+            task = cls(**hparams)
+        except TypeError as err:
+            raise CheckpointError(
+                f"cannot build {cls.__name__} from the hyperparameters in {str(checkpoint_path)!r} "
+                f"({sorted(hparams)}): {err}. Pass the missing or non-plain ones as keyword arguments"
+            ) from err
+        task.on_load_checkpoint(checkpoint)
+        if strict is not False:
+            ckpt_io.check_state_dict(task, checkpoint["state_dict"], str(checkpoint_path))
+        task.load_state_dict(checkpoint["state_dict"], strict=strict is not False)
+        if map_location is not None:
+            task.to(torch.device(map_location) if isinstance(map_location, str) else map_location)
+        return task
 
     def _zero_grad_loss(self, batch: Any, batch_idx: int) -> Tensor:
         """A loss whose gradient is zero for every trainable parameter.
@@ -189,8 +386,9 @@ class Task(nn.Module):
         zero = torch.zeros((), device=self.device)
         return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), zero)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Add entries to a checkpoint before it is written."""
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Read entries you added in ``on_save_checkpoint``."""
+def _inner(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside Fabric's or dltrain's wrappers."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer

@@ -12,7 +12,9 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +27,15 @@ from torch import Tensor
 from dltrain import _checkpointing
 from dltrain._compat import strategy_wraps_module
 from dltrain._logged_values import LoggedValues
-from dltrain._optim import SchedulerConfig, parse_optimizers
+from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
 from dltrain._resumable_loader import wrap_loader
 from dltrain._step_output import add_note, raise_if_unused_parameters
 from dltrain.callbacks.base import Callback, overrides
 from dltrain.distributed import Watchdog, isolate_restart_round
 from dltrain.errors import ConfigurationError, DistributedError
+from dltrain.evaluation import evaluate, predict
 from dltrain.loggers.base import Logger
-from dltrain.loop import FitLoop, LoopState, evaluate, predict
+from dltrain.loop import FitLoop, LoopState
 from dltrain.task import Task
 
 __all__ = ["Trainer", "seed_everything"]
@@ -40,6 +43,9 @@ __all__ = ["Trainer", "seed_everything"]
 _ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
 _STRATEGIES = ("auto", "ddp", "fsdp", "ddp_find_unused_parameters_true", "single_device")
 _PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+# Lightning's short spellings of the precisions.
+_PRECISION_ALIASES: dict[Any, str] = {32: "32-true", "32": "32-true", 16: "16-mixed", "16": "16-mixed",
+                                      "bf16": "bf16-mixed", 64: "64-true", "64": "64-true"}
 
 
 def seed_everything(seed: int) -> int:
@@ -47,6 +53,19 @@ def seed_everything(seed: int) -> int:
     from lightning.fabric.utilities.seed import seed_everything as _seed
 
     return _seed(seed, workers=True, verbose=False)
+
+
+def _refuse_unknown_arguments(unknown: dict[str, Any]) -> None:
+    """A TypeError for Trainer arguments that do not exist, with the closest real names."""
+    import difflib
+    import inspect
+
+    known = [n for n in inspect.signature(Trainer.__init__).parameters if n not in ("self", "unknown")]
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"Trainer got unknown arguments: {', '.join(hints)}. Its arguments: {', '.join(known)}")
 
 
 def _env_world() -> tuple[int, int] | None:
@@ -101,28 +120,68 @@ class Trainer:
         devices: int | str | list[int] = "auto",
         num_nodes: int | str = "auto",
         strategy: str | Strategy = "auto",
-        precision: str = "32-true",
+        precision: str | int = "32-true",
         max_epochs: int | None = None,
+        min_epochs: int | None = None,
         max_steps: int | None = None,
+        min_steps: int | None = None,
+        max_time: str | timedelta | dict[str, int] | None = None,
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
+        fast_dev_run: int | bool = False,
         val_check_interval: int | float | None = None,
         check_val_every_n_epoch: int | None = 1,
+        num_sanity_val_steps: int | None = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str = "norm",
-        log_every_n_steps: int = 50,
+        gradient_clip_algorithm: str | None = None,
+        log_every_n_steps: int | None = None,
         callbacks: Iterable[Callback] | Callback | None = None,
-        logger: bool | Logger | Iterable[Logger] = True,
+        logger: bool | Logger | Iterable[Logger] | None = None,
         default_root_dir: str | os.PathLike[str] | None = None,
-        enable_progress_bar: bool = True,
-        enable_checkpointing: bool = True,
+        enable_progress_bar: bool | None = None,
+        enable_checkpointing: bool | None = None,
+        enable_model_summary: bool | None = None,
+        barebones: bool = False,
+        profiler: str | Callback | None = None,
         deterministic: bool = False,
+        benchmark: bool | None = None,
+        detect_anomaly: bool = False,
+        inference_mode: bool = True,
+        use_distributed_sampler: bool = True,
+        reload_dataloaders_every_n_epochs: int = 0,
         seed: int | None = None,
         compile: bool = False,
         sync_batchnorm: bool = False,
         on_nonfinite_loss: str = "raise",
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            _refuse_unknown_arguments(unknown)
+        precision = _PRECISION_ALIASES.get(precision, precision)  # type: ignore[call-overload]
+        gradient_clip_algorithm = gradient_clip_algorithm or "norm"
+        log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
+        fast_dev_run = int(fast_dev_run)
+        if fast_dev_run < 0:
+            raise ConfigurationError(f"fast_dev_run={fast_dev_run}: use True, False or a number of batches")
+        # fast_dev_run and barebones switch off what would write files or cost time (as in Lightning).
+        quiet = bool(fast_dev_run) or barebones
+        for name, value in (("logger", logger), ("enable_checkpointing", enable_checkpointing),
+                            ("enable_model_summary", enable_model_summary), ("enable_progress_bar", enable_progress_bar)):
+            if barebones and value:
+                raise ConfigurationError(f"barebones=True switches {name} off; drop {name}={value!r}")
+        logger = (not quiet) if logger is None else logger
+        enable_checkpointing = (not quiet) if enable_checkpointing is None else enable_checkpointing
+        enable_model_summary = (not quiet) if enable_model_summary is None else enable_model_summary
+        enable_progress_bar = (not barebones) if enable_progress_bar is None else enable_progress_bar
+        if num_sanity_val_steps is None:
+            num_sanity_val_steps = 0 if quiet else 2
+        if fast_dev_run:
+            max_epochs, max_steps = 1, fast_dev_run
+            limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = fast_dev_run
+            val_check_interval = None
         self._check_choices(accelerator, strategy, precision, gradient_clip_algorithm, on_nonfinite_loss)
         if accumulate_grad_batches < 1:
             raise ConfigurationError(f"accumulate_grad_batches={accumulate_grad_batches}: use 1 or more")
@@ -154,7 +213,7 @@ class Trainer:
                 f"cannot run with accelerator={accelerator!r}, devices={devices!r}, strategy={strategy!r}, "
                 f"precision={precision!r}: {err}"
             ) from err
-        self._check_precision_supported(precision)
+        self._check_precision_supported(str(precision))
         if sync_batchnorm and self.fabric.device.type != "cuda":
             raise ConfigurationError(
                 "sync_batchnorm=True needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); on "
@@ -163,10 +222,23 @@ class Trainer:
         isolate_restart_round(self.fabric.strategy)  # before launch: see its docstring (torchrun restarts)
         self.fabric.launch()
 
+        if benchmark is not None:
+            torch.backends.cudnn.benchmark = benchmark
         self.max_epochs = max_epochs
+        self.min_epochs = min_epochs or 0
         self.max_steps = max_steps if max_steps is not None else -1
+        self.min_steps = min_steps or 0
+        self.max_time = max_time
         self.limit_train_batches = limit_train_batches
         self.limit_val_batches = limit_val_batches
+        self.limit_test_batches = limit_test_batches
+        self.limit_predict_batches = limit_predict_batches
+        self.fast_dev_run = fast_dev_run
+        self.num_sanity_val_steps = num_sanity_val_steps
+        self.detect_anomaly = detect_anomaly
+        self.inference_mode = inference_mode
+        self.use_distributed_sampler = use_distributed_sampler
+        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
         self.val_check_interval = val_check_interval
         self.check_val_every_n_epoch = check_val_every_n_epoch
         self.accumulate_grad_batches = accumulate_grad_batches
@@ -180,21 +252,26 @@ class Trainer:
         self.on_nonfinite_loss = on_nonfinite_loss
         self.precision = precision
 
-        self.callbacks: list[Callback] = self._default_callbacks(callbacks, enable_progress_bar, enable_checkpointing)
+        self.callbacks: list[Callback] = self._default_callbacks(
+            callbacks, progress=enable_progress_bar, checkpointing=enable_checkpointing,
+            summary=enable_model_summary, profiler=profiler, max_time=max_time,
+        )
         self.loggers: list[Logger] = self._make_loggers(logger)
 
         # The trainer view (docs/DESIGN.md): what callbacks and tasks may read. Loop progress is `loop_state`.
         self.loop_state = LoopState()
         self.stage: str | None = None
-        self.callback_metrics: dict[str, Tensor] = {}
+        self._callback_metrics: dict[str, Tensor] = {}  # what was published (see the callback_metrics property)
         self.logged_metrics: dict[str, float] = {}
         self.progress_bar_metrics: dict[str, float] = {}
         self.num_training_batches: float = float("inf")
-        self.num_val_batches: float = 0
-        self.num_test_batches: float = 0
-        self.num_predict_batches: float = 0
+        self.num_val_batches: list[float] = []  # one count per loader, as in Lightning
+        self.num_test_batches: list[float] = []
+        self.num_predict_batches: list[float] = []
         self.train_dataloader: Any = None
-        self.val_dataloaders: Any = None  # None: this fit runs no validation
+        self.val_dataloaders: Any = None  # None: this fit runs no validation (else one loader or a list)
+        self.test_dataloaders: Any = None
+        self.predict_dataloaders: Any = None
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
         self.sanity_checking = False  # Lightning's name; dltrain runs no sanity check
@@ -203,7 +280,10 @@ class Trainer:
         self._task: Task | None = None
         self._placed_task: Task | None = None
         self._fabric_module: Any = None
-        self._fabric_optimizer: Any = None
+        self._fabric_optimizers: list[Any] = []  # Fabric's wrappers of `optimizers`, in the same order
+        self._manual_optimizers: list[ManualOptimizer] = []  # what Task.optimizers() hands out
+        self._configured_task: Task | None = None  # configure_callbacks/configure_model ran for this task
+        self.datamodule: Any = None
         self._plain = False  # one device, full precision: backward and optimizer step called directly
         self._strategy_wraps_module = False  # DDP/FSDP: training steps go through the wrapper's forward
         self._strategy_shards_module = False  # FSDP: evaluation steps too
@@ -302,9 +382,11 @@ class Trainer:
         if device.type == "mps" and precision in ("16-mixed", "bf16-true", "64-true"):
             raise ConfigurationError(f"precision={precision!r} is not supported on MPS; use '32-true' or 'bf16-mixed'")
 
-    def _default_callbacks(self, callbacks: Any, progress: bool, checkpointing: bool) -> list[Callback]:
-        from dltrain.callbacks.checkpoint import ModelCheckpoint
-        from dltrain.callbacks.progress import ProgressBar
+    def _default_callbacks(self, callbacks: Any, *, progress: bool, checkpointing: bool, summary: bool,
+                           profiler: Any, max_time: Any) -> list[Callback]:
+        """The user's callbacks plus the ones the Trainer's switches ask for. Features are callbacks."""
+        from dltrain.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, Timer
+        from dltrain.callbacks.profiler import make_profiler
 
         if callbacks is None:
             result: list[Callback] = []
@@ -314,18 +396,20 @@ class Trainer:
             result = list(callbacks)
         for cb in result:
             if not isinstance(cb, Callback):
-                raise ConfigurationError(f"callbacks must be dltrain.Callback instances, got {type(cb).__name__}")
+                raise ConfigurationError(_not_a_callback(cb))
         if progress and not any(isinstance(c, ProgressBar) for c in result):
             result.append(ProgressBar())
+        if summary and not any(isinstance(c, ModelSummary) for c in result):
+            result.append(ModelSummary())
+        if profiler is not None:
+            result.append(make_profiler(profiler))
+        if max_time is not None:
+            result.append(Timer(max_time))
         if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in result):
             result.append(ModelCheckpoint())
         if not checkpointing and any(isinstance(c, ModelCheckpoint) for c in result):
             raise ConfigurationError("enable_checkpointing=False but a ModelCheckpoint is in callbacks; drop one")
-        # Checkpoint callbacks run last (as in Lightning): an epoch-end checkpoint then holds what every other
-        # callback decided at that epoch end (EarlyStopping's should_stop, its wait count).
-        return [c for c in result if not isinstance(c, ModelCheckpoint)] + [
-            c for c in result if isinstance(c, ModelCheckpoint)
-        ]
+        return _checkpoints_last(result)
 
     def _make_loggers(self, logger: Any) -> list[Logger]:
         if logger is True:
@@ -340,16 +424,32 @@ class Trainer:
                 raise ConfigurationError(f"logger must be a dltrain Logger (or True/False), got {type(lg).__name__}")
         return loggers
 
-    def _attach(self, task: Task, stage: str) -> None:
+    def _attach(self, task: Task, stage: str, datamodule: Any = None) -> None:
         if not isinstance(task, Task):
-            raise ConfigurationError(f"Trainer needs a dltrain.Task, got {type(task).__name__}")
+            raise ConfigurationError(_not_a_task(task))
         self._task = task
         task._trainer = self
         self.stage = stage
+        self.datamodule = datamodule
+
+    def _configure_task(self, task: Task) -> None:
+        """The task's own callbacks (``configure_callbacks``) and layers (``configure_model``), once per task."""
+        if self._configured_task is task:
+            return
+        self._configured_task = task
+        extra = task.configure_callbacks()
+        extra = [extra] if isinstance(extra, Callback) else list(extra or [])
+        for cb in extra:
+            if not isinstance(cb, Callback):
+                raise ConfigurationError(_not_a_callback(cb))
+        # As in Lightning: the task's callbacks replace the Trainer's callbacks of the same types.
+        types = {type(cb) for cb in extra}
+        self.callbacks = _checkpoints_last([c for c in self.callbacks if type(c) not in types] + extra)
+        task.configure_model()
 
     def _setup_task(self, task: Task, with_optimizer: bool) -> None:
-        """Place the task (and its optimizer) with Fabric. Done once per Trainer and task."""
-        if self._placed_task is task and (self._fabric_optimizer is not None or not with_optimizer):
+        """Place the task (and its optimizers) with Fabric. Done once per Trainer and task."""
+        if self._placed_task is task and (self._fabric_optimizers or not with_optimizer):
             return
         if self.sync_batchnorm and self.world_size > 1:
             task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)  # type: ignore[assignment]
@@ -360,10 +460,19 @@ class Trainer:
                 if not isinstance(child, Metric):
                     child.compile()
         if with_optimizer:
-            optimizer, schedulers = parse_optimizers(task.configure_optimizers())
-            self._fabric_module, self._fabric_optimizer = self.fabric.setup(task, optimizer)
-            self.optimizers = [optimizer]
+            optimizers, schedulers = parse_optimizers(task.configure_optimizers())
+            if len(optimizers) > 1 and task.automatic_optimization:
+                raise ConfigurationError(
+                    f"configure_optimizers() returned {len(optimizers)} optimizers: several optimizers need manual "
+                    "optimization (set self.automatic_optimization = False in __init__ and step them in "
+                    "training_step, as in Lightning), or put several parameter groups in one optimizer"
+                )
+            placed = self.fabric.setup(task, *optimizers)
+            self._fabric_module = placed[0] if optimizers else placed
+            self._fabric_optimizers = list(placed[1:]) if optimizers else []
+            self.optimizers = optimizers
             self.lr_scheduler_configs = schedulers
+            self._manual_optimizers = [ManualOptimizer(self, o, f) for o, f in zip(optimizers, self._fabric_optimizers)]
         else:
             self._fabric_module = self.fabric.setup_module(task)
         self._placed_task = task
@@ -377,21 +486,50 @@ class Trainer:
 
     # ================================================================== hooks and metrics
     def _hooks(self, name: str) -> list[Any]:
-        """Bound ``name`` of the callbacks that override it: dispatch costs nothing for the others."""
-        return [getattr(cb, name) for cb in self.callbacks if overrides(cb, name)]
+        """``name`` of the callbacks that override it, then of the task if it does (Lightning's order), bound to
+        their arguments: dispatch costs nothing for the others."""
+        task = self._task
+        bound = [partial(getattr(cb, name), self, task) for cb in self.callbacks if overrides(cb, name)]
+        if task is not None and _task_overrides(task, name):
+            bound.append(getattr(task, name))
+        return bound
 
     def _call_hook(self, name: str, *args: Any) -> None:
+        for hook in self._hooks(name):
+            hook(*args)
+
+    def _call_callbacks(self, name: str, *args: Any) -> None:
         for cb in self.callbacks:
             if overrides(cb, name):
                 getattr(cb, name)(self, self._task, *args)
 
-    def _publish(self, values: dict[str, Tensor], bar: dict[str, Tensor]) -> None:
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self._call_hook("on_before_optimizer_step", optimizer)
+
+    def _before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        self._call_hook("on_before_zero_grad", optimizer)
+
+    @property
+    def callback_metrics(self) -> dict[str, Tensor]:
+        """The newest value of every logged metric: epoch aggregates and logging-step values as published, and
+        the latest step values logged since (read on demand: logging costs nothing more per step)."""
+        loop = self._fit_loop
+        if loop is None or self.sanity_checking:
+            return dict(self._callback_metrics)
+        return {**self._callback_metrics, **loop.results.latest()}
+
+    def _publish(self, values: dict[str, Tensor], bar: dict[str, Tensor], results: LoggedValues) -> None:
+        """Metrics read from a store: into ``callback_metrics`` and the progress bar, and to the loggers (global
+        rank zero). Nothing leaves the sanity check."""
+        if self.sanity_checking:
+            return
         floats = {k: float(v) for k, v in values.items()}
-        self.callback_metrics.update(values)
+        self._callback_metrics.update(values)
         self.logged_metrics.update(floats)
         self.progress_bar_metrics.update({k: floats[k] for k in bar})
-        if floats and self.is_global_zero:
-            metrics = {**floats, "epoch": float(self.current_epoch)}
+        for_loggers = {k: v for k, v in floats.items() if k not in results.not_for_loggers}
+        if for_loggers and self.is_global_zero:
+            metrics = {**for_loggers, "epoch": float(self.current_epoch)}
             for lg in self.loggers:
                 lg.log_metrics(metrics, self.global_step)
 
@@ -402,12 +540,13 @@ class Trainer:
         the same epoch, as in Lightning.
         """
         metrics, bar = results.read_epoch()
-        self.callback_metrics.update(metrics)
-        self._call_hook(hook)
+        if not self.sanity_checking:
+            self._callback_metrics.update(metrics)
+        self._call_callbacks(hook)
         more, more_bar = results.read_epoch()
         metrics.update(more)
         bar.update(more_bar)
-        self._publish(metrics, bar)
+        self._publish(metrics, bar, results)
         return metrics
 
     @staticmethod
@@ -420,19 +559,39 @@ class Trainer:
                         prog_bar=False, sync_dist=False, batch_size=1, reduce_fx="sum")
 
     # ================================================================== what a step needs of the strategy
-    def _backward(self, loss: Tensor) -> None:
+    def _run_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backward with the ``on_before_backward``/``on_after_backward`` hooks (``Task.manual_backward``)."""
+        for hook in self._hooks("on_before_backward"):
+            hook(loss)
+        if self._plain:
+            loss.backward(*args, **kwargs)
+        else:
+            self._backward(loss, *args, **kwargs)
+        for hook in self._hooks("on_after_backward"):
+            hook()
+
+    def _backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Fabric's backward (precision scaling, strategy hooks); the plain path calls ``loss.backward()``."""
         try:
-            self.fabric.backward(loss, model=self._fabric_module)
+            self.fabric.backward(loss, *args, model=self._fabric_module, **kwargs)
         except RuntimeError as err:
             raise_if_unused_parameters(err)
             raise
 
-    def _clip_gradients(self) -> None:
-        if self.gradient_clip_algorithm == "norm":
-            self.fabric.clip_gradients(self._fabric_module, self._fabric_optimizer, max_norm=self.gradient_clip_val)
+    def _fabric_optimizer_of(self, optimizer: torch.optim.Optimizer) -> Any:
+        for raw, wrapped in zip(self.optimizers, self._fabric_optimizers):
+            if raw is optimizer:
+                return wrapped
+        return optimizer
+
+    def _clip(self, optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> None:
+        fabric_optimizer = self._fabric_optimizer_of(optimizer)
+        if algorithm == "norm":
+            self.fabric.clip_gradients(self._fabric_module, fabric_optimizer, max_norm=value)
+        elif algorithm == "value":
+            self.fabric.clip_gradients(self._fabric_module, fabric_optimizer, clip_val=value)
         else:
-            self.fabric.clip_gradients(self._fabric_module, self._fabric_optimizer, clip_val=self.gradient_clip_val)
+            raise ConfigurationError(f"gradient_clip_algorithm={algorithm!r}: use 'norm' or 'value'")
 
     def _zero_loss(self, batch: Any, batch_idx: int, forward_done: bool) -> Tensor:
         """A loss whose gradient is zero for every parameter, for a rank with nothing to contribute to a step."""
@@ -442,19 +601,25 @@ class Trainer:
         return self._fabric_module._zero_grad_loss(batch, batch_idx)  # through the wrapper's forward
 
     def _step_scheduler(self, config: SchedulerConfig) -> None:
-        if not config.is_plateau:
+        metric = None
+        if config.is_plateau:
+            assert config.monitor is not None
+            value = self.callback_metrics.get(config.monitor)
+            if value is None:
+                if config.interval == "step":
+                    return
+                raise ConfigurationError(
+                    f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; logged metrics: "
+                    f"{sorted(self.callback_metrics)}"
+                )
+            metric = float(value)
+        task = self._task
+        if task is not None and _task_overrides(task, "lr_scheduler_step"):
+            task.lr_scheduler_step(config.scheduler, metric)
+        elif metric is None:
             config.scheduler.step()
-            return
-        assert config.monitor is not None
-        value = self.callback_metrics.get(config.monitor)
-        if value is None:
-            if config.interval == "step":
-                return
-            raise ConfigurationError(
-                f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; logged metrics: "
-                f"{sorted(self.callback_metrics)}"
-            )
-        config.scheduler.step(float(value))
+        else:
+            config.scheduler.step(metric)
 
     # ================================================================== batch counts and ranks
     @staticmethod
@@ -516,76 +681,106 @@ class Trainer:
     # ================================================================== fit
     def fit(
         self,
-        task: Task,
-        train_dataloaders: Iterable[Any],
-        val_dataloaders: Iterable[Any] | None = None,
+        model: Task,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        datamodule: Any = None,
         ckpt_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Train ``task``; resume from ``ckpt_path`` (a file, or ``"last"``: the newest complete checkpoint).
+        """Train ``model`` (a `Task`); resume from ``ckpt_path`` (a file, ``"last"``: the newest complete
+        checkpoint, or ``"best"``).
 
-        Hook order (task hooks run before callback hooks of the same name; the loops are in ``dltrain.loop``)::
+        Data comes from ``train_dataloaders``/``val_dataloaders`` (a loader, or a list of validation loaders), or a
+        ``datamodule`` (also accepted in place of ``train_dataloaders``), or the task's own ``train_dataloader()``
+        and ``val_dataloader()``.
 
-            setup("fit")                                 callbacks
-            on_fit_start                                 task, callbacks
+        Hook order (Lightning's: callbacks, then the task; the loops are in ``dltrain.loop``)::
+
+            prepare_data                                 datamodule, task (local rank 0 of each machine)
+            setup("fit")                                 datamodule, callbacks, task
+            configure_callbacks, configure_model         task
+            train_dataloader, val_dataloader             datamodule or task
+            configure_optimizers                         task
+            on_load_checkpoint                           task, callbacks (when resuming)
+            on_fit_start                                 callbacks, task
+            on_sanity_check_start, validation of num_sanity_val_steps batches, on_sanity_check_end
+            on_train_start                               callbacks, task
             for each epoch:
-                on_train_epoch_start                     task, callbacks
+                on_train_epoch_start                     callbacks, task
                 for each batch:
-                    on_after_batch_transfer              task (batch is on the device)
-                    on_train_batch_start                 callbacks
+                    on_before_batch_transfer, transfer_batch_to_device, on_after_batch_transfer    task
+                    on_train_batch_start                 callbacks, task (the task's -1 ends the epoch)
                     training_step                        task
-                    backward
-                    on_before_optimizer_step             task, callbacks  (every accumulate_grad_batches, and
-                                                                           at the epoch's last batch)
-                    optimizer step, step-interval LR schedulers
-                    on_train_batch_end                   callbacks
+                    on_before_backward, backward, on_after_backward      callbacks, task
+                    every accumulate_grad_batches batches, and at the epoch's last batch:
+                        on_before_optimizer_step         callbacks, task
+                        configure_gradient_clipping      task (gradient_clip_val)
+                        optimizer_step                   task
+                        on_before_zero_grad              callbacks, task
+                        optimizer_zero_grad              task
+                        step-interval LR schedulers      (lr_scheduler_step)
+                    on_train_batch_end                   callbacks, task
                     step values to the loggers           every log_every_n_steps optimizer steps
                     validation when val_check_interval is reached (below)
                 validation at the end of the epoch when check_val_every_n_epoch says so:
-                    on_validation_epoch_start            task, callbacks
-                    validation_step for each batch       task; on_validation_batch_end callbacks
+                    on_validation_model_eval             task
+                    on_validation_start                  callbacks, task
+                    on_validation_epoch_start            callbacks, task
+                    for each batch: on_validation_batch_start, validation_step, on_validation_batch_end
                     on_validation_epoch_end              task; epoch metrics reduced; callbacks; loggers
+                    on_validation_end                    callbacks, task
+                    on_validation_model_train            task
                 on_train_epoch_end                       task; epoch metrics reduced; callbacks (ModelCheckpoint
                                                          last); loggers
                 should_stop agreed over ranks; epoch-interval LR schedulers
-            on_fit_end                                   task, callbacks
-            teardown("fit")                              callbacks (also after an exception, after on_exception)
+            on_train_end                                 callbacks, task
+            on_fit_end                                   callbacks, task
+            teardown("fit")                              datamodule, callbacks, task (also after an exception,
+                                                         after on_exception)
 
-        Validation runs in ``eval()`` mode under ``torch.no_grad()`` and leaves the training RNG stream as it found
-        it. Returning ``None`` from ``training_step`` skips that batch: no backward from it (under DDP the rank
-        joins the gradient all-reduce with zeros, so the other ranks do not wait for it).
+        With ``automatic_optimization = False`` the batch runs ``training_step`` only: the task calls
+        ``manual_backward`` (with the backward hooks) and steps its optimizers (``on_before_optimizer_step``).
+        Validation runs in ``eval()`` mode without gradients and leaves the training RNG stream as it found it.
+        Returning ``None`` from ``training_step`` skips that batch: no backward from it (under DDP the rank joins
+        the gradient all-reduce with zeros, so the other ranks do not wait for it).
         """
-        self._attach(task, "fit")
-        wrap = dict(rank=self.global_rank, world_size=self.world_size, seed=self.seed)
-        train_loader = wrap_loader(train_dataloaders, training=True, **wrap)
-        val_loader = None if val_dataloaders is None else wrap_loader(val_dataloaders, training=False, **wrap)
-        self.train_dataloader = train_loader
-        self.val_dataloaders = val_loader
-        self.num_training_batches = self._count_batches(train_loader, self.limit_train_batches)
-        # After the loaders: configure_optimizers may read trainer.estimated_stepping_batches.
-        self._setup_task(task, with_optimizer=True)
-        if self.max_epochs is None and self.max_steps < 0:
-            if not math.isfinite(self.num_training_batches):
-                raise ConfigurationError(
-                    "the training loader has no length and neither max_epochs nor max_steps is set, so training "
-                    "might never stop: pass Trainer(max_steps=...) or Trainer(max_epochs=...)"
-                )
-            self.max_epochs = 1000
-        loop = FitLoop(self, task, train_loader, val_loader)
-        self._fit_loop = loop
-        if ckpt_path is not None:
-            _checkpointing.restore(self, loop, ckpt_path)
-        self._watchdog = Watchdog(self.global_rank, self.world_size,
-                                  lambda: (self.current_epoch, loop.batch_idx, loop.in_batches))
+        task = model
+        if datamodule is None and _is_datamodule(train_dataloaders):
+            datamodule, train_dataloaders = train_dataloaders, None
+        self._attach(task, "fit", datamodule)
+        self._watchdog = None
+        loop: FitLoop | None = None
         try:
-            self._call_hook("setup", "fit")
+            self._prepare_and_setup("fit")
+            self._configure_task(task)
+            train_loader = self._wrap(self._source("train", train_dataloaders), training=True)
+            val_source = self._source("val", val_dataloaders, required=False)
+            val_loaders = None if val_source is None else self._wrap_all(val_source)
+            self.train_dataloader = train_loader
+            self.val_dataloaders = val_loaders if val_loaders is None or len(val_loaders) > 1 else val_loaders[0]
+            self.num_training_batches = self._count_batches(train_loader, self.limit_train_batches)
+            # After the loaders: configure_optimizers may read trainer.estimated_stepping_batches.
+            self._setup_task(task, with_optimizer=True)
+            if self.max_epochs is None and self.max_steps < 0:
+                if not math.isfinite(self.num_training_batches):
+                    raise ConfigurationError(
+                        "the training loader has no length and neither max_epochs nor max_steps is set, so "
+                        "training might never stop: pass Trainer(max_steps=...) or Trainer(max_epochs=...)"
+                    )
+                self.max_epochs = 1000
+            loop = FitLoop(self, task, train_loader, val_loaders)
+            self._fit_loop = loop
+            if ckpt_path is not None:
+                _checkpointing.restore(self, loop, ckpt_path)
+            self._watchdog = Watchdog(self.global_rank, self.world_size,
+                                      lambda: (self.current_epoch, loop.batch_idx, loop.in_batches))
             if self.is_global_zero:
                 for lg in self.loggers:
                     lg.log_hyperparams({**task.hparams, **self._trainer_hparams()})
             self._watchdog.start()
-            task.on_fit_start()
             self._call_hook("on_fit_start")
-            loop.run()
-            task.on_fit_end()
+            with torch.autograd.set_detect_anomaly(self.detect_anomaly):
+                loop.run()
             self._call_hook("on_fit_end")
             if self.is_global_zero:
                 for lg in self.loggers:
@@ -594,9 +789,70 @@ class Trainer:
             self._handle_exception(exc)
             raise
         finally:
-            self._watchdog.stop()
-            loop.in_batches = False
+            if self._watchdog is not None:
+                self._watchdog.stop()
+            if loop is not None:
+                loop.in_batches = False
             self._teardown("fit")
+
+    # ================================================================== where the data comes from
+    def _source(self, kind: str, given: Any, required: bool = True) -> Any:
+        """The loader(s) of ``kind`` ("train", "val", "test", "predict"): given, else the datamodule's, else the
+        task's ``<kind>_dataloader()``."""
+        if given is not None:
+            _refuse_datasets(given, kind)
+            return given
+        name = f"{kind}_dataloader"
+        for owner in (self.datamodule, self._task):
+            method = getattr(owner, name, None) if owner is not None else None
+            if method is None or (owner is self.datamodule and _datamodule_default(owner, name)):
+                continue
+            loaders = method()
+            _refuse_datasets(loaders, kind)
+            return loaders
+        if required:
+            raise ConfigurationError(
+                f"no {kind} data: pass {kind}_dataloaders (or dataloaders=) to the Trainer method, a datamodule with "
+                f"{name}(), or define {name}() on {type(self._task).__name__}"
+            )
+        return None
+
+    def _wrap(self, loader: Any, training: bool) -> Any:
+        if not self.use_distributed_sampler:
+            return loader
+        return wrap_loader(loader, rank=self.global_rank, world_size=self.world_size, seed=self.seed, training=training)
+
+    def _wrap_all(self, loaders: Any) -> list[Any]:
+        """Evaluation loaders as a list (a list/tuple of loaders, a dict of loaders by name, or one loader)."""
+        if isinstance(loaders, Mapping):
+            loaders = list(loaders.values())
+        if not isinstance(loaders, (list, tuple)) or _is_batch_list(loaders):
+            loaders = [loaders]
+        return [self._wrap(loader, training=False) for loader in loaders]
+
+    def _reload_train_loader(self) -> Any:
+        """``reload_dataloaders_every_n_epochs``: ask the datamodule or task for a new training loader."""
+        loader = self._wrap(self._source("train", None), training=True)
+        self.train_dataloader = loader
+        return loader
+
+    def _prepare_and_setup(self, stage: str) -> None:
+        """``prepare_data`` (one process per machine, or per job), then ``setup(stage)`` on every rank."""
+        dm, task = self.datamodule, self._task
+        for owner in (dm, task):
+            if owner is None or not hasattr(owner, "prepare_data"):
+                continue
+            per_node = getattr(owner, "prepare_data_per_node", True)
+            if (self.local_rank if per_node else self.global_rank) == 0:
+                owner.prepare_data()
+        if self.world_size > 1:
+            self.fabric.barrier()
+        if dm is not None:
+            dm.trainer = self
+            dm.setup(stage)
+        self._call_callbacks("setup", stage)
+        if task is not None:
+            task.setup(stage)
 
     def _trainer_hparams(self) -> dict[str, Any]:
         return {
@@ -630,37 +886,56 @@ class Trainer:
                     lg.finalize(status)
 
     def _teardown(self, stage: str) -> None:
-        self._call_hook("teardown", stage)
+        """``teardown(stage)``: datamodule, callbacks, task (Lightning's order)."""
+        if self.datamodule is not None:
+            self.datamodule.teardown(stage)
+        self._call_callbacks("teardown", stage)
         if self._task is not None:
+            self._task.teardown(stage)
             self._task._results = None
 
     # ================================================================== evaluation and prediction
-    def validate(self, task: Task, dataloaders: Iterable[Any], ckpt_path: str | None = None) -> dict[str, float]:
-        """Run the validation loop once; returns the epoch metrics (reduced over all ranks)."""
-        return self._run_stage(task, dataloaders, "validation", ckpt_path)
+    def validate(self, model: Task | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
+                 verbose: bool = True, datamodule: Any = None) -> list[dict[str, float]]:
+        """Run the validation loop once; one dict of epoch metrics (reduced over all ranks) per loader."""
+        return self._run_stage("validate", model, dataloaders, ckpt_path, verbose, datamodule)
 
-    def test(self, task: Task, dataloaders: Iterable[Any], ckpt_path: str | None = None) -> dict[str, float]:
-        """Run the test loop once; returns the epoch metrics (reduced over all ranks)."""
-        return self._run_stage(task, dataloaders, "test", ckpt_path)
+    def test(self, model: Task | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
+             verbose: bool = True, datamodule: Any = None) -> list[dict[str, float]]:
+        """Run the test loop once; one dict of epoch metrics (reduced over all ranks) per loader."""
+        return self._run_stage("test", model, dataloaders, ckpt_path, verbose, datamodule)
 
-    def predict(self, task: Task, dataloaders: Iterable[Any], ckpt_path: str | None = None) -> list[Any]:
-        """Run ``predict_step`` on every batch; returns this rank's outputs, one per batch, in order (``None``
-        for a batch the loader skipped whole)."""
-        return self._run_stage(task, dataloaders, "predict", ckpt_path)
+    def predict(self, model: Task | None = None, dataloaders: Any = None, datamodule: Any = None,
+                return_predictions: bool | None = None, ckpt_path: str | None = None) -> Any:
+        """Run ``predict_step`` on every batch; this rank's outputs, one per batch in order (``None`` for a batch
+        the loader skipped whole); with several loaders, one list per loader."""
+        outputs = self._run_stage("predict", model, dataloaders, ckpt_path, False, datamodule)
+        return None if return_predictions is False else outputs
 
-    def _run_stage(self, task: Task, dataloaders: Any, stage: str, ckpt_path: str | None) -> Any:
-        self._attach(task, stage)
-        self._setup_task(task, with_optimizer=False)
-        if ckpt_path is not None:
-            _checkpointing.load_weights(self, ckpt_path)
-        loader = wrap_loader(dataloaders, rank=self.global_rank, world_size=self.world_size, seed=self.seed,
-                             training=False)
+    def _run_stage(self, stage: str, model: Task | None, dataloaders: Any, ckpt_path: str | None, verbose: bool,
+                   datamodule: Any) -> Any:
+        task = model if model is not None else self._task
+        if task is None:
+            raise ConfigurationError(f"trainer.{stage}() needs a task: pass model=... (or call fit first)")
+        if datamodule is None and _is_datamodule(dataloaders):
+            datamodule, dataloaders = dataloaders, None
+        self._attach(task, stage, datamodule if datamodule is not None else self.datamodule)
         try:
-            self._call_hook("setup", stage)
+            self._prepare_and_setup(stage)
+            self._configure_task(task)
+            kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
+            loaders = self._wrap_all(self._source(kind, dataloaders))
+            self._setup_task(task, with_optimizer=False)
+            if ckpt_path is not None:
+                _checkpointing.load_weights(self, ckpt_path)
             if stage == "predict":
-                return predict(self, task, loader)
-            limit = self.limit_val_batches if stage == "validation" else None
-            return evaluate(self, task, loader, stage, limit)
+                return predict(self, task, loaders, self.limit_predict_batches)
+            self._fit_loop = None
+            limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
+            results = evaluate(self, task, loaders, "validation" if stage == "validate" else "test", limit)
+            if verbose and self.is_global_zero:
+                _print_results(stage, results)
+            return results
         except BaseException as exc:
             self._handle_exception(exc)
             raise
@@ -674,3 +949,90 @@ class Trainer:
         Taken between optimizer steps of an accumulation window, the partial gradients are not saved.
         """
         _checkpointing.save(self, path)
+
+
+def _checkpoints_last(callbacks: list[Callback]) -> list[Callback]:
+    """Checkpoint callbacks run after the others (as in Lightning): an epoch-end checkpoint then holds what every
+    other callback decided at that epoch end (EarlyStopping's should_stop, its wait count)."""
+    from dltrain.callbacks import ModelCheckpoint
+
+    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
+        c for c in callbacks if isinstance(c, ModelCheckpoint)
+    ]
+
+
+def _not_a_callback(obj: Any) -> str:
+    if type(obj).__module__.startswith(("lightning.pytorch", "pytorch_lightning")):
+        return (f"{type(obj).__name__} is a Lightning callback: use dltrain's (dltrain.callbacks.{type(obj).__name__} "
+                "where it exists), or subclass dltrain.Callback; the hooks have the same names and arguments")
+    return f"callbacks must be dltrain.Callback instances, got {type(obj).__name__}"
+
+
+def _task_overrides(task: Task, name: str) -> bool:
+    return getattr(type(task), name, None) is not getattr(Task, name, None)
+
+
+def _not_a_task(obj: Any) -> str:
+    bases = [f"{c.__module__}.{c.__qualname__}" for c in type(obj).__mro__]
+    if any(b.startswith(("lightning.pytorch", "pytorch_lightning")) for b in bases):
+        return (f"{type(obj).__name__} is a LightningModule: subclass dltrain.Task instead (class "
+                f"{type(obj).__name__}(dltrain.Task)); the hooks, self.log and configure_optimizers are the same")
+    return f"Trainer needs a dltrain.Task, got {type(obj).__name__}"
+
+
+def _is_datamodule(obj: Any) -> bool:
+    """A dltrain DataModule or anything shaped like Lightning's (duck typing: a LightningDataModule works)."""
+    from dltrain.datamodule import DataModule
+
+    return isinstance(obj, DataModule) or (
+        obj is not None and hasattr(obj, "train_dataloader") and hasattr(obj, "setup") and not hasattr(obj, "__iter__")
+    )
+
+
+def _datamodule_default(dm: Any, name: str) -> bool:
+    """Whether ``dm.<name>`` is the base class's (raising) default rather than the user's."""
+    from dltrain.datamodule import DataModule
+
+    for base in (DataModule, *_lightning_datamodule()):
+        if isinstance(dm, base) and getattr(type(dm), name) is getattr(base, name):
+            return True
+    return False
+
+
+def _lightning_datamodule() -> tuple[type, ...]:
+    try:
+        from lightning.pytorch import LightningDataModule
+    except ImportError:  # pragma: no cover - lightning.pytorch is part of the lightning package
+        return ()
+    return (LightningDataModule,)
+
+
+def _is_batch_list(items: Any) -> bool:
+    """A list of batches (tensors, tuples or dicts of tensors) rather than a list of loaders."""
+    if not items:
+        return False
+    first = items[0]
+    if isinstance(first, (Tensor, tuple, dict)):
+        return True
+    if isinstance(first, list):
+        return bool(first) and isinstance(first[0], Tensor)
+    return not hasattr(first, "__iter__")
+
+
+def _refuse_datasets(loaders: Any, kind: str) -> None:
+    """A map-style Dataset where a loader belongs would be iterated sample by sample, unbatched: refuse it."""
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    for loader in loaders if isinstance(loaders, (list, tuple)) and not _is_batch_list(loaders) else [loaders]:
+        if isinstance(loader, Dataset) and not isinstance(loader, (IterableDataset, DataLoader)):
+            raise ConfigurationError(
+                f"the {kind} data is a {type(loader).__name__} (a Dataset), not a loader: it would be iterated "
+                f"one sample at a time, unbatched. Wrap it: torch.utils.data.DataLoader(dataset, batch_size=...)"
+            )
+
+
+def _print_results(stage: str, results: list[dict[str, float]]) -> None:
+    for i, metrics in enumerate(results):
+        title = f"{stage} results" + (f" (dataloader {i})" if len(results) > 1 else "")
+        width = max([len(k) for k in metrics] + [len(title)])
+        print(f"{title}\n" + "\n".join(f"  {k:<{width}}  {v:.6g}" for k, v in sorted(metrics.items())))

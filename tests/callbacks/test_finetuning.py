@@ -142,12 +142,6 @@ def test_backbone_needed():
         BackboneFinetuning().setup(None, NoBackbone(), "fit")  # type: ignore[arg-type]
 
 
-_SETUP_ORDER = pytest.mark.xfail(
-    strict=True, reason="issue 13: the Trainer calls callback setup after configure_optimizers (Lightning: before)"
-)
-
-
-@_SETUP_ORDER
 def test_backbone_frozen_until_epoch_2_with_trainer(tmp_path):
     task = _Finetune()
     cb = BackboneFinetuning(unfreeze_backbone_at_epoch=2, backbone_initial_lr=0.01)

@@ -66,7 +66,7 @@ def test_checkpoint_contents_and_rotation(tmp_path):
     assert names == ["epoch=0-step=10.ckpt", "epoch=0-step=8.ckpt", "last.ckpt"]
     last = ckpt_io.load(folder / "last.ckpt")
     assert last["loops"]["global_step"] == 10
-    assert set(last) >= {"state_dict", "optimizer", "lr_schedulers", "precision", "loops", "callbacks", "hparams",
+    assert set(last) >= {"state_dict", "optimizer_states", "lr_schedulers", "precision", "loops", "callbacks", "hparams",
                          "ranks", "loggers", "train_metrics"}
     assert last["hparams"] == {"dropout": 0.3, "lr": 0.05, "scheduler": "step"}
     assert set(last["ranks"][0]) == {"rng", "train_loader"}

@@ -94,7 +94,7 @@ def test_none_batch_is_skipped_in_evaluation(tmp_path, stage):
         torch.testing.assert_close(out[0], expected_pred[0])
         torch.testing.assert_close(out[2], expected_pred[1])
         return
-    metrics = trainer.validate(task, batches) if stage == "validation" else trainer.test(task, batches)
+    metrics = (trainer.validate(task, batches) if stage == "validation" else trainer.test(task, batches))[0]
     assert len(task.calls[stage]) == 2
     name = "val/loss" if stage == "validation" else "test/loss"
     assert metrics[name] == pytest.approx(expected_loss, rel=1e-5)
@@ -268,7 +268,7 @@ def test_bf16_mixed_on_cpu_trains_and_validates_in_bfloat16(tmp_path):
     assert len(task.losses) == 12
     assert all(math.isfinite(v) for v in task.losses)
 
-    metrics = trainer.validate(task, loader(n=96))
+    metrics = trainer.validate(task, loader(n=96))[0]
     assert task.dtypes["val"] == {torch.bfloat16}
     assert math.isfinite(metrics["val/loss"])
     assert metrics["val/loss"] < initial

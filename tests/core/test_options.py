@@ -49,14 +49,16 @@ def test_limits_and_val_interval(tmp_path):
 
     class Count(dltrain.Callback):
         def on_validation_epoch_end(self, trainer, task):
-            calls.append((trainer.global_step, trainer.num_val_batches))
+            calls.append((trainer.sanity_checking, trainer.global_step, trainer.num_val_batches))
 
     trainer = quiet_trainer(tmp_path, max_epochs=2, limit_train_batches=0.5, limit_val_batches=2,
                             val_check_interval=3, check_val_every_n_epoch=None, callbacks=[Count()])
     trainer.fit(TinyTask(), loader(n=96), loader(n=64))
     assert trainer.num_training_batches == 6
     assert trainer.global_step == 12
-    assert calls == [(3, 2), (9, 2)]  # every 3 batches, but not at an epoch's last batch
+    # The sanity check first (2 batches, Lightning's default), then every 3 batches but not at an epoch's last
+    # batch; num_val_batches has one count per loader, as in Lightning.
+    assert calls == [(True, 0, [2]), (False, 3, [2]), (False, 9, [2])]
 
 
 def test_max_steps_stops_mid_epoch_and_estimated_stepping_batches(tmp_path):

@@ -40,9 +40,9 @@ def test_precisions_train_on_cuda(tmp_path, precision):
     task.lr = 0.01
     trainer = quiet_trainer(tmp_path, accelerator="cuda", devices=1, precision=precision, max_epochs=3,
                             log_every_n_steps=4)
-    first = trainer.validate(task, loader(n=64))["val/loss"]
+    first = trainer.validate(task, loader(n=64))[0]["val/loss"]
     trainer.fit(task, loader(n=96))
-    last = trainer.validate(task, loader(n=64))["val/loss"]
+    last = trainer.validate(task, loader(n=64))[0]["val/loss"]
     assert task.seen_devices == {"cuda"}
     assert next(task.parameters()).device.type == "cuda"
     expected = {"32-true": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16,
@@ -133,7 +133,7 @@ def test_fsdp_single_gpu_trains_and_checkpoints(tmp_path):
     assert set(ckpt["state_dict"]) == set(TinyTask().state_dict())
     metrics = quiet_trainer(tmp_path, accelerator="cuda", devices=1, strategy="fsdp").test(
         TinyTask(), loader(n=32), ckpt_path=str(tmp_path / "fsdp.ckpt"))
-    assert "test/loss" in metrics
+    assert "test/loss" in metrics[0]
 
 
 

@@ -5,8 +5,11 @@ from dltrain.callbacks.checkpoint import ModelCheckpoint
 from dltrain.callbacks.early_stopping import EarlyStopping
 from dltrain.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from dltrain.callbacks.lr_monitor import LearningRateMonitor
+from dltrain.callbacks.profiler import PyTorchProfiler, SimpleProfiler
 from dltrain.callbacks.progress import ProgressBar
+from dltrain.callbacks.summary import ModelSummary
 from dltrain.callbacks.throughput import ThroughputMonitor
+from dltrain.callbacks.timer import Timer
 
 __all__ = [
     "BackboneFinetuning",
@@ -15,6 +18,10 @@ __all__ = [
     "EarlyStopping",
     "LearningRateMonitor",
     "ModelCheckpoint",
+    "ModelSummary",
     "ProgressBar",
+    "PyTorchProfiler",
+    "SimpleProfiler",
     "ThroughputMonitor",
+    "Timer",
 ]

@@ -61,9 +61,9 @@ def test_language_model_learns_and_reloads_with_its_tokenizer(lm_data: dict, tmp
                                   lr=3e-3, warmup_steps=5)
     val = _loader(lm_data["val"], tok, False)
     trainer = _trainer(tmp_path, max_steps=60)
-    before = trainer.validate(task, val)
+    before = trainer.validate(task, val)[0]
     trainer.fit(task, _loader(lm_data["train"], tok, True), val)
-    after = trainer.validate(task, val)
+    after = trainer.validate(task, val)[0]
     assert after["val/loss"] < before["val/loss"] - 1.0
     assert after["val/bpb"] < before["val/bpb"]
     assert after["val/ppl"] == pytest.approx(np.exp(after["val/loss"]), rel=1e-3)
@@ -121,6 +121,6 @@ def test_text_classification_trains_on_generated_data(tmp_path: Path) -> None:
                                        max_length=16, lr=5e-3)
     trainer = _trainer(tmp_path, max_epochs=4)
     trainer.fit(task, loader(True))
-    result = trainer.validate(task, loader(False))
+    result = trainer.validate(task, loader(False))[0]
     assert result["val/acc"] > 0.6 and 0 < result["val/f1"] <= 1
     assert result["data/truncated_docs"] > 0  # documents of up to 31 words were cut to 16 tokens

@@ -92,13 +92,15 @@ class _TokenizerMixin(Task):
             self.tokenizer.check_matches(state)
 
     @classmethod
-    def load_from_checkpoint(cls, path: str | os.PathLike[str], *, tokenizer: TextTokenizer | None = None,
+    def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], map_location: Any = None,
+                             strict: bool | None = None, *, tokenizer: TextTokenizer | None = None,
                              **overrides: Any) -> Self:
         """Rebuild a trained task from a checkpoint: hyperparameters, weights and the tokenizer it was trained
         with.
 
         Args:
-            path: a checkpoint written by the Trainer.
+            checkpoint_path: a checkpoint written by the Trainer.
+            map_location, strict: as for `dltrain.Task.load_from_checkpoint`.
             tokenizer: optional; must be the checkpoint's tokenizer (else ``CheckpointError``). Default: the
                 tokenizer stored in the checkpoint.
             overrides: constructor arguments to change (e.g. ``encoder=`` for a custom encoder, ``dropout=0``).
@@ -109,18 +111,15 @@ class _TokenizerMixin(Task):
         """
         from dltrain import checkpoint as ckpt_io
 
-        ckpt = ckpt_io.load(path)
-        state = ckpt.get(CHECKPOINT_KEY)
+        state = ckpt_io.load(checkpoint_path).get(CHECKPOINT_KEY)
         if state is not None:
             if tokenizer is None:
                 tokenizer = TextTokenizer.from_state_dict(state)
             else:
-                tokenizer.check_matches(state, where=f"checkpoint {str(path)!r}")
-        hparams = {**ckpt.get("hparams", {}), **overrides}
-        task = cast(Any, cls)(**hparams, tokenizer=tokenizer)  # subclasses take tokenizer=
-        ckpt_io.check_state_dict(task, ckpt["state_dict"], str(path))
-        task.load_state_dict(ckpt["state_dict"])
-        return task
+                tokenizer.check_matches(state, where=f"checkpoint {str(checkpoint_path)!r}")
+        # Subclasses take tokenizer=; the base class builds the task, checks and loads the weights.
+        task = super().load_from_checkpoint(checkpoint_path, map_location, strict, tokenizer=tokenizer, **overrides)
+        return cast(Self, task)
 
 
 class LanguageModelTask(_TokenizerMixin):

@@ -1,0 +1,60 @@
+"""`Timer`: stop training after a wall-clock budget (``Trainer(max_time=...)``)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from dltrain.callbacks.base import Callback
+from dltrain.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dltrain.task import Task
+    from dltrain.trainer import Trainer
+
+__all__ = ["Timer"]
+
+
+class Timer(Callback):
+    """Set ``trainer.should_stop`` once ``duration`` of training has passed (checked after every batch).
+
+    Args:
+        duration: ``"DD:HH:MM:SS"`` (Lightning's format), a ``timedelta``, or a dict of ``timedelta`` arguments
+            (``{"hours": 2}``).
+
+    The time already spent is part of the checkpoint, so a resumed run keeps counting.
+    """
+
+    def __init__(self, duration: str | timedelta | dict[str, int]) -> None:
+        self.duration = _parse(duration)
+        self.elapsed_before = 0.0  # seconds of earlier runs (restored from a checkpoint)
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: Trainer, task: Task) -> None:
+        self._start = monotonic()
+
+    def time_elapsed(self) -> float:
+        return self.elapsed_before + (monotonic() - self._start if self._start is not None else 0.0)
+
+    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.time_elapsed() >= self.duration.total_seconds():
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed": self.time_elapsed()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.elapsed_before = float(state_dict.get("elapsed", 0.0))
+
+
+def _parse(duration: str | timedelta | dict[str, int]) -> timedelta:
+    if isinstance(duration, timedelta):
+        return duration
+    if isinstance(duration, dict):
+        return timedelta(**duration)
+    if isinstance(duration, str) and re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", duration):
+        days, hours, minutes, seconds = (int(x) for x in duration.split(":"))
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    raise ConfigurationError(f"max_time={duration!r}: use 'DD:HH:MM:SS', a timedelta or a dict such as {{'hours': 2}}")
