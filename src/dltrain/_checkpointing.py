@@ -137,27 +137,20 @@ def load_weights(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> None:
     trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
 
 
-def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) -> None:
-    """Restore a fit: weights, optimizer, schedulers, loop state, callbacks, loggers, loader position, RNG."""
+def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Restore a fit, but for the optimizers: weights, loop state, callbacks, loggers, loader position, RNG.
+
+    Returns the checkpoint for `restore_training_state`, which runs after ``on_fit_start`` (as in Lightning), so
+    that callbacks restored here can first rebuild optimizer parameter groups (``BaseFinetuning``).
+    """
     path = resolve(trainer, ckpt_path)
     if path is None:
-        return
+        return None
     checkpoint = ckpt_io.load(path)
+    checkpoint["_path"] = str(path)
     task = loop.task
     ckpt_io.check_state_dict(task, checkpoint["state_dict"], str(path))
     trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
-    states = checkpoint.get("optimizer_states", [checkpoint["optimizer"]] if "optimizer" in checkpoint else [])
-    if len(states) != len(trainer._fabric_optimizers):
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} holds {len(states)} optimizer states, but configure_optimizers() returned "
-            f"{len(trainer._fabric_optimizers)} optimizers"
-        )
-    for optimizer, optimizer_state in zip(trainer._fabric_optimizers, states):
-        optimizer.load_state_dict(optimizer_state)
-    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
-        config.scheduler.load_state_dict(state)
-    if checkpoint.get("precision"):
-        trainer.strategy.precision.load_state_dict(checkpoint["precision"])
     trainer.loop_state.load_state_dict(checkpoint["loops"])
     trainer._callback_metrics.update({k: torch.tensor(v) for k, v in checkpoint.get("callback_metrics", {}).items()})
     states = checkpoint.get("callbacks", {})
@@ -197,3 +190,21 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
             )
     # RNG states are per rank; with another world size there is no matching state: keep the fresh seed.
     loop.pending_rng = mine["rng"] if mine is not None else None
+    return checkpoint
+
+
+def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """Optimizer, scheduler and precision (grad scaler) states: the second half of a resume."""
+    path = checkpoint["_path"]
+    states = checkpoint.get("optimizer_states", [checkpoint["optimizer"]] if "optimizer" in checkpoint else [])
+    if len(states) != len(trainer._fabric_optimizers):
+        raise CheckpointError(
+            f"checkpoint {path!r} holds {len(states)} optimizer states, but configure_optimizers() returned "
+            f"{len(trainer._fabric_optimizers)} optimizers"
+        )
+    for optimizer, optimizer_state in zip(trainer._fabric_optimizers, states):
+        optimizer.load_state_dict(optimizer_state)
+    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+        config.scheduler.load_state_dict(state)
+    if checkpoint.get("precision"):
+        trainer.strategy.precision.load_state_dict(checkpoint["precision"])

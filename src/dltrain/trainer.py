@@ -770,8 +770,7 @@ class Trainer:
                 self.max_epochs = 1000
             loop = FitLoop(self, task, train_loader, val_loaders)
             self._fit_loop = loop
-            if ckpt_path is not None:
-                _checkpointing.restore(self, loop, ckpt_path)
+            restored = _checkpointing.restore(self, loop, ckpt_path) if ckpt_path is not None else None
             self._watchdog = Watchdog(self.global_rank, self.world_size,
                                       lambda: (self.current_epoch, loop.batch_idx, loop.in_batches))
             if self.is_global_zero:
@@ -779,6 +778,8 @@ class Trainer:
                     lg.log_hyperparams({**task.hparams, **self._trainer_hparams()})
             self._watchdog.start()
             self._call_hook("on_fit_start")
+            if restored is not None:  # after on_fit_start, as in Lightning (BaseFinetuning rebuilds groups there)
+                _checkpointing.restore_training_state(self, restored)
             with torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 loop.run()
             self._call_hook("on_fit_end")

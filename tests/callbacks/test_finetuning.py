@@ -46,7 +46,7 @@ def test_unfreeze_and_add_param_groups(caplog):
     head, bb = nn.Linear(8, 1), _backbone()
     BaseFinetuning.freeze(bb, train_bn=False)
     opt = torch.optim.SGD(head.parameters(), lr=0.5)
-    BaseFinetuning.unfreeze_and_add_param_groups(bb, opt, train_bn=True)  # lr: first group's / 10
+    BaseFinetuning.unfreeze_and_add_param_group(bb, opt, train_bn=True)  # Lightning's name  # lr: first group's / 10
     assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr"] == pytest.approx(0.05)
     assert len(opt.param_groups[1]["params"]) == 6
     with caplog.at_level(logging.WARNING):
@@ -154,7 +154,6 @@ def test_backbone_frozen_until_epoch_2_with_trainer(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(frozen_before, task.backbone[0].parameters()))
 
 
-@_SETUP_ORDER
 def test_resume_keeps_added_param_groups(tmp_path):
     task = _Finetune()
     trainer = _trainer(tmp_path, [BackboneFinetuning(unfreeze_backbone_at_epoch=1, backbone_initial_lr=0.01)], 3)

@@ -49,22 +49,26 @@ class BaseFinetuning(Callback):
         ...         self.freeze(task.backbone)
         ...     def finetune_function(self, task, epoch, optimizer):
         ...         if epoch == self.epoch:
-        ...             self.unfreeze_and_add_param_groups(task.backbone, optimizer, train_bn=True)
+        ...             self.unfreeze_and_add_param_group(task.backbone, optimizer, train_bn=True)
     """
 
     def __init__(self) -> None:
         # optimizer index -> its param groups, parameters named (not the tensors) and without "params" state
         self._internal_optimizer_metadata: dict[int, list[dict[str, Any]]] = {}
         self._restarting = False
+        self._trainable: set[str] | None = None  # parameters that trained when the checkpoint was taken
+        self._task: Any = None
 
     # ------------------------------------------------------------------ state (resume)
     def state_dict(self) -> dict[str, Any]:
-        return {"internal_optimizer_metadata": self._internal_optimizer_metadata}
+        trainable = [] if self._task is None else [n for n, p in self._task.named_parameters() if p.requires_grad]
+        return {"internal_optimizer_metadata": self._internal_optimizer_metadata, "trainable": trainable}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep the param groups of the checkpoint; ``on_fit_start`` puts them back into the optimizers."""
         metadata = state_dict.get("internal_optimizer_metadata", {})
         self._internal_optimizer_metadata = {int(k): list(v) for k, v in metadata.items()}
+        self._trainable = set(state_dict["trainable"]) if "trainable" in state_dict else None
         self._restarting = True
 
     # ------------------------------------------------------------------ module helpers
@@ -153,7 +157,7 @@ class BaseFinetuning(Callback):
         return kept
 
     @staticmethod
-    def unfreeze_and_add_param_groups(
+    def unfreeze_and_add_param_group(
         modules: Modules,
         optimizer: Optimizer,
         lr: float | None = None,
@@ -173,6 +177,8 @@ class BaseFinetuning(Callback):
         if params:
             optimizer.add_param_group({"params": params, "lr": group_lr})
 
+    unfreeze_and_add_param_groups = unfreeze_and_add_param_group  # the plural some docs and ports use
+
     # ------------------------------------------------------------------ to override
     def freeze_before_training(self, pl_module: Task) -> None:
         """Freeze what must not train at first (called in ``setup``, before ``configure_optimizers``)."""
@@ -186,6 +192,7 @@ class BaseFinetuning(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+        self._task = task
         self.freeze_before_training(task)
 
     def on_fit_start(self, trainer: Trainer, task: Task) -> None:
@@ -223,6 +230,11 @@ class BaseFinetuning(Callback):
                     f"have: {missing[:5]}"
                 )
             optimizer.param_groups = [{**g, "params": [params[n] for n in g["params"]]} for g in saved]
+        # freeze_before_training (setup) froze the backbone again in this process: make trainable exactly what was
+        # trainable when the checkpoint was taken.
+        if self._trainable is not None:
+            for name, param in params.items():
+                param.requires_grad_(name in self._trainable)
 
 
 def _named_group(group: Mapping[str, Any], names: Mapping[int, str]) -> dict[str, Any]:
@@ -311,7 +323,7 @@ class BackboneFinetuning(BaseFinetuning):
                 else main_lr * self.backbone_initial_ratio_lr
             )
             self.previous_backbone_lr = backbone_lr
-            self.unfreeze_and_add_param_groups(
+            self.unfreeze_and_add_param_group(
                 self._backbone(pl_module), optimizer, backbone_lr,
                 initial_denom_lr=self.initial_denom_lr, train_bn=self.train_bn,
             )
