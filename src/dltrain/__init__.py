@@ -28,10 +28,10 @@ __version__ = "0.1.0"
 __all__ = [
     "CLI",
     "Callback",
-    "DataModule",
     "CheckpointError",
     "ConfigurationError",
     "DataError",
+    "DataModule",
     "DltrainError",
     "StepError",
     "Task",

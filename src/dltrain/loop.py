@@ -203,6 +203,7 @@ class FitLoop:
         self.results = LoggedValues(training=True, trainer=trainer)
         self.path = BatchPath(trainer, task, "training_step", through_wrapper=trainer._strategy_wraps_module)
         self.batch_idx = 0  # the batch being run (the watchdog reports it)
+        self.is_last_batch = False  # whether it is the epoch's last (trainer.is_last_batch)
         self.in_batches = False
         # Where the restored checkpoint was taken ("epoch_end", "epoch_start" or "mid_epoch"), until the loop is there.
         self.resumed: str | None = None
@@ -281,7 +282,7 @@ class FitLoop:
         batch_idx = start - 1
         for batch_idx, batch, is_last in self.path.batches(loader, iterator, start, t.num_training_batches,
                                                            lookahead=True):
-            self.batch_idx = batch_idx
+            self.batch_idx, self.is_last_batch = batch_idx, is_last
             if self._train_batch(batch, batch_idx, is_last, hooks):
                 break  # the task's on_train_batch_start returned -1: the rest of the epoch is skipped
             if val_every is not None and (batch_idx + 1) % val_every == 0 and not is_last:

@@ -311,6 +311,11 @@ class Trainer:
         self.loop_state.should_stop = bool(value)
 
     @property
+    def is_last_batch(self) -> bool:
+        """Whether the training batch being run is the last of its epoch."""
+        return self._fit_loop is not None and self._fit_loop.is_last_batch
+
+    @property
     def global_rank(self) -> int:
         return self.fabric.global_rank
 
