@@ -201,7 +201,10 @@ class FitLoop:
         self.val_loaders = val_loaders
         self.state = trainer.loop_state
         self.results = LoggedValues(training=True, trainer=trainer)
-        self.path = BatchPath(trainer, task, "training_step", through_wrapper=trainer._strategy_wraps_module)
+        # With manual optimization under DDP the task runs as it is and manual_backward averages the gradients
+        # (DDP's reducer expects one backward per forward; a GAN step has several).
+        through = trainer._strategy_wraps_module and (task.automatic_optimization or trainer._strategy_shards_module)
+        self.path = BatchPath(trainer, task, "training_step", through_wrapper=through)
         self.batch_idx = 0  # the batch being run (the watchdog reports it)
         self.is_last_batch = False  # whether it is the epoch's last (trainer.is_last_batch)
         self.in_batches = False

@@ -572,8 +572,27 @@ class Trainer:
             loss.backward(*args, **kwargs)
         else:
             self._backward(loss, *args, **kwargs)
+        if self._strategy_wraps_module and not self._strategy_shards_module and self.world_size > 1:
+            self._average_gradients()
         for hook in self._hooks("on_after_backward"):
             hook()
+
+    def _average_gradients(self) -> None:
+        """Manual optimization under DDP: the task's steps bypass DDP's forward (its reducer allows one backward
+        per forward), so each ``manual_backward`` averages the gradients over the ranks itself, in one
+        all-reduce. Every rank must produce gradients for the same parameters (true of the same code on every
+        rank; a mismatch fails in the all-reduce rather than training on unsynced gradients)."""
+        assert self._task is not None
+        grads = [p.grad for p in self._task.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def _backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Fabric's backward (precision scaling, strategy hooks); the plain path calls ``loss.backward()``."""

@@ -97,3 +97,9 @@ def test_a_failing_rank_stops_the_job_with_a_clear_error(mode, expected):
     # the 30-minute collective timeout.
     assert elapsed < 120
     assert "DLTRAIN-TEST-COMPLETED" not in result.stdout
+
+
+def test_manual_optimization_under_ddp_keeps_replicas_identical():
+    """manual_backward goes through the strategy: gradients are all-reduced, replicas stay equal."""
+    result = run_distributed(Path(__file__).parent / "_manual_ddp.py", nproc=2, timeout=150)
+    assert result.stdout.count("DLTRAIN-TEST-COMPLETED") == 2
