@@ -119,6 +119,7 @@ class ResumableLoader:
     def __init__(self, loader: DataLoader, *, rank: int, world_size: int, seed: int, training: bool) -> None:
         self.loader = loader
         self.world_size = world_size
+        self.training = training
         self.batch_size = loader.batch_size
         self._consumed = 0  # batches handed out in the current epoch (main process count, not prefetch)
         self._restored_batches = 0  # of those, the ones counted in sampler.start (restored from a checkpoint)
@@ -152,7 +153,8 @@ class ResumableLoader:
             self._loader = _rebuild(loader, self._skipper)
 
     def __len__(self) -> int:
-        return self._consumed + len(self._loader)
+        # In training, batches already consumed count: after a resume the epoch keeps its batch numbering.
+        return (self._consumed if self.training else 0) + len(self._loader)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self._epoch:
@@ -168,6 +170,8 @@ class ResumableLoader:
                 obj.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
+        if not self.training:
+            self._consumed = 0  # an evaluation loader starts over at every run (it has no epochs to count)
         # Create the DataLoader iterator now, not at the first next(): it draws its seed from the global RNG,
         # and the Trainer restores a checkpoint's RNG state right after calling iter().
         return self._count(iter(self._loader))

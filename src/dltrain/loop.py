@@ -214,6 +214,7 @@ class FitLoop:
         self.nonfinite = NonfiniteLosses(trainer)
         self._published_skips = 0
         self._last_loss: Tensor | None = None  # what an overridden optimizer_step's closure returns
+        self._batches_with_loss = 0  # this epoch: batches whose training_step returned a loss
 
     # ------------------------------------------------------------------ epochs
     def run(self) -> None:
@@ -235,6 +236,24 @@ class FitLoop:
                 break
             self._train_epoch()
         t._call_hook("on_train_end")
+
+    def finished(self) -> bool:
+        """Whether there is nothing left to train (a resumed run that had completed)."""
+        t, state = self.trainer, self.state
+        epochs_done = state.epoch + (state.phase == "epoch_end")
+        return (t.max_epochs is not None and epochs_done >= t.max_epochs) or self._max_steps_reached() or (
+            self._stopping())
+
+    def position(self) -> str:
+        """Where the loop stands, in words (for the resume message)."""
+        state = self.state
+        if state.phase == "epoch_end":
+            where = f"the end of epoch {state.epoch}"
+        elif state.batches_done:
+            where = f"epoch {state.epoch}, batch {state.batches_done}"
+        else:
+            where = f"the start of epoch {state.epoch}"
+        return f"{where}, global step {state.global_step}"
 
     def _max_steps_reached(self) -> bool:
         return 0 < self.trainer.max_steps <= self.state.global_step
@@ -274,6 +293,7 @@ class FitLoop:
         t._check_equal_lengths(int(t.num_training_batches) - start if math.isfinite(t.num_training_batches) else 0)
         for optimizer in t.optimizers:  # nothing from an interrupted window crosses into the epoch
             optimizer.zero_grad(set_to_none=True)
+        self._batches_with_loss = 0
         t._call_hook("on_train_epoch_start")
         iterator = self._iter(loader)
         self.in_batches = True
@@ -296,6 +316,13 @@ class FitLoop:
             t._report_exhausted(batch_idx + 1)
         self.in_batches = False
         self.batch_idx = batch_idx + 1
+        trained = batch_idx + 1 - start
+        if task.automatic_optimization and trained > 0 and self._batches_with_loss == 0 and t.is_global_zero:
+            warnings.warn(
+                f"training_step returned None for all {trained} batches of epoch {state.epoch}: nothing was trained. "
+                "Return the loss (a scalar tensor or {'loss': ...}) from training_step; None skips a batch",
+                UserWarning, stacklevel=2,
+            )
         self._end_epoch()
 
     def _resolve_hooks(self) -> _TrainHooks:
@@ -414,6 +441,7 @@ class FitLoop:
             for hook in hooks.after_backward:
                 hook()
             self._last_loss = loss
+            self._batches_with_loss += 1
         return output
 
     def _optimizer_step(self, batch_idx: int, hooks: _TrainHooks) -> None:

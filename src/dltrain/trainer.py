@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from functools import partial
@@ -783,6 +784,7 @@ class Trainer:
             self.train_dataloader = train_loader
             self.val_dataloaders = val_loaders if val_loaders is None or len(val_loaders) > 1 else val_loaders[0]
             self.num_training_batches = self._count_batches(train_loader, self.limit_train_batches)
+            self._check_fit_inputs(task, val_loaders)
             # After the loaders: configure_optimizers may read trainer.estimated_stepping_batches.
             self._setup_task(task, with_optimizer=True)
             if self.max_epochs is None and self.max_steps < 0:
@@ -795,6 +797,11 @@ class Trainer:
             loop = FitLoop(self, task, train_loader, val_loaders)
             self._fit_loop = loop
             restored = _checkpointing.restore(self, loop, ckpt_path) if ckpt_path is not None else None
+            if restored is not None and self.is_global_zero:
+                sys.stderr.write(f"[dltrain] restored from {restored['_path']} at {loop.position()}\n")
+                if loop.finished():
+                    sys.stderr.write("[dltrain] that run is already complete (max_epochs/max_steps reached or "
+                                     "stopped early): nothing to train; raise max_epochs to train further\n")
             self._watchdog = Watchdog(self.global_rank, self.world_size,
                                       lambda: (self.current_epoch, loop.batch_idx, loop.in_batches))
             if self.is_global_zero:
@@ -819,6 +826,22 @@ class Trainer:
             if loop is not None:
                 loop.in_batches = False
             self._teardown("fit")
+
+    def _check_fit_inputs(self, task: Task, val_loaders: list[Any] | None) -> None:
+        """Mistakes that would otherwise show only after an epoch, or never."""
+        if val_loaders and self.limit_val_batches != 0 and not _task_overrides(task, "validation_step"):
+            raise ConfigurationError(
+                f"validation data was given but {type(task).__name__} has no validation_step(batch, batch_idx): "
+                "define it, or leave out the validation loaders"
+            )
+        n = self.num_training_batches
+        if self.loggers and math.isfinite(n) and 0 < n < self.log_every_n_steps and self.is_global_zero:
+            warnings.warn(
+                f"{int(n)} training batches per epoch and log_every_n_steps={self.log_every_n_steps}: step values "
+                f"reach the loggers only every {self.log_every_n_steps} optimizer steps. Set "
+                f"Trainer(log_every_n_steps=...) to {int(n)} or less to see them every epoch",
+                UserWarning, stacklevel=3,
+            )
 
     # ================================================================== where the data comes from
     def _source(self, kind: str, given: Any, required: bool = True) -> Any:
