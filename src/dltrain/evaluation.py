@@ -1,4 +1,4 @@
-"""The evaluation and prediction loops, on the same batch path as training (``dltrain.loop.BatchPath``).
+"""The evaluation and prediction loops, on the same batch path as training (``dltrain.batch_path.BatchPath``).
 
 Each evaluation loader is run in turn; with several, steps and batch hooks get a ``dataloader_idx`` argument and
 logged names a ``/dataloader_idx_<i>`` suffix, as in Lightning. Metrics are epoch aggregates reduced over every
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dltrain._logged_values import LoggedValues
+from dltrain.batch_path import BatchPath, overridden
 from dltrain.errors import ConfigurationError
-from dltrain.loop import BatchPath, _overridden
 from dltrain.task import Task
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def evaluate(trainer: Trainer, task: Task, loaders: list[Any], stage: str,
         raise ConfigurationError(f"{type(task).__name__} has no {step_name}(batch, batch_idx) to run {stage} with")
     results = LoggedValues(training=False, trainer=trainer)
     task._results = results
-    model_eval = _overridden(task, f"on_{stage}_model_eval")
+    model_eval = overridden(task, f"on_{stage}_model_eval")
     model_eval() if model_eval is not None else task.eval()
     trainer._call_hook(f"on_{stage}_start")
     counts = [trainer._count_batches(loader, limit) for loader in loaders]
@@ -87,7 +87,7 @@ def _for_loader(values: dict[str, float], idx: int, several: bool) -> dict[str, 
 def predict(trainer: Trainer, task: Task, loaders: list[Any], limit: int | float | None) -> list[Any]:
     """``predict_step`` on every batch of every loader: this rank's outputs in order (``None`` for a ``None``
     batch); with several loaders, one list per loader."""
-    model_eval = _overridden(task, "on_predict_model_eval")
+    model_eval = overridden(task, "on_predict_model_eval")
     model_eval() if model_eval is not None else task.eval()
     trainer._call_hook("on_predict_start")
     counts = [trainer._count_batches(loader, limit) for loader in loaders]

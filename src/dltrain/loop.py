@@ -3,10 +3,7 @@
 Read top to bottom:
 
 - `LoopState`: where `fit` is. It is exactly what a checkpoint saves of the loop, and a resume continues from it.
-- `BatchPath`: the one way a batch goes from a loader to a step, for every stage: fetch (looking one batch ahead
-  when the loader has no length, so that the last batch is known), move to the device, ``on_after_batch_transfer``,
-  then the step, which goes through the strategy's wrapper or the precision context as the strategy needs. A
-  ``None`` batch (a loader that skipped every sample of it) reaches no step, in any stage.
+- `dltrain.batch_path.BatchPath`: the one way a batch goes from a loader to a step, in every stage.
 - `FitLoop`: the epoch loop, one training batch (accumulation, clipping, optimizer and scheduler steps), the epoch
   end and validation.
 - ``dltrain.evaluation``: the evaluation and prediction loops, on the same batch path.
@@ -18,7 +15,6 @@ overrides costs nothing per batch.
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,21 +22,19 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.fabric.plugins.precision import Precision
 from torch import Tensor
 
 from dltrain import checkpoint as ckpt_io
-from dltrain._batch import describe_batch
 from dltrain._logged_values import LoggedValues
-from dltrain._step_output import NonfiniteLosses, add_note, loss_of, raise_if_unused_parameters
+from dltrain._step_output import NonfiniteLosses, loss_of
+from dltrain.batch_path import BatchPath, overridden
 from dltrain.task import Task
 
 if TYPE_CHECKING:
     from dltrain.trainer import Trainer
 
-__all__ = ["BatchPath", "FitLoop", "LoopState"]
+__all__ = ["FitLoop", "LoopState"]
 
-_END = object()
 
 
 @dataclass
@@ -77,103 +71,6 @@ class LoopState:
         for name, value in state.items():
             if name in known:
                 setattr(self, name, value)
-
-
-class BatchPath:
-    """Loader → device → transfer hooks → step, for one stage and loader (see the module docstring)."""
-
-    def __init__(self, trainer: Trainer, task: Task, step_name: str, through_wrapper: bool,
-                 dataloader_idx: int | None = None) -> None:
-        self.trainer = trainer
-        self.task = task
-        self.step_name = step_name
-        self.dataloader_idx = dataloader_idx  # passed to the step only with several loaders (as in Lightning)
-        self.move = trainer.device.type != "cpu"
-        self.before_transfer = _overridden(task, "on_before_batch_transfer")
-        self.transfer = _overridden(task, "transfer_batch_to_device")
-        self.after_transfer = _overridden(task, "on_after_batch_transfer")
-        self.needs_preparing = self.move or any((self.before_transfer, self.transfer, self.after_transfer))
-        self.step = self._resolve_step(step_name, through_wrapper)
-        self.lookahead_position: dict[str, Any] | None = None  # the loader's position before the look-ahead
-
-    def _resolve_step(self, name: str, through_wrapper: bool) -> Callable[[Any, int], Any]:
-        if through_wrapper:
-            # Fabric sends the call through the wrapper's forward (DDP's gradient sync, FSDP's all-gather), under
-            # the precision context.
-            method = getattr(self.trainer._fabric_module, name)
-        else:
-            method = getattr(self.task, name)
-        extra = () if self.dataloader_idx is None else (self.dataloader_idx,)
-        takes_index = _accepts_batch_idx(getattr(self.task, name))  # Lightning allows training_step(self, batch)
-        precision = self.trainer.strategy.precision
-        plain = through_wrapper or type(precision) is Precision  # the wrapper applies the precision itself
-        if plain and takes_index and not extra:
-            return method  # one device, full precision: call the task as a hand-written loop would
-
-        def step(batch: Any, batch_idx: int) -> Any:
-            args = (batch, batch_idx, *extra) if takes_index else (batch, *extra)
-            if plain:
-                return method(*args)
-            with precision.forward_context():
-                return method(precision.convert_input(args[0]), *args[1:])
-
-        return step
-
-    def batches(self, loader: Any, iterator: Iterator[Any], start: int, limit: float,
-                lookahead: bool) -> Iterator[tuple[int, Any, bool]]:
-        """``(batch_idx, batch, is_last)`` for the batches from ``start`` up to ``limit``, ready for the step."""
-        prepare = self.prepare
-        if math.isfinite(limit) or not lookahead:
-            last = int(limit) - 1 if math.isfinite(limit) else -1
-            needs_preparing = self.needs_preparing  # else a batch is used as it comes
-            for batch_idx, batch in enumerate(iterator, start):
-                if batch_idx >= limit:
-                    return
-                yield batch_idx, prepare(batch) if needs_preparing else batch, batch_idx == last
-            return
-        # No length: fetch one batch ahead to know the last one (an accumulation window must end with the epoch).
-        # The loader is then one batch ahead of the loop, so its position is read before each look-ahead.
-        position = getattr(loader, "state_dict", None)
-        batch_idx, upcoming = start, next(iterator, _END)
-        while upcoming is not _END:
-            batch = upcoming
-            if position is not None:
-                self.lookahead_position = position()
-            upcoming = next(iterator, _END)
-            yield batch_idx, prepare(batch), upcoming is _END
-            batch_idx += 1
-        self.lookahead_position = None
-
-    def prepare(self, batch: Any) -> Any:
-        """``on_before_batch_transfer`` → ``transfer_batch_to_device`` (or Fabric's move) → ``on_after_batch_transfer``."""
-        if batch is None:
-            return None
-        idx = self.dataloader_idx or 0
-        if self.before_transfer is not None:
-            batch = self.before_transfer(batch, idx)
-        if self.transfer is not None:
-            batch = self.transfer(batch, self.trainer.device, idx)
-        elif self.move:
-            batch = self.trainer.fabric.to_device(batch)
-        if self.after_transfer is not None:
-            batch = self.after_transfer(batch, idx)
-        return batch
-
-    def run(self, batch: Any, batch_idx: int) -> Any:
-        """The step's output; ``None`` for a ``None`` batch. An error keeps its type and gains a note saying where."""
-        if batch is None:
-            return None
-        try:
-            return self.step(batch, batch_idx)
-        except Exception as err:
-            raise_if_unused_parameters(err)
-            t = self.trainer
-            add_note(
-                err,
-                f"[dltrain] {self.step_name} failed on batch {batch_idx} (epoch {t.current_epoch}, global step "
-                f"{t.global_step}, rank {t.global_rank}); the batch was {describe_batch(batch)}",
-            )
-            raise
 
 
 @dataclass
@@ -334,9 +231,9 @@ class FitLoop:
             after_backward=t._hooks("on_after_backward"),
             before_optimizer_step=t._hooks("on_before_optimizer_step"),
             before_zero_grad=t._hooks("on_before_zero_grad"),
-            optimizer_step=_overridden(task, "optimizer_step"),
-            optimizer_zero_grad=_overridden(task, "optimizer_zero_grad"),
-            configure_gradient_clipping=_overridden(task, "configure_gradient_clipping"),
+            optimizer_step=overridden(task, "optimizer_step"),
+            optimizer_zero_grad=overridden(task, "optimizer_zero_grad"),
+            configure_gradient_clipping=overridden(task, "configure_gradient_clipping"),
         )
 
     def _iter(self, loader: Any) -> Iterator[Any]:
@@ -498,7 +395,7 @@ class FitLoop:
             evaluate(t, self.task, self.val_loaders, "validation", t.limit_val_batches if limit is None else limit)
         finally:
             ckpt_io.set_rng_state(rng)
-            if _overridden(self.task, "on_validation_model_train") is not None:
+            if overridden(self.task, "on_validation_model_train") is not None:
                 self.task.on_validation_model_train()
             else:
                 self.task.train()
@@ -510,18 +407,3 @@ class FitLoop:
             return self.path.lookahead_position
         state_dict = getattr(self.loader, "state_dict", None)
         return state_dict() if state_dict is not None else None
-
-
-def _overridden(task: Task, name: str) -> Callable[..., Any] | None:
-    """``task.<name>`` when the task's class overrides Task's default, else None (the loop does the default)."""
-    return getattr(task, name) if getattr(type(task), name) is not getattr(Task, name) else None
-
-
-def _accepts_batch_idx(method: Callable[..., Any]) -> bool:
-    """Whether a step method takes ``batch_idx`` (Lightning allows ``training_step(self, batch)``)."""
-    try:
-        params = list(inspect.signature(method).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)

@@ -1,0 +1,138 @@
+"""`BatchPath`: the one way a batch goes from a loader to a step, for fit, validate, test and predict.
+
+Fetch (looking one batch ahead when the loader has no length, so that the last batch is known), move to the
+device, the transfer hooks, then the step, which goes through the strategy's wrapper or the precision context as
+the strategy needs. A ``None`` batch (a loader that skipped every sample of it) reaches no step, in any stage.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from lightning.fabric.plugins.precision import Precision
+
+from dltrain._batch import describe_batch
+from dltrain._step_output import add_note, raise_if_unused_parameters
+from dltrain.task import Task
+
+if TYPE_CHECKING:
+    from dltrain.trainer import Trainer
+
+__all__ = ["BatchPath", "overridden"]
+
+_END = object()
+
+
+class BatchPath:
+    """Loader → device → transfer hooks → step, for one stage and loader (see the module docstring)."""
+
+    def __init__(self, trainer: Trainer, task: Task, step_name: str, through_wrapper: bool,
+                 dataloader_idx: int | None = None) -> None:
+        self.trainer = trainer
+        self.task = task
+        self.step_name = step_name
+        self.dataloader_idx = dataloader_idx  # passed to the step only with several loaders (as in Lightning)
+        self.move = trainer.device.type != "cpu"
+        self.before_transfer = overridden(task, "on_before_batch_transfer")
+        self.transfer = overridden(task, "transfer_batch_to_device")
+        self.after_transfer = overridden(task, "on_after_batch_transfer")
+        self.needs_preparing = self.move or any((self.before_transfer, self.transfer, self.after_transfer))
+        self.step = self._resolve_step(step_name, through_wrapper)
+        self.lookahead_position: dict[str, Any] | None = None  # the loader's position before the look-ahead
+
+    def _resolve_step(self, name: str, through_wrapper: bool) -> Callable[[Any, int], Any]:
+        if through_wrapper:
+            # Fabric sends the call through the wrapper's forward (DDP's gradient sync, FSDP's all-gather), under
+            # the precision context.
+            method = getattr(self.trainer._fabric_module, name)
+        else:
+            method = getattr(self.task, name)
+        extra = () if self.dataloader_idx is None else (self.dataloader_idx,)
+        takes_index = _accepts_batch_idx(getattr(self.task, name))  # Lightning allows training_step(self, batch)
+        precision = self.trainer.strategy.precision
+        plain = through_wrapper or type(precision) is Precision  # the wrapper applies the precision itself
+        if plain and takes_index and not extra:
+            return method  # one device, full precision: call the task as a hand-written loop would
+
+        def step(batch: Any, batch_idx: int) -> Any:
+            args = (batch, batch_idx, *extra) if takes_index else (batch, *extra)
+            if plain:
+                return method(*args)
+            with precision.forward_context():
+                return method(precision.convert_input(args[0]), *args[1:])
+
+        return step
+
+    def batches(self, loader: Any, iterator: Iterator[Any], start: int, limit: float,
+                lookahead: bool) -> Iterator[tuple[int, Any, bool]]:
+        """``(batch_idx, batch, is_last)`` for the batches from ``start`` up to ``limit``, ready for the step."""
+        prepare = self.prepare
+        if math.isfinite(limit) or not lookahead:
+            last = int(limit) - 1 if math.isfinite(limit) else -1
+            needs_preparing = self.needs_preparing  # else a batch is used as it comes
+            for batch_idx, batch in enumerate(iterator, start):
+                if batch_idx >= limit:
+                    return
+                yield batch_idx, prepare(batch) if needs_preparing else batch, batch_idx == last
+            return
+        # No length: fetch one batch ahead to know the last one (an accumulation window must end with the epoch).
+        # The loader is then one batch ahead of the loop, so its position is read before each look-ahead.
+        position = getattr(loader, "state_dict", None)
+        batch_idx, upcoming = start, next(iterator, _END)
+        while upcoming is not _END:
+            batch = upcoming
+            if position is not None:
+                self.lookahead_position = position()
+            upcoming = next(iterator, _END)
+            yield batch_idx, prepare(batch), upcoming is _END
+            batch_idx += 1
+        self.lookahead_position = None
+
+    def prepare(self, batch: Any) -> Any:
+        """``on_before_batch_transfer`` → ``transfer_batch_to_device`` (or Fabric's move) → ``on_after_batch_transfer``."""
+        if batch is None:
+            return None
+        idx = self.dataloader_idx or 0
+        if self.before_transfer is not None:
+            batch = self.before_transfer(batch, idx)
+        if self.transfer is not None:
+            batch = self.transfer(batch, self.trainer.device, idx)
+        elif self.move:
+            batch = self.trainer.fabric.to_device(batch)
+        if self.after_transfer is not None:
+            batch = self.after_transfer(batch, idx)
+        return batch
+
+    def run(self, batch: Any, batch_idx: int) -> Any:
+        """The step's output; ``None`` for a ``None`` batch. An error keeps its type and gains a note saying where."""
+        if batch is None:
+            return None
+        try:
+            return self.step(batch, batch_idx)
+        except Exception as err:
+            raise_if_unused_parameters(err)
+            t = self.trainer
+            add_note(
+                err,
+                f"[dltrain] {self.step_name} failed on batch {batch_idx} (epoch {t.current_epoch}, global step "
+                f"{t.global_step}, rank {t.global_rank}); the batch was {describe_batch(batch)}",
+            )
+            raise
+
+
+def overridden(task: Task, name: str) -> Callable[..., Any] | None:
+    """``task.<name>`` when the task's class overrides Task's default, else None (the loop does the default)."""
+    return getattr(task, name) if getattr(type(task), name) is not getattr(Task, name) else None
+
+
+def _accepts_batch_idx(method: Callable[..., Any]) -> bool:
+    """Whether a step method takes ``batch_idx`` (Lightning allows ``training_step(self, batch)``)."""
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
