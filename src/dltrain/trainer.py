@@ -391,7 +391,7 @@ class Trainer:
     def _default_callbacks(self, callbacks: Any, *, progress: bool, checkpointing: bool, summary: bool,
                            profiler: Any, max_time: Any) -> list[Callback]:
         """The user's callbacks plus the ones the Trainer's switches ask for. Features are callbacks."""
-        from dltrain.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, Timer
+        from dltrain.callbacks import ModelCheckpoint, ModelSummary, Preemption, ProgressBar, Timer
         from dltrain.callbacks.profiler import make_profiler
 
         if callbacks is None:
@@ -413,6 +413,8 @@ class Trainer:
             result.append(Timer(max_time))
         if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in result):
             result.append(ModelCheckpoint())
+        if checkpointing and not any(isinstance(c, Preemption) for c in result):
+            result.append(Preemption())  # a SIGTERM or Ctrl-C becomes a checkpoint, not lost work
         if not checkpointing and any(isinstance(c, ModelCheckpoint) for c in result):
             raise ConfigurationError("enable_checkpointing=False but a ModelCheckpoint is in callbacks; drop one")
         return _checkpoints_last(result)
@@ -923,7 +925,7 @@ class Trainer:
                 sys.stderr.write(f"[dltrain] {where} failed: {type(exc).__name__}: {exc}\n")
                 if self._watchdog is not None:
                     self._watchdog.report_error(self.global_step, exc)
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
         for cb in self.callbacks:
             if overrides(cb, "on_exception"):
                 with contextlib.suppress(Exception):

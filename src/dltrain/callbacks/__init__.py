@@ -5,6 +5,7 @@ from dltrain.callbacks.checkpoint import ModelCheckpoint
 from dltrain.callbacks.early_stopping import EarlyStopping
 from dltrain.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from dltrain.callbacks.lr_monitor import LearningRateMonitor
+from dltrain.callbacks.preemption import Preempted, Preemption
 from dltrain.callbacks.profiler import PyTorchProfiler, SimpleProfiler
 from dltrain.callbacks.progress import ProgressBar
 from dltrain.callbacks.summary import ModelSummary
@@ -19,6 +20,8 @@ __all__ = [
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",
+    "Preempted",
+    "Preemption",
     "ProgressBar",
     "PyTorchProfiler",
     "SimpleProfiler",

@@ -151,6 +151,11 @@ class ModelCheckpoint(Callback):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)  # last.ckpt is a hard link: the data lives on under that name
 
+    def save(self, trainer: Trainer) -> None:
+        """Write a checkpoint now, as a scheduled one would be (every rank calls it): named, kept or rotated by the
+        same rules, ``last`` updated. Used by `Preemption`."""
+        self._save(trainer)
+
     def state_dict(self) -> dict[str, Any]:
         return {"kept": [[s, p] for s, p in self.kept], "last_path": self.last_path}
 
