@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def stream_loader(args, batch_size, training):
         ds = Keyed(args.n)
         samples = ({"__key__": f"{i:05d}", "npy": ds.x[i].numpy(), "y.npy": ds.y[i].numpy(), "cls": i}
                    for i in range(args.n))
-        write_shards(samples, str(folder / "train-%06d.tar"), max_count=13)
+        write_shards(samples, str(folder / "train-%06d.tar"), max_count=args.shard_size)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     shards = sorted(str(p) for p in folder.glob("train-*.tar"))
@@ -55,8 +56,9 @@ def stream_loader(args, batch_size, training):
 
 
 class KeyTask(dltrain.Task):
-    def __init__(self, out: str, dropout: float = 0.2) -> None:
+    def __init__(self, out: str, dropout: float = 0.2, scheduler: str = "step") -> None:
         super().__init__()
+        self.scheduler = scheduler
         self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.LayerNorm(32), torch.nn.ReLU(),
                                        torch.nn.Dropout(dropout), torch.nn.Linear(32, 1))
         self.out = out
@@ -87,6 +89,9 @@ class KeyTask(dltrain.Task):
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        if self.scheduler == "epoch":
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 1, 0.7),
+                                                       "interval": "epoch"}}
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(opt, 5, 0.7),
                                                    "interval": "step"}}
 
@@ -101,6 +106,41 @@ class KillAt(dltrain.Callback):
         if trainer.global_step == self.step and trainer.global_rank == self.rank and not self.marker.exists():
             self.marker.write_text("killed")
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtEpochEnd(dltrain.Callback):
+    """SIGKILL this process (on ``rank``) in ``on_train_epoch_end`` of epoch ``epoch``, once.
+
+    Placed after `ModelCheckpoint` in the callbacks list, so the epoch-end checkpoint is complete when it kills
+    (and the epoch-interval schedulers, which step after the callbacks, have not stepped yet).
+    """
+
+    def __init__(self, epoch: int, rank: int, marker: Path) -> None:
+        self.epoch, self.rank, self.marker = epoch, rank, marker
+
+    def on_train_epoch_end(self, trainer, task):
+        if trainer.current_epoch == self.epoch and trainer.global_rank == self.rank and not self.marker.exists():
+            self.marker.write_text("killed at epoch end")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfter(dltrain.Callback):
+    """SIGKILL this process (on ``rank``) ``seconds`` after ``on_fit_start``, once; nothing if the run ends first."""
+
+    def __init__(self, seconds: float, rank: int, marker: Path) -> None:
+        self.seconds, self.rank, self.marker = seconds, rank, marker
+
+    def on_fit_start(self, trainer, task):
+        if trainer.global_rank != self.rank or self.marker.exists():
+            return
+
+        def kill() -> None:
+            self.marker.write_text("killed by timer")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        timer = threading.Timer(self.seconds, kill)
+        timer.daemon = True
+        timer.start()
 
 
 def kill_during_save(nth: int, marker: Path) -> None:
@@ -129,7 +169,8 @@ def kill_during_save(nth: int, marker: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=96)
+    # torchrun takes a bare "--n" for an abbreviation of its own options: give "--samples" under torchrun.
+    p.add_argument("--n", "--samples", dest="n", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=8, help="global batch size")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--data", choices=["map", "stream"], default="map")
@@ -140,6 +181,16 @@ def main() -> None:
     p.add_argument("--kill-step", type=int, default=None)
     p.add_argument("--kill-rank", type=int, default=0)
     p.add_argument("--kill-in-save", type=int, default=None)
+    p.add_argument("--kill-steps", default="",
+                   help="more step kills, 'STEP:RANK,STEP:RANK': each once (marker killed-step<STEP>.marker)")
+    p.add_argument("--kill-epoch-end", type=int, default=None,
+                   help="SIGKILL in on_train_epoch_end of this epoch, after ModelCheckpoint has saved")
+    p.add_argument("--kill-epoch-end-rank", type=int, default=0)
+    p.add_argument("--kill-after", type=float, default=None, help="SIGKILL this many seconds after fit starts")
+    p.add_argument("--kill-after-rank", type=int, default=0)
+    p.add_argument("--scheduler", choices=["step", "epoch"], default="step",
+                   help="step: StepLR(5, 0.7) every optimizer step; epoch: StepLR(1, 0.7) every epoch")
+    p.add_argument("--shard-size", type=int, default=13, help="samples per shard of the stream data")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--restart-skew", type=float, default=0.0,
                    help="in a torchrun-restarted round, rank 0 starts its Trainer this many seconds late")
@@ -158,6 +209,13 @@ def main() -> None:
     callbacks = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every, save_top_k=2)]
     if args.kill_step is not None:
         callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))
+    for spec in filter(None, args.kill_steps.split(",")):
+        step, rank = (int(x) for x in spec.split(":"))
+        callbacks.append(KillAt(step, rank, out / f"killed-step{step}.marker"))
+    if args.kill_epoch_end is not None:  # after ModelCheckpoint: its epoch-end save is done when this kills
+        callbacks.append(KillAtEpochEnd(args.kill_epoch_end, args.kill_epoch_end_rank, out / "killed-epoch.marker"))
+    if args.kill_after is not None:
+        callbacks.append(KillAfter(args.kill_after, args.kill_after_rank, out / "killed-timer.marker"))
     if args.kill_in_save is not None:
         kill_during_save(args.kill_in_save, out / "killed-in-save.marker")
     logger: object = False
@@ -175,7 +233,7 @@ def main() -> None:
                               log_every_n_steps=2, sync_batchnorm=args.sync_batchnorm)
     per_rank = args.batch_size // trainer.world_size
     torch.manual_seed(5)
-    task = KeyTask(args.out, dropout=args.dropout)
+    task = KeyTask(args.out, dropout=args.dropout, scheduler=args.scheduler)
     if args.data == "map":
         train = DataLoader(Keyed(args.n), batch_size=per_rank, shuffle=True, num_workers=args.workers,
                            persistent_workers=args.workers > 0)

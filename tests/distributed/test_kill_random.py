@@ -1,0 +1,336 @@
+"""Randomized SIGKILL/resume: every run draws its configuration and 1-3 kill points from its own seed.
+
+A run is a chain of launches of ``_train.py`` with the same arguments (every kill point of the run, plus
+``--resume``): each kill point has its own marker file, so a launch ends at the next kill point that has not fired
+yet, and the launch after it resumes from "last". The chain ends with a launch that finishes; its ``final.pt`` must
+be bitwise equal to that of the uninterrupted run of the same configuration, its effective sample keys per rank
+(per step, the entry written last) equal to the reference's, and every epoch must train on every sample exactly
+once over all ranks.
+
+Kill points: after a random optimizer step (on a random rank); two steps of the same epoch, so that the epoch
+is resumed twice; in ``on_train_epoch_end`` right after the epoch-end checkpoint; in the middle of writing a
+checkpoint; after a random wall-clock delay from the start of fit (the 14 steps take ~0.05-0.3 s, so the delays are
+short; nothing happens if the launch finishes first).
+
+Seeds: run ``i`` uses seed ``DLTRAIN_KILL_BASE_SEED + i``; the base seed is drawn from the clock (a multiple of
+100) unless set, and printed with ``-s``; ``DLTRAIN_KILL_RUNS`` changes the number of runs (20);
+``DLTRAIN_KILL_SEED=<seed>`` replays that one run (configuration, kill points; a wall-clock kill lands where the
+clock says). Every failure message names the run's seed, its configuration, what each launch did and the command
+that replays it.
+
+Budget: a launch costs 5-10 s, mostly imports (torch, lightning, torchmetrics, torchvision); the file makes about
+70 of them. The runs are executed by DLTRAIN_KILL_JOBS (2) threads started with the session, each test waiting
+for its own run, and the configurations come from a pool of 8 per base seed (see ``config_pool``), so that the
+uninterrupted references, computed once per configuration, are shared by several runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from dltrain import checkpoint as ckpt_io
+from tests.distributed.test_resume import effective_keys
+from tests.helpers.distributed import run_distributed
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+TRAIN = Path(__file__).parent / "_train.py"
+
+N, BATCH, EPOCHS, EVERY = 56, 8, 2, 2  # 7 steps per epoch: the epoch end is a checkpoint of its own
+STEPS_PER_EPOCH = N // BATCH
+TOTAL_STEPS = STEPS_PER_EPOCH * EPOCHS
+SHARD_SIZES = (5, 13, 24)  # 56 samples: 11 shards of 5 and one of 1; 4 of 13 and one of 4; 24, 24, 8
+LAUNCH_TIMEOUT = 180
+
+# Configurations come from a pool of POOL_SIZE, drawn from seed // POOL_SPAN: the runs of a session (consecutive
+# seeds from a base that is a multiple of POOL_SPAN) share at most POOL_SIZE uninterrupted references, which is
+# what keeps the file within its time budget; the pool changes with the base seed.
+POOL_SPAN, POOL_SIZE = 100, 8
+_replay = os.environ.get("DLTRAIN_KILL_SEED")
+BASE_SEED = int(_replay or os.environ.get("DLTRAIN_KILL_BASE_SEED") or time.time_ns() // 10**9 % 10**5 * POOL_SPAN)
+RUNS = int(os.environ.get("DLTRAIN_KILL_RUNS", "1" if _replay else "20"))
+SEEDS = [BASE_SEED + i for i in range(RUNS)]
+JOBS = int(os.environ.get("DLTRAIN_KILL_JOBS", "2"))
+
+
+@dataclass(frozen=True)
+class Config:
+    world: int
+    workers: int
+    data: str
+    scheduler: str
+    shard_size: int | None  # stream data only
+
+    def args(self) -> list[str]:
+        # "--samples" is _train.py's "--n": torchrun would take a bare "--n" for one of its own options.
+        args = ["--samples", str(N), "--batch-size", str(BATCH), "--epochs", str(EPOCHS), "--every", str(EVERY),
+                "--workers", str(self.workers), "--data", self.data, "--scheduler", self.scheduler,
+                "--dropout", "0.2"]
+        if self.shard_size is not None:
+            args += ["--shard-size", str(self.shard_size)]
+        return args
+
+
+@dataclass(frozen=True)
+class Kill:
+    kind: str  # step | epoch | save | timer
+    args: tuple[str, ...]
+    marker: str
+    always_fires: bool  # False: a timer (or a save count) that the run may finish before
+
+    def __str__(self) -> str:
+        return f"{self.kind}({' '.join(self.args)})"
+
+
+@dataclass
+class Plan:
+    seed: int
+    config: Config
+    kills: list[Kill] = field(default_factory=list)
+
+    def kill_args(self) -> list[str]:
+        """The options of every kill point; the step kills go together in one "--kill-steps"."""
+        steps = [k.args[1] for k in self.kills if k.kind == "step"]
+        others = [a for k in self.kills if k.kind != "step" for a in k.args]
+        return [*(["--kill-steps", ",".join(steps)] if steps else []), *others]
+
+    def describe(self) -> str:
+        c = self.config
+        shards = f" shard_size={c.shard_size}" if c.shard_size else ""
+        return (f"seed={self.seed} [world={c.world} workers={c.workers} data={c.data}{shards} "
+                f"scheduler={c.scheduler}] kills: {', '.join(map(str, self.kills))}")
+
+
+def _ckpt_before(step: int) -> int:
+    """The step of the newest step checkpoint at or before ``step`` (checkpoints every EVERY steps)."""
+    return step - step % EVERY
+
+
+def config_pool(pool_seed: int) -> list[Config]:
+    """POOL_SIZE configurations in which every value of every dimension comes up equally often."""
+    rng = random.Random(f"pool-{pool_seed}")
+
+    def column(values: list) -> list:
+        col = values * (POOL_SIZE // len(values))
+        rng.shuffle(col)
+        return col
+
+    worlds, workers, datas, schedulers = column([1, 2]), column([0, 2]), column(["map", "stream"]), column(
+        ["step", "epoch"])
+    return [Config(world=worlds[i], workers=workers[i], data=datas[i], scheduler=schedulers[i],
+                   shard_size=rng.choice(SHARD_SIZES) if datas[i] == "stream" else None) for i in range(POOL_SIZE)]
+
+
+def draw(seed: int) -> Plan:
+    rng = random.Random(seed)
+    config = rng.choice(config_pool(seed // POOL_SPAN))
+    world = config.world
+    plan = Plan(seed, config)
+    n_kills = rng.randint(1, 3)
+    used_kinds: set[str] = set()
+    steps: set[int] = set()
+
+    def step_kill(step: int) -> Kill:
+        steps.add(step)
+        return Kill("step", ("--kill-steps", f"{step}:{rng.randrange(world)}"), f"killed-step{step}.marker", True)
+
+    while len(plan.kills) < n_kills:
+        kind = rng.choice(["step", "pair", "pair", "epoch", "save", "timer"])
+        if kind == "step":
+            free = [s for s in range(1, TOTAL_STEPS + 1) if s not in steps]
+            plan.kills.append(step_kill(rng.choice(free)))
+        elif kind == "pair":
+            # Two kills in one epoch, each resumed from a checkpoint of that epoch, the second one from a
+            # checkpoint written after the first resume, with batches left to train after it.
+            if n_kills - len(plan.kills) < 2:
+                continue
+            e = rng.randrange(EPOCHS)
+            first, last = e * STEPS_PER_EPOCH, (e + 1) * STEPS_PER_EPOCH
+            pairs = [(a, b) for a in range(first + 1, last + 1) for b in range(a + 1, last + 1)
+                     if first < _ckpt_before(a) < _ckpt_before(b) < last and not {a, b} & steps]
+            if not pairs:
+                continue
+            a, b = rng.choice(pairs)
+            plan.kills += [step_kill(a), step_kill(b)]
+        elif kind in used_kinds:
+            continue  # one of each of the others: _train.py has one option for each
+        elif kind == "epoch":
+            epoch = 0 if rng.random() < 0.75 else rng.randrange(EPOCHS)  # mostly one with an epoch after it
+            plan.kills.append(Kill("epoch", ("--kill-epoch-end", str(epoch), "--kill-epoch-end-rank",
+                                             str(rng.randrange(world))), "killed-epoch.marker", True))
+        elif kind == "save":
+            plan.kills.append(Kill("save", ("--kill-in-save", str(rng.randint(1, 3))), "killed-in-save.marker",
+                                   False))
+        else:
+            plan.kills.append(Kill("timer", ("--kill-after", f"{rng.uniform(0.005, 0.15):.3f}", "--kill-after-rank",
+                                             str(rng.randrange(world))), "killed-timer.marker", False))
+        used_kinds.add(kind)
+    return plan
+
+
+def replay_hint(seed: int) -> str:
+    return (f"replay: DLTRAIN_KILL_SEED={seed} scripts/test tests/distributed/test_kill_random.py -x -q -s "
+            f"(this session's runs: DLTRAIN_KILL_BASE_SEED={BASE_SEED})")
+
+
+def compare(ref: Path, out: Path, world: int) -> list[str]:
+    """What differs between the resumed run ``out`` and the uninterrupted ``ref``: weights, samples per step and
+    rank, samples per epoch (every one exactly once over all ranks)."""
+    problems = []
+    a, b = torch.load(ref / "final.pt"), torch.load(out / "final.pt")
+    differ = sorted(name for name in a.keys() | b.keys() if name not in a or name not in b
+                    or not torch.equal(a[name], b[name]))
+    if differ:
+        problems.append(f"final.pt is not bitwise equal to the uninterrupted run's: {differ}")
+    per_epoch: dict[int, list[int]] = {e: [] for e in range(EPOCHS)}
+    for rank in range(world):
+        mine, theirs = effective_keys(out, rank), effective_keys(ref, rank)
+        if mine != theirs:
+            bad = next((i for i, (m, t) in enumerate(zip(mine, theirs)) if m != t), min(len(mine), len(theirs)))
+            got, want = (mine[bad] if bad < len(mine) else None), (theirs[bad] if bad < len(theirs) else None)
+            problems.append(f"rank {rank}: effective sample keys differ from the reference's ({len(mine)} steps, "
+                            f"reference {len(theirs)}); first at (step, keys) {got}, reference {want}")
+        last: dict[int, dict] = {}
+        for line in (out / f"keys-rank{rank}.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            last[entry["step"]] = entry  # as effective_keys: a re-trained step overwrites the killed run's entry
+        for entry in last.values():
+            per_epoch.setdefault(entry["epoch"], []).extend(entry["keys"])
+    for epoch, keys in sorted(per_epoch.items()):
+        if sorted(keys) != list(range(N)):
+            repeated = sorted({k for k in keys if keys.count(k) > 1})
+            problems.append(f"epoch {epoch}: not every sample exactly once: missing "
+                            f"{sorted(set(range(N)) - set(keys))}, repeated {repeated}")
+    return problems
+
+
+class Runner:
+    """Executes the runs in a few threads; the references are computed once per configuration."""
+
+    def __init__(self, basetemp: Path, seeds: list[int], jobs: int) -> None:
+        self.basetemp = basetemp
+        self.stopped = False
+        self.pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="kill-run")
+        # A reference is a task of its own, queued before the first run that needs it: it runs alongside that
+        # run's killed launches, and is done (or running) when a run waits for it.
+        self._refs: dict[Config, Future[Path]] = {}
+        self.futures: dict[int, Future[str]] = {}
+        for seed in seeds:
+            plan = draw(seed)
+            if plan.config not in self._refs:
+                self._refs[plan.config] = self.pool.submit(self._reference, plan.config)
+            out = basetemp / f"run-{seed}"
+            out.mkdir(parents=True)
+            self.futures[seed] = self.pool.submit(self.run, plan, out)
+
+    def close(self) -> None:
+        self.stopped = True
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def launch(self, args: list[str], world: int):
+        if self.stopped:
+            raise RuntimeError("the session is over")
+        return run_distributed(TRAIN, args, nproc=world, timeout=LAUNCH_TIMEOUT, check=False)
+
+    def _reference(self, c: Config) -> Path:
+        out = self.basetemp / f"ref-w{c.world}-j{c.workers}-{c.data}{c.shard_size or ''}-{c.scheduler}"
+        done = self.launch(["--out", str(out), *c.args()], c.world)
+        if done.returncode != 0:
+            raise AssertionError(f"the uninterrupted run {out.name} failed:\n{done.stdout[-6000:]}")
+        return out
+
+    def run(self, plan: Plan, out: Path) -> str:
+        """Kill, resume, ..., finish; compare with the reference. Returns what happened (for the -s output)."""
+        c = plan.config
+        args = ["--out", str(out), *c.args(), *plan.kill_args(), "--resume"]
+        history: list[str] = []
+
+        def fail(what: str, output: str = "") -> AssertionError:
+            tail = f"\n--- output of the last launch ---\n{output[-6000:]}" if output else ""
+            return AssertionError(f"{plan.describe()}\n  launches: {'; '.join(history) or '-'}\n  {what}\n  "
+                                  f"{replay_hint(plan.seed)}{tail}")
+
+        fired: set[str] = set()
+        for launch in range(len(plan.kills) + 1):
+            done = self.launch(args, c.world)
+            new = {k.marker for k in plan.kills if (out / k.marker).exists()} - fired
+            fired |= new
+            if not new:
+                history.append(f"#{launch} finished (rc {done.returncode})")
+                if done.returncode != 0:
+                    raise fail(f"launch #{launch} failed without being killed (rc {done.returncode})", done.stdout)
+                break
+            killed_by = [str(k) for k in plan.kills if k.marker in new]
+            history.append(f"#{launch} killed by {', '.join(killed_by)} (rc {done.returncode})")
+            if done.returncode == 0:
+                raise fail(f"launch #{launch} fired {killed_by} but exited 0", done.stdout)
+            last = out / "ckpt" / "last.ckpt"
+            if last.exists() and not ckpt_io.is_loadable(last):
+                raise fail(f"after launch #{launch}, 'last.ckpt' does not load")
+        else:
+            raise fail("the last launch was still killed: more launches than kill points")
+
+        try:
+            ref = self._refs[c].result()
+        except AssertionError as err:
+            raise fail(str(err)) from None
+        problems = compare(ref, out, c.world)
+        unfired = [str(k) for k in plan.kills if k.always_fires and k.marker not in fired]
+        if unfired:
+            problems.append(f"kill points never reached: {unfired}")
+        if problems:
+            raise fail("\n  ".join(problems))
+        return f"{plan.describe()}\n  launches: {'; '.join(history)}"
+
+
+@pytest.fixture(scope="session")
+def kill_runner(tmp_path_factory):
+    print(f"\n[test_kill_random] base seed {BASE_SEED}, {RUNS} runs, {JOBS} at a time "
+          f"(DLTRAIN_KILL_BASE_SEED={BASE_SEED} reproduces all of them)")
+    runner = Runner(tmp_path_factory.mktemp("kill-random"), SEEDS, JOBS)
+    yield runner
+    runner.close()
+
+
+@pytest.mark.timeout(900)  # the runs execute in the background: a test may wait for its run a while
+@pytest.mark.parametrize("index", range(RUNS), ids=lambda i: f"run{i:02d}")
+def test_random_kills_then_resume_is_bitwise_exact(kill_runner, index):
+    seed = SEEDS[index]
+    try:
+        report, failure = kill_runner.futures[seed].result(), None
+    except AssertionError as err:
+        report, failure = None, str(err)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+    print(f"\n{report}")
+
+
+def test_draws_cover_every_option_and_kill_point():
+    """The draws alone (no launch): every value of every option in each pool, every kind of kill point over the
+    runs, and epochs that are resumed twice (the second time from a checkpoint written after the first resume)."""
+    for pool_seed in range(BASE_SEED // POOL_SPAN, BASE_SEED // POOL_SPAN + 50):
+        pool = config_pool(pool_seed)
+        for dim, values in [("world", {1, 2}), ("workers", {0, 2}), ("data", {"map", "stream"}),
+                            ("scheduler", {"step", "epoch"})]:
+            assert {getattr(c, dim) for c in pool} == values
+    plans = [draw(seed) for seed in range(BASE_SEED, BASE_SEED + 20 * POOL_SPAN, 3)]
+    assert {k.kind for p in plans for k in p.kills} == {"step", "epoch", "save", "timer"}
+    assert all(1 <= len(p.kills) <= 3 for p in plans)
+    assert {(p.config.world, p.config.workers, p.config.data, p.config.scheduler) for p in plans} == {
+        (w, j, d, s) for w in (1, 2) for j in (0, 2) for d in ("map", "stream") for s in ("step", "epoch")}
+    twice = 0
+    for p in plans:
+        steps = sorted(int(k.args[1].split(":")[0]) for k in p.kills if k.kind == "step")
+        twice += any((a - 1) // STEPS_PER_EPOCH == (b - 1) // STEPS_PER_EPOCH
+                     and (a - 1) // STEPS_PER_EPOCH * STEPS_PER_EPOCH < _ckpt_before(a) < _ckpt_before(b)
+                     for a, b in itertools.pairwise(steps))
+    assert twice > len(plans) // 5
