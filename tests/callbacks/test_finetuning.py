@@ -46,7 +46,7 @@ def test_unfreeze_and_add_param_groups(caplog):
     head, bb = nn.Linear(8, 1), _backbone()
     BaseFinetuning.freeze(bb, train_bn=False)
     opt = torch.optim.SGD(head.parameters(), lr=0.5)
-    BaseFinetuning.unfreeze_and_add_param_group(bb, opt, train_bn=True)  # Lightning's name  # lr: first group's / 10
+    BaseFinetuning.unfreeze_and_add_param_group(bb, opt, train_bn=True)  # Lightning's name; lr: first group's / 10
     assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr"] == pytest.approx(0.05)
     assert len(opt.param_groups[1]["params"]) == 6
     with caplog.at_level(logging.WARNING):
