@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from dltrain import checkpoint as ckpt_io
+from dltrain._data_sources import reload_train_loader
 from dltrain._logged_values import LoggedValues
 from dltrain._step_output import NonfiniteLosses, loss_of
 from dltrain.batch_path import BatchPath, overridden
@@ -180,7 +181,7 @@ class FitLoop:
         start = state.batches_done  # > 0 only when resuming in the middle of this epoch
         state.phase = "train"
         if t.reload_dataloaders_every_n_epochs and state.epoch and state.epoch % t.reload_dataloaders_every_n_epochs == 0:
-            self.loader = t._reload_train_loader()
+            self.loader = reload_train_loader(t)
         loader = self.loader
         task._results = self.results
         task.train()

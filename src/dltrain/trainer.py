@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -26,10 +26,10 @@ from lightning.fabric.strategies import DDPStrategy, SingleDeviceStrategy, Strat
 from torch import Tensor
 
 from dltrain import _checkpointing
+from dltrain import _data_sources as _data
 from dltrain._compat import strategy_wraps_module
 from dltrain._logged_values import LoggedValues
 from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
-from dltrain._resumable_loader import wrap_loader
 from dltrain._step_output import add_note, raise_if_unused_parameters
 from dltrain.callbacks.base import Callback, overrides
 from dltrain.distributed import Watchdog, isolate_restart_round
@@ -772,17 +772,17 @@ class Trainer:
         the gradient all-reduce with zeros, so the other ranks do not wait for it).
         """
         task = model
-        if datamodule is None and _is_datamodule(train_dataloaders):
+        if datamodule is None and _data.is_datamodule(train_dataloaders):
             datamodule, train_dataloaders = train_dataloaders, None
         self._attach(task, "fit", datamodule)
         self._watchdog = None
         loop: FitLoop | None = None
         try:
-            self._prepare_and_setup("fit")
+            _data.prepare_and_setup(self, "fit")
             self._configure_task(task)
-            train_loader = self._wrap(self._source("train", train_dataloaders), training=True)
-            val_source = self._source("val", val_dataloaders, required=False)
-            val_loaders = None if val_source is None else self._wrap_all(val_source)
+            train_loader = _data.wrap(self, _data.source(self, "train", train_dataloaders), training=True)
+            val_source = _data.source(self, "val", val_dataloaders, required=False)
+            val_loaders = None if val_source is None else _data.wrap_all(self, val_source)
             self.train_dataloader = train_loader
             self.val_dataloaders = val_loaders if val_loaders is None or len(val_loaders) > 1 else val_loaders[0]
             self.num_training_batches = self._count_batches(train_loader, self.limit_train_batches)
@@ -844,65 +844,6 @@ class Trainer:
                 f"Trainer(log_every_n_steps=...) to {int(n)} or less to see them every epoch",
                 UserWarning, stacklevel=3,
             )
-
-    # ================================================================== where the data comes from
-    def _source(self, kind: str, given: Any, required: bool = True) -> Any:
-        """The loader(s) of ``kind`` ("train", "val", "test", "predict"): given, else the datamodule's, else the
-        task's ``<kind>_dataloader()``."""
-        if given is not None:
-            _refuse_datasets(given, kind)
-            return given
-        name = f"{kind}_dataloader"
-        for owner in (self.datamodule, self._task):
-            method = getattr(owner, name, None) if owner is not None else None
-            if method is None or (owner is self.datamodule and _datamodule_default(owner, name)):
-                continue
-            loaders = method()
-            _refuse_datasets(loaders, kind)
-            return loaders
-        if required:
-            raise ConfigurationError(
-                f"no {kind} data: pass {kind}_dataloaders (or dataloaders=) to the Trainer method, a datamodule with "
-                f"{name}(), or define {name}() on {type(self._task).__name__}"
-            )
-        return None
-
-    def _wrap(self, loader: Any, training: bool) -> Any:
-        if not self.use_distributed_sampler:
-            return loader
-        return wrap_loader(loader, rank=self.global_rank, world_size=self.world_size, seed=self.seed, training=training)
-
-    def _wrap_all(self, loaders: Any) -> list[Any]:
-        """Evaluation loaders as a list (a list/tuple of loaders, a dict of loaders by name, or one loader)."""
-        if isinstance(loaders, Mapping):
-            loaders = list(loaders.values())
-        if not isinstance(loaders, (list, tuple)) or _is_batch_list(loaders):
-            loaders = [loaders]
-        return [self._wrap(loader, training=False) for loader in loaders]
-
-    def _reload_train_loader(self) -> Any:
-        """``reload_dataloaders_every_n_epochs``: ask the datamodule or task for a new training loader."""
-        loader = self._wrap(self._source("train", None), training=True)
-        self.train_dataloader = loader
-        return loader
-
-    def _prepare_and_setup(self, stage: str) -> None:
-        """``prepare_data`` (one process per machine, or per job), then ``setup(stage)`` on every rank."""
-        dm, task = self.datamodule, self._task
-        for owner in (dm, task):
-            if owner is None or not hasattr(owner, "prepare_data"):
-                continue
-            per_node = getattr(owner, "prepare_data_per_node", True)
-            if (self.local_rank if per_node else self.global_rank) == 0:
-                owner.prepare_data()
-        if self.world_size > 1:
-            self.fabric.barrier()
-        if dm is not None:
-            dm.trainer = self
-            dm.setup(stage)
-        self._call_callbacks("setup", stage)
-        if task is not None:
-            task.setup(stage)
 
     def _trainer_hparams(self) -> dict[str, Any]:
         return {
@@ -967,14 +908,14 @@ class Trainer:
         task = model if model is not None else self._task
         if task is None:
             raise ConfigurationError(f"trainer.{stage}() needs a task: pass model=... (or call fit first)")
-        if datamodule is None and _is_datamodule(dataloaders):
+        if datamodule is None and _data.is_datamodule(dataloaders):
             datamodule, dataloaders = dataloaders, None
         self._attach(task, stage, datamodule if datamodule is not None else self.datamodule)
         try:
-            self._prepare_and_setup(stage)
+            _data.prepare_and_setup(self, stage)
             self._configure_task(task)
             kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
-            loaders = self._wrap_all(self._source(kind, dataloaders))
+            loaders = _data.wrap_all(self, _data.source(self, kind, dataloaders))
             self._setup_task(task, with_optimizer=False)
             if ckpt_path is not None:
                 _checkpointing.load_weights(self, ckpt_path)
@@ -1028,57 +969,6 @@ def _not_a_task(obj: Any) -> str:
         return (f"{type(obj).__name__} is a LightningModule: subclass dltrain.Task instead (class "
                 f"{type(obj).__name__}(dltrain.Task)); the hooks, self.log and configure_optimizers are the same")
     return f"Trainer needs a dltrain.Task, got {type(obj).__name__}"
-
-
-def _is_datamodule(obj: Any) -> bool:
-    """A dltrain DataModule or anything shaped like Lightning's (duck typing: a LightningDataModule works)."""
-    from dltrain.datamodule import DataModule
-
-    return isinstance(obj, DataModule) or (
-        obj is not None and hasattr(obj, "train_dataloader") and hasattr(obj, "setup") and not hasattr(obj, "__iter__")
-    )
-
-
-def _datamodule_default(dm: Any, name: str) -> bool:
-    """Whether ``dm.<name>`` is the base class's (raising) default rather than the user's."""
-    from dltrain.datamodule import DataModule
-
-    for base in (DataModule, *_lightning_datamodule()):
-        if isinstance(dm, base) and getattr(type(dm), name) is getattr(base, name):
-            return True
-    return False
-
-
-def _lightning_datamodule() -> tuple[type, ...]:
-    try:
-        from lightning.pytorch import LightningDataModule
-    except ImportError:  # pragma: no cover - lightning.pytorch is part of the lightning package
-        return ()
-    return (LightningDataModule,)
-
-
-def _is_batch_list(items: Any) -> bool:
-    """A list of batches (tensors, tuples or dicts of tensors) rather than a list of loaders."""
-    if not items:
-        return False
-    first = items[0]
-    if isinstance(first, (Tensor, tuple, dict)):
-        return True
-    if isinstance(first, list):
-        return bool(first) and isinstance(first[0], Tensor)
-    return not hasattr(first, "__iter__")
-
-
-def _refuse_datasets(loaders: Any, kind: str) -> None:
-    """A map-style Dataset where a loader belongs would be iterated sample by sample, unbatched: refuse it."""
-    from torch.utils.data import DataLoader, Dataset, IterableDataset
-
-    for loader in loaders if isinstance(loaders, (list, tuple)) and not _is_batch_list(loaders) else [loaders]:
-        if isinstance(loader, Dataset) and not isinstance(loader, (IterableDataset, DataLoader)):
-            raise ConfigurationError(
-                f"the {kind} data is a {type(loader).__name__} (a Dataset), not a loader: it would be iterated "
-                f"one sample at a time, unbatched. Wrap it: torch.utils.data.DataLoader(dataset, batch_size=...)"
-            )
 
 
 def _print_results(stage: str, results: list[dict[str, float]]) -> None:
