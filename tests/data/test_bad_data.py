@@ -61,8 +61,9 @@ def _make(tmp: Path, case: str) -> tuple[str, str, int, str]:
         data = bytearray(bad.read_bytes())
         data[start : start + 512] = b"\xff" * 512
         bad.write_bytes(bytes(data))
-        # A forward scan stops there, losing the rest of the shard; seeking to indexed offsets loses that sample.
-        return str(tmp / "bad-{00..03}.tar"), str(bad), 3 if scan else 1, "k008"
+        # Reading forward stops there, losing the rest of the shard and k008, whose members were being read (the bad
+        # header may have been its last member's); seeking to indexed offsets loses only that sample.
+        return str(tmp / "bad-{00..03}.tar"), str(bad), 4 if scan else 1, "k008"
     if case == "truncated":  # cut inside the payload of sample 3 of the shard
         _, data_at = _member_offsets(bad)["k009.json"]
         bad.write_bytes(bad.read_bytes()[: data_at + 3])
@@ -89,9 +90,9 @@ CASES = ["corrupt", "corrupt-scan", "truncated", "truncated-scan", "missing", "m
          "pickle"]
 WHAT = {
     "corrupt": "the index does not match the shard",
-    "corrupt-scan": "ended after 3 samples",
-    "truncated": "cannot read the shard",
-    "truncated-scan": "cannot read the shard",
+    "corrupt-scan": "the shard is damaged at byte",
+    "truncated": "the shard is damaged at byte",
+    "truncated-scan": "the shard is damaged at byte",
     "missing": "cannot open the shard",
     "missing_field": "no field 'txt'",
     "undecodable": "cannot decode field 'json'",

@@ -1,8 +1,8 @@
 """Shard files: writing them, the sample-count index next to them, and reading samples out of them.
 
-Tar reading and URL opening are webdataset's (``webdataset.tariterators.tar_file_iterator`` and
-``webdataset.gopen``): local paths, ``file:``, ``pipe:`` and ``http(s):`` URLs all work, and brace patterns
-(``data/train-{000000..000127}.tar``) are expanded with ``braceexpand``.
+URL opening is webdataset's (``webdataset.gopen``): local paths, ``file:``, ``pipe:`` and ``http(s):`` URLs all
+work, and brace patterns (``data/train-{000000..000127}.tar``) are expanded with ``braceexpand``. Samples are
+grouped from tar members as webdataset groups them; tar headers are parsed by Python's `tarfile`.
 
 The index
 ---------
@@ -20,12 +20,38 @@ URL.
 each sample's first tar member header starts, then where the last sample's data ends, so sample ``i`` is the
 members in ``[offsets[i], offsets[i + 1])``. Readers of local shards seek there instead of parsing every header
 before the sample; without offsets (version 1 indexes, compressed shards) they scan forward.
+
+Damaged shards
+--------------
+Python's `tarfile` iteration (and webdataset's, built on it) ends quietly at a header that does not parse, at a
+zero block and wherever the file ends, so a damaged shard would read as a shorter one. Every walk over tar headers
+here (counting, `build_index`, forward readers) is strict instead: a tar ends with a zero block followed by nothing
+but zeros (the end-of-archive marker and the padding to a record), and anything else is damage, reported with the
+shard, the byte offset and the last sample key read before it: a header that does not parse (bad checksum), a
+member whose data runs past the end of the file, a file cut at a member boundary (no end-of-archive marker), a zero
+block with more data after it.
+
+- `build_index` (``dltrain shards index``) and `count_samples` raise `DataError`: an index never holds the counts of
+  a damaged shard.
+- Without an index, ``on_error="raise"`` raises when the samples are counted; ``"skip"`` warns, counts the samples it
+  can find (past a corrupt header or a stray zero block it searches for the next valid header) and reads the shard
+  forward: the sample being read when the damage comes (its remaining members may be the destroyed ones) and the
+  rest of the shard are skipped and counted like any bad sample. After a cut, the samples cut off cannot be known:
+  the sample being read counts as the one lost.
+- With offsets in the index, a sample whose byte range holds damage fails alone (a cut: every sample after it);
+  forward readers with an index lose the sample being read and the rest of the shard, as above.
+
+Local uncompressed shards are walked by seeking from header to header (payloads are not read); the end check
+reads only what follows the last member (about 10 KiB).
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import json
+import lzma
 import os
 import posixpath
 import re
@@ -288,6 +314,255 @@ def write_shards(
     return paths
 
 
+# --------------------------------------------------------------------------------------------------- tar walking
+
+
+class _TarDamage(Exception):
+    """The tar data of a shard is damaged at byte ``offset`` (of the uncompressed tar).
+
+    Attributes:
+        offset: where the damage is: the header that does not parse, the member whose data is cut short, the
+            misplaced zero block, or where the file ends without its end-of-archive marker.
+        what: what is wrong there.
+        resume: where the next valid header may be searched for (None: the data ends at the damage).
+    """
+
+    def __init__(self, offset: int, what: str, resume: int | None = None) -> None:
+        super().__init__(f"at byte {offset}: {what}")
+        self.offset = offset
+        self.what = what
+        self.resume = resume
+
+
+def _cut_short(info: tarfile.TarInfo, end: int) -> _TarDamage:
+    return _TarDamage(
+        info.offset,
+        f"the data of member {info.name!r} ({info.size} bytes from byte {info.offset_data}) runs past the end of "
+        f"the data at byte {end}: the shard was cut short",
+    )
+
+
+class _Blocks:
+    """A forward-only byte stream (a pipe, an http response, a decompressor) for the tar walker.
+
+    It counts its position, seeks forward by reading and dropping, and can go back over the bytes of its last read
+    (to parse a header found while resynchronising after damage). ``prefix``: bytes already read from ``raw``.
+    """
+
+    def __init__(self, raw: Any, prefix: bytes = b"") -> None:
+        self.raw = raw
+        self.pos = 0
+        self._back = prefix  # handed out again before reading raw
+        self.last = b""  # the bytes just before pos, as last read
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:
+            return b""
+        parts = [self._back[:n] if n >= 0 else self._back]
+        self._back = self._back[len(parts[0]) :]
+        got = len(parts[0])
+        while n < 0 or got < n:
+            chunk = self.raw.read(n - got if n >= 0 else 1 << 20)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        data = b"".join(parts)
+        self.pos += len(data)
+        self.last = data
+        return data
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0:
+            raise OSError("_Blocks seeks to absolute positions only")
+        if pos < self.pos:
+            back = self.pos - pos
+            if back > len(self.last):
+                raise OSError(f"cannot seek back from byte {self.pos} to {pos} in a stream")
+            self._back = self.last[len(self.last) - back :] + self._back
+            self.last = b""
+            self.pos = pos
+        while self.pos < pos and self.read(min(pos - self.pos, 1 << 20)):
+            pass
+        return self.pos
+
+
+def _decompressed(raw: Any) -> _Blocks:
+    """``raw`` (read forward) as the bytes of its tar: gzip, bzip2 and xz are recognised by their magic bytes."""
+    head = _Blocks(raw).read(6)
+    source: Any = _Blocks(raw, prefix=head)  # what the decompressors read (typed for real files)
+    if head.startswith(b"\x1f\x8b"):
+        return _Blocks(gzip.GzipFile(fileobj=source, mode="rb"))
+    if head.startswith(b"BZh"):
+        return _Blocks(bz2.BZ2File(source))
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return _Blocks(lzma.LZMAFile(source))
+    return source
+
+
+class _TarWalker:
+    """A strict walk over the members of one tar file: it ends at a proper end of archive, or raises `_TarDamage`.
+
+    Python's `tarfile` iteration (and webdataset's, built on it) ends quietly at a header that does not parse, at a
+    zero block anywhere and wherever the file ends, so a damaged shard reads as a shorter one. Here the archive
+    ends only at a zero block followed by nothing but zeros to the end of the file (the second zero block of the
+    end-of-archive marker and the padding to a record; a lone zero block is accepted, as tar does). Damage is: a
+    header that does not parse (bad checksum, garbage), a member whose data runs past the end of the file (a short
+    read), a file that ends at or inside a header without the end marker (cut at a member boundary), a zero block
+    with data after it.
+
+    Args:
+        fileobj: the open shard: a local uncompressed file with ``size`` (only headers are read, payloads are
+            skipped by seeking), or anything readable forward with ``size=None`` (pipes, http, compressed files:
+            gzip, bzip2 and xz are decompressed).
+        size: the file size, for local files.
+    """
+
+    def __init__(self, fileobj: Any, size: int | None) -> None:
+        self.size = size
+        file: Any = fileobj if size is not None else _decompressed(fileobj)
+        self.file = file
+        try:  # TarFile parses the first header here
+            self.tar = tarfile.TarFile(fileobj=file, mode="r")
+        except Exception as exn:
+            raise _TarDamage(0, f"no tar header at the start of the file ({type(exn).__name__}: {exn})") from exn
+        self._first = True
+        self._last: tarfile.TarInfo | None = None  # the last member parsed
+
+    @classmethod
+    def open(cls, url: str) -> tuple[_TarWalker, Any]:
+        """A walker over the shard at ``url`` and the stream to close after it (OSError if it cannot be opened)."""
+        if seekable(url):
+            stream: Any = open(_local_path(url), "rb")  # noqa: SIM115 (closed by the caller)
+            size: int | None = os.fstat(stream.fileno()).st_size
+        else:
+            stream, size = wds_open(url, "rb"), None
+        try:
+            return cls(stream, size), stream
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stream.close()
+            raise
+
+    def members(self, start: int = 0) -> Iterator[tarfile.TarInfo]:
+        """Every member from the header at byte ``start`` on, then a check of the end of the archive."""
+        pos = start
+        while True:
+            info = self._header(pos)
+            if info is None:
+                self._check_end(pos)
+                return
+            pos = self.tar.offset  # where the next header starts (set by the parse)
+            yield info
+
+    def read_data(self, info: tarfile.TarInfo) -> bytes:
+        """The payload of the member just yielded by `members`."""
+        try:
+            file = self.tar.extractfile(info)
+            assert file is not None  # a regular member
+            return file.read()
+        except tarfile.ReadError as exn:
+            if "unexpected end of data" in str(exn):
+                raise _cut_short(info, self.file.tell()) from exn
+            raise _TarDamage(info.offset, f"cannot read the data of member {info.name!r} ({exn})") from exn
+        except Exception as exn:
+            raise _TarDamage(info.offset, f"cannot read the data of member {info.name!r} ({type(exn).__name__}: "
+                             f"{exn})") from exn
+
+    def _goto(self, pos: int) -> int:
+        """Move to ``pos``; returns the position reached (less where the data ends before)."""
+        if self.size is not None:
+            self.file.seek(min(pos, self.size))
+            return min(pos, self.size)
+        return int(self.file.seek(pos))
+
+    def _header(self, pos: int) -> tarfile.TarInfo | None:
+        """The member whose header starts at ``pos`` (None: a zero block there); raises `_TarDamage`."""
+        try:
+            if self._first and pos == 0:
+                self._first = False
+                info = self.tar.next()  # parsed by the constructor; None: a zero block
+                if info is None:
+                    self._goto(tarfile.BLOCKSIZE)
+                    return None
+            else:
+                reached = self._goto(pos)
+                if reached < pos:  # the data (or the padding) of the previous member is cut short
+                    last = self._last
+                    if last is not None and reached < last.offset_data + last.size:
+                        raise _cut_short(last, reached)
+                    raise _TarDamage(pos, f"the data ends at byte {reached}, before this header and without the "
+                                          "end-of-archive marker (two zero blocks): the shard was cut short")
+                info = self.tar.tarinfo.fromtarfile(self.tar)
+        except _TarDamage:
+            raise
+        except tarfile.HeaderError as exn:
+            block = self._block_at(pos)
+            if block is not None and len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0"):
+                return None  # a zero block
+            if block == b"":
+                raise _TarDamage(pos, "the data ends here, without the end-of-archive marker (two zero blocks): "
+                                      "the shard was cut short") from exn
+            if block is not None and len(block) < tarfile.BLOCKSIZE:
+                raise _TarDamage(pos, "the data ends inside this tar header: the shard was cut short") from exn
+            raise _TarDamage(pos, f"no valid tar header here ({exn})", resume=pos + tarfile.BLOCKSIZE) from exn
+        except Exception as exn:  # a header extension that does not parse, a decompression error
+            raise _TarDamage(pos, f"cannot read a tar header here ({type(exn).__name__}: {exn})",
+                             resume=pos + tarfile.BLOCKSIZE) from exn
+        # A member whose data is cut short is still handed out: its header was read, its sample has begun (the data
+        # fails in `read_data`, or when the walk moves on to the next header).
+        self._last = info
+        return info
+
+    def _block_at(self, pos: int) -> bytes | None:
+        """The (up to) 512 bytes at ``pos`` after a header there failed to parse; None if a stream cannot tell."""
+        if self.size is not None:
+            self.file.seek(pos)
+            return bytes(self.file.read(tarfile.BLOCKSIZE))
+        last = self.file.last
+        return last if self.file.pos - len(last) == pos and len(last) <= tarfile.BLOCKSIZE else None
+
+    def _check_end(self, pos: int) -> None:
+        """A zero block is at ``pos``: the rest of the file must be zeros too."""
+        at = self._goto(pos + tarfile.BLOCKSIZE)
+        try:
+            while chunk := self.file.read(1 << 16):
+                rest = chunk.lstrip(b"\0")
+                if rest:
+                    more = at + len(chunk) - len(rest)
+                    raise _TarDamage(pos, f"a zero block (the end-of-archive marker) before the end of the data: "
+                                          f"more data follows at byte {more}", resume=more - more % tarfile.BLOCKSIZE)
+                at += len(chunk)
+        except _TarDamage:
+            raise
+        except Exception as exn:
+            raise _TarDamage(at, f"cannot read the data here ({type(exn).__name__}: {exn})") from exn
+
+    def resync(self, start: int) -> int | None:
+        """The offset of the first block at or after ``start`` that holds a valid tar header; None: none is left.
+
+        Random bytes pass the header checksum with a negligible chance; a payload that is itself a tar file would.
+        """
+        pos = start
+        if self.size is None and pos < self.file.pos - len(self.file.last):  # a stream goes back one read at most
+            pos = -(-self.file.pos // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        with contextlib.suppress(Exception):  # a read error: nothing more can be found
+            if self._goto(pos) < pos:
+                return None
+            while len(block := self.file.read(tarfile.BLOCKSIZE)) == tarfile.BLOCKSIZE:
+                if block.count(0) != tarfile.BLOCKSIZE:
+                    try:
+                        tarfile.TarInfo.frombuf(block, self.tar.encoding, self.tar.errors)
+                        return pos
+                    except tarfile.HeaderError:
+                        pass
+                pos += tarfile.BLOCKSIZE
+        return None
+
+
 # --------------------------------------------------------------------------------------------------- counting
 
 
@@ -296,13 +571,13 @@ class _KeyCounter:
 
     def __init__(self) -> None:
         self.count = 0
-        self._key: str | None = None
+        self.key: str | None = None
 
     def feed(self, fname: str) -> bool:
         """Count ``fname``'s member; True when it starts a new sample."""
         prefix, _ = tariterators.base_plus_ext(fname)
-        if prefix is not None and prefix != self._key:
-            self._key = prefix
+        if prefix is not None and prefix != self.key:
+            self.key = prefix
             self.count += 1
             return True
         return False
@@ -316,53 +591,106 @@ def _grouped(info: tarfile.TarInfo) -> bool:
     return not ("/" not in name and name.startswith(tariterators.meta_prefix) and name.endswith(tariterators.meta_suffix))
 
 
-def _scan_local(path: str) -> tuple[int, list[int]]:
-    # Random-access mode seeks over payloads: only the 512-byte headers are read.
-    counter = _KeyCounter()
-    offsets: list[int] = []
-    end = 0
-    with tarfile.open(path, mode="r:*") as tar:
-        for info in tar:
-            if not _grouped(info) or tariterators.base_plus_ext(info.name)[0] is None:
-                continue
-            if counter.feed(info.name):
-                offsets.append(info.offset)
-            end = tar.offset  # tarfile has just moved past this member's data
-    return counter.count, [*offsets, end]
+class _Scan:
+    """What one walk over a shard's headers found: samples, their offsets, the first damage."""
+
+    def __init__(self) -> None:
+        self.counter = _KeyCounter()
+        self.offsets: list[int] = []
+        self.end = 0  # where the data of the last sample ends
+        self.damage: _TarDamage | None = None
+        self.last_key: str | None = None  # the last sample key read before the damage
+        self.before = 0  # samples seen before the damage (the last of them may be incomplete)
+
+    def run(self, walker: _TarWalker, *, resync: bool) -> _Scan:
+        """Count; at damage stop, or (``resync``) count on from the next valid header to know what is lost."""
+        start = 0
+        while True:
+            try:
+                for info in walker.members(start):
+                    if not _grouped(info) or tariterators.base_plus_ext(info.name)[0] is None:
+                        continue
+                    if self.counter.feed(info.name):
+                        self.offsets.append(info.offset)
+                    self.end = walker.tar.offset  # past this member's data
+                return self
+            except _TarDamage as exn:
+                if self.damage is None:
+                    # A copy without the traceback: kept, that would hold every frame up to the caller's (a loader's).
+                    self.damage = _TarDamage(exn.offset, exn.what, exn.resume)
+                    self.last_key, self.before = self.counter.key, self.counter.count
+                found = walker.resync(exn.resume) if resync and exn.resume is not None else None
+                if found is None:
+                    return self
+                start = found
 
 
-def _count_stream(url: str) -> int:
-    counter = _KeyCounter()
+def _damage_message(damage: _TarDamage, last_key: str | None) -> str:
+    after = f"after sample {last_key!r}" if last_key is not None else "before its first sample"
+    return f"the shard is damaged at byte {damage.offset}, {after}: {damage.what}"
 
-    def select(fname: str) -> bool:
-        counter.feed(fname)
-        return False  # never extract: the payload is skipped, not kept
 
-    stream = wds_open(url, "rb")
+_REWRITE = "Rewrite the shard (from its source), or leave it out of the URL list"
+
+
+def _scan(
+    url: str,
+    *,
+    skip_damaged: bool = False,
+    warn: Callable[[str], None] | None = None,
+    advice: str = _REWRITE,
+) -> tuple[int, list[int] | None]:
+    """(samples, sample offsets) of one shard from its tar headers; offsets only where `seekable`.
+
+    A damaged shard raises `DataError` (its message ends with ``advice``), or with ``skip_damaged`` warns and
+    counts every sample it can find, with no offsets: readers then read it forward up to the damage and count the
+    rest as skipped.
+    """
+    scan = _Scan()
     try:
-        for _ in tariterators.tar_file_iterator(stream, select_files=select):
-            pass
-    finally:
-        stream.close()
-    return counter.count
-
-
-def _scan(url: str) -> tuple[int, list[int] | None]:
-    """(samples, sample offsets) of one shard from its tar headers; offsets only where `seekable`."""
-    try:
-        if seekable(url):
-            return _scan_local(_local_path(url))
-        return _count_stream(url), None
+        walker, stream = _TarWalker.open(url)
+    except _TarDamage as exn:  # the first header
+        scan.damage = _TarDamage(exn.offset, exn.what)
     except Exception as exn:
         raise DataError(
             f"cannot count the samples of the shard ({type(exn).__name__}: {exn}); is it missing, corrupt or "
             "truncated? Rewrite the shard or leave it out",
             url=url,
         ) from exn
+    else:
+        try:
+            scan.run(walker, resync=skip_damaged)
+        except Exception as exn:
+            raise DataError(
+                f"cannot count the samples of the shard ({type(exn).__name__}: {exn}); rewrite the shard or leave "
+                "it out",
+                url=url,
+            ) from exn
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+    if scan.damage is None:
+        return scan.counter.count, [*scan.offsets, scan.end] if seekable(url) else None
+    message = _damage_message(scan.damage, scan.last_key)
+    if not skip_damaged:
+        raise DataError(f"{message}. {advice}", url=url)
+    # At least one: a shard damaged before its first sample still shows up as one skipped sample.
+    count = max(scan.counter.count, 1)
+    lost = count - max(scan.before - 1, 0)
+    unknown = "" if scan.damage.resume is not None else " (and those cut off, which cannot be counted without an index)"
+    (warn or warnings.warn)(
+        f"{message} (shard {url!r}); it will be read up to the damage, and {lost} of the {count} samples found"
+        f"{unknown} will be skipped and counted (on_error='skip'); rewrite the shard"
+    )
+    return count, None
 
 
 def count_samples(url: str) -> int:
-    """Number of samples in one shard, from its tar headers (payloads are not decoded or kept)."""
+    """Number of samples in one shard, from its tar headers (payloads are not decoded or kept).
+
+    Raises:
+        DataError: the shard is missing, or damaged (see `build_index`).
+    """
     return _scan(url)[0]
 
 
@@ -377,13 +705,30 @@ def build_index(urls: str | Sequence[str], *, path: str | None = None, write: bo
     Returns:
         The index dict (same content as `write_shards` writes).
 
+    Raises:
+        DataError: a shard is missing or damaged (a header that does not parse, data cut short, no end-of-archive
+            marker, a zero block before the end): the error names the shard, the byte and the last sample key read
+            before the damage. No index is written.
+
     Example:
         >>> build_index("data/train-{000000..000006}.tar")["total"]  # doctest: +SKIP
         180
     """
     expanded = expand_urls(urls)
     path = path or default_index_path(expanded)
-    scans = [_scan(u) for u in expanded]
+    scans: list[tuple[int, list[int] | None]] = []
+    errors: list[DataError] = []
+    for url in expanded:  # every shard, so that one error names all the bad ones
+        try:
+            scans.append(_scan(url))
+        except DataError as exn:
+            errors.append(exn)
+    if len(errors) == 1:
+        raise errors[0]  # an index never holds the counts of a damaged shard
+    if errors:
+        lines = "\n".join(f"  {exn}" for exn in errors)
+        raise DataError(f"{len(errors)} of {len(expanded)} shards cannot be indexed; no index was written:\n{lines}",
+                        url=errors[0].url)
     index = _make_index(expanded, [c for c, _ in scans], [o for _, o in scans], path)
     if write:
         write_index(index, path)
@@ -416,7 +761,9 @@ def shard_layout(
     Args:
         urls: expanded shard URLs.
         index: explicit index path.
-        missing_ok: a shard that cannot be counted counts 0 samples instead of raising (``on_error="skip"``).
+        missing_ok: a shard that cannot be opened counts 0 samples, and a damaged one the samples its headers
+            show (see "Damaged shards" in the module docstring), with a warning instead of an error
+            (``on_error="skip"``).
         warn: where warnings go (default `warnings.warn`).
     """
     warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
@@ -454,7 +801,9 @@ def shard_layout(
                 )
         else:
             try:
-                count, offs = _scan(url)
+                count, offs = _scan(url, skip_damaged=missing_ok, warn=warn, advice=(
+                    f"{_REWRITE}; on_error='skip' reads it up to the damage and skips and counts the samples after it"
+                ))
             except DataError as exn:
                 if not missing_ok:
                     raise
@@ -472,17 +821,15 @@ class _StopShard(Exception):
     """Raised from the file selector once no wanted sample is left in the shard: stop reading it."""
 
 
-def _stop_or_raise(exn: Exception) -> bool:
-    if isinstance(exn, _StopShard):
-        return False  # tar_file_iterator then ends quietly
-    raise exn
-
-
 class ShardReader:
     """Forward-only reader of chosen samples of one shard, by their position in the shard.
 
-    Only members of wanted samples are extracted; everything else is skipped in the tar stream without being
-    kept or decoded. Reading stops at the header that follows the last wanted sample.
+    Only members of wanted samples are extracted; everything else is skipped (seeked over in local files) without
+    being kept or decoded. Reading stops at the header that follows the last wanted sample.
+
+    The tar is walked strictly (`_TarWalker`): damage (a header that does not parse, data cut short, a missing
+    end-of-archive marker, a zero block before the end) raises for the sample being read and every later one; the
+    sample being read when the damage comes is not returned, as its remaining members may be the ones destroyed.
 
     Args:
         url: shard URL (anything ``webdataset.gopen`` opens).
@@ -519,7 +866,9 @@ class ShardReader:
 
     def _open(self, index: int) -> None:
         try:
-            self._stream = wds_open(self.url, "rb")
+            walker, self._stream = _TarWalker.open(self.url)
+        except _TarDamage:
+            raise
         except Exception as exn:
             raise DataError(
                 f"cannot open the shard ({type(exn).__name__}: {exn}); check that it exists and is readable, "
@@ -527,9 +876,18 @@ class ShardReader:
                 url=self.url,
                 key=self._where(index),
             ) from exn
-        self._files = tariterators.tar_file_iterator(
-            self._stream, handler=_stop_or_raise, select_files=self._select
-        )
+        self._files = self._members(walker)
+
+    def _members(self, walker: _TarWalker) -> Iterator[dict[str, Any]]:
+        for info in walker.members():
+            if not _grouped(info):
+                continue
+            try:
+                wanted = self._select(info.name)
+            except _StopShard:
+                return
+            if wanted:
+                yield {"fname": info.name, "data": walker.read_data(info)}
 
     def _where(self, index: int) -> str:
         key = self._keys.get(index)
@@ -560,6 +918,14 @@ class ShardReader:
             raise self._failed from exn
 
     def _read_error(self, exn: Exception, index: int) -> DataError:
+        if isinstance(exn, _TarDamage):
+            return DataError(
+                f"the shard is damaged {exn}; this sample and the rest of the shard cannot be read: rewrite the "
+                "shard (and rebuild its index if it has one, `dltrain shards index URLS...`), or use "
+                "on_error='skip' to skip and count them",
+                url=self.url,
+                key=self._where(index),
+            )
         return DataError(
             f"cannot read the shard ({type(exn).__name__}: {exn}); it is corrupt or truncated: rewrite it, "
             "or use on_error='skip' to skip the rest of it",
@@ -698,6 +1064,14 @@ class IndexedShardReader:
             self._read(self._tar, start, stop, sample)
         except DataError:
             raise
+        except _TarDamage as exn:
+            raise DataError(
+                f"the shard is damaged {exn}; rewrite the shard (and rebuild the index if the shard was rewritten "
+                "after indexing, `dltrain shards index URLS...`), or use on_error='skip' to skip the samples that "
+                "cannot be read",
+                url=self.url,
+                key=sample.get("__key__") or self._where(index),
+            ) from exn
         except _Mismatch as exn:
             raise DataError(
                 f"the index does not match the shard: sample #{index} should be the tar members at bytes "
@@ -719,7 +1093,7 @@ class IndexedShardReader:
                 info = tar.tarinfo.fromtarfile(tar)  # one member, with its PAX/GNU extension headers
             except tarfile.HeaderError as exn:
                 if pos + tarfile.BLOCKSIZE > self._size:
-                    raise  # cut short by the end of the file: a truncated shard
+                    raise _TarDamage(pos, "the data ends inside this tar header: the shard was cut short") from exn
                 raise _Mismatch(f"byte {pos} holds no tar header ({exn})") from exn
             pos = tar.offset  # where the next header starts
             if not _grouped(info):
@@ -733,6 +1107,8 @@ class IndexedShardReader:
             suffix = suffix.lower()
             if suffix in sample:
                 raise DataError(f"duplicate field {suffix!r} in one sample", url=self.url, key=key)
+            if info.offset_data + info.size > self._size:
+                raise _cut_short(info, self._size)
             file = tar.extractfile(info)
             assert file is not None  # a regular member
             sample[suffix] = file.read()
