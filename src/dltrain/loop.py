@@ -302,11 +302,12 @@ class FitLoop:
             state.stepped = state.global_step != steps_before
         else:
             is_step = is_last or (batch_idx + 1) % t.accumulate_grad_batches == 0
+            window_start = batch_idx % t.accumulate_grad_batches == 0
             if is_step or not t._strategy_wraps_module:
-                output = self._forward_backward(batch, batch_idx, hooks)
+                output = self._forward_backward(batch, batch_idx, hooks, window_start)
             else:  # inside an accumulation window: no gradient all-reduce
                 with t.fabric.no_backward_sync(t._fabric_module, enabled=True):
-                    output = self._forward_backward(batch, batch_idx, hooks)
+                    output = self._forward_backward(batch, batch_idx, hooks, window_start)
             state.stepped = False
             if is_step and t.optimizers:
                 self._optimizer_step(batch_idx, hooks)
@@ -318,10 +319,18 @@ class FitLoop:
             self._log_step()
         return False
 
-    def _forward_backward(self, batch: Any, batch_idx: int, hooks: _TrainHooks) -> Any:
+    def _forward_backward(self, batch: Any, batch_idx: int, hooks: _TrainHooks, window_start: bool) -> Any:
         t = self.trainer
         output = self.path.run(batch, batch_idx)
         loss = loss_of(output, batch_idx)
+        if window_start and t.optimizers:  # Lightning zeroes the gradients here: after the step, before backward
+            optimizer = t.optimizers[0]
+            for hook in hooks.before_zero_grad:
+                hook(optimizer)
+            if hooks.optimizer_zero_grad is not None:
+                hooks.optimizer_zero_grad(self.state.epoch, batch_idx, optimizer)
+            else:
+                optimizer.zero_grad(set_to_none=True)
         if loss is not None and t.on_nonfinite_loss != "ignore" and self.nonfinite.skip(loss, batch_idx):
             loss = None  # on_nonfinite_loss="skip": no backward from this batch
         if loss is None and t._strategy_wraps_module and t.world_size > 1:
@@ -358,12 +367,6 @@ class FitLoop:
             optimizer.step()
         else:
             t._fabric_optimizers[0].step()
-        for hook in hooks.before_zero_grad:
-            hook(optimizer)
-        if hooks.optimizer_zero_grad is not None:
-            hooks.optimizer_zero_grad(state.epoch, batch_idx, optimizer)
-        else:
-            optimizer.zero_grad(set_to_none=True)
         state.global_step += 1
         state.stepped = True
         for config in t.lr_scheduler_configs:

@@ -351,6 +351,15 @@ class Trainer:
         return next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
 
     @property
+    def profiler(self) -> Any:
+        """The profiler callback (``Trainer(profiler=...)``), or one that measures nothing: ``with
+        trainer.profiler.profile("name"):`` works either way."""
+        from dltrain.callbacks.profiler import PassThroughProfiler, PyTorchProfiler, SimpleProfiler
+
+        found = next((c for c in self.callbacks if isinstance(c, (SimpleProfiler, PyTorchProfiler))), None)
+        return found if found is not None else PassThroughProfiler()
+
+    @property
     def estimated_stepping_batches(self) -> float:
         """Optimizer steps the whole fit will take (for schedulers such as OneCycleLR)."""
         per_epoch = math.ceil(self.num_training_batches / self.accumulate_grad_batches)
@@ -738,13 +747,14 @@ class Trainer:
                     on_before_batch_transfer, transfer_batch_to_device, on_after_batch_transfer    task
                     on_train_batch_start                 callbacks, task (the task's -1 ends the epoch)
                     training_step                        task
+                    at the first batch of an accumulation window:
+                        on_before_zero_grad              callbacks, task
+                        optimizer_zero_grad              task
                     on_before_backward, backward, on_after_backward      callbacks, task
                     every accumulate_grad_batches batches, and at the epoch's last batch:
                         on_before_optimizer_step         callbacks, task
                         configure_gradient_clipping      task (gradient_clip_val)
                         optimizer_step                   task
-                        on_before_zero_grad              callbacks, task
-                        optimizer_zero_grad              task
                         step-interval LR schedulers      (lr_scheduler_step)
                     on_train_batch_end                   callbacks, task
                     step values to the loggers           every log_every_n_steps optimizer steps

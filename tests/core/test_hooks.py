@@ -88,11 +88,12 @@ def test_fit_hook_order(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=1, callbacks=[Recorder(calls)], accumulate_grad_batches=2,
                             num_sanity_val_steps=1, gradient_clip_val=1.0)
     trainer.fit(RecordingTask(calls))
-    batch = ["task.on_before_batch_transfer", "task.transfer_batch_to_device", "task.on_after_batch_transfer",
-             *both("on_train_batch_start"), "task.training_step", *both("on_before_backward"),
-             *both("on_after_backward")]
-    step = [*both("on_before_optimizer_step"), "task.configure_gradient_clipping", "task.optimizer_step",
-            *both("on_before_zero_grad"), "task.optimizer_zero_grad"]
+    transfer = ["task.on_before_batch_transfer", "task.transfer_batch_to_device", "task.on_after_batch_transfer"]
+    backward = [*both("on_before_backward"), *both("on_after_backward")]
+    zero = [*both("on_before_zero_grad"), "task.optimizer_zero_grad"]  # first batch of a window, as Lightning
+    window_start = [*transfer, *both("on_train_batch_start"), "task.training_step", *zero, *backward]
+    batch = [*transfer, *both("on_train_batch_start"), "task.training_step", *backward]
+    step = [*both("on_before_optimizer_step"), "task.configure_gradient_clipping", "task.optimizer_step"]
     val_batch = ["task.on_before_batch_transfer", "task.transfer_batch_to_device", "task.on_after_batch_transfer",
                  *both("on_validation_batch_start"), "task.validation_step", *both("on_validation_batch_end")]
 
@@ -111,9 +112,9 @@ def test_fit_hook_order(tmp_path):
         "cb.on_sanity_check_start", *validation(1), "cb.on_sanity_check_end",
         *both("on_train_start"),
         *both("on_train_epoch_start"),
-        *batch, *both("on_train_batch_end"),
+        *window_start, *both("on_train_batch_end"),
         *batch, *step, *both("on_train_batch_end"),
-        *batch, *both("on_train_batch_end"),
+        *window_start, *both("on_train_batch_end"),
         *batch, *step, *both("on_train_batch_end"),
         *validation(2),
         "task.on_train_epoch_end", "cb.on_train_epoch_end",
@@ -144,9 +145,9 @@ def test_fit_docstring_lists_the_hooks_in_order():
     doc = dltrain.Trainer.fit.__doc__
     order = ["prepare_data", "setup(\"fit\")", "configure_model", "configure_optimizers", "on_fit_start",
              "on_sanity_check_start", "on_train_start", "on_train_epoch_start", "on_before_batch_transfer",
-             "on_after_batch_transfer", "on_train_batch_start", "training_step", "on_before_backward",
-             "on_after_backward", "on_before_optimizer_step", "optimizer_step", "on_before_zero_grad",
-             "on_train_batch_end", "on_validation_model_eval", "on_validation_start", "on_validation_epoch_start",
+             "on_after_batch_transfer", "on_train_batch_start", "training_step", "on_before_zero_grad",
+             "on_before_backward",
+             "on_after_backward", "on_before_optimizer_step", "optimizer_step", "on_train_batch_end", "on_validation_model_eval", "on_validation_start", "on_validation_epoch_start",
              "validation_step", "on_validation_epoch_end", "on_validation_end", "on_validation_model_train",
              "on_train_epoch_end", "on_train_end", "on_fit_end", "teardown(\"fit\")"]
     positions = [doc.index(name) for name in order]

@@ -78,11 +78,8 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "d_finetuning": ([], []),
     "e_rl_iterable": ([], []),
     "f_multi_val": ([], []),
-    "g_profiler": ([], [_missing("trainer.profiler (the Trainer's profiler object; profiler='simple' itself runs)")]),
-    "h_hook_order": ([], [_missing(
-        "Lightning's on_before_zero_grad position: Lightning calls it before training_step's backward (zero_grad "
-        "opens the optimization closure); dltrain calls it after optimizer.step"
-    )]),
+    "g_profiler": ([], []),
+    "h_hook_order": ([], []),
     "i_hparams_checkpoint": ([], []),
     "j_limits": ([], []),
     "k_predict": ([], []),

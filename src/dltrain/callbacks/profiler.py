@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TextIO
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
     from dltrain.task import Task
     from dltrain.trainer import Trainer
 
-__all__ = ["PyTorchProfiler", "SimpleProfiler", "make_profiler"]
+__all__ = ["PassThroughProfiler", "PyTorchProfiler", "SimpleProfiler", "make_profiler"]
 
 
 def make_profiler(profiler: Any) -> Callback:
@@ -28,6 +30,16 @@ def make_profiler(profiler: Any) -> Callback:
     if profiler == "pytorch":
         return PyTorchProfiler()
     raise ConfigurationError(f"profiler={profiler!r}: use 'simple', 'pytorch' or a dltrain profiler callback")
+
+
+class PassThroughProfiler:
+    """``trainer.profiler`` when no profiler was asked for: ``profile(action)`` measures nothing (Lightning's)."""
+
+    @contextmanager
+    def profile(self, action_name: str) -> Iterator[None]:
+        yield
+
+    def describe(self) -> None: ...
 
 
 class SimpleProfiler(Callback):
@@ -43,6 +55,18 @@ class SimpleProfiler(Callback):
         self.file = file
         self.timings: dict[str, list[float]] = defaultdict(list)
         self._open: dict[str, float] = {}
+
+    @contextmanager
+    def profile(self, action_name: str) -> Iterator[None]:
+        """Time a block of your own code under ``action_name`` (``with trainer.profiler.profile("decode"):``)."""
+        start = perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[action_name].append(perf_counter() - start)
+
+    def describe(self) -> None:
+        print(self.summary(), file=self.file or sys.stdout)
 
     def _start(self, name: str) -> None:
         self._open[name] = perf_counter()
@@ -117,6 +141,14 @@ class PyTorchProfiler(Callback):
         self.profiler_kwargs = profiler_kwargs
         self._profiler: Any = None
         self.trace_paths: list[Path] = []
+
+    @contextmanager
+    def profile(self, action_name: str) -> Iterator[None]:
+        """A named range of your own code in the trace (``torch.profiler.record_function``)."""
+        import torch.profiler
+
+        with torch.profiler.record_function(action_name):
+            yield
 
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
         import torch.profiler
