@@ -63,12 +63,14 @@ class Preemption(Callback):
         self.check_every_n_steps = check_every_n_steps
         self.received: int | None = None  # the first signal received, until it is acted on
         self._previous: dict[int, Any] = {}
+        self._distributed = False
 
     # ------------------------------------------------------------------ handlers
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         self.received = None
+        self._distributed = trainer.world_size > 1
         for name in self.signals:
             signum = getattr(signal, name)
             self._previous[signum] = signal.signal(signum, self._handle)
@@ -89,9 +91,11 @@ class Preemption(Callback):
 
     # ------------------------------------------------------------------ acting on it
     def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not trainer.loop_state.stepped:
-            return  # only at an optimizer-step boundary: a checkpoint inside an accumulation window is not exact
-        if trainer.world_size > 1:
+        # Per step, one process: two attribute reads. Only at an optimizer-step boundary: a checkpoint inside an
+        # accumulation window is not exact.
+        if not (self._distributed or self.received) or not trainer.loop_state.stepped:
+            return
+        if self._distributed:
             if trainer.global_step % self.check_every_n_steps:
                 return
             # Every rank reaches this step; they agree on the signal of the lowest rank that got one.
