@@ -198,3 +198,40 @@ def test_existing_config_is_not_overwritten(tmp_path):
         dltrain.CLI(CliTask, CliData, trainer_defaults=_defaults(tmp_path), args=args)
     dltrain.CLI(CliTask, CliData, trainer_defaults=_defaults(tmp_path), args=args,
                 save_config_kwargs={"overwrite": True})
+
+
+def test_dltrain_command_runs_fit_with_classes_by_path(tmp_path, monkeypatch):
+    """`dltrain fit --model module.Task --data module.Data ...`, as `lightning fit` does: modules in the current
+    folder import, arguments reach the task, the data module and the Trainer, the config is saved."""
+    (tmp_path / "cli_mod.py").write_text(
+        "import torch\n"
+        "from torch.utils.data import DataLoader, TensorDataset\n"
+        "import dltrain\n\n"
+        "class Reg(dltrain.Task):\n"
+        "    def __init__(self, lr: float = 0.1):\n"
+        "        super().__init__()\n"
+        "        self.save_hyperparameters()\n"
+        "        self.net = torch.nn.Linear(4, 1)\n"
+        "    def training_step(self, batch, batch_idx):\n"
+        "        x, y = batch\n"
+        "        return torch.nn.functional.mse_loss(self.net(x), y)\n"
+        "    def configure_optimizers(self):\n"
+        "        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)\n\n"
+        "class Data(dltrain.DataModule):\n"
+        "    def __init__(self, n: int = 32):\n"
+        "        super().__init__()\n"
+        "        self.n = n\n"
+        "    def train_dataloader(self):\n"
+        "        x = torch.randn(self.n, 4, generator=torch.Generator().manual_seed(0))\n"
+        "        return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from dltrain.cli import main
+
+    assert main(["fit", "--model", "cli_mod.Reg", "--data", "cli_mod.Data", "--model.lr", "0.05", "--data.n", "48",
+                 "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "runs")]) == 0
+    config = (tmp_path / "runs" / "config.yaml").read_text()
+    assert "lr: 0.05" in config and "n: 48" in config and "max_epochs: 2" in config
+    assert list((tmp_path / "runs").rglob("last.ckpt"))  # in the run's checkpoint folder

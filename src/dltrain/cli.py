@@ -3,6 +3,8 @@
 Example:
     $ dltrain shards index "data/train-{000000..000127}.tar"
     wrote data/train.index.json: 128 shards, 160000 samples, with sample offsets
+    $ dltrain fit --config config.yaml          # LightningCLI's subcommands, through dltrain.CLI
+    $ dltrain fit --model mymodule.MyTask --data mymodule.MyData --trainer.max_epochs 3
 """
 
 from __future__ import annotations
@@ -27,8 +29,27 @@ def _shards_index(args: argparse.Namespace) -> int:
     return 0
 
 
+_RUN_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _run(argv: list[str]) -> int:
+    """``dltrain fit|validate|test|predict ...``: dltrain.CLI with the task and data chosen by class path
+    (``--model``, ``--data``, or in ``--config``), as ``lightning fit ...`` does; modules in the current folder
+    import, as with ``python -m``."""
+    import os
+
+    from dltrain import CLI
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    CLI(args=argv)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dltrain", description="dltrain command line tools")
+    parser = argparse.ArgumentParser(
+        prog="dltrain", description="dltrain command line tools; also: dltrain {fit,validate,test,predict} --help "
+        "(a config CLI like LightningCLI, needs dltrain[cli])")
     sub = parser.add_subparsers(dest="command", required=True)
     shards = sub.add_parser("shards", help="work with tar shards")
     shards_sub = shards.add_subparsers(dest="shards_command", required=True)
@@ -47,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (errors from bad data print a message and return 1)."""
     from dltrain.errors import DltrainError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _RUN_COMMANDS:
+        return _run(argv)
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
