@@ -39,9 +39,21 @@ def source(trainer: Trainer, kind: str, given: Any, required: bool = True) -> An
     return None
 
 def wrap(trainer: Trainer, loader: Any, training: bool) -> Any:
+    """What the loop iterates: map-style loaders made distributed and resumable; several training loaders (a dict
+    or a list of loaders) combined by `dltrain.data.CombinedLoader`, each wrapped."""
+    from dltrain.data.combined import CombinedLoader
+
+    several = isinstance(loader, Mapping) or (isinstance(loader, (list, tuple)) and not _is_batch_list(loader))
+    if training and several:
+        loader = CombinedLoader(loader)
+    if isinstance(loader, CombinedLoader):
+        loader.loaders = [wrap(trainer, child, training) for child in loader.loaders]
+        return loader
     if not trainer.use_distributed_sampler:
         return loader
-    return wrap_loader(loader, rank=trainer.global_rank, world_size=trainer.world_size, seed=trainer.seed, training=training)
+    return wrap_loader(loader, rank=trainer.global_rank, world_size=trainer.world_size, seed=trainer.seed,
+                       training=training)
+
 
 def wrap_all(trainer: Trainer, loaders: Any) -> list[Any]:
     """Evaluation loaders as a list (a list/tuple of loaders, a dict of loaders by name, or one loader)."""

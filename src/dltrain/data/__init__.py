@@ -10,6 +10,7 @@ See `dltrain.data.shards` for the index format and `dltrain.data.streaming` for 
 bad-data handling.
 """
 
+from dltrain.data.combined import CombinedLoader
 from dltrain.data.decoders import SAFE_DECODERS, UNSAFE_DECODERS, SampleDecoder
 from dltrain.data.shards import (
     build_index,
@@ -24,6 +25,7 @@ from dltrain.data.streaming import DataSkipWarning, StreamingDataLoader, Streami
 __all__ = [
     "SAFE_DECODERS",
     "UNSAFE_DECODERS",
+    "CombinedLoader",
     "DataSkipWarning",
     "SampleDecoder",
     "StreamingDataLoader",
