@@ -4,6 +4,7 @@ With no shards given, the data set is synthesised offline with espeak-ng (see ``
 x voice variants x speeds x pitches, with the test set spoken by voice variants held out from training.
 
     python examples/audio/train_kws.py
+    python examples/audio/train_kws.py --max-epochs 12 --resume   # continue the last run up to epoch 12
     torchrun --nproc_per_node=2 examples/audio/train_kws.py
 
 Your own shards: samples with an audio field (``flac``, ``wav`` or ``ogg``) and an integer ``cls``:
@@ -31,8 +32,15 @@ except ImportError:  # pragma: no cover
     from examples.audio import digits  # type: ignore[no-redef]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each default (not ``None``: the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", default="data/kws_digits",
                       help="where the synthesised shards go (reused when already there)")
@@ -47,20 +55,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="synthesise with at most this many voice variants (a tiny set for smoke tests)")
     data.add_argument("--sample-rate", type=int, default=16000, help="audio is resampled to this rate")
     data.add_argument("--clip-seconds", type=float, default=1.0, help="clips are cropped or padded to this")
-    data.add_argument("--num-workers", type=int, default=1, help="loader worker processes per rank")
+    data.add_argument("--workers", type=int, default=1, help="loader worker processes per rank")
+    data.add_argument("--num-workers", type=int, dest="workers", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=8)
-    train.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    train.add_argument("--max-epochs", type=int, default=8, help="train this many epochs (in all, with --resume)")
+    train.add_argument("--epochs", type=int, dest="max_epochs", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    train.add_argument("--max-steps", type=int, default=None,
+                       help="stop after this many optimizer steps (default: no limit)")
     train.add_argument("--batch-size", type=int, default=64, help="per rank")
-    train.add_argument("--lr", type=float, default=3e-3)
-    train.add_argument("--n-mels", type=int, default=40)
+    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warm-up, then cosine)")
+    train.add_argument("--n-mels", type=int, default=40, help="mel bands of the log-mel features")
     train.add_argument("--width", type=int, default=16, help="channels of the CNN's first block")
     train.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, bf16-true")
     train.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, mps")
     train.add_argument("--devices", default="auto", help="devices per node (under torchrun: its processes)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--output-dir", default="runs/kws", help="logs and checkpoints")
-    train.add_argument("--no-progress-bar", action="store_true", help="print one line per epoch instead")
+    train.add_argument("--seed", type=int, default=0, help="seeds the weights, the augmentations and the data order")
+    train.add_argument("--root-dir", default="runs/kws", help="logs and checkpoints")
+    train.add_argument("--output-dir", dest="root_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the newest complete checkpoint under --root-dir (fit(ckpt_path='last'))")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--no-progress-bar", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -80,7 +95,7 @@ class EpochSummary(dltrain.Callback):
         self.start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: dltrain.Trainer, task: dltrain.Task) -> None:
-        if trainer.is_global_zero and trainer.stage == "fit":
+        if trainer.is_global_zero and trainer.stage == "fit" and not trainer.sanity_checking:
             values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(values.items()))
             print(f"epoch {trainer.current_epoch}: {shown} ({time.perf_counter() - self.start:.0f}s)", flush=True)
@@ -88,19 +103,19 @@ class EpochSummary(dltrain.Callback):
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    dltrain.seed_everything(args.seed)  # first, before the model draws its initial weights
     devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     start = time.perf_counter()
     trainer = dltrain.Trainer(
-        max_epochs=args.epochs,
+        max_epochs=args.max_epochs,
         max_steps=args.max_steps,
         accelerator=args.accelerator,
         devices=devices,
         precision=args.precision,
         seed=args.seed,
-        default_root_dir=args.output_dir,
+        default_root_dir=args.root_dir,
         log_every_n_steps=10,
-        enable_checkpointing=False,
-        enable_progress_bar=not args.no_progress_bar,
+        enable_progress_bar=not args.no_progress,
         callbacks=[EpochSummary()],
     )
     say = print if trainer.is_global_zero else (lambda *a, **k: None)
@@ -130,12 +145,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             map=audio.transforms["train" if training else "eval"](**clip), collate_fn=audio.collate,
             shuffle=training, seed=args.seed, training=training, on_error="skip",
         )
-        return dataset.loader(num_workers=args.num_workers)
+        return dataset.loader(num_workers=args.workers)
 
     train_loader, val_loader, test_loader = loader("train", True), loader("val", False), loader("test", False)
     if train_loader is None:
         raise SystemExit("no training shards: give --train-shards or leave it out to synthesise the digits")
-    steps = len(train_loader) * args.epochs
+    steps = len(train_loader) * args.max_epochs
     if args.max_steps is not None:
         steps = min(steps, args.max_steps)
     task = audio.tasks["classification"](
@@ -150,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     say(f"{len(names)} classes, {sum(p.numel() for p in task.parameters()):,} parameters, "
         f"{len(train_loader)} batches of {args.batch_size} per epoch on each of {trainer.world_size} rank(s)",
         flush=True)
-    trainer.fit(task, train_loader, val_loader)
+    trainer.fit(task, train_loader, val_loader, ckpt_path="last" if args.resume else None)
     metrics: dict[str, float] = {}
     if test_loader is not None:
         metrics = trainer.test(task, test_loader)[0]

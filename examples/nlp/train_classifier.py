@@ -7,6 +7,7 @@ attention mask (optionally length-bucketed) and classified by a small transforme
 pooling. Prints validation accuracy and macro F1 next to the majority-class baseline.
 
     python examples/nlp/train_classifier.py
+    python examples/nlp/train_classifier.py --max-epochs 12 --resume   # continue the last run up to epoch 12
     torchrun --nproc_per_node=2 examples/nlp/train_classifier.py
     # your own data: shards with fields "txt" (UTF-8 text) and "cls" (integer label), e.g. written with
     #   dltrain.plugins.text.write_classification_shards([(text, label), ...], "data/train-%06d.tar")
@@ -35,36 +36,48 @@ from dltrain.plugins import text
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each default (not ``None``: the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     d = p.add_argument_group("data (default: stdlib docstrings labelled by package)")
     d.add_argument("--train-shards", default=None, help="your shards with 'txt' and 'cls' fields (brace pattern)")
     d.add_argument("--val-shards", default=None, help="validation shards (with --train-shards)")
     d.add_argument("--num-classes", type=int, default=None, help="number of labels (with --train-shards)")
     d.add_argument("--tokenizer", default=None, help="tokenizer.json to use (default: train one on train texts)")
-    d.add_argument("--vocab-size", type=int, default=2048)
+    d.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (when training one)")
     d.add_argument("--max-length", type=int, default=128, help="longer documents are truncated to this many tokens")
     d.add_argument("--bucket", type=int, default=4,
                    help="length bucketing: sort pools of BUCKET batches by length (1 = off)")
-    d.add_argument("--val-fraction", type=float, default=0.2)
-    d.add_argument("--data-dir", default=None)
+    d.add_argument("--val-fraction", type=float, default=0.2, help="source files held out for validation")
+    d.add_argument("--data-dir", default=None, help="where the shards go (default: <root-dir>/data-<hash>)")
     m = p.add_argument_group("model")
-    m.add_argument("--layers", type=int, default=2)
-    m.add_argument("--heads", type=int, default=4)
-    m.add_argument("--d-model", type=int, default=128)
-    m.add_argument("--dropout", type=float, default=0.1)
+    m.add_argument("--layers", type=int, default=2, help="transformer encoder blocks")
+    m.add_argument("--heads", type=int, default=4, help="attention heads")
+    m.add_argument("--d-model", type=int, default=128, help="embedding width")
+    m.add_argument("--dropout", type=float, default=0.1, help="dropout probability")
     t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--max-epochs", type=int, default=8)
-    t.add_argument("--max-steps", type=int, default=None)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--precision", default="32-true")
-    t.add_argument("--accelerator", default="auto")
-    t.add_argument("--devices", default="auto")
-    t.add_argument("--num-workers", type=int, default=1)
-    t.add_argument("--root-dir", default="runs/classifier")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--no-progress-bar", action="store_true")
+    t.add_argument("--batch-size", type=int, default=32, help="texts per batch per process")
+    t.add_argument("--max-epochs", type=int, default=8, help="train this many epochs (in all, with --resume)")
+    t.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps (default: no limit)")
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    t.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
+    t.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
+    t.add_argument("--devices", default="auto", help="number of devices per node, or 'auto'")
+    t.add_argument("--workers", type=int, default=1, help="loader worker processes per rank")
+    t.add_argument("--num-workers", type=int, dest="workers", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    t.add_argument("--root-dir", default="runs/classifier", help="logs, checkpoints, tokenizer, shards")
+    t.add_argument("--seed", type=int, default=0, help="seeds the weights, the dropout and the data order")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint under --root-dir (fit(ckpt_path='last'))")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress-bar", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -128,15 +141,16 @@ def make_loader(args: argparse.Namespace, urls: str | list[str], tok: text.TextT
     if args.bucket > 1:
         ds = StreamingDataset(urls, batch_size=args.batch_size * args.bucket, decode=text.DECODERS, map=transform,
                               collate_fn=list, shuffle=training, seed=args.seed, training=training)
-        return text.LengthBucketLoader(ds.loader(num_workers=args.num_workers), args.bucket,
+        return text.LengthBucketLoader(ds.loader(num_workers=args.workers), args.bucket,
                                        text.PadCollate(tok.pad_id), shuffle=training, seed=args.seed)
     ds = StreamingDataset(urls, batch_size=args.batch_size, decode=text.DECODERS, map=transform,
                           collate_fn=text.PadCollate(tok.pad_id), shuffle=training, seed=args.seed, training=training)
-    return ds.loader(num_workers=args.num_workers)
+    return ds.loader(num_workers=args.workers)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    dltrain.seed_everything(args.seed)  # first, before the model draws its initial weights
     t0 = time.time()
     info = prepare_data(args)
     tok = get_tokenizer(args, info)
@@ -151,11 +165,11 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = dltrain.Trainer(
         max_epochs=args.max_epochs, max_steps=args.max_steps, accelerator=args.accelerator, devices=devices,
         precision=args.precision, default_root_dir=args.root_dir, seed=args.seed, log_every_n_steps=20,
-        enable_progress_bar=not args.no_progress_bar, gradient_clip_val=1.0,
+        enable_progress_bar=not args.no_progress, gradient_clip_val=1.0,
     )
     if trainer.is_global_zero:
         print(f"classes: {info['classes']}; examples {info.get('sizes')}; data {json.dumps(info['stats'])}")
-    trainer.fit(task, train_loader, val_loader)
+    trainer.fit(task, train_loader, val_loader, ckpt_path="last" if args.resume else None)
     res = trainer.validate(task, val_loader)[0]
     out = {"val_acc": res.get("val/acc"), "val_f1": res.get("val/f1"), "majority_acc": info["majority"],
            "truncated_docs": res.get("data/truncated_docs"), "wall_s": round(time.time() - t0, 1)}

@@ -6,6 +6,7 @@ packed into fixed-length blocks (``write_lm_shards``) and streamed with ``Stream
 script prints validation bits per byte of the model and of a unigram byte model fitted on train, and a sample.
 
     python examples/nlp/train_gpt.py                       # ~ a few minutes on 2 CPU cores
+    python examples/nlp/train_gpt.py --max-steps 1600 --resume  # continue the last run up to step 1600
     torchrun --nproc_per_node=2 examples/nlp/train_gpt.py  # DDP, gloo on CPU
     python examples/nlp/train_gpt.py --text-files 'my_corpus/*.txt' --layers 6 --d-model 384 --context 256 \\
         --precision bf16-mixed --devices 1 --accelerator gpu
@@ -35,8 +36,15 @@ from dltrain.plugins import text
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # loader workers fork after the tokenizer ran
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each default (not ``None``: the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     d = p.add_argument_group("data (default: CPython's documentation text)")
     d.add_argument("--text-files", nargs="*", default=None,
                    help="your own UTF-8 text files or globs; one file = one document (split train/val by file)")
@@ -49,25 +57,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--max-docs", type=int, default=None, help="use only the first N documents (quick tests)")
     m = p.add_argument_group("model")
     m.add_argument("--context", type=int, default=128, help="context length in tokens")
-    m.add_argument("--layers", type=int, default=4)
-    m.add_argument("--heads", type=int, default=4)
-    m.add_argument("--d-model", type=int, default=128)
-    m.add_argument("--dropout", type=float, default=0.0)
+    m.add_argument("--layers", type=int, default=4, help="transformer blocks")
+    m.add_argument("--heads", type=int, default=4, help="attention heads")
+    m.add_argument("--d-model", type=int, default=128, help="embedding width")
+    m.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int, default=16, help="blocks per batch per process")
-    t.add_argument("--max-steps", type=int, default=800)
-    t.add_argument("--max-epochs", type=int, default=None)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--warmup-steps", type=int, default=50)
+    t.add_argument("--max-steps", type=int, default=800, help="optimizer steps in all (with --resume too)")
+    t.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs (default: no limit)")
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    t.add_argument("--warmup-steps", type=int, default=50, help="linear learning-rate warm-up steps")
     t.add_argument("--val-check-interval", type=int, default=None, help="validate every N steps (default: per epoch)")
-    t.add_argument("--limit-val-batches", type=int, default=None)
+    t.add_argument("--limit-val-batches", type=int, default=None,
+                   help="at most this many validation batches (default: all)")
     t.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
     t.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
     t.add_argument("--devices", default="auto", help="number of devices per node, or 'auto'")
-    t.add_argument("--num-workers", type=int, default=1, help="loader workers per process")
+    t.add_argument("--workers", type=int, default=1, help="loader worker processes per rank")
+    t.add_argument("--num-workers", type=int, dest="workers", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     t.add_argument("--root-dir", default="runs/gpt", help="logs, checkpoints, tokenizer.json")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--no-progress-bar", action="store_true")
+    t.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the sample")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint under --root-dir (fit(ckpt_path='last'))")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress-bar", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
     t.add_argument("--sample-tokens", type=int, default=120, help="tokens of generated text to print")
     return p.parse_args(argv)
 
@@ -138,6 +151,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    dltrain.seed_everything(args.seed)  # first, before the model draws its initial weights
     t_start = time.time()
     info = prepare_data(args)
     tokenizer = text.load_tokenizer(info["tokenizer"])
@@ -147,8 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 map=text.LMBlockTransform(tokenizer.vocab_size), collate_fn=text.lm_collate,
                                 shuffle=training, seed=args.seed, training=training)
 
-    train_loader = dataset(info["train"], True).loader(num_workers=args.num_workers)
-    val_loader = dataset(info["val"], False).loader(num_workers=args.num_workers)
+    train_loader = dataset(info["train"], True).loader(num_workers=args.workers)
+    val_loader = dataset(info["val"], False).loader(num_workers=args.workers)
 
     task = text.LanguageModelTask(
         tokenizer=tokenizer, context_length=args.context, n_layers=args.layers, n_heads=args.heads,
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = dltrain.Trainer(
         max_steps=args.max_steps, max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices,
         precision=args.precision, default_root_dir=args.root_dir, gradient_clip_val=1.0, seed=args.seed,
-        log_every_n_steps=25, enable_progress_bar=not args.no_progress_bar,
+        log_every_n_steps=25, enable_progress_bar=not args.no_progress,
         val_check_interval=args.val_check_interval, limit_val_batches=args.limit_val_batches,
     )
     if trainer.is_global_zero:
@@ -166,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"data: {json.dumps(info['stats'])}")
         print(f"model: {n_params / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, context {args.context}; "
               f"{len(train_loader)} train batches/epoch/process")
-    trainer.fit(task, train_loader, val_loader)
+    trainer.fit(task, train_loader, val_loader, ckpt_path="last" if args.resume else None)
     results = trainer.validate(task, val_loader)[0]
     out = {"val_bpb": results.get("val/bpb"), "val_ppl": results.get("val/ppl"),
            "baseline_bpb": info["baseline_bpb"], "wall_s": round(time.time() - t_start, 1)}

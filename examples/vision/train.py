@@ -5,6 +5,7 @@ with a fixed train/val/test split, a small CNN is trained for a few epochs, the 
 loss/accuracy plot is written next to the logs. About a minute on 2 CPU cores.
 
     python examples/vision/train.py
+    python examples/vision/train.py --max-epochs 20 --resume  # continue the last run up to epoch 20
     torchrun --nproc_per_node=2 examples/vision/train.py
 
 Your own data (ImageNet-style folders turned into shards with scripts/make_image_shards.py):
@@ -14,7 +15,7 @@ Your own data (ImageNet-style folders turned into shards with scripts/make_image
     torchrun --nproc_per_node=8 examples/vision/train.py \\
         --train-shards 'shards/imagenet/train-{000000..001281}.tar' \\
         --val-shards 'shards/imagenet/val-{000000..000049}.tar' \\
-        --model resnet50 --precision bf16-mixed --batch-size 256 --epochs 90 --workers 8 \\
+        --model resnet50 --precision bf16-mixed --batch-size 256 --max-epochs 90 --workers 8 \\
         --optimizer sgd --lr 0.1 --label-smoothing 0.1 --mixup 0.2 --cutmix 1.0
 """
 
@@ -161,10 +162,17 @@ def plot_metrics(metrics_csv: Path, out: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------------- main
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each default (not ``None``: the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Train an image classifier on shards (default: scikit-learn digits, written to shards first).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="Make shards from an ImageNet-style folder (class_name/image.jpg) with scripts/make_image_shards.py.",
     )
     data = p.add_argument_group("data")
@@ -183,28 +191,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model = p.add_argument_group("model and optimization")
     model.add_argument("--model", default="small-cnn", help="'small-cnn' or a torchvision model name (resnet18, ...)")
     model.add_argument("--weights", help="local file with pretrained weights (never downloaded)")
-    model.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    model.add_argument("--lr", type=float, default=3e-3)
-    model.add_argument("--weight-decay", type=float, default=5e-4)
-    model.add_argument("--warmup-steps", type=int, default=20)
-    model.add_argument("--label-smoothing", type=float, default=0.0)
+    model.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer")
+    model.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warm-up, then cosine)")
+    model.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
+    model.add_argument("--warmup-steps", type=int, default=20, help="linear learning-rate warm-up steps")
+    model.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the loss")
     model.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off), applied on the device")
     model.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off), applied on the device")
     run = p.add_argument_group("run")
-    run.add_argument("--epochs", type=int, default=12)
-    run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    run.add_argument("--limit-batches", type=int, help="at most this many train and val batches per epoch")
+    run.add_argument("--max-epochs", type=int, default=12, help="train this many epochs (in all, with --resume)")
+    run.add_argument("--epochs", type=int, dest="max_epochs", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: no limit)")
+    run.add_argument("--limit-batches", type=int,
+                     help="at most this many train and val batches per epoch (default: all)")
     run.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, mps")
     run.add_argument("--devices", default="auto", help="devices per node ('auto': torchrun's processes, else 1)")
     run.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, bf16-true")
     run.add_argument("--root-dir", default="runs/vision", help="logs, checkpoints and the plot go here")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="seeds the weights, the augmentations and the data order")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the newest complete checkpoint under --root-dir (fit(ckpt_path='last'))")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    # Seed first, before the model and the data pipeline draw any random number (as with Lightning's
+    # seed_everything): the same --seed then gives the same weights, augmentations and metrics.
+    dltrain.seed_everything(args.seed)
     started = time.perf_counter()
     own = args.train_shards is not None
     if own:
@@ -250,12 +265,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     devices: Any = int(args.devices) if str(args.devices).isdigit() else args.devices
     trainer = dltrain.Trainer(
-        max_epochs=args.epochs, max_steps=args.max_steps, accelerator=args.accelerator, devices=devices,
+        max_epochs=args.max_epochs, max_steps=args.max_steps, accelerator=args.accelerator, devices=devices,
         precision=args.precision, default_root_dir=args.root_dir, log_every_n_steps=5, seed=args.seed,
         limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,
         enable_progress_bar=not args.no_progress,
     )
-    trainer.fit(task, loader(train_urls, train_tf, True), loader(val_urls, eval_tf, False))
+    trainer.fit(task, loader(train_urls, train_tf, True), loader(val_urls, eval_tf, False),
+                ckpt_path="last" if args.resume else None)
     metrics = trainer.test(task, loader(test_urls, eval_tf, False))[0]
 
     if trainer.is_global_zero:

@@ -4,6 +4,10 @@ Only formats that cannot run code are decoded by default. Pickle-based formats (
 ``pt``) execute code when loaded, so they are decoded only when named in ``unsafe_decoders``; otherwise such a
 field raises a `DataError` saying how to opt in. Unknown extensions stay ``bytes``.
 
+The opt-in decoders really unpickle: ``pyd``/``pickle`` with ``pickle.loads`` and ``pth``/``pt`` with
+``torch.load(..., weights_only=False)`` (any pickled object, not only tensors). They are the one place where
+dltrain loads with ``weights_only=False``: checkpoints are always loaded with ``weights_only=True``.
+
 A field is looked up by its full extension first (``"seg.png"``), then by its last part (``"png"``), as
 webdataset does.
 """
@@ -51,6 +55,7 @@ def _pickle(data: bytes) -> Any:
 
 
 def _torch(data: bytes) -> Any:
+    """``pth``/``pt`` (opt-in only): ``torch.load(weights_only=False)``, which can run code from the data."""
     import torch
 
     return torch.load(io.BytesIO(data), weights_only=False)
@@ -73,7 +78,8 @@ class SampleDecoder:
     Args:
         decode: extra decoders by extension (plugins' ``decoders``); they take precedence over the built-in ones.
         unsafe_decoders: extensions among ``pyd``, ``pickle``, ``pth``, ``pt`` to decode although loading them
-            can run arbitrary code. Only name them for data you trust.
+            can run arbitrary code: ``pickle.loads``, and for ``pth``/``pt`` ``torch.load(weights_only=False)``
+            (not the ``weights_only=True`` of checkpoint loading). Only name them for data you trust.
 
     Example:
         >>> SampleDecoder()({"__key__": "a", "cls": b"3", "txt": b"hi"})
