@@ -201,6 +201,7 @@ class FitLoop:
             self._validate()  # due after the batch the checkpoint was taken at
         self.resumed = None
         batch_idx = start - 1
+        cut_short = False  # stopped before the epoch's end by max_steps or should_stop (max_time, a callback)
         for batch_idx, batch, is_last in self.path.batches(loader, iterator, start, t.num_training_batches,
                                                            lookahead=True):
             self.batch_idx, self.is_last_batch = batch_idx, is_last
@@ -209,6 +210,7 @@ class FitLoop:
             if val_every is not None and (batch_idx + 1) % val_every == 0 and not is_last:
                 self._validate()
             if (state.should_stop and self._stopping()) or 0 < t.max_steps <= state.global_step:
+                cut_short = not is_last
                 break
         else:
             t._report_exhausted(batch_idx + 1)
@@ -221,7 +223,7 @@ class FitLoop:
                 "Return the loss (a scalar tensor or {'loss': ...}) from training_step; None skips a batch",
                 UserWarning, stacklevel=2,
             )
-        self._end_epoch()
+        self._end_epoch(complete=not cut_short)
 
     def _resolve_hooks(self) -> _TrainHooks:
         t, task = self.trainer, self.task
@@ -260,7 +262,9 @@ class FitLoop:
             ckpt_io.set_rng_state(self.pending_rng)
             self.pending_rng = None
 
-    def _end_epoch(self) -> None:
+    def _end_epoch(self, complete: bool) -> None:
+        """Validation and the epoch-end hooks. An epoch cut short keeps ``phase="train"``: a checkpoint taken
+        now, resumed with a larger max_steps or max_time, trains the rest of this epoch."""
         t, task, state = self.trainer, self.task, self.state
         self.results.batch = None
         t._log_skipped(self.loader, self.results, "train")
@@ -269,7 +273,7 @@ class FitLoop:
             self._validate()
         task._results = self.results
         task.on_train_epoch_end()
-        state.phase = "epoch_end"
+        state.phase = "epoch_end" if complete else "train"
         self._publish_skips()
         t._epoch_end_callbacks("on_train_epoch_end", self.results)
         self._finish_epoch()

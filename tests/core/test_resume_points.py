@@ -152,3 +152,24 @@ def test_continuing_a_finished_fit_for_more_epochs_equals_one_longer_fit(tmp_pat
     resumed, trainer = run(tmp_path / "run", 3, resume=True)
     assert trainer.global_step == 24
     assert_same_weights(reference, resumed)
+
+
+def test_a_fit_stopped_by_max_steps_mid_epoch_continues_that_epoch(tmp_path):
+    """max_steps reached in the middle of an epoch, then the same fit with a larger max_steps resumed from its
+    checkpoint: the rest of the epoch is trained, and the weights equal one fit to the larger max_steps."""
+
+    def run(folder, max_steps, resume=False):
+        torch.manual_seed(0)
+        task = TinyTask(dropout=0.3, scheduler="step")
+        trainer = quiet_trainer(folder, max_steps=max_steps, enable_checkpointing=True,
+                                callbacks=[ModelCheckpoint(dirpath=folder / "ckpt", every_n_train_steps=4)])
+        torch.manual_seed(1)
+        trainer.fit(task, loader(n=64, batch_size=8, shuffle=True), ckpt_path="last" if resume else None)
+        return task, trainer
+
+    reference, _ = run(tmp_path / "ref", 13)
+    _, first = run(tmp_path / "run", 5)  # 8 batches per epoch: stops at batch 5 of epoch 0
+    assert first.loop_state.phase == "train" and first.loop_state.batches_done == 5
+    resumed, trainer = run(tmp_path / "run", 13, resume=True)
+    assert trainer.global_step == 13
+    assert_same_weights(reference, resumed)
