@@ -275,7 +275,7 @@ class Trainer:
         self.predict_dataloaders: Any = None
         self.optimizers: list[torch.optim.Optimizer] = []
         self.lr_scheduler_configs: list[SchedulerConfig] = []
-        self.sanity_checking = False  # Lightning's name; dltrain runs no sanity check
+        self.sanity_checking = False  # True while the sanity check (num_sanity_val_steps batches) runs
 
         # Set when a task is placed (_setup_task): what Fabric returned and how steps run on this strategy.
         self._task: Task | None = None

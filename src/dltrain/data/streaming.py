@@ -106,7 +106,9 @@ class StreamingDataset(IterableDataset):
         seed: plan seed; the plan is a pure function of (seed, epoch, rank, world size, batch size).
         training: equal batch counts on every rank (drops the leftover); ``False``: every sample exactly once.
         on_error: ``"raise"`` or ``"skip"`` bad samples (see module docstring).
-        unsafe_decoders: pickle-based extensions to decode anyway (``"pyd"``, ``"pickle"``, ``"pth"``, ``"pt"``).
+        unsafe_decoders: pickle-based extensions to decode anyway (``"pyd"``, ``"pickle"``, ``"pth"``, ``"pt"``):
+            they unpickle (``pickle.loads``; ``torch.load(weights_only=False)`` for ``pth``/``pt``), which runs
+            code from the shard: only for shards you trust.
         index: path of the shard index; default: ``<stem>.index.json`` next to the shards if it exists, else
             counts are read from the tar headers (slower, with a warning).
 
