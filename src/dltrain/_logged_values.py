@@ -190,11 +190,15 @@ class LoggedValues:
         return values, bar
 
     def latest(self) -> dict[str, Tensor]:
-        """The newest value of every step-level entry (not synced, not copied to the host): what
-        ``trainer.callback_metrics`` shows between logging intervals."""
+        """The newest value of every step-level entry logged since the last logging step (not copied to the host):
+        what ``trainer.callback_metrics`` shows between logging intervals. ``sync_dist`` values under several
+        ranks are left to the logging steps, where they are reduced."""
         values: dict[str, Tensor] = {}
+        distributed = self._trainer.world_size > 1
         for entry in self._entries.values():
-            if not entry.on_step or entry.last is None:
+            # Values read at the last logging step were published (synced where asked); a sync_dist value is only
+            # known across ranks at a logging step.
+            if not (entry.on_step and entry.fresh) or entry.last is None or (entry.sync_dist and distributed):
                 continue
             last = metric_forward_value(entry.last) if isinstance(entry.last, Metric) else entry.last
             if last is None:
