@@ -23,4 +23,5 @@ def test_readme_example_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     loss = float(re.search(r"'val/loss': ([0-9.e-]+)", result.stdout).group(1))
     assert loss < 0.5, result.stdout
-    assert (tmp_path / "runs" / "readme" / "checkpoints" / "last.ckpt").exists()
+    # Checkpoints live with their run: the CSV logger's version folder.
+    assert (tmp_path / "runs" / "readme" / "logs" / "version_0" / "checkpoints" / "last.ckpt").exists()

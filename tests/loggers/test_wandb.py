@@ -15,7 +15,7 @@ import pytest
 
 from dltrain.loggers import CSVLogger, WandbLogger
 
-from .wandb_reader import has_exit_record, read_history, read_run_ids
+from .wandb_reader import has_exit_record, read_history, read_run_ids, run_start_time
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 chars, the shape of a real key
 
@@ -35,12 +35,12 @@ def _run_files(save_dir: Path) -> list[str]:
 
     ``run.finish()`` returns before wandb's service process has written everything, so wait for the exit record.
     """
-    files = sorted(glob.glob(str(save_dir / "wandb" / "offline-run-*" / "run-*.wandb")))
+    files = glob.glob(str(save_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     deadline = time.monotonic() + 60
     for f in files:
         while not has_exit_record(f) and time.monotonic() < deadline:
             time.sleep(0.05)
-    return files
+    return sorted(files, key=run_start_time)
 
 
 def _steps(history: list[dict]) -> list[int]:
@@ -59,7 +59,7 @@ _KILLED_RUN = textwrap.dedent(
         if step == 5:  # the last checkpoint before the crash
             with open(state_path, "w") as f:
                 json.dump(logger.state_dict(), f)
-    logger.experiment.finish(exit_code=1)  # flush what wandb buffered, then die without cleanup
+    logger.finalize("failed")  # everything logged reaches the file, then die without cleanup
     os.kill(os.getpid(), signal.SIGKILL)
     """
 )
@@ -90,7 +90,7 @@ def test_offline_resume_same_run_no_duplicate_steps(tmp_path):
 
     files = _run_files(save_dir)
     assert len(files) == 2
-    histories = [read_history(f) for f in files]  # folder names sort by start time
+    histories = [read_history(f) for f in files]  # oldest segment first
     assert all(read_run_ids(f) == {state["id"]} for f in files)
     steps = _steps(histories[0]) + _steps(histories[1])
     assert steps == sorted(set(steps)), steps  # monotonic, no step twice

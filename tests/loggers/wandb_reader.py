@@ -80,3 +80,14 @@ def has_exit_record(path: str | Path) -> bool:
         return any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
     except Exception:  # a record still being written
         return False
+
+
+def run_start_time(path: str | Path) -> int:
+    """When the run segment of this file started (ns): the order ``wandb sync`` replays resumed segments in.
+
+    Folder names do not give it: two segments started in the same second are ``offline-run-<time>-<id>`` and
+    ``offline-run-<time>-<id>-1``, and as paths (``.../<id>/run-...`` vs ``.../<id>-1/run-...``) the second sorts
+    first.
+    """
+    starts = [r.run.start_time.ToNanoseconds() for r in read_records(path) if r.WhichOneof("record_type") == "run"]
+    return min(starts) if starts else 0

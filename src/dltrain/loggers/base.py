@@ -30,6 +30,12 @@ class Logger(ABC):
         """Folder of this run's files, if the logger writes any."""
         return None
 
+    @property
+    def save_dir(self) -> str | None:
+        """Root folder of the logger's files (Lightning's name). With ``name`` and ``version`` it places a run's
+        default checkpoint folder: ``<save_dir>/<name>/<version>/checkpoints`` (``<default_root_dir>`` when None)."""
+        return None
+
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Record the run's hyperparameters (the task's ``hparams`` and the Trainer's settings)."""
 
@@ -38,7 +44,8 @@ class Logger(ABC):
         """Record ``metrics`` at optimizer step ``step``. Steps only grow within a run, also across restarts."""
 
     def save(self) -> None:
-        """Flush what is buffered (called at checkpoints and epoch ends)."""
+        """Put everything logged so far on disk (called on global rank zero right after every checkpoint is
+        written): what a checkpoint covers must survive a ``kill -9`` that comes after it."""
 
     def finalize(self, status: str) -> None:
         """Close the run; ``status`` is ``"success"``, ``"failed"`` or ``"interrupted"``."""

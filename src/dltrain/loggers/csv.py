@@ -69,6 +69,10 @@ class CSVLogger(Logger):
         return self._name
 
     @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
     def root_dir(self) -> str:
         return os.path.join(self._save_dir, self._name)
 
@@ -138,9 +142,13 @@ class CSVLogger(Logger):
             row[key] = float(value)
         self._rows.append(row)
         if len(self._rows) >= self._flush_every:
-            self.save()
+            self._write()
 
     def save(self) -> None:
+        """Write the buffered rows and fsync the file: the rows logged up to a checkpoint outlive a crash after it."""
+        self._write(sync=True)
+
+    def _write(self, sync: bool = False) -> None:
         """Write the buffered rows (append, or rewrite the file when new columns appeared)."""
         if not self._rows:
             return
@@ -160,11 +168,13 @@ class CSVLogger(Logger):
                 writer.writeheader()
                 writer.writerows(old_rows)
                 writer.writerows(self._rows)
+                _sync(f, sync)
             os.replace(tmp, path)  # a crash mid-rewrite leaves the old file, never a half-written one
         else:
             with open(path, "a", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=["step", *self._columns])
                 writer.writerows(self._rows)
+                _sync(f, sync)
         self._rows.clear()
 
     def finalize(self, status: str) -> None:
@@ -185,6 +195,12 @@ class CSVLogger(Logger):
             self._columns = _read_header(path)
             steps = [int(r["step"]) for r in _read_rows(path) if r.get("step") not in (None, "")]
             self._skip_until = max(steps) if steps else None
+
+
+def _sync(f: Any, sync: bool) -> None:
+    if sync:
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _read_header(path: str) -> list[str]:

@@ -26,6 +26,16 @@ class WandbLogger(Logger):
     ``<=`` the last step logged before the restart (from the record file, which is newer than the checkpoint), so
     W&B sees each step once and in increasing order even after a ``kill -9``.
 
+    Offline runs and kills: wandb writes an offline run's ``.wandb`` file in 32 KiB blocks and completes it only
+    when the run finishes, so a killed offline run kept few or none of its rows (every killed launch in our tests:
+    none). ``save()``, which the Trainer calls right after every checkpoint, therefore finishes the offline run
+    (the one way the SDK commits that file) and the next ``log_metrics`` continues it under the same id
+    (``resume="allow"``), in a new ``offline-run-*`` folder: ``wandb sync`` uploads every folder into the one run.
+    What was logged up to a checkpoint is then on disk; only rows logged after the last checkpoint of a killed run
+    may be lost (never repeated). Hold no reference to ``experiment`` across checkpoints in offline mode: read
+    ``logger.experiment`` when you log (it is the open run). Online runs stream to the server and are not
+    finished at checkpoints.
+
     Nothing is read from or written about the environment by this class: the API key (if any) is read by wandb
     itself, and offline mode needs none.
 
@@ -63,6 +73,13 @@ class WandbLogger(Logger):
         self._pending_config: dict[str, Any] = {}
         self._last_step: int | None = None  # last step sent to wandb (or by the run this one resumes)
         self._skip_until: int | None = None
+        self._row_step: int | None = None  # the step being logged: sent to wandb once a later step begins
+        self._row: dict[str, float] = {}
+        self._open_rows = False  # the open run holds rows not yet committed to disk
+        self._committed = False  # save() finished an offline run segment
+        self._recommit = False  # commit again once the step buffered at a checkpoint is sent
+        self._pending: list[Any] | None = None  # [step, metrics] buffered at the last checkpoint (record file)
+        self._resend: tuple[int, dict[str, float]] | None = None  # a killed run's pending step, sent on resume
 
     # ------------------------------------------------------------------ identity
     @property
@@ -77,6 +94,10 @@ class WandbLogger(Logger):
     @property
     def log_dir(self) -> str:
         return os.path.join(self._save_dir, "wandb")
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
 
     @property
     def record_file(self) -> str:
@@ -122,22 +143,80 @@ class WandbLogger(Logger):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         step = int(step)
+        if self._resend is not None:
+            self._send_resend()
         if self._skip_until is not None and step <= self._skip_until:
             return  # logged by the run this one resumes: W&B keeps one row per step
-        run = self.experiment
         if self._last_step is None or step > self._last_step:
             self._last_step = step
-            # Recorded before run.log: if the process dies in between, the step is lost rather than repeated.
+            # Recorded before the row goes to wandb: if the process dies in between, the step is lost rather than
+            # repeated.
             self._write_record()
-        run.log(dict(metrics), step=step)
+        if self._row_step is not None and step != self._row_step:
+            self._send_row(commit=self._recommit)
+        if self._row_step is None:
+            self._row_step = step
+        self._row.update(metrics)
+
+    def save(self) -> None:
+        """Offline: commit what was logged so far to disk by finishing the run; the next log continues it.
+
+        The step being logged goes to wandb only once complete (a later step begins, or the run ends), so that no
+        step is split over two run segments. Its part logged before the checkpoint waits in the record file, and
+        a resumed run sends it if this one is killed before; once complete it is sent and committed at once.
+        """
+        self._commit()
+        if self._row_step is not None:
+            self._pending = [self._row_step, dict(self._row)]
+            self._recommit = True
+            self._write_record()
 
     def finalize(self, status: str) -> None:
         """Finish the run: ``exit_code`` 0 for ``"success"``, 1 otherwise (failed or interrupted)."""
-        if self._run is None and self._pending_config:
-            self.experiment  # noqa: B018 - start the run so that its config is kept
+        if self._resend is not None:
+            self._send_resend()
+        if self._row_step is not None:
+            self._send_row(commit=False)  # the finish below commits it
+        if self._run is None and (self._pending_config or (self._committed and status != "success")):
+            # Start the run so that its config is kept, or, after save() finished it, so that it ends failed.
+            self.experiment  # noqa: B018
         if self._run is not None:
             self._run.finish(exit_code=0 if status == "success" else 1)
             self._run = None  # a later stage (test after fit) re-opens the same run id
+            self._open_rows = False
+
+    def _send_row(self, commit: bool) -> None:
+        """Send the buffered step (complete: a later step has begun, or the run ends); commit it when asked."""
+        assert self._row_step is not None
+        step, row = self._row_step, dict(self._row)
+        self._row_step, self._row, self._recommit = None, {}, False
+        if self._pending is not None:
+            self._pending = None
+            self._write_record()  # the record stops holding it first: lost rather than repeated
+        self.experiment.log(row, step=step)
+        self._open_rows = True
+        if commit:
+            self._commit()
+
+    def _send_resend(self) -> None:
+        """Send (and commit) the checkpointed part of the step a killed run had not sent yet."""
+        assert self._resend is not None
+        step, row = self._resend
+        self._resend, self._pending = None, None
+        self._write_record()
+        self.experiment.log(row, step=step)
+        self._open_rows = True
+        self._commit()
+
+    def _commit(self) -> None:
+        """Finish an offline run that holds uncommitted rows (the SDK then completes its ``.wandb`` file)."""
+        run = self._run
+        if run is None or not self._open_rows or run.settings.mode != "offline":
+            return
+        run.finish(exit_code=0)
+        self._run = None
+        self._open_rows = False
+        self._committed = True
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -147,13 +226,16 @@ class WandbLogger(Logger):
         """Continue the run ``state_dict["id"]``; steps up to the last one it logged are dropped."""
         new_id = state_dict["id"]
         if self._run is not None and self._run.id != new_id:
-            self._run.finish(exit_code=0)
-            self._run = None
+            self.finalize("success")
         self._id = new_id
         last = state_dict.get("last_step")
         record = self._read_record()
         if record is not None and record.get("last_step") is not None:
             last = record["last_step"] if last is None else max(last, int(record["last_step"]))
+        pending = record.get("pending") if record is not None else None
+        if pending is not None:
+            self._resend = (int(pending[0]), {str(k): float(v) for k, v in pending[1].items()})
+            self._pending = pending  # kept in the record until sent
         self._last_step = last
         self._skip_until = last
 
@@ -161,8 +243,11 @@ class WandbLogger(Logger):
         os.makedirs(self.log_dir, exist_ok=True)
         path = self.record_file
         tmp = f"{path}.tmp"
+        record: dict[str, Any] = {"id": self._id, "last_step": self._last_step}
+        if self._pending is not None:
+            record["pending"] = self._pending
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"id": self._id, "last_step": self._last_step}, f)
+            json.dump(record, f)
         os.replace(tmp, path)
 
     def _read_record(self) -> dict[str, Any] | None:
