@@ -129,8 +129,7 @@ class Preemption(Callback):
             trainer.save_checkpoint(path)
             return path
         cb.save(trainer)
-        last = os.path.join(str(cb.dirpath), "last.ckpt")
-        return last if os.path.exists(last) else None
+        return cb.last_model_path or cb.best_model_path or None
 
     @staticmethod
     def _requeue(job_id: str) -> None:
