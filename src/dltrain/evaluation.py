@@ -41,6 +41,9 @@ def evaluate(trainer: Trainer, task: Task, loaders: list[Any], stage: str,
         raise ConfigurationError(f"{type(task).__name__} has no {step_name}(batch, batch_idx) to run {stage} with")
     results = LoggedValues(training=False, trainer=trainer)
     task._results = results
+    zero_grad = overridden(task, "on_validation_model_zero_grad") if stage == "validation" else None
+    if zero_grad is not None:
+        zero_grad()
     model_eval = overridden(task, f"on_{stage}_model_eval")
     model_eval() if model_eval is not None else task.eval()
     trainer._call_hook(f"on_{stage}_start")

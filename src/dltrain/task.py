@@ -280,6 +280,10 @@ class Task(HyperparametersMixin, nn.Module):
     def on_validation_model_train(self) -> None:
         self.train()
 
+    def on_validation_model_zero_grad(self) -> None:
+        """Called at the start of a validation run when overridden (Lightning zeroes gradients there by default;
+        dltrain leaves a running accumulation window's gradients alone)."""
+
     def on_test_model_eval(self) -> None:
         self.eval()
 

@@ -760,6 +760,7 @@ class Trainer:
                     step values to the loggers           every log_every_n_steps optimizer steps
                     validation when val_check_interval is reached (below)
                 validation at the end of the epoch when check_val_every_n_epoch says so:
+                    on_validation_model_zero_grad        task (only when overridden)
                     on_validation_model_eval             task
                     on_validation_start                  callbacks, task
                     on_validation_epoch_start            callbacks, task

@@ -32,7 +32,8 @@ TASK_HOOKS = (
     "on_train_start", "on_train_end", "on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start",
     "on_train_batch_end", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
     "configure_gradient_clipping", "optimizer_step", "on_before_zero_grad", "optimizer_zero_grad",
-    "on_validation_model_eval", "on_validation_model_train", "on_validation_start", "on_validation_end",
+    "on_validation_model_eval", "on_validation_model_train", "on_validation_model_zero_grad", "on_validation_start",
+    "on_validation_end",
     "on_validation_epoch_start", "on_validation_epoch_end", "on_validation_batch_start", "on_validation_batch_end",
     *TRANSFORMS,
 )
@@ -98,7 +99,8 @@ def test_fit_hook_order(tmp_path):
                  *both("on_validation_batch_start"), "task.validation_step", *both("on_validation_batch_end")]
 
     def validation(batches):
-        return ["task.on_validation_model_eval", *both("on_validation_start"), *both("on_validation_epoch_start"),
+        return ["task.on_validation_model_zero_grad", "task.on_validation_model_eval", *both("on_validation_start"),
+                *both("on_validation_epoch_start"),
                 *val_batch * batches, "task.on_validation_epoch_end", "cb.on_validation_epoch_end",
                 *both("on_validation_end"), "task.on_validation_model_train"]
 
@@ -132,12 +134,12 @@ def test_every_lightning_hook_has_a_place_in_the_order():
 
     lightning_task_hooks = {n for n in dir(L.LightningModule) if n.startswith("on_") and n != "on_gpu"}
     fit_time = {n for n in lightning_task_hooks if not n.startswith(("on_test", "on_predict"))}
-    fit_time -= {"on_save_checkpoint", "on_load_checkpoint", "on_validation_model_zero_grad"}
+    fit_time -= {"on_save_checkpoint", "on_load_checkpoint"}
     assert fit_time <= set(TASK_HOOKS), sorted(fit_time - set(TASK_HOOKS))
     lightning_callback_hooks = {n for n in dir(L.Callback) if n.startswith(("on_", "setup", "teardown"))}
     assert lightning_callback_hooks <= set(dltrain.callbacks.base.HOOKS), sorted(
         lightning_callback_hooks - set(dltrain.callbacks.base.HOOKS))
-    for name in lightning_task_hooks - {"on_validation_model_zero_grad"}:
+    for name in lightning_task_hooks:
         assert hasattr(dltrain.Task, name), name
 
 

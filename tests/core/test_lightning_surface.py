@@ -345,3 +345,13 @@ def test_lightning_objects_and_datasets_say_how_to_port(tmp_path):
         quiet_trainer(tmp_path, callbacks=[L.callbacks.EarlyStopping(monitor="x")])
     with pytest.raises(dltrain.ConfigurationError, match=r"a Dataset\), not a loader.*DataLoader\(dataset"):
         trainer.fit(TinyTask(), make_data(16))
+
+
+def test_every_logger_has_an_experiment(tmp_path):
+    from dltrain.loggers import CSVLogger, TensorBoardLogger
+
+    csv = CSVLogger(str(tmp_path))
+    assert csv.experiment is csv  # nothing behind it: the logger itself
+    tb = TensorBoardLogger(str(tmp_path))
+    assert type(tb.experiment).__name__ == "SummaryWriter"
+    tb.finalize("success")

@@ -36,6 +36,12 @@ class Logger(ABC):
         default checkpoint folder: ``<save_dir>/<name>/<version>/checkpoints`` (``<default_root_dir>`` when None)."""
         return None
 
+    @property
+    def experiment(self) -> Any:
+        """The object behind the logger, for what dltrain does not wrap (Lightning's name): wandb's run,
+        TensorBoard's ``SummaryWriter``; loggers without one (CSV) return themselves."""
+        return self
+
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Record the run's hyperparameters (the task's ``hparams`` and the Trainer's settings)."""
 
