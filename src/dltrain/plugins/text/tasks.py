@@ -106,7 +106,7 @@ class _TokenizerMixin(Task):
             overrides: constructor arguments to change (e.g. ``encoder=`` for a custom encoder, ``dropout=0``).
 
         Example:
-            >>> task = LanguageModelTask.load_from_checkpoint("runs/gpt/checkpoints/last.ckpt")  # doctest: +SKIP
+            >>> task = LanguageModelTask.load_from_checkpoint(trainer.checkpoint_callback.last_model_path)  # doctest: +SKIP
             >>> print(task.generate_text("The for statement"))  # doctest: +SKIP
         """
         from dltrain import checkpoint as ckpt_io
