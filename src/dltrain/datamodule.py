@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dltrain._hparams import HyperparametersMixin
+from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from dltrain.trainer import Trainer
@@ -50,16 +51,20 @@ class DataModule(HyperparametersMixin):
         """Clean up after ``stage``."""
 
     def train_dataloader(self) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} has no train_dataloader()")
+        """The training loader(s). The Trainer skips this default: a stage that needs it says so."""
+        raise ConfigurationError(f"{type(self).__name__} has no train_dataloader(): define it to give training data")
 
     def val_dataloader(self) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} has no val_dataloader()")
+        """The validation loader(s). The Trainer skips this default: a stage that needs it says so."""
+        raise ConfigurationError(f"{type(self).__name__} has no val_dataloader(): define it to give validation data")
 
     def test_dataloader(self) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} has no test_dataloader()")
+        """The test loader(s). The Trainer skips this default: a stage that needs it says so."""
+        raise ConfigurationError(f"{type(self).__name__} has no test_dataloader(): define it to give test data")
 
     def predict_dataloader(self) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} has no predict_dataloader()")
+        """The prediction loader(s). The Trainer skips this default: a stage that needs it says so."""
+        raise ConfigurationError(f"{type(self).__name__} has no predict_dataloader(): define it to give prediction data")
 
     def state_dict(self) -> dict[str, Any]:
         """State to keep in checkpoints."""
