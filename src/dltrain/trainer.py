@@ -32,7 +32,7 @@ from dltrain._logged_values import LoggedValues
 from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
 from dltrain._step_output import add_note, raise_if_unused_parameters
 from dltrain.callbacks.base import Callback, overrides
-from dltrain.distributed import Watchdog, isolate_restart_round
+from dltrain.distributed import Watchdog, destroy_process_group_at_exit, isolate_restart_round
 from dltrain.errors import ConfigurationError, DistributedError
 from dltrain.evaluation import evaluate, predict
 from dltrain.loggers.base import Logger
@@ -222,6 +222,7 @@ class Trainer:
             )
         isolate_restart_round(self.fabric.strategy)  # before launch: see its docstring (torchrun restarts)
         self.fabric.launch()
+        destroy_process_group_at_exit()
 
         if benchmark is not None:
             torch.backends.cudnn.benchmark = benchmark

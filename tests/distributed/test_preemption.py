@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.distributed.test_resume import effective_keys
+# Same data as test_resume's runs (96 samples, global batch 8): its check applies, every sample once per epoch too.
+from tests.distributed.test_resume import assert_same_run
 from tests.helpers.distributed import REPO, free_port
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -57,14 +57,6 @@ def _signal_after(proc: subprocess.Popen[str], keys: Path, steps: int, signum: i
     return output
 
 
-def _assert_same(ref: Path, run: Path, world: int) -> None:
-    a, b = torch.load(ref / "final.pt"), torch.load(run / "final.pt")
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs after the preemption and resume"
-    for rank in range(world):
-        assert effective_keys(ref, rank) == effective_keys(run, rank)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_one_process_checkpoints_on_a_signal_and_resumes_bitwise(tmp_path, tmp_path_factory, signum):
     ref = _reference(tmp_path_factory, 1)
@@ -75,7 +67,7 @@ def test_one_process_checkpoints_on_a_signal_and_resumes_bitwise(tmp_path, tmp_p
     assert f"stopped by {signal.Signals(signum).name}" in output and "Traceback" not in output, output[-3000:]
     assert (run / "ckpt" / "last.ckpt").exists()
     _run(run, 1, "--resume")
-    _assert_same(ref, run, 1)
+    assert_same_run(ref, run, 1)
 
 
 def test_sigterm_to_torchrun_checkpoints_every_rank_and_resumes_bitwise(tmp_path, tmp_path_factory):
@@ -86,7 +78,7 @@ def test_sigterm_to_torchrun_checkpoints_every_rank_and_resumes_bitwise(tmp_path
     assert "stopped by SIGTERM" in output, output[-4000:]
     assert (run / "ckpt" / "last.ckpt").exists()
     _run(run, 2, "--resume")
-    _assert_same(ref, run, 2)
+    assert_same_run(ref, run, 2)
 
 
 def test_requeue_runs_scontrol_in_a_slurm_job(tmp_path):
