@@ -9,6 +9,7 @@ order: callback ``setup`` runs before ``configure_optimizers`` (so an optimizer 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 Modules = Module | Iterable[Module | Iterable[Any]]
 
 
-class BaseFinetuning(Callback):
+class BaseFinetuning(Callback, ABC):
     """Freeze modules before training and unfreeze them during it, each into a new optimizer param group.
 
     Override ``freeze_before_training(task)`` (called from ``setup``, before ``configure_optimizers``) and
@@ -180,15 +181,15 @@ class BaseFinetuning(Callback):
     unfreeze_and_add_param_groups = unfreeze_and_add_param_group  # the plural some docs and ports use
 
     # ------------------------------------------------------------------ to override
+    @abstractmethod
     def freeze_before_training(self, pl_module: Task) -> None:
         """Freeze what must not train at first (called in ``setup``, before ``configure_optimizers``)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement freeze_before_training(pl_module)")
 
+    @abstractmethod
     def finetune_function(self, pl_module: Task, current_epoch: int, optimizer: Optimizer) -> None:
-        """Unfreeze what should train from ``current_epoch`` on (called at each epoch start, per optimizer)."""
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement finetune_function(pl_module, current_epoch, optimizer)"
-        )
+        """Unfreeze what should train from ``current_epoch`` on (called at each epoch start, per optimizer).
+
+        Both methods are abstract: a subclass that leaves one out cannot be built (a TypeError naming it)."""
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
