@@ -79,20 +79,31 @@ def isolate_restart_round(strategy: Any) -> bool:
 
 
 def destroy_process_group_at_exit() -> None:
-    """Destroy the default process group when the interpreter exits (once per process).
+    """At interpreter exit, let gloo's worker threads finish, then destroy the default process group (once).
 
-    Why: a gloo process group left to interpreter teardown was seen to abort a rank after its work was done
-    ("terminate called without an active exception", exit code -6, in 2 of about 90 two-process launches of the
-    test suite), which torchrun reports as a failed job; torch also warns about an NCCL group left undestroyed.
-    Registering it again (another Trainer in the same process) is harmless: a destroyed group is skipped.
+    Why: a gloo worker thread drops its reference to a finished collective (and so to the result tensors, which
+    Python owns) just after it wakes the waiting main thread, and that drop takes the GIL. When the main thread
+    keeps the GIL from there into interpreter finalization, the worker thread that then asks for it is ended in
+    the middle of a C++ destructor, which aborts the process ("terminate called without an active exception",
+    exit code -6) after all its work was done; torchrun reports a failed job. A DDP model keeps the group alive
+    (its reducer holds it), so destroying the group alone does not stop those threads: the handler first sleeps
+    in short slices, each of which hands the GIL to a waiting thread. (tests/distributed/_exit_after_collective.py
+    aborted in 3 of 4 launches without the slices.) Registering it again (another Trainer in the same process) is
+    harmless: a destroyed group is skipped.
     """
     if dist.is_available() and dist.is_initialized():
         atexit.register(_destroy_process_group)
 
 
+_GIL_HANDOVER_SLICES = 20  # x 2 ms: a worker thread descheduled for longer than 40 ms at exit can still abort
+
+
 def _destroy_process_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    for _ in range(_GIL_HANDOVER_SLICES):
+        time.sleep(0.002)
+    dist.destroy_process_group()
 
 
 def _store() -> Any:

@@ -69,5 +69,8 @@ def run_distributed(
     output = "\n".join(outputs)
     rc = max(codes, key=abs)
     if check and rc != 0:
-        raise AssertionError(f"{script} {' '.join(args)} exited {rc}:\n{output[-8000:]}")
+        # The end of every launch's output: with several "nodes" the one that failed may not be the last.
+        tails = "\n".join(f"--- node {i} exited {code}, last lines:\n{out[-8000 // len(outputs):]}"
+                          for i, (code, out) in enumerate(zip(codes, outputs)))
+        raise AssertionError(f"{script} {' '.join(args)} exited {rc}:\n{tails}")
     return subprocess.CompletedProcess(cmds[0], rc, output, "")
