@@ -24,7 +24,7 @@ import torch
 
 import dltrain
 import dltrain.plugins
-from dltrain.data import StreamingDataLoader, StreamingDataset, expand_urls
+from dltrain.data import StreamingDataLoader, expand_urls
 
 try:  # run as a script (its folder is on sys.path) or imported as examples.audio.train_kws
     import digits  # type: ignore[import-not-found]
@@ -137,17 +137,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     audio = dltrain.plugins.get("audio")
     clip = {"sample_rate": args.sample_rate, "clip_seconds": args.clip_seconds}
 
-    def loader(split: str, training: bool) -> StreamingDataLoader | None:
+    def loader(split: str) -> StreamingDataLoader | None:
         if not shards[split]:
             return None
-        dataset = StreamingDataset(
-            shards[split], batch_size=args.batch_size, decode=audio.decoders,
-            map=audio.transforms["train" if training else "eval"](**clip), collate_fn=audio.collate,
-            shuffle=training, seed=args.seed, training=training, on_error="skip",
-        )
-        return dataset.loader(num_workers=args.workers)
+        return audio.loader(shards[split], split, batch_size=args.batch_size, num_workers=args.workers,
+                            options=clip, seed=args.seed, on_error="skip")
 
-    train_loader, val_loader, test_loader = loader("train", True), loader("val", False), loader("test", False)
+    train_loader, val_loader, test_loader = loader("train"), loader("val"), loader("test")
     if train_loader is None:
         raise SystemExit("no training shards: give --train-shards or leave it out to synthesise the digits")
     steps = len(train_loader) * args.max_epochs

@@ -12,6 +12,7 @@ bad-data handling.
 
 from dltrain.data.combined import CombinedLoader
 from dltrain.data.decoders import SAFE_DECODERS, UNSAFE_DECODERS, SampleDecoder
+from dltrain.data.domain import STAGES, DataPlugin, SampleTransform
 from dltrain.data.shards import (
     build_index,
     count_samples,
@@ -24,10 +25,13 @@ from dltrain.data.streaming import DataSkipWarning, StreamingDataLoader, Streami
 
 __all__ = [
     "SAFE_DECODERS",
+    "STAGES",
     "UNSAFE_DECODERS",
     "CombinedLoader",
+    "DataPlugin",
     "DataSkipWarning",
     "SampleDecoder",
+    "SampleTransform",
     "StreamingDataLoader",
     "StreamingDataset",
     "build_index",

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from dltrain._compat import shutdown_loader_workers
 from dltrain.data import plan as _plan
 from dltrain.data.decoders import Decoder, SampleDecoder
+from dltrain.data.domain import DataPlugin, check_stage
 from dltrain.data.shards import (
     IndexedShardReader,
     ShardReader,
@@ -111,6 +112,12 @@ class StreamingDataset(IterableDataset):
             code from the shard: only for shards you trust.
         index: path of the shard index; default: ``<stem>.index.json`` next to the shards if it exists, else
             counts are read from the tar headers (slower, with a warning).
+        plugin: a domain plugin (`dltrain.data.domain.DataPlugin`, e.g. ``dltrain.plugins.get("vision")``): its
+            decoders (under ``decode``), its ``transform(stage, **options)`` as ``map`` and its ``collate`` (unless
+            ``collate_fn`` is given) build decode -> transform -> collate.
+        stage: with ``plugin``: ``"train"``, ``"val"``, ``"test"`` or ``"predict"``; it also sets the defaults of
+            ``training`` and ``shuffle`` (on for ``"train"`` only).
+        options: keyword arguments of the plugin's ``transform`` (sizes, lengths, ...).
 
     Example:
         >>> ds = StreamingDataset("data/train-{000000..000006}.tar", batch_size=32,
@@ -119,6 +126,8 @@ class StreamingDataset(IterableDataset):
         >>> for epoch in range(3):  # doctest: +SKIP
         ...     loader.set_epoch(epoch)
         ...     for x, y in loader: ...
+        >>> val = StreamingDataset("data/val-{000000..000001}.tar", batch_size=32, plugin=dltrain.plugins.get("vision"),
+        ...                        stage="val", options={"size": 32})  # doctest: +SKIP
     """
 
     def __init__(
@@ -129,15 +138,33 @@ class StreamingDataset(IterableDataset):
         decode: Mapping[str, Decoder] | None = None,
         map: Callable[[dict[str, Any]], Any] | None = None,
         collate_fn: Callable[[list[Any]], Any] | None = None,
-        shuffle: bool = True,
+        shuffle: bool | None = None,
         shuffle_buffer: int = 1000,
         seed: int = 0,
-        training: bool = True,
+        training: bool | None = None,
         on_error: Literal["raise", "skip"] = "raise",
         unsafe_decoders: Sequence[str] = (),
         index: str | None = None,
+        plugin: DataPlugin | None = None,
+        stage: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if plugin is not None:
+            if stage is None:
+                raise ConfigurationError(f"StreamingDataset(plugin={plugin.name!r}) needs a stage= "
+                                         "('train', 'val', 'test' or 'predict')")
+            if map is not None:
+                raise ConfigurationError("give either map= or plugin= (the plugin's transform is the map)")
+            decode = {**plugin.decoders, **(decode or {})}
+            map = plugin.transform(check_stage(stage), **(options or {}))
+            collate_fn = collate_fn if collate_fn is not None else plugin.collate
+        elif stage is not None or options is not None:
+            raise ConfigurationError("stage= and options= are for a plugin's transform; pass plugin= too")
+        if training is None:
+            training = stage in (None, "train")
+        if shuffle is None:
+            shuffle = stage in (None, "train")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
         if on_error not in ("raise", "skip"):

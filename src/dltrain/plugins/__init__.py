@@ -1,7 +1,8 @@
 """The plugin registry.
 
 A plugin bundles what one data domain needs (decoders, per-sample transforms, collate, device-side batch
-transforms, ready tasks, metrics and a shard builder) behind the same fields for every domain. Built-in plugins
+transforms, ready tasks, metrics and a shard builder) behind the same fields for every domain; the core uses it
+through the `dltrain.data.domain.DataPlugin` protocol (``StreamingDataset(urls, plugin=..., stage=...)``). Built-in plugins
 live in ``dltrain.plugins.<name>`` and are imported only when asked for; third-party packages add theirs through
 the entry-point group ``dltrain.plugins``:
 
@@ -13,6 +14,8 @@ Example:
     >>> "vision" in dltrain.plugins.available()
     True
     >>> vision = dltrain.plugins.get("vision")  # imports torchvision now, not at `import dltrain`
+    >>> train = vision.loader("data/train-{000000..000009}.tar", "train", batch_size=64,
+    ...                       options={"size": 224})  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dltrain.data.domain import SampleTransform, check_stage
 from dltrain.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dltrain.data import StreamingDataLoader, StreamingDataset
 
 __all__ = ["Plugin", "PluginDependencyError", "available", "get", "register"]
 
@@ -35,31 +42,69 @@ _BUILTIN = {
 _ENTRY_POINT_GROUP = "dltrain.plugins"
 
 
+def _identity_transform(stage: str, **options: Any) -> SampleTransform:
+    """The default transform: the decoded sample dict as it is."""
+    check_stage(stage)
+    if options:
+        raise ConfigurationError(f"this plugin's transform takes no options, got {sorted(options)}")
+    return _keep_sample
+
+
+def _keep_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    return sample
+
+
+def _no_device_transform(stage: str, **options: Any) -> None:
+    """The default device transform: nothing to do on the device."""
+    check_stage(stage)
+
+
 @dataclass(frozen=True)
 class Plugin:
-    """What a domain plugin provides. Every field has the same meaning in every domain.
+    """What a domain plugin provides. Every field has the same meaning and signature in every domain.
+
+    Satisfies `dltrain.data.domain.DataPlugin`, the part the core uses.
 
     Args:
         name: registry name.
         extra: the pip extra that installs its dependencies (``pip install 'dltrain[vision]'``).
         decoders: shard field extension -> decoder of the raw bytes (runs in the loader workers).
-        transforms: factories of per-sample CPU transforms, at least ``"train"`` and ``"eval"``.
+        transform: ``transform(stage, **options)`` -> per-sample CPU transform (decoded sample dict -> sample dict,
+            or ``None`` to drop it); ``stage`` is ``"train"``, ``"val"``, ``"test"`` or ``"predict"``, options are
+            keywords (sizes, lengths). Only ``"train"`` augments.
         collate: turns a list of samples into a batch.
-        device_transforms: factories of batch transforms that run on the device (``nn.Module``).
+        device_transform: ``device_transform(stage, **options)`` -> ``batch -> batch`` to run on the device in
+            a task's ``on_after_batch_transfer`` (``None``: nothing to do for that stage).
         tasks: ready ``dltrain.Task`` subclasses.
-        metrics: factories of torchmetrics metrics.
+        metrics: factories of torchmetrics metrics, ``factory(num_classes, **kwargs)`` for classification ones
+            (`dltrain.plugins.metrics.CLASSIFICATION_METRICS`, shared by every domain).
         write_shards: builds shards (and their index) from the domain's usual on-disk layout.
     """
 
     name: str
     extra: str
     decoders: Mapping[str, Callable[[bytes], Any]] = field(default_factory=dict)
-    transforms: Mapping[str, Callable[..., Callable[[dict], Any]]] = field(default_factory=dict)
+    transform: Callable[..., SampleTransform] = _identity_transform
     collate: Callable[[list], Any] | None = None
-    device_transforms: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    device_transform: Callable[..., Callable[[Any], Any] | None] = _no_device_transform
     tasks: Mapping[str, type] = field(default_factory=dict)
     metrics: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     write_shards: Callable[..., list[str]] | None = None
+
+    def dataset(self, urls: Any, stage: str, *, batch_size: int, options: Mapping[str, Any] | None = None,
+                **kwargs: Any) -> StreamingDataset:
+        """``StreamingDataset(urls, plugin=self, stage=stage, options=options, ...)``: decode -> transform -> collate.
+
+        ``kwargs`` go to `dltrain.data.StreamingDataset` (``seed``, ``on_error``, ``collate_fn``, ...).
+        """
+        from dltrain.data import StreamingDataset
+
+        return StreamingDataset(urls, batch_size=batch_size, plugin=self, stage=stage, options=options, **kwargs)
+
+    def loader(self, urls: Any, stage: str, *, batch_size: int, num_workers: int = 2,
+               options: Mapping[str, Any] | None = None, **kwargs: Any) -> StreamingDataLoader:
+        """`dataset`'s resumable loader with ``num_workers`` worker processes."""
+        return self.dataset(urls, stage, batch_size=batch_size, options=options, **kwargs).loader(num_workers)
 
 
 class PluginDependencyError(ConfigurationError, ImportError):

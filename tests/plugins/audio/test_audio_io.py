@@ -64,8 +64,8 @@ def test_stereo_mixdown_and_channel_selection():
     with pytest.raises(DataError, match="channel 2 requested"):
         select_channels(audio.waveform, 2)
     # Through the transform: stereo where mono is expected is mixed down.
-    wave, label = AudioTransform(sample_rate=8000, clip_seconds=None)(
-        {"__key__": "k", "flac": audio, "cls": 1})
+    out = AudioTransform(sample_rate=8000, clip_seconds=None)({"__key__": "k", "flac": audio, "cls": 1})
+    wave, label = out["waveform"], out["label"]
     assert wave.shape == (8000,) and label == 1
 
 
@@ -109,15 +109,18 @@ def test_transform_resamples_crops_and_labels():
     train = AudioTransform(sample_rate=16000, clip_seconds=1.0, training=True)
     evalt = AudioTransform(sample_rate=16000, clip_seconds=1.0, training=False)
     sample = {"__key__": "k", "__url__": "u.tar", "wav": data, "cls": b"3"}
-    wave, label = evalt(sample)
+    out = evalt(sample)
+    wave, label = out["waveform"], out["label"]
     assert wave.shape == (16000,) and wave.dtype == torch.float32 and label == 3
     assert peak_hz(wave.numpy(), 16000) == pytest.approx(500, abs=2)
-    torch.testing.assert_close(evalt(sample)[0], wave)  # centre crop is deterministic
+    torch.testing.assert_close(evalt(sample)["waveform"], wave)  # centre crop is deterministic
     torch.manual_seed(0)
-    crops = {tuple(train(sample)[0][:4].tolist()) for _ in range(5)}
+    crops = {tuple(train(sample)["waveform"][:4].tolist()) for _ in range(5)}
     assert len(crops) > 1  # random crop in training
     w, y = collate([evalt(sample), evalt(sample)])
     assert w.shape == (2, 16000) and y.tolist() == [3, 3]
+    unlabelled = AudioTransform(sample_rate=16000, clip_seconds=1.0, training=False, label_key=None)
+    assert collate([unlabelled(sample), unlabelled(sample)]).shape == (2, 16000)
 
 
 def test_bad_inputs_name_shard_and_key():
@@ -164,15 +167,13 @@ def _write_set(tmp_path, bad: bool):
 def test_streaming_with_bad_samples(tmp_path):
     pytest.importorskip("webdataset")
     import dltrain.plugins
-    from dltrain.data import StreamingDataset
 
     audio = dltrain.plugins.get("audio")
     urls = _write_set(tmp_path, bad=True)
 
     def dataset(on_error):
-        return StreamingDataset(urls, batch_size=4, decode=audio.decoders, shuffle=False, training=False,
-                                map=audio.transforms["eval"](sample_rate=16000, clip_seconds=0.5),
-                                collate_fn=audio.collate, on_error=on_error)
+        return audio.dataset(urls, "val", batch_size=4, options={"sample_rate": 16000, "clip_seconds": 0.5},
+                             on_error=on_error)
 
     with pytest.raises(DataError) as err:
         list(dataset("raise"))
@@ -190,7 +191,6 @@ def test_write_audio_shards_from_class_folders(tmp_path):
     import json
 
     import dltrain.plugins
-    from dltrain.data import StreamingDataset
 
     audio = dltrain.plugins.get("audio")
     for c, name in enumerate(["no", "yes"]):
@@ -200,7 +200,6 @@ def test_write_audio_shards_from_class_folders(tmp_path):
     (tmp_path / "clips" / "yes" / "notes.txt").write_text("not audio")
     urls = audio.write_shards(tmp_path / "clips", str(tmp_path / "out" / "s-%06d.tar"), max_count=4)
     assert len(urls) == 2 and json.loads((tmp_path / "out" / "classes.json").read_text()) == ["no", "yes"]
-    ds = StreamingDataset(urls, batch_size=6, decode=audio.decoders, shuffle=False, training=False,
-                          map=audio.transforms["eval"](sample_rate=16000, clip_seconds=1.0), collate_fn=audio.collate)
+    ds = audio.dataset(urls, "val", batch_size=6, options={"sample_rate": 16000, "clip_seconds": 1.0})
     (waves, labels), = list(ds)
     assert waves.shape == (6, 16000) and labels.tolist() == [0, 0, 0, 1, 1, 1]

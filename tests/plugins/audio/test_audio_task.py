@@ -14,8 +14,9 @@ def test_plugin_fields():
     audio = dltrain.plugins.get("audio")
     assert audio.name == "audio" and audio.extra == "audio"
     assert set(audio.decoders) == {"wav", "flac", "ogg"}
-    assert {"train", "eval"} <= set(audio.transforms)
-    assert {"log_mel", "spec_augment"} <= set(audio.device_transforms)
+    assert audio.transform("train").training and not audio.transform("test").training
+    assert audio.device_transform("train").spec_augment is not None
+    assert audio.device_transform("val").spec_augment is None
     assert audio.tasks["classification"] is AudioClassificationTask
     assert audio.metrics["confusion_matrix"](3).num_classes == 3
     assert callable(audio.collate) and callable(audio.write_shards)

@@ -1,4 +1,4 @@
-"""MixUp/CutMix on the device: shapes, label mixing, determinism."""
+"""MixUp/CutMix on the device (torchvision's v2 transforms inside): shapes, label mixing, determinism."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def test_mixup_blends_images_and_targets_with_one_lambda() -> None:
     assert torch.allclose(targets.sum(-1), torch.ones(8))
     lam = float(targets[0, y[0]]) if y[0] != y[-1] else None
     assert lam is not None
-    assert torch.allclose(mixed, lam * x + (1 - lam) * x.flip(0), atol=1e-6)
+    # torchvision pairs each sample with the previous one (the batch rolled by one)
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x.roll(1, 0), atol=1e-6)
 
 
 def test_cutmix_pastes_a_box_and_weights_targets_by_its_area() -> None:
@@ -46,13 +47,18 @@ def test_disabled_or_unlucky_batches_only_get_one_hot_targets() -> None:
         assert out is x and torch.equal(targets, one_hot_targets(y, 5))
 
 
-def test_label_smoothing_and_soft_labels() -> None:
+def test_label_smoothing_of_mixed_targets() -> None:
     t = one_hot_targets(torch.tensor([1]), 4, label_smoothing=0.2)
     assert torch.allclose(t, torch.tensor([[0.05, 0.85, 0.05, 0.05]]))
-    x, _ = _batch(4)
-    soft = torch.full((4, 5), 0.2)
-    _, targets = MixUpCutMix(5, mixup_alpha=1.0)(x, soft)
-    assert torch.allclose(targets, soft)
+    x, y = _batch(4)
+    torch.manual_seed(1)
+    _, plain = MixUpCutMix(5, mixup_alpha=1.0)(x, y)
+    torch.manual_seed(1)
+    _, smoothed = MixUpCutMix(5, mixup_alpha=1.0, label_smoothing=0.1)(x, y)
+    # the same mix of the smoothed one-hot targets: every class gets 0.1 / 5, the rest keeps 0.9 of its weight
+    assert torch.allclose(smoothed, plain * 0.9 + 0.02) and torch.allclose(smoothed.sum(-1), torch.ones(4))
+    with pytest.raises(ConfigurationError, match="class indices"):
+        MixUpCutMix(5, mixup_alpha=1.0)(x, torch.full((4, 5), 0.2))
 
 
 def test_mixing_is_deterministic_under_a_seed() -> None:

@@ -21,31 +21,32 @@ def _sample(channels: int = 3, h: int = 40, w: int = 50, label: object = 3, key:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_train_transform_shape_dtype_and_range(channels: int) -> None:
     t = train_transform(32, channels=channels, color_jitter=0.4, num_classes=10)
-    img, label = t(_sample(channels=3))
+    out = t(_sample(channels=3))
+    img, label = out["image"], out["label"]
     assert img.shape == (channels, 32, 32) and img.dtype == torch.float32 and label == 3
     assert -3.0 < float(img.min()) < float(img.max()) < 3.0  # normalized with ImageNet-like statistics
 
 
 def test_eval_transform_is_deterministic_and_centered() -> None:
     t = eval_transform(24, resize=24)
-    a, _ = t(_sample(h=30, w=60))
-    b, _ = t(_sample(h=30, w=60))
+    a = t(_sample(h=30, w=60))["image"]
+    b = t(_sample(h=30, w=60))["image"]
     assert a.shape == (3, 24, 24) and torch.equal(a, b)
 
 
 def test_unnormalized_pipeline_keeps_uint8() -> None:
-    img, _ = train_transform(16, normalize=False)(_sample())
+    img = train_transform(16, normalize=False)(_sample())["image"]
     assert img.dtype == torch.uint8 and img.shape == (3, 16, 16)
-    img, _ = eval_transform(16, normalize=False)(_sample())
+    img = eval_transform(16, normalize=False)(_sample())["image"]
     assert img.dtype == torch.uint8
 
 
 def test_train_transform_is_deterministic_under_a_seed() -> None:
     t = train_transform(32, color_jitter=(0.4, 0.4, 0.4, 0.1))
     torch.manual_seed(1)
-    a = [t(_sample())[0] for _ in range(3)]
+    a = [t(_sample())["image"] for _ in range(3)]
     torch.manual_seed(1)
-    b = [t(_sample())[0] for _ in range(3)]
+    b = [t(_sample())["image"] for _ in range(3)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], a[1])  # but random from one sample to the next
 
@@ -53,15 +54,16 @@ def test_train_transform_is_deterministic_under_a_seed() -> None:
 def test_transform_decodes_raw_bytes_and_converts_arrays() -> None:
     t = eval_transform(8, resize=8, channels=1)
     raw = {"__key__": "a", "jpg": encode_image(torch.zeros(3, 8, 8, dtype=torch.uint8), "jpg"), "cls": b"2"}
-    img, label = t(raw)
+    out = t(raw)
+    img, label = out["image"], out["label"]
     assert img.shape == (1, 8, 8) and label == 2
     hwc = {"png": torch.zeros(8, 8, 3, dtype=torch.uint8).numpy(), "cls": 0}
-    assert t(hwc)[0].shape == (1, 8, 8)
+    assert t(hwc)["image"].shape == (1, 8, 8)
 
 
 def test_transform_pickles_for_worker_processes() -> None:
     t = pickle.loads(pickle.dumps(train_transform(16, color_jitter=0.2)))
-    assert t(_sample())[0].shape == (3, 16, 16)
+    assert t(_sample())["image"].shape == (3, 16, 16)
 
 
 @pytest.mark.parametrize(
@@ -82,11 +84,13 @@ def test_bad_samples_raise_data_error(sample: dict, match: str) -> None:
 
 
 def test_unlabelled_samples_get_minus_one() -> None:
-    assert eval_transform(8, label_key=None)({"png": torch.zeros(3, 8, 8, dtype=torch.uint8)})[1] == -1
+    assert eval_transform(8, label_key=None)({"png": torch.zeros(3, 8, 8, dtype=torch.uint8)})["label"] == -1
 
 
 def test_collate_stacks_and_rejects_mixed_sizes() -> None:
     x, y = collate([(torch.zeros(3, 4, 4), 1), (torch.ones(3, 4, 4), 2)])
     assert x.shape == (2, 3, 4, 4) and y.dtype == torch.long and y.tolist() == [1, 2]
+    xd, yd = collate([{"image": torch.zeros(3, 4, 4), "label": 1}, {"image": torch.ones(3, 4, 4), "label": 2}])
+    assert torch.equal(xd, x) and torch.equal(yd, y)
     with pytest.raises(DataError, match="different shapes"):
         collate([(torch.zeros(3, 4, 4), 1), (torch.zeros(3, 5, 4), 2)])

@@ -6,16 +6,12 @@ Install with ``pip install 'dltrain[audio]'`` (soundfile, scipy, espeakng-loader
 Example:
     >>> import dltrain.plugins
     >>> audio = dltrain.plugins.get("audio")
-    >>> from dltrain.data import StreamingDataset  # doctest: +SKIP
-    >>> train = StreamingDataset(urls, batch_size=64, decode=audio.decoders,  # doctest: +SKIP
-    ...                          map=audio.transforms["train"](sample_rate=16000, clip_seconds=1.0),
-    ...                          collate_fn=audio.collate, on_error="skip")
+    >>> train = audio.loader(urls, "train", batch_size=64, on_error="skip",  # doctest: +SKIP
+    ...                      options={"sample_rate": 16000, "clip_seconds": 1.0})
     >>> task = audio.tasks["classification"](num_classes=10, sample_rate=16000)
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from dltrain.plugins import Plugin, require
 
@@ -23,7 +19,17 @@ from dltrain.plugins import Plugin, require
 require("soundfile", plugin="audio", extra="audio")
 require("scipy.signal", plugin="audio", extra="audio")
 
-from .features import LogMelSpectrogram, SpecAugment, hz_to_mel, mel_filterbank, mel_to_hz  # noqa: E402
+from ..metrics import CLASSIFICATION_METRICS  # noqa: E402
+from .features import (  # noqa: E402
+    AudioFeatures,
+    LogMelSpectrogram,
+    SpecAugment,
+    batch_features,
+    device_transform,
+    hz_to_mel,
+    mel_filterbank,
+    mel_to_hz,
+)
 from .io import (  # noqa: E402
     AUDIO_EXTENSIONS,
     Audio,
@@ -34,6 +40,7 @@ from .io import (  # noqa: E402
     decode_field,
     eval_transform,
     resample,
+    sample_transform,
     select_channels,
     train_transform,
 )
@@ -45,45 +52,37 @@ __all__ = [
     "Audio",
     "AudioCNN",
     "AudioClassificationTask",
+    "AudioFeatures",
     "AudioTransform",
     "LogMelSpectrogram",
     "SpecAugment",
+    "batch_features",
     "collate",
     "crop_or_pad",
     "decode_audio",
     "decode_field",
+    "device_transform",
     "eval_transform",
     "hz_to_mel",
     "mel_filterbank",
     "mel_to_hz",
     "plugin",
     "resample",
+    "sample_transform",
     "select_channels",
     "train_transform",
     "write_audio_shards",
 ]
 
 
-def _accuracy(num_classes: int, **kwargs: Any) -> Any:
-    from torchmetrics.classification import MulticlassAccuracy
-
-    return MulticlassAccuracy(num_classes, **{"average": "micro", **kwargs})
-
-
-def _confusion_matrix(num_classes: int, **kwargs: Any) -> Any:
-    from torchmetrics.classification import MulticlassConfusionMatrix
-
-    return MulticlassConfusionMatrix(num_classes, **kwargs)
-
-
 plugin = Plugin(
     name="audio",
     extra="audio",
     decoders=dict.fromkeys(AUDIO_EXTENSIONS, decode_field),
-    transforms={"train": train_transform, "eval": eval_transform},
+    transform=sample_transform,
     collate=collate,
-    device_transforms={"log_mel": LogMelSpectrogram, "spec_augment": SpecAugment},
+    device_transform=device_transform,
     tasks={"classification": AudioClassificationTask},
-    metrics={"accuracy": _accuracy, "confusion_matrix": _confusion_matrix},
+    metrics=CLASSIFICATION_METRICS,
     write_shards=write_audio_shards,
 )

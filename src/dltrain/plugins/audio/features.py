@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LogMelSpectrogram", "SpecAugment", "hz_to_mel", "mel_filterbank", "mel_to_hz"]
+from dltrain.data.domain import check_stage
+
+__all__ = ["AudioFeatures", "LogMelSpectrogram", "SpecAugment", "batch_features", "device_transform", "hz_to_mel",
+           "mel_filterbank", "mel_to_hz"]
 
 MelScale = Literal["htk", "slaney"]
 
@@ -261,3 +264,60 @@ class SpecAugment(nn.Module):
     def extra_repr(self) -> str:
         return (f"freq_mask={self.freq_mask}, time_mask={self.time_mask}, num_freq_masks={self.num_freq_masks}, "
                 f"num_time_masks={self.num_time_masks}")
+
+
+class AudioFeatures(nn.Module):
+    """A ``(waveforms [B, T] or [B, C, T], labels)`` batch -> ``(log-mel [B, C, n_mels, frames], labels)``, with
+    SpecAugment when given one: the audio plugin's ``device_transform`` and `AudioClassificationTask`'s.
+
+    Args:
+        log_mel: the feature extractor.
+        spec_augment: masks applied to the features (``None``: none, as in evaluation).
+    """
+
+    def __init__(self, log_mel: LogMelSpectrogram, spec_augment: SpecAugment | None = None) -> None:
+        super().__init__()
+        self.log_mel = log_mel
+        self.spec_augment = spec_augment
+
+    def forward(self, batch: Any) -> Any:
+        return batch_features(batch, self.log_mel, self.spec_augment)
+
+
+def batch_features(batch: Any, log_mel: nn.Module, spec_augment: nn.Module | None) -> Any:
+    """See `AudioFeatures`; ``None`` (a batch whose every sample was skipped) stays ``None``."""
+    if batch is None:
+        return None
+    waves, labels = batch
+    feats = log_mel(waves)
+    if feats.dim() == 3:
+        feats = feats.unsqueeze(1)  # mono: add the channel axis the CNN expects
+    if spec_augment is not None:
+        feats = spec_augment(feats)
+    return feats, labels
+
+
+def device_transform(
+    stage: str,
+    *,
+    sample_rate: int = 16000,
+    n_mels: int = 40,
+    n_fft: int | None = None,
+    hop_length: int | None = None,
+    mel_scale: MelScale = "htk",
+    freq_mask: int | tuple[int, int] = 8,
+    time_mask: int | tuple[int, int] = 20,
+    num_freq_masks: int = 2,
+    num_time_masks: int = 2,
+) -> AudioFeatures:
+    """The plugin's ``device_transform(stage, **options)``: log-mel (25 ms windows, 10 ms hops unless given),
+    SpecAugment in ``"train"`` only."""
+    log_mel = LogMelSpectrogram(
+        sample_rate=sample_rate,
+        n_fft=n_fft if n_fft is not None else round(0.025 * sample_rate),
+        hop_length=hop_length if hop_length is not None else round(0.010 * sample_rate),
+        n_mels=n_mels,
+        mel_scale=mel_scale,
+    )
+    augment = SpecAugment(freq_mask, time_mask, num_freq_masks, num_time_masks)
+    return AudioFeatures(log_mel, augment if check_stage(stage) == "train" else None)

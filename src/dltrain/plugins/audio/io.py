@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dltrain.data.domain import check_stage
 from dltrain.errors import DataError
 from dltrain.plugins import require
 
@@ -36,6 +37,7 @@ __all__ = [
     "decode_field",
     "eval_transform",
     "resample",
+    "sample_transform",
     "select_channels",
     "train_transform",
 ]
@@ -210,7 +212,8 @@ def crop_or_pad(
 
 
 class AudioTransform:
-    """Per-sample transform: a shard sample dict -> ``(waveform, label)``.
+    """Per-sample transform: a shard sample dict -> ``{"waveform": float32 tensor, "label": int}`` (no
+    ``"label"`` when ``label_key`` is ``None``).
 
     Picklable (a plain class, not a closure) so it can run in loader worker processes.
 
@@ -225,9 +228,9 @@ class AudioTransform:
 
     Example:
         >>> t = AudioTransform(sample_rate=16000, clip_seconds=1.0, training=False)
-        >>> wave, label = t({"__key__": "a", "flac": flac_bytes, "cls": 7})  # doctest: +SKIP
-        >>> wave.shape  # doctest: +SKIP
-        torch.Size([16000])
+        >>> out = t({"__key__": "a", "flac": flac_bytes, "cls": 7})  # doctest: +SKIP
+        >>> out["waveform"].shape, out["label"]  # doctest: +SKIP
+        (torch.Size([16000]), 7)
     """
 
     def __init__(
@@ -279,11 +282,11 @@ class AudioTransform:
             raise
         tensor = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if self.label_key is None:
-            return tensor
+            return {"waveform": tensor}
         if self.label_key not in sample:
             raise DataError(f"sample has no label field {self.label_key!r} (fields: {_fields(sample)})",
                             url=url, key=key)
-        return tensor, _to_int(sample[self.label_key], url, key)
+        return {"waveform": tensor, "label": _to_int(sample[self.label_key], url, key)}
 
 
 def _fields(sample: dict) -> str:
@@ -309,17 +312,31 @@ def eval_transform(**kwargs: Any) -> AudioTransform:
     return AudioTransform(training=False, **kwargs)
 
 
+def sample_transform(stage: str, **options: Any) -> AudioTransform:
+    """The plugin's ``transform(stage, **options)``: an :class:`AudioTransform` (random crop in ``"train"``,
+    centred otherwise) with ``options`` as its keyword arguments."""
+    return AudioTransform(training=check_stage(stage) == "train", **options)
+
+
 def collate(samples: list) -> Any:
-    """Stack ``(waveform, label)`` samples into ``(waveforms [B, ...], labels [B])`` (or waveforms alone).
+    """Stack ``{"waveform", "label"}`` samples (or ``(waveform, label)`` pairs) into
+    ``(waveforms [B, ...], labels [B])``, or unlabelled ones into waveforms alone.
 
     Example:
-        >>> w, y = collate([(torch.zeros(4), 1), (torch.ones(4), 2)])
+        >>> w, y = collate([{"waveform": torch.zeros(4), "label": 1}, {"waveform": torch.ones(4), "label": 2}])
         >>> w.shape, y.tolist()
         (torch.Size([2, 4]), [1, 2])
     """
     if not samples:
         raise DataError("cannot collate an empty batch")
+    if isinstance(samples[0], dict):
+        if "label" not in samples[0]:
+            return collate([s["waveform"] for s in samples])
+        samples = [(s["waveform"], s["label"]) for s in samples]
     if isinstance(samples[0], Tensor):
+        lengths = {w.shape for w in samples}
+        if len(lengths) > 1:
+            raise DataError(f"clips of different lengths in one batch ({sorted(lengths)}); set clip_seconds")
         return torch.stack(samples)
     waves, labels = zip(*samples)
     lengths = {w.shape for w in waves}

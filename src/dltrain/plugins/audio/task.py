@@ -12,7 +12,8 @@ from torch.nn import functional as F
 from dltrain.errors import ConfigurationError
 from dltrain.task import Task
 
-from .features import LogMelSpectrogram, SpecAugment
+from ..metrics import accuracy, confusion_matrix
+from .features import batch_features, device_transform
 
 __all__ = ["AudioCNN", "AudioClassificationTask"]
 
@@ -118,24 +119,23 @@ class AudioClassificationTask(Task):
         if mel_scale not in ("htk", "slaney"):
             raise ConfigurationError(f"mel_scale must be 'htk' or 'slaney', not {mel_scale!r}")
         self.save_hyperparameters(ignore=("model",))
-        torchmetrics = _torchmetrics()
         self.num_classes = num_classes
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.lr, self.weight_decay, self.total_steps = lr, weight_decay, total_steps
         self.label_smoothing = label_smoothing
-        self.features = LogMelSpectrogram(
-            sample_rate=sample_rate,
-            n_fft=n_fft if n_fft is not None else round(0.025 * sample_rate),
-            hop_length=hop_length if hop_length is not None else round(0.010 * sample_rate),
-            n_mels=n_mels,
+        # The plugin's own device transform: the same features here as for any other task built on the plugin.
+        train_features = device_transform(
+            "train", sample_rate=sample_rate, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length,
             mel_scale=mel_scale,  # type: ignore[arg-type]
+            freq_mask=freq_mask, time_mask=time_mask, num_freq_masks=num_freq_masks, num_time_masks=num_time_masks,
         )
-        self.spec_augment = SpecAugment(freq_mask, time_mask, num_freq_masks, num_time_masks)
+        self.features = train_features.log_mel
+        self.spec_augment = train_features.spec_augment
         self.model = model if model is not None else AudioCNN(num_classes)
-        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
-        self.test_confusion = torchmetrics.classification.MulticlassConfusionMatrix(num_classes)
+        self.train_acc = accuracy(num_classes)
+        self.val_acc = accuracy(num_classes)
+        self.test_acc = accuracy(num_classes)
+        self.test_confusion = confusion_matrix(num_classes)
         self.confusion_matrix: Tensor | None = None
 
     def forward(self, features: Tensor) -> Tensor:
@@ -143,15 +143,8 @@ class AudioClassificationTask(Task):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Waveforms ``[B, T]`` (or ``[B, C, T]``) -> log-mel ``[B, C, n_mels, frames]``; SpecAugment in training."""
-        if batch is None:  # every sample of the batch was bad and skipped (on_error="skip")
-            return None
-        waves, labels = batch
-        feats = self.features(waves)
-        if feats.dim() == 3:
-            feats = feats.unsqueeze(1)  # mono: add the channel axis the CNN expects
-        if self.training:
-            feats = self.spec_augment(feats)
-        return feats, labels
+        # A None batch (every sample skipped with on_error="skip") stays None.
+        return batch_features(batch, self.features, self.spec_augment if self.training else None)
 
     def _shared(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
         feats, labels = batch
@@ -227,8 +220,3 @@ class AudioClassificationTask(Task):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-
-def _torchmetrics() -> Any:
-    import torchmetrics.classification  # torchmetrics is a core dependency; imported here to keep import light
-
-    return torchmetrics

@@ -10,14 +10,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
-
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-
 from dltrain.plugins import Plugin, require
 
 require("tokenizers", plugin="text", extra="text")
 
+from dltrain.plugins.metrics import CLASSIFICATION_METRICS  # noqa: E402
 from dltrain.plugins.text.data import (  # noqa: E402
     DECODERS,
     IGNORE_INDEX,
@@ -28,6 +25,7 @@ from dltrain.plugins.text.data import (  # noqa: E402
     LMBlockTransform,
     PadCollate,
     TextStats,
+    TextTransform,
     collate,
     decode_ids,
     decode_int,
@@ -35,6 +33,7 @@ from dltrain.plugins.text.data import (  # noqa: E402
     iter_documents,
     lm_collate,
     pack_documents,
+    sample_transform,
     write_classification_shards,
     write_lm_shards,
     write_shards,
@@ -68,6 +67,7 @@ __all__ = [
     "TextClassificationTask",
     "TextStats",
     "TextTokenizer",
+    "TextTransform",
     "TransformerEncoder",
     "collate",
     "decode_ids",
@@ -78,6 +78,7 @@ __all__ = [
     "load_tokenizer",
     "pack_documents",
     "plugin",
+    "sample_transform",
     "train_tokenizer",
     "write_classification_shards",
     "write_lm_shards",
@@ -85,41 +86,13 @@ __all__ = [
 ]
 
 
-def _train_transform(tokenizer: TextTokenizer | None = None, max_length: int = 256, *,
-                     vocab_size: int | None = None) -> Any:
-    """Per-sample transform: LM blocks when no tokenizer is given, tokenize + truncate for classification."""
-    if tokenizer is None:
-        return LMBlockTransform(vocab_size)
-    return ClassificationTransform(tokenizer, max_length)
-
-
-def _accuracy(num_classes: int, **kwargs: Any) -> MulticlassAccuracy:
-    return MulticlassAccuracy(num_classes=num_classes, average=kwargs.pop("average", "micro"), **kwargs)
-
-
-def _f1(num_classes: int, **kwargs: Any) -> MulticlassF1Score:
-    return MulticlassF1Score(num_classes=num_classes, average=kwargs.pop("average", "macro"), **kwargs)
-
-
 plugin = Plugin(
     name="text",
     extra="text",
     decoders=DECODERS,
-    transforms={
-        # Text needs no random augmentation: train and eval transforms are the same.
-        "train": _train_transform,
-        "eval": _train_transform,
-        "lm": LMBlockTransform,
-        "classification": ClassificationTransform,
-    },
+    transform=sample_transform,
     collate=collate,
-    device_transforms={},
     tasks={"language_model": LanguageModelTask, "classification": TextClassificationTask},
-    metrics={
-        "bits_per_byte": BitsPerByte,
-        "perplexity": Perplexity,
-        "accuracy": _accuracy,
-        "f1": _f1,
-    },
+    metrics={**CLASSIFICATION_METRICS, "bits_per_byte": BitsPerByte, "perplexity": Perplexity},
     write_shards=write_shards,
 )

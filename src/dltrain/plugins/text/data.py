@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dltrain.data.domain import check_stage
 from dltrain.errors import ConfigurationError, DataError
 from dltrain.plugins.text.tokenizer import TextTokenizer
 
@@ -46,12 +47,14 @@ __all__ = [
     "LengthBucketLoader",
     "PadCollate",
     "TextStats",
+    "TextTransform",
     "collate",
     "decode_ids",
     "decode_int",
     "decode_text",
     "lm_collate",
     "pack_documents",
+    "sample_transform",
     "write_classification_shards",
     "write_lm_shards",
 ]
@@ -390,6 +393,42 @@ class ClassificationTransform:
         label = decode_int(label) if isinstance(label, bytes) else int(label)
         return {"input_ids": torch.tensor(ids[: self.max_length], dtype=torch.long), "label": label,
                 "n_replaced": doc.n_replaced, "truncated": int(truncated)}
+
+
+class TextTransform:
+    """The plugin's per-sample transform for both kinds of text shards, told apart by their fields (as
+    ``collate`` does): an LM block (``ids``) -> :class:`LMBlockTransform`'s output; a document with a label
+    (``txt`` and ``cls``) -> :class:`ClassificationTransform`'s, which needs ``tokenizer``.
+
+    Args:
+        tokenizer: the tokenizer of classification documents.
+        max_length: classification documents are truncated to this many tokens.
+        vocab_size: LM ids are checked against it (default: the tokenizer's vocabulary size, if given).
+        text_field, label_field: classification sample fields.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer | None = None, max_length: int = 256, *,
+                 vocab_size: int | None = None, text_field: str = "txt", label_field: str = "cls") -> None:
+        if vocab_size is None and tokenizer is not None:
+            vocab_size = tokenizer.vocab_size
+        self.lm = LMBlockTransform(vocab_size)
+        self.classification = (ClassificationTransform(tokenizer, max_length, text_field=text_field,
+                                                       label_field=label_field) if tokenizer is not None else None)
+
+    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any] | None:
+        if "ids" in sample:
+            return self.lm(sample)
+        if self.classification is None:
+            raise ConfigurationError("a text sample without 'ids' is a document to classify: give the transform a "
+                                     "tokenizer (plugin.transform(stage, tokenizer=...))")
+        return self.classification(sample)
+
+
+def sample_transform(stage: str, **options: Any) -> TextTransform:
+    """The plugin's ``transform(stage, **options)``: a :class:`TextTransform` with ``options`` as its keyword
+    arguments. Text has no random augmentation, so every stage gets the same transform."""
+    check_stage(stage)
+    return TextTransform(**options)
 
 
 # ---------------------------------------------------------------------------------------------- collate

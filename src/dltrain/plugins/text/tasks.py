@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import Self
 
 from dltrain.errors import CheckpointError, ConfigurationError
+from dltrain.plugins.metrics import accuracy, f1
 from dltrain.plugins.text.data import IGNORE_INDEX
 from dltrain.plugins.text.metrics import BitsPerByte, Perplexity
 from dltrain.plugins.text.models import CausalTransformer, TransformerEncoder
@@ -330,8 +330,8 @@ class TextClassificationTask(_TokenizerMixin):
         self.eval_metrics = nn.ModuleDict({
             stage: nn.ModuleDict({
                 "loss": MeanMetric(),
-                "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
-                "f1": MulticlassF1Score(num_classes=num_classes, average="macro"),
+                "acc": accuracy(num_classes),
+                "f1": f1(num_classes),
             })
             for stage in ("val", "test")
         })

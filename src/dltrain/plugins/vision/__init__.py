@@ -5,7 +5,7 @@ Needs the ``vision`` extra (``pip install 'dltrain[vision]'``: torchvision and P
 Example:
     >>> import dltrain.plugins
     >>> vision = dltrain.plugins.get("vision")
-    >>> train_tf = vision.transforms["train"](224, color_jitter=0.4)
+    >>> train_tf = vision.transform("train", size=224, color_jitter=0.4)
     >>> task = vision.tasks["classification"]("resnet18", num_classes=10)
 """
 
@@ -17,6 +17,7 @@ from dltrain.plugins import Plugin, require
 require("torchvision", plugin="vision", extra="vision")
 require("PIL", plugin="vision", extra="vision")
 
+from dltrain.plugins.metrics import CLASSIFICATION_METRICS  # noqa: E402
 from dltrain.plugins.vision.decode import (  # noqa: E402
     IMAGE_EXTENSIONS,
     FieldDecoder,
@@ -28,7 +29,7 @@ from dltrain.plugins.vision.decode import (  # noqa: E402
     parse_label,
     to_channels,
 )
-from dltrain.plugins.vision.mix import MixUpCutMix, one_hot_targets  # noqa: E402
+from dltrain.plugins.vision.mix import BatchMix, MixUpCutMix, device_transform, one_hot_targets  # noqa: E402
 from dltrain.plugins.vision.shards import find_images, write_image_shards  # noqa: E402
 from dltrain.plugins.vision.task import ImageClassificationTask, accuracy, build_model, load_weights  # noqa: E402
 from dltrain.plugins.vision.transforms import (  # noqa: E402
@@ -37,6 +38,7 @@ from dltrain.plugins.vision.transforms import (  # noqa: E402
     ImageSampleTransform,
     collate,
     eval_transform,
+    sample_transform,
     train_transform,
 )
 
@@ -44,6 +46,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "BatchMix",
     "FieldDecoder",
     "ImageClassificationTask",
     "ImageDecodeError",
@@ -54,6 +57,7 @@ __all__ = [
     "collate",
     "decode_image",
     "decode_label",
+    "device_transform",
     "encode_image",
     "eval_transform",
     "find_images",
@@ -62,6 +66,7 @@ __all__ = [
     "one_hot_targets",
     "parse_label",
     "plugin",
+    "sample_transform",
     "to_channels",
     "train_transform",
     "write_image_shards",
@@ -71,10 +76,10 @@ plugin = Plugin(
     name="vision",
     extra="vision",
     decoders=image_decoders(channels=3),
-    transforms={"train": train_transform, "eval": eval_transform},
+    transform=sample_transform,
     collate=collate,
-    device_transforms={"mixup_cutmix": MixUpCutMix},
+    device_transform=device_transform,
     tasks={"classification": ImageClassificationTask},
-    metrics={"accuracy": accuracy},
+    metrics=CLASSIFICATION_METRICS,
     write_shards=write_image_shards,
 )

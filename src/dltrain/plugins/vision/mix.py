@@ -1,30 +1,40 @@
-"""MixUp and CutMix as a batch transform that runs on the device (after the batch transfer)."""
+"""MixUp and CutMix as a batch transform that runs on the device (after the batch transfer).
+
+The mixing itself is torchvision's (``transforms.v2.MixUp``/``CutMix``, picked by ``v2.RandomChoice``); this
+module adds what a training loop needs around it: a probability of mixing a batch at all, label smoothing, and
+the same ``(B, num_classes)`` float targets whether a batch was mixed or not (so the loss sees one kind).
+"""
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms import v2
 
+from dltrain.data.domain import check_stage
 from dltrain.errors import ConfigurationError
 
-__all__ = ["MixUpCutMix", "one_hot_targets"]
+__all__ = ["BatchMix", "MixUpCutMix", "one_hot_targets"]
 
 
 def one_hot_targets(labels: Tensor, num_classes: int, label_smoothing: float = 0.0) -> Tensor:
     """``(B,)`` class indices -> ``(B, num_classes)`` float targets, optionally label-smoothed."""
-    off = label_smoothing / num_classes
-    return F.one_hot(labels.long(), num_classes).float() * (1.0 - label_smoothing) + off
+    return _smooth(F.one_hot(labels.long(), num_classes).float(), label_smoothing)
+
+
+def _smooth(targets: Tensor, label_smoothing: float) -> Tensor:
+    # Smoothing is affine and mixing weights sum to 1, so smoothing mixed targets equals mixing smoothed ones.
+    return targets * (1.0 - label_smoothing) + label_smoothing / targets.shape[-1]
 
 
 class MixUpCutMix(nn.Module):
-    """Mix each batch with its reverse: MixUp (blend) or CutMix (paste a box); returns soft targets.
+    """Mix each batch with itself rolled by one: MixUp (blend) or CutMix (paste a box); returns soft targets.
 
-    One mixing coefficient per batch, drawn from ``Beta(alpha, alpha)`` with the global torch RNG (so it follows
-    ``seed_everything``); the images never leave the device. Pairing sample ``i`` with ``B-1-i`` (a flip of the
-    batch) needs no random permutation on the device and is as good as one, since batches are already shuffled.
+    One mixing coefficient per batch, drawn from ``Beta(alpha, alpha)`` by torchvision with the global torch RNG
+    (so it follows ``seed_everything``); the images never leave the device.
 
     Args:
         num_classes: number of classes of the targets.
@@ -32,7 +42,7 @@ class MixUpCutMix(nn.Module):
         cutmix_alpha: Beta parameter of CutMix; 0 disables it.
         prob: probability of mixing a batch at all.
         switch_prob: with both enabled, probability of CutMix rather than MixUp.
-        label_smoothing: applied to the one-hot targets before mixing.
+        label_smoothing: applied to the targets (mixed or not).
 
     Example:
         >>> mix = MixUpCutMix(10, mixup_alpha=0.2, cutmix_alpha=1.0)
@@ -63,45 +73,55 @@ class MixUpCutMix(nn.Module):
         self.prob = prob
         self.switch_prob = switch_prob
         self.label_smoothing = label_smoothing
+        choices: list[Any] = []
+        weights: list[float] = []
+        if cutmix_alpha > 0:
+            choices.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+            weights.append(switch_prob if mixup_alpha > 0 else 1.0)
+        if mixup_alpha > 0:
+            choices.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+            weights.append(1.0 - switch_prob if cutmix_alpha > 0 else 1.0)
+        self._mix = v2.RandomChoice(choices, p=weights) if choices else None
 
     @property
     def enabled(self) -> bool:
-        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
-
-    def _beta(self, alpha: float) -> float:
-        a = torch.tensor([alpha], dtype=torch.float64)
-        return float(torch.distributions.Beta(a, a).sample().item())  # CPU scalar: no device sync
+        return self._mix is not None and self.prob > 0
 
     def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Mix ``images`` ``(B, C, H, W)``; ``labels`` are ``(B,)`` indices or ``(B, num_classes)`` soft targets."""
+        """Mix ``images`` ``(B, C, H, W)`` (float) and ``labels`` ``(B,)`` (class indices)."""
         if images.ndim != 4:
             raise ConfigurationError(f"MixUpCutMix expects images of shape (B, C, H, W), got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise ConfigurationError("MixUpCutMix needs float images; normalize them first (normalize=True)")
-        if labels.ndim == 1:
-            targets = one_hot_targets(labels, self.num_classes, self.label_smoothing).to(images.device)
-        else:
-            targets = labels.float()
-        if not self.enabled or images.shape[0] < 2 or float(torch.rand(())) >= self.prob:
-            return images, targets
-        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or float(torch.rand(())) < self.switch_prob)
-        if use_cutmix:
-            lam = self._beta(self.cutmix_alpha)
-            h, w = images.shape[-2:]
-            cut = math.sqrt(1.0 - lam)
-            ch, cw = int(h * cut), int(w * cut)
-            cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
-            y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-            x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-            images = images.clone()
-            images[:, :, y0:y1, x0:x1] = images.flip(0)[:, :, y0:y1, x0:x1]
-            lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)  # the box was clipped at the border: use its real area
-        else:
-            lam = self._beta(self.mixup_alpha)
-            images = images.mul(lam).add_(images.flip(0), alpha=1.0 - lam)
-        targets = targets.mul(lam).add_(targets.flip(0), alpha=1.0 - lam)
-        return images, targets
+        if labels.ndim != 1 or labels.is_floating_point():
+            raise ConfigurationError(f"MixUpCutMix mixes (B,) class indices, got labels of shape "
+                                     f"{tuple(labels.shape)} and dtype {labels.dtype}")
+        if self._mix is None or images.shape[0] < 2 or float(torch.rand(())) >= self.prob:
+            return images, one_hot_targets(labels, self.num_classes, self.label_smoothing)
+        images, targets = self._mix(images, labels.long())
+        return images, _smooth(targets, self.label_smoothing)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
                 f"prob={self.prob}, switch_prob={self.switch_prob}")
+
+
+class BatchMix(nn.Module):
+    """`MixUpCutMix` on a whole ``(images, labels)`` batch: the vision plugin's ``device_transform("train")``."""
+
+    def __init__(self, mix: MixUpCutMix) -> None:
+        super().__init__()
+        self.mix = mix
+
+    def forward(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        return self.mix(images, labels)
+
+
+def device_transform(stage: str, *, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                     prob: float = 1.0, switch_prob: float = 0.5, label_smoothing: float = 0.0) -> BatchMix | None:
+    """The plugin's ``device_transform(stage, **options)``: MixUp/CutMix in training when an alpha is set, else
+    ``None`` (evaluation batches are never mixed)."""
+    mix = MixUpCutMix(num_classes, mixup_alpha, cutmix_alpha, prob=prob, switch_prob=switch_prob,
+                      label_smoothing=label_smoothing)
+    return BatchMix(mix) if check_stage(stage) == "train" and mix.enabled else None

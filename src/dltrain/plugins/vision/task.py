@@ -14,15 +14,11 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from dltrain.errors import CheckpointError, ConfigurationError
+from dltrain.plugins.metrics import accuracy
 from dltrain.plugins.vision.mix import MixUpCutMix
 from dltrain.task import Task
 
 __all__ = ["ImageClassificationTask", "accuracy", "build_model", "load_weights"]
-
-
-def accuracy(num_classes: int, top_k: int = 1) -> MulticlassAccuracy:
-    """Top-k accuracy over all samples (micro average, the number papers report)."""
-    return MulticlassAccuracy(num_classes=num_classes, top_k=top_k, average="micro")
 
 
 def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:

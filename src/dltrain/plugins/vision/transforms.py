@@ -1,8 +1,9 @@
 """Per-sample CPU transforms (run in the loader workers) and the batch collate for image classification.
 
-A sample transform takes the decoded shard sample (a dict) and returns ``(image, label)``: a float
-``(C, H, W)`` tensor of fixed size and an ``int``. Workers only decode, crop, flip and jitter; batch-level
-augmentation (MixUp/CutMix) runs on the device, see :mod:`dltrain.plugins.vision.mix`.
+A sample transform takes the decoded shard sample (a dict) and returns the sample dict
+``{"image": float (C, H, W) tensor of fixed size, "label": int}`` (the plugin contract of
+`dltrain.data.domain`). Workers only decode, crop, flip and jitter; batch-level augmentation (MixUp/CutMix) runs
+on the device, see :mod:`dltrain.plugins.vision.mix`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import torch
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
+from dltrain.data.domain import check_stage
 from dltrain.errors import DataError
 from dltrain.plugins.vision.decode import IMAGE_EXTENSIONS, decode_image, parse_label, to_channels
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageSampleTransform", "collate", "eval_transform", "train_transform"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageSampleTransform", "collate", "eval_transform", "sample_transform",
+           "train_transform"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -36,7 +39,7 @@ def _mean_std(
 
 
 class ImageSampleTransform:
-    """Sample dict -> ``(image, label)``: picks the image and label fields, checks them, runs ``pipeline``.
+    """Sample dict -> ``{"image", "label"}``: picks the image and label fields, checks them, runs ``pipeline``.
 
     A top-level class (not a closure) so it pickles into loader worker processes.
 
@@ -49,8 +52,8 @@ class ImageSampleTransform:
 
     Example:
         >>> t = ImageSampleTransform(v2.Resize(8), channels=3)
-        >>> img, label = t({"png": torch.zeros(1, 16, 16, dtype=torch.uint8), "cls": 2})
-        >>> img.shape, label
+        >>> out = t({"png": torch.zeros(1, 16, 16, dtype=torch.uint8), "cls": 2})
+        >>> out["image"].shape, out["label"]
         (torch.Size([3, 8, 8]), 2)
     """
 
@@ -69,9 +72,10 @@ class ImageSampleTransform:
         self.image_keys = tuple(image_keys)
         self.label_key = label_key
 
-    def __call__(self, sample: Mapping[str, Any]) -> tuple[Tensor, int]:
+    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            return self._apply(sample)
+            image, label = self._apply(sample)
+            return {"image": image, "label": label}
         except DataError as err:
             if err.url is None and err.key is None and ("__key__" in sample or "__url__" in sample):
                 # Say where: the data layer passes a DataError from map through as it is.
@@ -152,7 +156,7 @@ def train_transform(
 
     Example:
         >>> t = train_transform(32, scale=(0.5, 1.0), hflip=0.0, channels=1)
-        >>> t({"png": torch.zeros(1, 40, 40, dtype=torch.uint8), "cls": 0})[0].shape
+        >>> t({"png": torch.zeros(1, 40, 40, dtype=torch.uint8), "cls": 0})["image"].shape
         torch.Size([1, 32, 32])
     """
     steps: list[Any] = [
@@ -192,7 +196,7 @@ def eval_transform(
 
     Example:
         >>> t = eval_transform(32, resize=32, channels=3)
-        >>> t({"jpg": torch.zeros(3, 48, 64, dtype=torch.uint8), "cls": 1})[0].shape
+        >>> t({"jpg": torch.zeros(3, 48, 64, dtype=torch.uint8), "cls": 1})["image"].shape
         torch.Size([3, 32, 32])
     """
     crop = size if isinstance(size, int) else min(size)
@@ -209,21 +213,51 @@ def eval_transform(
     )
 
 
-def collate(samples: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-    """Stack ``(image, label)`` samples into ``(images (B, C, H, W), labels (B,) int64)``.
+def sample_transform(
+    stage: str,
+    *,
+    size: int | tuple[int, int] = 224,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    color_jitter: ColorJitterArg = None,
+    resize: int | None = None,
+    **common: Any,
+) -> ImageSampleTransform:
+    """The plugin's ``transform(stage, **options)``: :func:`train_transform` for ``"train"``, else
+    :func:`eval_transform`.
+
+    One set of options serves every stage: the augmentation options (``scale``, ``ratio``, ``hflip``,
+    ``color_jitter``) only act in training, ``resize`` only in evaluation; ``common`` (``normalize``, ``mean``,
+    ``std``, ``channels``, ``num_classes``, ``interpolation``, ``image_keys``, ``label_key``) goes to both.
 
     Example:
-        >>> x, y = collate([(torch.zeros(3, 4, 4), 1), (torch.ones(3, 4, 4), 2)])
+        >>> t = sample_transform("val", size=8, channels=1)
+        >>> t({"png": torch.zeros(1, 12, 12, dtype=torch.uint8), "cls": 3})["image"].shape
+        torch.Size([1, 8, 8])
+    """
+    if check_stage(stage) == "train":
+        return train_transform(size, scale=scale, ratio=ratio, hflip=hflip, color_jitter=color_jitter, **common)
+    return eval_transform(size, resize=resize, **common)
+
+
+def collate(samples: list[Mapping[str, Any]] | list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    """Stack ``{"image", "label"}`` samples (or ``(image, label)`` pairs) into
+    ``(images (B, C, H, W), labels (B,) int64)``.
+
+    Example:
+        >>> x, y = collate([{"image": torch.zeros(3, 4, 4), "label": 1}, {"image": torch.ones(3, 4, 4), "label": 2}])
         >>> x.shape, y.tolist()
         (torch.Size([2, 3, 4, 4]), [1, 2])
     """
     if not samples:
         raise DataError("cannot collate an empty batch")
-    images = [s[0] for s in samples]
+    pairs = [(s["image"], s["label"]) if isinstance(s, Mapping) else s for s in samples]
+    images = [p[0] for p in pairs]
     shapes = {tuple(i.shape) for i in images}
     if len(shapes) > 1:
         raise DataError(
             f"images in one batch have different shapes {sorted(shapes)[:4]}; use a transform with a fixed output "
             "size (train_transform/eval_transform crop to `size`)"
         )
-    return torch.stack(images), torch.tensor([int(s[1]) for s in samples], dtype=torch.long)
+    return torch.stack(images), torch.tensor([int(p[1]) for p in pairs], dtype=torch.long)
