@@ -1,7 +1,10 @@
-"""Log-mel against a float64 numpy reference, mel scales, SpecAugment mask sizes."""
+"""Log-mel, the mel filterbank and the mel scales against librosa; SpecAugment mask widths and counts."""
 
 from __future__ import annotations
 
+# The reference is librosa (a test-only dependency, in the `dev` extra): an outside implementation, not a
+# re-derivation by the same hands. librosa's "hann" window is scipy's periodic one, as ours.
+import librosa
 import numpy as np
 import pytest
 import torch
@@ -9,60 +12,34 @@ import torch
 pytest.importorskip("soundfile")
 from dltrain.plugins.audio import LogMelSpectrogram, SpecAugment, hz_to_mel, mel_filterbank, mel_to_hz
 
-
-def _np_mel(f: np.ndarray, scale: str) -> np.ndarray:
-    if scale == "htk":
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-    # Slaney: linear below 1 kHz, log above.
-    return np.where(f < 1000.0, 3.0 * f / 200.0, 15.0 + 27.0 * np.log(np.maximum(f, 1e-9) / 1000.0) / np.log(6.4))
+SCALES = [("htk", None), ("htk", "slaney"), ("slaney", None), ("slaney", "slaney")]
 
 
-def _np_mel_inv(m: np.ndarray, scale: str) -> np.ndarray:
-    if scale == "htk":
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-    return np.where(m < 15.0, 200.0 * m / 3.0, 1000.0 * np.exp((m - 15.0) * np.log(6.4) / 27.0))
-
-
-def _np_filterbank(n_fft: int, n_mels: int, sr: int, scale: str, norm: str | None) -> np.ndarray:
-    freqs = np.arange(n_fft // 2 + 1) * sr / n_fft
-    pts = _np_mel_inv(np.linspace(_np_mel(np.array(0.0), scale), _np_mel(np.array(sr / 2), scale), n_mels + 2), scale)
-    fb = np.zeros((len(freqs), n_mels))
-    for m in range(n_mels):
-        lo, c, hi = pts[m], pts[m + 1], pts[m + 2]
-        for k, f in enumerate(freqs):
-            if lo < f <= c:
-                fb[k, m] = (f - lo) / (c - lo)
-            elif c < f < hi:
-                fb[k, m] = (hi - f) / (hi - c)
-        if norm == "slaney":
-            fb[:, m] *= 2.0 / (hi - lo)
-    return fb
-
-
-def _np_logmel(x: np.ndarray, sr: int, n_fft: int, hop: int, n_mels: int, scale: str, norm, eps: float):
-    x = np.asarray(x, np.float64)
-    padded = np.pad(x, n_fft // 2, mode="reflect")
-    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
-    n_frames = 1 + (len(padded) - n_fft) // hop
-    frames = np.stack([padded[i * hop : i * hop + n_fft] * window for i in range(n_frames)])
-    power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2  # [frames, freqs]
-    mel = power @ _np_filterbank(n_fft, n_mels, sr, scale, norm)
-    return np.log(mel + eps).T, mel.T
-
-
-@pytest.mark.parametrize("scale,norm", [("htk", None), ("slaney", "slaney")])
-def test_logmel_matches_numpy_float64_reference(scale, norm):
+def _signal(sr: int) -> np.ndarray:
     rng = np.random.default_rng(0)
-    sr, n_fft, hop, n_mels = 16000, 400, 160, 40
     t = np.arange(sr) / sr
     # Speech-like test signal: two tones, a chirp and noise, so every band has energy.
-    x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3000 * t) \
+    return 0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3000 * t) \
         + 0.1 * np.sin(2 * np.pi * (100 + 3000 * t) * t) + 0.05 * rng.standard_normal(sr)
-    ref_log, ref_mel = _np_logmel(x, sr, n_fft, hop, n_mels, scale, norm, 1e-6)
+
+
+def _librosa_mel(x: np.ndarray, sr: int, n_fft: int, hop: int, n_mels: int, scale: str, norm: str | None) -> np.ndarray:
+    return librosa.feature.melspectrogram(y=x, sr=sr, n_fft=n_fft, hop_length=hop, win_length=n_fft, window="hann",
+                                          center=True, pad_mode="reflect", power=2.0, n_mels=n_mels,
+                                          htk=scale == "htk", norm=norm, dtype=np.float64)
+
+
+@pytest.mark.parametrize("scale,norm", SCALES)
+@pytest.mark.parametrize("sr,n_fft,hop,n_mels", [(16000, 400, 160, 40), (22050, 512, 128, 64)])
+def test_logmel_matches_librosa(sr, n_fft, hop, n_mels, scale, norm):
+    x = _signal(sr)
+    ref_mel = _librosa_mel(x, sr, n_fft, hop, n_mels, scale, norm)
+    ref_log = np.log(ref_mel + 1e-6)
     module = LogMelSpectrogram(sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels, mel_scale=scale, norm=norm)
     out = module(torch.tensor(x, dtype=torch.float32)[None])[0].double().numpy()
     assert out.shape == ref_log.shape == (n_mels, sr // hop + 1)
-    # float32 features vs the float64 reference: relative error of the log-mel values and of the mel power.
+    # float32 features vs librosa in float64: relative error of the log-mel values (|value| >= 1 as the scale,
+    # since log-mel crosses 0) and of the mel power.
     rel_log = np.abs(out - ref_log) / np.maximum(np.abs(ref_log), 1.0)
     assert rel_log.max() < 1e-4, rel_log.max()
     rel_mel = np.abs(np.exp(out) - 1e-6 - ref_mel) / ref_mel
@@ -73,15 +50,18 @@ def test_logmel_matches_numpy_float64_reference(scale, norm):
     assert (np.abs(out64 - ref_log) / np.maximum(np.abs(ref_log), 1.0)).max() < 2e-5
 
 
-def test_filterbank_matches_reference_and_scales_invert():
-    for scale, norm in [("htk", None), ("slaney", None), ("slaney", "slaney"), ("htk", "slaney")]:
-        fb = mel_filterbank(257, 64, 22050, scale=scale, norm=norm).numpy()
-        np.testing.assert_allclose(fb, _np_filterbank(512, 64, 22050, scale, norm), rtol=1e-9, atol=1e-12)
-    f = torch.linspace(0, 8000, 101, dtype=torch.float64)
-    for scale in ("htk", "slaney"):
-        torch.testing.assert_close(mel_to_hz(hz_to_mel(f, scale), scale), f)
-    assert abs(float(hz_to_mel(torch.tensor(1000.0), "htk")) - 1000.0) < 0.1  # HTK: 1 kHz ~ 1000 mel
-    assert float(hz_to_mel(torch.tensor(1000.0), "slaney")) == pytest.approx(15.0)
+@pytest.mark.parametrize("scale,norm", SCALES)
+def test_filterbank_and_mel_scale_match_librosa(scale, norm):
+    for sr, n_fft, n_mels, f_min, f_max in [(22050, 512, 64, 0.0, None), (16000, 400, 40, 20.0, 7600.0)]:
+        ours = mel_filterbank(n_fft // 2 + 1, n_mels, sr, f_min, f_max, scale=scale, norm=norm).numpy()
+        ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=scale == "htk",
+                                  norm=norm, dtype=np.float64).T
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+    f = np.linspace(0, 11025, 301)
+    mel = hz_to_mel(torch.tensor(f, dtype=torch.float64), scale).numpy()
+    np.testing.assert_allclose(mel, librosa.hz_to_mel(f, htk=scale == "htk"), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mel_to_hz(torch.tensor(mel), scale).numpy(), librosa.mel_to_hz(mel, htk=scale == "htk"),
+                               rtol=1e-12, atol=1e-9)
 
 
 def test_logmel_batch_shapes_and_autocast():
@@ -127,3 +107,68 @@ def test_specaugment_width_distribution_and_application():
     torch.testing.assert_close(out[changed], mean[changed])
     aug.eval()
     assert aug(feats) is feats
+
+
+def _runs(row: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, length) of each run of True in a 1-D boolean tensor."""
+    padded = torch.cat([torch.tensor([False]), row, torch.tensor([False])]).int()
+    edges = padded.diff()
+    starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+    return [(int(s), int(e - s)) for s, e in zip(starts, ends)]
+
+
+@pytest.mark.parametrize(
+    "freq_mask,time_mask,max_time_fraction",
+    [(8, 20, 1.0), ((3, 5), (10, 10), 1.0), (0, (0, 50), 0.2)],
+    ids=["int-widths", "min-max-widths", "time-capped-at-20%"],
+)
+def test_specaugment_one_mask_has_the_documented_width_and_position_over_many_seeds(
+        freq_mask, time_mask, max_time_fraction):
+    # The docstring: widths uniform on [0, max] (an int) or [min, max] (a tuple), positions uniform where the
+    # mask fits, time masks capped at max_time_fraction of the frames; one contiguous band per mask.
+    n_freq, n_time = 40, 101
+    aug = SpecAugment(freq_mask, time_mask, num_freq_masks=1, num_time_masks=1, max_time_fraction=max_time_fraction)
+    f_lo, f_hi = (0, freq_mask) if isinstance(freq_mask, int) else freq_mask
+    t_lo, t_hi = (0, time_mask) if isinstance(time_mask, int) else time_mask
+    t_hi = min(t_hi, int(max_time_fraction * n_time))
+    widths: dict[str, list[int]] = {"freq": [], "time": []}
+    touches: dict[str, set[str]] = {"freq": set(), "time": set()}
+    for seed in range(100):
+        freq, time = aug.masks(torch.zeros(16, n_freq, n_time), generator=torch.Generator().manual_seed(seed))
+        for kind, masks, size in (("freq", freq.reshape(16, n_freq), n_freq), ("time", time.reshape(16, n_time), n_time)):
+            for row in masks:
+                runs = _runs(row)
+                assert len(runs) <= 1  # one mask: one contiguous band (none when its width is 0)
+                width = runs[0][1] if runs else 0
+                widths[kind].append(width)
+                if runs:
+                    touches[kind] |= {"start"} if runs[0][0] == 0 else set()
+                    touches[kind] |= {"end"} if sum(runs[0]) == size else set()
+    for kind, lo, hi in (("freq", f_lo, f_hi), ("time", t_lo, t_hi)):
+        counts = np.bincount(widths[kind], minlength=hi + 1)
+        assert counts[:lo].sum() == 0 and counts[hi + 1:].sum() == 0, (kind, counts)
+        # uniform on [lo, hi]: 1600 draws (fixed seeds), every width within 35% of its expected count, 3 standard
+        # deviations or more of a binomial count; an off-by-one range or a skewed draw falls outside
+        expected = len(widths[kind]) / (hi - lo + 1)
+        assert np.all(np.abs(counts[lo:hi + 1] - expected) < 0.35 * expected), (kind, counts[lo:hi + 1])
+        if hi > 0:
+            assert touches[kind] == {"start", "end"}  # every position where it fits, both ends included
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_specaugment_mask_counts_over_many_seeds(count):
+    # `count` masks of width exactly 4 (they may overlap): at most `count` bands, 4..4*count bins in all, and
+    # with many seeds every number of separate bands from 1 to `count` occurs.
+    aug = SpecAugment(freq_mask=(4, 4), time_mask=(4, 4), num_freq_masks=count, num_time_masks=count)
+    seen_bands = set()
+    for seed in range(50):
+        freq, time = aug.masks(torch.zeros(16, 40, 101), generator=torch.Generator().manual_seed(seed))
+        for row in [*freq.reshape(16, 40), *time.reshape(16, 101)]:
+            runs = _runs(row)
+            assert 1 <= len(runs) <= count and 4 <= sum(n for _, n in runs) <= 4 * count
+            seen_bands.add(len(runs))
+    assert seen_bands == set(range(1, count + 1))
+    # zero masks, or width 0: nothing masked
+    for none in (SpecAugment(8, 20, 0, 0), SpecAugment(0, 0, 2, 2)):
+        freq, time = none.masks(torch.zeros(4, 40, 101), generator=torch.Generator().manual_seed(0))
+        assert not freq.any() and not time.any()
