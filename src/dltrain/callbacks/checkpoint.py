@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,9 +166,10 @@ class ModelCheckpoint(Callback):
             folder = self._dirpath_given if self._dirpath_given is not None else self._default_dirpath(trainer)
             folder.mkdir(parents=True, exist_ok=True)
             ckpt_io.remove_stale_temporaries(folder)
-            kept = [(float(s), str(p)) for s, p in self.kept if _inside(p, folder) and os.path.isfile(p)]
+            # A checkpoint is a file, or a directory (sharded, strategy="fsdp2").
+            kept = [(float(s), str(p)) for s, p in self.kept if _inside(p, folder) and os.path.exists(p)]
             last = self.last_path if self.last_path and _inside(self.last_path, folder) else None
-            decision = (str(folder), kept, last if last is not None and os.path.isfile(last) else None)
+            decision = (str(folder), kept, last if last is not None and os.path.exists(last) else None)
         if trainer.world_size > 1:
             decision = trainer.fabric.broadcast(decision, src=0)
         assert decision is not None
@@ -210,7 +212,10 @@ class ModelCheckpoint(Callback):
         if self.dirpath is None or not _inside(path, self.dirpath) or not self._mine(path):
             return  # never a file of another run, nor one outside this callback's folder
         with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+            if os.path.isdir(path) and not os.path.islink(path):  # a sharded checkpoint
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
         self._written.discard(_norm(path))
 
     # ------------------------------------------------------------------ saving
