@@ -29,7 +29,14 @@ from dltrain.plugins.vision.decode import (  # noqa: E402
     parse_label,
     to_channels,
 )
-from dltrain.plugins.vision.mix import BatchMix, MixUpCutMix, device_transform, one_hot_targets  # noqa: E402
+from dltrain.plugins.vision.device import (  # noqa: E402
+    DECODE_PLACES,
+    DeviceDecode,
+    EncodedJpegs,
+    JpegBytesTransform,
+    device_transform,
+)
+from dltrain.plugins.vision.mix import BatchMix, MixUpCutMix, one_hot_targets  # noqa: E402
 from dltrain.plugins.vision.shards import find_images, write_image_shards  # noqa: E402
 from dltrain.plugins.vision.task import ImageClassificationTask, accuracy, build_model, load_weights  # noqa: E402
 from dltrain.plugins.vision.transforms import (  # noqa: E402
@@ -38,19 +45,24 @@ from dltrain.plugins.vision.transforms import (  # noqa: E402
     ImageSampleTransform,
     collate,
     eval_transform,
+    pipeline_transform,
     sample_transform,
     train_transform,
 )
 
 __all__ = [
+    "DECODE_PLACES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "BatchMix",
+    "DeviceDecode",
+    "EncodedJpegs",
     "FieldDecoder",
     "ImageClassificationTask",
     "ImageDecodeError",
     "ImageSampleTransform",
+    "JpegBytesTransform",
     "MixUpCutMix",
     "accuracy",
     "build_model",
@@ -65,6 +77,7 @@ __all__ = [
     "load_weights",
     "one_hot_targets",
     "parse_label",
+    "pipeline_transform",
     "plugin",
     "sample_transform",
     "to_channels",
@@ -75,7 +88,9 @@ __all__ = [
 plugin = Plugin(
     name="vision",
     extra="vision",
-    decoders=image_decoders(channels=3),
+    # Images are decoded by the transform (on the CPU with the channels it was given, or on the device with
+    # decode="cuda"), so the workers' decoders leave them as bytes and only parse the label.
+    decoders={"cls": FieldDecoder("label")},
     transform=sample_transform,
     collate=collate,
     device_transform=device_transform,

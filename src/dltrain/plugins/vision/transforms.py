@@ -16,11 +16,12 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
 from dltrain.data.domain import check_stage
-from dltrain.errors import DataError
+from dltrain.errors import ConfigurationError, DataError
 from dltrain.plugins.vision.decode import IMAGE_EXTENSIONS, decode_image, parse_label, to_channels
+from dltrain.plugins.vision.device import DECODE_PLACES, EncodedJpegs, JpegBytesTransform
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageSampleTransform", "collate", "eval_transform", "sample_transform",
-           "train_transform"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageSampleTransform", "collate", "eval_transform", "pipeline_transform",
+           "sample_transform", "train_transform"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -213,7 +214,26 @@ def eval_transform(
     )
 
 
-def sample_transform(
+def sample_transform(stage: str, *, decode: str = "cpu", **options: Any) -> ImageSampleTransform | JpegBytesTransform:
+    """The plugin's ``transform(stage, **options)``: :func:`pipeline_transform` (decode and transform in the
+    workers), or with ``decode="cuda"`` a `JpegBytesTransform` (the workers only read the JPEG bytes; the
+    plugin's ``device_transform(stage, decode="cuda", **the same options)`` decodes and transforms them on the
+    device).
+
+    Example:
+        >>> t = sample_transform("val", size=8, channels=1)
+        >>> t({"png": torch.zeros(1, 12, 12, dtype=torch.uint8), "cls": 3})["image"].shape
+        torch.Size([1, 8, 8])
+    """
+    if decode not in DECODE_PLACES:
+        raise ConfigurationError(f"decode must be one of {', '.join(DECODE_PLACES)}, not {decode!r}")
+    if decode == "cuda":
+        keys = {k: options[k] for k in ("num_classes", "image_keys", "label_key") if k in options}
+        return JpegBytesTransform(**keys)
+    return pipeline_transform(stage, **options)
+
+
+def pipeline_transform(
     stage: str,
     *,
     size: int | tuple[int, int] = 224,
@@ -224,26 +244,21 @@ def sample_transform(
     resize: int | None = None,
     **common: Any,
 ) -> ImageSampleTransform:
-    """The plugin's ``transform(stage, **options)``: :func:`train_transform` for ``"train"``, else
-    :func:`eval_transform`.
+    """:func:`train_transform` for ``"train"``, else :func:`eval_transform`.
 
     One set of options serves every stage: the augmentation options (``scale``, ``ratio``, ``hflip``,
     ``color_jitter``) only act in training, ``resize`` only in evaluation; ``common`` (``normalize``, ``mean``,
     ``std``, ``channels``, ``num_classes``, ``interpolation``, ``image_keys``, ``label_key``) goes to both.
-
-    Example:
-        >>> t = sample_transform("val", size=8, channels=1)
-        >>> t({"png": torch.zeros(1, 12, 12, dtype=torch.uint8), "cls": 3})["image"].shape
-        torch.Size([1, 8, 8])
     """
     if check_stage(stage) == "train":
         return train_transform(size, scale=scale, ratio=ratio, hflip=hflip, color_jitter=color_jitter, **common)
     return eval_transform(size, resize=resize, **common)
 
 
-def collate(samples: list[Mapping[str, Any]] | list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+def collate(samples: list[Mapping[str, Any]] | list[tuple[Tensor, int]]) -> tuple[Any, Tensor]:
     """Stack ``{"image", "label"}`` samples (or ``(image, label)`` pairs) into
-    ``(images (B, C, H, W), labels (B,) int64)``.
+    ``(images (B, C, H, W), labels (B,) int64)``; ``{"jpeg", "label"}`` samples (``decode="cuda"``) into
+    ``(EncodedJpegs, labels)``.
 
     Example:
         >>> x, y = collate([{"image": torch.zeros(3, 4, 4), "label": 1}, {"image": torch.ones(3, 4, 4), "label": 2}])
@@ -252,6 +267,10 @@ def collate(samples: list[Mapping[str, Any]] | list[tuple[Tensor, int]]) -> tupl
     """
     if not samples:
         raise DataError("cannot collate an empty batch")
+    if isinstance(samples[0], Mapping) and "jpeg" in samples[0]:
+        encoded = [s["jpeg"] for s in samples]  # type: ignore[call-overload]
+        return EncodedJpegs(encoded), torch.tensor([int(s["label"]) for s in samples],  # type: ignore[call-overload]
+                                                   dtype=torch.long)
     pairs = [(s["image"], s["label"]) if isinstance(s, Mapping) else s for s in samples]
     images = [p[0] for p in pairs]
     shapes = {tuple(i.shape) for i in images}
