@@ -30,7 +30,6 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     position = loop.loader_position() if loop is not None else None
     if position is not None:
         rank_state["train_loader"] = position
-    ranks = _gather_objects(trainer, rank_state)
     from dltrain import __version__
 
     checkpoint: dict[str, Any] = {
@@ -45,7 +44,6 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         "datamodule": trainer.datamodule.state_dict() if hasattr(trainer.datamodule, "state_dict") else {},
         "loggers": [lg.state_dict() for lg in trainer.loggers],
         "train_metrics": loop.results.state_dict() if loop is not None else {},
-        "ranks": ranks,
         "world_size": trainer.world_size,
     }
     if trainer.optimizers:
@@ -55,6 +53,9 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     for cb in trainer.callbacks:
         if overrides(cb, "on_save_checkpoint"):
             cb.on_save_checkpoint(trainer, task, checkpoint)
+    # Gathered after the hooks ran on every rank: this collective is where the ranks meet, so what a rank's hook
+    # wrote out (SampleLedger flushes its file) is on disk before rank 0 writes the checkpoint that commits it.
+    checkpoint["ranks"] = _gather_objects(trainer, rank_state)
     checkpoint["state_dict"] = trainer.strategy.get_module_state_dict(trainer._fabric_module)
     if trainer.optimizers:
         checkpoint["optimizer_states"] = [trainer.strategy.get_optimizer_state(o) for o in trainer._fabric_optimizers]

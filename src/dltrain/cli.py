@@ -3,6 +3,7 @@
 Example:
     $ dltrain shards index "data/train-{000000..000127}.tar"
     wrote data/train.index.json: 128 shards, 160000 samples, with sample offsets
+    $ dltrain audit runs/exp1                    # what the run trained on (needs callbacks=[SampleLedger()])
     $ dltrain fit --config config.yaml          # LightningCLI's subcommands, through dltrain.CLI
     $ dltrain fit --model mymodule.MyTask --data mymodule.MyData --trainer.max_epochs 3
 """
@@ -27,6 +28,20 @@ def _shards_index(args: argparse.Namespace) -> int:
     what = "with sample offsets" if seek == len(index["shards"]) else f"sample offsets for {seek} (local, uncompressed)"
     print(f"wrote {path}: {len(index['shards'])} shards, {index['total']} samples, {what}")
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import json
+
+    from dltrain.audit import audit, render
+
+    try:
+        report = audit(args.run_dir)
+    except FileNotFoundError as exn:
+        print(f"dltrain audit: {exn}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json(), indent=1) if args.json else render(report))
+    return 0 if report.ok else 1
 
 
 _RUN_COMMANDS = ("fit", "validate", "test", "predict")
@@ -61,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("urls", nargs="+", help="shard paths/URLs or brace patterns ('d/train-{000000..000127}.tar')")
     index.add_argument("-o", "--output", default=None, help="index path (default: next to the first shard)")
     index.set_defaults(func=_shards_index)
+    audit = sub.add_parser(
+        "audit",
+        help="what a run trained on, per epoch: duplicates and missing samples, from its SampleLedger",
+        description="Read the sample ledgers of a run (every restart and world size included), keep what its "
+        "checkpoint chain committed, and report per epoch: samples seen, trained twice, never trained on. "
+        "Exit status 1 on any problem, 2 when there is no ledger.",
+    )
+    audit.add_argument("run_dir", help="the run's default_root_dir, or its ledger folder")
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.set_defaults(func=_audit)
     return parser
 
 

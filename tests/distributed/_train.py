@@ -173,6 +173,7 @@ def main() -> None:
     p.add_argument("--n", "--samples", dest="n", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=8, help="global batch size")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--ledger", action="store_true", help="add a SampleLedger (stream data): out/ledger")
     p.add_argument("--data", choices=["map", "stream"], default="map")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--accumulate", type=int, default=1)
@@ -207,6 +208,10 @@ def main() -> None:
         time.sleep(args.restart_skew)
 
     callbacks = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every, save_top_k=2)]
+    if args.ledger:
+        from dltrain.callbacks import SampleLedger
+
+        callbacks.append(SampleLedger())
     if args.kill_step is not None:
         callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))
     for spec in filter(None, args.kill_steps.split(",")):

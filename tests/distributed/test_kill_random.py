@@ -13,14 +13,14 @@ checkpoint; after a random wall-clock delay from the start of fit (the 14 steps 
 short; nothing happens if the launch finishes first).
 
 Seeds: run ``i`` uses seed ``DLTRAIN_KILL_BASE_SEED + i``; the base seed is drawn from the clock (a multiple of
-100) unless set, and printed with ``-s``; ``DLTRAIN_KILL_RUNS`` changes the number of runs (20);
+100) unless set, and printed with ``-s``; ``DLTRAIN_KILL_RUNS`` changes the number of runs (12);
 ``DLTRAIN_KILL_SEED=<seed>`` replays that one run (configuration, kill points; a wall-clock kill lands where the
 clock says). Every failure message names the run's seed, its configuration, what each launch did and the command
 that replays it.
 
 Budget: a launch costs 5-10 s, mostly imports (torch, lightning, torchmetrics, torchvision); the file makes about
-70 of them. The runs are executed by DLTRAIN_KILL_JOBS (2) threads started with the session, each test waiting
-for its own run, and the configurations come from a pool of 8 per base seed (see ``config_pool``), so that the
+45 of them. The runs are executed by DLTRAIN_KILL_JOBS (2) threads started with the session, each test waiting
+for its own run, and the configurations come from a pool of 6 per base seed (see ``config_pool``), so that the
 uninterrupted references, computed once per configuration, are shared by several runs.
 """
 
@@ -39,6 +39,7 @@ import pytest
 import torch
 
 from dltrain import checkpoint as ckpt_io
+from dltrain.audit import audit, render
 from tests.distributed.test_resume import effective_keys
 from tests.helpers.distributed import run_distributed
 
@@ -54,10 +55,10 @@ LAUNCH_TIMEOUT = 180
 # Configurations come from a pool of POOL_SIZE, drawn from seed // POOL_SPAN: the runs of a session (consecutive
 # seeds from a base that is a multiple of POOL_SPAN) share at most POOL_SIZE uninterrupted references, which is
 # what keeps the file within its time budget; the pool changes with the base seed.
-POOL_SPAN, POOL_SIZE = 100, 8
+POOL_SPAN, POOL_SIZE = 100, 6
 _replay = os.environ.get("DLTRAIN_KILL_SEED")
 BASE_SEED = int(_replay or os.environ.get("DLTRAIN_KILL_BASE_SEED") or time.time_ns() // 10**9 % 10**5 * POOL_SPAN)
-RUNS = int(os.environ.get("DLTRAIN_KILL_RUNS", "1" if _replay else "20"))
+RUNS = int(os.environ.get("DLTRAIN_KILL_RUNS", "1" if _replay else "12"))
 SEEDS = [BASE_SEED + i for i in range(RUNS)]
 JOBS = int(os.environ.get("DLTRAIN_KILL_JOBS", "2"))
 
@@ -76,7 +77,7 @@ class Config:
                 "--workers", str(self.workers), "--data", self.data, "--scheduler", self.scheduler,
                 "--dropout", "0.2"]
         if self.shard_size is not None:
-            args += ["--shard-size", str(self.shard_size)]
+            args += ["--shard-size", str(self.shard_size), "--ledger"]  # stream data: a SampleLedger too
         return args
 
 
@@ -182,7 +183,7 @@ def replay_hint(seed: int) -> str:
             f"(this session's runs: DLTRAIN_KILL_BASE_SEED={BASE_SEED})")
 
 
-def compare(ref: Path, out: Path, world: int) -> list[str]:
+def compare(ref: Path, out: Path, world: int, launches: int) -> list[str]:
     """What differs between the resumed run ``out`` and the uninterrupted ``ref``: weights, samples per step and
     rank, samples per epoch (every one exactly once over all ranks)."""
     problems = []
@@ -210,6 +211,26 @@ def compare(ref: Path, out: Path, world: int) -> list[str]:
             repeated = sorted({k for k in keys if keys.count(k) > 1})
             problems.append(f"epoch {epoch}: not every sample exactly once: missing "
                             f"{sorted(set(range(N)) - set(keys))}, repeated {repeated}")
+    if (out / "ledger").is_dir():
+        problems += check_ledger(out, per_epoch, launches)
+    return problems
+
+
+def check_ledger(out: Path, per_epoch: dict[int, list[int]], launches: int) -> list[str]:
+    """`dltrain audit` of the run's SampleLedger: no problem, one round per launch, every epoch finished, and per
+    epoch every sample seen once, as the task's own record of its batches says (compare() checks that)."""
+    report = audit(out)
+    problems = [f"dltrain audit: {p}" for p in report.problems]
+    if len(report.rounds) != launches:
+        problems.append(f"dltrain audit found {len(report.rounds)} rounds for {launches} launches")
+    for e in report.epochs:
+        if not e.finished or e.seen != N or e.planned != N:
+            problems.append(f"dltrain audit, epoch {e.epoch}: finished={e.finished}, seen {e.seen} of {N}, planned "
+                            f"{e.planned}")
+    if [e.epoch for e in report.epochs] != sorted(per_epoch):
+        problems.append(f"dltrain audit epochs {[e.epoch for e in report.epochs]}, task epochs {sorted(per_epoch)}")
+    if problems:
+        problems.append("audit report:\n" + render(report))
     return problems
 
 
@@ -283,7 +304,7 @@ class Runner:
             ref = self._refs[c].result()
         except AssertionError as err:
             raise fail(str(err)) from None
-        problems = compare(ref, out, c.world)
+        problems = compare(ref, out, c.world, launches=len(history))
         unfired = [str(k) for k in plan.kills if k.always_fires and k.marker not in fired]
         if unfired:
             problems.append(f"kill points never reached: {unfired}")

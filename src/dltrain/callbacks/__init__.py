@@ -4,6 +4,7 @@ from dltrain.callbacks.base import Callback
 from dltrain.callbacks.checkpoint import ModelCheckpoint
 from dltrain.callbacks.early_stopping import EarlyStopping
 from dltrain.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
+from dltrain.callbacks.ledger import SampleLedger
 from dltrain.callbacks.lr_monitor import LearningRateMonitor
 from dltrain.callbacks.preemption import Preempted, Preemption
 from dltrain.callbacks.profiler import PyTorchProfiler, SimpleProfiler
@@ -24,6 +25,7 @@ __all__ = [
     "Preemption",
     "ProgressBar",
     "PyTorchProfiler",
+    "SampleLedger",
     "SimpleProfiler",
     "ThroughputMonitor",
     "Timer",

@@ -21,12 +21,19 @@ from dltrain.data.shards import (
     load_index,
     write_shards,
 )
-from dltrain.data.streaming import DataSkipWarning, StreamingDataLoader, StreamingDataset, resolve_rank
+from dltrain.data.streaming import (
+    BatchSamples,
+    DataSkipWarning,
+    StreamingDataLoader,
+    StreamingDataset,
+    resolve_rank,
+)
 
 __all__ = [
     "SAFE_DECODERS",
     "STAGES",
     "UNSAFE_DECODERS",
+    "BatchSamples",
     "CombinedLoader",
     "DataPlugin",
     "DataSkipWarning",

@@ -23,6 +23,7 @@ __all__ = [
     "locate",
     "num_batches",
     "offset_of",
+    "planned_positions",
     "rank_positions",
     "root_of",
     "shard_order",
@@ -111,6 +112,27 @@ def rank_positions(level: Mapping[str, Any], rank: int, num_samples: int) -> np.
     )
     lo, hi = split_range(len(remaining), rank, world, batch_size, training)
     return remaining[lo:hi]
+
+
+def planned_positions(level: Mapping[str, Any], num_samples: int) -> np.ndarray:
+    """The positions the epoch's plan deals out over all ranks, sorted: what the ranks of earlier levels had
+    consumed (before a resume with another world or batch size) and what this level deals. Training drops the
+    leftover that does not fill a batch on every rank, so there can be fewer than ``num_samples``; evaluation
+    deals every position.
+
+    Example:
+        >>> lvl = dict(epoch=0, seed=0, shuffle=False, shuffle_buffer=1, training=True, batch_size=2,
+        ...            world_size=2, base=None)
+        >>> planned_positions(lvl, 11).tolist()
+        [0, 1, 2, 3, 4, 5, 6, 7]
+    """
+    parts = [rank_positions(level, r, num_samples) for r in range(int(level["world_size"]))]
+    while level.get("base"):
+        old = level["base"]["state"]
+        consumed = (int(old["batches"]) - offset_of(old)) * int(old["batch_size"])
+        parts += [rank_positions(old, r, num_samples)[:consumed] for r in range(int(old["world_size"]))]
+        level = old
+    return np.sort(np.concatenate(parts or [np.zeros(0, dtype=np.int64)]))
 
 
 def num_batches(num_positions: int, batch_size: int, training: bool) -> int:

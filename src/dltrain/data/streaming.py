@@ -32,7 +32,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -51,11 +51,23 @@ from dltrain.data.shards import (
 )
 from dltrain.errors import ConfigurationError, DataError
 
-__all__ = ["DataSkipWarning", "StreamingDataLoader", "StreamingDataset", "resolve_rank"]
+__all__ = ["BatchSamples", "DataSkipWarning", "StreamingDataLoader", "StreamingDataset", "resolve_rank"]
 
 STATE_VERSION = 1
 _SPEC_BYTES = 1 << 16
 _MAX_REPORTED_ERRORS = 20
+
+
+class BatchSamples(NamedTuple):
+    """The samples a batch holds, in batch order (bad samples skipped with ``on_error="skip"`` left out).
+
+    ``shards[i]`` indexes the dataset's ``urls``, ``indices[i]`` is the sample's place in that shard (what a
+    `dltrain.callbacks.SampleLedger` records), ``keys[i]`` its ``__key__``.
+    """
+
+    shards: np.ndarray
+    indices: np.ndarray
+    keys: list[str]
 
 
 class DataSkipWarning(UserWarning):
@@ -187,6 +199,7 @@ class StreamingDataset(IterableDataset):
         self._spec = _SharedSpec()
         self._tagged = False  # the copy inside a StreamingDataLoader yields (batch, skip info) to the main process
         self.skipped = 0  # samples skipped by direct iteration in this process (loaders keep their own count)
+        self.last_batch_samples: BatchSamples | None = None  # of the batch yielded last by direct iteration
 
     # ----------------------------------------------------------------------------------------- plan helpers
 
@@ -301,7 +314,7 @@ class StreamingDataset(IterableDataset):
                     need = np.unique(np.concatenate([pos_of[j] for j in unit]))
                     raw = self._read_raw(need, order, counts, readers, wanted)
                     for j in unit:
-                        yield self._make_batch(pos_of[j], raw)
+                        yield self._make_batch(pos_of[j], raw, _plan.locate(pos_of[j], order, counts))
         except DataError as exn:
             if not self._tagged:
                 raise
@@ -375,11 +388,13 @@ class StreamingDataset(IterableDataset):
                 key=raw.get("__key__"),
             ) from exn
 
-    def _make_batch(self, positions: np.ndarray, raw: dict[int, Any]) -> Any:
+    def _make_batch(self, positions: np.ndarray, raw: dict[int, Any], where: tuple[np.ndarray, np.ndarray]) -> Any:
+        """Decode, map and collate the samples at ``positions``; ``where`` is their (shard ids, indices in shard)."""
         samples: list[Any] = []
         bad: list[DataError] = []
         keys: list[str] = []
-        for p in positions.tolist():
+        good: list[int] = []
+        for n, p in enumerate(positions.tolist()):
             item = raw.pop(p)
             if isinstance(item, DataError):
                 bad.append(item)
@@ -387,6 +402,7 @@ class StreamingDataset(IterableDataset):
             try:
                 samples.append(self._prepare(item))
                 keys.append(str(item.get("__key__")))
+                good.append(n)
             except DataError as exn:
                 if self.on_error == "raise":
                     raise
@@ -402,10 +418,12 @@ class StreamingDataset(IterableDataset):
                     f"collate_fn failed on samples {keys[:8]}{'...' if len(keys) > 8 else ''} "
                     f"({type(exn).__name__}: {exn}); make map return samples of one structure and shape"
                 ) from exn
+        held = BatchSamples(where[0][good], where[1][good], keys)
         if self._tagged:
-            return ("batch", batch, len(bad), [str(e) for e in bad[:_MAX_REPORTED_ERRORS]])
+            return ("batch", batch, len(bad), [str(e) for e in bad[:_MAX_REPORTED_ERRORS]], held)
         if bad:
             self.skipped += len(bad)
+        self.last_batch_samples = held
         return batch
 
 
@@ -465,6 +483,7 @@ class StreamingDataLoader(DataLoader):
         self._rank = 0
         self.skipped = 0
         self._errors: list[str] = []
+        self.last_batch_samples: BatchSamples | None = None  # of the batch yielded last (see BatchSamples)
 
     # ------------------------------------------------------------------------------------------- protocol
 
@@ -539,12 +558,13 @@ class StreamingDataLoader(DataLoader):
             for item in items:
                 if item[0] == "error":
                     raise item[1]
-                _, batch, n_bad, errors = item
+                _, batch, n_bad, errors, held = item
                 if n_bad:
                     self.skipped += int(n_bad)
                     room = _MAX_REPORTED_ERRORS - len(self._errors)
                     self._errors.extend(list(errors)[: max(room, 0)])
                 self._batches += 1  # before yielding: a checkpoint taken during this step counts this batch as done
+                self.last_batch_samples = held
                 yield batch
         except Exception:
             self._stop_workers(items)

@@ -1,0 +1,282 @@
+"""`dltrain audit`: what a run trained on, per epoch, from the ledgers `dltrain.callbacks.SampleLedger` wrote.
+
+A run is a chain of rounds (launches of ``fit``); a round that resumed continued from a checkpoint of an earlier
+round, so what earlier rounds trained on *after* that checkpoint was thrown away (the model that went on never
+saw it). The audit keeps, walking back from the last round, each round's batches from where it started up to
+where the next round took over (the last round: up to its end, or its last checkpoint if it did not finish), and
+then counts, per epoch, over all ranks:
+
+- **seen**: distinct samples trained on; **duplicates**: trainings beyond the first of a sample;
+- **missing**: samples the epoch's plan dealt out that were never trained on, in a finished epoch. The plan (the
+  ledger records it) is recomputed here from its pure functions: in training it drops on purpose the leftover that
+  does not fill one batch on every rank; those samples are not counted as missing.
+
+Problems (exit code 1): duplicates, missing samples, a round that resumed from a point where no earlier round
+recorded a checkpoint (its ledger before that point is not in the files), ranks of a round that disagree, and
+damaged ledger lines (a last line cut by a kill is expected and skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dltrain.data.plan import locate, planned_positions, root_of, shard_order
+
+__all__ = ["AuditReport", "EpochAudit", "RoundAudit", "audit", "render"]
+
+_FILE = re.compile(r"round-(\d+)-rank(\d+)\.jsonl$")
+_END = (math.inf, math.inf)
+_EXAMPLES = 5
+
+
+@dataclass
+class RoundAudit:
+    """One launch of ``fit``: where it started, how far the chain keeps it, how many batches that is."""
+
+    round: int
+    world_size: int
+    ranks_found: int
+    start: tuple[float, float]  # (epoch, batches done) it resumed at; (0, 0) for a fresh start
+    kept_until: tuple[float, float]
+    batches_kept: int = 0
+    batches_discarded: int = 0
+
+
+@dataclass
+class EpochAudit:
+    epoch: int
+    num_samples: int
+    planned: int | None  # samples the epoch's plan deals out (None: no plan recorded)
+    finished: bool  # the chain holds this epoch's end
+    seen: int = 0
+    duplicates: int = 0
+    missing: int = 0  # dealt out by the plan and never trained on; counted for finished epochs only
+    duplicate_examples: list[str] = field(default_factory=list)
+    missing_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AuditReport:
+    path: str
+    rounds: list[RoundAudit]
+    epochs: list[EpochAudit]
+    problems: list[str]
+    skipped_lines: list[str]  # last lines cut short by a kill
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ok"] = self.ok
+        for r in out["rounds"]:  # inf is not JSON
+            r["start"] = [None if math.isinf(x) else x for x in r["start"]]
+            r["kept_until"] = [None if math.isinf(x) else x for x in r["kept_until"]]
+        return out
+
+
+def _bound(loops: Mapping[str, Any] | None) -> tuple[float, float]:
+    """The ledger position a checkpoint's loop state commits up to (batches before it are kept)."""
+    if not loops:
+        return (0, 0)
+    epoch = int(loops["epoch"])
+    if loops.get("phase") == "epoch_end":
+        return (epoch + 1, 0)  # the whole epoch, its end included
+    return (epoch, int(loops["batches_done"]))
+
+
+def _position(record: Mapping[str, Any]) -> tuple[float, float]:
+    if record["kind"] == "epoch_end":
+        return (int(record["epoch"]), math.inf)
+    return (int(record["epoch"]), int(record["batch"]))
+
+
+def _read(path: Path, problems: list[str], skipped: list[str]) -> list[dict[str, Any]]:
+    records = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                skipped.append(f"{path.name}:{number}")  # cut short by a kill: nothing committed it
+            else:
+                problems.append(f"{path.name}:{number}: damaged ledger line (not JSON); the ledger cannot be trusted")
+    return records
+
+
+def audit(path: str | Path) -> AuditReport:
+    """Audit the ledgers under ``path`` (a ``ledger`` folder, or a folder holding one, e.g. the run's root)."""
+    root = Path(path)
+    folder = root / "ledger" if (root / "ledger").is_dir() else root
+    files = sorted(p for p in folder.glob("round-*-rank*.jsonl") if _FILE.search(p.name))
+    if not files:
+        raise FileNotFoundError(f"no sample ledger (round-*-rank*.jsonl) under {root}; train with "
+                                "callbacks=[SampleLedger()] to write one")
+    problems: list[str] = []
+    skipped: list[str] = []
+    by_round: dict[int, dict[int, list[dict[str, Any]]]] = defaultdict(dict)
+    for f in files:
+        m = _FILE.search(f.name)
+        assert m is not None
+        records = _read(f, problems, skipped)
+        if not records:
+            skipped.append(f"{f.name} (empty: the rank was killed before it wrote a line)")
+        by_round[int(m.group(1))][int(m.group(2))] = records
+
+    rounds: list[RoundAudit] = []
+    source: dict[str, Any] | None = None
+    checkpoints: set[tuple[float, float]] = {(0, 0)}
+    for rid in sorted(by_round):
+        ranks = by_round[rid]
+        starts = {r: recs[0] for r, recs in ranks.items() if recs and recs[0].get("kind") == "start"}
+        # A rank killed before its first line was written leaves an empty file: it committed nothing (a
+        # checkpoint needs every rank's ledger flushed first). Lines without a start line are damage.
+        headless = sorted(r for r, recs in ranks.items() if recs and r not in starts)
+        if headless:
+            problems.append(f"round {rid}: the ledger of rank(s) {headless} does not begin with a start line")
+        if not starts:
+            continue
+        head = next(iter(starts.values()))
+        world = int(head["world_size"])
+        if len(ranks) != world:
+            problems.append(f"round {rid}: ledgers of {len(ranks)} rank(s) found for a world size of {world}")
+        begin = {_bound(s.get("resume")) for s in starts.values()}
+        if len(begin) != 1:
+            problems.append(f"round {rid}: ranks disagree on where the round resumed: {sorted(begin)}")
+        start = min(begin)
+        if start not in checkpoints:
+            problems.append(f"round {rid} resumed at epoch {start[0]}, batch {start[1]}, where no earlier round's "
+                            "ledger recorded a checkpoint: what was trained before it is not in the ledger")
+        if source is None:
+            source = head["source"]
+        elif head["source"] != source:
+            problems.append(f"round {rid} trained on other data than the first round (shard list or counts differ)")
+        for recs in ranks.values():
+            checkpoints |= {_bound(r["loops"]) for r in recs if r.get("kind") == "checkpoint"}
+        rounds.append(RoundAudit(round=rid, world_size=world, ranks_found=len(ranks), start=start, kept_until=_END))
+
+    # Walk back: the last round is kept to its end (or its last checkpoint); each earlier one up to where the next
+    # one started.
+    if rounds:
+        last = by_round[rounds[-1].round]
+        finished = all(any(r.get("kind") == "end" for r in recs) for recs in last.values())
+        if not finished:
+            ends = [max((_bound(r["loops"]) for r in recs if r.get("kind") == "checkpoint"), default=rounds[-1].start)
+                    for recs in last.values()]
+            rounds[-1].kept_until = min(ends)
+        for i in range(len(rounds) - 2, -1, -1):
+            rounds[i].kept_until = min(rounds[i + 1].start, rounds[i + 1].kept_until)
+
+    epochs = _count_epochs(rounds, by_round, source, problems) if source is not None else []
+    return AuditReport(path=str(root), rounds=rounds, epochs=epochs, problems=problems, skipped_lines=skipped)
+
+
+def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, list[dict[str, Any]]]],
+                  source: Mapping[str, Any], problems: list[str]) -> list[EpochAudit]:
+    counts = np.asarray(source["counts"], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    total = int(offsets[-1])
+    ids: dict[int, list[np.ndarray]] = defaultdict(list)
+    keys: dict[int, str] = {}
+    plans: dict[int, Mapping[str, Any]] = {}
+    ended: set[int] = set()
+    for rnd in rounds:
+        for recs in by_round[rnd.round].values():
+            for rec in recs:
+                kind = rec.get("kind")
+                if kind == "plan":
+                    plans[int(rec["epoch"])] = rec["level"]  # a later round's plan (a re-split) replaces it
+                if kind not in ("batch", "epoch_end"):
+                    continue
+                kept = rnd.start <= _position(rec) < rnd.kept_until
+                if kind == "epoch_end":
+                    if kept:
+                        ended.add(int(rec["epoch"]))
+                    continue
+                if not kept:
+                    rnd.batches_discarded += 1
+                    continue
+                rnd.batches_kept += 1
+                flat = offsets[np.asarray(rec["shards"], dtype=np.int64)] + np.asarray(rec["indices"], dtype=np.int64)
+                ids[int(rec["epoch"])].append(flat)
+                for k, key in zip(flat.tolist(), rec.get("keys", [])):
+                    keys.setdefault(k, key)
+
+    def name(flat: int) -> str:
+        shard = int(np.searchsorted(offsets, flat, side="right") - 1)
+        return f"{source['urls'][shard]}#{flat - int(offsets[shard])}" + (f" ({keys[flat]})" if flat in keys else "")
+
+    def planned_ids(level: Mapping[str, Any]) -> np.ndarray:
+        root = root_of(level)
+        order = shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
+        shards, indices = locate(planned_positions(level, total), order, counts)
+        return offsets[shards] + indices
+
+    out = []
+    for epoch in sorted(set(ids) | ended):
+        seen_counts = np.bincount(np.concatenate(ids[epoch]) if ids[epoch] else np.zeros(0, np.int64),
+                                  minlength=total)
+        plan = plans.get(epoch)
+        dealt = planned_ids(plan) if plan is not None else np.arange(total)
+        e = EpochAudit(epoch=epoch, num_samples=total, planned=None if plan is None else len(dealt),
+                       finished=epoch in ended, seen=int((seen_counts > 0).sum()),
+                       duplicates=int(np.maximum(seen_counts - 1, 0).sum()))
+        if e.duplicates:
+            e.duplicate_examples = [name(k) for k in np.flatnonzero(seen_counts > 1)[:_EXAMPLES].tolist()]
+            problems.append(f"epoch {epoch}: {e.duplicates} duplicate trainings, e.g. {e.duplicate_examples[0]}")
+        if e.finished:
+            never = dealt[seen_counts[dealt] == 0]
+            e.missing = len(never)
+            if e.missing:
+                e.missing_examples = [name(k) for k in never[:_EXAMPLES].tolist()]
+                problems.append(f"epoch {epoch}: {e.missing} samples the plan dealt out were never trained on, "
+                                f"e.g. {e.missing_examples[0]}")
+        out.append(e)
+    return out
+
+
+def _fmt(pos: Iterable[float]) -> str:
+    epoch, batch = pos
+    if math.isinf(epoch):
+        return "end"
+    return f"e{int(epoch)}/b{int(batch)}" if not math.isinf(batch) else f"e{int(epoch)}/end"
+
+
+def render(report: AuditReport) -> str:
+    """The report as text: rounds, then one line per epoch, then the verdict."""
+    lines = [f"sample ledger of {report.path}", "", "rounds (launches of fit), oldest first:"]
+    for r in report.rounds:
+        lines.append(f"  round {r.round}: world size {r.world_size}, from {_fmt(r.start)} to {_fmt(r.kept_until)}: "
+                     f"{r.batches_kept} batches kept, {r.batches_discarded} discarded (after the checkpoint the "
+                     "next round resumed from)" if r.batches_discarded else
+                     f"  round {r.round}: world size {r.world_size}, from {_fmt(r.start)} to {_fmt(r.kept_until)}: "
+                     f"{r.batches_kept} batches kept")
+    lines += ["", f"{'epoch':>5} {'samples':>8} {'planned':>8} {'seen':>8} {'dup':>5} {'missing':>8}  state"]
+    for e in report.epochs:
+        planned = "?" if e.planned is None else str(e.planned)
+        state = "finished" if e.finished else "partial (not finished in the chain)"
+        lines.append(f"{e.epoch:>5} {e.num_samples:>8} {planned:>8} {e.seen:>8} {e.duplicates:>5} {e.missing:>8}  "
+                     f"{state}")
+    if report.skipped_lines:
+        lines += ["", f"skipped, cut short by a kill ({len(report.skipped_lines)}): "
+                  f"{', '.join(report.skipped_lines)}"]
+    lines.append("")
+    if report.ok:
+        lines.append("OK: no sample trained twice in an epoch, none missing beyond what the plan drops")
+    else:
+        lines.append(f"{len(report.problems)} problem(s):")
+        lines += [f"  - {p}" for p in report.problems]
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""`SampleLedger`: every rank writes down which samples it trained on, so that `dltrain audit` can prove it.
+
+One file per rank and *round* (one launch of ``fit``; a restart after a kill is a new round), JSON lines, in
+``<dirpath>`` (default ``<default_root_dir>/ledger``), named ``round-<round>-rank<rank>.jsonl``:
+
+- ``start``: the round (the launch time of rank 0, so rounds sort in launch order), rank, world size, where the
+  round resumed (the checkpoint's loop state, or null) and the training data (shard URLs and sample counts);
+- ``plan``: at the first batch of each epoch in the round, the loader's plan of that epoch (to tell the samples
+  the plan drops on purpose, the training leftover, from samples that went missing);
+- ``batch``: per training batch: epoch, batch index, global step, and for each sample its shard, its index in
+  the shard and its key;
+- ``epoch_end``, ``checkpoint`` (the loop state a checkpoint saved) and ``end`` (fit finished).
+
+Lines are written by a background thread. When a checkpoint is saved every rank flushes its ledger to disk
+(fsync) first, before the ranks meet to write the checkpoint; so whatever a checkpoint commits is on disk before
+that checkpoint exists, and a kill loses at most batches that no checkpoint committed, which a resume trains again
+(and the audit discards from the killed round).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dltrain.callbacks.base import Callback
+from dltrain.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dltrain.task import Task
+    from dltrain.trainer import Trainer
+
+__all__ = ["LEDGER_VERSION", "SampleLedger"]
+
+LEDGER_VERSION = 1
+
+
+class _Writer:
+    """Appends JSON lines to one file from a background thread; `flush` returns when they are on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("a", encoding="utf-8")
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dltrain-ledger", daemon=True)
+        self._thread.start()
+
+    def put(self, record: dict[str, Any]) -> None:
+        self._queue.put(record)
+
+    def flush(self) -> None:
+        done = threading.Event()
+        self._queue.put(done)
+        # The thread sets the event after fsync; wake now and then to notice a thread that died.
+        while not done.wait(1.0):
+            if not self._thread.is_alive():
+                break
+        if self._error is not None:
+            raise OSError(f"the sample ledger could not write {self._file.name}: {self._error}") from self._error
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join()
+        self._file.close()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+                    item.set()
+                    continue
+                self._file.write(json.dumps(_plain(item), separators=(",", ":")) + "\n")
+        except BaseException as exn:  # reported by the next flush
+            self._error = exn
+            while True:  # release every waiting flush
+                item = self._queue.get()
+                if isinstance(item, threading.Event):
+                    item.set()
+                if item is None:
+                    return
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    held = record.pop("held", None)
+    if held is not None:  # numpy arrays become lists here, in the writer thread, not in the training loop
+        record["shards"] = held.shards.tolist()
+        record["indices"] = held.indices.tolist()
+        record["keys"] = list(held.keys)
+    return record
+
+
+class SampleLedger(Callback):
+    """Record, on every rank, the samples of every training batch (see the module docstring); check a run with
+    ``dltrain audit RUN_DIR``.
+
+    Needs a training loader that says which samples each batch holds: a `dltrain.data.StreamingDataLoader` (or a
+    `StreamingDataset` given to ``fit``).
+
+    Args:
+        dirpath: where the ledger files go; default ``<default_root_dir>/ledger``.
+
+    Example:
+        >>> trainer = dltrain.Trainer(callbacks=[SampleLedger()], default_root_dir="runs/exp1")  # doctest: +SKIP
+        >>> trainer.fit(task, StreamingDataset("data/train-{000000..000099}.tar", batch_size=64))  # doctest: +SKIP
+        $ dltrain audit runs/exp1
+    """
+
+    def __init__(self, dirpath: str | os.PathLike[str] | None = None) -> None:
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self._writer: _Writer | None = None
+        self._resumed_from: dict[str, Any] | None = None
+        self._planned_epoch: int | None = None
+        self._loader: Any = None
+
+    @property
+    def state_key(self) -> str:
+        return "SampleLedger"
+
+    def on_load_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
+        self._resumed_from = dict(checkpoint.get("loops") or {})
+
+    def on_train_start(self, trainer: Trainer, task: Task) -> None:
+        loader = trainer.train_dataloader
+        if not hasattr(loader, "last_batch_samples"):
+            raise ConfigurationError(
+                f"SampleLedger needs a training loader that says which samples each batch holds; "
+                f"{type(loader).__name__} does not: train on a dltrain.data.StreamingDataset (or its "
+                f"StreamingDataLoader), or remove SampleLedger"
+            )
+        self._loader = loader
+        directory = self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir) / "ledger"
+        directory.mkdir(parents=True, exist_ok=True)
+        # Every rank's file of this round carries the same round name: rank 0's launch time.
+        round_id = int(trainer.fabric.broadcast(time.time_ns(), src=0))
+        self._writer = _Writer(directory / f"round-{round_id}-rank{trainer.global_rank}.jsonl")
+        stream = loader.stream
+        self._writer.put({
+            "kind": "start", "version": LEDGER_VERSION, "round": round_id, "rank": trainer.global_rank,
+            "world_size": trainer.world_size, "resume": self._resumed_from,
+            "source": {"urls": list(stream.urls), "counts": [int(c) for c in stream.counts]},
+        })
+        self._planned_epoch = None
+
+    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+        writer, loader = self._writer, self._loader
+        if writer is None:
+            return
+        epoch = trainer.current_epoch
+        if self._planned_epoch != epoch:
+            state = loader.state_dict()
+            writer.put({"kind": "plan", "epoch": epoch, "level": state})
+            self._planned_epoch = epoch
+        writer.put({"kind": "batch", "epoch": epoch, "batch": batch_idx, "step": trainer.global_step,
+                    "held": loader.last_batch_samples})
+
+    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+        if self._writer is not None:
+            self._writer.put({"kind": "epoch_end", "epoch": trainer.current_epoch})
+
+    def on_save_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
+        if self._writer is not None:
+            self._writer.put({"kind": "checkpoint", "loops": dict(checkpoint["loops"])})
+            self._writer.flush()
+
+    def on_fit_end(self, trainer: Trainer, task: Task) -> None:
+        if self._writer is not None:
+            self._writer.put({"kind": "end", "loops": trainer.loop_state.state_dict()})
+
+    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._resumed_from = None
