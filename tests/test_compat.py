@@ -76,3 +76,13 @@ def test_strategy_wraps_module_tells_wrapped_from_plain():
         assert _compat.strategy_wraps_module(ddp.setup_module(torch.nn.Linear(2, 2)))
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_dcp_storage_files_names_the_shard_files(tmp_path):
+    """A checkpoint written without a process group has one shard file; the function names exactly it."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"w": torch.arange(6.0), "b": torch.ones(2)}, checkpoint_id=str(tmp_path))
+    files = _compat.dcp_storage_files(dcp.FileSystemReader(str(tmp_path)).read_metadata())
+    assert files == {p.name for p in tmp_path.glob("*.distcp")}
+    assert len(files) == 1

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dltrain import _sharded
 from dltrain import checkpoint as ckpt_io
 from dltrain.callbacks.base import overrides
 from dltrain.errors import CheckpointError, ConfigurationError, DltrainError
@@ -56,6 +57,12 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     # Gathered after the hooks ran on every rank: this collective is where the ranks meet, so what a rank's hook
     # wrote out (SampleLedger flushes its file) is on disk before rank 0 writes the checkpoint that commits it.
     checkpoint["ranks"] = _gather_objects(trainer, rank_state)
+    if _sharded.is_fsdp2(trainer):  # every rank writes its shards; the rest is written by rank zero
+        _sharded.save(trainer, path, checkpoint)
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.save()
+        return
     checkpoint["state_dict"] = trainer.strategy.get_module_state_dict(trainer._fabric_module)
     if trainer.optimizers:
         checkpoint["optimizer_states"] = [trainer.strategy.get_optimizer_state(o) for o in trainer._fabric_optimizers]
@@ -117,8 +124,8 @@ def _resolve_best(trainer: Trainer) -> Path:
         last = ckpt_io.find_newest_last(cb.last_folders(trainer))
         state = ckpt_io.load(last).get("callbacks", {}).get(cb.state_key) if last is not None else None
         kept = sorted((float(s), str(p)) for s, p in (state or {}).get("kept", []))
-        best = next((p for _, p in reversed(kept) if os.path.isfile(p)), "")
-    if not best or not os.path.isfile(best):
+        best = next((p for _, p in reversed(kept) if os.path.exists(p)), "")
+    if not best or not os.path.exists(best):
         raise ConfigurationError(
             f'ckpt_path="best": the ModelCheckpoint {cb.state_key} has no best checkpoint'
             f"{f' ({best!r} does not exist)' if best else ''}; it keeps one once it has saved (save_top_k >= 1). "
@@ -134,8 +141,20 @@ def load_weights(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> None:
         raise CheckpointError(f"ckpt_path={str(ckpt_path)!r}: no checkpoint found")
     checkpoint = ckpt_io.load(path)
     assert trainer._task is not None
+    _load_model(trainer, path, checkpoint)
+
+
+def _load_model(trainer: Trainer, path: Path, checkpoint: dict[str, Any]) -> None:
+    """The weights of a checkpoint into the placed task: from shards (resharded), or from a full state dict."""
+    assert trainer._task is not None
+    if checkpoint.get("sharded"):
+        _sharded.load_model(trainer, path)
+        return
     ckpt_io.check_state_dict(trainer._task, checkpoint["state_dict"], str(path))
-    trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
+    if _sharded.is_fsdp2(trainer):
+        _sharded.load_full_model(trainer, checkpoint["state_dict"])
+    else:
+        trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
 
 
 def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -150,8 +169,7 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
     checkpoint = ckpt_io.load(path)
     checkpoint["_path"] = str(path)
     task = loop.task
-    ckpt_io.check_state_dict(task, checkpoint["state_dict"], str(path))
-    trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
+    _load_model(trainer, path, checkpoint)
     trainer.loop_state.load_state_dict(checkpoint["loops"])
     trainer._callback_metrics.update({k: torch.tensor(v) for k, v in checkpoint.get("callback_metrics", {}).items()})
     states = checkpoint.get("callbacks", {})
@@ -197,15 +215,30 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
 def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """Optimizer, scheduler and precision (grad scaler) states: the second half of a resume."""
     path = checkpoint["_path"]
-    states = checkpoint.get("optimizer_states", [checkpoint["optimizer"]] if "optimizer" in checkpoint else [])
-    if len(states) != len(trainer._fabric_optimizers):
-        raise CheckpointError(
-            f"checkpoint {path!r} holds {len(states)} optimizer states, but configure_optimizers() returned "
-            f"{len(trainer._fabric_optimizers)} optimizers"
-        )
+    if checkpoint.get("sharded"):
+        _sharded.load_optimizers(trainer, Path(path))
+        states = []
+    else:
+        states = _full_optimizer_states(trainer, checkpoint, path)
     for optimizer, optimizer_state in zip(trainer._fabric_optimizers, states):
         optimizer.load_state_dict(optimizer_state)
     for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         config.scheduler.load_state_dict(state)
     if checkpoint.get("precision"):
         trainer.strategy.precision.load_state_dict(checkpoint["precision"])
+
+
+def _full_optimizer_states(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> list[Any]:
+    if _sharded.is_fsdp2(trainer):
+        raise CheckpointError(
+            f'checkpoint {path!r} is a full (unsharded) checkpoint: under strategy="fsdp2" only its weights can be '
+            "loaded (validate/test/predict with ckpt_path, or load them in configure_model); resume it with the "
+            "strategy that wrote it"
+        )
+    states = checkpoint.get("optimizer_states", [checkpoint["optimizer"]] if "optimizer" in checkpoint else [])
+    if len(states) != len(trainer._fabric_optimizers):
+        raise CheckpointError(
+            f"checkpoint {path!r} holds {len(states)} optimizer states, but configure_optimizers() returned "
+            f"{len(trainer._fabric_optimizers)} optimizers"
+        )
+    return list(states)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "dcp_storage_files",
     "default_store",
     "metric_forward_value",
     "random_sampler_draws_fixed_count",
@@ -83,3 +84,13 @@ def strategy_wraps_module(fabric_module: Any) -> bool:
     """
     forward_module = getattr(fabric_module, "_forward_module")  # noqa: B009
     return forward_module is not fabric_module.module
+
+
+def dcp_storage_files(metadata: Any) -> set[str]:
+    """The files a ``torch.distributed.checkpoint`` checkpoint's shards live in, from its ``Metadata``.
+
+    Why: a missing rank's shard is named before loading (a clear error instead of DCP's failure in the middle of a
+    collective load). ``Metadata.storage_data`` is public, but its values are the file system storage's private
+    ``_StorageInfo`` records, whose ``relative_path`` names the file.
+    """
+    return {getattr(info, "relative_path") for info in metadata.storage_data.values()}  # noqa: B009

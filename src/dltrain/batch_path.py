@@ -51,7 +51,10 @@ class BatchPath:
         else:
             method = getattr(self.task, name)
         extra = () if self.dataloader_idx is None else (self.dataloader_idx,)
-        takes_index = _accepts_batch_idx(getattr(self.task, name))  # Lightning allows training_step(self, batch)
+        # Lightning allows training_step(self, batch). Read from the class: FSDP2's forward-method wrapper on the
+        # instance (strategy="fsdp2") does not show the method's own signature.
+        defined = getattr(type(self.task), name, None)
+        takes_index = _accepts_batch_idx(defined.__get__(self.task) if defined is not None else getattr(self.task, name))
         precision = self.trainer.strategy.precision
         plain = through_wrapper or type(precision) is Precision  # the wrapper applies the precision itself
         if plain and takes_index and not extra:

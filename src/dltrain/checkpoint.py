@@ -3,7 +3,7 @@
 A checkpoint is a ``dict`` saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``: tensors,
 numbers, strings, lists, tuples and dicts only, so loading a checkpoint never runs code from the file.
 
-Layout (``FORMAT_VERSION`` 2; version 1 files load too)::
+Layout (``FORMAT_VERSION`` 2; version 1 files load too) of a file::
 
     {"format": 2, "dltrain_version": str, "task_class": str, "hparams": dict,
      "state_dict": model weights, "optimizer_states": [state, ...], "lr_schedulers": [state, ...],
@@ -11,6 +11,12 @@ Layout (``FORMAT_VERSION`` 2; version 1 files load too)::
      "callbacks": {state_key: state}, "datamodule": state, "loggers": [state, ...], "train_metrics": state,
      "ranks": [{"rng": ..., "train_loader": ...}, ...]   # one entry per rank, index = global rank
      "world_size": int}
+
+Under ``strategy="fsdp2"`` a checkpoint is a directory instead: the model and optimizer shards of every rank
+(``torch.distributed.checkpoint``: ``.metadata`` and ``__<rank>_<n>.distcp``, keys ``model.*`` and
+``optimizer_<i>.*``) and ``meta.pt``, the dict above without ``state_dict`` and ``optimizer_states``. `load`
+returns that dict (with ``"sharded": True``) after checking that every shard file is there; `consolidate` writes the
+directory as one file of the layout above.
 """
 
 from __future__ import annotations
@@ -52,13 +58,19 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) -> None:
-    """Make ``link`` name the same file as ``target`` (a hard link, a copy where links are not supported),
-    replacing ``link`` atomically: it always names a complete checkpoint."""
+    """Make ``link`` name the same file as ``target`` (a hard link, a copy where links are not supported; for a
+    sharded checkpoint directory, a symbolic link), replacing ``link`` atomically: it always names a complete
+    checkpoint."""
     target, link = Path(target), Path(link)
+    if target.is_dir():  # a sharded checkpoint: a directory cannot be hard-linked
+        from dltrain import _sharded
+
+        _sharded.link_atomic(target, link)
+        return
     tmp = _temporary(link)
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -71,7 +83,7 @@ def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) ->
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
     os.replace(tmp, link)
-    _fsync_dir(link.parent)
+    fsync_path(link.parent)
 
 
 def _temporary(path: Path) -> Path:
@@ -111,7 +123,12 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
         if pid != os.getpid() and _process_alive_since(pid, written):
             continue
         with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+            if p.is_dir() and not p.is_symlink():  # a sharded checkpoint's directory
+                import shutil
+
+                shutil.rmtree(p)
+            else:
+                p.unlink()
             removed.append(p)
     return removed
 
@@ -142,9 +159,10 @@ def _process_start_time(pid: int) -> float | None:
         return None
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so that the renames in it survive a power loss); best effort."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -162,6 +180,10 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         CheckpointError: the file is missing, truncated or not a dltrain checkpoint.
     """
     path = Path(path)
+    if path.is_dir():  # a sharded checkpoint: its metadata (the shards are read into a live model)
+        from dltrain import _sharded
+
+        return _sharded.load_metadata(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -234,6 +256,35 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:
         return -math.inf
+
+
+def consolidate(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write the sharded checkpoint directory ``path`` as one full dltrain ``.ckpt`` file ``out`` (one process,
+    no process group): ``state_dict`` holds the whole model, ``optimizer_states`` the optimizers' states keyed by
+    parameter name. ``Task.load_from_checkpoint(out)`` and ``validate/test/predict(ckpt_path=out)`` read it."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from dltrain import _sharded
+
+    source, target = Path(path), Path(out)
+    if not source.is_dir():
+        raise CheckpointError(f"{str(source)!r} is not a sharded checkpoint directory (nothing to consolidate)")
+    meta = _sharded.load_metadata(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.with_name(f".{target.name}.dcp-{os.getpid()}")
+    try:
+        dcp_to_torch_save(str(source), str(scratch))
+        full = torch.load(scratch, map_location="cpu", weights_only=True)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()
+    meta.pop("sharded", None)
+    meta["state_dict"] = full.pop("model")
+    optimizers = sorted((k for k in full if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
+    if optimizers:
+        meta["optimizer_states"] = [full[k] for k in optimizers]
+    save_atomic(meta, target)
+    return target
 
 
 # ---------------------------------------------------------------------- RNG states

@@ -25,7 +25,10 @@ __all__ = ["evaluate", "predict"]
 
 
 def _grad_mode(trainer: Trainer) -> contextlib.AbstractContextManager[Any]:
-    return torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+    # FSDP2 keeps its all-gather buffers between steps: made under inference mode, training could not write them
+    # again ("Inplace update to inference tensor"), so sharded models evaluate under no_grad (as Lightning does).
+    use_inference = trainer.inference_mode and not trainer._sharded_in_place
+    return torch.inference_mode() if use_inference else torch.no_grad()
 
 
 def evaluate(trainer: Trainer, task: Task, loaders: list[Any], stage: str,

@@ -337,7 +337,7 @@ class FitLoop:
                 optimizer.zero_grad(set_to_none=True)
         if loss is not None and t.on_nonfinite_loss != "ignore" and self.nonfinite.skip(loss, batch_idx):
             loss = None  # on_nonfinite_loss="skip": no backward from this batch
-        if loss is None and t._strategy_wraps_module and t.world_size > 1:
+        if loss is None and t._syncs_gradients:
             # The other ranks wait for this one in the gradient all-reduce: take part with a zero gradient.
             loss = t._zero_loss(batch, batch_idx, forward_done=batch is not None)
         if loss is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -146,7 +147,18 @@ class Task(HyperparametersMixin, nn.Module):
         return []
 
     def configure_model(self) -> None:
-        """Create (sharded) layers here instead of ``__init__``; called once per Trainer before optimizers."""
+        """Create (sharded) layers here instead of ``__init__``; called once per Trainer before optimizers.
+
+        Under ``strategy="fsdp2"`` (or a ``ModelParallelStrategy``) a task may shard itself here with
+        ``fully_shard``/``parallelize_module`` on ``self.device_mesh``; the default plan is then skipped.
+        """
+
+    @property
+    def device_mesh(self) -> Any:
+        """The strategy's device mesh (``"data_parallel"``, ``"tensor_parallel"`` dimensions) under
+        ``strategy="fsdp2"`` or a ``ModelParallelStrategy``; ``None`` otherwise."""
+        trainer = self._trainer
+        return getattr(trainer.strategy, "device_mesh", None) if trainer is not None else None
 
     # ------------------------------------------------------------------ manual optimization
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
@@ -373,6 +385,12 @@ class Task(HyperparametersMixin, nn.Module):
                 f"cannot build {cls.__name__} from the hyperparameters in {str(checkpoint_path)!r} "
                 f"({sorted(hparams)}): {err}. Pass the missing or non-plain ones as keyword arguments"
             ) from err
+        if checkpoint.get("sharded"):  # a directory of shards (strategy="fsdp2"): read whole, in this process
+            from dltrain import _sharded
+
+            if strict is not False:
+                _sharded.check_model(task, Path(checkpoint_path))
+            checkpoint["state_dict"] = _sharded.read_model(task, Path(checkpoint_path))
         task.on_load_checkpoint(checkpoint)
         if strict is not False:
             ckpt_io.check_state_dict(task, checkpoint["state_dict"], str(checkpoint_path))

@@ -25,7 +25,7 @@ from lightning.fabric.plugins.precision import Precision
 from lightning.fabric.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
 from torch import Tensor
 
-from dltrain import _checkpointing
+from dltrain import _checkpointing, _sharded
 from dltrain import _data_sources as _data
 from dltrain._compat import strategy_wraps_module
 from dltrain._logged_values import LoggedValues
@@ -42,7 +42,7 @@ from dltrain.task import Task
 __all__ = ["Trainer", "seed_everything"]
 
 _ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
-_STRATEGIES = ("auto", "ddp", "fsdp", "ddp_find_unused_parameters_true", "single_device")
+_STRATEGIES = ("auto", "ddp", "fsdp2", "ddp_find_unused_parameters_true", "single_device")
 _PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 # Lightning's short spellings of the precisions.
 _PRECISION_ALIASES: dict[Any, str] = {32: "32-true", "32": "32-true", 16: "16-mixed", "16": "16-mixed",
@@ -84,9 +84,10 @@ class Trainer:
         accelerator: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
         devices: number of devices (or ``"auto"``: under ``torchrun``, its processes per node; else 1).
         num_nodes: number of machines (``"auto"`` reads it from torchrun's environment).
-        strategy: ``"auto"``, ``"ddp"``, ``"fsdp"``, or a ``lightning.fabric`` ``Strategy`` instance — e.g.
-            ``DDPStrategy(timeout=timedelta(minutes=5), find_unused_parameters=True)`` to set the collective
-            timeout or find unused parameters.
+        strategy: ``"auto"``, ``"ddp"``, ``"fsdp2"`` (FSDP2: parameters, gradients and optimizer state sharded
+            over the ranks; checkpoints are sharded directories), or a ``lightning.fabric`` ``Strategy``
+            instance — e.g. ``DDPStrategy(timeout=timedelta(minutes=5), find_unused_parameters=True)`` to set the
+            collective timeout or find unused parameters, ``ModelParallelStrategy`` for your own parallelism.
         precision: ``"32-true"``, ``"16-mixed"``, ``"bf16-mixed"`` or ``"bf16-true"``.
         max_epochs: stop after this many epochs (default 1000 when ``max_steps`` is not set either).
         max_steps: stop after this many optimizer steps.
@@ -201,6 +202,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         if precision == "32":
             precision = "32-true"
+        if strategy == "fsdp2":
+            strategy = _sharded.fsdp2_strategy(_sharded.world_size_of(accelerator, devices, int(num_nodes)),
+                                               str(precision))
         try:
             self.fabric = Fabric(
                 accelerator=accelerator,
@@ -289,6 +293,8 @@ class Trainer:
         self._plain = False  # one device, full precision: backward and optimizer step called directly
         self._strategy_wraps_module = False  # DDP/FSDP: training steps go through the wrapper's forward
         self._strategy_shards_module = False  # FSDP: evaluation steps too
+        self._sharded_in_place = False  # FSDP2: fully_shard's hooks on the task itself, steps called directly
+        self._syncs_gradients = False  # a backward on one rank waits for the others' (DDP, FSDP2; several ranks)
         self._check_loss_on_host = True  # read the loss every step (CPU, or skipping non-finite steps)
         self._fit_loop: FitLoop | None = None
         self._watchdog: Watchdog | None = None
@@ -372,6 +378,15 @@ class Trainer:
     def _check_choices(accelerator: Any, strategy: Any, precision: Any, clip: str, nonfinite: str) -> None:
         if isinstance(accelerator, str) and accelerator not in _ACCELERATORS:
             raise ConfigurationError(f"unknown accelerator {accelerator!r}; use one of {_ACCELERATORS}")
+        from lightning.fabric.strategies import FSDPStrategy
+
+        if strategy == "fsdp" or isinstance(strategy, FSDPStrategy):
+            # FSDP1's checkpoints would need their own path (its optimizer state is per rank); FSDP2's go through
+            # torch.distributed.checkpoint and reshard.
+            raise ConfigurationError(
+                'strategy="fsdp" (FSDP1) is not supported: use strategy="fsdp2" (FSDP2, same sharding of '
+                "parameters, gradients and optimizer state; checkpoints resume at any world size)"
+            )
         if isinstance(strategy, str) and strategy not in _STRATEGIES:
             raise ConfigurationError(
                 f"unknown strategy {strategy!r}; use one of {_STRATEGIES} or a lightning.fabric Strategy instance"
@@ -477,6 +492,10 @@ class Trainer:
             for child in task.children():
                 if not isinstance(child, Metric):
                     child.compile()
+        # FSDP2 replaces the parameters with sharded ones: the task is placed (once) before configure_optimizers.
+        sharded = _sharded.is_fsdp2(self)
+        if sharded and self._placed_task is not task:
+            self._fabric_module = self.fabric.setup_module(task)
         if with_optimizer:
             optimizers, schedulers = parse_optimizers(task.configure_optimizers())
             if len(optimizers) > 1 and task.automatic_optimization:
@@ -485,19 +504,26 @@ class Trainer:
                     "optimization (set self.automatic_optimization = False in __init__ and step them in "
                     "training_step, as in Lightning), or put several parameter groups in one optimizer"
                 )
-            placed = self.fabric.setup(task, *optimizers)
-            self._fabric_module = placed[0] if optimizers else placed
-            self._fabric_optimizers = list(placed[1:]) if optimizers else []
+            if sharded:
+                placed_optimizers = self.fabric.setup_optimizers(*optimizers) if optimizers else ()
+                self._fabric_optimizers = list(placed_optimizers if isinstance(placed_optimizers, tuple)
+                                               else (placed_optimizers,))
+            else:
+                placed = self.fabric.setup(task, *optimizers)
+                self._fabric_module = placed[0] if optimizers else placed
+                self._fabric_optimizers = list(placed[1:]) if optimizers else []
             self.optimizers = optimizers
             self.lr_scheduler_configs = schedulers
             self._manual_optimizers = [ManualOptimizer(self, o, f) for o, f in zip(optimizers, self._fabric_optimizers)]
-        else:
+        elif not sharded:
             self._fabric_module = self.fabric.setup_module(task)
         self._placed_task = task
         full_precision = type(self.strategy.precision) is Precision
         self._plain = full_precision and isinstance(self.strategy, SingleDeviceStrategy)
         self._strategy_wraps_module = strategy_wraps_module(self._fabric_module)
         self._strategy_shards_module = self._strategy_wraps_module and not isinstance(self.strategy, DDPStrategy)
+        self._sharded_in_place = _sharded.is_fsdp2(self)
+        self._syncs_gradients = (self._strategy_wraps_module or self._sharded_in_place) and self.world_size > 1
         if self._strategy_wraps_module:
             self._fabric_module.mark_forward_method("_zero_grad_loss")
         self._check_loss_on_host = self.device.type == "cpu" or self.on_nonfinite_loss == "skip"
@@ -633,7 +659,8 @@ class Trainer:
     def _zero_loss(self, batch: Any, batch_idx: int, forward_done: bool) -> Tensor:
         """A loss whose gradient is zero for every parameter, for a rank with nothing to contribute to a step."""
         assert self._task is not None
-        if forward_done:  # DDP's forward already ran for this step: it now expects one backward
+        if forward_done or self._sharded_in_place:  # DDP's forward ran and expects one backward; FSDP2's hooks
+            # are on the task's _zero_grad_loss itself
             return self._task._zero_grad_loss(batch, batch_idx)
         return self._fabric_module._zero_grad_loss(batch, batch_idx)  # through the wrapper's forward
 

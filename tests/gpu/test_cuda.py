@@ -121,20 +121,24 @@ def test_resume_on_cuda_restores_scaler_and_weights(tmp_path):
     assert "scale" in scaler
 
 
-def test_fsdp_single_gpu_trains_and_checkpoints(tmp_path):
-    task = TinyTask()
-    trainer = quiet_trainer(tmp_path, accelerator="cuda", devices=1, strategy="fsdp", max_epochs=2,
-                            enable_checkpointing=True)
-    trainer.fit(task, loader(n=64))
-    trainer.save_checkpoint(tmp_path / "fsdp.ckpt")
+def test_fsdp2_single_gpu_trains_and_checkpoints(tmp_path):
+    """strategy="fsdp2" on one GPU (NCCL): trains, writes a sharded checkpoint directory, tests from it, and its
+    consolidated file holds the whole model."""
     from dltrain import checkpoint as ckpt_io
 
-    ckpt = ckpt_io.load(tmp_path / "fsdp.ckpt")
-    assert set(ckpt["state_dict"]) == set(TinyTask().state_dict())
-    metrics = quiet_trainer(tmp_path, accelerator="cuda", devices=1, strategy="fsdp").test(
-        TinyTask(), loader(n=32), ckpt_path=str(tmp_path / "fsdp.ckpt"))
+    task = TinyTask()
+    trainer = quiet_trainer(tmp_path, accelerator="cuda", devices=1, strategy="fsdp2", max_epochs=2,
+                            precision="bf16-mixed", enable_checkpointing=True)
+    trainer.fit(task, loader(n=64))
+    trainer.save_checkpoint(tmp_path / "fsdp2.ckpt")
+    assert (tmp_path / "fsdp2.ckpt" / "__0_0.distcp").is_file()
+    assert ckpt_io.load(tmp_path / "fsdp2.ckpt")["loops"]["global_step"] == 16
+    full = ckpt_io.load(ckpt_io.consolidate(tmp_path / "fsdp2.ckpt", tmp_path / "full.ckpt"))
+    assert set(full["state_dict"]) == set(TinyTask().state_dict())
+    assert all(v.dtype == torch.float32 for v in full["state_dict"].values())  # bf16 compute, float32 weights
+    metrics = quiet_trainer(tmp_path, accelerator="cuda", devices=1, strategy="fsdp2").test(
+        TinyTask(), loader(n=32), ckpt_path=str(tmp_path / "fsdp2.ckpt"))
     assert "test/loss" in metrics[0]
-
 
 
 def test_nonfinite_loss_on_cuda_names_the_first_bad_step_or_is_skipped(tmp_path):

@@ -1,0 +1,290 @@
+"""Sharded training (``strategy="fsdp2"``) and sharded checkpoints.
+
+FSDP2 runs through Fabric's ``ModelParallelStrategy`` with a parallelize function that applies ``fully_shard`` to
+each top-level child module holding parameters, then to the task itself, on a 1-D data-parallel mesh; a task that
+shards itself in ``configure_model`` (``self.device_mesh``) is left as it made itself.
+
+A sharded checkpoint is a directory: model and optimizer shards written by every rank with
+``torch.distributed.checkpoint`` (through the strategy's ``save_checkpoint``), and ``meta.pt``, written by global
+rank zero, with everything else dltrain saves (loop state, per-rank RNG states and loader positions, callbacks,
+loggers). It is written under a temporary name and renamed by rank zero once every rank's shards are on disk, so
+the directory is either absent or complete. Loading reshards: a checkpoint written at world size N loads at any
+world size, and into a model that is not sharded at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from dltrain.checkpoint import fsync_path
+from dltrain.errors import CheckpointError, ConfigurationError
+
+if TYPE_CHECKING:
+    from lightning.fabric.strategies import ModelParallelStrategy
+    from torch.distributed.device_mesh import DeviceMesh
+
+    from dltrain.trainer import Trainer
+
+META_FILE = "meta.pt"  # Fabric's name for the non-tensor part of a distributed checkpoint
+_DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of every shard
+# The methods the loops call instead of forward: FSDP2 must gather the parameters around them too.
+_STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step", "_zero_grad_loss")
+
+
+# ---------------------------------------------------------------------- the strategy
+def fsdp2_strategy(world_size: int, precision: str) -> ModelParallelStrategy:
+    """Fabric's ``ModelParallelStrategy`` on a data-parallel mesh of ``world_size`` ranks (no tensor parallelism),
+    sharding the task as :func:`_parallelize` does."""
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    def parallelize(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
+        return _parallelize(module, mesh, precision)
+
+    return ModelParallelStrategy(parallelize_fn=parallelize, data_parallel_size=world_size, tensor_parallel_size=1)
+
+
+def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str) -> nn.Module:
+    """``fully_shard`` each top-level child with parameters, then the root; the step methods become forward
+    methods of the root, so that its own parameters are gathered around them as around ``forward``."""
+    from torch.distributed.fsdp import (
+        FSDPModule,
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
+    from torch.distributed.tensor import DTensor
+
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ConfigurationError(
+            f'strategy="fsdp2" shards parameters, but {type(module).__name__} has no trainable parameters. Create '
+            "the layers in __init__ or configure_model (not in a step), or use strategy=\"ddp\" or \"auto\""
+        )
+    already = any(isinstance(m, FSDPModule) for m in module.modules()) or any(
+        isinstance(p, DTensor) for p in module.parameters())
+    if not already:  # the task's configure_model did not shard it itself: the default plan
+        dp_mesh = mesh["data_parallel"]
+        kwargs: dict[str, Any] = {"mesh": dp_mesh}
+        if precision == "bf16-mixed":
+            # Compute in bfloat16, keep float32 weights and reduce gradients in float32.
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for child in module.children():
+            if any(True for _ in child.parameters()):
+                fully_shard(child, **kwargs)
+        fully_shard(module, **kwargs)
+    if isinstance(module, FSDPModule):
+        for name in _STEP_METHODS:
+            if callable(getattr(module, name, None)) and name not in vars(module):  # not registered yet
+                register_fsdp_forward_method(module, name)
+    return module
+
+
+def is_fsdp2(trainer: Trainer) -> bool:
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    return isinstance(trainer.strategy, ModelParallelStrategy)
+
+
+def world_size_of(accelerator: str, devices: Any, num_nodes: int) -> int:
+    """Processes of the run, from the Trainer's ``devices`` and ``num_nodes`` (as Fabric counts them)."""
+    if isinstance(devices, (list, tuple)):
+        per_node = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    elif devices in ("auto", -1, "-1"):
+        cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+        per_node = torch.cuda.device_count() if cuda else 1
+    else:
+        per_node = int(devices)
+    return per_node * num_nodes
+
+
+# ---------------------------------------------------------------------- saving
+def save(trainer: Trainer, path: str | os.PathLike[str], metadata: dict[str, Any]) -> None:
+    """Write the sharded checkpoint directory ``path`` (every rank calls it): shards of the model and optimizers
+    from every rank, ``metadata`` from rank zero. ``path`` appears only once all of it is on disk."""
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp = Path(trainer.fabric.broadcast(str(tmp), src=0))  # rank zero's name on every rank
+    if trainer.is_global_zero:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.fabric.barrier()
+    state: dict[str, Any] = {"model": trainer._fabric_module.module, **metadata}
+    for i, optimizer in enumerate(trainer.optimizers):
+        state[f"optimizer_{i}"] = optimizer
+    trainer.strategy.save_checkpoint(tmp, state)  # torch.distributed.checkpoint: each rank writes its shards
+    trainer.fabric.barrier()  # every rank's shards are written
+    if trainer.is_global_zero:
+        for file in tmp.iterdir():
+            fsync_path(file)
+        fsync_path(tmp)
+        publish(tmp, final)
+    trainer.fabric.barrier()  # no rank goes on (and may be killed) before the directory is in place
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make the complete directory ``tmp`` visible as ``final``, atomically.
+
+    A new name is a rename. An existing ``final`` (``last.ckpt`` rewritten) becomes a symbolic link to a hidden
+    directory, swapped atomically; the directory it named before is removed afterwards when it was such a hidden one.
+    """
+    if not os.path.lexists(final):
+        os.rename(tmp, final)
+        fsync_path(final.parent)
+        return
+    real = final.with_name(f".{final.name}.d-{uuid.uuid4().hex[:12]}")
+    os.rename(tmp, real)
+    previous = final.resolve() if final.is_symlink() else None
+    if final.is_dir() and not final.is_symlink():  # a real directory cannot be replaced by a link in one step
+        shutil.rmtree(final)
+    link_atomic(real, final)
+    if previous is not None and previous.parent == final.parent.resolve() and previous.name.startswith(
+            f".{final.name}.d-"):
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def link_atomic(target: Path, link: Path) -> None:
+    """Point ``link`` (a symbolic link, relative: the folder can move) at the directory ``target`` in the same
+    folder, replacing what ``link`` named in one rename."""
+    tmp = link.with_name(f".{link.name}.link-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(target.name, tmp, target_is_directory=True)
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    os.replace(tmp, link)
+    fsync_path(link.parent)
+
+
+# ---------------------------------------------------------------------- reading
+def is_sharded(path: str | os.PathLike[str]) -> bool:
+    return Path(path).is_dir()
+
+
+def load_metadata(path: Path) -> dict[str, Any]:
+    """``meta.pt`` of a sharded checkpoint (``weights_only=True``), after checking that every shard is there.
+
+    Raises:
+        CheckpointError: the metadata or a shard file is missing or unreadable.
+    """
+    _check_complete(path)
+    try:
+        meta = torch.load(path / META_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"sharded checkpoint {str(path)!r}: {META_FILE} cannot be read "
+                              f"({type(err).__name__}: {str(err)[:200]})") from err
+    if not isinstance(meta, dict) or "loops" not in meta:
+        raise CheckpointError(f"{str(path)!r} is not a dltrain sharded checkpoint ({META_FILE} holds no loop state)")
+    meta["sharded"] = True
+    return meta
+
+
+def _check_complete(path: Path) -> None:
+    from dltrain._compat import dcp_storage_files
+
+    for name in (META_FILE, _DCP_METADATA):
+        if not (path / name).is_file():
+            raise CheckpointError(
+                f"sharded checkpoint {str(path)!r} is incomplete: {name} is missing (a directory of a killed save, "
+                "or not a dltrain checkpoint). Pass ckpt_path='last' to use the newest complete one"
+            )
+    metadata = _read_dcp_metadata(path)
+    missing = sorted(f for f in dcp_storage_files(metadata) if not (path / f).is_file())
+    if missing:
+        raise CheckpointError(
+            f"sharded checkpoint {str(path)!r} is incomplete: shard file(s) {', '.join(missing)} are missing "
+            "(each rank writes __<rank>_*.distcp; copy the whole directory). Pass ckpt_path='last' to use the "
+            "newest complete one"
+        )
+
+
+def _read_dcp_metadata(path: Path) -> Any:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        return FileSystemReader(str(path)).read_metadata()
+    except Exception as err:
+        raise CheckpointError(f"sharded checkpoint {str(path)!r}: {_DCP_METADATA} cannot be read "
+                              f"({type(err).__name__}: {str(err)[:200]})") from err
+
+
+def check_model(module: nn.Module, path: Path) -> None:
+    """A CheckpointError naming missing/unexpected keys and shape mismatches between the model and the shards."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from dltrain import checkpoint as ckpt_io
+
+    stored = _read_dcp_metadata(path).state_dict_metadata
+    shapes = {k[len("model."):]: torch.empty(tuple(v.size), device="meta")
+              for k, v in stored.items() if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
+    ckpt_io.check_state_dict(module, shapes, str(path))
+
+
+def load_model(trainer: Trainer, path: Path) -> None:
+    """Load the model's weights from the shards, resharded to this run's world size (or into a plain model)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    module: nn.Module = trainer._fabric_module.module
+    check_model(module, path)
+    state = {"model": get_model_state_dict(module)}
+    _dcp_load(state, path)
+    set_model_state_dict(module, state["model"])
+
+
+def read_model(module: nn.Module, path: Path) -> dict[str, Any]:
+    """The whole model state of the shards in ``path``, in the layout of ``module``'s own (unsharded) state dict,
+    read by this process alone (no collective, whatever process group exists)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": {k: v.clone() for k, v in module.state_dict().items()}}
+    try:
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    except Exception as err:
+        raise CheckpointError(f"sharded checkpoint {str(path)!r} cannot be read: {type(err).__name__}: "
+                              f"{str(err)[:500]}") from err
+    return state["model"]
+
+
+def load_full_model(trainer: Trainer, state_dict: dict[str, Any]) -> None:
+    """Load a full (unsharded) state dict into the sharded task: each rank keeps its own shard of it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(trainer._fabric_module.module, state_dict, options=StateDictOptions(full_state_dict=True))
+
+
+def load_optimizers(trainer: Trainer, path: Path) -> None:
+    """Load every optimizer's state from the shards (``optimizer_<i>``), resharded to this run's world size."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    module = trainer._fabric_module.module
+    stored = {k.split(".", 1)[0] for k in _read_dcp_metadata(path).state_dict_metadata if k.startswith("optimizer_")}
+    if len(stored) != len(trainer.optimizers):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds {len(stored)} optimizer states, but configure_optimizers() returned "
+            f"{len(trainer.optimizers)} optimizers"
+        )
+    for i, optimizer in enumerate(trainer.optimizers):
+        key = f"optimizer_{i}"
+        state = {key: get_optimizer_state_dict(module, optimizer)}
+        _dcp_load(state, path)
+        set_optimizer_state_dict(module, optimizer, optim_state_dict=state[key])
+
+
+def _dcp_load(state: dict[str, Any], path: Path) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    try:  # without a process group (one process, a plain model) DCP reads every shard itself
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    except Exception as err:
+        raise CheckpointError(f"sharded checkpoint {str(path)!r} cannot be loaded: {type(err).__name__}: "
+                              f"{str(err)[:500]}") from err

@@ -1,0 +1,73 @@
+"""strategy="fsdp2"/"fsdp" choices and the sharded checkpoint's file handling, without a process group."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lightning.fabric.strategies import FSDPStrategy
+
+import dltrain
+from dltrain import _sharded
+from dltrain import checkpoint as ckpt_io
+from dltrain.errors import ConfigurationError
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", FSDPStrategy()])
+def test_fsdp1_is_refused_pointing_to_fsdp2(strategy):
+    with pytest.raises(ConfigurationError, match=r'strategy="fsdp" \(FSDP1\) is not supported: use strategy="fsdp2"'):
+        dltrain.Trainer(accelerator="cpu", strategy=strategy, logger=False)
+
+
+def test_fsdp2_on_a_task_without_parameters_says_what_to_do():
+    class NoParams(dltrain.Task):
+        def training_step(self, batch, batch_idx):
+            return batch.sum()
+
+    with pytest.raises(ConfigurationError, match=r"NoParams has no trainable parameters\. Create the layers in "
+                                                 r"__init__ or configure_model"):
+        _sharded._parallelize(NoParams(), mesh=None, precision="32-true")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("accelerator", "devices", "nodes", "expected"),
+                         [("cpu", 2, 1, 2), ("cpu", "3", 2, 6), ("cpu", [0, 1], 1, 2), ("cpu", "auto", 1, 1),
+                          ("cpu", "0,1,2", 1, 3)])
+def test_world_size_of_counts_processes_as_fabric_does(accelerator, devices, nodes, expected):
+    assert _sharded.world_size_of(accelerator, devices, nodes) == expected
+
+
+def test_publish_replaces_an_existing_checkpoint_through_a_link(tmp_path):
+    """A new name is a rename; rewriting a name (last.ckpt written straight, not kept) swaps a link atomically and
+    removes the hidden directory it named before."""
+    def written(name: str, value: str):
+        tmp = tmp_path / f".{name}.tmp-host-1"
+        tmp.mkdir()
+        (tmp / "meta.pt").write_text(value)
+        return tmp
+
+    final = tmp_path / "last.ckpt"
+    _sharded.publish(written("last.ckpt", "a"), final)
+    assert final.is_dir() and not final.is_symlink() and (final / "meta.pt").read_text() == "a"
+    _sharded.publish(written("last.ckpt", "b"), final)
+    assert final.is_symlink() and (final / "meta.pt").read_text() == "b"
+    first = final.resolve()
+    _sharded.publish(written("last.ckpt", "c"), final)
+    assert (final / "meta.pt").read_text() == "c" and not first.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".last.ckpt.d-")) == ["last.ckpt"]
+
+
+def test_stale_temporary_directories_are_removed(tmp_path):
+    """A sharded save killed before its rename leaves ``.<name>.tmp-<host>-<pid>/``: removed like a stale file."""
+    import socket
+
+    stale = tmp_path / f".epoch=0-step=4.ckpt.tmp-{socket.gethostname()}-999999999"
+    stale.mkdir()
+    (stale / "__0_0.distcp").write_bytes(b"x")
+    assert ckpt_io.remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists()
+
+
+def test_consolidate_refuses_a_file(tmp_path):
+    path = tmp_path / "full.ckpt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(dltrain.DltrainError, match="is not a sharded checkpoint directory"):
+        ckpt_io.consolidate(path, tmp_path / "out.ckpt")

@@ -1,0 +1,120 @@
+"""_train.py's task and data under a chosen strategy (``--strategy fsdp2``), for the sharded-training tests.
+
+Rank zero writes the final weights gathered whole (``final.pt``); with ``--dump-restored`` it also writes the
+model and optimizer state as restored from the checkpoint, gathered whole (``restored.pt``), at ``on_train_start``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import dltrain
+from dltrain import _sharded
+from dltrain.callbacks import ModelCheckpoint
+from tests.distributed._train import Keyed, KeyTask, KillAt
+
+
+def full_state(task: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Model (and optimizer) state gathered whole, keyed by parameter name, on every rank (a collective)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True)
+    state = {"model": {k: v.detach().clone() for k, v in get_model_state_dict(task, options=options).items()}}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(task, optimizer, options=options)
+    return state
+
+
+class DumpRestored(dltrain.Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_start(self, trainer, task):  # after the optimizer state was restored
+        state = full_state(task, trainer.optimizers[0])
+        if trainer.is_global_zero:
+            torch.save(state, self.out / "restored.pt")
+
+
+def kill_before_publish(nth: int, marker: Path) -> None:
+    """SIGKILL global rank zero at its ``nth`` sharded save, after every rank wrote its shards, before the
+    directory is renamed into place."""
+    real = _sharded.publish
+    count = {"n": 0}
+
+    def publish(tmp, final):
+        count["n"] += 1
+        if count["n"] == nth and not marker.exists():
+            marker.write_text(f"killed before publishing {final}")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(tmp, final)
+
+    _sharded.publish = publish  # type: ignore[assignment]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--strategy", default="fsdp2")
+    p.add_argument("--precision", default="32-true")
+    p.add_argument("--samples", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=8, help="global batch size")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--accumulate", type=int, default=1)
+    p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--every", type=int, default=2, help="checkpoint every n steps")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--kill-step", type=int, default=None)
+    p.add_argument("--kill-rank", type=int, default=0)
+    p.add_argument("--kill-before-publish", type=int, default=None)
+    p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
+    p.add_argument("--dump-restored", action="store_true")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+
+    callbacks: list[dltrain.Callback] = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every,
+                                                         save_top_k=2)]
+    if args.kill_step is not None:
+        callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))
+    if args.dump_restored:
+        callbacks.append(DumpRestored(out))
+    if args.kill_before_publish is not None:
+        kill_before_publish(args.kill_before_publish, out / "killed-in-save.marker")
+    trainer = dltrain.Trainer(accelerator="cpu", strategy=args.strategy, precision=args.precision,
+                              max_epochs=args.epochs, default_root_dir=str(out), seed=11,
+                              accumulate_grad_batches=args.accumulate, gradient_clip_val=args.clip,
+                              callbacks=callbacks, logger=False, enable_progress_bar=False, log_every_n_steps=2)
+    per_rank = args.batch_size // trainer.world_size
+    torch.manual_seed(5)
+    task = KeyTask(args.out, dropout=args.dropout)
+    seen_dtypes: set[str] = set()  # the weight dtype the first layer computes with (FSDP2's mixed precision)
+    task.net[0].register_forward_pre_hook(lambda m, _: seen_dtypes.add(str(m.weight.dtype)))
+    train = DataLoader(Keyed(args.samples), batch_size=per_rank, shuffle=True)
+    val = DataLoader(Keyed(21), batch_size=4)
+    trainer.fit(task, train, val, ckpt_path=args.resume)
+    final = full_state(task, trainer.optimizers[0])
+    report = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
+              "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+              "compute_dtypes": sorted(seen_dtypes),
+              "ckpt": sorted(f.name for f in (out / "ckpt").iterdir()) if (out / "ckpt").is_dir() else [],
+              "last_target": os.readlink(out / "ckpt" / "last.ckpt") if (out / "ckpt" / "last.ckpt").is_symlink()
+              else None}
+    (out / f"report-rank{trainer.global_rank}.json").write_text(json.dumps(report))
+    if trainer.is_global_zero:
+        torch.save(final, out / "final.pt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""strategy="fsdp2" on CPU with gloo: equivalence with one process, sharded checkpoints that resume bitwise at the
+same world size and reshard to another, atomic publication, consolidation, and the errors for bad input.
+
+Every launch runs tests/distributed/_sharded_train.py (the task and data of _train.py, unchanged but for the
+strategy). The runs that several tests compare against are made once per session (``tmp_path_factory``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dltrain import _sharded
+from dltrain import checkpoint as ckpt_io
+from dltrain.errors import CheckpointError
+from tests.distributed.test_resume import effective_keys
+from tests.helpers.distributed import run_distributed
+
+pytestmark = pytest.mark.distributed
+SCRIPT = Path(__file__).parent / "_sharded_train.py"
+
+
+def report(out: Path, rank: int = 0) -> dict:
+    return json.loads((out / f"report-rank{rank}.json").read_text())
+
+
+def assert_states_equal(a: dict, b: dict, *, exact: bool = True, atol: float = 0.0) -> None:
+    """Model weights and SGD momentum buffers (keyed by parameter name) equal."""
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        x, y = a["model"][name].float(), b["model"][name].float()
+        assert torch.equal(x, y) if exact else torch.allclose(x, y, atol=atol, rtol=0), name
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() == a["model"].keys()
+    for name in sa:
+        x, y = sa[name]["momentum_buffer"], sb[name]["momentum_buffer"]
+        assert torch.equal(x, y) if exact else torch.allclose(x, y, atol=atol, rtol=0), name
+
+
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted 2-rank FSDP2 run (2 epochs, dropout, checkpoints every 2 steps)."""
+    out = tmp_path_factory.getbasetemp() / "fsdp2-reference"
+    if not (out / "final.pt").exists():
+        run_distributed(SCRIPT, ["--out", str(out)], nproc=2)
+    return out
+
+
+def killed_at_step_7(tmp_path_factory) -> Path:
+    """A 2-rank FSDP2 run SIGKILLed (rank 1) after step 7: its newest checkpoint is step 6's."""
+    out = tmp_path_factory.getbasetemp() / "fsdp2-killed"
+    if not (out / "killed.marker").exists():
+        run_distributed(SCRIPT, ["--out", str(out), "--kill-step", "7", "--kill-rank", "1"], nproc=2, check=False)
+    assert (out / "killed.marker").exists()
+    return out
+
+
+def test_two_ranks_match_one_process_with_accumulation_and_clipping(tmp_path):
+    """2 FSDP2 ranks x batch 4 == 1 process x batch 8 within 1e-6 (accumulation 2, clipping at norm 0.5). Clipping
+    changes the result here (the unclipped run is far away), so the clip uses the norm over all shards: each rank's
+    local norm would scale each shard by its own factor."""
+    common = ["--epochs", "2", "--accumulate", "2", "--clip", "0.5", "--dropout", "0"]
+    single, double, unclipped = tmp_path / "single", tmp_path / "double", tmp_path / "unclipped"
+    run_distributed(SCRIPT, ["--out", str(single), "--strategy", "auto", *common], nproc=1)
+    run_distributed(SCRIPT, ["--out", str(double), "--strategy", "fsdp2", *common], nproc=2)
+    run_distributed(SCRIPT, ["--out", str(unclipped), "--strategy", "auto", *common[:-4], "--dropout", "0"], nproc=1)
+    a, b, c = (torch.load(d / "final.pt") for d in (single, double, unclipped))
+    assert_states_equal(a, b, exact=False, atol=1e-6)
+    assert max((a["model"][k] - c["model"][k]).abs().max().item() for k in a["model"]) > 1e-2
+    r0 = report(double)
+    assert r0["world_size"] == 2 and r0["global_step"] == report(single)["global_step"] == 12
+    assert abs(r0["metrics"]["val/loss"] - report(single)["metrics"]["val/loss"]) < 1e-6
+    assert r0["metrics"]["val/count"] == 21.0
+    # Checkpoints are directories (every rank's shards + meta.pt); last.ckpt links to the newest.
+    assert r0["ckpt"] == ["epoch=1-step=10.ckpt", "epoch=1-step=12.ckpt", "last.ckpt"]
+    assert r0["last_target"] == "epoch=1-step=12.ckpt"
+    shards = sorted(p.name for p in (double / "ckpt" / "epoch=1-step=12.ckpt").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+
+
+def test_bf16_mixed_computes_in_bfloat16_and_keeps_float32_weights(tmp_path):
+    """precision="bf16-mixed" under fsdp2: FSDP2's MixedPrecisionPolicy (bfloat16 compute, float32 reduction); the
+    weights and optimizer state stay float32 and training lowers the loss like float32 training does."""
+    common = ["--epochs", "2", "--dropout", "0"]
+    run_distributed(SCRIPT, ["--out", str(tmp_path / "bf16"), "--precision", "bf16-mixed", *common], nproc=2)
+    run_distributed(SCRIPT, ["--out", str(tmp_path / "fp32"), *common], nproc=2)
+    bf16, fp32 = torch.load(tmp_path / "bf16" / "final.pt"), torch.load(tmp_path / "fp32" / "final.pt")
+    assert report(tmp_path / "bf16")["compute_dtypes"] == ["torch.bfloat16"]
+    assert report(tmp_path / "fp32")["compute_dtypes"] == ["torch.float32"]
+    assert all(v.dtype == torch.float32 for v in bf16["model"].values())
+    assert all(s["momentum_buffer"].dtype == torch.float32 for s in bf16["optimizer"]["state"].values())
+    # Not equal (bfloat16 rounding), but the same training: validation losses within 10% of each other.
+    assert any(not torch.equal(bf16["model"][k], fp32["model"][k]) for k in fp32["model"])
+    a, b = report(tmp_path / "bf16")["metrics"]["val/loss"], report(tmp_path / "fp32")["metrics"]["val/loss"]
+    assert abs(a - b) < 0.1 * b, (a, b)
+
+
+@pytest.mark.slow
+def test_sharded_resume_at_the_same_world_size_is_bitwise_equal(tmp_path_factory):
+    """Killed after step 7 on 2 ranks, resumed from last (step 6) on 2 ranks: weights and optimizer state bitwise
+    equal to the uninterrupted run, and the same samples at every step."""
+    ref = reference(tmp_path_factory)
+    killed = killed_at_step_7(tmp_path_factory)
+    out = tmp_path_factory.getbasetemp() / "fsdp2-resumed"
+    shutil.copytree(killed, out)
+    run_distributed(SCRIPT, ["--out", str(out), "--resume", "last"], nproc=2)
+    assert_states_equal(torch.load(ref / "final.pt"), torch.load(out / "final.pt"))
+    for rank in (0, 1):
+        assert effective_keys(ref, rank) == effective_keys(out, rank)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 3])
+def test_resume_at_another_world_size_reshards_and_sees_every_sample_once(tmp_path, tmp_path_factory, world):
+    """The step-6 checkpoint of 2 ranks resumed on 1 and on 3 ranks: the model and optimizer state restored (gathered
+    whole) equal the checkpoint's, consolidated; epoch 0 then trains on every sample exactly once; the resumed run
+    finishes its 2 epochs."""
+    killed = killed_at_step_7(tmp_path_factory)
+    ckpt = killed / "ckpt" / "epoch=0-step=6.ckpt"
+    out = tmp_path / f"world{world}"
+    run_distributed(SCRIPT, ["--out", str(out), "--resume", str(ckpt), "--dump-restored"], nproc=world)
+    full = ckpt_io.load(ckpt_io.consolidate(ckpt, tmp_path / "full.ckpt"))
+    restored = torch.load(out / "restored.pt")
+    expected = {"model": full["state_dict"], "optimizer": full["optimizer_states"][0]}
+    assert_states_equal(expected, restored)
+    # Epoch 0: steps 0-5 from the 2-rank run (what the checkpoint holds), the rest from the resumed run.
+    seen = [k for rank in (0, 1) for step, keys in effective_keys(killed, rank) if step < 6 for k in keys]
+    for rank in range(world):
+        lines = [json.loads(x) for x in (out / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+        seen += [k for e in lines if e["epoch"] == 0 for k in e["keys"]]
+    assert sorted(seen) == list(range(96))
+    assert report(out)["world_size"] == world
+
+
+@pytest.mark.slow
+def test_a_kill_before_the_directory_is_published_leaves_the_previous_last(tmp_path_factory):
+    """Rank 0 SIGKILLed in its third save (step 6), after every rank wrote its shards but before the rename: last
+    still names step 4's complete checkpoint, the temporary directory is removed at the next start, and the resumed
+    run ends bitwise equal to the uninterrupted one."""
+    ref = reference(tmp_path_factory)
+    out = tmp_path_factory.getbasetemp() / "fsdp2-kill-in-save"
+    run_distributed(SCRIPT, ["--out", str(out), "--kill-before-publish", "3"], nproc=2, check=False)
+    assert (out / "killed-in-save.marker").exists()
+    folder = out / "ckpt"
+    assert ckpt_io.find_last(folder) == folder / "last.ckpt"
+    assert (folder / "last.ckpt").resolve().name == "epoch=0-step=4.ckpt"
+    temporaries = [p for p in folder.iterdir() if ".tmp-" in p.name]
+    assert len(temporaries) == 1 and (temporaries[0] / "__1_0.distcp").is_file()
+    run_distributed(SCRIPT, ["--out", str(out), "--resume", "last"], nproc=2)
+    assert not [p for p in folder.iterdir() if ".tmp-" in p.name]
+    assert_states_equal(torch.load(ref / "final.pt"), torch.load(out / "final.pt"))
+
+
+def test_a_sharded_checkpoint_is_read_without_a_process_group(tmp_path, tmp_path_factory):
+    """The 2-rank step-6 checkpoint read by one process: load_from_checkpoint, test(ckpt_path=) on one device, and
+    the consolidated file agree."""
+    from tests.distributed._train import Keyed, KeyTask
+    from tests.helpers.tasks import quiet_trainer
+
+    ckpt = killed_at_step_7(tmp_path_factory) / "ckpt" / "epoch=0-step=6.ckpt"
+    full = ckpt_io.load(ckpt_io.consolidate(ckpt, tmp_path / "full.ckpt"))
+    assert full["loops"]["global_step"] == 6 and full["world_size"] == 2 and len(full["ranks"]) == 2
+    task = KeyTask.load_from_checkpoint(ckpt, out=str(tmp_path))
+    for name, value in task.state_dict().items():
+        assert torch.equal(value, full["state_dict"][name]), name
+    loader = torch.utils.data.DataLoader(Keyed(21), batch_size=4)
+    from_dir = quiet_trainer(tmp_path).validate(KeyTask(str(tmp_path)), loader, ckpt_path=str(ckpt))
+    from_file = quiet_trainer(tmp_path).validate(KeyTask(str(tmp_path)), loader, ckpt_path=str(tmp_path / "full.ckpt"))
+    assert from_dir == from_file
+
+
+def test_a_sharded_checkpoint_missing_a_shard_or_of_another_model_is_refused(tmp_path, tmp_path_factory):
+    killed = killed_at_step_7(tmp_path_factory)
+    broken = tmp_path / "broken.ckpt"
+    shutil.copytree(killed / "ckpt" / "epoch=0-step=6.ckpt", broken)
+    (broken / "__1_0.distcp").unlink()
+    with pytest.raises(CheckpointError, match=r"incomplete: shard file\(s\) __1_0.distcp are missing"):
+        ckpt_io.load(broken)
+    assert ckpt_io.find_last(tmp_path) is None  # "last" never picks an incomplete directory
+    (broken / "meta.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"meta\.pt is missing"):
+        ckpt_io.load(broken)
+    other = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.ReLU(), torch.nn.Dropout(),
+                                torch.nn.Linear(16, 1))
+    task = torch.nn.Module()
+    task.net = other
+    with pytest.raises(CheckpointError, match=r"shape mismatches \['net.0.weight: checkpoint \(32, 8\) vs model "
+                                              r"\(16, 8\)'"):
+        _sharded.check_model(task, killed / "ckpt" / "epoch=0-step=6.ckpt")
