@@ -13,6 +13,7 @@ bad-data handling.
 from dltrain.data.combined import CombinedLoader
 from dltrain.data.decoders import SAFE_DECODERS, UNSAFE_DECODERS, SampleDecoder
 from dltrain.data.domain import STAGES, DataPlugin, SampleTransform
+from dltrain.data.mixture import Mixture
 from dltrain.data.shards import (
     build_index,
     count_samples,
@@ -37,6 +38,7 @@ __all__ = [
     "CombinedLoader",
     "DataPlugin",
     "DataSkipWarning",
+    "Mixture",
     "SampleDecoder",
     "SampleTransform",
     "StreamingDataLoader",

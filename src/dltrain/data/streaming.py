@@ -56,6 +56,7 @@ __all__ = ["BatchSamples", "DataSkipWarning", "StreamingDataLoader", "StreamingD
 STATE_VERSION = 1
 _SPEC_BYTES = 1 << 16
 _MAX_REPORTED_ERRORS = 20
+_STATE_ONLY = ("version", "batches", "skipped", "num_samples", "num_shards")  # loader state keys outside the level
 
 
 class BatchSamples(NamedTuple):
@@ -227,8 +228,30 @@ class StreamingDataset(IterableDataset):
             "base": None,
         }
 
+    def _epoch_positions(self, root: Mapping[str, Any]) -> int:
+        """Plan positions in the epoch of this root level (a `Mixture` keeps its epoch length in the level)."""
+        return self.num_samples
+
+    def _locator(self, root: Mapping[str, Any]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Maps plan positions of the epoch of ``root`` to (shard id into ``urls``, sample index in the shard)."""
+        counts = self.counts
+        order = _plan.shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
+        return lambda positions: _plan.locate(positions, order, counts)
+
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        """Raise `DataError` if a saved loader state cannot be resumed on this dataset."""
+        if "mixture" in state:
+            raise DataError("the saved loader state is of a dltrain.data.Mixture: resume it with the same Mixture, "
+                            "not a single StreamingDataset")
+        if int(state["num_samples"]) != self.num_samples or int(state["num_shards"]) != len(self.urls):
+            raise DataError(
+                f"the saved loader state is for {state['num_samples']} samples in {state['num_shards']} shards, "
+                f"but this dataset has {self.num_samples} samples in {len(self.urls)} shards: "
+                "resume with the same shards (and index), or start the epoch over without the loader state"
+            )
+
     def _num_batches(self, level: Mapping[str, Any], rank: int) -> int:
-        n = len(_plan.rank_positions(level, rank, self.num_samples))
+        n = len(_plan.rank_positions(level, rank, self._epoch_positions(_plan.root_of(level))))
         return _plan.num_batches(n, int(level["batch_size"]), bool(level["training"]))
 
     def set_epoch(self, epoch: int) -> None:
@@ -275,21 +298,21 @@ class StreamingDataset(IterableDataset):
 
     def _generate(self, level: Mapping[str, Any], rank: int, start: int, worker: int, num_workers: int) -> Iterator[Any]:
         counts = self.counts
-        positions = _plan.rank_positions(level, rank, sum(counts))
+        root = _plan.root_of(level)
+        positions = _plan.rank_positions(level, rank, self._epoch_positions(root))
         batch_size, training = int(level["batch_size"]), bool(level["training"])
         total = _plan.num_batches(len(positions), batch_size, training)
         first = start - _plan.offset_of(level)  # plan-relative batch index
         mine = list(range(max(first, 0) + worker, total, num_workers))
         if not mine:
             return
-        root = _plan.root_of(level)
-        order = _plan.shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
+        where = self._locator(root)
 
         # Every sample this worker will read this epoch, per shard: a forward shard reader extracts only those.
         mine_arr = np.asarray(mine, dtype=np.int64)
         flat = (mine_arr[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
         needed = positions[flat[flat < len(positions)]]
-        shard_ids, locals_ = _plan.locate(needed, order, counts)
+        shard_ids, locals_ = where(needed)
         by_shard = np.argsort(shard_ids, kind="stable")
         sorted_ids = shard_ids[by_shard]
 
@@ -306,15 +329,15 @@ class StreamingDataset(IterableDataset):
                 # Forward readers need the window's samples in shard order, so the whole group is read before its
                 # first batch. Where every shard of the group can seek, each batch reads just its own samples:
                 # the first batch of an epoch does not wait for the window.
-                shards = set(_plan.locate(np.concatenate(list(pos_of.values())), order, counts)[0].tolist())
+                shards = set(where(np.concatenate(list(pos_of.values())))[0].tolist())
                 seek = all(self._seekable(s) for s in shards)
                 for s in [s for s in readers if s not in shards]:
                     readers.pop(s).close()
                 for unit in ([[j] for j in batches] if seek else [batches]):
                     need = np.unique(np.concatenate([pos_of[j] for j in unit]))
-                    raw = self._read_raw(need, order, counts, readers, wanted)
+                    raw = self._read_raw(need, where, counts, readers, wanted)
                     for j in unit:
-                        yield self._make_batch(pos_of[j], raw, _plan.locate(pos_of[j], order, counts))
+                        yield self._make_batch(pos_of[j], raw, where(pos_of[j]))
         except DataError as exn:
             if not self._tagged:
                 raise
@@ -332,14 +355,14 @@ class StreamingDataset(IterableDataset):
     def _read_raw(
         self,
         need: np.ndarray,
-        order: np.ndarray,
+        where: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
         counts: Sequence[int],
         readers: dict[int, ShardReader | IndexedShardReader],
         wanted: Callable[[int], np.ndarray],
     ) -> dict[int, Any]:
         """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``."""
         raw: dict[int, Any] = {}
-        shard_ids, locals_ = _plan.locate(need, order, counts)
+        shard_ids, locals_ = where(need)
         for p, s, i in zip(need.tolist(), shard_ids.tolist(), locals_.tolist()):
             reader = readers.get(s)
             # Keep a forward reader when the next sample lies further along its shard: no re-reading.
@@ -362,7 +385,8 @@ class StreamingDataset(IterableDataset):
                 raw[p] = exn
         return raw
 
-    def _prepare(self, raw: dict[str, Any]) -> Any:
+    def _prepare(self, raw: dict[str, Any], shard: int) -> Any:
+        """Decode and map one raw sample of shard ``shard`` (a `Mixture` hands it to the shard's source)."""
         try:
             sample = self.decoder(raw)
             if self.map is None:
@@ -394,13 +418,13 @@ class StreamingDataset(IterableDataset):
         bad: list[DataError] = []
         keys: list[str] = []
         good: list[int] = []
-        for n, p in enumerate(positions.tolist()):
+        for n, (p, shard) in enumerate(zip(positions.tolist(), where[0].tolist())):
             item = raw.pop(p)
             if isinstance(item, DataError):
                 bad.append(item)
                 continue
             try:
-                samples.append(self._prepare(item))
+                samples.append(self._prepare(item, shard))
                 keys.append(str(item.get("__key__")))
                 good.append(n)
             except DataError as exn:
@@ -514,8 +538,8 @@ class StreamingDataLoader(DataLoader):
         state = self._pending
         if state is None:
             return self.stream._root_level(self._epoch, world), 0, rank, world
-        level = {k: state[k] for k in ("epoch", "seed", "shuffle", "shuffle_buffer", "training", "batch_size",
-                                        "world_size", "base")}
+        # The saved level as it was (a Mixture's root level also holds the epoch's weights).
+        level = {k: v for k, v in state.items() if k not in _STATE_ONLY}
         batches = int(state["batches"])
         if self._same_plan(state, world):
             return level, batches, rank, world
@@ -599,7 +623,7 @@ class StreamingDataLoader(DataLoader):
             "epoch": self._epoch,
             "batches": self._batches,
             "skipped": self.skipped,
-            "num_samples": self.stream.num_samples,
+            "num_samples": int(sum(self.stream.counts)),
             "num_shards": len(self.stream.urls),
         }
 
@@ -612,12 +636,7 @@ class StreamingDataLoader(DataLoader):
         """
         if int(state.get("version", -1)) != STATE_VERSION:
             raise DataError(f"unsupported loader state version {state.get('version')!r} (expected {STATE_VERSION})")
-        if int(state["num_samples"]) != self.stream.num_samples or int(state["num_shards"]) != len(self.stream.urls):
-            raise DataError(
-                f"the saved loader state is for {state['num_samples']} samples in {state['num_shards']} shards, "
-                f"but this dataset has {self.stream.num_samples} samples in {len(self.stream.urls)} shards: "
-                "resume with the same shards (and index), or start the epoch over without the loader state"
-            )
+        self.stream._check_state(state)
         self._pending = copy.deepcopy(dict(state))
         self._epoch = int(state["epoch"])
         self._level = None
