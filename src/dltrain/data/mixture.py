@@ -40,7 +40,7 @@ from dltrain.data import plan as _plan
 from dltrain.data.streaming import StreamingDataset
 from dltrain.errors import ConfigurationError, DataError
 
-__all__ = ["Mixture", "default_epoch_length", "mixture_counts", "mixture_labels", "source_seed"]
+__all__ = ["Mixture", "default_epoch_length", "mixture_counts", "mixture_labels", "mixture_locator", "source_seed"]
 
 _MASK64 = (1 << 64) - 1
 _TAG_LABELS = 0x6D1C  # separates the label stream from the plan's random streams
@@ -119,6 +119,41 @@ def source_seed(seed: int, source: int) -> int:
     """Seed of source ``source``'s shard orders (one per source epoch) in a mixture seeded by ``seed``."""
     state = np.random.SeedSequence([seed & _MASK64, source, _TAG_SOURCE]).generate_state(2, np.uint32)
     return int(state[0]) << 32 | int(state[1])
+
+
+def mixture_locator(
+    root: Mapping[str, Any], source_counts: Sequence[Sequence[int]]
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Maps mixture positions of the epoch of the root level ``root`` to (shard id, sample index in the shard),
+    shard ids counting the sources' shards concatenated in source order (``source_counts``: samples per shard of
+    each source). The labels are computed once here; call the result for many positions."""
+    mix = root["mixture"]
+    seed, shuffle = int(root["seed"]), bool(root["shuffle"])
+    labels, occurrence = mixture_labels(seed, int(root["epoch"]), mix["counts"])
+    start = np.asarray(mix["start"], dtype=np.int64)
+    sizes = [int(sum(c)) for c in source_counts]
+    first = np.cumsum([0] + [len(c) for c in source_counts])[:-1].tolist()
+    orders: dict[tuple[int, int], np.ndarray] = {}  # (source, source epoch) -> its shard order
+
+    def where(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.asarray(positions, dtype=np.int64)
+        src = labels[positions]
+        stream = start[src] + occurrence[positions]
+        shards = np.empty(len(positions), dtype=np.int64)
+        indices = np.empty(len(positions), dtype=np.int64)
+        for s in np.unique(src).tolist():
+            counts = source_counts[s]
+            sel = np.flatnonzero(src == s)
+            source_epoch, index = np.divmod(stream[sel], sizes[s])
+            for q in np.unique(source_epoch).tolist():
+                if (s, q) not in orders:
+                    orders[s, q] = _plan.shard_order(len(counts), source_seed(seed, s), q, shuffle)
+                part = source_epoch == q
+                local, indices[sel[part]] = _plan.locate(index[part], orders[s, q], counts)
+                shards[sel[part]] = local + first[s]
+        return shards, indices
+
+    return where
 
 
 class Mixture(StreamingDataset):
@@ -251,32 +286,7 @@ class Mixture(StreamingDataset):
         return int(sum(root["mixture"]["counts"]))
 
     def _locator(self, root: Mapping[str, Any]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        mix = root["mixture"]
-        seed, shuffle = int(root["seed"]), bool(root["shuffle"])
-        labels, occurrence = mixture_labels(seed, int(root["epoch"]), mix["counts"])
-        start = np.asarray(mix["start"], dtype=np.int64)
-        sizes = [int(n) for n in mix["sizes"]]
-        orders: dict[tuple[int, int], np.ndarray] = {}  # (source, source epoch) -> shard order
-
-        def where(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            positions = np.asarray(positions, dtype=np.int64)
-            src = labels[positions]
-            stream = start[src] + occurrence[positions]
-            shards = np.empty(len(positions), dtype=np.int64)
-            indices = np.empty(len(positions), dtype=np.int64)
-            for s in np.unique(src).tolist():
-                counts = self.sources[s].counts
-                sel = np.flatnonzero(src == s)
-                source_epoch, index = np.divmod(stream[sel], sizes[s])
-                for q in np.unique(source_epoch).tolist():
-                    if (s, q) not in orders:
-                        orders[s, q] = _plan.shard_order(len(counts), source_seed(seed, s), q, shuffle)
-                    part = sel[source_epoch == q]
-                    local, indices[part] = _plan.locate(index[source_epoch == q], orders[s, q], counts)
-                    shards[part] = local + self._first_shard[s]
-            return shards, indices
-
-        return where
+        return mixture_locator(root, [src.counts for src in self.sources])
 
     def _check_state(self, state: Mapping[str, Any]) -> None:
         mix = state.get("mixture")
