@@ -3,6 +3,7 @@
 Example:
     $ dltrain shards index "data/train-{000000..000127}.tar"
     wrote data/train.index.json: 128 shards, 160000 samples, with sample offsets
+    $ dltrain ckpt consolidate runs/exp1/checkpoints/last.ckpt model.ckpt   # a sharded (fsdp2) checkpoint as one file
     $ dltrain audit runs/exp1                    # what the run trained on (needs callbacks=[SampleLedger()])
     $ dltrain fit --config config.yaml          # LightningCLI's subcommands, through dltrain.CLI
     $ dltrain fit --model mymodule.MyTask --data mymodule.MyData --trainer.max_epochs 3
@@ -42,6 +43,17 @@ def _audit(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report.to_json(), indent=1) if args.json else render(report))
     return 0 if report.ok else 1
+
+
+def _ckpt_consolidate(args: argparse.Namespace) -> int:
+    from dltrain.checkpoint import consolidate, load
+
+    out = consolidate(args.directory, args.output)
+    checkpoint = load(out)
+    print(f"wrote {out}: {len(checkpoint['state_dict'])} tensors, {len(checkpoint.get('optimizer_states', []))} "
+          f"optimizer state(s), global step {checkpoint['loops']['global_step']}, written by "
+          f"{checkpoint['world_size']} rank(s)")
+    return 0
 
 
 _RUN_COMMANDS = ("fit", "validate", "test", "predict")
@@ -86,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("run_dir", help="the run's default_root_dir, or its ledger folder")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     audit.set_defaults(func=_audit)
+    ckpt = sub.add_parser("ckpt", help="work with checkpoints")
+    ckpt_sub = ckpt.add_subparsers(dest="ckpt_command", required=True)
+    consolidate = ckpt_sub.add_parser(
+        "consolidate",
+        help="write a sharded checkpoint directory (strategy='fsdp2') as one full .ckpt file",
+        description="Read every rank's shards in this one process (no GPU, no process group) and write the whole "
+        "model and optimizer states with the rest of the checkpoint: Task.load_from_checkpoint and "
+        "trainer.test(ckpt_path=...) read it under any strategy.",
+    )
+    consolidate.add_argument("directory", help="the sharded checkpoint (a directory, or last.ckpt linking to one)")
+    consolidate.add_argument("output", help="the .ckpt file to write")
+    consolidate.set_defaults(func=_ckpt_consolidate)
     return parser
 
 

@@ -46,6 +46,19 @@ class DumpRestored(dltrain.Callback):
             torch.save(state, self.out / "restored.pt")
 
 
+class SelfSharded(KeyTask):
+    """Shards itself in configure_model on the strategy's mesh: each Linear, then the task (LayerNorm's
+    parameters go with the task's group)."""
+
+    def configure_model(self):
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for layer in (self.net[0], self.net[4]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(self, mesh=mesh)
+
+
 def kill_before_publish(nth: int, marker: Path) -> None:
     """SIGKILL global rank zero at its ``nth`` sharded save, after every rank wrote its shards, before the
     directory is renamed into place."""
@@ -79,6 +92,7 @@ def main() -> None:
     p.add_argument("--kill-before-publish", type=int, default=None)
     p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
     p.add_argument("--dump-restored", action="store_true")
+    p.add_argument("--self-sharded", action="store_true", help="the task shards itself in configure_model")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +112,7 @@ def main() -> None:
                               callbacks=callbacks, logger=False, enable_progress_bar=False, log_every_n_steps=2)
     per_rank = args.batch_size // trainer.world_size
     torch.manual_seed(5)
-    task = KeyTask(args.out, dropout=args.dropout)
+    task = (SelfSharded if args.self_sharded else KeyTask)(args.out, dropout=args.dropout)
     seen_dtypes: set[str] = set()  # the weight dtype the first layer computes with (FSDP2's mixed precision)
     task.net[0].register_forward_pre_hook(lambda m, _: seen_dtypes.add(str(m.weight.dtype)))
     train = DataLoader(Keyed(args.samples), batch_size=per_rank, shuffle=True)
@@ -108,6 +122,7 @@ def main() -> None:
     report = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
               "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
               "compute_dtypes": sorted(seen_dtypes),
+              "fsdp_modules": [name for name, m in task.named_modules() if type(m).__name__.startswith("FSDP")],
               "ckpt": sorted(f.name for f in (out / "ckpt").iterdir()) if (out / "ckpt").is_dir() else [],
               "last_target": os.readlink(out / "ckpt" / "last.ckpt") if (out / "ckpt" / "last.ckpt").is_symlink()
               else None}

@@ -58,13 +58,24 @@ def killed_at_step_7(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_ranks_match_one_process_with_accumulation_and_clipping(tmp_path):
+EQUIVALENCE = ["--epochs", "2", "--accumulate", "2", "--clip", "0.5", "--dropout", "0"]
+
+
+def single_process(tmp_path_factory) -> Path:
+    """One process, no sharding, the whole batch of 8, accumulation 2, clipping at 0.5."""
+    out = tmp_path_factory.getbasetemp() / "single-process"
+    if not (out / "final.pt").exists():
+        run_distributed(SCRIPT, ["--out", str(out), "--strategy", "auto", *EQUIVALENCE], nproc=1)
+    return out
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_with_accumulation_and_clipping(tmp_path, tmp_path_factory):
     """2 FSDP2 ranks x batch 4 == 1 process x batch 8 within 1e-6 (accumulation 2, clipping at norm 0.5). Clipping
     changes the result here (the unclipped run is far away), so the clip uses the norm over all shards: each rank's
     local norm would scale each shard by its own factor."""
-    common = ["--epochs", "2", "--accumulate", "2", "--clip", "0.5", "--dropout", "0"]
-    single, double, unclipped = tmp_path / "single", tmp_path / "double", tmp_path / "unclipped"
-    run_distributed(SCRIPT, ["--out", str(single), "--strategy", "auto", *common], nproc=1)
+    common = EQUIVALENCE
+    single, double, unclipped = single_process(tmp_path_factory), tmp_path / "double", tmp_path / "unclipped"
     run_distributed(SCRIPT, ["--out", str(double), "--strategy", "fsdp2", *common], nproc=2)
     run_distributed(SCRIPT, ["--out", str(unclipped), "--strategy", "auto", *common[:-4], "--dropout", "0"], nproc=1)
     a, b, c = (torch.load(d / "final.pt") for d in (single, double, unclipped))
@@ -74,11 +85,22 @@ def test_two_ranks_match_one_process_with_accumulation_and_clipping(tmp_path):
     assert r0["world_size"] == 2 and r0["global_step"] == report(single)["global_step"] == 12
     assert abs(r0["metrics"]["val/loss"] - report(single)["metrics"]["val/loss"]) < 1e-6
     assert r0["metrics"]["val/count"] == 21.0
+    assert r0["fsdp_modules"] == ["", "net"]  # the default plan: each top-level child with parameters, the task
     # Checkpoints are directories (every rank's shards + meta.pt); last.ckpt links to the newest.
     assert r0["ckpt"] == ["epoch=1-step=10.ckpt", "epoch=1-step=12.ckpt", "last.ckpt"]
     assert r0["last_target"] == "epoch=1-step=12.ckpt"
     shards = sorted(p.name for p in (double / "ckpt" / "epoch=1-step=12.ckpt").iterdir())
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+
+
+def test_a_task_that_shards_itself_in_configure_model_is_left_as_it_is(tmp_path, tmp_path_factory):
+    """configure_model shards with self.device_mesh (each Linear, then the task): the default plan is skipped, and
+    the run still matches one process within 1e-6."""
+    out = tmp_path / "self"
+    run_distributed(SCRIPT, ["--out", str(out), "--self-sharded", *EQUIVALENCE], nproc=2)
+    assert report(out)["fsdp_modules"] == ["", "net.0", "net.4"]
+    assert_states_equal(torch.load(single_process(tmp_path_factory) / "final.pt"), torch.load(out / "final.pt"),
+                        exact=False, atol=1e-6)
 
 
 def test_bf16_mixed_computes_in_bfloat16_and_keeps_float32_weights(tmp_path):
@@ -154,14 +176,19 @@ def test_a_kill_before_the_directory_is_published_leaves_the_previous_last(tmp_p
     assert_states_equal(torch.load(ref / "final.pt"), torch.load(out / "final.pt"))
 
 
-def test_a_sharded_checkpoint_is_read_without_a_process_group(tmp_path, tmp_path_factory):
-    """The 2-rank step-6 checkpoint read by one process: load_from_checkpoint, test(ckpt_path=) on one device, and
-    the consolidated file agree."""
+def test_a_sharded_checkpoint_is_read_without_a_process_group(tmp_path, tmp_path_factory, capsys):
+    """The 2-rank step-6 checkpoint read by one process: `dltrain ckpt consolidate`, load_from_checkpoint and
+    validate(ckpt_path=) on one device agree."""
+    from dltrain.cli import main as cli_main
     from tests.distributed._train import Keyed, KeyTask
     from tests.helpers.tasks import quiet_trainer
 
     ckpt = killed_at_step_7(tmp_path_factory) / "ckpt" / "epoch=0-step=6.ckpt"
-    full = ckpt_io.load(ckpt_io.consolidate(ckpt, tmp_path / "full.ckpt"))
+    assert cli_main(["ckpt", "consolidate", str(ckpt), str(tmp_path / "full.ckpt")]) == 0
+    assert "global step 6, written by 2 rank(s)" in capsys.readouterr().out
+    assert cli_main(["ckpt", "consolidate", str(tmp_path / "full.ckpt"), str(tmp_path / "again.ckpt")]) == 1
+    assert "is not a sharded checkpoint directory" in capsys.readouterr().err
+    full = ckpt_io.load(tmp_path / "full.ckpt")
     assert full["loops"]["global_step"] == 6 and full["world_size"] == 2 and len(full["ranks"]) == 2
     task = KeyTask.load_from_checkpoint(ckpt, out=str(tmp_path))
     for name, value in task.state_dict().items():
