@@ -50,6 +50,7 @@ FULL = {
     "data": {"samples": 10_000, "shards": 10, "batch": 64, "epochs": 2, "workers": [0, 2], "repeats": 5},
     "ddp": {"steps": 200, "batch": 64, "repeats": 7},
     "resume": {"samples": 100_000, "shards": 20, "batch": 64, "workers": 2, "repeats": 5},
+    "ledger": {"steps": 600, "batch": 64, "workers": 2, "repeats": 7},
     "plugins": {"seconds": 5.0},
     "resnet": {"steps": 50, "batch": 64, "size": 224},
     "gpt": {"steps": 50, "batch": 16, "context": 512, "layers": 6, "d_model": 512, "heads": 8, "vocab": 8192},
@@ -61,12 +62,13 @@ QUICK = {
     "data": {"samples": 2_000, "shards": 4, "batch": 64, "epochs": 2, "workers": [0, 2], "repeats": 3},
     "ddp": {"steps": 60, "batch": 64, "repeats": 3},
     "resume": {"samples": 20_000, "shards": 8, "batch": 64, "workers": 2, "repeats": 3},
+    "ledger": {"steps": 150, "batch": 64, "workers": 2, "repeats": 3},
     "plugins": {"seconds": 1.0},
     "resnet": {"steps": 10, "batch": 32, "size": 224},
     "gpt": {"steps": 10, "batch": 8, "context": 256, "layers": 4, "d_model": 256, "heads": 4, "vocab": 8192},
 }
 
-CPU_CASES = ["loop", "cnn", "data", "ddp", "resume", "plugins"]
+CPU_CASES = ["loop", "cnn", "data", "ddp", "resume", "plugins", "ledger"]
 CUDA_CASES = ["resnet", "gpt"]
 
 TARGETS = {
@@ -835,6 +837,10 @@ def _make_runner(spec: dict[str, Any]) -> Any:
         return ResumeRunner(variant, cfg, spec.get("urls", []), tmp)
     if case == "plugins":
         return PluginRunner(variant, cfg)
+    if case == "ledger":
+        from benchlib.ledger import LedgerRunner
+
+        return LedgerRunner(variant, cfg, spec.get("urls", []), tmp)
     if case in ("resnet", "gpt"):
         return CudaRunner(variant, case, cfg, tmp)
     raise ValueError(case)
@@ -1485,6 +1491,26 @@ class Bench:
         lines.append("")
         self.sections.append("\n".join(lines))
 
+    # ------------------------------------------------------------------ case 7
+    def case_ledger(self, urls: list[str]) -> None:
+        """Case 7 (benchlib.ledger): both variants in one shared worker, interleaved after a warm-up of each."""
+        from benchlib import ledger
+
+        c = self.cfg["ledger"]
+        shared = Worker("ledger", self.logdir)
+        shared.variant = "*"  # type: ignore[attr-defined]
+        try:
+            shared.wait_ready()
+            res = self._interleave(dict.fromkeys(ledger.VARIANTS, shared), "ledger", c["repeats"], c,
+                                   ledger.VARIANTS, extra={"urls": urls})
+        finally:
+            shared.close()
+        self.results["ledger"] = res
+        lines, verdicts = ledger.report(res, c, lambda r, v, k: _paired(r, v, k, base="plain"), _med, _spread)
+        self.verdicts += [(f, v, t, _verdict(ok)) for f, v, t, ok in verdicts]
+        self._collect_notes("ledger", res)
+        self.sections.append("\n".join(lines))
+
     # ------------------------------------------------------------------ case 6
     def case_plugins(self) -> None:
         domains = ["vision", "text", "audio"]
@@ -1564,7 +1590,7 @@ class Bench:
         spec: dict[str, Any] = {"tmp": self.tmp}
         if "data" in cases:
             spec["data"] = self.cfg["data"]
-        if "resume" in cases:
+        if "resume" in cases or "ledger" in cases:  # the ledger case trains on the resume case's shards
             spec["resume"] = self.cfg["resume"]
         if len(spec) == 1:
             return {}
@@ -1623,6 +1649,8 @@ class Bench:
                 self.case_resume(shards["resume"])
             if "plugins" in cases:
                 self.case_plugins()
+            if "ledger" in cases:
+                self.case_ledger(shards["resume"])
             cuda_cases = [c for c in cases if c in CUDA_CASES]
             if cuda_cases:
                 self.case_cuda(cuda_cases)

@@ -4,12 +4,15 @@ One file per rank and *round* (one launch of ``fit``; a restart after a kill is 
 ``<dirpath>`` (default ``<default_root_dir>/ledger``), named ``round-<round>-rank<rank>.jsonl``:
 
 - ``start``: the round (the launch time of rank 0, so rounds sort in launch order), rank, world size, where the
-  round resumed (the checkpoint's loop state, or null) and the training data (shard URLs and sample counts);
+  round resumed (the checkpoint's loop state, or null) and the training data (shard URLs and sample counts; for
+  a `dltrain.data.Mixture` also each source's shard range ``sources`` and, for reading, the current ``weights``);
 - ``plan``: at the first batch of each epoch in the round, the loader's plan of that epoch (to tell the samples
   the plan drops on purpose, the training leftover, from samples that went missing);
 - ``batch``: per training batch: epoch, batch index, global step, and for each sample its shard, its index in
   the shard and its key;
-- ``epoch_end``, ``checkpoint`` (the loop state a checkpoint saved) and ``end`` (fit finished).
+- ``epoch_end`` (with the batches this rank trained in the epoch and the batches its plan has: fewer means the
+  epoch was cut short, by ``limit_train_batches``, ``max_steps`` or a stop), ``checkpoint`` (the loop state a
+  checkpoint saved) and ``end`` (fit finished).
 
 Lines are written by a background thread. When a checkpoint is saved every rank flushes its ledger to disk
 (fsync) first, before the ranks meet to write the checkpoint; so whatever a checkpoint commits is on disk before
@@ -24,10 +27,12 @@ import os
 import queue
 import threading
 import time
+from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dltrain.callbacks.base import Callback
+from dltrain.data.mixture import Mixture
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -40,19 +45,33 @@ LEDGER_VERSION = 1
 
 
 class _Writer:
-    """Appends JSON lines to one file from a background thread; `flush` returns when they are on disk."""
+    """Appends JSON lines to one file from a background thread; `flush` returns when they are on disk.
+
+    Records are buffered in the training thread and handed to the thread ``_CHUNK`` at a time: waking a thread for
+    every batch cost more than encoding the batch (measured: a queue hand-over per batch made the tiny streaming
+    step of scripts/bench case 7 ~20% slower in CPU time; in chunks, see BENCHMARKS.md).
+    """
+
+    _CHUNK = 128
 
     def __init__(self, path: Path) -> None:
         self._file = path.open("a", encoding="utf-8")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._buffer: list[dict[str, Any]] = []
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="dltrain-ledger", daemon=True)
         self._thread.start()
 
     def put(self, record: dict[str, Any]) -> None:
-        self._queue.put(record)
+        self._buffer.append(record)
+        if len(self._buffer) >= self._CHUNK:
+            self._queue.put(self._buffer)
+            self._buffer = []
 
     def flush(self) -> None:
+        if self._buffer:
+            self._queue.put(self._buffer)
+            self._buffer = []
         done = threading.Event()
         self._queue.put(done)
         # The thread sets the event after fsync; wake now and then to notice a thread that died.
@@ -79,7 +98,7 @@ class _Writer:
                     os.fsync(self._file.fileno())
                     item.set()
                     continue
-                self._file.write(json.dumps(_plain(item), separators=(",", ":")) + "\n")
+                self._file.write("".join(json.dumps(_plain(r), separators=(",", ":")) + "\n" for r in item))
         except BaseException as exn:  # reported by the next flush
             self._error = exn
             while True:  # release every waiting flush
@@ -144,10 +163,17 @@ class SampleLedger(Callback):
         round_id = int(trainer.fabric.broadcast(time.time_ns(), src=0))
         self._writer = _Writer(directory / f"round-{round_id}-rank{trainer.global_rank}.jsonl")
         stream = loader.stream
+        source: dict[str, Any] = {"urls": list(stream.urls), "counts": [int(c) for c in stream.counts]}
+        start: dict[str, Any] = {}
+        if isinstance(stream, Mixture):
+            # The shard range of each source (compared across rounds with the rest of the source); the weights
+            # only for reading: each epoch's weights are in its plan (they may change between epochs).
+            bounds = list(accumulate([len(src.urls) for src in stream.sources], initial=0))
+            source["sources"] = [[lo, hi] for lo, hi in pairwise(bounds)]
+            start["weights"] = list(stream.weights)
         self._writer.put({
             "kind": "start", "version": LEDGER_VERSION, "round": round_id, "rank": trainer.global_rank,
-            "world_size": trainer.world_size, "resume": self._resumed_from,
-            "source": {"urls": list(stream.urls), "counts": [int(c) for c in stream.counts]},
+            "world_size": trainer.world_size, "resume": self._resumed_from, "source": source, **start,
         })
         self._planned_epoch = None
 
@@ -165,7 +191,11 @@ class SampleLedger(Callback):
 
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
         if self._writer is not None:
-            self._writer.put({"kind": "epoch_end", "epoch": trainer.current_epoch})
+            # Whether this rank trained its whole plan: an epoch cut short (limit_train_batches, max_steps, a
+            # stop) is not one whose unseen samples are missing.
+            done, planned = int(self._loader.state_dict()["batches"]), len(self._loader)
+            self._writer.put({"kind": "epoch_end", "epoch": trainer.current_epoch, "batches": done,
+                              "planned_batches": planned})
 
     def on_save_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
         if self._writer is not None:

@@ -1,0 +1,87 @@
+"""Case 7 of scripts/bench: the cost of `dltrain.callbacks.SampleLedger` on the streaming case (issue 16).
+
+The tiny task of case 5 (8 float32 + cls per sample, StreamingDataset over the case-5 shards, 2 loader
+workers), fit for a fixed number of batches with and without the ledger, in ONE worker process, interleaved,
+so that neither variant profits from a luckier process. Both write the default epoch-end checkpoint (the ledger
+flushes before it). CPU time is the whole process, so the ledger's writer thread is counted.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ["plain", "ledger"]
+TARGET = 1.01  # issue 16: <= 1 % of step time
+
+
+class LedgerRunner:
+    def __init__(self, variant: str, cfg: dict[str, Any], urls: list[str], tmp: str) -> None:
+        self.variant, self.cfg, self.urls, self.tmp = variant, cfg, urls, tmp
+        self.notes: list[str] = []
+
+    def run(self, rep: int, args: dict[str, Any]) -> dict[str, Any]:
+        from benchlib.core import _CLASSES, _CPU, _PERF, _times, dl_task_cls, make_dl_trainer, tiny_pair
+        from dltrain.callbacks import SampleLedger
+        from dltrain.data import StreamingDataset
+
+        root = tempfile.mkdtemp(prefix=f"ledger-{self.variant}-", dir=self.tmp)
+        task = dl_task_cls()("tiny", {})
+        timer = _CLASSES["dl_timer"]()
+        callbacks = [timer, *([SampleLedger()] if self.variant == "ledger" else [])]
+        trainer = make_dl_trainer(self.notes, max_epochs=1, accelerator="cpu", devices=1, default_root_dir=root,
+                                  limit_train_batches=self.cfg["steps"], callbacks=callbacks)
+        ds = StreamingDataset(self.urls, batch_size=self.cfg["batch"], map=tiny_pair, shuffle=True,
+                              shuffle_buffer=1000, seed=rep)
+        loader = ds.loader(num_workers=self.cfg["workers"])
+        gc.collect()
+        c0, t0 = _CPU(), _PERF()
+        trainer.fit(task, loader)
+        t1, c1 = _PERF(), _CPU()
+        out = _times(t0, c0, t1, c1, timer.first, timer.ends, timer.n)
+        if self.variant == "ledger":
+            from dltrain.audit import audit
+
+            report = audit(root)  # not timed: the ledger must also be right
+            out["audit_ok"] = report.ok
+            out["ledger_bytes"] = sum(p.stat().st_size for p in Path(root, "ledger").glob("*.jsonl"))
+        del loader
+        shutil.rmtree(root, ignore_errors=True)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def report(res: dict[str, list[dict[str, Any]]], cfg: dict[str, Any], paired: Any, med: Any, spread: Any) -> tuple[
+        list[str], list[tuple[str, str, str, bool]]]:
+    """The section's lines and its verdicts (figure, value, target, passed)."""
+    ok = {v: [r for r in res.get(v, []) if "error" not in r] for v in VARIANTS}
+    lines = ["### 7. Sample ledger: fit with and without `SampleLedger`", "",
+             f"{cfg['steps']} batches of {cfg['batch']} tiny samples (case 5's shards), {cfg['workers']} loader "
+             f"workers, one worker process, {len(ok['plain'])} interleaved rounds, medians; CPU time of the whole "
+             "process (the ledger's writer thread included).", "",
+             "| variant | median step µs (CPU) | step ratio, CPU (paired) | fit ratio, CPU (paired) | "
+             "fit ratio, wall | ledger KiB per 1000 samples | audit |", "|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for v in VARIANTS:
+        rs = ok[v]
+        if not rs:
+            err = res[v][0].get("error") if res.get(v) else "no runs"
+            lines.append(f"| {v} | failed: {err} ||||||")
+            continue
+        step_us = 1e6 * med([r["c_step_med"] for r in rs])
+        if v == "plain":
+            lines.append(f"| plain | {step_us:,.0f} | 1 | 1 | 1 | - | - |")
+            continue
+        sc, fc, fw = paired(res, v, "c_step_med"), paired(res, v, "c_fit"), paired(res, v, "t_fit")
+        kib = med([r["ledger_bytes"] / 1024 / (r["steps"] * cfg["batch"] / 1000) for r in rs])
+        audit_ok = all(r.get("audit_ok") for r in rs)
+        lines.append(f"| ledger | {step_us:,.0f} | {med(sc):.3f} ({spread(sc)}) | {med(fc):.3f} ({spread(fc)}) | "
+                     f"{med(fw):.3f} ({spread(fw)}) | {kib:.1f} | {'OK' if audit_ok else 'FAILED'} |")
+        verdicts.append(("7. ledger / plain, median step (CPU)", f"{med(sc):.3f}", f"<= {TARGET}", med(sc) <= TARGET))
+        verdicts.append(("7. ledger / plain, whole fit (CPU)", f"{med(fc):.3f}", f"<= {TARGET}", med(fc) <= TARGET))
+    lines.append("")
+    return lines, verdicts
