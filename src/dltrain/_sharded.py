@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 META_FILE = "meta.pt"  # Fabric's name for the non-tensor part of a distributed checkpoint
 _DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of every shard
 # The methods the loops call instead of forward: FSDP2 must gather the parameters around them too.
-_STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step", "_zero_grad_loss")
+_STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
 
 
 # ---------------------------------------------------------------------- the strategy

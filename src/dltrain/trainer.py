@@ -659,8 +659,16 @@ class Trainer:
     def _zero_loss(self, batch: Any, batch_idx: int, forward_done: bool) -> Tensor:
         """A loss whose gradient is zero for every parameter, for a rank with nothing to contribute to a step."""
         assert self._task is not None
-        if forward_done or self._sharded_in_place:  # DDP's forward ran and expects one backward; FSDP2's hooks
-            # are on the task's _zero_grad_loss itself
+        if self._sharded_in_place:
+            # FSDP2 reduces each module's gradients as its backward reaches it, so a rank must run the same modules
+            # forward and backward as the others: a loss made of the parameters alone would not.
+            raise DistributedError(
+                f"rank {self.global_rank} has no loss for batch {batch_idx} ("
+                f"{'the batch was None' if batch is None else 'training_step returned None, or on_nonfinite_loss skipped it'}"
+                "): with strategy=\"fsdp2\" every rank must compute a loss for every batch. Return loss * 0 from "
+                "training_step to contribute nothing, or use strategy=\"ddp\""
+            )
+        if forward_done:  # DDP's forward already ran for this step: it now expects one backward
             return self._task._zero_grad_loss(batch, batch_idx)
         return self._fabric_module._zero_grad_loss(batch, batch_idx)  # through the wrapper's forward
 

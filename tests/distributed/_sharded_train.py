@@ -59,6 +59,15 @@ class SelfSharded(KeyTask):
         fully_shard(self, mesh=mesh)
 
 
+class NoneOnRank1(KeyTask):
+    """Rank 1 has no loss for batch 2."""
+
+    def training_step(self, batch, batch_idx):
+        if self.global_rank == 1 and batch_idx == 2:
+            return None
+        return super().training_step(batch, batch_idx)
+
+
 def kill_before_publish(nth: int, marker: Path) -> None:
     """SIGKILL global rank zero at its ``nth`` sharded save, after every rank wrote its shards, before the
     directory is renamed into place."""
@@ -93,6 +102,7 @@ def main() -> None:
     p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
     p.add_argument("--dump-restored", action="store_true")
     p.add_argument("--self-sharded", action="store_true", help="the task shards itself in configure_model")
+    p.add_argument("--none-on-rank1", action="store_true", help="training_step returns None on rank 1, batch 2")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +122,8 @@ def main() -> None:
                               callbacks=callbacks, logger=False, enable_progress_bar=False, log_every_n_steps=2)
     per_rank = args.batch_size // trainer.world_size
     torch.manual_seed(5)
-    task = (SelfSharded if args.self_sharded else KeyTask)(args.out, dropout=args.dropout)
+    kind = SelfSharded if args.self_sharded else NoneOnRank1 if args.none_on_rank1 else KeyTask
+    task = kind(args.out, dropout=args.dropout)
     seen_dtypes: set[str] = set()  # the weight dtype the first layer computes with (FSDP2's mixed precision)
     task.net[0].register_forward_pre_hook(lambda m, _: seen_dtypes.add(str(m.weight.dtype)))
     train = DataLoader(Keyed(args.samples), batch_size=per_rank, shuffle=True)

@@ -8,7 +8,9 @@ strategy). The runs that several tests compare against are made once per session
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,19 @@ def test_a_task_that_shards_itself_in_configure_model_is_left_as_it_is(tmp_path,
     assert report(out)["fsdp_modules"] == ["", "net.0", "net.4"]
     assert_states_equal(torch.load(single_process(tmp_path_factory) / "final.pt"), torch.load(out / "final.pt"),
                         exact=False, atol=1e-6)
+
+
+def test_a_rank_without_a_loss_stops_the_job_with_a_clear_error(tmp_path):
+    """Under DDP a rank with nothing to contribute joins the all-reduce with zero gradients; FSDP2 reduces each
+    module's gradients as its backward reaches it, so that does not work: the rank says what to do instead, and
+    the other rank stops (the watchdog) rather than waiting in a collective."""
+    start = time.monotonic()
+    result = run_distributed(SCRIPT, ["--out", str(tmp_path), "--none-on-rank1"], nproc=2, check=False, timeout=150)
+    assert result.returncode != 0
+    assert re.search(r"DistributedError: rank 1 has no loss for batch 2 \(training_step returned None.*every rank "
+                     r"must compute a loss for every batch\. Return loss \* 0", result.stdout), result.stdout[-3000:]
+    assert "rank 0: stopping because rank 1 failed" in result.stdout
+    assert time.monotonic() - start < 120
 
 
 def test_bf16_mixed_computes_in_bfloat16_and_keeps_float32_weights(tmp_path):
