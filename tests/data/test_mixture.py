@@ -223,6 +223,9 @@ def test_new_weights_apply_from_the_next_epoch(sources: list[ShardSet]) -> None:
 def test_last_batch_samples_name_global_shards(sources: list[ShardSet]) -> None:
     loader = _mix(sources).loader(num_workers=2)
     loader.set_epoch(0)
+    next(iter(loader))
+    assert loader.last_batch_samples is None  # sample ids are sent only when asked for (a SampleLedger asks)
+    loader.record_samples = True
     keys = [(n, ks) for s, n in zip(sources, NAMES) for ks in s.keys]
     for batch in loader:
         held = loader.last_batch_samples

@@ -157,6 +157,7 @@ class SampleLedger(Callback):
                 f"StreamingDataLoader), or remove SampleLedger"
             )
         self._loader = loader
+        loader.record_samples = True  # workers send each batch's sample ids from the next iter() on
         directory = self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir) / "ledger"
         directory.mkdir(parents=True, exist_ok=True)
         # Every rank's file of this round carries the same round name: rank 0's launch time.

@@ -201,6 +201,9 @@ class StreamingDataset(IterableDataset):
         self._tagged = False  # the copy inside a StreamingDataLoader yields (batch, skip info) to the main process
         self.skipped = 0  # samples skipped by direct iteration in this process (loaders keep their own count)
         self.last_batch_samples: BatchSamples | None = None  # of the batch yielded last by direct iteration
+        # Whether batches carry their BatchSamples (a SampleLedger turns it on; off, nothing is computed or sent).
+        self.record_samples = False
+        self._record = False
 
     # ----------------------------------------------------------------------------------------- plan helpers
 
@@ -294,6 +297,7 @@ class StreamingDataset(IterableDataset):
         level = spec.get("level") or self._root_level(int(spec.get("epoch", 0)), world)
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self._record = bool(spec.get("record", self.record_samples))
         return self._generate(level, int(rank), int(spec.get("start", 0)), worker, num_workers)
 
     def _generate(self, level: Mapping[str, Any], rank: int, start: int, worker: int, num_workers: int) -> Iterator[Any]:
@@ -413,7 +417,8 @@ class StreamingDataset(IterableDataset):
             ) from exn
 
     def _make_batch(self, positions: np.ndarray, raw: dict[int, Any], where: tuple[np.ndarray, np.ndarray]) -> Any:
-        """Decode, map and collate the samples at ``positions``; ``where`` is their (shard ids, indices in shard)."""
+        """Decode, map and collate the samples at ``positions``; ``where`` is their (shard ids, indices in shard),
+        sent with the batch as its `BatchSamples` when sample ids are recorded (``record_samples``)."""
         samples: list[Any] = []
         bad: list[DataError] = []
         keys: list[str] = []
@@ -442,7 +447,7 @@ class StreamingDataset(IterableDataset):
                     f"collate_fn failed on samples {keys[:8]}{'...' if len(keys) > 8 else ''} "
                     f"({type(exn).__name__}: {exn}); make map return samples of one structure and shape"
                 ) from exn
-        held = BatchSamples(where[0][good], where[1][good], keys)
+        held = BatchSamples(where[0][good], where[1][good], keys) if self._record else None
         if self._tagged:
             return ("batch", batch, len(bad), [str(e) for e in bad[:_MAX_REPORTED_ERRORS]], held)
         if bad:
@@ -508,6 +513,7 @@ class StreamingDataLoader(DataLoader):
         self.skipped = 0
         self._errors: list[str] = []
         self.last_batch_samples: BatchSamples | None = None  # of the batch yielded last (see BatchSamples)
+        self.record_samples = False  # whether workers send each batch's BatchSamples (SampleLedger sets it)
 
     # ------------------------------------------------------------------------------------------- protocol
 
@@ -574,7 +580,7 @@ class StreamingDataLoader(DataLoader):
             )
         # Workers resolve nothing themselves: torch.distributed is not initialised inside them.
         self.stream._spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
-                                 "level": level})
+                                 "level": level, "record": self.record_samples})
         return self._count(super().__iter__())
 
     def _count(self, items: Iterator[Any]) -> Iterator[Any]:
