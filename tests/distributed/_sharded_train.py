@@ -84,6 +84,25 @@ def kill_before_publish(nth: int, marker: Path) -> None:
     _sharded.publish = publish  # type: ignore[assignment]
 
 
+def kill_in_shard_write(nth: int, marker: Path) -> None:
+    """SIGKILL global rank 1 at its ``nth`` sharded save, in the middle of writing its shard file (half of a file
+    in the temporary directory), while rank 0 is writing its own."""
+    import torch.distributed.checkpoint as dcp
+
+    real = dcp.save
+    count = {"n": 0}
+
+    def save(state_dict, *, checkpoint_id=None, **kwargs):
+        count["n"] += 1
+        if count["n"] == nth and torch.distributed.get_rank() == 1 and not marker.exists():
+            marker.write_text(f"killed writing shards of {checkpoint_id}")
+            Path(checkpoint_id, "__1_0.distcp").write_bytes(b"\0" * 100)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(state_dict, checkpoint_id=checkpoint_id, **kwargs)
+
+    dcp.save = save  # Fabric imports it from the module at each save
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -99,6 +118,7 @@ def main() -> None:
     p.add_argument("--kill-step", type=int, default=None)
     p.add_argument("--kill-rank", type=int, default=0)
     p.add_argument("--kill-before-publish", type=int, default=None)
+    p.add_argument("--kill-in-shard-write", type=int, default=None)
     p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
     p.add_argument("--dump-restored", action="store_true")
     p.add_argument("--self-sharded", action="store_true", help="the task shards itself in configure_model")
@@ -116,6 +136,8 @@ def main() -> None:
         callbacks.append(DumpRestored(out))
     if args.kill_before_publish is not None:
         kill_before_publish(args.kill_before_publish, out / "killed-in-save.marker")
+    if args.kill_in_shard_write is not None:
+        kill_in_shard_write(args.kill_in_shard_write, out / "killed-in-save.marker")
     trainer = dltrain.Trainer(accelerator="cpu", strategy=args.strategy, precision=args.precision,
                               max_epochs=args.epochs, default_root_dir=str(out), seed=11,
                               accumulate_grad_batches=args.accumulate, gradient_clip_val=args.clip,

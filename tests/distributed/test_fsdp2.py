@@ -173,17 +173,19 @@ def test_resume_at_another_world_size_reshards_and_sees_every_sample_once(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_kill_before_the_directory_is_published_leaves_the_previous_last(tmp_path_factory):
-    """Rank 0 SIGKILLed in its third save (step 6), after every rank wrote its shards but before the rename: last
-    still names step 4's complete checkpoint, the temporary directory is removed at the next start, and the resumed
-    run ends bitwise equal to the uninterrupted one."""
+@pytest.mark.parametrize("where", ["--kill-before-publish", "--kill-in-shard-write"])
+def test_a_kill_during_a_sharded_save_leaves_the_previous_last(tmp_path_factory, where):
+    """SIGKILL in the third save (step 6): rank 0 after every rank wrote its shards but before the rename, or rank
+    1 halfway through writing its shard file. last still names step 4's complete checkpoint, the temporary
+    directory is removed at the next start, and the resumed run ends bitwise equal to the uninterrupted one."""
     ref = reference(tmp_path_factory)
-    out = tmp_path_factory.getbasetemp() / "fsdp2-kill-in-save"
-    run_distributed(SCRIPT, ["--out", str(out), "--kill-before-publish", "3"], nproc=2, check=False)
+    out = tmp_path_factory.getbasetemp() / f"fsdp2{where}"
+    run_distributed(SCRIPT, ["--out", str(out), where, "3"], nproc=2, check=False)
     assert (out / "killed-in-save.marker").exists()
     folder = out / "ckpt"
     assert ckpt_io.find_last(folder) == folder / "last.ckpt"
     assert (folder / "last.ckpt").resolve().name == "epoch=0-step=4.ckpt"
+    assert not (folder / "epoch=0-step=6.ckpt").exists()
     temporaries = [p for p in folder.iterdir() if ".tmp-" in p.name]
     assert len(temporaries) == 1 and (temporaries[0] / "__1_0.distcp").is_file()
     run_distributed(SCRIPT, ["--out", str(out), "--resume", "last"], nproc=2)
