@@ -78,7 +78,9 @@ class Plugin:
         tasks: ready ``dltrain.Task`` subclasses.
         metrics: factories of torchmetrics metrics, ``factory(num_classes, **kwargs)`` for classification ones
             (`dltrain.plugins.metrics.CLASSIFICATION_METRICS`, shared by every domain).
-        write_shards: builds shards (and their index) from the domain's usual on-disk layout.
+        write_shards: builds shards (and their index) from the domain's usual on-disk layout. A domain with more
+            than one layout exports one typed writer per layout instead, and this field raises an error naming
+            them (text: ``write_lm_shards``, ``write_classification_shards``).
     """
 
     name: str

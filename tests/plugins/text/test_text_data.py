@@ -178,3 +178,19 @@ def test_length_bucketing_groups_similar_lengths_and_resumes_exactly() -> None:
     assert len(rest) == 7
     for a, b in zip(rest, batches[5:]):
         assert torch.equal(a["attention_mask"], b["attention_mask"])
+
+
+def test_shard_writers_are_typed_functions_not_a_string_dispatch(tmp_path) -> None:
+    import dltrain.plugins
+    from dltrain.plugins import text
+
+    urls = text.write_classification_shards([("good film", 1), ("bad", 0)], str(tmp_path / "cls-%06d.tar"))
+    assert len(urls) == 1
+    # write_shards(kind=...) chose a writer from a string; now it names the two writers instead of picking one.
+    for write in (text.write_shards, dltrain.plugins.get("text").write_shards):
+        assert write is not None
+        for args in (("lm", ["a b"], None, str(tmp_path / "lm-%06d.tar")),
+                     ("classification", [("x", 0)], str(tmp_path / "c-%06d.tar"))):
+            with pytest.raises(ConfigurationError, match=r"write_lm_shards.*write_classification_shards"):
+                write(*args)
+    assert not list(tmp_path.glob("c-*.tar")) and not list(tmp_path.glob("lm-*.tar"))

@@ -29,7 +29,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 import torch
@@ -321,14 +321,16 @@ def write_classification_shards(
     return write_shards(samples(), pattern, **shard_kwargs)
 
 
-def write_shards(kind: str = "lm", *args: Any, **kwargs: Any) -> list[str]:
-    """The plugin's shard builder: ``kind="lm"`` -> ``write_lm_shards``, ``"classification"`` ->
-    ``write_classification_shards`` (the remaining arguments are theirs)."""
-    if kind == "lm":
-        return write_lm_shards(*args, **kwargs)
-    if kind in ("classification", "cls"):
-        return write_classification_shards(*args, **kwargs)
-    raise ConfigurationError(f"write_shards(kind={kind!r}): expected 'lm' or 'classification'")
+def write_shards(*args: Any, **kwargs: Any) -> NoReturn:
+    """Not a shard builder: text has two, with their own signatures. Raises a `ConfigurationError` naming them.
+
+    Use ``write_lm_shards(documents, tokenizer, pattern, seq_len=...)`` for language modelling and
+    ``write_classification_shards(examples, pattern)`` for ``(text, label)`` pairs.
+    """
+    raise ConfigurationError(
+        "the text plugin has two shard writers with their own signatures and no write_shards: "
+        "dltrain.plugins.text.write_lm_shards(documents, tokenizer, pattern, seq_len=...) for language modelling, "
+        "dltrain.plugins.text.write_classification_shards(examples, pattern) for (text, label) pairs")
 
 
 # ---------------------------------------------------------------------------------------------- per-sample
