@@ -11,6 +11,13 @@ then counts, per epoch, over all ranks:
   ledger records it) is recomputed here from its pure functions: in training it drops on purpose the leftover that
   does not fill one batch on every rank; those samples are not counted as missing.
 
+For a `dltrain.data.Mixture` (the ledger records each source's shard range) a sample may be dealt more than once
+in one mixture epoch (once per epoch of its source, as sources cycle): duplicates are trainings beyond what the plan
+dealt, missing are dealt ones not trained. Per epoch and per source it reports planned, trained, duplicates,
+missing and the realised proportion next to the epoch's weight (from its plan). In a finished epoch each source's
+trainings must be within ``1 + leftover`` samples of ``weight * trained`` (``leftover``: the positions the training
+plan drops; the plan's per-source counts are within 1 of ``weight * positions``).
+
 Problems (exit code 1): duplicates, missing samples, a round that resumed from a point where no earlier round
 recorded a checkpoint (its ledger before that point is not in the files), ranks of a round that disagree, and
 damaged ledger lines (a last line cut by a kill is expected and skipped).
@@ -29,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from dltrain.data.mixture import mixture_locator
 from dltrain.data.plan import locate, planned_positions, root_of, shard_order
 
-__all__ = ["AuditReport", "EpochAudit", "RoundAudit", "audit", "render"]
+__all__ = ["AuditReport", "EpochAudit", "RoundAudit", "SourceAudit", "audit", "render"]
 
 _FILE = re.compile(r"round-(\d+)-rank(\d+)\.jsonl$")
 _END = (math.inf, math.inf)
@@ -52,6 +60,20 @@ class RoundAudit:
 
 
 @dataclass
+class SourceAudit:
+    """One source of a mixture in one epoch."""
+
+    source: int
+    shards: list[int]  # [first, last + 1) in the mixture's shard list
+    weight: float | None  # of this epoch (None: no plan recorded)
+    planned: int  # positions of this source the plan dealt out
+    trained: int  # trainings of its samples
+    duplicates: int = 0  # trainings beyond what the plan dealt
+    missing: int = 0  # dealt and never trained; finished epochs only
+    proportion: float | None = None  # trained / all trainings of the epoch
+
+
+@dataclass
 class EpochAudit:
     epoch: int
     num_samples: int
@@ -62,6 +84,7 @@ class EpochAudit:
     missing: int = 0  # dealt out by the plan and never trained on; counted for finished epochs only
     duplicate_examples: list[str] = field(default_factory=list)
     missing_examples: list[str] = field(default_factory=list)
+    sources: list[SourceAudit] = field(default_factory=list)  # a mixture's sources; empty for one dataset
 
 
 @dataclass
@@ -221,6 +244,10 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
 
     def planned_ids(level: Mapping[str, Any]) -> np.ndarray:
         root = root_of(level)
+        if "mixture" in root:  # a Mixture's positions and their samples come from its own plan
+            where = mixture_locator(root, [counts[lo:hi].tolist() for lo, hi in source["sources"]])
+            shards, indices = where(planned_positions(level, int(sum(root["mixture"]["counts"]))))
+            return offsets[shards] + indices
         order = shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
         shards, indices = locate(planned_positions(level, total), order, counts)
         return offsets[shards] + indices
@@ -231,20 +258,52 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
                                   minlength=total)
         plan = plans.get(epoch)
         dealt = planned_ids(plan) if plan is not None else np.arange(total)
+        # A mixture may deal a sample more than once (once per epoch of its source); a single dataset at most once.
+        planned_counts = np.bincount(dealt, minlength=total)
+        allowed = np.maximum(planned_counts, 1)
         e = EpochAudit(epoch=epoch, num_samples=total, planned=None if plan is None else len(dealt),
                        finished=epoch in ended, seen=int((seen_counts > 0).sum()),
-                       duplicates=int(np.maximum(seen_counts - 1, 0).sum()))
+                       duplicates=int(np.maximum(seen_counts - allowed, 0).sum()))
         if e.duplicates:
-            e.duplicate_examples = [name(k) for k in np.flatnonzero(seen_counts > 1)[:_EXAMPLES].tolist()]
+            e.duplicate_examples = [name(k) for k in np.flatnonzero(seen_counts > allowed)[:_EXAMPLES].tolist()]
             problems.append(f"epoch {epoch}: {e.duplicates} duplicate trainings, e.g. {e.duplicate_examples[0]}")
         if e.finished:
-            never = dealt[seen_counts[dealt] == 0]
-            e.missing = len(never)
+            short = np.maximum(planned_counts - seen_counts, 0)
+            never = np.flatnonzero(short)
+            e.missing = int(short.sum())
             if e.missing:
                 e.missing_examples = [name(k) for k in never[:_EXAMPLES].tolist()]
                 problems.append(f"epoch {epoch}: {e.missing} samples the plan dealt out were never trained on, "
                                 f"e.g. {e.missing_examples[0]}")
+        if "sources" in source:
+            e.sources = _source_audits(e, plan, source["sources"], offsets, seen_counts, planned_counts, problems)
         out.append(e)
+    return out
+
+
+def _source_audits(e: EpochAudit, plan: Mapping[str, Any] | None, ranges: list[list[int]], offsets: np.ndarray,
+                   seen_counts: np.ndarray, planned_counts: np.ndarray, problems: list[str]) -> list[SourceAudit]:
+    """Per source of a mixture: planned, trained, duplicates, missing, realised proportion vs weight."""
+    mix = root_of(plan).get("mixture") if plan is not None else None
+    weights = list(mix["weights"]) if mix else [None] * len(ranges)
+    trained_total = int(seen_counts.sum())
+    extra = np.maximum(seen_counts - np.maximum(planned_counts, 1), 0)
+    short = np.maximum(planned_counts - seen_counts, 0)
+    out = []
+    for s, ((lo, hi), weight) in enumerate(zip(ranges, weights)):
+        a, b = int(offsets[lo]), int(offsets[hi])
+        src = SourceAudit(source=s, shards=[int(lo), int(hi)], weight=weight,
+                          planned=int(planned_counts[a:b].sum()), trained=int(seen_counts[a:b].sum()),
+                          duplicates=int(extra[a:b].sum()), missing=int(short[a:b].sum()) if e.finished else 0,
+                          proportion=int(seen_counts[a:b].sum()) / trained_total if trained_total else None)
+        if e.finished and mix is not None and weight is not None:
+            leftover = int(sum(mix["counts"])) - int(planned_counts.sum())
+            off = abs(src.trained - weight * trained_total)
+            if off > 1 + leftover:
+                problems.append(f"epoch {e.epoch}: source {s} (shards {lo}..{hi - 1}) trained {src.trained} of "
+                                f"{trained_total} samples ({src.proportion:.4f}) for weight {weight:.4f}: off by "
+                                f"{off:.1f} samples, more than the {1 + leftover} the plan allows")
+        out.append(src)
     return out
 
 
@@ -270,6 +329,12 @@ def render(report: AuditReport) -> str:
         state = "finished" if e.finished else "partial (not finished in the chain)"
         lines.append(f"{e.epoch:>5} {e.num_samples:>8} {planned:>8} {e.seen:>8} {e.duplicates:>5} {e.missing:>8}  "
                      f"{state}")
+        for src in e.sources:
+            weight = "?" if src.weight is None else f"{src.weight:.4f}"
+            share = "-" if src.proportion is None else f"{src.proportion:.4f}"
+            lines.append(f"      source {src.source} (shards {src.shards[0]}..{src.shards[1] - 1}): weight {weight}, "
+                         f"trained {src.trained} ({share}), planned {src.planned}, dup {src.duplicates}, "
+                         f"missing {src.missing}")
     if report.skipped_lines:
         lines += ["", f"skipped, cut short by a kill ({len(report.skipped_lines)}): "
                   f"{', '.join(report.skipped_lines)}"]
