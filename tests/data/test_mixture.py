@@ -220,6 +220,25 @@ def test_new_weights_apply_from_the_next_epoch(sources: list[ShardSet]) -> None:
     assert all(abs(got[n] - e) < BS for n, e in zip(NAMES, expected)), f"seed={SEED}: {got} vs {expected}"
 
 
+def test_set_weights_mid_epoch_keeps_the_epoch_and_changes_the_next(sources: list[ShardSet]) -> None:
+    full = [_epoch(_mix(sources).loader(num_workers=0), e) for e in (0, 1)]
+    mix = _mix(sources)
+    loader = mix.loader(num_workers=2)
+    loader.set_epoch(0)
+    it = iter(loader)
+    head = [next(it) for _ in range(2)]
+    new_w = [0.1, 0.1, 0.8]
+    mix.set_weights(new_w)
+    assert head + list(it) == full[0], f"seed={SEED}"
+    nxt = [x for b in _epoch(loader, 1) for x in b]
+    assert nxt != [x for b in full[1] for x in b], f"seed={SEED}"
+    expected = mixture_counts(new_w, mix.num_samples)
+    got = Counter(_source(x) for x in nxt)
+    assert all(abs(got[n] - e) < BS for n, e in zip(NAMES, expected)), f"seed={SEED}: {got} vs {expected}"
+    with pytest.raises(ConfigurationError, match="3 sources but got 2 weights"):
+        mix.set_weights([1, 1])
+
+
 def test_last_batch_samples_name_global_shards(sources: list[ShardSet]) -> None:
     loader = _mix(sources).loader(num_workers=2)
     loader.set_epoch(0)
