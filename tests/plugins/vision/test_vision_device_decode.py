@@ -109,6 +109,34 @@ def test_trainer_with_workers_and_device_decode(tmp_path: Path) -> None:
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
 
 
+def test_image_classification_task_takes_its_device_transforms_from_the_plugin(tmp_path: Path) -> None:
+    from dltrain.plugins.vision import ImageClassificationTask
+
+    urls = _shards(tmp_path)
+    image_options = {"size": 16, "resize": 16}
+    jpeg_options = {**image_options, "num_classes": 3, "decode": "cuda"}
+    train = vision.loader(urls, "train", batch_size=4, num_workers=0, options=jpeg_options)
+    val = vision.loader(urls, "val", batch_size=4, num_workers=0, options=jpeg_options)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    task = ImageClassificationTask(model, num_classes=3, lr=0.05, scheduler="none", mixup_alpha=0.2,
+                                   decode="cuda", image_options=image_options)
+    seen: list[tuple[int, ...]] = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    trainer = dltrain.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                              enable_checkpointing=False, default_root_dir=str(tmp_path / "run"), seed=0, max_steps=3)
+    trainer.fit(task, train)
+    assert seen and set(seen) == {(4, 3, 16, 16)}  # the model saw decoded images, never the JPEG bytes
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert "train/acc_step" not in trainer.callback_metrics  # the training stage's transform mixed the labels
+    # validation: the eval pipeline on the device gives the CPU path's metrics, to float precision
+    on_device = trainer.validate(task, val)[0]
+    cpu_val = vision.loader(urls, "val", batch_size=4, num_workers=0, options={**image_options, "num_classes": 3})
+    on_cpu = trainer.validate(ImageClassificationTask(model, num_classes=3), cpu_val)[0]
+    assert on_device.keys() == on_cpu.keys() and "val/acc" in on_device
+    for name, value in on_device.items():
+        assert value == pytest.approx(on_cpu[name], abs=1e-5), name
+
+
 @pytest.mark.cuda
 def test_nvjpeg_decode_matches_the_cpu_decode(tmp_path: Path) -> None:
     urls = _shards(tmp_path)

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from dltrain.data.domain import STAGES
 from dltrain.errors import CheckpointError, ConfigurationError
 from dltrain.plugins.metrics import accuracy
-from dltrain.plugins.vision.mix import MixUpCutMix
+from dltrain.plugins.vision.device import device_transform
 from dltrain.task import Task
 
 __all__ = ["ImageClassificationTask", "accuracy", "build_model", "load_weights"]
@@ -88,7 +89,9 @@ class ImageClassificationTask(Task):
     """Image classification with cross-entropy, optional MixUp/CutMix on the device, top-1/top-5 accuracy.
 
     Batches are ``(images (B, C, H, W) float, labels (B,) int64)``, as made by the vision plugin's transforms and
-    ``collate``. Logs ``train/loss`` and ``train/acc`` (without mixing) per step and per
+    ``collate``, or with ``decode="cuda"`` the plugin's ``(EncodedJpegs, labels)``. ``on_after_batch_transfer``
+    runs the plugin's ``device_transform`` for the current stage (JPEG decoding and the image pipeline with
+    ``decode="cuda"``, MixUp/CutMix in training). Logs ``train/loss`` and ``train/acc`` (without mixing) per step and per
     epoch (``_step``/``_epoch`` suffixes), ``val/loss``, ``val/acc``, ``val/acc_top5`` (and ``test/...``).
 
     Args:
@@ -106,6 +109,10 @@ class ImageClassificationTask(Task):
             batches per epoch).
         mixup_alpha, cutmix_alpha: MixUp/CutMix strength during training (0 disables), see ``MixUpCutMix``.
         mix_prob: probability of mixing a batch.
+        decode: ``"cpu"`` (the loader's workers decode) or ``"cuda"`` (batches of JPEG bytes from a loader with
+            ``options={"decode": "cuda", ...}``, decoded on the batch's device).
+        image_options: with ``decode="cuda"``, the image pipeline options the loader's transform would otherwise
+            take (``size``, ``resize``, ``scale``, ``mean``, ...); give the loader and the task the same ones.
         weights_path: a local file of pretrained weights (never downloaded); a head of another shape is skipped.
         top_k: the top-k accuracies to report (those above ``num_classes`` are dropped).
         model_kwargs: extra arguments for ``torchvision.models.get_model``.
@@ -132,6 +139,8 @@ class ImageClassificationTask(Task):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
+        decode: str = "cpu",
+        image_options: Mapping[str, Any] | None = None,
         weights_path: str | Path | None = None,
         top_k: Sequence[int] = (1, 5),
         model_kwargs: Mapping[str, Any] | None = None,
@@ -159,7 +168,13 @@ class ImageClassificationTask(Task):
         self.scheduler_name = scheduler
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
-        self.mix = MixUpCutMix(num_classes, mixup_alpha, cutmix_alpha, prob=mix_prob, label_smoothing=label_smoothing)
+        # The plugin's device transforms, one per stage (a plain dict: they hold no weights, so no state_dict keys).
+        mixing = {"mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha} if mix_prob > 0 else {}
+        self.device_transforms: dict[str, nn.Module | None] = {
+            stage: device_transform(stage, num_classes=num_classes, prob=mix_prob, label_smoothing=label_smoothing,
+                                    decode=decode, **mixing, **(image_options or {}))
+            for stage in STAGES
+        }
         self.top_k = sorted({k for k in top_k if 1 <= k <= num_classes})
         # One metric object per split and k: their states are separate and each is reset at its epoch end.
         self.val_acc = nn.ModuleDict({str(k): accuracy(num_classes, k) for k in self.top_k})
@@ -169,11 +184,17 @@ class ImageClassificationTask(Task):
         return self.model(images)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
-        """MixUp/CutMix on the device, in training only: turns the labels into ``(B, num_classes)`` targets."""
-        if self.training and self.mix.enabled:
-            images, labels = batch
-            return self.mix(images, labels)
-        return batch
+        """The plugin's device transform for the current stage: decoding (``decode="cuda"``), and MixUp/CutMix in
+        training, which turns the labels into ``(B, num_classes)`` targets. A ``None`` batch stays ``None``."""
+        transform = self.device_transforms[self._stage()]
+        return batch if transform is None or batch is None else transform(batch)
+
+    def _stage(self) -> str:
+        """``"train"`` while training, else the evaluation stage the Trainer runs (``"val"`` within ``fit``)."""
+        if self.training:
+            return "train"
+        stage = getattr(self._trainer, "stage", None)
+        return stage if stage in ("test", "predict") else "val"
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
