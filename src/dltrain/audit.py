@@ -78,7 +78,8 @@ class EpochAudit:
     epoch: int
     num_samples: int
     planned: int | None  # samples the epoch's plan deals out (None: no plan recorded)
-    finished: bool  # the chain holds this epoch's end
+    finished: bool  # the chain holds this epoch's end, after its whole plan was trained
+    cut_short: bool  # the epoch ended early (limit_train_batches, max_steps, a stop): unseen samples not counted
     seen: int = 0
     duplicates: int = 0
     missing: int = 0  # dealt out by the plan and never trained on; counted for finished epochs only
@@ -216,6 +217,7 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
     keys: dict[int, str] = {}
     plans: dict[int, Mapping[str, Any]] = {}
     ended: set[int] = set()
+    cut: set[int] = set()  # ended before the plan was trained through on some rank
     for rnd in rounds:
         for recs in by_round[rnd.round].values():
             for rec in recs:
@@ -227,7 +229,10 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
                 kept = rnd.start <= _position(rec) < rnd.kept_until
                 if kind == "epoch_end":
                     if kept:
-                        ended.add(int(rec["epoch"]))
+                        epoch = int(rec["epoch"])
+                        ended.add(epoch)
+                        if int(rec.get("batches", 0)) < int(rec.get("planned_batches", 0)):
+                            cut.add(epoch)
                     continue
                 if not kept:
                     rnd.batches_discarded += 1
@@ -249,7 +254,7 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
             shards, indices = where(planned_positions(level, int(sum(root["mixture"]["counts"]))))
             return offsets[shards] + indices
         order = shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
-        shards, indices = locate(planned_positions(level, total), order, counts)
+        shards, indices = locate(planned_positions(level, total), order, counts.tolist())
         return offsets[shards] + indices
 
     out = []
@@ -262,7 +267,8 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
         planned_counts = np.bincount(dealt, minlength=total)
         allowed = np.maximum(planned_counts, 1)
         e = EpochAudit(epoch=epoch, num_samples=total, planned=None if plan is None else len(dealt),
-                       finished=epoch in ended, seen=int((seen_counts > 0).sum()),
+                       finished=epoch in ended and epoch not in cut, cut_short=epoch in cut,
+                       seen=int((seen_counts > 0).sum()),
                        duplicates=int(np.maximum(seen_counts - allowed, 0).sum()))
         if e.duplicates:
             e.duplicate_examples = [name(k) for k in np.flatnonzero(seen_counts > allowed)[:_EXAMPLES].tolist()]
@@ -326,7 +332,8 @@ def render(report: AuditReport) -> str:
     lines += ["", f"{'epoch':>5} {'samples':>8} {'planned':>8} {'seen':>8} {'dup':>5} {'missing':>8}  state"]
     for e in report.epochs:
         planned = "?" if e.planned is None else str(e.planned)
-        state = "finished" if e.finished else "partial (not finished in the chain)"
+        state = ("finished" if e.finished else "cut short (limit_train_batches, max_steps or a stop)"
+                 if e.cut_short else "partial (not finished in the chain)")
         lines.append(f"{e.epoch:>5} {e.num_samples:>8} {planned:>8} {e.seen:>8} {e.duplicates:>5} {e.missing:>8}  "
                      f"{state}")
         for src in e.sources:

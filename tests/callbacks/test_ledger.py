@@ -234,3 +234,16 @@ def test_ids_are_shard_and_index_in_shard(clean_run):
     flat = [offsets[s] + i for line in (json.loads(lines[j]) for j in batches) for s, i in
             zip(line["shards"], line["indices"])]
     assert all(0 <= f < offsets[-1] for f in flat)
+
+
+def test_an_epoch_cut_short_by_limit_train_batches_is_not_missing_samples(tmp_path):
+    shards = make_shards(tmp_path / "shards", num_shards=3, min_size=6, max_size=9, seed=SEED)
+    run = tmp_path / "run"
+    task = KeyTask()
+    trainer_ = trainer(run)
+    trainer_.limit_train_batches = 3
+    trainer_.fit(task, stream(shards, 2))
+    report = audit(run)
+    assert report.ok, render(report)
+    assert [(e.finished, e.cut_short, e.seen, e.missing) for e in report.epochs] == [(False, True, 6, 0)] * 2
+    assert "cut short" in render(report)
