@@ -76,6 +76,7 @@ TARGETS = {
     "cnn": 1.01,
     "ddp": 1.05,
     "data_ratio": 0.95,  # StreamingDataset samples/s / WebLoader samples/s
+    "mixture_ratio": 0.95,  # Mixture of the same shards / one StreamingDataset, samples/s
     "data_gap_ms": 100.0,
     "data_first_s": 2.0,
     "resume_ratio": 1.5,  # time to first batch at 90% / at 10%
@@ -473,6 +474,15 @@ class DataRunner:
         from torch.utils.data import DataLoader, default_collate
 
         b = self.cfg["batch"]
+        if self.variant == "mixture":
+            # The same shards as three sources (every third shard), weighted by their sizes: the same samples and
+            # decode per epoch as "streaming", through Mixture's plan (issue 16: >= 0.95x of one dataset).
+            from dltrain.data import Mixture, StreamingDataset
+
+            sources = [StreamingDataset(self.urls[i::3], batch_size=b, decode={"png": decode_png}, map=stream_pair,
+                                        shuffle=True, shuffle_buffer=1000) for i in range(3)]
+            mix = Mixture(sources, weights=[src.num_samples for src in sources], seed=rep)
+            return mix.loader(num_workers=workers)
         if self.variant == "streaming":
             from dltrain.data import StreamingDataset
 
@@ -1324,7 +1334,7 @@ class Bench:
     # ------------------------------------------------------------------ case 3
     def case_data(self, urls: list[str], diag: dict[str, Any] | None = None) -> None:
         c = self.cfg["data"]
-        variants = ["streaming", "webloader", "mapstyle"]
+        variants = ["streaming", "mixture", "webloader", "mapstyle"]
         workers = self._spawn(variants)
         table: dict[tuple[str, int], list[dict[str, Any]]] = {}
         try:
@@ -1337,7 +1347,9 @@ class Bench:
             for w in workers.values():
                 w.close()
         self.results["data"] = {f"{v}/{nw}": rs for (v, nw), rs in table.items()}
-        lines = ["### 3. Data: StreamingDataset vs webdataset.WebLoader vs map-style DataLoader", "",
+        lines = ["### 3. Data: StreamingDataset (and a Mixture of its shards) vs webdataset.WebLoader vs map-style "
+                 "DataLoader", "", "mixture: the same shards as 3 sources (every third shard) weighted by size, "
+                 "so the same samples per epoch through `dltrain.data.Mixture`.", "",
                  f"{c['samples']:,} PNG 32x32 RGB images + cls in {c['shards']} shards written with "
                  f"`dltrain.data.write_shards`; PIL decode to a float tensor (same function everywhere), batch "
                  f"{c['batch']}, shuffle buffer 1000, {c['epochs']} epochs per run with persistent workers; the "
@@ -1359,6 +1371,12 @@ class Bench:
                 gap = _med([r["gap_ms"] for r in rs])
                 lines.append(f"| {v} | {nw} | {sps:,.0f} | {_med(ratios):.3f} ({_spread(ratios)}) | {first:.3f} | "
                              f"{gap:.0f} |")
+                if v == "mixture":
+                    own = {r["rep"]: r for r in table[("streaming", nw)] if "error" not in r}
+                    mr = [r["samples_per_s"] / own[r["rep"]]["samples_per_s"] for r in rs if r["rep"] in own]
+                    self.verdicts.append((f"3. Mixture of 3 sources / one StreamingDataset samples/s, {nw} workers",
+                                          f"{_med(mr):.3f}", f">= {TARGETS['mixture_ratio']}",
+                                          _verdict(_med(mr) >= TARGETS["mixture_ratio"])))
                 if v == "streaming":
                     r = _med(ratios)
                     self.verdicts.append((f"3. StreamingDataset / WebLoader samples/s, {nw} workers", f"{r:.3f}",
