@@ -95,22 +95,24 @@ class Case:
     task: Callable[[dict[str, Any]], dltrain.Task]
     options: Callable[[], dict[str, Any]] = dict  # the transform's options (built lazily: a tokenizer takes time)
     device_options: dict[str, Any] = field(default_factory=dict)
+    # the transform options that read the shards as unlabelled (None: the plugin has no class labels to drop)
+    unlabelled: dict[str, Any] | None = None
 
 
 CASES = {
     "vision": Case("vision", _png_shards, {"image", "label"},
                    lambda o: plugins.get("vision").tasks["classification"]("resnet18", NUM_CLASSES, lr=0.01),
                    lambda: {"size": 16, "num_classes": NUM_CLASSES},
-                   {"num_classes": NUM_CLASSES, "mixup_alpha": 0.2, "cutmix_alpha": 1.0}),
+                   {"num_classes": NUM_CLASSES, "mixup_alpha": 0.2, "cutmix_alpha": 1.0}, {"label_key": None}),
     "audio": Case("audio", _wav_shards, {"waveform", "label"},
                   lambda o: plugins.get("audio").tasks["classification"](NUM_CLASSES, sample_rate=8000, n_mels=16),
                   lambda: {"sample_rate": 8000, "clip_seconds": 0.25},
-                  {"sample_rate": 8000, "n_mels": 16}),
+                  {"sample_rate": 8000, "n_mels": 16}, {"label_key": None}),
     "text-classification": Case(
         "text", _text_cls_shards, {"input_ids", "label", "n_replaced", "truncated"},
         lambda o: plugins.get("text").tasks["classification"](num_classes=NUM_CLASSES, tokenizer=o["tokenizer"],
                                                               d_model=16, n_layers=1, n_heads=2, max_length=16),
-        lambda: {"tokenizer": _tokenizer(), "max_length": 16}),
+        lambda: {"tokenizer": _tokenizer(), "max_length": 16}, unlabelled={"label_field": None}),
     "text-lm": Case(
         "text", _text_lm_shards, {"ids", "n_bytes"},
         lambda o: plugins.get("text").tasks["language_model"](tokenizer=o["tokenizer"], context_length=8, n_layers=1,
@@ -201,6 +203,26 @@ def test_plugin_conformance(name: str, tmp_path: Path) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, task.parameters())), "training changed nothing"
     metrics = trainer.validate(task, loaders["val"])[0]
     assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_unlabelled_samples_have_label_minus_one(name: str, tmp_path: Path) -> None:
+    # The rule of every domain (dltrain.data.domain): an unlabelled sample keeps its "label" field, set to -1.
+    case = CASES[name]
+    if case.unlabelled is None:
+        pytest.skip("no class labels" if "label" not in case.fields else "the example reads labelled shards only")
+    plugin = plugins.get(case.plugin)
+    urls = case.shards(tmp_path)
+    options = {**case.options(), **case.unlabelled}
+    for stage in ("val", "predict"):
+        samples = next(iter(plugin.dataset(urls, stage, batch_size=BATCH, options=options, collate_fn=list)))
+        assert all(set(s) == case.fields and s["label"] == -1 for s in samples), samples[0]
+        batch = next(iter(plugin.dataset(urls, stage, batch_size=BATCH, options=options)))
+        labels = batch["labels"] if isinstance(batch, dict) else batch[1]  # the labelled batch's shape
+        assert labels.tolist() == [-1] * BATCH
+        device_transform = plugin.device_transform(stage, **case.device_options)
+        if device_transform is not None:
+            assert device_transform(batch)[1].tolist() == [-1] * BATCH
 
 
 def test_core_takes_any_object_with_the_protocol(tmp_path: Path) -> None:

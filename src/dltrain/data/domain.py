@@ -8,7 +8,9 @@ The contract, the same in every domain:
 - ``decoders``: shard field extension -> ``bytes -> value``, run in the loader workers;
 - ``transform(stage, **options)`` -> a picklable per-sample callable ``decoded sample dict -> sample``, where a
   *sample* is a ``dict`` of named fields (a classification domain names its class index ``"label"``) or ``None``
-  for a sample to drop. ``stage`` is one of `STAGES`; only ``"train"`` augments;
+  for a sample to drop. An unlabelled sample (data without a class field, read with the transform's label field
+  option set to ``None``) still has ``"label"``, set to ``-1``, so that batches keep one shape ``(inputs,
+  labels)`` labelled or not and device transforms find the device from the labels; train on labelled data only. ``stage`` is one of `STAGES`; only ``"train"`` augments;
 - ``collate(list of samples) -> batch``;
 - ``device_transform(stage, **options)`` -> ``batch -> batch`` run on the device after the transfer (in a task's
   ``on_after_batch_transfer``), or ``None`` where the domain has nothing to do there.

@@ -120,7 +120,10 @@ def test_transform_resamples_crops_and_labels():
     w, y = collate([evalt(sample), evalt(sample)])
     assert w.shape == (2, 16000) and y.tolist() == [3, 3]
     unlabelled = AudioTransform(sample_rate=16000, clip_seconds=1.0, training=False, label_key=None)
-    assert collate([unlabelled(sample), unlabelled(sample)]).shape == (2, 16000)
+    w, y = collate([unlabelled(sample), unlabelled(sample)])  # unlabelled: label -1, as in every domain
+    assert w.shape == (2, 16000) and y.tolist() == [-1, -1]
+    with pytest.raises(DataError, match="label -1"):
+        collate([{"waveform": w[0]}, {"waveform": w[1]}])
 
 
 def test_bad_inputs_name_shard_and_key():

@@ -212,8 +212,8 @@ def crop_or_pad(
 
 
 class AudioTransform:
-    """Per-sample transform: a shard sample dict -> ``{"waveform": float32 tensor, "label": int}`` (no
-    ``"label"`` when ``label_key`` is ``None``).
+    """Per-sample transform: a shard sample dict -> ``{"waveform": float32 tensor, "label": int}`` (``-1`` when
+    ``label_key`` is ``None``: unlabelled, the rule of every domain, see `dltrain.data.domain`).
 
     Picklable (a plain class, not a closure) so it can run in loader worker processes.
 
@@ -224,7 +224,7 @@ class AudioTransform:
         training: random crop/placement when True, centre when False.
         channels: see :func:`select_channels` (default: mix down to mono).
         audio_key: the field holding the audio; default: the first of ``flac``, ``wav``, ``ogg`` present.
-        label_key: the field holding the integer class (``None``: return the waveform alone).
+        label_key: the field holding the integer class (``None``: unlabelled data, the label is ``-1``).
 
     Example:
         >>> t = AudioTransform(sample_rate=16000, clip_seconds=1.0, training=False)
@@ -282,7 +282,7 @@ class AudioTransform:
             raise
         tensor = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         if self.label_key is None:
-            return {"waveform": tensor}
+            return {"waveform": tensor, "label": -1}
         if self.label_key not in sample:
             raise DataError(f"sample has no label field {self.label_key!r} (fields: {_fields(sample)})",
                             url=url, key=key)
@@ -320,7 +320,7 @@ def sample_transform(stage: str, **options: Any) -> AudioTransform:
 
 def collate(samples: list) -> Any:
     """Stack ``{"waveform", "label"}`` samples (or ``(waveform, label)`` pairs) into
-    ``(waveforms [B, ...], labels [B])``, or unlabelled ones into waveforms alone.
+    ``(waveforms [B, ...], labels [B])`` (unlabelled samples carry the label ``-1``).
 
     Example:
         >>> w, y = collate([{"waveform": torch.zeros(4), "label": 1}, {"waveform": torch.ones(4), "label": 2}])
@@ -330,8 +330,9 @@ def collate(samples: list) -> Any:
     if not samples:
         raise DataError("cannot collate an empty batch")
     if isinstance(samples[0], dict):
-        if "label" not in samples[0]:
-            return collate([s["waveform"] for s in samples])
+        if any("label" not in s for s in samples):
+            raise DataError("an audio sample without a 'label' field: unlabelled samples carry the label -1 "
+                            "(AudioTransform(label_key=None))")
         samples = [(s["waveform"], s["label"]) for s in samples]
     if isinstance(samples[0], Tensor):
         lengths = {w.shape for w in samples}

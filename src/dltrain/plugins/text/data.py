@@ -370,11 +370,11 @@ class ClassificationTransform:
         tokenizer: the tokenizer.
         max_length: longer documents are truncated to their first ``max_length`` tokens.
         text_field: field holding the text.
-        label_field: field holding the integer label.
+        label_field: field holding the integer label (``None``: unlabelled data, the label is ``-1``).
     """
 
     def __init__(self, tokenizer: TextTokenizer, max_length: int = 256, *, text_field: str = "txt",
-                 label_field: str = "cls") -> None:
+                 label_field: str | None = "cls") -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.text_field = text_field
@@ -382,7 +382,7 @@ class ClassificationTransform:
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any] | None:
         key = sample.get("__key__")
-        if self.text_field not in sample or self.label_field not in sample:
+        if self.text_field not in sample or (self.label_field is not None and self.label_field not in sample):
             raise DataError(f"a classification sample needs the fields {self.text_field!r} and "
                             f"{self.label_field!r}, it has {sorted(sample)}", key=key)
         raw = sample[self.text_field]
@@ -391,7 +391,7 @@ class ClassificationTransform:
             return None
         ids = self.tokenizer.encode(doc.text)
         truncated = len(ids) > self.max_length
-        label = sample[self.label_field]
+        label = -1 if self.label_field is None else sample[self.label_field]
         label = decode_int(label) if isinstance(label, bytes) else int(label)
         return {"input_ids": torch.tensor(ids[: self.max_length], dtype=torch.long), "label": label,
                 "n_replaced": doc.n_replaced, "truncated": int(truncated)}
@@ -410,7 +410,7 @@ class TextTransform:
     """
 
     def __init__(self, tokenizer: TextTokenizer | None = None, max_length: int = 256, *,
-                 vocab_size: int | None = None, text_field: str = "txt", label_field: str = "cls") -> None:
+                 vocab_size: int | None = None, text_field: str = "txt", label_field: str | None = "cls") -> None:
         if vocab_size is None and tokenizer is not None:
             vocab_size = tokenizer.vocab_size
         self.lm = LMBlockTransform(vocab_size)
