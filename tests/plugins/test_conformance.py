@@ -31,14 +31,18 @@ BATCH = 4
 WORDS = ["red", "green", "blue"]  # one word per class, so the text task has something to learn
 
 
-def _png_shards(tmp: Path) -> list[str]:
+def _image_shards(tmp: Path, fmt: str = "png") -> list[str]:
     from dltrain.plugins.vision import encode_image
 
     g = torch.Generator().manual_seed(0)
-    samples = [{"__key__": f"img{i:03d}", "png": encode_image(torch.randint(0, 256, (3, 20, 24), generator=g,
-                                                                           dtype=torch.uint8)),
+    samples = [{"__key__": f"img{i:03d}", fmt: encode_image(torch.randint(0, 256, (3, 20, 24), generator=g,
+                                                                         dtype=torch.uint8), format=fmt),
                 "cls": i % NUM_CLASSES} for i in range(12)]
     return write_shards(samples, str(tmp / "img-%06d.tar"), max_count=6)
+
+
+def _jpg_shards(tmp: Path) -> list[str]:
+    return _image_shards(tmp, "jpg")
 
 
 def _wav_shards(tmp: Path) -> list[str]:
@@ -100,10 +104,18 @@ class Case:
 
 
 CASES = {
-    "vision": Case("vision", _png_shards, {"image", "label"},
+    "vision": Case("vision", _image_shards, {"image", "label"},
                    lambda o: plugins.get("vision").tasks["classification"]("resnet18", NUM_CLASSES, lr=0.01),
                    lambda: {"size": 16, "num_classes": NUM_CLASSES},
                    {"num_classes": NUM_CLASSES, "mixup_alpha": 0.2, "cutmix_alpha": 1.0}, {"label_key": None}),
+    # decode="cuda" on the CPU: JPEG bytes collated by the workers, decoded by the device transform and the task
+    "vision decode=cuda": Case(
+        "vision", _jpg_shards, {"jpeg", "label"},
+        lambda o: plugins.get("vision").tasks["classification"]("resnet18", NUM_CLASSES, lr=0.01, decode="cuda",
+                                                                image_options={"size": 16}),
+        lambda: {"size": 16, "num_classes": NUM_CLASSES, "decode": "cuda"},
+        {"num_classes": NUM_CLASSES, "mixup_alpha": 0.2, "cutmix_alpha": 1.0, "decode": "cuda", "size": 16},
+        {"label_key": None}),
     "audio": Case("audio", _wav_shards, {"waveform", "label"},
                   lambda o: plugins.get("audio").tasks["classification"](NUM_CLASSES, sample_rate=8000, n_mels=16),
                   lambda: {"sample_rate": 8000, "clip_seconds": 0.25},
