@@ -53,7 +53,7 @@ def fsdp2_strategy(world_size: int, precision: str) -> ModelParallelStrategy:
 
 
 def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str) -> nn.Module:
-    """``fully_shard`` each top-level child with parameters, then the root; the step methods become forward
+    """``fully_shard`` each of `sharding_units`, then the root; the step methods become forward
     methods of the root, so that its own parameters are gathered around them as around ``forward``."""
     from torch.distributed.fsdp import (
         FSDPModule,
@@ -76,15 +76,28 @@ def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str) -> nn.Modu
         if precision == "bf16-mixed":
             # Compute in bfloat16, keep float32 weights and reduce gradients in float32.
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        for child in module.children():
-            if any(True for _ in child.parameters()):
-                fully_shard(child, **kwargs)
+        for unit in sharding_units(module):
+            fully_shard(unit, **kwargs)
         fully_shard(module, **kwargs)
     if isinstance(module, FSDPModule):
         for name in _STEP_METHODS:
             if callable(getattr(module, name, None)) and name not in vars(module):  # not registered yet
                 register_fsdp_forward_method(module, name)
     return module
+
+
+def sharding_units(module: nn.Module) -> list[nn.Module]:
+    """What the default plan shards one by one: each child holding parameters; the members of a ``ModuleList`` or
+    ``ModuleDict`` child (containers have no ``forward`` for FSDP2 to hook; a transformer's blocks live there)."""
+    units: list[nn.Module] = []
+    for child in module.children():
+        if not any(True for _ in child.parameters()):
+            continue
+        if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+            units.extend(sharding_units(child))
+        else:
+            units.append(child)
+    return units
 
 
 def is_fsdp2(trainer: Trainer) -> bool:

@@ -28,6 +28,16 @@ def test_fsdp2_on_a_task_without_parameters_says_what_to_do():
         _sharded._parallelize(NoParams(), mesh=None, precision="32-true")  # type: ignore[arg-type]
 
 
+def test_the_default_plan_shards_children_with_parameters_and_the_members_of_containers():
+    task = torch.nn.Module()
+    task.embed = torch.nn.Embedding(10, 4)
+    task.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4)])
+    task.heads = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 1)})
+    task.act = torch.nn.ReLU()
+    names = {id(m): n for n, m in task.named_modules()}
+    assert [names[id(u)] for u in _sharded.sharding_units(task)] == ["embed", "blocks.0", "blocks.2", "heads.a"]
+
+
 @pytest.mark.parametrize(("accelerator", "devices", "nodes", "expected"),
                          [("cpu", 2, 1, 2), ("cpu", "3", 2, 6), ("cpu", [0, 1], 1, 2), ("cpu", "auto", 1, 1),
                           ("cpu", "0,1,2", 1, 3)])
