@@ -30,6 +30,7 @@ import copy
 import itertools
 import json
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -107,6 +108,26 @@ class BatchSamples:
 
     def __repr__(self) -> str:
         return f"BatchSamples({self.json})"
+
+
+class _PreRead:
+    """A window read ahead for the next epoch: the plan it was read for, the samples, the open readers."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.need: np.ndarray | None = None
+        self.raw: dict[int, Any] = {}
+        self.readers: dict[int, ShardReader | IndexedShardReader] = {}
+        self.thread: threading.Thread | None = None
+
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        self.readers = {}
+
+
+def _preread_key(level: Mapping[str, Any], rank: int, start: int, worker: int, num_workers: int) -> str:
+    return json.dumps([level, rank, start, worker, num_workers], sort_keys=True, default=str)
 
 
 class DataSkipWarning(UserWarning):
@@ -242,6 +263,9 @@ class StreamingDataset(IterableDataset):
         # Whether batches carry their BatchSamples (a SampleLedger turns it on; off, nothing is computed or sent).
         self.record_samples = False
         self._record = False
+        self._preread: _PreRead | None = None  # the next epoch's first window, read ahead in a persistent worker
+        self._read_ahead = False  # whether to read it (the loader says so for persistent workers)
+        self.prereads_used = 0  # how many epochs started from a pre-read window (in this process)
 
     # ----------------------------------------------------------------------------------------- plan helpers
 
@@ -336,6 +360,7 @@ class StreamingDataset(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         self._record = bool(spec.get("record", self.record_samples))
+        self._read_ahead = bool(spec.get("read_ahead", False))
         return self._generate(level, int(rank), int(spec.get("start", 0)), worker, num_workers)
 
     def _generate(self, level: Mapping[str, Any], rank: int, start: int, worker: int, num_workers: int) -> Iterator[Any]:
@@ -364,6 +389,9 @@ class StreamingDataset(IterableDataset):
 
         group_batches = _plan.window_size(int(level["shuffle_buffer"]), batch_size) // batch_size
         readers: dict[int, ShardReader | IndexedShardReader] = {}
+        pre = self._take_preread(_preread_key(level, rank, start, worker, num_workers))
+        if pre is not None:
+            readers = pre.readers
         try:
             for _, group in itertools.groupby(mine, key=lambda j: j // group_batches):
                 batches = list(group)
@@ -377,9 +405,15 @@ class StreamingDataset(IterableDataset):
                     readers.pop(s).close()
                 for unit in ([[j] for j in batches] if seek else [batches]):
                     need = np.unique(np.concatenate([pos_of[j] for j in unit]))
-                    raw = self._read_raw(need, where, counts, readers, wanted)
+                    if pre is not None and pre.need is not None and np.array_equal(need, pre.need):
+                        raw, pre = pre.raw, None
+                        self.prereads_used += 1
+                    else:
+                        raw = self._read_raw(need, where, counts, readers, wanted)
                     for j in unit:
                         yield self._make_batch(pos_of[j], raw, where(pos_of[j]))
+            if self._read_ahead:
+                self._start_preread(level, rank, worker, num_workers)
         except DataError as exn:
             if not self._tagged:
                 raise
@@ -393,6 +427,70 @@ class StreamingDataset(IterableDataset):
     def _seekable(self, shard: int) -> bool:
         """Whether the shard's samples can be read by seeking to their indexed offsets."""
         return self._offsets[shard] is not None and seekable(self.urls[shard])
+
+    # A persistent worker that reads shards forward (pipe:, http, compressed) must read a whole shuffle window
+    # before the first batch of an epoch. The next epoch's plan is a pure function, so when the worker has produced
+    # its last batch it reads that window in a thread, while the training process finishes the epoch; the next
+    # generator takes it if the plan the training process sends is the one predicted (not after a resume).
+
+    def _start_preread(self, level: Mapping[str, Any], rank: int, worker: int, num_workers: int) -> None:
+        if _plan.offset_of(level) != 0 or level.get("base"):
+            return  # after a resume the next epoch is planned afresh; keep it simple: predict only plain epochs
+        nxt = self._root_level(int(level["epoch"]) + 1, int(level["world_size"]))
+        pre = _PreRead(_preread_key(nxt, rank, 0, worker, num_workers))
+        self._preread = pre
+
+        def read() -> None:
+            try:
+                first = self._first_window(nxt, rank, worker, num_workers)
+                if first is not None:
+                    pre.need, where, wanted = first
+                    pre.raw = self._read_raw(pre.need, where, self.counts, pre.readers, wanted)
+            except Exception:  # the epoch then reads the window itself, and reports any error with its context
+                pre.close()
+                pre.need = None
+
+        pre.thread = threading.Thread(target=read, name="dltrain-preread", daemon=True)
+        pre.thread.start()
+
+    def _first_window(self, level: Mapping[str, Any], rank: int, worker: int, num_workers: int) -> tuple[
+            np.ndarray, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], Callable[[int], np.ndarray]] | None:
+        """The positions of this worker's first window of ``level`` (when it is read forward), its locator and
+        its per-shard wanted samples, as `_generate` computes them."""
+        root = _plan.root_of(level)
+        positions = _plan.rank_positions(level, rank, self._epoch_positions(root))
+        batch_size = int(level["batch_size"])
+        total = _plan.num_batches(len(positions), batch_size, bool(level["training"]))
+        mine = np.arange(worker, total, num_workers, dtype=np.int64)
+        group_batches = _plan.window_size(int(level["shuffle_buffer"]), batch_size) // batch_size
+        first = mine[mine // group_batches == mine[0] // group_batches] if len(mine) else mine
+        if not len(first):
+            return None
+        where = self._locator(root)
+        need = np.unique(np.concatenate([positions[j * batch_size : (j + 1) * batch_size] for j in first.tolist()]))
+        if all(self._seekable(s) for s in set(where(need)[0].tolist())):
+            return None  # seekable shards read batch by batch: nothing to wait for
+        flat = (mine[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
+        shard_ids, locals_ = where(positions[flat[flat < len(positions)]])
+        by_shard = np.argsort(shard_ids, kind="stable")
+        sorted_ids = shard_ids[by_shard]
+
+        def wanted(shard: int) -> np.ndarray:
+            lo, hi = np.searchsorted(sorted_ids, [shard, shard + 1])
+            return locals_[by_shard[lo:hi]]
+
+        return need, where, wanted
+
+    def _take_preread(self, key: str) -> _PreRead | None:
+        pre, self._preread = self._preread, None
+        if pre is None:
+            return None
+        if pre.thread is not None:
+            pre.thread.join()
+        if pre.key != key or pre.need is None:
+            pre.close()
+            return None
+        return pre
 
     def _read_raw(
         self,
@@ -618,7 +716,8 @@ class StreamingDataLoader(DataLoader):
             )
         # Workers resolve nothing themselves: torch.distributed is not initialised inside them.
         self.stream._spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
-                                 "level": level, "record": self.record_samples})
+                                 "level": level, "record": self.record_samples,
+                                 "read_ahead": bool(self.persistent_workers and self.num_workers > 0)})
         return self._count(super().__iter__())
 
     def _count(self, items: Iterator[Any]) -> Iterator[Any]:
