@@ -86,3 +86,38 @@ def test_dcp_storage_files_names_the_shard_files(tmp_path):
     files = _compat.dcp_storage_files(dcp.FileSystemReader(str(tmp_path)).read_metadata())
     assert files == {p.name for p in tmp_path.glob("*.distcp")}
     assert len(files) == 1
+
+
+def test_compiled_module_helpers():
+    net = torch.nn.Linear(3, 2)
+    assert not _compat.is_compiled(net)
+    opt = torch.compile(net, backend="eager")
+    assert _compat.is_compiled(opt)
+    inner = _compat.compiled_in_place(opt)
+    assert inner is net and _compat.is_compiled(net)  # its __call__ compiled with the same settings
+    assert _compat.compiled_in_place(net) is net
+    other = torch.nn.Linear(3, 2)
+    other.compile(backend="eager")
+    assert _compat.is_compiled(other)
+
+
+def test_dynamo_compile_events_and_guard_failures():
+    torch._dynamo.reset()
+    events: list[tuple[str, str, int | None, int | None]] = []
+    remove = _compat.on_dynamo_compile(lambda *a: events.append(("start", *a)), lambda *a: events.append(("end", *a)))
+    try:
+        net = torch.nn.Linear(3, 2)
+        net.compile(backend="aot_eager", dynamic=False)
+        net(torch.randn(4, 3)).sum().backward()
+        before = _compat.dynamo_guard_failures()
+        net(torch.randn(5, 3))
+        after = _compat.dynamo_guard_failures()
+    finally:
+        remove()
+    net(torch.randn(6, 3))  # removed: no more events
+    frames = [e for e in events if e[1] == "frame"]
+    assert [(e[0], e[3]) for e in frames] == [("start", 0), ("end", 0), ("start", 1), ("end", 1)]
+    assert frames[0][2] == frames[2][2] is not None  # the same frame, compiled twice
+    assert ("start", "backward", frames[0][2], 0) in events
+    new = [r for k, v in after.items() for r in v[len(before.get(k, [])):]]
+    assert any("size mismatch at index 0. expected 4, actual 5" in r for r in new), new

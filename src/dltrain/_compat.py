@@ -7,12 +7,19 @@ instead of somewhere in a training run.
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "compiled_in_place",
     "dcp_storage_files",
     "default_store",
+    "dynamo_guard_failures",
+    "is_compiled",
     "metric_forward_value",
+    "on_dynamo_compile",
     "random_sampler_draws_fixed_count",
     "shutdown_loader_workers",
     "strategy_wraps_module",
@@ -94,3 +101,89 @@ def dcp_storage_files(metadata: Any) -> set[str]:
     ``_StorageInfo`` records, whose ``relative_path`` names the file.
     """
     return {getattr(info, "relative_path") for info in metadata.storage_data.values()}  # noqa: B009
+
+
+def is_compiled(module: Any) -> bool:
+    """Whether ``module`` is ``torch.compile(m)``'s ``OptimizedModule`` or was compiled in place (``m.compile()``).
+
+    Why: dltrain leaves a module the user compiled as it is; ``OptimizedModule`` lives in the private
+    ``torch._dynamo.eval_frame`` and ``Module.compile()`` keeps its compiled call only in ``_compiled_call_impl``.
+    """
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return isinstance(module, OptimizedModule) or getattr(module, "_compiled_call_impl") is not None  # noqa: B009
+
+
+def compiled_in_place(module: Any) -> Any:
+    """For ``torch.compile(m)``: ``m`` itself, its ``__call__`` compiled with the same settings; else ``module``.
+
+    Why: ``trainer.fit(torch.compile(task))`` is Lightning's pattern, but the Trainer needs the ``Task`` (its hooks,
+    its parameter names in checkpoints). ``OptimizedModule`` keeps the module in ``_orig_mod`` and the compile
+    settings in ``dynamo_ctx``, the callable that ``torch.compile`` applies; ``Module.compile()`` stores
+    ``torch.compile(m._call_impl)`` in ``_compiled_call_impl``, which is what this does with those settings.
+    """
+    if "torch._dynamo" not in sys.modules:  # nothing was compiled; importing dynamo would cost a second or more
+        return module
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    if not isinstance(module, OptimizedModule):
+        return module
+    inner = getattr(module, "_orig_mod")  # noqa: B009
+    inner._compiled_call_impl = getattr(module, "dynamo_ctx")(inner._call_impl)  # noqa: B009
+    return inner
+
+
+def on_dynamo_compile(
+    start: Callable[[str, int | None, int | None], None], end: Callable[[str, int | None, int | None], None]
+) -> Callable[[], None]:
+    """Call ``start(kind, frame, index)`` and ``end(kind, frame, index)`` around every compilation torch.compile
+    runs; returns the function that stops it.
+
+    ``kind`` is ``"frame"`` (dynamo compiling a Python frame: the forward graph, and the backend's compile of it),
+    ``"backward"`` (the backward graph, compiled at the first backward) or another trigger's name; ``frame`` numbers
+    the compiled code and ``index`` counts its compilations (0: the first, 1 or more: a recompilation); ``None``
+    when unknown.
+
+    Why: compile time and recompilations are reported as they happen. Dynamo's compile callbacks
+    (``torch._dynamo.callback.callback_handler``) are the only hook; their argument's ``compile_id`` ("frame/count",
+    a private format) says which compilation of a frame it is.
+    """
+    from torch._dynamo.callback import CallbackTrigger, callback_handler
+
+    def describe(args: Any) -> tuple[str, int | None, int | None]:
+        trigger = args.callback_trigger
+        kind = {CallbackTrigger.DYNAMO: "frame", CallbackTrigger.LAZY_BACKWARD: "backward"}.get(
+            trigger, str(getattr(trigger, "name", trigger)).lower())
+        found = re.search(r"(\d+)/(\d+)", str(args.compile_id))
+        if found is None:
+            return kind, None, None
+        return kind, int(found.group(1)), int(found.group(2))
+
+    def on_start(args: Any) -> None:
+        start(*describe(args))
+
+    def on_end(args: Any) -> None:
+        end(*describe(args))
+
+    callback_handler.register_start_callback(on_start)
+    callback_handler.register_end_callback(on_end)
+
+    def remove() -> None:
+        callback_handler.remove_start_callback(on_start)
+        callback_handler.remove_end_callback(on_end)
+
+    return remove
+
+
+def dynamo_guard_failures() -> dict[str, list[str]]:
+    """Every guard failure dynamo recorded in this process: ``{"name (file:line)": [reason, ...]}``, oldest first.
+
+    Why: a recompilation's cause is the guards of the frame's earlier compilations that failed ("tensor 'x' size
+    mismatch at index 0. expected 8, actual 4"). Dynamo appends them, before it recompiles, to
+    ``torch._dynamo.utils.guard_failures`` (keyed by the code object); no public API returns them (``TORCH_LOGS=
+    "recompiles"`` prints them, and changes the process's logging).
+    """
+    from torch._dynamo.utils import guard_failures
+
+    return {f"{code.co_name} ({code.co_filename}:{code.co_firstlineno})": list(reasons)
+            for code, reasons in list(guard_failures.items())}

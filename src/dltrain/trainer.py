@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dltrain import _checkpointing, _sharded
 from dltrain import _data_sources as _data
-from dltrain._compat import strategy_wraps_module
+from dltrain._compat import compiled_in_place, strategy_wraps_module
 from dltrain._logged_values import LoggedValues
 from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
 from dltrain._step_output import add_note, raise_if_unused_parameters
@@ -103,7 +103,9 @@ class Trainer:
         enable_progress_bar / enable_checkpointing: add the default progress bar / ``ModelCheckpoint``.
         deterministic: use deterministic algorithms only.
         seed: seed everything at construction, and seed the data order (default 0 for the data order).
-        compile: ``torch.compile`` the task's submodules.
+        compile: ``True`` or a dict of :class:`~dltrain.callbacks.Compile` arguments (``modules``, ``backend``,
+            ``mode``, ``dynamic``, ``fullgraph``, ``options``): adds that callback, which compiles the task's modules
+            and reports compile time and recompilations. ``trainer.fit(torch.compile(task))`` works too.
         sync_batchnorm: convert BatchNorm layers to SyncBatchNorm when distributed.
         on_nonfinite_loss: ``"raise"`` (default: error naming the step), ``"skip"`` (skip that step; on CUDA
             this reads the loss every step) or ``"ignore"``.
@@ -155,7 +157,7 @@ class Trainer:
         use_distributed_sampler: bool = True,
         reload_dataloaders_every_n_epochs: int = 0,
         seed: int | None = None,
-        compile: bool = False,
+        compile: bool | dict[str, Any] = False,
         sync_batchnorm: bool = False,
         on_nonfinite_loss: str = "raise",
         **unknown: Any,
@@ -260,7 +262,7 @@ class Trainer:
 
         self.callbacks: list[Callback] = self._default_callbacks(
             callbacks, progress=enable_progress_bar, checkpointing=enable_checkpointing,
-            summary=enable_model_summary, profiler=profiler, max_time=max_time,
+            summary=enable_model_summary, profiler=profiler, max_time=max_time, compile=compile,
         )
         self.loggers: list[Logger] = self._make_loggers(logger)
 
@@ -414,9 +416,9 @@ class Trainer:
             raise ConfigurationError(f"precision={precision!r} is not supported on MPS; use '32-true' or 'bf16-mixed'")
 
     def _default_callbacks(self, callbacks: Any, *, progress: bool, checkpointing: bool, summary: bool,
-                           profiler: Any, max_time: Any) -> list[Callback]:
+                           profiler: Any, max_time: Any, compile: bool | dict[str, Any]) -> list[Callback]:
         """The user's callbacks plus the ones the Trainer's switches ask for. Features are callbacks."""
-        from dltrain.callbacks import ModelCheckpoint, ModelSummary, Preemption, ProgressBar, Timer
+        from dltrain.callbacks import Compile, ModelCheckpoint, ModelSummary, Preemption, ProgressBar, Timer
         from dltrain.callbacks.profiler import make_profiler
 
         if callbacks is None:
@@ -436,6 +438,12 @@ class Trainer:
             result.append(make_profiler(profiler))
         if max_time is not None:
             result.append(Timer(max_time))
+        if compile is not False and not any(isinstance(c, Compile) for c in result):
+            try:
+                result.append(Compile(**(compile if isinstance(compile, dict) else {})))
+            except TypeError as err:
+                raise ConfigurationError(f"Trainer(compile={compile!r}): {err}; use True or a dict of "
+                                         "dltrain.callbacks.Compile's arguments") from err
         if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in result):
             result.append(ModelCheckpoint())
         if checkpointing and not any(isinstance(c, Preemption) for c in result):
@@ -486,12 +494,6 @@ class Trainer:
             return
         if self.sync_batchnorm and self.world_size > 1:
             task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)  # type: ignore[assignment]
-        if self.compile:
-            from torchmetrics import Metric
-
-            for child in task.children():
-                if not isinstance(child, Metric):
-                    child.compile()
         # FSDP2 replaces the parameters with sharded ones: the task is placed (once) before configure_optimizers.
         sharded = _sharded.is_fsdp2(self)
         if sharded and self._placed_task is not task:
@@ -818,7 +820,7 @@ class Trainer:
         Returning ``None`` from ``training_step`` skips that batch: no backward from it (under DDP the rank joins
         the gradient all-reduce with zeros, so the other ranks do not wait for it).
         """
-        task = model
+        task = compiled_in_place(model)  # torch.compile(task): the task, compiled in place with those settings
         if datamodule is None and _data.is_datamodule(train_dataloaders):
             datamodule, train_dataloaders = train_dataloaders, None
         self._attach(task, "fit", datamodule)
@@ -952,7 +954,7 @@ class Trainer:
 
     def _run_stage(self, stage: str, model: Task | None, dataloaders: Any, ckpt_path: str | None, verbose: bool,
                    datamodule: Any) -> Any:
-        task = model if model is not None else self._task
+        task = compiled_in_place(model) if model is not None else self._task
         if task is None:
             raise ConfigurationError(f"trainer.{stage}() needs a task: pass model=... (or call fit first)")
         if datamodule is None and _data.is_datamodule(dataloaders):

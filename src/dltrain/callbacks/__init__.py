@@ -2,6 +2,7 @@
 
 from dltrain.callbacks.base import Callback
 from dltrain.callbacks.checkpoint import ModelCheckpoint
+from dltrain.callbacks.compile import Compile
 from dltrain.callbacks.early_stopping import EarlyStopping
 from dltrain.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from dltrain.callbacks.ledger import SampleLedger
@@ -17,6 +18,7 @@ __all__ = [
     "BackboneFinetuning",
     "BaseFinetuning",
     "Callback",
+    "Compile",
     "EarlyStopping",
     "LearningRateMonitor",
     "ModelCheckpoint",
