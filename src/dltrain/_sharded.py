@@ -168,7 +168,7 @@ def publish(tmp: Path, final: Path) -> None:
 def link_atomic(target: Path, link: Path) -> None:
     """Point ``link`` (a symbolic link, relative: the folder can move) at the directory ``target`` in the same
     folder, replacing what ``link`` named in one rename."""
-    tmp = link.with_name(f".{link.name}.link-{os.getpid()}")
+    tmp = link.with_name(f".{link.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # a stale one is removed at start
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(target.name, tmp, target_is_directory=True)

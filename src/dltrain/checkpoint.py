@@ -110,7 +110,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     host = socket.gethostname()
-    removed = []
+    removed = _remove_unlinked_directories(entries)
     for p in entries:
         match = _TEMPORARY_RE.match(p.name)
         if match is None or match.group("host") not in (None, host):
@@ -129,6 +129,24 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
                 shutil.rmtree(p)
             else:
                 p.unlink()
+            removed.append(p)
+    return removed
+
+
+# ".<name>.d-<12 hex>": a sharded checkpoint that replaced an existing name, reached through the link <name>.
+_LINKED_RE = re.compile(r"^\.(?P<name>.+\.ckpt)\.d-[0-9a-f]{12}$")
+
+
+def _remove_unlinked_directories(entries: list[Path]) -> list[Path]:
+    """The hidden directories of sharded checkpoints that no link in the folder names any more (a process killed
+    between renaming one into place and pointing its link at it)."""
+    linked = {os.readlink(p) for p in entries if p.is_symlink()}
+    removed = []
+    for p in entries:
+        if _LINKED_RE.match(p.name) and p.name not in linked and p.is_dir() and not p.is_symlink():
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
 

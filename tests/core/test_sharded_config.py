@@ -74,6 +74,13 @@ def test_stale_temporary_directories_are_removed(tmp_path):
     (stale / "__0_0.distcp").write_bytes(b"x")
     assert ckpt_io.remove_stale_temporaries(tmp_path) == [stale]
     assert not stale.exists()
+    # A hidden directory behind last.ckpt is kept; one that no link names (killed before the swap) is removed.
+    kept, orphan = tmp_path / ".last.ckpt.d-0123456789ab", tmp_path / ".last.ckpt.d-ba9876543210"
+    kept.mkdir()
+    orphan.mkdir()
+    (tmp_path / "last.ckpt").symlink_to(kept.name, target_is_directory=True)
+    assert ckpt_io.remove_stale_temporaries(tmp_path) == [orphan]
+    assert kept.is_dir() and not orphan.exists()
 
 
 def test_consolidate_refuses_a_file(tmp_path):

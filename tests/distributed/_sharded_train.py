@@ -68,6 +68,18 @@ class NoneOnRank1(KeyTask):
         return super().training_step(batch, batch_idx)
 
 
+class Slow(dltrain.Callback):
+    """Sleep after every batch: a run long enough to be interrupted from outside."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+        import time
+
+        time.sleep(self.seconds)
+
+
 def kill_before_publish(nth: int, marker: Path) -> None:
     """SIGKILL global rank zero at its ``nth`` sharded save, after every rank wrote its shards, before the
     directory is renamed into place."""
@@ -121,6 +133,9 @@ def main() -> None:
     p.add_argument("--kill-in-shard-write", type=int, default=None)
     p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
     p.add_argument("--dump-restored", action="store_true")
+    p.add_argument("--validate-last", action="store_true",
+                   help="after fit, validate from last.ckpt and from it consolidated")
+    p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after every batch")
     p.add_argument("--self-sharded", action="store_true", help="the task shards itself in configure_model")
     p.add_argument("--none-on-rank1", action="store_true", help="training_step returns None on rank 1, batch 2")
     args = p.parse_args()
@@ -132,6 +147,8 @@ def main() -> None:
                                                          save_top_k=2)]
     if args.kill_step is not None:
         callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))
+    if args.step_sleep:
+        callbacks.append(Slow(args.step_sleep))
     if args.dump_restored:
         callbacks.append(DumpRestored(out))
     if args.kill_before_publish is not None:
@@ -152,9 +169,23 @@ def main() -> None:
     val = DataLoader(Keyed(21), batch_size=4)
     trainer.fit(task, train, val, ckpt_path=args.resume)
     final = full_state(task, trainer.optimizers[0])
+    # validate() from the run's last checkpoint (sharded directory) and from it consolidated (one full file).
+    evaluated: dict[str, float] = {}
+    last = out / "ckpt" / "last.ckpt"
+    if args.validate_last and last.exists():
+        from dltrain import checkpoint as ckpt_io
+
+        evaluated["last"] = trainer.validate(task, val, ckpt_path=str(last), verbose=False)[0]["val/loss"]
+        if trainer.is_global_zero and last.is_dir():
+            ckpt_io.consolidate(last, out / "consolidated.ckpt")
+        trainer.fabric.barrier()
+        if (out / "consolidated.ckpt").exists():
+            evaluated["consolidated"] = trainer.validate(task, val, ckpt_path=str(out / "consolidated.ckpt"),
+                                                         verbose=False)[0]["val/loss"]
     report = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
               "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
               "compute_dtypes": sorted(seen_dtypes),
+              "validated": evaluated,
               "fsdp_modules": [name for name, m in task.named_modules() if type(m).__name__.startswith("FSDP")],
               "ckpt": sorted(f.name for f in (out / "ckpt").iterdir()) if (out / "ckpt").is_dir() else [],
               "last_target": os.readlink(out / "ckpt" / "last.ckpt") if (out / "ckpt" / "last.ckpt").is_symlink()

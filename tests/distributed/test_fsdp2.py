@@ -78,7 +78,7 @@ def test_two_ranks_match_one_process_with_accumulation_and_clipping(tmp_path, tm
     local norm would scale each shard by its own factor."""
     common = EQUIVALENCE
     single, double, unclipped = single_process(tmp_path_factory), tmp_path / "double", tmp_path / "unclipped"
-    run_distributed(SCRIPT, ["--out", str(double), "--strategy", "fsdp2", *common], nproc=2)
+    run_distributed(SCRIPT, ["--out", str(double), "--strategy", "fsdp2", "--validate-last", *common], nproc=2)
     run_distributed(SCRIPT, ["--out", str(unclipped), "--strategy", "auto", *common[:-4], "--dropout", "0"], nproc=1)
     a, b, c = (torch.load(d / "final.pt") for d in (single, double, unclipped))
     assert_states_equal(a, b, exact=False, atol=1e-6)
@@ -88,6 +88,9 @@ def test_two_ranks_match_one_process_with_accumulation_and_clipping(tmp_path, tm
     assert abs(r0["metrics"]["val/loss"] - report(single)["metrics"]["val/loss"]) < 1e-6
     assert r0["metrics"]["val/count"] == 21.0
     assert r0["fsdp_modules"] == ["", "net"]  # the default plan: each top-level child with parameters, the task
+    # validate(ckpt_path=) under fsdp2 from the sharded last.ckpt and from it consolidated: the fit's last value.
+    assert r0["validated"]["last"] == pytest.approx(r0["metrics"]["val/loss"], abs=1e-6)
+    assert r0["validated"]["consolidated"] == pytest.approx(r0["metrics"]["val/loss"], abs=1e-6)
     # Checkpoints are directories (every rank's shards + meta.pt); last.ckpt links to the newest.
     assert r0["ckpt"] == ["epoch=1-step=10.ckpt", "epoch=1-step=12.ckpt", "last.ckpt"]
     assert r0["last_target"] == "epoch=1-step=12.ckpt"
@@ -118,6 +121,7 @@ def test_a_rank_without_a_loss_stops_the_job_with_a_clear_error(tmp_path):
     assert time.monotonic() - start < 120
 
 
+@pytest.mark.slow
 def test_bf16_mixed_computes_in_bfloat16_and_keeps_float32_weights(tmp_path):
     """precision="bf16-mixed" under fsdp2: FSDP2's MixedPrecisionPolicy (bfloat16 compute, float32 reduction); the
     weights and optimizer state stay float32 and training lowers the loss like float32 training does."""
