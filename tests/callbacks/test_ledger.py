@@ -150,8 +150,11 @@ def test_a_duplicated_and_a_missing_stretch_are_reported_exactly(clean_run, tmp_
     e0, e1 = report.epochs
     assert (e0.duplicates, e0.missing) == (sum(sizes[i] for i in dup), 0), where
     assert (e1.duplicates, e1.missing) == (0, sum(sizes[i] for i in gone)), where
-    gone_keys = {k for i in gone for k in json.loads(lines[i])["keys"]}
-    assert all(example.split(" (")[1].rstrip(")") in gone_keys for example in e1.missing_examples), where
+    # Examples are named "url#index" (with the key when some kept batch recorded it): they are removed samples.
+    urls = json.loads(lines[0])["source"]["urls"]
+    gone_ids = {f"{urls[sh]}#{ix}" for i in gone for sh, ix in zip(json.loads(lines[i])["shards"],
+                                                                    json.loads(lines[i])["indices"])}
+    assert e1.missing_examples and all(example.split(" (")[0] in gone_ids for example in e1.missing_examples), where
     assert len(report.problems) == 2 and "epoch 0: " in report.problems[0] and "epoch 1: " in report.problems[1]
 
 
