@@ -156,18 +156,14 @@ def publish(tmp: Path, final: Path) -> None:
         return
     real = final.with_name(f".{final.name}.d-{uuid.uuid4().hex[:12]}")
     os.rename(tmp, real)
-    previous = final.resolve() if final.is_symlink() else None
-    if final.is_dir() and not final.is_symlink():  # a real directory cannot be replaced by a link in one step
-        shutil.rmtree(final)
     link_atomic(real, final)
-    if previous is not None and previous.parent == final.parent.resolve() and previous.name.startswith(
-            f".{final.name}.d-"):
-        shutil.rmtree(previous, ignore_errors=True)
 
 
 def link_atomic(target: Path, link: Path) -> None:
     """Point ``link`` (a symbolic link, relative: the folder can move) at the directory ``target`` in the same
-    folder, replacing what ``link`` named in one rename."""
+    folder, replacing what ``link`` named in one rename; a hidden directory it named before (see `publish`) is
+    removed then."""
+    previous = os.readlink(link) if link.is_symlink() else None
     tmp = link.with_name(f".{link.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # a stale one is removed at start
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -176,6 +172,8 @@ def link_atomic(target: Path, link: Path) -> None:
         shutil.rmtree(link)
     os.replace(tmp, link)
     fsync_path(link.parent)
+    if previous is not None and previous != target.name and previous.startswith(f".{link.name}.d-"):
+        shutil.rmtree(link.parent / previous, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- reading

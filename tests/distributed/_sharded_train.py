@@ -135,6 +135,7 @@ def main() -> None:
     p.add_argument("--dump-restored", action="store_true")
     p.add_argument("--validate-last", action="store_true",
                    help="after fit, validate from last.ckpt and from it consolidated")
+    p.add_argument("--keep-best", action="store_true", help="ModelCheckpoint(monitor='train/loss', save_top_k=1)")
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after every batch")
     p.add_argument("--self-sharded", action="store_true", help="the task shards itself in configure_model")
     p.add_argument("--none-on-rank1", action="store_true", help="training_step returns None on rank 1, batch 2")
@@ -143,8 +144,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
 
+    # --keep-best: keep only the best by train/loss; a save that is not kept is written straight to last.ckpt
+    # (a sharded directory replacing an existing name: the link swap).
+    keep = {"monitor": "train/loss", "save_top_k": 1} if args.keep_best else {"save_top_k": 2}
     callbacks: list[dltrain.Callback] = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every,
-                                                         save_top_k=2)]
+                                                         **keep)]
     if args.kill_step is not None:
         callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))
     if args.step_sleep:

@@ -8,6 +8,7 @@ strategy). The runs that several tests compare against are made once per session
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -154,6 +155,25 @@ def test_sharded_resume_at_the_same_world_size_is_bitwise_equal(tmp_path_factory
 
 
 RESHARD = ["--batch-size", "12", "--dropout", "0"]  # a global batch both 2 and 3 ranks split evenly
+
+
+@pytest.mark.slow
+def test_saves_that_are_not_kept_go_to_last_through_a_link_and_resume_bitwise(tmp_path_factory):
+    """ModelCheckpoint(monitor="train/loss", save_top_k=1): a save that is not kept is written straight to
+    last.ckpt, which is then a link to a hidden directory swapped atomically. Killed after step 13, resumed: bitwise
+    equal to the uninterrupted run, and no hidden directory is left that last.ckpt does not name."""
+    ref = reference(tmp_path_factory)
+    out = tmp_path_factory.getbasetemp() / "fsdp2-keep-best"
+    run_distributed(SCRIPT, ["--out", str(out), "--keep-best", "--kill-step", "13", "--kill-rank", "1"], nproc=2,
+                    check=False)
+    assert (out / "killed.marker").exists()
+    run_distributed(SCRIPT, ["--out", str(out), "--keep-best", "--resume", "last"], nproc=2)
+    assert_states_equal(torch.load(ref / "final.pt"), torch.load(out / "final.pt"))
+    folder = out / "ckpt"
+    hidden = [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    assert hidden in ([], [os.readlink(folder / "last.ckpt")]), hidden
+    assert ckpt_io.load(folder / "last.ckpt")["loops"]["global_step"] == 24
+    assert len([p for p in folder.iterdir() if not p.name.startswith(".") and p.name != "last.ckpt"]) == 1
 
 
 @pytest.mark.slow
