@@ -109,6 +109,20 @@ def test_a_task_that_shards_itself_in_configure_model_is_left_as_it_is(tmp_path,
                         exact=False, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_manual_optimization_matches_one_process(tmp_path):
+    """Two optimizers stepped by the task (two backward passes per batch, clip_gradients on one): 2 FSDP2 ranks x
+    batch 16 give one process's weights with batch 32 within 1e-6."""
+    script = Path(__file__).parent / "_manual_sharded.py"
+    run_distributed(script, ["auto", str(tmp_path / "single")], nproc=1)
+    result = run_distributed(script, ["fsdp2", str(tmp_path / "fsdp2")], nproc=2)
+    assert result.stdout.count("DLTRAIN-TEST-COMPLETED") == 2 and "step 8" in result.stdout
+    a, b = torch.load(tmp_path / "single" / "final.pt"), torch.load(tmp_path / "fsdp2" / "final.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+
+
 def test_a_rank_without_a_loss_stops_the_job_with_a_clear_error(tmp_path):
     """Under DDP a rank with nothing to contribute joins the all-reduce with zero gradients; FSDP2 reduces each
     module's gradients as its backward reaches it, so that does not work: the rank says what to do instead, and
