@@ -34,7 +34,7 @@ class Compile(Callback):
     Compilation happens at the first call of a compiled module: the first training batch (forward, and backward
     at its first backward), and the first batch in evaluation, which compiles again (dynamo guards on grad
     mode). The time spent compiling up to the end of the first batch of the stage is printed once (``[dltrain]
-    torch.compile: compiled in 41.2 s``) and logged as ``compile/seconds`` (with ``compile/recompiles``, epoch
+    torch.compile: compiled in <seconds> s``) and logged as ``compile/seconds`` (with ``compile/recompiles``, epoch
     values of fit). A *recompilation* is a compilation of code already compiled in the same grad mode, because a
     guard failed (a new input shape with ``dynamic=False``, a changed Python attribute, ...): each is counted and
     warned about with dynamo's reasons, as it costs as much as the first compilation and dynamo gives up compiling
