@@ -11,6 +11,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from dltrain import _sharded
 from dltrain import checkpoint as ckpt_io
 from dltrain.errors import CheckpointError
 from tests.distributed.test_resume import effective_keys
-from tests.helpers.distributed import run_distributed
+from tests.helpers.distributed import REPO, free_port, run_distributed
 
 pytestmark = pytest.mark.distributed
 SCRIPT = Path(__file__).parent / "_sharded_train.py"
@@ -283,3 +286,62 @@ def test_a_sharded_checkpoint_missing_a_shard_or_of_another_model_is_refused(tmp
     with pytest.raises(CheckpointError, match=r"shape mismatches \['net.0.weight: checkpoint \(32, 8\) vs model "
                                               r"\(16, 8\)'"):
         _sharded.check_model(task, killed / "ckpt" / "epoch=0-step=6.ckpt")
+
+
+def _process_tree(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid] + [p for child in children for p in _process_tree(int(child))]
+
+
+def _kill_tree(pid: int) -> None:
+    for p in _process_tree(pid):  # torchrun starts its workers in sessions of their own: kill them one by one
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_elastic_torchrun_continues_at_the_smaller_size_when_a_node_dies(tmp_path):
+    """torchrun --nnodes=1:2 (c10d rendezvous on localhost, one process per "node"), 480 samples, global batch 8:
+    after the step-10 checkpoint the second node (its torchrun and its worker) is SIGKILLed. The first node's worker
+    fails in a collective, its torchrun starts it again in a new rendezvous round with world size 1, and the worker
+    resumes from the sharded last.ckpt of 2 ranks by itself, finishes both epochs (120 steps), and epoch 0 trains on
+    every sample exactly once."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc_per_node=1", "--max-restarts=3",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=dltrain-elastic",
+           "--rdzv-conf=last_call_timeout=1,join_timeout=60", str(SCRIPT), "--out", str(out), "--samples", "480",
+           "--resume", "last", "--step-sleep", "0.1"]
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    nodes = []
+    for log in logs:
+        with open(log, "w") as f:
+            nodes.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True))
+        time.sleep(0.5)
+    try:
+        start = time.monotonic()
+        while not (out / "ckpt" / "epoch=0-step=10.ckpt").exists():
+            assert time.monotonic() - start < 150, logs[0].read_text()[-3000:]
+            assert nodes[0].poll() is None, logs[0].read_text()[-3000:]
+            time.sleep(0.1)
+        _kill_tree(nodes[1].pid)
+        assert nodes[0].wait(timeout=240) == 0, logs[0].read_text()[-3000:]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                _kill_tree(node.pid)
+    text = logs[0].read_text()
+    match = re.search(r"restored from \S+last\.ckpt at epoch 0, batch (\d+), global step (\d+)", text)
+    assert match is not None and match.group(1) == match.group(2), text[-3000:]
+    resumed_at = int(match.group(1))
+    assert resumed_at >= 10
+    r0 = report(out, 0)
+    assert r0["world_size"] == 1 and r0["global_step"] == 120
+    # Epoch 0 (steps 0-59): rank 1's steps before the checkpoint, and rank 0's, the re-trained ones as last written.
+    seen = [k for step, keys in effective_keys(out, 1) if step < resumed_at for k in keys]
+    seen += [k for step, keys in effective_keys(out, 0) if step < 60 for k in keys]
+    assert sorted(seen) == list(range(480))
