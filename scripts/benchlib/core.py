@@ -1533,8 +1533,9 @@ class Bench:
         shared.variant = "*"  # type: ignore[attr-defined]
         try:
             shared.wait_ready()
-            res = self._interleave(dict.fromkeys(ledger.VARIANTS, shared), "ledger", c["repeats"], c,
-                                   ledger.VARIANTS, extra={"urls": urls})
+            variants = [*ledger.VARIANTS, ledger.PARTS]
+            res = self._interleave(dict.fromkeys(variants, shared), "ledger", c["repeats"], c, variants,
+                                   extra={"urls": urls})
         finally:
             shared.close()
         self.results["ledger"] = res
