@@ -485,15 +485,16 @@ class DataRunner:
                                         shuffle=True, shuffle_buffer=1000) for i in range(3)]
             mix = Mixture(sources, weights=[src.num_samples for src in sources], seed=rep)
             return mix.loader(num_workers=workers)
-        if self.variant in ("streaming", "streaming-pipe"):
+        if self.variant in ("streaming", "streaming-pipe", "pipe-no-read-ahead"):
             from dltrain.data import StreamingDataset, default_index_path
 
             # streaming-pipe: the same shards through `pipe:cat`, read forward (no seeking), as remote or
             # compressed shards are; persistent workers read each next epoch's first window ahead.
             urls = self.urls if self.variant == "streaming" else [f"pipe:cat {u}" for u in self.urls]
+            ahead = self.variant != "pipe-no-read-ahead"
             ds = StreamingDataset(urls, batch_size=b, decode={"png": decode_png}, map=stream_pair,
                                   shuffle=True, shuffle_buffer=1000, seed=rep, index=default_index_path(self.urls))
-            return ds.loader(num_workers=workers)
+            return ds.loader(num_workers=workers, read_ahead=ahead)
         if self.variant == "webloader":
             import webdataset as wds
 
@@ -1341,7 +1342,7 @@ class Bench:
     # ------------------------------------------------------------------ case 3
     def case_data(self, urls: list[str], diag: dict[str, Any] | None = None) -> None:
         c = self.cfg["data"]
-        variants = ["streaming", "streaming-pipe", "mixture", "webloader", "mapstyle"]
+        variants = ["streaming", "streaming-pipe", "pipe-no-read-ahead", "mixture", "webloader", "mapstyle"]
         workers = self._spawn(variants)
         table: dict[tuple[str, int], list[dict[str, Any]]] = {}
         try:
@@ -1357,7 +1358,8 @@ class Bench:
         lines = ["### 3. Data: StreamingDataset (and a Mixture of its shards) vs webdataset.WebLoader vs map-style "
                  "DataLoader", "", "mixture: the same shards as 3 sources (every third shard) weighted by size, "
                  "so the same samples per epoch through `dltrain.data.Mixture`; streaming-pipe: the same shards as "
-                 "`pipe:cat` URLs (read forward, as remote or compressed shards are). Every pipeline pauses "
+                 "`pipe:cat` URLs (read forward, as remote or compressed shards are), pipe-no-read-ahead: the same with "
+                 "`read_ahead=False`. Every pipeline pauses "
                  f"{c.get('pause_s', 0)} s between epochs (untimed; a training epoch's end: validation, a checkpoint); "
                  "the gap is from `iter()` to the first batch of the last epoch.", "",
                  f"{c['samples']:,} PNG 32x32 RGB images + cls in {c['shards']} shards written with "

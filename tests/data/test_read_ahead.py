@@ -96,3 +96,16 @@ def test_plan_helpers_used_by_the_read_ahead_are_pure(shards):
     loader.set_epoch(2)
     assert _plan.offset_of(loader.state_dict()) == 0
     assert {k: v for k, v in loader.state_dict().items() if k in ds._root_level(2, 1)} == ds._root_level(2, 1)
+
+
+def test_read_ahead_is_on_for_persistent_workers_unless_turned_off(shards):
+    def sent(**kwargs) -> bool:
+        loader = piped(shards, batch_size=3).loader(**kwargs)
+        loader.set_epoch(0)
+        iter(loader)
+        return loader.stream._spec.read()["read_ahead"]
+
+    assert sent(num_workers=1) is True
+    assert sent(num_workers=1, read_ahead=False) is False
+    assert sent(num_workers=1, persistent_workers=False) is False  # a worker that ends with the epoch reads nothing
+    assert sent(num_workers=0) is False

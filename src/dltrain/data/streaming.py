@@ -604,6 +604,8 @@ class StreamingDataLoader(DataLoader):
         pin_memory: default: True when CUDA is available.
         persistent_workers: default: ``num_workers > 0``.
         prefetch_factor: batches prefetched per worker.
+        read_ahead: persistent workers read the next epoch's first shuffle window of shards that are read forward
+            (``pipe:``, http, compressed) while the epoch ends; ``False`` saves that window's memory.
         **kwargs: other `DataLoader` arguments (``timeout``, ``multiprocessing_context``, ...).
 
     Example:
@@ -620,6 +622,7 @@ class StreamingDataLoader(DataLoader):
         pin_memory: bool | None = None,
         persistent_workers: bool | None = None,
         prefetch_factor: int = 2,
+        read_ahead: bool = True,
         **kwargs: Any,
     ) -> None:
         if not isinstance(dataset, StreamingDataset):
@@ -650,6 +653,7 @@ class StreamingDataLoader(DataLoader):
         self._errors: list[str] = []
         self.last_batch_samples: BatchSamples | None = None  # of the batch yielded last (see BatchSamples)
         self.record_samples = False  # whether workers send each batch's BatchSamples (SampleLedger sets it)
+        self.read_ahead = read_ahead
 
     # ------------------------------------------------------------------------------------------- protocol
 
@@ -717,7 +721,7 @@ class StreamingDataLoader(DataLoader):
         # Workers resolve nothing themselves: torch.distributed is not initialised inside them.
         self.stream._spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
                                  "level": level, "record": self.record_samples,
-                                 "read_ahead": bool(self.persistent_workers and self.num_workers > 0)})
+                                 "read_ahead": bool(self.read_ahead and self.persistent_workers and self.num_workers > 0)})
         return self._count(super().__iter__())
 
     def _count(self, items: Iterator[Any]) -> Iterator[Any]:
