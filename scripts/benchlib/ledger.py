@@ -131,8 +131,8 @@ def report(res: dict[str, list[dict[str, Any]]], cfg: dict[str, Any], paired: An
         lines += ["", f"The ledger's own costs per batch, each timed alone (medians of {len(parts)} rounds): in the "
                   f"training process {unp:.1f} µs to unpickle a batch's sample ids and {hw:.1f} µs for the hook and "
                   f"the writer thread (CPU), {100 * (unp + hw) / step:.2f} % of the plain median step; in the loader "
-                  f"worker {enc:.1f} µs to encode them. The paired ratios above are well beyond these parts and spread "
-                  "widely from round to round on this machine (the loader workers and the training process share "
-                  "its cores); the rest was not located."]
+                  f"worker {enc:.1f} µs to encode them. These parts are what the ledger adds by itself; the paired "
+                  "ratios above also carry this machine's round-to-round spread (the loader workers and the "
+                  "training process share its cores)."]
     lines.append("")
     return lines, verdicts
