@@ -126,6 +126,21 @@ class _PreRead:
         self.readers = {}
 
 
+def _wanted_per_shard(positions: np.ndarray, batches: np.ndarray, batch_size: int,
+                      where: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> Callable[[int], np.ndarray]:
+    """Shard id -> the indices in that shard of every sample of ``batches`` (what a forward reader extracts)."""
+    flat = (batches[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
+    shard_ids, locals_ = where(positions[flat[flat < len(positions)]])
+    by_shard = np.argsort(shard_ids, kind="stable")
+    sorted_ids = shard_ids[by_shard]
+
+    def wanted(shard: int) -> np.ndarray:
+        lo, hi = np.searchsorted(sorted_ids, [shard, shard + 1])
+        return locals_[by_shard[lo:hi]]
+
+    return wanted
+
+
 def _preread_key(level: Mapping[str, Any], rank: int, start: int, worker: int, num_workers: int) -> str:
     return json.dumps([level, rank, start, worker, num_workers], sort_keys=True, default=str)
 
@@ -375,18 +390,7 @@ class StreamingDataset(IterableDataset):
             return
         where = self._locator(root)
 
-        # Every sample this worker will read this epoch, per shard: a forward shard reader extracts only those.
-        mine_arr = np.asarray(mine, dtype=np.int64)
-        flat = (mine_arr[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
-        needed = positions[flat[flat < len(positions)]]
-        shard_ids, locals_ = where(needed)
-        by_shard = np.argsort(shard_ids, kind="stable")
-        sorted_ids = shard_ids[by_shard]
-
-        def wanted(shard: int) -> np.ndarray:
-            lo, hi = np.searchsorted(sorted_ids, [shard, shard + 1])
-            return locals_[by_shard[lo:hi]]
-
+        wanted = _wanted_per_shard(positions, np.asarray(mine, dtype=np.int64), batch_size, where)
         group_batches = _plan.window_size(int(level["shuffle_buffer"]), batch_size) // batch_size
         readers: dict[int, ShardReader | IndexedShardReader] = {}
         pre = self._take_preread(_preread_key(level, rank, start, worker, num_workers))
@@ -470,16 +474,7 @@ class StreamingDataset(IterableDataset):
         need = np.unique(np.concatenate([positions[j * batch_size : (j + 1) * batch_size] for j in first.tolist()]))
         if all(self._seekable(s) for s in set(where(need)[0].tolist())):
             return None  # seekable shards read batch by batch: nothing to wait for
-        flat = (mine[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
-        shard_ids, locals_ = where(positions[flat[flat < len(positions)]])
-        by_shard = np.argsort(shard_ids, kind="stable")
-        sorted_ids = shard_ids[by_shard]
-
-        def wanted(shard: int) -> np.ndarray:
-            lo, hi = np.searchsorted(sorted_ids, [shard, shard + 1])
-            return locals_[by_shard[lo:hi]]
-
-        return need, where, wanted
+        return need, where, _wanted_per_shard(positions, mine, batch_size, where)
 
     def _take_preread(self, key: str) -> _PreRead | None:
         pre, self._preread = self._preread, None
