@@ -1,7 +1,9 @@
 """Benchmarks behind ``scripts/bench``.
 
-``core`` is the harness (orchestration, the core cases, the BENCHMARKS.md writer). The plugin modules
-``vision``, ``text`` and ``audio`` (owned by the plugin engineers) each expose
-``run(seconds=5.0, ...) -> dict`` with their pipeline's throughput per loader worker; ``core`` calls them when
-they exist.
+``core`` is the entry point; the harness is split by concern: ``config`` (sizes, cases, targets), ``orchestration``
+(the parent: worker processes, interleaved rounds, the cases, the command line), ``worker`` (the ``--serve``
+process), ``runners`` and ``datacase`` (what a worker measures), ``common`` (clocks, models, tasks shared by the
+runners) and ``render`` (statistics and the report). The plugin modules ``vision``, ``text`` and ``audio`` (owned
+by the plugin engineers) each expose ``run(seconds=5.0, ...) -> dict`` with their pipeline's throughput per loader
+worker; the plugins case calls them when they exist.
 """

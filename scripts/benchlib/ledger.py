@@ -27,7 +27,8 @@ class LedgerRunner:
     def run(self, rep: int, args: dict[str, Any]) -> dict[str, Any]:
         if self.variant == PARTS:
             return _parts(self.cfg["batch"], self.tmp)
-        from benchlib.core import _CLASSES, _CPU, _PERF, _times, dl_task_cls, make_dl_trainer, tiny_pair
+        from benchlib.common import _CLASSES, _CPU, _PERF, _times, dl_task_cls, make_dl_trainer
+        from benchlib.runners import tiny_pair
         from dltrain.callbacks import SampleLedger
         from dltrain.data import StreamingDataset
 
@@ -66,7 +67,7 @@ def _parts(batch: int, tmp: str) -> dict[str, Any]:
 
     import numpy as np
 
-    from benchlib.core import _CPU, _PERF
+    from benchlib.common import _CPU, _PERF
     from dltrain.callbacks.ledger import SampleLedger, _Writer
     from dltrain.data import BatchSamples
 

@@ -1,0 +1,52 @@
+"""Sizes, case names and targets of ``scripts/bench`` (shared by the parent and the workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = HERE.parent
+ROOT = SCRIPTS.parent
+
+
+FULL = {
+    "repeats": 7,
+    "loop": {"steps": 400, "batch": 64, "in_dim": 32, "hidden": 128, "classes": 10},
+    "cnn": {"steps": 30, "batch": 64},
+    "data": {"samples": 10_000, "shards": 10, "batch": 64, "epochs": 2, "workers": [0, 2], "repeats": 5,
+             "pause_s": 0.3},
+    "ddp": {"steps": 200, "batch": 64, "repeats": 7},
+    "resume": {"samples": 100_000, "shards": 20, "batch": 64, "workers": 2, "repeats": 5},
+    "ledger": {"steps": 600, "batch": 64, "workers": 2, "repeats": 7},
+    "plugins": {"seconds": 5.0},
+    "resnet": {"steps": 50, "batch": 64, "size": 224},
+    "gpt": {"steps": 50, "batch": 16, "context": 512, "layers": 6, "d_model": 512, "heads": 8, "vocab": 8192},
+}
+QUICK = {
+    "repeats": 5,
+    "loop": {"steps": 200, "batch": 64, "in_dim": 32, "hidden": 128, "classes": 10},
+    "cnn": {"steps": 6, "batch": 64},
+    "data": {"samples": 2_000, "shards": 4, "batch": 64, "epochs": 2, "workers": [0, 2], "repeats": 3,
+             "pause_s": 0.3},
+    "ddp": {"steps": 60, "batch": 64, "repeats": 3},
+    "resume": {"samples": 20_000, "shards": 8, "batch": 64, "workers": 2, "repeats": 3},
+    "ledger": {"steps": 150, "batch": 64, "workers": 2, "repeats": 3},
+    "plugins": {"seconds": 1.0},
+    "resnet": {"steps": 10, "batch": 32, "size": 224},
+    "gpt": {"steps": 10, "batch": 8, "context": 256, "layers": 4, "d_model": 256, "heads": 4, "vocab": 8192},
+}
+
+CPU_CASES = ["loop", "cnn", "data", "ddp", "resume", "plugins", "ledger"]
+CUDA_CASES = ["resnet", "gpt"]
+
+TARGETS = {
+    "loop": 1.03,  # dltrain time / hand-loop time
+    "cnn": 1.01,
+    "ddp": 1.05,
+    "data_ratio": 0.95,  # StreamingDataset samples/s / WebLoader samples/s
+    "mixture_ratio": 0.95,  # Mixture of the same shards / one StreamingDataset, samples/s
+    "data_gap_ms": 100.0,
+    "data_first_s": 2.0,
+    "resume_ratio": 1.5,  # time to first batch at 90% / at 10%
+    "cuda": 1.03,
+}

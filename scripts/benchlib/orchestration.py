@@ -1,0 +1,685 @@
+"""The parent side of ``scripts/bench``: worker processes, interleaved rounds, the cases, the command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import render
+from benchlib.config import CPU_CASES, CUDA_CASES, FULL, QUICK, ROOT, SCRIPTS, TARGETS
+from benchlib.datacase import prepare
+from benchlib.render import LOOP_LEGEND, _fmt_dict, _loop_table, _med, _paired, _spread, _verdict
+from benchlib.runners import ddp_main
+from benchlib.worker import serve
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
+class Worker:
+    """A worker process serving runs of one variant (or a family of them)."""
+
+    def __init__(self, name: str, logdir: str) -> None:
+        self.name = name
+        self.log_path = os.path.join(logdir, f"worker-{name}.log")
+        self.log = open(self.log_path, "w")  # noqa: SIM115
+        self.t_launch = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchlib.core", "--serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=_child_env(), text=True,
+            cwd=str(ROOT),
+        )
+        self.ready: dict[str, Any] | None = None
+
+    def wait_ready(self) -> dict[str, Any]:
+        if self.ready is None:
+            line = self.proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError(f"worker {self.name} died at start; see {self.log_path}:\n{self._tail()}")
+            self.ready = json.loads(line)
+            self.ready["launch_to_ready_s"] = time.time() - self.t_launch
+        return self.ready
+
+    def _tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.log_path).read_text()[-3000:]
+        return ""
+
+    def call(self, **cmd: Any) -> dict[str, Any]:
+        self.wait_ready()
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.name} died; see {self.log_path}:\n{self._tail()}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _rotated(names: list[str], rep: int) -> list[str]:
+    k = rep % len(names)
+    return names[k:] + names[:k]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cfg = QUICK if args.quick else FULL
+        self.tmp = tempfile.mkdtemp(prefix="dltrain-bench-")
+        self.logdir = os.path.join(self.tmp, "logs")
+        os.makedirs(self.logdir)
+        self.results: dict[str, Any] = {}
+        self.sections: list[str] = []
+        self.verdicts: list[tuple[str, str, str, str]] = []  # (figure, value, target, PASS/MISS)
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ helpers
+    def _interleave(self, workers: dict[str, Worker], case: str, repeats: int, cfg: dict[str, Any],
+                    variants: list[str], extra: dict[str, Any] | None = None,
+                    args_of: Any = None, warmup: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """Run `repeats` rounds of every variant, order rotated each round; a first un-counted warm-up round."""
+        out: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        rounds = range(-1 if warmup else 0, repeats)
+        for rep in rounds:
+            for v in (variants if rep < 0 else _rotated(variants, rep)):
+                w = workers[v]
+                variant = v if getattr(w, "variant", v) == "*" else w.variant  # type: ignore[attr-defined]
+                args = dict(args_of(v) if args_of else {})
+                if rep < 0:
+                    args["warmup"] = True
+                cmd = {"case": case, "variant": variant, "cfg": cfg, "tmp": self.tmp, "rep": max(rep, 0),
+                       "args": args, **(extra or {})}
+                res = w.call(**cmd)
+                if "error" in res:
+                    _log(f"{case}/{v} rep {rep}: ERROR {res['error']}\n{res.get('traceback', '')}")
+                res["rep"] = rep
+                if rep < 0:
+                    out.setdefault(f"{v}:warmup", []).append(res)  # type: ignore[arg-type]
+                else:
+                    out[v].append(res)
+            if rep >= 0:
+                _log(f"{case}: round {rep + 1}/{repeats} done")
+        return out
+
+    def _spawn(self, names: list[str], variant_of: Any = None) -> dict[str, Worker]:
+        workers = {}
+        for n in names:
+            w = Worker(n, self.logdir)
+            w.variant = variant_of(n) if variant_of else n  # type: ignore[attr-defined]
+            workers[n] = w
+        for w in workers.values():
+            w.wait_ready()
+        return workers
+
+    # ------------------------------------------------------------------ cases 1 and 2
+    def case_loops(self, cases: list[str]) -> None:
+        """Cases 1-2. Timing: every variant in ONE shared worker process (same heap, same imports, interleaved), so
+        no variant profits from a luckier process (we measured up to 10 % between processes running the same loop).
+        Memory and cold start: each variant alone in its own fresh process, launched one at a time (skipped with
+        --quick)."""
+        variants = ["hand", "dltrain", "fabric", "lightning"]
+        reps = self.cfg["repeats"]
+        cold: dict[str, dict[str, float]] = {}
+        rss: dict[str, dict[str, float]] = {c: {} for c in cases}
+        if not self.args.quick:
+            for v in variants:
+                w = Worker(f"{v}-alone", self.logdir)
+                try:
+                    ready = w.wait_ready()
+                    for case in cases:
+                        res = w.call(case=case, variant=v, cfg=self.cfg[case], tmp=self.tmp, rep=0, args={})
+                        if "error" in res:
+                            _log(f"{case}/{v} alone: ERROR {res['error']}\n{res.get('traceback', '')}")
+                            continue
+                        rss[case][v] = res["rss_mb"]
+                        if case == cases[0]:
+                            cold[v] = {"launch_to_ready_s": ready["launch_to_ready_s"],
+                                       "total_s": res["ended_at"] - w.t_launch}
+                finally:
+                    w.close()
+                _log(f"loops: {v} alone: cold start and memory done")
+        shared = Worker("shared", self.logdir)
+        shared.variant = "*"  # type: ignore[attr-defined]
+        try:
+            shared.wait_ready()
+            for case in cases:
+                for v in variants:  # warm-up: imports and first-use costs of every variant, not counted
+                    res = shared.call(case=case, variant=v, cfg=self.cfg[case], tmp=self.tmp, rep=0, args={})
+                    if "error" in res:
+                        _log(f"{case}/{v} warm-up: ERROR {res['error']}\n{res.get('traceback', '')}")
+            for case in cases:
+                res = self._interleave(dict.fromkeys(variants, shared), case, reps, self.cfg[case], variants,
+                                       warmup=False)
+                self.results[case] = res
+                self._report_loop(case, res, cold if case == cases[0] and cold else None, rss[case])
+        finally:
+            shared.close()
+
+    def _report_loop(self, case: str, res: dict[str, list[dict[str, Any]]], cold: dict[str, Any] | None,
+                     rss: dict[str, float]) -> None:
+        target = TARGETS[case]
+        steps = self.cfg[case]["steps"]
+        title = {"loop": "1. Loop overhead: tiny MLP, CPU, 1 thread",
+                 "cnn": "2. Compute-bound: MNIST CNN (pytorch/examples shape), CPU, 1 thread"}[case]
+        c = self.cfg[case]
+        n_ok = len([r for r in res.get("hand", []) if "error" not in r])
+        desc = (f"{steps} steps of batch {c['batch']} from an in-memory TensorDataset DataLoader (shuffle=True), "
+                f"one epoch per run; {n_ok} interleaved rounds; medians over rounds.")
+        lines = [f"### {title}", "", desc, "",
+                 *_loop_table(res, ["hand", "dltrain", "fabric", "lightning"], steps, rss)]
+        r = _paired(res, "dltrain", "c_step_med")
+        if r:
+            self.verdicts.append((f"{title.split(':')[0]}: dltrain / hand, median step (CPU)", f"{_med(r):.3f}",
+                                  f"<= {target}", _verdict(_med(r) <= target)))
+        f = _paired(res, "dltrain", "c_fit")
+        if f:
+            self.verdicts.append((f"{title.split(':')[0]}: dltrain / hand, whole fit (CPU)", f"{_med(f):.3f}",
+                                  f"<= {target}", _verdict(_med(f) <= target)))
+        self._collect_notes(case, res)
+        lines += ["", LOOP_LEGEND, ""]
+        if cold:
+            lines += ["Cold start (one sample each, workers launched one at a time): " + "; ".join(
+                f"{v} {d['launch_to_ready_s']:.1f} s to import torch, {d['total_s']:.1f} s from launch to the end "
+                "of the first fit" for v, d in cold.items()) + ".", ""]
+        self.sections.append("\n".join(lines))
+
+    def _collect_notes(self, case: str, res: dict[str, list[dict[str, Any]]]) -> None:
+        for v, rs in res.items():
+            for r in rs:
+                for n in r.get("notes") or []:
+                    self._note(f"{case}/{v}: {n}")
+            errs = [r for r in rs if "error" in r]
+            if errs:
+                self._note(f"{case}/{v}: {len(errs)} run(s) failed: {errs[0]['error']}")
+
+    # ------------------------------------------------------------------ case 3
+    def case_data(self, urls: list[str], diag: dict[str, Any] | None = None) -> None:
+        c = self.cfg["data"]
+        variants = ["streaming", "streaming-pipe", "pipe-no-read-ahead", "mixture", "webloader", "mapstyle"]
+        workers = self._spawn(variants)
+        table: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        try:
+            for nw in c["workers"]:
+                res = self._interleave(workers, "data", c["repeats"], c, variants, extra={"urls": urls},
+                                       args_of=lambda v, nw=nw: {"workers": nw})
+                for v in variants:
+                    table[(v, nw)] = res[v]
+        finally:
+            for w in workers.values():
+                w.close()
+        self.results["data"] = {f"{v}/{nw}": rs for (v, nw), rs in table.items()}
+        lines = ["### 3. Data: StreamingDataset (and a Mixture of its shards) vs webdataset.WebLoader vs map-style "
+                 "DataLoader", "", "mixture: the same shards as 3 sources (every third shard) weighted by size, "
+                 "so the same samples per epoch through `dltrain.data.Mixture`; streaming-pipe: the same shards as "
+                 "`pipe:cat` URLs (read forward, as remote or compressed shards are), pipe-no-read-ahead: the same with "
+                 "`read_ahead=False`. Every pipeline pauses "
+                 f"{c.get('pause_s', 0)} s between epochs (untimed; a training epoch's end: validation, a checkpoint); "
+                 "the gap is from `iter()` to the first batch of the last epoch.", "",
+                 f"{c['samples']:,} PNG 32x32 RGB images + cls in {c['shards']} shards written with "
+                 f"`dltrain.data.write_shards`; PIL decode to a float tensor (same function everywhere), batch "
+                 f"{c['batch']}, shuffle buffer 1000, {c['epochs']} epochs per run with persistent workers; the "
+                 "main process only iterates. samples/s is the last epoch (including the gap before it). "
+                 f"{c['repeats']} interleaved repeats, medians.", "",
+                 "| pipeline | workers | samples/s | ratio to WebLoader (paired median) | first batch (s) | "
+                 "gap between epochs (ms) |", "|---|---|---|---|---|---|"]
+        for nw in c["workers"]:
+            web = {r["rep"]: r for r in table[("webloader", nw)] if "error" not in r}
+            for v in variants:
+                rs = [r for r in table[(v, nw)] if "error" not in r]
+                if not rs:
+                    err = table[(v, nw)][0].get("error") if table[(v, nw)] else "no runs"
+                    lines.append(f"| {v} | {nw} | failed: {err} ||||")
+                    continue
+                ratios = [r["samples_per_s"] / web[r["rep"]]["samples_per_s"] for r in rs if r["rep"] in web]
+                sps = _med([r["samples_per_s"] for r in rs])
+                first = _med([r["first_batch_s"] for r in rs])
+                gap = _med([r["gap_ms"] for r in rs])
+                lines.append(f"| {v} | {nw} | {sps:,.0f} | {_med(ratios):.3f} ({_spread(ratios)}) | {first:.3f} | "
+                             f"{gap:.0f} |")
+                if v == "streaming-pipe":
+                    self.verdicts.append((f"3. StreamingDataset on pipe: shards, gap between epochs, {nw} workers",
+                                          f"{gap:.0f} ms", f"<= {TARGETS['data_gap_ms']:.0f} ms",
+                                          _verdict(gap <= TARGETS["data_gap_ms"])))
+                if v == "mixture":
+                    own = {r["rep"]: r for r in table[("streaming", nw)] if "error" not in r}
+                    mr = [r["samples_per_s"] / own[r["rep"]]["samples_per_s"] for r in rs if r["rep"] in own]
+                    self.verdicts.append((f"3. Mixture of 3 sources / one StreamingDataset samples/s, {nw} workers",
+                                          f"{_med(mr):.3f}", f">= {TARGETS['mixture_ratio']}",
+                                          _verdict(_med(mr) >= TARGETS["mixture_ratio"])))
+                if v == "streaming":
+                    r = _med(ratios)
+                    self.verdicts.append((f"3. StreamingDataset / WebLoader samples/s, {nw} workers", f"{r:.3f}",
+                                          f">= {TARGETS['data_ratio']}", _verdict(r >= TARGETS["data_ratio"])))
+                    self.verdicts.append((f"3. StreamingDataset gap between epochs, {nw} workers", f"{gap:.0f} ms",
+                                          f"<= {TARGETS['data_gap_ms']:.0f} ms",
+                                          _verdict(gap <= TARGETS["data_gap_ms"])))
+                    self.verdicts.append((f"3. StreamingDataset first batch, {nw} workers", f"{first:.3f} s",
+                                          f"<= {TARGETS['data_first_s']:.0f} s",
+                                          _verdict(first <= TARGETS["data_first_s"])))
+                bad = [r for r in rs if r["samples"][-1] < c["samples"] - c["batch"] * max(nw, 1)]
+                if bad:
+                    self._note(f"data/{v}/{nw}w: an epoch yielded only {bad[0]['samples']} samples")
+            for v in variants:
+                errs = [r for r in table[(v, nw)] if "error" in r]
+                if errs:
+                    self._note(f"data/{v}/{nw} workers: {len(errs)} run(s) failed: {errs[0]['error']}")
+        if diag:
+            self.results["tar_diag"] = diag
+            lines += ["", f"Shard format (first shard, measured when the shards were written): {diag['pax_members']} of "
+                      f"{diag['members']} tar members carry a PAX extended header"
+                      f"{' (a float mtime)' if diag['pax_members'] else ''}; {diag['bytes'] / 2**20:.1f} MiB, {diag['parse_us']:.0f} µs per member to parse "
+                      f"(best of 3). The same samples with an integer mtime: {diag['bytes_int_mtime'] / 2**20:.1f} MiB, "
+                      f"{diag['parse_us_int_mtime']:.0f} µs per member."]
+        lines.append("")
+        self.sections.append("\n".join(lines))
+
+    # ------------------------------------------------------------------ case 4
+    def case_ddp(self) -> None:
+        c = self.cfg["ddp"]
+        spec = {"cfg": c, "repeats": c["repeats"], "tmp": self.tmp}
+        log_path = os.path.join(self.logdir, "ddp.log")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "benchlib.core", "--ddp", json.dumps(spec)]
+        _log("ddp: " + " ".join(cmd[:6]) + " ...")
+        with open(log_path, "w") as log:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, env=_child_env(), text=True,
+                                  cwd=str(ROOT), timeout=900)
+        rows = [json.loads(line[len("BENCH_RESULT "):]) for line in proc.stdout.splitlines()
+                if line.startswith("BENCH_RESULT ")]
+        lines = ["### 4. DDP: 2 processes, gloo, CPU (torchrun --standalone --nproc_per_node=2)", "",
+                 f"MLP of case 1, {c['steps']} steps of batch {c['batch']} per rank; hand-written DDP loop "
+                 "(DistributedDataParallel + DistributedSampler) vs dltrain (strategy='ddp', default callbacks), "
+                 f"alternately in the same two processes, {c['repeats']} repeats after a warm-up; rank 0's times.", ""]
+        if proc.returncode != 0 or not rows:
+            tail = Path(log_path).read_text()[-1500:]
+            lines.append(f"DDP run failed (exit {proc.returncode}); log tail:\n\n```\n{tail}\n```\n")
+            self.verdicts.append(("4. DDP dltrain / hand time", "failed", f"<= {TARGETS['ddp']}", "MISS"))
+            self.sections.append("\n".join(lines))
+            return
+        res: dict[str, list[dict[str, Any]]] = {"hand": [], "dltrain": []}
+        for r in rows:
+            if r["rep"] >= 0:
+                res[r["variant"]].append(r)
+        self.results["ddp"] = res
+        lines += _loop_table(res, ["hand", "dltrain"], c["steps"])
+        w = _paired(res, "dltrain", "t_fit")
+        if w:
+            self.verdicts.append(("4. DDP dltrain / hand, wall time of the fit", f"{_med(w):.3f}",
+                                  f"<= {TARGETS['ddp']}", _verdict(_med(w) <= TARGETS["ddp"])))
+        m = _paired(res, "dltrain", "t_step_med")
+        if m:
+            self.verdicts.append(("4. DDP dltrain / hand, median step (wall)", f"{_med(m):.3f}",
+                                  f"<= {TARGETS['ddp']}", _verdict(_med(m) <= TARGETS["ddp"])))
+        self._collect_notes("ddp", res)
+        lines += ["", "Rank 0's figures. The DDP verdict uses wall time: waiting for the other rank is part of a "
+                  "DDP step's cost and is not CPU time.", ""]
+        self.sections.append("\n".join(lines))
+
+    # ------------------------------------------------------------------ case 5
+    def case_resume(self, urls: list[str]) -> None:
+        c = self.cfg["resume"]
+        kinds = ["streaming", "mapstyle"]
+        positions = ["0", "10", "90"]
+        workers = self._spawn(kinds)
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        try:
+            for k in kinds:
+                # positions interleaved inside each worker (0, 10, 90, 10, 90, 0, ...); kinds alternate by round
+                out[k] = {p: [] for p in positions}
+            for rep in range(-1, c["repeats"]):
+                for k in (kinds if rep < 0 else _rotated(kinds, rep)):
+                    for p in (positions if rep < 0 else _rotated(positions, rep)):
+                        res = workers[k].call(case="resume", variant=k, cfg=c, tmp=self.tmp, rep=max(rep, 0),
+                                              urls=urls if k == "streaming" else [], args={"at": p})
+                        if "error" in res:
+                            _log(f"resume/{k}@{p}: {res['error']}\n{res.get('traceback', '')}")
+                        if rep >= 0:
+                            res["rep"] = rep
+                            out[k][p].append(res)
+                if rep >= 0:
+                    _log(f"resume: round {rep + 1}/{c['repeats']} done")
+        finally:
+            for w in workers.values():
+                w.close()
+        self.results["resume"] = out
+        lines = ["### 5. Resume: fit(ckpt_path=...) to the first trained batch", "",
+                 f"Epoch of {c['samples']:,} tiny samples (8 float32 + cls), batch {c['batch']}, "
+                 f"{c['workers']} loader workers; StreamingDataset over {c['shards']} shards vs map-style "
+                 "DataLoader (TensorDataset, shuffle=True). Mid-epoch checkpoints written by "
+                 "`trainer.save_checkpoint` at 10% and 90% of the epoch. Time from the `fit()` call to the first "
+                 "`on_train_batch_start`; 0% = no checkpoint. "
+                 f"{c['repeats']} interleaved repeats, medians.", "",
+                 "| loader | 0% (s) | 10% (s) | 90% (s) | 90% / 10% (paired median, range) | resumed at the right step |",
+                 "|---|---|---|---|---|---|"]
+        for k in kinds:
+            rs = out[k]
+            good = {p: [r for r in rs[p] if "error" not in r or r["error"].startswith("resumed at")] for p in positions}
+            if not all(good[p] for p in positions):
+                err = next((r["error"] for p in positions for r in rs[p] if "error" in r), "no runs")
+                lines.append(f"| {k} | failed: {err} |||||")
+                self.verdicts.append((f"5. resume {k}: 90% / 10%", "failed", f"<= {TARGETS['resume_ratio']}",
+                                      "MISS"))
+                continue
+            med = {p: _med([r["first_batch_s"] for r in good[p]]) for p in positions}
+            by10 = {r["rep"]: r for r in good["10"]}
+            ratios = [r["first_batch_s"] / by10[r["rep"]]["first_batch_s"] for r in good["90"] if r["rep"] in by10]
+            right = all("error" not in r for p in positions for r in rs[p])
+            lines.append(f"| {k} | {med['0']:.3f} | {med['10']:.3f} | {med['90']:.3f} | {_med(ratios):.2f} "
+                         f"({_spread(ratios)}) | {'yes' if right else 'NO'} |")
+            self.verdicts.append((f"5. resume {k}: first batch at 90% / at 10%", f"{_med(ratios):.2f}",
+                                  f"<= {TARGETS['resume_ratio']}", _verdict(_med(ratios) <= TARGETS["resume_ratio"])))
+            if not right:
+                bad = next(r for p in positions for r in rs[p] if "error" in r)
+                self._note(f"resume/{k}: {bad['error']}")
+            for p in positions:
+                for r in rs[p]:
+                    for n in r.get("notes", []):
+                        self._note(f"resume/{k}: {n}")
+        lines.append("")
+        self.sections.append("\n".join(lines))
+
+    # ------------------------------------------------------------------ case 7
+    def case_ledger(self, urls: list[str]) -> None:
+        """Case 7 (benchlib.ledger): both variants in one shared worker, interleaved after a warm-up of each."""
+        from benchlib import ledger
+
+        c = self.cfg["ledger"]
+        shared = Worker("ledger", self.logdir)
+        shared.variant = "*"  # type: ignore[attr-defined]
+        try:
+            shared.wait_ready()
+            variants = [*ledger.VARIANTS, ledger.PARTS]
+            res = self._interleave(dict.fromkeys(variants, shared), "ledger", c["repeats"], c, variants,
+                                   extra={"urls": urls})
+        finally:
+            shared.close()
+        self.results["ledger"] = res
+        lines, verdicts = ledger.report(res, c, lambda r, v, k: _paired(r, v, k, base="plain"), _med, _spread)
+        self.verdicts += [(f, v, t, _verdict(ok)) for f, v, t, ok in verdicts]
+        self._collect_notes("ledger", res)
+        self.sections.append("\n".join(lines))
+
+    # ------------------------------------------------------------------ case 6
+    def case_plugins(self) -> None:
+        domains = ["vision", "text", "audio"]
+        workers = self._spawn(domains)
+        lines = ["### 6. Plugin pipelines (scripts/benchlib/<domain>.py)", "",
+                 f"Each module's `run(seconds={self.cfg['plugins']['seconds']})`, once, in its own worker process "
+                 "(no comparison, no target).", "", "| plugin | result |", "|---|---|"]
+        try:
+            for d in domains:
+                res = workers[d].call(case="plugins", variant=d, cfg=self.cfg["plugins"], tmp=self.tmp, rep=0)
+                self.results.setdefault("plugins", {})[d] = res
+                if "error" in res:
+                    lines.append(f"| {d} | failed: {res['error']} |")
+                elif "skipped" in res:
+                    lines.append(f"| {d} | skipped: {res['skipped']} |")
+                    if res.get("traceback"):
+                        _log(f"plugins/{d}:\n{res['traceback']}")
+                else:
+                    lines.append(f"| {d} | {_fmt_dict(res['result'])} |")
+        finally:
+            for w in workers.values():
+                w.close()
+        lines.append("")
+        self.sections.append("\n".join(lines))
+
+    # ------------------------------------------------------------------ CUDA
+    def case_cuda(self, cases: list[str]) -> None:
+        variants = ["hand", "dltrain"]
+        workers = self._spawn(variants)
+        try:
+            for case in cases:
+                c = self.cfg[case]
+                res = self._interleave(workers, case, self.cfg["repeats"], c, variants)
+                self.results[case] = res
+                if case == "resnet":
+                    title = f"ResNet-18, bf16-mixed, synthetic {c['size']}px, batch {c['batch']}"
+                else:
+                    title = (f"GPT ({c['layers']} layers, d={c['d_model']}, ctx {c['context']}, vocab {c['vocab']}), "
+                             f"bf16-mixed, batch {c['batch']}")
+                lines = [f"### CUDA: {title}", "",
+                         f"Pinned synthetic batches (4 distinct, cycled); hand loop with torch.autocast(bfloat16) vs "
+                         "dltrain Trainer(precision='bf16-mixed', default callbacks). Each run does a fit of "
+                         f"N={c['steps']} and one of 2N steps: per step = (t(2N) - t(N)) / N, fixed = t(N) - N x per "
+                         f"step. Wall time with torch.cuda.synchronize() at both ends; {self.cfg['repeats']} "
+                         "interleaved rounds after a warm-up, medians.", "",
+                         "| loop | steps/s (2N fit) | time per step (ms) | per-step ratio vs hand | fit(N) ratio vs hand "
+                         "| fixed per fit (ms) | peak GPU MB |", "|---|---|---|---|---|---|---|"]
+                for v in variants:
+                    rs = [r for r in res[v] if "error" not in r]
+                    if not rs:
+                        lines.append(f"| {v} | failed: {res[v][0].get('error') if res[v] else 'no runs'} ||||||")
+                        continue
+                    pr, fr = _paired(res, v, "t_step"), _paired(res, v, "t_fit")
+                    sps = _med([2 * r["steps"] / r["t_fit_2n"] for r in rs])
+                    lines.append(f"| {v} | {sps:,.1f} | {1e3 * _med([r['t_step'] for r in rs]):.2f} | "
+                                 f"**{_med(pr):.3f}** ({_spread(pr)}) | {_med(fr):.3f} ({_spread(fr)}) | "
+                                 f"{1e3 * _med([r['t_fixed'] for r in rs]):.0f} | "
+                                 f"{max(r['peak_gpu_mb'] for r in rs):,.0f} |")
+                    if v == "dltrain":
+                        self.verdicts.append((f"CUDA {case}: dltrain / hand, time per step", f"{_med(pr):.3f}",
+                                              f"<= {TARGETS['cuda']}", _verdict(_med(pr) <= TARGETS["cuda"])))
+                    for r in rs:
+                        for n in r.get("notes", []):
+                            self._note(f"{case}/{v}: {n}")
+                lines.append("")
+                self.sections.append("\n".join(lines))
+        finally:
+            for w in workers.values():
+                w.close()
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+    # ------------------------------------------------------------------ driver
+    def prepare(self, cases: list[str]) -> dict[str, Any]:
+        spec: dict[str, Any] = {"tmp": self.tmp}
+        if "data" in cases:
+            spec["data"] = self.cfg["data"]
+        if "resume" in cases or "ledger" in cases:  # the ledger case trains on the resume case's shards
+            spec["resume"] = self.cfg["resume"]
+        if len(spec) == 1:
+            return {}
+        import hashlib
+
+        # Shards are cached between invocations, keyed by their spec and by the source of dltrain.data.shards
+        # (a change to write_shards rewrites them). --no-cache writes them into the run's temp dir.
+        key = hashlib.sha1(json.dumps({k: v for k, v in spec.items() if k != "tmp"}, sort_keys=True).encode())
+        with contextlib.suppress(OSError):
+            key.update((ROOT / "src" / "dltrain" / "data" / "shards.py").read_bytes())
+        if not self.args.no_cache:
+            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dltrain-bench" / key.hexdigest()[:16]
+            done = cache / "shards.json"
+            if done.exists():
+                out = json.loads(done.read_text())
+                if all(Path(u).exists() for k in ("data", "resume") for u in out.get(k, [])):
+                    _log(f"shards: reusing {cache}")
+                    return out
+            cache.mkdir(parents=True, exist_ok=True)
+            spec["tmp"] = str(cache)
+        _log("writing shards ...")
+        proc = subprocess.run([sys.executable, "-m", "benchlib.core", "--prepare", json.dumps(spec)],
+                              capture_output=True, env=_child_env(), text=True,
+                              cwd=str(ROOT))
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            raise RuntimeError(f"writing shards failed:\n{proc.stderr[-3000:]}")
+        out = json.loads(line[len("BENCH_RESULT "):])
+        _log(f"shards written in {out['prepare_s']:.1f}s")
+        if not self.args.no_cache:
+            (Path(spec["tmp"]) / "shards.json").write_text(json.dumps(out))
+        return out
+
+    def run(self) -> int:
+        args = self.args
+        t0 = time.time()
+        cases = args.cases.split(",") if args.cases else (CUDA_CASES if args.device == "cuda" else CPU_CASES)
+        _log(f"cases: {', '.join(cases)}; temp dir {self.tmp}")
+        import threading
+
+        info: dict[str, Any] = {}
+        probe = threading.Thread(target=lambda: info.update(machine()), daemon=True)
+        probe.start()  # imports torch/lightning in a subprocess while shards are written, before any timing
+        try:
+            shards = self.prepare(cases)
+            probe.join()
+            self.machine_info = info
+            loop_cases = [c for c in cases if c in ("loop", "cnn")]
+            if loop_cases:
+                self.case_loops(loop_cases)
+            if "data" in cases:
+                self.case_data(shards["data"], shards.get("tar_diag"))
+            if "ddp" in cases:
+                self.case_ddp()
+            if "resume" in cases:
+                self.case_resume(shards["resume"])
+            if "plugins" in cases:
+                self.case_plugins()
+            if "ledger" in cases:
+                self.case_ledger(shards["resume"])
+            cuda_cases = [c for c in cases if c in CUDA_CASES]
+            if cuda_cases:
+                self.case_cuda(cuda_cases)
+        finally:
+            self.elapsed = time.time() - t0
+            if args.json:
+                Path(args.json).write_text(json.dumps(self.results, indent=1, default=str))
+            if not args.keep:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+        text = render.report(self, getattr(self, "machine_info", None) or machine())
+        Path(args.out).write_text(text)
+        print(render.summary(self.verdicts, self.notes))
+        _log(f"wrote {args.out} in {self.elapsed / 60:.1f} min")
+        return 0
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    code = ("import json,platform,importlib\n"
+            "out={'python':platform.python_version()}\n"
+            "for m in ('torch','lightning','webdataset','dltrain'):\n"
+            "    try: out[m]=importlib.import_module(m).__version__\n"
+            "    except Exception as e: out[m]='missing'\n"
+            "try:\n"
+            "    import torch; out['gpu']=torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'\n"
+            "except Exception: out['gpu']='?'\n"
+            "print(json.dumps(out))")
+    info = {"torch": "?", "lightning": "?", "webdataset": "?", "dltrain": "?", "python": platform.python_version(),
+            "gpu": "?"}
+    with contextlib.suppress(Exception):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env())
+        info.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    git = "?"
+    with contextlib.suppress(Exception):
+        git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True).stdout.strip()
+        if dirty:
+            git += " + uncommitted changes in src/"
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "load": "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), "git": git,
+            **info}
+
+
+def cuda_available() -> tuple[bool, str]:
+    code = ("import torch,json;print(json.dumps([torch.cuda.is_available(), torch.cuda.device_count(), "
+            "torch.version.cuda]))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_child_env(), timeout=300)
+        ok, n, ver = json.loads(out.stdout.strip().splitlines()[-1])
+    except Exception as err:
+        return False, f"could not query torch.cuda ({err})"
+    if not ok:
+        return False, f"torch.cuda.is_available() is False (torch built for CUDA {ver}, {n} devices visible)"
+    return True, ""
+
+
+_DESCRIPTION = "The dltrain benchmark harness behind ``scripts/bench`` (issue 8)."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"]:
+        serve()
+        return 0
+    if argv[:1] == ["--ddp"]:
+        ddp_main(json.loads(argv[1]))
+        return 0
+    if argv[:1] == ["--prepare"]:
+        prepare(json.loads(argv[1]))
+        return 0
+    p = argparse.ArgumentParser(prog="scripts/bench", description=_DESCRIPTION)
+    p.add_argument("--quick", action="store_true", help="short smoke run (small sizes, fewer repeats; < 2 min idle)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu: cases 1-6; cuda: ResNet-18 bf16-mixed and a small GPT, dltrain vs hand loop")
+    p.add_argument("--out", default="BENCHMARKS.md", help="where to write the results (default BENCHMARKS.md)")
+    p.add_argument("--cases", default=None,
+                   help=f"comma-separated subset: {','.join(CPU_CASES)} (cpu) or {','.join(CUDA_CASES)} (cuda)")
+    p.add_argument("--repeats", type=int, default=None, help="override the number of interleaved repeats")
+    p.add_argument("--json", default=None, help="also write every raw run as JSON to this path")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs)")
+    p.add_argument("--include", action="append", default=[], metavar="MD",
+                   help="append another scripts/bench output (e.g. a --device cuda run on a GPU machine) as a "
+                        "clearly separated section; its figures stay those of its own invocation")
+    p.add_argument("--include-note", action="append", default=[], metavar="TEXT",
+                   help="a note printed above the --include file with the same position")
+    p.add_argument("--no-cache", action="store_true",
+                   help="write the shards into the temp dir instead of reusing ~/.cache/dltrain-bench")
+    args = p.parse_args(argv)
+    if args.device == "cuda":
+        ok, why = cuda_available()
+        if not ok:
+            print(f"scripts/bench --device cuda: no usable CUDA device: {why}. Run on a machine with a GPU, "
+                  "or use --device cpu.", file=sys.stderr)
+            return 2
+    bench = Bench(args)
+    if args.repeats:
+        bench.cfg = {**bench.cfg, "repeats": args.repeats}
+        for key in ("data", "ddp", "resume"):
+            bench.cfg[key] = {**bench.cfg[key], "repeats": args.repeats}
+    return bench.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
