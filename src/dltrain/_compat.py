@@ -21,6 +21,7 @@ __all__ = [
     "metric_forward_value",
     "on_dynamo_compile",
     "random_sampler_draws_fixed_count",
+    "release_loader_iterator",
     "shutdown_loader_workers",
     "strategy_wraps_module",
     "tar_writer_offset",
@@ -66,6 +67,19 @@ def shutdown_loader_workers(iterator: Any) -> None:
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if callable(shutdown):
         shutdown()
+
+
+def release_loader_iterator(loader: Any) -> None:
+    """Stop the workers of the iterator a ``DataLoader`` keeps for persistent workers (``DataLoader._iterator``)
+    and forget it, so that the next ``iter()`` starts workers afresh.
+
+    Why: garbage collection finalizes such an iterator after its queues (a reference cycle), the stop message
+    never reaches the workers, and ``_shutdown_workers`` waits 5 s per worker before killing them.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None:
+        shutdown_loader_workers(iterator)
+        loader._iterator = None
 
 
 def default_store() -> Any:

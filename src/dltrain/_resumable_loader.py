@@ -13,7 +13,7 @@ world size possible.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from dltrain._compat import random_sampler_draws_fixed_count
+from dltrain._compat import random_sampler_draws_fixed_count, release_loader_iterator, shutdown_loader_workers
 from dltrain.errors import ConfigurationError
 
 
@@ -177,9 +177,16 @@ class ResumableLoader:
         return self._count(iter(self._loader))
 
     def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
-        for batch in iterator:
-            self._consumed += 1
-            yield batch
+        try:
+            for batch in iterator:
+                self._consumed += 1
+                yield batch
+        except GeneratorExit:
+            # The loop closed the epoch early (an error, a stop): workers of a one-epoch iterator are of no
+            # further use; stop them now rather than when garbage collection finds them (see `release_workers`).
+            if not self.persistent_workers:
+                shutdown_loader_workers(iterator)
+            raise
         # The epoch is over: a checkpoint taken now resumes at the start of the next one.
         self._restored_batches = self._consumed
         if self.sampler is not None:
@@ -216,6 +223,23 @@ class ResumableLoader:
         elif self._skipper is not None:
             self._skipper.skip = self._consumed
         self._restored_batches = self._consumed
+
+
+def release_workers(loaders: Iterable[Any]) -> None:
+    """Stop, now, the worker processes that `loaders` (what a stage iterated) keep between epochs.
+
+    Why: a stage is over when this is called; left to the cycle collector, a DataLoader iterator with workers is
+    finalized after its queues and waits 5 s per worker before killing them (and the workers hold their copies
+    of the dataset until then). The next ``iter()`` starts workers afresh.
+    """
+    for loader in loaders:
+        inner = getattr(loader, "loaders", None)  # a CombinedLoader: its children
+        if isinstance(inner, list):
+            release_workers(inner)
+        elif isinstance(loader, ResumableLoader):
+            release_loader_iterator(loader._loader)
+        elif isinstance(loader, DataLoader):
+            release_loader_iterator(loader)
 
 
 def wrap_loader(loader: Any, *, rank: int, world_size: int, seed: int, training: bool) -> Any:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from lightning.fabric.plugins.precision import Precision
@@ -70,29 +71,39 @@ class BatchPath:
         return step
 
     def batches(self, loader: Any, iterator: Iterator[Any], start: int, limit: float,
-                lookahead: bool) -> Iterator[tuple[int, Any, bool]]:
-        """``(batch_idx, batch, is_last)`` for the batches from ``start`` up to ``limit``, ready for the step."""
+                lookahead: bool) -> Generator[tuple[int, Any, bool], None, None]:
+        """``(batch_idx, batch, is_last)`` for the batches from ``start`` up to ``limit``, ready for the step.
+
+        Closing this generator (the loop does, however the epoch ends) closes `iterator` too when it is a generator
+        made for this epoch, so that a loader stops workers it will not reuse now, not when garbage collection
+        finds them (``dltrain._resumable_loader.release_workers``).
+        """
         prepare = self.prepare
-        if math.isfinite(limit) or not lookahead:
-            last = int(limit) - 1 if math.isfinite(limit) else -1
-            needs_preparing = self.needs_preparing  # else a batch is used as it comes
-            for batch_idx, batch in enumerate(iterator, start):
-                if batch_idx >= limit:
-                    return
-                yield batch_idx, prepare(batch) if needs_preparing else batch, batch_idx == last
-            return
-        # No length: fetch one batch ahead to know the last one (an accumulation window must end with the epoch).
-        # The loader is then one batch ahead of the loop, so its position is read before each look-ahead.
-        position = getattr(loader, "state_dict", None)
-        batch_idx, upcoming = start, next(iterator, _END)
-        while upcoming is not _END:
-            batch = upcoming
-            if position is not None:
-                self.lookahead_position = position()
-            upcoming = next(iterator, _END)
-            yield batch_idx, prepare(batch), upcoming is _END
-            batch_idx += 1
-        self.lookahead_position = None
+        try:
+            if math.isfinite(limit) or not lookahead:
+                last = int(limit) - 1 if math.isfinite(limit) else -1
+                needs_preparing = self.needs_preparing  # else a batch is used as it comes
+                for batch_idx, batch in enumerate(iterator, start):
+                    if batch_idx >= limit:
+                        return
+                    yield batch_idx, prepare(batch) if needs_preparing else batch, batch_idx == last
+                return
+            # No length: fetch one batch ahead to know the last one (an accumulation window must end with the epoch).
+            # The loader is then one batch ahead of the loop, so its position is read before each look-ahead.
+            position = getattr(loader, "state_dict", None)
+            batch_idx, upcoming = start, next(iterator, _END)
+            while upcoming is not _END:
+                batch = upcoming
+                if position is not None:
+                    self.lookahead_position = position()
+                upcoming = next(iterator, _END)
+                yield batch_idx, prepare(batch), upcoming is _END
+                batch_idx += 1
+            self.lookahead_position = None
+        finally:
+            # Only an iterator made for this epoch: a generator given as the loader itself goes on next epoch.
+            if isinstance(iterator, GeneratorType) and iterator is not loader:
+                iterator.close()
 
     def prepare(self, batch: Any) -> Any:
         """``on_before_batch_transfer`` → ``transfer_batch_to_device`` (or Fabric's move) → ``on_after_batch_transfer``."""

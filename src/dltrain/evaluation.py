@@ -66,13 +66,14 @@ def evaluate(trainer: Trainer, task: Task, loaders: list[Any], stage: str,
             # forward could sync): steps call the task directly; only sharded models (FSDP) use the wrapper.
             path = BatchPath(trainer, task, step_name, through_wrapper=trainer._strategy_shards_module,
                              dataloader_idx=idx if several else None)
-            for batch_idx, batch, _ in path.batches(loader, iter(loader), 0, n, lookahead=False):
-                results.batch = batch
-                for hook in batch_start:
-                    hook(batch, batch_idx, *extra)
-                output = path.run(batch, batch_idx)
-                for hook in batch_end:
-                    hook(output, batch, batch_idx, *extra)
+            with contextlib.closing(path.batches(loader, iter(loader), 0, n, lookahead=False)) as batches:
+                for batch_idx, batch, _ in batches:
+                    results.batch = batch
+                    for hook in batch_start:
+                        hook(batch, batch_idx, *extra)
+                    output = path.run(batch, batch_idx)
+                    for hook in batch_end:
+                        hook(output, batch, batch_idx, *extra)
             trainer._log_skipped(loader, results, stage)
     results.batch = None
     results.dataloader_idx = None
@@ -108,14 +109,15 @@ def predict(trainer: Trainer, task: Task, loaders: list[Any], limit: int | float
             path = BatchPath(trainer, task, "predict_step", through_wrapper=trainer._strategy_shards_module,
                              dataloader_idx=idx if several else None)
             mine: list[Any] = []
-            for batch_idx, batch, _ in path.batches(loader, iter(loader), 0, n if math.isfinite(n) else math.inf,
-                                                    lookahead=False):
-                for hook in batch_start:
-                    hook(batch, batch_idx, *extra)
-                output = path.run(batch, batch_idx)
-                for hook in batch_end:
-                    hook(output, batch, batch_idx, *extra)
-                mine.append(output)
+            limit_n = n if math.isfinite(n) else math.inf
+            with contextlib.closing(path.batches(loader, iter(loader), 0, limit_n, lookahead=False)) as batches:
+                for batch_idx, batch, _ in batches:
+                    for hook in batch_start:
+                        hook(batch, batch_idx, *extra)
+                    output = path.run(batch, batch_idx)
+                    for hook in batch_end:
+                        hook(output, batch, batch_idx, *extra)
+                    mine.append(output)
             outputs.append(mine)
     trainer._call_hook("on_predict_epoch_end")
     trainer._call_hook("on_predict_end")

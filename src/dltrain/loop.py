@@ -15,6 +15,7 @@ overrides costs nothing per batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from torch import Tensor
 from dltrain import checkpoint as ckpt_io
 from dltrain._data_sources import reload_train_loader
 from dltrain._logged_values import LoggedValues
+from dltrain._resumable_loader import release_workers
 from dltrain._step_output import NonfiniteLosses, loss_of
 from dltrain.batch_path import BatchPath, overridden
 from dltrain.task import Task
@@ -181,6 +183,7 @@ class FitLoop:
         start = state.batches_done  # > 0 only when resuming in the middle of this epoch
         state.phase = "train"
         if t.reload_dataloaders_every_n_epochs and state.epoch and state.epoch % t.reload_dataloaders_every_n_epochs == 0:
+            release_workers([self.loader])
             self.loader = reload_train_loader(t)
         loader = self.loader
         task._results = self.results
@@ -202,18 +205,19 @@ class FitLoop:
         self.resumed = None
         batch_idx = start - 1
         cut_short = False  # stopped before the epoch's end by max_steps or should_stop (max_time, a callback)
-        for batch_idx, batch, is_last in self.path.batches(loader, iterator, start, t.num_training_batches,
-                                                           lookahead=True):
-            self.batch_idx, self.is_last_batch = batch_idx, is_last
-            if self._train_batch(batch, batch_idx, is_last, hooks):
-                break  # the task's on_train_batch_start returned -1: the rest of the epoch is skipped
-            if val_every is not None and (batch_idx + 1) % val_every == 0 and not is_last:
-                self._validate()
-            if (state.should_stop and self._stopping()) or 0 < t.max_steps <= state.global_step:
-                cut_short = not is_last
-                break
-        else:
-            t._report_exhausted(batch_idx + 1)
+        batches = self.path.batches(loader, iterator, start, t.num_training_batches, lookahead=True)
+        with contextlib.closing(batches):  # however the epoch ends, its iterator is finished now (see batches)
+            for batch_idx, batch, is_last in batches:
+                self.batch_idx, self.is_last_batch = batch_idx, is_last
+                if self._train_batch(batch, batch_idx, is_last, hooks):
+                    break  # the task's on_train_batch_start returned -1: the rest of the epoch is skipped
+                if val_every is not None and (batch_idx + 1) % val_every == 0 and not is_last:
+                    self._validate()
+                if (state.should_stop and self._stopping()) or 0 < t.max_steps <= state.global_step:
+                    cut_short = not is_last
+                    break
+            else:
+                t._report_exhausted(batch_idx + 1)
         self.in_batches = False
         self.batch_idx = batch_idx + 1
         trained = batch_idx + 1 - start

@@ -30,6 +30,7 @@ from dltrain import _data_sources as _data
 from dltrain._compat import compiled_in_place, strategy_wraps_module
 from dltrain._logged_values import LoggedValues
 from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
+from dltrain._resumable_loader import release_workers
 from dltrain._step_output import add_note, raise_if_unused_parameters
 from dltrain.callbacks.base import Callback, overrides
 from dltrain.distributed import Watchdog, destroy_process_group_at_exit, isolate_restart_round
@@ -876,6 +877,7 @@ class Trainer:
                 self._watchdog.stop()
             if loop is not None:
                 loop.in_batches = False
+                release_workers([loop.loader, *(loop.val_loaders or [])])
             self._teardown("fit")
 
     def _check_fit_inputs(self, task: Task, val_loaders: list[Any] | None) -> None:
@@ -960,6 +962,7 @@ class Trainer:
         if datamodule is None and _data.is_datamodule(dataloaders):
             datamodule, dataloaders = dataloaders, None
         self._attach(task, stage, datamodule if datamodule is not None else self.datamodule)
+        loaders: list[Any] = []
         try:
             _data.prepare_and_setup(self, stage)
             self._configure_task(task)
@@ -980,6 +983,7 @@ class Trainer:
             self._handle_exception(exc)
             raise
         finally:
+            release_workers(loaders)
             self._teardown(stage)
 
     # ================================================================== checkpoints

@@ -735,6 +735,10 @@ class StreamingDataLoader(DataLoader):
         except Exception:
             self._stop_workers(items)
             raise
+        except GeneratorExit:  # the loop closed the epoch early; persistent workers are stopped at the stage's end
+            if not self.persistent_workers:
+                shutdown_loader_workers(items)
+            raise
         if self.skipped:
             warnings.warn(
                 f"dltrain.data: skipped {self.skipped} bad samples in epoch {self._epoch} on rank {self._rank} "
