@@ -25,8 +25,8 @@ from dltrain.callbacks import ModelCheckpoint
 
 
 class Keyed(Dataset):
-    def __init__(self, n: int) -> None:
-        g = torch.Generator().manual_seed(7)
+    def __init__(self, n: int, seed: int = 7) -> None:
+        g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, 8, generator=g)
         self.y = self.x[:, :4].sum(1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=g)
 
@@ -66,6 +66,7 @@ class KeyTask(dltrain.Task):
         import torchmetrics
 
         self.val_mse = torchmetrics.MeanSquaredError()
+        self.val_mse_b = torchmetrics.MeanSquaredError()  # the second validation set's (--multi-val)
 
     def training_step(self, batch, batch_idx):
         x, y, keys = batch
@@ -79,13 +80,14 @@ class KeyTask(dltrain.Task):
         self.log("rank_value", float(self.global_rank), sync_dist=True)
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
         x, y, keys = batch
         pred = self.net(x)
         self.log("val/loss", F.mse_loss(pred, y))
         self.log("val/count", float(len(keys)), reduce_fx="sum")
-        self.val_mse.update(pred, y)
-        self.log("val/mse_metric", self.val_mse)  # a torchmetrics Metric: synced over ranks at epoch end
+        metric = (self.val_mse, self.val_mse_b)[dataloader_idx]
+        metric.update(pred, y)
+        self.log("val/mse_metric", metric)  # a torchmetrics Metric: synced over ranks at epoch end
 
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
@@ -196,6 +198,7 @@ def main() -> None:
     p.add_argument("--restart-skew", type=float, default=0.0,
                    help="in a torchrun-restarted round, rank 0 starts its Trainer this many seconds late")
     p.add_argument("--sync-batchnorm", action="store_true")
+    p.add_argument("--multi-val", action="store_true", help="two validation sets (map data)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--logger", choices=["none", "csv", "wandb"], default="none")
     args = p.parse_args()
@@ -243,6 +246,8 @@ def main() -> None:
         train = DataLoader(Keyed(args.n), batch_size=per_rank, shuffle=True, num_workers=args.workers,
                            persistent_workers=args.workers > 0)
         val = DataLoader(Keyed(21), batch_size=4)
+        if args.multi_val:  # two validation sets: metrics per set, suffixed /dataloader_idx_<i>
+            val = [val, DataLoader(Keyed(13, seed=8), batch_size=3)]
     else:
         train = stream_loader(args, per_rank, training=True)
         val = stream_loader(args, 4, training=False).stream  # the dataset itself: the Trainer makes the loader
@@ -254,6 +259,8 @@ def main() -> None:
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
                 "files": sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file()),
     }
+    if args.multi_val:  # the same sets through validate(): the values fit reported for the final weights
+        report["validate"] = trainer.validate(task, val, verbose=False)
     (out / f"report-rank{trainer.global_rank}.json").write_text(json.dumps(report))
     if trainer.is_global_zero:
         torch.save(task.state_dict(), out / "final.pt")

@@ -25,7 +25,7 @@ def report(out: Path, rank: int = 0) -> dict:
 def test_two_processes_match_one_process_and_only_rank_zero_writes(tmp_path):
     """2 ranks x batch 4 == 1 rank x batch 8 (float32, within 1e-6), with accumulation and clipping."""
     common = ["--epochs", "2", "--accumulate", "2", "--clip", "0.5", "--dropout", "0", "--logger", "csv",
-              "--every", "4"]
+              "--every", "4", "--multi-val"]
     single = tmp_path / "single"
     run_distributed(TRAIN, ["--out", str(single), *common], nproc=1)
     double = tmp_path / "double"
@@ -39,11 +39,18 @@ def test_two_processes_match_one_process_and_only_rank_zero_writes(tmp_path):
     assert r0["world_size"] == 2 and r0["global_step"] == report(single)["global_step"] == 12
     # sync_dist=True reduces a rank-dependent value; epoch aggregates are the same on every rank.
     assert r0["metrics"]["rank_value"] == r1["metrics"]["rank_value"] == 0.5
-    # Exact distributed evaluation: 21 samples over 2 ranks (11 + 10, no padding) give the one-process value.
-    assert r0["metrics"]["val/count"] == 21.0
-    assert abs(r0["metrics"]["val/loss"] - report(single)["metrics"]["val/loss"]) < 1e-6
-    assert abs(r0["metrics"]["val/mse_metric"] - report(single)["metrics"]["val/mse_metric"]) < 1e-6
-    assert abs(r0["metrics"]["val/mse_metric"] - r0["metrics"]["val/loss"]) < 1e-6
+    # Exact distributed evaluation of two validation sets, each on its own: 21 samples over 2 ranks (11 + 10, no
+    # padding) and 13 (7 + 6) give the one-process values, per set, in fit and in validate().
+    one = report(single)
+    for idx, count in ((0, 21.0), (1, 13.0)):
+        name = f"/dataloader_idx_{idx}"
+        assert r0["metrics"]["val/count" + name] == r1["metrics"]["val/count" + name] == count
+        for key in ("val/loss", "val/mse_metric"):
+            assert abs(r0["metrics"][key + name] - one["metrics"][key + name]) < 1e-6, key + name
+            assert abs(r0["validate"][idx][key + name] - r0["metrics"][key + name]) < 1e-6, key + name
+        assert abs(r0["metrics"]["val/mse_metric" + name] - r0["metrics"]["val/loss" + name]) < 1e-6
+        assert all(k.endswith(name) for k in r0["validate"][idx] if k.startswith("val/")), r0["validate"][idx]
+    assert r0["metrics"]["val/loss/dataloader_idx_0"] != r0["metrics"]["val/loss/dataloader_idx_1"]
     # Only rank zero writes logs and checkpoints: one CSV version folder, one set of checkpoints.
     files = [f for f in r1["files"] if not f.startswith("keys-")]
     assert sorted(f for f in files if f.startswith("logs/")) == ["logs/version_0/hparams.yaml",
