@@ -8,6 +8,19 @@ samples; only the mapping of a position to a sample differs:
    occurrence sits at the rank of ``(k + u_s) / m_s`` among all sources' occurrences, ``u_s`` drawn from
    (seed, epoch, s): every prefix of the epoch holds each source in proportion, within about one sample, so every
    shuffle window and every batch is mixed in proportion too. `mixture_labels` is a pure function.
+
+   **Computed per window, never for the whole epoch** (an LLM mixture has billions of positions per epoch). The
+   position of occurrence (s, k) is its rank when all occurrences are sorted by key, ties by source:
+   ``r(s, k) = k + sum_{t != s} #{j : key_t(j) < key_s(k)}`` (``<=`` for t < s). Keys of one source increase with
+   j, so each count is ``ceil(key * m_t - u_t)`` corrected by a step or two against the exact float keys, and
+   ``r`` is exact. The occurrences of s before position a, ``c_s(a) = #{k : r(s, k) < a}``, lie within about S + 2
+   of ``a * m_s / M`` (S sources; the prefix bound above), so a binary search over that bracket (widened if the
+   exact ranks refute it) finds it in a few steps. Window [a, b) is then the occurrences ``c_s(a) <= k < c_s(b)``
+   of every source, sorted by (key, source): time and memory grow with ``b - a`` and S, not with M, and the
+   result is bit for bit the old whole-epoch sort (tests compare them). `mixture_locator` labels the spans of
+   the positions a call asks for (runs of sorted positions with gaps up to 256) and keeps the last few spans, so
+   the per-batch calls inside a shuffle window cost an index lookup; each source's shard orders of the (at most
+   two) source epochs its stretch of the mixture epoch touches form one table, so a call is one searchsorted.
 2. **Source streams.** Source s reads its samples as one endless stream of its own epochs: sample
    ``g % n_s`` of source epoch ``g // n_s`` for stream position g, where a source epoch's order is the source's
    shards in a permutation seeded by (seed, s, source epoch), each shard's samples in order (forward reading; the
@@ -45,6 +58,10 @@ __all__ = ["Mixture", "default_epoch_length", "mixture_counts", "mixture_labels"
 _MASK64 = (1 << 64) - 1
 _TAG_LABELS = 0x6D1C  # separates the label stream from the plan's random streams
 _TAG_SOURCE = 0x50C3
+_GAP = 256  # positions further apart than this are labelled as separate spans
+_CACHE_SPAN = 1 << 18  # spans up to this many positions are kept for later calls ...
+_CACHE_ENTRIES = 4  # ... the last few of them
+_CACHE_ORDERS = 64  # (source, source epoch) shard orders kept per locator
 
 
 def _normalize_weights(weights: Sequence[float]) -> list[float]:
@@ -88,31 +105,111 @@ def default_epoch_length(sizes: Sequence[int], weights: Sequence[float]) -> int:
     return m
 
 
-def mixture_labels(seed: int, epoch: int, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(source, occurrence) of each mixture position of the epoch.
+class _EpochLabels:
+    """(source, occurrence) of the positions of one mixture epoch, computed window by window.
+
+    Source s's k-th occurrence has the key ``(k + u_s) / m_s`` (float64, exactly as written); position p holds
+    the item of rank p when all items are sorted by (key, source). Nothing of size M is built: the rank of an
+    item is a sum of per-source counts (keys of one source are increasing, so each count is a ceil plus an exact
+    float correction), the number of occurrences of s before position a is a binary search over k for that rank
+    (within a few of ``a * m_s / M``), and a window [a, b) is the items with occurrence counts between those at a
+    and at b, sorted.
+    """
+
+    def __init__(self, seed: int, epoch: int, counts: Sequence[int]) -> None:
+        counts = [int(c) for c in counts]
+        self.sources = np.array([s for s, c in enumerate(counts) if c > 0], dtype=np.int64)  # sources present
+        self.m = np.array([counts[s] for s in self.sources.tolist()], dtype=np.int64)
+        self.u = np.array([np.random.default_rng(np.random.SeedSequence(
+            [seed & _MASK64, epoch & _MASK64, s, _TAG_LABELS])).random() for s in self.sources.tolist()])
+        self.total = int(self.m.sum())
+
+    def _key(self, s: np.ndarray, k: np.ndarray) -> np.ndarray:
+        # int64 + float64, then / float64: the same roundings as ``(np.arange(m) + u) / m``.
+        return (k + self.u[s]) / self.m[s]
+
+    def _count_below(self, t: np.ndarray, x: np.ndarray, inclusive: np.ndarray) -> np.ndarray:
+        """#{j in [0, m_t): key_t(j) < x} (``<= x`` where ``inclusive``), elementwise."""
+        m, u = self.m[t], self.u[t]
+        j = np.clip(np.ceil(x * m - u), 0, m).astype(np.int64)
+
+        def before(jj: np.ndarray) -> np.ndarray:
+            key = (jj + u) / m
+            return np.where(inclusive, key <= x, key < x)
+
+        # The float estimate can be off by one either way; keys are monotone in j, so step until exact.
+        while True:
+            down = (j > 0) & ~before(j - 1)
+            up = (j < m) & before(j)
+            if not (down.any() or up.any()):
+                return j
+            j = j - down + up
+
+    def _rank(self, s: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Position of source s's k-th occurrence: items sorted by key, ties by source (as a stable lexsort)."""
+        x = self._key(s, k)[:, None]
+        t = np.arange(len(self.m))[None, :]
+        before = self._count_below(np.broadcast_to(t, (len(s), len(self.m))), x, t < s[:, None])
+        return np.where(t == s[:, None], k[:, None], before).sum(axis=1)
+
+    def counts_before(self, a: np.ndarray) -> np.ndarray:
+        """``out[i, s]``: occurrences of (present) source s at positions < ``a[i]``."""
+        n, num = len(a), len(self.m)
+        s = np.tile(np.arange(num), n)
+        target = np.repeat(a, num)
+        m = self.m[s]
+        # Every prefix holds each source within about one sample per source of its share (module docstring):
+        # bracket the answer there, and widen a bracket that the exact ranks refute.
+        est = np.floor(target * (m / max(self.total, 1))).astype(np.int64)
+        spread = num + 2
+        lo, hi = np.clip(est - spread, 0, m), np.clip(est + spread + 1, 0, m)
+        check = np.flatnonzero(lo > 0)
+        lo[check[self._rank(s[check], lo[check] - 1) >= target[check]]] = 0
+        check = np.flatnonzero(hi < m)
+        wrong = check[self._rank(s[check], hi[check]) < target[check]]
+        hi[wrong] = m[wrong]
+        while True:
+            act = np.flatnonzero(lo < hi)
+            if not len(act):
+                return lo.reshape(n, num)
+            mid = (lo[act] + hi[act]) // 2
+            low = self._rank(s[act], mid) < target[act]
+            lo[act] = np.where(low, mid + 1, lo[act])
+            hi[act] = np.where(low, hi[act], mid)
+
+    def spans(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(source, occurrence) of positions ``[lo[r], hi[r])`` for each run r, concatenated in run order."""
+        runs, num = len(lo), len(self.m)
+        bounds = self.counts_before(np.concatenate([lo, hi]).astype(np.int64))
+        first, length = bounds[:runs].ravel(), (bounds[runs:] - bounds[:runs]).ravel()
+        run = np.repeat(np.repeat(np.arange(runs), num), length)
+        s = np.repeat(np.tile(np.arange(num), runs), length)
+        k = np.repeat(first - (np.cumsum(length) - length), length) + np.arange(int(length.sum()))
+        order = np.lexsort((s, self._key(s, k), run))  # per run, by key, ties by source
+        return self.sources[s[order]], k[order]
+
+
+def mixture_labels(seed: int, epoch: int, counts: Sequence[int], start: int = 0,
+                   stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(source, occurrence) of the mixture positions ``[start, stop)`` of the epoch (default: all of it).
 
     Source s's k-th occurrence is placed by the key ``(k + u_s) / counts[s]``, ``u_s`` uniform from
-    (seed, epoch, s): every prefix holds each source in proportion to ``counts`` within about one sample.
+    (seed, epoch, s): every prefix holds each source in proportion to ``counts`` within about one sample. Time and
+    memory grow with ``stop - start`` (and the number of sources), not with the epoch.
 
     Example:
         >>> labels, occ = mixture_labels(0, 0, [2, 1])
         >>> sorted(zip(labels.tolist(), occ.tolist()))
         [(0, 0), (0, 1), (1, 0)]
     """
-    keys, labels, occ = [], [], []
-    for s, m in enumerate(int(c) for c in counts):
-        if m <= 0:
-            continue
-        u = np.random.default_rng(np.random.SeedSequence([seed & _MASK64, epoch & _MASK64, s, _TAG_LABELS])).random()
-        k = np.arange(m, dtype=np.int64)
-        keys.append((k + u) / m)
-        labels.append(np.full(m, s, dtype=np.int64))
-        occ.append(k)
-    if not keys:
+    table = _EpochLabels(seed, epoch, counts)
+    stop = table.total if stop is None else int(stop)
+    if not 0 <= start <= stop <= table.total:
+        raise ConfigurationError(f"mixture_labels: window [{start}, {stop}) is not inside the epoch's "
+                                 f"{table.total} positions")
+    if start == stop:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    key, label = np.concatenate(keys), np.concatenate(labels)
-    order = np.lexsort((label, key))  # by key, ties by source
-    return label[order], np.concatenate(occ)[order]
+    return table.spans(np.array([start]), np.array([stop]))
 
 
 def source_seed(seed: int, source: int) -> int:
@@ -121,36 +218,113 @@ def source_seed(seed: int, source: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
+class _LabelCache:
+    """Labels of arbitrary positions of one epoch: sorted positions are cut into runs (gaps of at most ``_GAP``),
+    each run's span is computed with `_EpochLabels.spans` or read from the few spans computed last. A loader asks
+    for a shuffle window's positions, then batch by batch for positions inside it: those hit the cache."""
+
+    def __init__(self, table: _EpochLabels) -> None:
+        self.table = table
+        self.recent: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (lo, hi, labels, occurrences)
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(positions):
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        if self.recent:  # the common call: a batch inside the window asked for last
+            a, b, labels, occ = self.recent[0]
+            if a <= positions.min() and positions.max() < b:
+                return labels[positions - a], occ[positions - a]
+        ordered = np.sort(positions)
+        if ordered[0] < 0 or ordered[-1] >= self.table.total:
+            raise DataError(f"mixture positions {ordered[0]}..{ordered[-1]} are outside the epoch's "
+                            f"{self.table.total} positions: the plan level does not belong to this Mixture")
+        cut = np.flatnonzero(np.diff(ordered) > _GAP) + 1
+        lo = ordered[np.concatenate([[0], cut])]
+        hi = ordered[np.concatenate([cut - 1, [len(ordered) - 1]])] + 1
+        spans = [(int(a), int(b)) for a, b in zip(lo.tolist(), hi.tolist())]
+        hits = [next((e for e in self.recent if e[0] <= a and b <= e[1]), None) for a, b in spans]
+        missing = [r for r, hit in enumerate(hits) if hit is None]
+        computed: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        if missing:
+            labels, occ = self.table.spans(lo[missing], hi[missing])
+            at = 0
+            for r in missing:
+                a, b = spans[r]
+                computed[r] = (a, labels[at : at + b - a], occ[at : at + b - a])
+                if b - a <= _CACHE_SPAN:
+                    self.recent = [(a, b, *computed[r][1:]), *self.recent[: _CACHE_ENTRIES - 1]]
+                at += b - a
+        pieces = [computed[r] if hit is None else (a, hit[2][a - hit[0] : b - hit[0]], hit[3][a - hit[0] : b - hit[0]])
+                  for r, (hit, (a, b)) in enumerate(zip(hits, spans))]
+        if len(pieces) == 1:
+            base, labels, occ = pieces[0]
+            return labels[positions - base], occ[positions - base]
+        # Several runs: one flat array of their spans, each position indexed into its run's span.
+        run = np.searchsorted(lo, positions, side="right") - 1
+        sizes = np.array([len(p[1]) for p in pieces], dtype=np.int64)
+        flat = (np.cumsum(sizes) - sizes)[run] + positions - np.array([p[0] for p in pieces], dtype=np.int64)[run]
+        return np.concatenate([p[1] for p in pieces])[flat], np.concatenate([p[2] for p in pieces])[flat]
+
+
 def mixture_locator(
     root: Mapping[str, Any], source_counts: Sequence[Sequence[int]]
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Maps mixture positions of the epoch of the root level ``root`` to (shard id, sample index in the shard),
     shard ids counting the sources' shards concatenated in source order (``source_counts``: samples per shard of
-    each source). The labels are computed once here; call the result for many positions."""
+    each source). Labels are computed for the spans asked for (memory grows with the positions of a call, not
+    with the epoch); call the result for many positions."""
     mix = root["mixture"]
     seed, shuffle = int(root["seed"]), bool(root["shuffle"])
-    labels, occurrence = mixture_labels(seed, int(root["epoch"]), mix["counts"])
+    labels_of = _LabelCache(_EpochLabels(seed, int(root["epoch"]), mix["counts"]))
     start = np.asarray(mix["start"], dtype=np.int64)
-    sizes = [int(sum(c)) for c in source_counts]
+    sizes = np.array([sum(int(n) for n in c) for c in source_counts], dtype=np.int64)
     first = np.cumsum([0] + [len(c) for c in source_counts])[:-1].tolist()
-    orders: dict[tuple[int, int], np.ndarray] = {}  # (source, source epoch) -> its shard order
+    orders: dict[tuple[int, int], np.ndarray] = {}  # (source, source epoch) -> shard order; the latest few
+
+    def order(s: int, q: int) -> np.ndarray:
+        if (s, q) not in orders:
+            if len(orders) >= _CACHE_ORDERS:
+                del orders[next(iter(orders))]
+            orders[s, q] = _plan.shard_order(len(source_counts[s]), source_seed(seed, s), q, shuffle)
+        return orders[s, q]
+
+    # Source s's stretch of the epoch, stream positions [start_s, start_s + m_s), lies in its source epochs q_s
+    # and q_s + 1 (q_s = start_s // n_s) unless the source cycles (m_s > n_s). One table of both epochs' shards of
+    # every source answers a call with one searchsorted: entry points ``base_s + (q - q_s) * n_s + first sample``.
+    q0 = np.where(sizes > 0, start // np.maximum(sizes, 1), 0)
+    phase = start - q0 * sizes  # stream offset of the epoch's first occurrence inside source epoch q_s
+    base = np.cumsum(np.concatenate([[0], 2 * sizes]))[:-1]
+    entry, shard_of = [], []
+    for s, counts in enumerate(source_counts):
+        for step in (0, 1):
+            o = order(s, int(q0[s]) + step)
+            entry.append(base[s] + step * sizes[s] + np.cumsum(np.concatenate([[0], np.asarray(counts, np.int64)[o]]))[:-1])
+            shard_of.append(o + first[s])
+    entries = np.concatenate(entry or [np.zeros(0, np.int64)]).astype(np.int64)
+    shard_ids = np.concatenate(shard_of or [np.zeros(0, np.int64)]).astype(np.int64)
 
     def where(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         positions = np.asarray(positions, dtype=np.int64)
-        src = labels[positions]
-        stream = start[src] + occurrence[positions]
-        shards = np.empty(len(positions), dtype=np.int64)
-        indices = np.empty(len(positions), dtype=np.int64)
-        for s in np.unique(src).tolist():
-            counts = source_counts[s]
-            sel = np.flatnonzero(src == s)
-            source_epoch, index = np.divmod(stream[sel], sizes[s])
-            for q in np.unique(source_epoch).tolist():
-                if (s, q) not in orders:
-                    orders[s, q] = _plan.shard_order(len(counts), source_seed(seed, s), q, shuffle)
-                part = source_epoch == q
-                local, indices[sel[part]] = _plan.locate(index[part], orders[s, q], counts)
-                shards[sel[part]] = local + first[s]
+        src, occurrence = labels_of(positions)
+        rel = phase[src] + occurrence
+        if len(rel) and (rel >= 2 * sizes[src]).any():
+            return slow(src, start[src] + occurrence)
+        key = base[src] + rel
+        k = np.searchsorted(entries, key, side="right") - 1
+        return shard_ids[k], key - entries[k]
+
+    def slow(src: np.ndarray, stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # A source that cycles within the mixture epoch: its shard orders source epoch by source epoch.
+        shards = np.empty(len(src), dtype=np.int64)
+        indices = np.empty(len(src), dtype=np.int64)
+        source_epoch, index = np.divmod(stream, sizes[src])
+        for s, q in set(zip(src.tolist(), source_epoch.tolist())):
+            part = np.flatnonzero((src == s) & (source_epoch == q))
+            o = order(s, q)
+            starts = np.cumsum(np.concatenate([[0], np.asarray(source_counts[s], np.int64)[o]]))
+            k = np.searchsorted(starts, index[part], side="right") - 1
+            shards[part] = o[k] + first[s]
+            indices[part] = index[part] - starts[k]
         return shards, indices
 
     return where
@@ -230,7 +404,8 @@ class Mixture(StreamingDataset):
         self.samples_per_epoch = samples_per_epoch
         bounds = np.cumsum([0] + [len(src.urls) for src in sources])
         self._first_shard = bounds[:-1].tolist()  # global id of each source's first shard
-        self._source_of = np.repeat(np.arange(len(sources)), np.diff(bounds))
+        # A list, not an array: it is indexed once per sample, and a numpy scalar lookup costs more.
+        self._source_of = np.repeat(np.arange(len(sources)), np.diff(bounds)).tolist()
 
     # ----------------------------------------------------------------------------------------- layout
 
@@ -302,5 +477,5 @@ class Mixture(StreamingDataset):
                             "change), or start the epoch over without the loader state")
 
     def _prepare(self, raw: dict[str, Any], shard: int) -> Any:
-        s = int(self._source_of[shard])
+        s = self._source_of[shard]
         return self.sources[s]._prepare(raw, shard - self._first_shard[s])
