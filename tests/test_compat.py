@@ -121,3 +121,15 @@ def test_dynamo_compile_events_and_guard_failures():
     assert ("start", "backward", frames[0][2], 0) in events
     new = [r for k, v in after.items() for r in v[len(before.get(k, [])):]]
     assert any("size mismatch at index 0. expected 4, actual 5" in r for r in new), new
+
+
+def test_model_parallel_sizes_reads_what_the_strategy_was_built_with():
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    from dltrain._compat import model_parallel_sizes
+
+    def parallelize(module, mesh):
+        return module
+
+    assert model_parallel_sizes(ModelParallelStrategy(parallelize, data_parallel_size=3, tensor_parallel_size=2)) == (3, 2)
+    assert model_parallel_sizes(ModelParallelStrategy(parallelize)) == ("auto", "auto")

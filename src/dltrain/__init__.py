@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dltrain.callbacks.base import Callback
 from dltrain.datamodule import DataModule
 from dltrain.errors import CheckpointError, ConfigurationError, DataError, DltrainError, StepError
+from dltrain.strategies import FSDP2
 from dltrain.task import Task
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLI",
+    "FSDP2",
     "Callback",
     "CheckpointError",
     "ConfigurationError",

@@ -46,6 +46,7 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         "loggers": [lg.state_dict() for lg in trainer.loggers],
         "train_metrics": loop.results.state_dict() if loop is not None else {},
         "world_size": trainer.world_size,
+        "data_parallel_size": trainer.data_parallel_size,
     }
     if trainer.optimizers:
         checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
@@ -186,8 +187,11 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
         if overrides(cb, "on_load_checkpoint"):
             cb.on_load_checkpoint(trainer, task, checkpoint)
     ranks = checkpoint.get("ranks", [])
-    same_world = checkpoint.get("world_size") == trainer.world_size
-    mine = ranks[trainer.global_rank] if same_world and trainer.global_rank < len(ranks) else None
+    # A rank's own state (RNG, loader position) is its own only on the same mesh: global rank r is the same
+    # (data-parallel, tensor-parallel) position when both the world and the data-parallel size are the same.
+    same_layout = (checkpoint.get("world_size") == trainer.world_size
+                   and checkpoint.get("data_parallel_size", checkpoint.get("world_size")) == trainer.data_parallel_size)
+    mine = ranks[trainer.global_rank] if same_layout and trainer.global_rank < len(ranks) else None
     state = trainer.loop_state
     if state.phase == "epoch_end":
         loop.resumed = "epoch_end"

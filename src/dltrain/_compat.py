@@ -19,6 +19,7 @@ __all__ = [
     "dynamo_guard_failures",
     "is_compiled",
     "metric_forward_value",
+    "model_parallel_sizes",
     "on_dynamo_compile",
     "random_sampler_draws_fixed_count",
     "release_loader_iterator",
@@ -201,3 +202,14 @@ def dynamo_guard_failures() -> dict[str, list[str]]:
 
     return {f"{code.co_name} ({code.co_filename}:{code.co_firstlineno})": list(reasons)
             for code, reasons in list(guard_failures.items())}
+
+
+def model_parallel_sizes(strategy: Any) -> tuple[Any, Any]:
+    """(data_parallel_size, tensor_parallel_size) a Fabric ``ModelParallelStrategy`` was built with (an int or
+    ``"auto"``), from ``_data_parallel_size``/``_tensor_parallel_size``.
+
+    Why: Fabric checks that they multiply to the world size only inside ``launch`` (a RuntimeError from the spawned
+    processes); dltrain checks before, with a message that says what to do. The device mesh, the public view of
+    the sizes, exists only after launch. A rename fails here with an AttributeError (tests/test_compat.py).
+    """
+    return strategy._data_parallel_size, strategy._tensor_parallel_size

@@ -51,8 +51,9 @@ def wrap(trainer: Trainer, loader: Any, training: bool) -> Any:
         return loader
     if not trainer.use_distributed_sampler:
         return loader
-    return wrap_loader(loader, rank=trainer.global_rank, world_size=trainer.world_size, seed=trainer.seed,
-                       training=training)
+    # Split by data-parallel rank: tensor-parallel peers must read the same samples.
+    return wrap_loader(loader, rank=trainer.data_parallel_rank, world_size=trainer.data_parallel_size,
+                       seed=trainer.seed, training=training)
 
 
 def wrap_all(trainer: Trainer, loaders: Any) -> list[Any]:

@@ -182,7 +182,7 @@ class LoggedValues:
                 bar[key] = value
         if to_sync and self._trainer.world_size > 1:
             stacked = torch.stack([v.float().to(self._trainer.device) for _, v in to_sync])
-            reduced = self._trainer.fabric.all_reduce(stacked, reduce_op="mean")
+            reduced = self._trainer.fabric.all_reduce(stacked, group=self._trainer._layout.group, reduce_op="mean")
             for i, (key, _) in enumerate(to_sync):
                 values[key] = reduced[i]
                 if key in bar:
@@ -209,7 +209,8 @@ class LoggedValues:
         return values
 
     def read_epoch(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Epoch aggregates over every rank (exact: weighted by batch sizes), then reset for the next epoch.
+        """Epoch aggregates over every data-parallel rank (exact: weighted by batch sizes; tensor-parallel peers,
+        which saw the same samples, count once), then reset for the next epoch.
 
         Epoch aggregates are always reduced across ranks: it costs a few collectives per epoch and makes
         distributed evaluation exact whatever the number of batches each rank ran.
@@ -234,6 +235,10 @@ class LoggedValues:
             if entry is not None:
                 entry.epoch_fresh = False
             if entry is not None and entry.metric is not None:
+                if distributed and entry.metric.process_group is None:
+                    # A Metric syncs over every rank unless told otherwise; tensor-parallel peers hold the same
+                    # samples, so its states would count them once per peer.
+                    entry.metric.process_group = trainer._layout.group
                 values[self._key(entry, "epoch")] = entry.metric.compute().detach()
                 entry.metric.reset()
                 continue
@@ -256,7 +261,8 @@ class LoggedValues:
             stacked = torch.stack(parts)
             if distributed:
                 op = {"mean": "sum", "sum": "sum", "max": "max", "min": "min"}[fx]
-                stacked = trainer.fabric.all_reduce(stacked, reduce_op=op)
+                # Over the data-parallel ranks: tensor-parallel peers logged the same samples' values.
+                stacked = trainer.fabric.all_reduce(stacked, group=trainer._layout.group, reduce_op=op)
             for i, name in enumerate(order[fx]):
                 total, weight = stacked[i, 0], stacked[i, 1]
                 entry = self._entries.get(name)

@@ -20,7 +20,7 @@ import shutil
 import socket
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -41,25 +41,112 @@ _STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step"
 
 
 # ---------------------------------------------------------------------- the strategy
-def fsdp2_strategy(world_size: int, precision: str) -> ModelParallelStrategy:
-    """Fabric's ``ModelParallelStrategy`` on a data-parallel mesh of ``world_size`` ranks (no tensor parallelism),
-    sharding the task as :func:`_parallelize` does."""
+class Layout(NamedTuple):
+    """Where this rank sits on the mesh: what data it reads and with whom it reduces metrics."""
+
+    rank: int  # data-parallel rank: the split of the data this rank reads
+    size: int  # data-parallel ranks (world size without tensor parallelism)
+    group: Any  # the data-parallel process group; None: the default group (every rank)
+    tensor_parallel_rank: int
+    tensor_parallel_size: int
+
+
+def resolve_strategy(strategy: Any, accelerator: str, devices: Any, num_nodes: int, precision: str) -> Any:
+    """What Fabric gets for ``Trainer(strategy=...)``: ``"fsdp2"`` and :class:`dltrain.FSDP2` become a
+    ``ModelParallelStrategy``; a ``ModelParallelStrategy`` given whole is checked against the world size; anything
+    else is passed on as it is.
+
+    Raises:
+        ConfigurationError: the tensor-parallel size does not divide the world size (or the sizes given do not
+            multiply to it).
+    """
     from lightning.fabric.strategies import ModelParallelStrategy
+
+    from dltrain.strategies import FSDP2, data_parallel_size
+
+    if strategy == "fsdp2":
+        strategy = FSDP2()
+    if isinstance(strategy, FSDP2):
+        world = world_size_of(accelerator, devices, num_nodes)
+        return fsdp2_strategy(world, precision, strategy.tensor_parallel_size)
+    if isinstance(strategy, ModelParallelStrategy):
+        _check_model_parallel_sizes(strategy, accelerator, devices, num_nodes, data_parallel_size)
+    return strategy
+
+
+def _check_model_parallel_sizes(strategy: ModelParallelStrategy, accelerator: str, devices: Any, num_nodes: int,
+                                data_parallel_size: Any) -> None:
+    """Fabric checks the sizes only once the processes run (a RuntimeError from inside ``launch``): say it here."""
+    world = world_size_of(accelerator, devices, num_nodes)
+    # Fabric's "auto": data parallel across nodes, tensor parallel within a node.
+    from dltrain._compat import model_parallel_sizes
+
+    dp_asked, tp_asked = model_parallel_sizes(strategy)
+    tp = world // num_nodes if tp_asked == "auto" else int(tp_asked)
+    asked = f"ModelParallelStrategy(data_parallel_size={dp_asked!r}, tensor_parallel_size={tp_asked!r})"
+    dp = data_parallel_size(world, tp, asked) if dp_asked == "auto" else int(dp_asked)
+    if dp * tp != world:
+        raise ConfigurationError(
+            f"{asked}: {dp} x {tp} = {dp * tp} ranks, but the run has {world} processes (devices x nodes). Make "
+            f"data_parallel_size x tensor_parallel_size equal {world}, or pass dltrain.FSDP2(tensor_parallel_size="
+            f"{tp}), which takes the data-parallel size from the world size"
+        )
+
+
+def fsdp2_strategy(world_size: int, precision: str, tensor_parallel_size: int = 1) -> ModelParallelStrategy:
+    """Fabric's ``ModelParallelStrategy`` on a (``world_size // tensor_parallel_size``) x ``tensor_parallel_size``
+    mesh, sharding the task as :func:`_parallelize` does."""
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    from dltrain.strategies import data_parallel_size
+
+    dp = data_parallel_size(world_size, tensor_parallel_size,
+                            f"FSDP2(tensor_parallel_size={tensor_parallel_size})")
 
     def parallelize(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
         return _parallelize(module, mesh, precision)
 
-    return ModelParallelStrategy(parallelize_fn=parallelize, data_parallel_size=world_size, tensor_parallel_size=1)
+    return ModelParallelStrategy(parallelize_fn=parallelize, data_parallel_size=dp,
+                                 tensor_parallel_size=tensor_parallel_size)
+
+
+def layout_of(strategy: Any, global_rank: int, world_size: int) -> Layout:
+    """This rank's `Layout` under ``strategy`` (after launch): from the device mesh of a ``ModelParallelStrategy``,
+    else every rank is its own data-parallel replica."""
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    if not isinstance(strategy, ModelParallelStrategy):
+        return Layout(global_rank, world_size, None, 0, 1)
+    mesh = strategy.device_mesh
+    dp, tp = mesh["data_parallel"], mesh["tensor_parallel"]
+    if tp.size() == 1:  # one replica per rank: the default group, as without a mesh
+        return Layout(global_rank, world_size, None, 0, 1)
+    return Layout(dp.get_local_rank(), dp.size(), dp.get_group(), tp.get_local_rank(), tp.size())
+
+
+def check_no_dtensors(module: nn.Module, strategy: Any) -> None:
+    """Parameters already distributed (tensor parallelism in ``configure_model``) need the strategy that owns the
+    mesh; DDP or one device would train them wrongly or fail deep inside torch."""
+    from torch.distributed.tensor import DTensor
+
+    name = next((n for n, p in module.named_parameters() if isinstance(p, DTensor)), None)
+    if name is not None:
+        raise ConfigurationError(
+            f"parameter {name!r} of {type(module).__name__} is a DTensor (tensor parallelism or sharding applied "
+            f"in configure_model), but the strategy ({type(strategy).__name__}) does not handle distributed "
+            "parameters: use Trainer(strategy=dltrain.FSDP2(tensor_parallel_size=N)) and parallelize on "
+            'self.device_mesh["tensor_parallel"]'
+        )
 
 
 def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str) -> nn.Module:
-    """``fully_shard`` each of `sharding_units`, then the root; the step methods become forward
-    methods of the root, so that its own parameters are gathered around them as around ``forward``."""
+    """``fully_shard`` each of `sharding_units`, then the root, over the data-parallel mesh (on top of the task's
+    own tensor parallelism, if any); the step methods become forward methods of the root, so that its own
+    parameters are gathered around them as around ``forward``."""
     from torch.distributed.fsdp import (
         FSDPModule,
         MixedPrecisionPolicy,
         fully_shard,
-        register_fsdp_forward_method,
     )
     from torch.distributed.tensor import DTensor
 
@@ -68,9 +155,17 @@ def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str) -> nn.Modu
             f'strategy="fsdp2" shards parameters, but {type(module).__name__} has no trainable parameters. Create '
             "the layers in __init__ or configure_model (not in a step), or use strategy=\"ddp\" or \"auto\""
         )
-    already = any(isinstance(m, FSDPModule) for m in module.modules()) or any(
-        isinstance(p, DTensor) for p in module.parameters())
-    if not already:  # the task's configure_model did not shard it itself: the default plan
+    tensor_parallel = any(isinstance(p, DTensor) for p in module.parameters())
+    tp_size = mesh["tensor_parallel"].size()
+    if tp_size > 1 and not tensor_parallel:
+        raise ConfigurationError(
+            f"tensor_parallel_size={tp_size}, but {type(module).__name__}.configure_model applied no tensor "
+            "parallelism (no parameter is a DTensor): call torch.distributed.tensor.parallel.parallelize_module("
+            'self, self.device_mesh["tensor_parallel"], plan) there, or use tensor_parallel_size=1'
+        )
+    # A task that called fully_shard itself is left as it is; one that applied only tensor parallelism gets the
+    # default plan over the data-parallel dimension on top (2-D: each shard of a DTensor is sharded again).
+    if not any(isinstance(m, FSDPModule) for m in module.modules()):
         dp_mesh = mesh["data_parallel"]
         kwargs: dict[str, Any] = {"mesh": dp_mesh}
         if precision == "bf16-mixed":
@@ -79,11 +174,19 @@ def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str) -> nn.Modu
         for unit in sharding_units(module):
             fully_shard(unit, **kwargs)
         fully_shard(module, **kwargs)
+    register_step_methods(module)
+    return module
+
+
+def register_step_methods(module: nn.Module) -> None:
+    """Make the step methods of an ``fully_shard``-ed root forward methods (its parameters gathered, its root hooks
+    run around them as around ``forward``); also for a root sharded by a user's own ``parallelize_fn``."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
     if isinstance(module, FSDPModule):
         for name in _STEP_METHODS:
             if callable(getattr(module, name, None)) and name not in vars(module):  # not registered yet
                 register_fsdp_forward_method(module, name)
-    return module
 
 
 def sharding_units(module: nn.Module) -> list[nn.Module]:

@@ -33,11 +33,17 @@ from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
 from dltrain._resumable_loader import release_workers
 from dltrain._step_output import add_note, raise_if_unused_parameters
 from dltrain.callbacks.base import Callback, overrides
-from dltrain.distributed import Watchdog, destroy_process_group_at_exit, isolate_restart_round
+from dltrain.distributed import (
+    Watchdog,
+    destroy_process_group_at_exit,
+    isolate_restart_round,
+    register_data_parallel,
+)
 from dltrain.errors import ConfigurationError, DistributedError
 from dltrain.evaluation import evaluate, predict
 from dltrain.loggers.base import Logger
 from dltrain.loop import FitLoop, LoopState
+from dltrain.strategies import FSDP2
 from dltrain.task import Task
 
 __all__ = ["Trainer", "seed_everything"]
@@ -86,9 +92,11 @@ class Trainer:
         devices: number of devices (or ``"auto"``: under ``torchrun``, its processes per node; else 1).
         num_nodes: number of machines (``"auto"`` reads it from torchrun's environment).
         strategy: ``"auto"``, ``"ddp"``, ``"fsdp2"`` (FSDP2: parameters, gradients and optimizer state sharded
-            over the ranks; checkpoints are sharded directories), or a ``lightning.fabric`` ``Strategy``
-            instance — e.g. ``DDPStrategy(timeout=timedelta(minutes=5), find_unused_parameters=True)`` to set the
-            collective timeout or find unused parameters, ``ModelParallelStrategy`` for your own parallelism.
+            over the ranks; checkpoints are sharded directories), :class:`dltrain.FSDP2` (``"fsdp2"`` with
+            options: ``FSDP2(tensor_parallel_size=2)`` adds tensor parallelism on a 2-D mesh), or a
+            ``lightning.fabric`` ``Strategy`` instance — e.g. ``DDPStrategy(timeout=timedelta(minutes=5),
+            find_unused_parameters=True)`` to set the collective timeout or find unused parameters,
+            ``ModelParallelStrategy`` for your own parallelism.
         precision: ``"32-true"``, ``"16-mixed"``, ``"bf16-mixed"`` or ``"bf16-true"``.
         max_epochs: stop after this many epochs (default 1000 when ``max_steps`` is not set either).
         max_steps: stop after this many optimizer steps.
@@ -124,7 +132,7 @@ class Trainer:
         accelerator: str = "auto",
         devices: int | str | list[int] = "auto",
         num_nodes: int | str = "auto",
-        strategy: str | Strategy = "auto",
+        strategy: str | FSDP2 | Strategy = "auto",
         precision: str | int = "32-true",
         max_epochs: int | None = None,
         min_epochs: int | None = None,
@@ -205,15 +213,13 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         if precision == "32":
             precision = "32-true"
-        if strategy == "fsdp2":
-            strategy = _sharded.fsdp2_strategy(_sharded.world_size_of(accelerator, devices, int(num_nodes)),
-                                               str(precision))
+        fabric_strategy = _sharded.resolve_strategy(strategy, accelerator, devices, int(num_nodes), str(precision))
         try:
             self.fabric = Fabric(
                 accelerator=accelerator,
                 devices=devices,
                 num_nodes=int(num_nodes),
-                strategy=strategy,
+                strategy=fabric_strategy,
                 precision=precision,  # type: ignore[arg-type]
             )
         except (ValueError, RuntimeError, TypeError) as err:
@@ -230,6 +236,8 @@ class Trainer:
         isolate_restart_round(self.fabric.strategy)  # before launch: see its docstring (torchrun restarts)
         self.fabric.launch()
         destroy_process_group_at_exit()
+        self._layout = _sharded.layout_of(self.fabric.strategy, self.fabric.global_rank, self.fabric.world_size)
+        register_data_parallel(self._layout.rank, self._layout.size, self.fabric.world_size)
 
         if benchmark is not None:
             torch.backends.cudnn.benchmark = benchmark
@@ -343,6 +351,17 @@ class Trainer:
         return self.fabric.is_global_zero
 
     @property
+    def data_parallel_rank(self) -> int:
+        """This rank's index among the data-parallel replicas (what data it reads); ``global_rank`` without
+        tensor parallelism. Tensor-parallel peers share it."""
+        return self._layout.rank
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many replicas read different data (``world_size // tensor_parallel_size``)."""
+        return self._layout.size
+
+    @property
     def device(self) -> torch.device:
         return self.fabric.device
 
@@ -392,7 +411,8 @@ class Trainer:
             )
         if isinstance(strategy, str) and strategy not in _STRATEGIES:
             raise ConfigurationError(
-                f"unknown strategy {strategy!r}; use one of {_STRATEGIES} or a lightning.fabric Strategy instance"
+                f"unknown strategy {strategy!r}; use one of {_STRATEGIES}, dltrain.FSDP2(...) or a lightning.fabric "
+                "Strategy instance"
             )
         if precision not in _PRECISIONS:
             raise ConfigurationError(f"unknown precision {precision!r}; use one of {_PRECISIONS}")
@@ -497,8 +517,11 @@ class Trainer:
             task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)  # type: ignore[assignment]
         # FSDP2 replaces the parameters with sharded ones: the task is placed (once) before configure_optimizers.
         sharded = _sharded.is_fsdp2(self)
+        if not sharded:
+            _sharded.check_no_dtensors(task, self.strategy)
         if sharded and self._placed_task is not task:
             self._fabric_module = self.fabric.setup_module(task)
+            _sharded.register_step_methods(task)  # also when a ModelParallelStrategy's own function sharded it
         if with_optimizer:
             optimizers, schedulers = parse_optimizers(task.configure_optimizers())
             if len(optimizers) > 1 and task.automatic_optimization:

@@ -86,6 +86,7 @@ def _fake_trainer(**kw):
     base = dict(global_step=0, log_every_n_steps=2, num_training_batches=float("inf"), world_size=1,
                 device=torch.device("cpu"), precision="32-true")
     base.update(kw)
+    base.setdefault("data_parallel_size", base["world_size"])  # no tensor parallelism
     return SimpleNamespace(**base)
 
 

@@ -33,6 +33,7 @@ class FakeTask:
 def _trainer(**kw):
     base = dict(global_step=0, log_every_n_steps=2, num_training_batches=float("inf"), world_size=1)
     base.update(kw)
+    base.setdefault("data_parallel_size", base["world_size"])  # no tensor parallelism
     return SimpleNamespace(**base)
 
 

@@ -88,3 +88,56 @@ def test_consolidate_refuses_a_file(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(dltrain.DltrainError, match="is not a sharded checkpoint directory"):
         ckpt_io.consolidate(path, tmp_path / "out.ckpt")
+
+
+# ---------------------------------------------------------------------- tensor parallelism: sizes and misuse
+def test_a_tensor_parallel_size_that_does_not_divide_the_world_size_says_what_to_do():
+    with pytest.raises(ConfigurationError, match=r"FSDP2\(tensor_parallel_size=3\): the tensor-parallel size 3 does "
+                                                 r"not divide the world size 4 .* Use tensor_parallel_size in "
+                                                 r"\[1, 2, 4\], or launch 6 processes"):
+        dltrain.Trainer(accelerator="cpu", devices=4, strategy=dltrain.FSDP2(tensor_parallel_size=3), logger=False)
+    with pytest.raises(ConfigurationError, match=r"use a whole number, 1 or more"):
+        dltrain.FSDP2(tensor_parallel_size=0)
+
+
+def test_lightnings_model_parallel_strategy_with_sizes_that_do_not_fit_is_refused_before_launch():
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    def parallelize(module, mesh):
+        return module
+
+    wrong = ModelParallelStrategy(parallelize_fn=parallelize, data_parallel_size=1, tensor_parallel_size=3)
+    with pytest.raises(ConfigurationError, match=r"1 x 3 = 3 ranks, but the run has 2 processes"):
+        dltrain.Trainer(accelerator="cpu", devices=2, strategy=wrong, logger=False)
+    auto = ModelParallelStrategy(parallelize_fn=parallelize, data_parallel_size="auto", tensor_parallel_size=3)
+    with pytest.raises(ConfigurationError, match=r"tensor-parallel size 3 does not divide the world size 4"):
+        dltrain.Trainer(accelerator="cpu", devices=2, num_nodes=2, strategy=auto, logger=False)
+
+
+@pytest.mark.parametrize(("strategy", "sizes"), [("fsdp2", (4, 1)), (dltrain.FSDP2(), (4, 1)),
+                                                 (dltrain.FSDP2(tensor_parallel_size=2), (2, 2))])
+def test_fsdp2_and_its_spec_become_a_model_parallel_strategy_on_a_data_x_tensor_mesh(strategy, sizes):
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    from dltrain._compat import model_parallel_sizes
+
+    built = _sharded.resolve_strategy(strategy, "cpu", 4, 1, "32-true")
+    assert isinstance(built, ModelParallelStrategy) and model_parallel_sizes(built) == sizes
+
+
+class _Mesh:
+    """A stand-in for a device mesh: only the dimension sizes (no process group needed)."""
+
+    def __init__(self, **sizes: int) -> None:
+        self.sizes = sizes
+
+    def __getitem__(self, name: str):
+        return type("Dim", (), {"size": lambda _self, n=self.sizes[name]: n})()
+
+
+def test_tensor_parallelism_asked_but_not_applied_in_configure_model_says_what_to_do():
+    task = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(ConfigurationError, match=r"tensor_parallel_size=2, but Sequential.configure_model applied "
+                                                 r"no tensor parallelism .*parallelize_module\(self, "
+                                                 r'self.device_mesh\["tensor_parallel"\], plan\)'):
+        _sharded._parallelize(task, _Mesh(data_parallel=2, tensor_parallel=2), precision="32-true")  # type: ignore[arg-type]

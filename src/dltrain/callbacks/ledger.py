@@ -1,7 +1,9 @@
 """`SampleLedger`: every rank writes down which samples it trained on, so that `dltrain audit` can prove it.
 
 One file per rank and *round* (one launch of ``fit``; a restart after a kill is a new round), JSON lines, in
-``<dirpath>`` (default ``<default_root_dir>/ledger``), named ``round-<round>-rank<rank>.jsonl``:
+``<dirpath>`` (default ``<default_root_dir>/ledger``), named ``round-<round>-rank<rank>.jsonl``. Under tensor
+parallelism the ranks are the data-parallel ones (``rank`` and ``world_size`` in ``start`` too): the first rank of
+each tensor-parallel group writes, its peers read the same samples.
 
 - ``start``: the round (the launch time of rank 0, so rounds sort in launch order), rank, world size, where the
   round resumed (the checkpoint's loop state, or null) and the training data (shard URLs and sample counts; for
@@ -156,13 +158,17 @@ class SampleLedger(Callback):
                 f"{type(loader).__name__} does not: train on a dltrain.data.StreamingDataset (or its "
                 f"StreamingDataLoader), or remove SampleLedger"
             )
+        # Every rank's file of this round carries the same round name: rank 0's launch time.
+        round_id = int(trainer.fabric.broadcast(time.time_ns(), src=0))
+        if trainer._layout.tensor_parallel_rank != 0:
+            return  # a tensor-parallel peer trains on the same samples as its group's first rank, which writes them
         self._loader = loader
         loader.record_samples = True  # workers send each batch's sample ids from the next iter() on
         directory = self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir) / "ledger"
         directory.mkdir(parents=True, exist_ok=True)
-        # Every rank's file of this round carries the same round name: rank 0's launch time.
-        round_id = int(trainer.fabric.broadcast(time.time_ns(), src=0))
-        self._writer = _Writer(directory / f"round-{round_id}-rank{trainer.global_rank}.jsonl")
+        # Named by data-parallel rank: the audit checks that the data-parallel ranks saw every sample once.
+        rank = trainer.data_parallel_rank
+        self._writer = _Writer(directory / f"round-{round_id}-rank{rank}.jsonl")
         stream = loader.stream
         source: dict[str, Any] = {"urls": list(stream.urls), "counts": [int(c) for c in stream.counts]}
         start: dict[str, Any] = {}
@@ -173,8 +179,8 @@ class SampleLedger(Callback):
             source["sources"] = [[lo, hi] for lo, hi in pairwise(bounds)]
             start["weights"] = list(stream.weights)
         self._writer.put({
-            "kind": "start", "version": LEDGER_VERSION, "round": round_id, "rank": trainer.global_rank,
-            "world_size": trainer.world_size, "resume": self._resumed_from, "source": source, **start,
+            "kind": "start", "version": LEDGER_VERSION, "round": round_id, "rank": rank,
+            "world_size": trainer.data_parallel_size, "resume": self._resumed_from, "source": source, **start,
         })
         self._planned_epoch = None
 

@@ -234,7 +234,7 @@ class ThroughputMonitor(Callback):
             _Counts(self._t[b] - self._t[a], self._wait[b] - self._wait[a], self._samples[b] - self._samples[a],
                     self._tokens[b] - self._tokens[a], self._flops[b] - self._flops[a], newest - oldest,
                     self._steps[b] - self._steps[a]),
-            trainer.world_size, self._peak,
+            trainer.data_parallel_size, self._peak,
         )
         for name, value in values.items():
             task.log(
@@ -252,7 +252,7 @@ class ThroughputMonitor(Callback):
         # Over the whole epoch: from the epoch start (kept apart, the ring's slot 0 is reused) to the last batch.
         counts = _Counts(self._t[b] - self._epoch_t0, self._wait[b], self._samples[b], self._tokens[b],
                          self._flops[b], self._n, self._steps[b] - self._epoch_step0)
-        for name, value in _rates_from(counts, trainer.world_size, self._peak).items():
+        for name, value in _rates_from(counts, trainer.data_parallel_size, self._peak).items():
             task.log(PREFIX + "epoch_" + name, value, on_step=False, on_epoch=True)
 
 
@@ -284,18 +284,20 @@ class _Counts:
     steps: int
 
 
-def _rates_from(c: _Counts, world_size: int, peak: float | None) -> dict[str, float]:
+def _rates_from(c: _Counts, replicas: int, peak: float | None) -> dict[str, float]:
+    """Rates of this rank; the global ones count each data-parallel replica once (tensor-parallel peers share
+    their samples)."""
     if c.dt <= 0:
         return {}
     values: dict[str, float] = {}
     if c.samples:
         values["samples_per_sec"] = c.samples / c.dt
-        if world_size > 1:
-            values["global_samples_per_sec"] = c.samples * world_size / c.dt
+        if replicas > 1:
+            values["global_samples_per_sec"] = c.samples * replicas / c.dt
     if c.tokens:
         values["tokens_per_sec"] = c.tokens / c.dt
-        if world_size > 1:
-            values["global_tokens_per_sec"] = c.tokens * world_size / c.dt
+        if replicas > 1:
+            values["global_tokens_per_sec"] = c.tokens * replicas / c.dt
     if c.flops:
         values["flops_per_sec"] = c.flops / c.dt
         if peak:

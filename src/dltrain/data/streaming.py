@@ -150,7 +150,14 @@ class DataSkipWarning(UserWarning):
 
 
 def resolve_rank() -> tuple[int, int]:
-    """(rank, world size): from `torch.distributed` when initialised, else env ``RANK``/``WORLD_SIZE``, else (0, 1)."""
+    """(rank, world size) of the data split: the data-parallel rank and size a Trainer registered (tensor-parallel
+    peers read the same samples), else from `torch.distributed` when initialised, else env ``RANK``/``WORLD_SIZE``,
+    else (0, 1)."""
+    from dltrain.distributed import data_parallel_rank
+
+    registered = data_parallel_rank()
+    if registered is not None:
+        return registered
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
