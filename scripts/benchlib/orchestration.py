@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -95,6 +96,11 @@ def _rotated(names: list[str], rep: int) -> list[str]:
     return names[k:] + names[:k]
 
 
+MONITOR_VARIANTS = ["dltrain_tm", "dltrain_mfu"]  # runners.LoopRunner's ThroughputMonitor variants
+_PEER_NAMES = {"fabric": "Fabric", "lightning": "Lightning", "webloader": "WebLoader", "mapstyle": "map-style (in memory)",
+               "hand": "hand loop"}
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -106,6 +112,10 @@ class Bench:
         self.sections: list[str] = []
         self.verdicts: list[tuple[str, str, str, str]] = []  # (figure, value, target, PASS/MISS)
         self.notes: list[str] = []
+        self.headlines: list[dict[str, str]] = []  # the summary table's rows (render.headline)
+
+    def _headline(self, family: str, figure: str, dltrain: str, peer: str, limit: str, verdict: str) -> None:
+        self.headlines.append(render.headline(family, figure, dltrain, peer, limit, verdict))
 
     # ------------------------------------------------------------------ helpers
     def _interleave(self, workers: dict[str, Worker], case: str, repeats: int, cfg: dict[str, Any],
@@ -152,6 +162,9 @@ class Bench:
         Memory and cold start: each variant alone in its own fresh process, launched one at a time (skipped with
         --quick)."""
         variants = ["hand", "dltrain", "fabric", "lightning"]
+        # Case 1 also times dltrain with ThroughputMonitor, without and with MFU (issue 17 added MFU to it):
+        # the before/after of the monitor's per-step cost, side by side in the same rounds.
+        variants_of = {c: variants + (MONITOR_VARIANTS if c == "loop" else []) for c in cases}
         reps = self.cfg["repeats"]
         cold: dict[str, dict[str, float]] = {}
         rss: dict[str, dict[str, float]] = {c: {} for c in cases}
@@ -177,13 +190,13 @@ class Bench:
         try:
             shared.wait_ready()
             for case in cases:
-                for v in variants:  # warm-up: imports and first-use costs of every variant, not counted
+                for v in variants_of[case]:  # warm-up: imports and first-use costs of every variant, not counted
                     res = shared.call(case=case, variant=v, cfg=self.cfg[case], tmp=self.tmp, rep=0, args={})
                     if "error" in res:
                         _log(f"{case}/{v} warm-up: ERROR {res['error']}\n{res.get('traceback', '')}")
             for case in cases:
-                res = self._interleave(dict.fromkeys(variants, shared), case, reps, self.cfg[case], variants,
-                                       warmup=False)
+                res = self._interleave(dict.fromkeys(variants_of[case], shared), case, reps, self.cfg[case],
+                                       variants_of[case], warmup=False)
                 self.results[case] = res
                 self._report_loop(case, res, cold if case == cases[0] and cold else None, rss[case])
         finally:
@@ -199,23 +212,50 @@ class Bench:
         n_ok = len([r for r in res.get("hand", []) if "error" not in r])
         desc = (f"{steps} steps of batch {c['batch']} from an in-memory TensorDataset DataLoader (shuffle=True), "
                 f"one epoch per run; {n_ok} interleaved rounds; medians over rounds.")
-        lines = [f"### {title}", "", desc, "",
-                 *_loop_table(res, ["hand", "dltrain", "fabric", "lightning"], steps, rss)]
+        variants = [v for v in res if ":" not in v]
+        lines = [f"### {title}", "", desc, "", *_loop_table(res, variants, steps, rss)]
         r = _paired(res, "dltrain", "c_step_med")
         if r:
             self.verdicts.append((f"{title.split(':')[0]}: dltrain / hand, median step (CPU)", f"{_med(r):.3f}",
                                   f"<= {target}", _verdict(_med(r) <= target)))
+            peers = {v: _med(_paired(res, v, "c_step_med")) for v in ("fabric", "lightning")
+                     if _paired(res, v, "c_step_med")}
+            best = min(peers, key=lambda v: peers[v]) if peers else None
+            self._headline(case, f"{title.split(':')[0]}: step time / hand loop (CPU, median step)",
+                           f"{_med(r):.3f}x", f"{_PEER_NAMES[best]} {peers[best]:.3f}x" if best else "-",
+                           f"<= {target}x", _verdict(_med(r) <= target))
         f = _paired(res, "dltrain", "c_fit")
         if f:
             self.verdicts.append((f"{title.split(':')[0]}: dltrain / hand, whole fit (CPU)", f"{_med(f):.3f}",
                                   f"<= {target}", _verdict(_med(f) <= target)))
         self._collect_notes(case, res)
         lines += ["", LOOP_LEGEND, ""]
+        lines += self._report_monitor(res)
         if cold:
             lines += ["Cold start (one sample each, workers launched one at a time): " + "; ".join(
                 f"{v} {d['launch_to_ready_s']:.1f} s to import torch, {d['total_s']:.1f} s from launch to the end "
                 "of the first fit" for v, d in cold.items()) + ".", ""]
         self.sections.append("\n".join(lines))
+
+    def _report_monitor(self, res: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """Case 1's ThroughputMonitor variants against plain dltrain of the same rounds (no target: a measurement)."""
+        if not all(res.get(v) for v in MONITOR_VARIANTS):
+            return []
+        tm = _paired(res, "dltrain_tm", "c_step_med", base="dltrain")
+        mfu = _paired(res, "dltrain_mfu", "c_step_med", base="dltrain")
+        mfu_tm = _paired(res, "dltrain_mfu", "c_step_med", base="dltrain_tm")
+        if not (tm and mfu and mfu_tm):
+            return []
+        step = 1e6 * _med([r["c_step_med"] for r in res["dltrain"] if "error" not in r])
+        self._headline("loop", "1. dltrain step time, ThroughputMonitor with MFU on / off (CPU, median step)",
+                       f"{_med(mfu):.3f}x", "-", "no target (measured)", "info")
+        return [f"ThroughputMonitor's cost per step (paired with plain dltrain in the same rounds, median step, CPU; "
+                f"plain dltrain's median step {step:,.0f} µs): dltrain_tm = `ThroughputMonitor()` (samples/s and "
+                f"data wait; the task does not say its FLOPs) {_med(tm):.3f}x ({_spread(tm)}); dltrain_mfu = "
+                "`ThroughputMonitor(measure_flops=True, peak_flops=...)` (FLOPs counted on the first batch, MFU "
+                f"logged; the CPU peak passed is nominal) {_med(mfu):.3f}x ({_spread(mfu)}); MFU on / MFU off "
+                f"(dltrain_mfu / dltrain_tm) {_med(mfu_tm):.3f}x ({_spread(mfu_tm)}). The monitor is not among "
+                "dltrain's default callbacks: the dltrain row above runs without it.", ""]
 
     def _collect_notes(self, case: str, res: dict[str, list[dict[str, Any]]]) -> None:
         for v, rs in res.items():
@@ -297,6 +337,7 @@ class Bench:
                 errs = [r for r in table[(v, nw)] if "error" in r]
                 if errs:
                     self._note(f"data/{v}/{nw} workers: {len(errs)} run(s) failed: {errs[0]['error']}")
+        self._headline_data(table, c["workers"])
         if diag:
             self.results["tar_diag"] = diag
             lines += ["", f"Shard format (first shard, measured when the shards were written): {diag['pax_members']} of "
@@ -306,6 +347,41 @@ class Bench:
                       f"{diag['parse_us_int_mtime']:.0f} µs per member."]
         lines.append("")
         self.sections.append("\n".join(lines))
+
+    def _headline_data(self, table: dict[tuple[str, int], list[dict[str, Any]]], counts: list[int]) -> None:
+        """Summary rows of case 3: StreamingDataset's samples/s per worker count against the fastest peer
+        pipeline of the same rounds, the gap between epochs and the Mixture ratio at the most workers."""
+
+        def ok(v: str, nw: int) -> list[dict[str, Any]]:
+            return [r for r in table.get((v, nw), []) if "error" not in r]
+
+        for nw in counts:
+            own = ok("streaming", nw)
+            web = {r["rep"]: r for r in ok("webloader", nw)}
+            peers = {v: _med([r["samples_per_s"] for r in ok(v, w)]) for v, w in table
+                     if w == nw and v not in render.DLTRAIN_LOADERS and ok(v, w)}
+            if not own or not web or not peers:
+                continue
+            ratio = _med([r["samples_per_s"] / web[r["rep"]]["samples_per_s"] for r in own if r["rep"] in web])
+            ranked = sorted(peers, key=lambda v: -peers[v])  # every peer pipeline, fastest first
+            self._headline("data", f"3. StreamingDataset samples/s, {nw} workers",
+                           f"{_med([r['samples_per_s'] for r in own]):,.0f}/s ({ratio:.2f}x WebLoader)",
+                           "; ".join(f"{_PEER_NAMES.get(v, v)} {peers[v]:,.0f}/s" for v in ranked),
+                           f">= {TARGETS['data_ratio']}x WebLoader", _verdict(ratio >= TARGETS["data_ratio"]))
+        nw = max(counts)
+        for v, label in (("streaming", "local"), ("streaming-pipe", "pipe:")):
+            rs, web = ok(v, nw), ok("webloader", nw)
+            if rs and web:
+                gap = _med([r["gap_ms"] for r in rs])
+                self._headline("data", f"3. StreamingDataset gap between epochs ({label} shards), {nw} workers",
+                               f"{gap:.0f} ms", f"WebLoader {_med([r['gap_ms'] for r in web]):.0f} ms",
+                               f"<= {TARGETS['data_gap_ms']:.0f} ms", _verdict(gap <= TARGETS["data_gap_ms"]))
+        mix, own = ok("mixture", nw), {r["rep"]: r for r in ok("streaming", nw)}
+        mr = [r["samples_per_s"] / own[r["rep"]]["samples_per_s"] for r in mix if r["rep"] in own]
+        if mr:
+            self._headline("data", f"3. Mixture of 3 sources / one StreamingDataset, samples/s, {nw} workers",
+                           f"{_med(mr):.3f}x", "-", f">= {TARGETS['mixture_ratio']}x",
+                           _verdict(_med(mr) >= TARGETS["mixture_ratio"]))
 
     # ------------------------------------------------------------------ case 4
     def case_ddp(self) -> None:
@@ -328,6 +404,8 @@ class Bench:
             tail = Path(log_path).read_text()[-1500:]
             lines.append(f"DDP run failed (exit {proc.returncode}); log tail:\n\n```\n{tail}\n```\n")
             self.verdicts.append(("4. DDP dltrain / hand time", "failed", f"<= {TARGETS['ddp']}", "MISS"))
+            self._headline("ddp", "4. DDP, 2 processes: step time / hand DDP loop", "failed", "-",
+                           f"<= {TARGETS['ddp']}x", "MISS")
             self.sections.append("\n".join(lines))
             return
         res: dict[str, list[dict[str, Any]]] = {"hand": [], "dltrain": []}
@@ -344,6 +422,8 @@ class Bench:
         if m:
             self.verdicts.append(("4. DDP dltrain / hand, median step (wall)", f"{_med(m):.3f}",
                                   f"<= {TARGETS['ddp']}", _verdict(_med(m) <= TARGETS["ddp"])))
+            self._headline("ddp", "4. DDP, 2 processes: step time / hand DDP loop (wall, median step)",
+                           f"{_med(m):.3f}x", "-", f"<= {TARGETS['ddp']}x", _verdict(_med(m) <= TARGETS["ddp"]))
         self._collect_notes("ddp", res)
         lines += ["", "Rank 0's figures. The DDP verdict uses wall time: waiting for the other rank is part of a "
                   "DDP step's cost and is not CPU time.", ""]
@@ -385,6 +465,7 @@ class Bench:
                  f"{c['repeats']} interleaved repeats, medians.", "",
                  "| loader | 0% (s) | 10% (s) | 90% (s) | 90% / 10% (paired median, range) | resumed at the right step |",
                  "|---|---|---|---|---|---|"]
+        resumed: dict[str, tuple[float, float]] = {}  # kind -> (90% / 10% ratio, seconds at 90%)
         for k in kinds:
             rs = out[k]
             good = {p: [r for r in rs[p] if "error" not in r or r["error"].startswith("resumed at")] for p in positions}
@@ -402,6 +483,7 @@ class Bench:
                          f"({_spread(ratios)}) | {'yes' if right else 'NO'} |")
             self.verdicts.append((f"5. resume {k}: first batch at 90% / at 10%", f"{_med(ratios):.2f}",
                                   f"<= {TARGETS['resume_ratio']}", _verdict(_med(ratios) <= TARGETS["resume_ratio"])))
+            resumed[k] = (_med(ratios), med["90"])
             if not right:
                 bad = next(r for p in positions for r in rs[p] if "error" in r)
                 self._note(f"resume/{k}: {bad['error']}")
@@ -409,6 +491,13 @@ class Bench:
                 for r in rs[p]:
                     for n in r.get("notes", []):
                         self._note(f"resume/{k}: {n}")
+        if "streaming" in resumed:
+            ratio, at90 = resumed["streaming"]
+            peer = resumed.get("mapstyle")
+            self._headline("resume", "5. Resume: time to first batch at 90% / at 10% of an epoch",
+                           f"{ratio:.2f}x ({at90:.2f} s at 90%)",
+                           f"map-style {peer[0]:.2f}x ({peer[1]:.2f} s)" if peer else "-",
+                           f"<= {TARGETS['resume_ratio']}x", _verdict(ratio <= TARGETS["resume_ratio"]))
         lines.append("")
         self.sections.append("\n".join(lines))
 
@@ -430,6 +519,10 @@ class Bench:
         self.results["ledger"] = res
         lines, verdicts = ledger.report(res, c, lambda r, v, k: _paired(r, v, k, base="plain"), _med, _spread)
         self.verdicts += [(f, v, t, _verdict(ok)) for f, v, t, ok in verdicts]
+        for f, v, t, ok in verdicts:
+            if "median step" in f:
+                self._headline("ledger", "7. SampleLedger: step time / without it (CPU, median step)", f"{v}x", "-",
+                               f"{t}x", _verdict(ok))
         self._collect_notes("ledger", res)
         self.sections.append("\n".join(lines))
 
@@ -494,6 +587,9 @@ class Bench:
                     if v == "dltrain":
                         self.verdicts.append((f"CUDA {case}: dltrain / hand, time per step", f"{_med(pr):.3f}",
                                               f"<= {TARGETS['cuda']}", _verdict(_med(pr) <= TARGETS["cuda"])))
+                        self._headline("cuda", f"CUDA {case}: step time / hand loop", f"{_med(pr):.3f}x",
+                                       "hand loop 1x", f"<= {TARGETS['cuda']}x",
+                                       _verdict(_med(pr) <= TARGETS["cuda"]))
                     for r in rs:
                         for n in r.get("notes", []):
                             self._note(f"{case}/{v}: {n}")
@@ -582,11 +678,42 @@ class Bench:
                 Path(args.json).write_text(json.dumps(self.results, indent=1, default=str))
             if not args.keep:
                 shutil.rmtree(self.tmp, ignore_errors=True)
-        text = render.report(self, getattr(self, "machine_info", None) or machine())
-        Path(args.out).write_text(text)
+        doc = self.document(getattr(self, "machine_info", None) or machine())
+        results_path = Path(args.out).with_suffix(".json")
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(doc, indent=1, default=str))
+        write_report(doc, args.out, args.plots)
         print(render.summary(self.verdicts, self.notes))
-        _log(f"wrote {args.out} in {self.elapsed / 60:.1f} min")
+        _log(f"wrote {args.out} and {results_path} in {self.elapsed / 60:.1f} min")
         return 0
+
+    def document(self, m: dict[str, str]) -> dict[str, Any]:
+        """The run as data: what the report, the summary table and the plots are rendered from."""
+        import shlex
+
+        meta = {**m, "command": shlex.join(["scripts/bench", *sys.argv[1:]]),
+                "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+                "load_end": "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), "elapsed_s": self.elapsed,
+                "quick": self.args.quick, "device": self.args.device, "include": self.args.include,
+                "include_note": self.args.include_note, "cfg": self.cfg}
+        return {"meta": meta, "headlines": self.headlines, "verdicts": [list(v) for v in self.verdicts],
+                "notes": self.notes, "sections": self.sections, "figures": render.figures(self.results, self.cfg),
+                "results": self.results}
+
+
+def plots_folder(out: str | Path) -> Path:
+    """Where the plots of a report written to ``out`` go by default: ``<out without suffix>-plots/``."""
+    out = Path(out)
+    return out.with_name(out.stem + "-plots")
+
+
+def write_report(doc: dict[str, Any], out: str | Path, plots: str | Path | None = None) -> str:
+    """Write the plots of a results document and the markdown report that links them; the report's text."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    paths = render.write_plots(doc["figures"], plots or plots_folder(out), TARGETS)
+    text = render.report(doc, paths, out)
+    Path(out).write_text(text)
+    return text
 
 
 def machine() -> dict[str, str]:
@@ -635,6 +762,7 @@ def cuda_available() -> tuple[bool, str]:
     return True, ""
 
 
+_DEFAULT_OUT = os.path.join(tempfile.gettempdir(), "dltrain-bench", "report.md")
 _DESCRIPTION = "The dltrain benchmark harness behind ``scripts/bench`` (issue 8)."
 
 
@@ -653,7 +781,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="short smoke run (small sizes, fewer repeats; < 2 min idle)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cpu: cases 1-6; cuda: ResNet-18 bf16-mixed and a small GPT, dltrain vs hand loop")
-    p.add_argument("--out", default="BENCHMARKS.md", help="where to write the results (default BENCHMARKS.md)")
+    p.add_argument("--out", default=_DEFAULT_OUT,
+                   help=f"where to write the report (default {_DEFAULT_OUT}); the results file goes next to it "
+                        "(<out>.json). BENCHMARKS.md is edited by hand from such a report, not overwritten")
     p.add_argument("--cases", default=None,
                    help=f"comma-separated subset: {','.join(CPU_CASES)} (cpu) or {','.join(CUDA_CASES)} (cuda)")
     p.add_argument("--repeats", type=int, default=None, help="override the number of interleaved repeats")
@@ -666,7 +796,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="a note printed above the --include file with the same position")
     p.add_argument("--no-cache", action="store_true",
                    help="write the shards into the temp dir instead of reusing ~/.cache/dltrain-bench")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="folder for the PNG plots the report links (default: <out without .md>-plots/)")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="measure nothing: render --out and its plots from the results file of an earlier run "
+                        "(every run writes one next to its report, <out>.json)")
     args = p.parse_args(argv)
+    if args.render:
+        write_report(json.loads(Path(args.render).read_text()), args.out, args.plots)
+        _log(f"wrote {args.out} from {args.render}")
+        return 0
     if args.device == "cuda":
         ok, why = cuda_available()
         if not ok:

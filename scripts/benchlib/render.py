@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
-import shlex
+import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,103 +84,12 @@ def _fmt_dict(d: Any) -> str:
     return "; ".join(parts)
 
 
-PAX_TITLE = "### Tar format: a PAX header before every member"
-# (shown only while the shards of the run still have PAX headers; fixed in src by a17055e)
-
-# Causes of missed targets, with the profiling evidence and the proposed fix in src/ (owned by the core team).
-# Each entry: (prefixes of the verdict labels it explains, markdown). Only entries whose target missed are printed.
-FINDINGS: list[tuple[tuple[str, ...], str]] = [
-    (("1. Loop overhead", "2. Compute-bound"), """### Loop overhead (cases 1-2): what the profiles show
-
-- **No per-step Python work added.** `scripts/calls_per_step.py` counts Python function calls with cProfile
-  (counts do not depend on machine load): 400 steps, hand 687.0 and dltrain 699.8 calls per step, where dltrain's
-  count includes its per-fit set-up and final checkpoint spread over the steps; over 2,000 steps, hand 683.0 and
-  dltrain 653.9 (dltrain's epoch sampler yields from a list, torch's RandomSampler from a generator). The
-  non-finite-loss check is one `.item()` on the CPU loss (under 1 µs).
-- **Noise, and an unexplained remainder.** The per-round ratios spread widely (the ranges in the table). On this
-  2-core machine the median-step ratio of case 1 was 1.114, 1.054, 1.007 and 1.038 in four full runs with the same
-  step code. On the 16-core host of a lent GPU machine (included below when present) it was 1.047 (range
-  0.984-1.758): about 26 µs per 543 µs step that the call counts above do not show. Not found yet: candidates are
-  the extra tensor work per step (detaching the logged loss, the `.item()` check) and the larger process
-  (lightning imported: peak RSS 950 vs 634 MB).
-- **Fixed per-fit cost.** The *fixed ms* column is mostly the end-of-fit checkpoint (atomic write with fsync)
-  and the CSV logger. It is amortized over the epoch; per step it is (fixed ms) / steps.
-"""),
-    (("4. DDP",), """### DDP (case 4): what the profiles show
-
-- Alternating inside the same two torchrun processes (hand DDP loop, dltrain, a Fabric loop; progress bar,
-  logger and checkpoint off; 300 steps; load about 1): wall 1.463 s (hand) / 1.477 s (dltrain) / 1.536 s (Fabric),
-  CPU 0.994 / 0.985 / 0.967 s. With defaults off, dltrain's DDP step is level with the hand loop. Its DDP wrapper
-  has the same settings (bucket 25 MiB, no static graph, no find_unused_parameters).
-- What remains with defaults on is the per-fit cost in the *fixed ms* column: the end-of-fit checkpoint with
-  `all_gather_object` of the per-rank loader/RNG state (`Trainer.save_checkpoint`), the barrier after it, and
-  the once-per-epoch `all_gather` of batch counts (`_check_equal_lengths`). On a 200-step fit that is a few
-  percent. With 2 processes on 2 shared cores, the wall ratio also swings with whatever else runs: see the range.
-"""),
-    (("3. StreamingDataset", "5. resume streaming"), PAX_TITLE + """ (all StreamingDataset figures)
-
-- **Cause.** `write_shards` (`src/dltrain/data/shards.py`, the `ShardWriter(...)` call in `write_shards`, ~line 221)
-  lets webdataset's `TarWriter` stamp every member with `time.time()`, a float. Python's `tarfile` (PAX format by
-  default) then writes a PAX extended header before each member, just to hold the fractional mtime. Readers
-  (webdataset's and dltrain's `ShardReader`, both built on `tarfile`) parse two headers per member, and the shards
-  grow by 1 KiB per member.
-- **Evidence.** See the "Shard format" line under case 3. Separately, 5,000 32px PNG samples written with
-  `ShardWriter` took 200 µs per member to parse (35 MiB); with `mtime=<int>`, 114 µs per member (25 MiB). In the
-  cProfile of `iter()` + the first batch (below), `tarfile._proc_pax` is 40-55 % of the time.
-- **Fix.** Pass an integer mtime: `ShardWriter(pattern, maxcount=max_count, maxsize=max_size, post=_post,
-  verbose=0, mtime=<int>)`. A fixed constant also makes the shards byte-for-byte reproducible. Shards written
-  before the fix stay readable; they are just slower.
-"""),
-    (("3. StreamingDataset / WebLoader samples/s, 2", "5. resume streaming"), """### Every loader worker parses every tar header of every window (StreamingDataset with workers; resume)
-
-- **Cause.** `StreamingDataset._generate` (`src/dltrain/data/streaming.py`, ~lines 240-265) assigns worker w the
-  batches j = w, w+K, .... The samples of one batch are spread over the whole shuffle window, so every worker
-  needs samples from the whole window. `ShardReader` (`src/dltrain/data/shards.py` ~line 395) can only move forward
-  through the tar stream, so each worker parses every member header in the window, skipping other workers'
-  members in `_select`. With K workers the header parsing is done K times. `WebLoader` splits shards between
-  workers, so each header is parsed once. At 0 workers the two are level (case 3); at 2 workers StreamingDataset
-  falls behind.
-- **Same cause on resume.** A resumed worker opens the shard at its start and parses every member up to the resume
-  point. The time to the first batch therefore grows with the resume point's offset inside its shard, not with the
-  epoch fraction: anywhere from nothing to a whole shard. Profile (cProfile, 0 workers, 20k tiny samples in 8
-  shards, resume at 90 %; shards with PAX headers, before a17055e): to read the 512 samples left in the window,
-  `tar_file_iterator` parsed 6,867 members, 2.51 s of the 2.57 s to the first batch. The 10 % point falls at
-  another offset, hence the unstable 90 %/10 % ratio (compare the 0 % column: the difference is the scan).
-- **Fix (done in 7839b65).** The index (version 2) stores each sample's byte offset: `write_shards` takes it
-  from the tar writer, `build_index` from `TarInfo.offset`. Local, uncompressed shards are read by seeking to a
-  sample (`IndexedShardReader`), so each worker parses only the headers of the samples it returns and a resume
-  costs the same at any position. `pipe:`/`http:` URLs, compressed shards and version-1 indexes keep the forward
-  scan, and with them this finding still holds: rebuild old indexes with `dltrain shards index URLS`.
-"""),
-    (("3. StreamingDataset gap", "3. StreamingDataset first batch", "5. resume streaming"),
-     """### The first batch of an epoch waits for a whole shuffle window (gap between epochs, time to first batch)
-
-- **Cause.** `_generate` (`src/dltrain/data/streaming.py`, the `for _, group in itertools.groupby(...)` loop,
-  ~lines 248-265) reads the raw bytes of every sample of a window group (`shuffle_buffer` rounded up to the batch
-  size: 1,024 samples here) before it yields the group's first batch. The samples of batch 0 are spread over the
-  whole window, so batch 0 needs nearly the whole window anyway. Every epoch start, and every resume, therefore
-  pays for reading one window serially. Persistent workers do not help, because they only learn the next epoch's
-  plan at `iter()`. WebLoader's `shuffle(1000)` starts yielding after 100 samples (`initial=100`), at the cost of
-  a less shuffled start.
-- **Evidence.** cProfile of `iter(loader)` + `next()` at the start of epoch 2, 0 workers, 2,000 PNG samples in
-  4 shards (PAX-header shards, before a17055e): 1.51 s, of which 1.43 s is `ShardReader.get` for the 1,024
-  samples of the first window, almost all of it in `tarfile` header parsing. The mtime fix halves the parsing;
-  the wait for a whole window stays.
-- **Fix (done in 7839b65 for seekable shards).** With offsets a worker reads batch by batch instead of the whole
-  window first, so an epoch's first batch costs one batch's reads and decode. Still open when this finding shows:
-  shards that cannot seek (`pipe:`, `http:`, compressed, version-1 index) still read the first window serially.
-  Next options: with persistent workers, read epoch e+1's first window in the background once epoch e's last
-  batch is out (the plan is a pure function of seed, epoch, rank, world size and batch size; keep the bytes only
-  if the spec written at `iter()` matches), or a smaller first window.
-"""),
-]
-
-
 METHOD = """## Method
 
 - **Process model.** Runs execute in long-lived worker processes (`scripts/benchlib/core.py --serve`) that
   import their stack once; repeats run in the same process, never a fresh subprocess per repeat (importing torch
-  + Lightning takes seconds to tens of seconds on a loaded 2-core machine). Cases 1-2: all four loops are timed
+  + Lightning takes seconds to tens of seconds on a loaded 2-core machine). Cases 1-2: all loops (hand, dltrain,
+  Fabric, Lightning; in case 1 also dltrain with `ThroughputMonitor`, without and with MFU) are timed
   in ONE shared worker (everything imported, one un-counted warm-up run per loop), because separate processes
   running the identical hand loop differed by up to 10 % (heap/cache layout), more than the 3 % target. Their peak
   RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) and cold start (launch to the end of the first fit, imports
@@ -221,48 +128,229 @@ def summary(verdicts: list[tuple[str, str, str, str]], notes: list[str]) -> str:
     return "\n".join(["", "=" * (w + 40), *rows, "=" * (w + 40), *[f"note: {n}" for n in notes]])
 
 
-def report(bench: Any, m: dict[str, str]) -> str:
-    """The markdown report of a finished ``Bench`` run on the machine described by ``m``."""
-    cmd = shlex.join(["scripts/bench", *sys.argv[1:]])
-    passed = sum(1 for *_, s in bench.verdicts if s == "PASS")
+
+
+# ------------------------------------------------------------------------------------------- results as data
+
+# The step time each case's ratio to the hand loop is taken on (the key its verdict uses).
+RATIO_KEYS = {"loop": "c_step_med", "cnn": "c_step_med", "ddp": "t_step_med", "resnet": "t_step", "gpt": "t_step"}
+# Case-3 pipelines that are dltrain's own; every other pipeline of the case is a peer.
+DLTRAIN_LOADERS = ("streaming", "streaming-pipe", "pipe-no-read-ahead", "mixture")
+PLOT_TITLES = {
+    "ratio": "Step time / hand-written loop (median of paired rounds, line = range)",
+    "loaders": "Data loaders: samples/s over the same shards (median)",
+    "gpu": "GPU: throughput and model FLOPs utilisation",
+}
+
+
+def headline(family: str, figure: str, dltrain: str, peer: str, limit: str, verdict: str) -> dict[str, str]:
+    """One row of the summary table."""
+    return {"family": family, "figure": figure, "dltrain": dltrain, "peer": peer, "limit": limit,
+            "verdict": verdict}
+
+
+def summary_table(rows: list[dict[str, str]]) -> list[str]:
+    """The one-screen summary: one markdown row per headline figure."""
+    if not rows:
+        return ["No headline figures: no case ran to completion."]
+    lines = ["| figure | dltrain | best peer | limit or target | verdict |", "|---|---|---|---|---|"]
+    for r in rows:
+        verdict = f"**{r['verdict']}**" if r["verdict"] == "MISS" else r["verdict"]
+        lines.append(f"| {r['figure']} | {r['dltrain']} | {r['peer']} | {r['limit']} | {verdict} |")
+    return lines
+
+
+def _ok_runs(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rs if "error" not in r]
+
+
+def figures(results: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the plots show, computed from the raw runs (``Bench.results``): one entry per plot family.
+
+    ``ratio``: case -> variant -> [median, low, high] of the paired ratios to the hand loop; ``loaders``: workers
+    -> pipeline -> median samples/s; ``gpu``: case -> variant -> {"per_s", "unit", "mfu"} (mfu None when the runs
+    did not measure it). A family with no data is left out.
+    """
+    out: dict[str, Any] = {}
+    ratio: dict[str, dict[str, list[float]]] = {}
+    for case, key in RATIO_KEYS.items():
+        res = results.get(case)
+        if not isinstance(res, dict) or not _ok_runs(res.get("hand", [])):
+            continue
+        for v in res:
+            if v == "hand" or ":" in v:  # ":warmup" entries are not measured rounds
+                continue
+            rs = _paired(res, v, key)
+            if rs:
+                ratio.setdefault(case, {})[v] = [_med(rs), min(rs), max(rs)]
+    if ratio:
+        out["ratio"] = ratio
+    loaders: dict[str, dict[str, float]] = {}
+    for name, rs in (results.get("data") or {}).items():
+        v, _, nw = name.rpartition("/")
+        ok = _ok_runs(rs)
+        if ok:
+            loaders.setdefault(nw, {})[v] = _med([r["samples_per_s"] for r in ok])
+    if loaders:
+        out["loaders"] = loaders
+    gpu: dict[str, dict[str, dict[str, Any]]] = {}
+    for case in ("resnet", "gpt"):
+        res = results.get(case)
+        if not isinstance(res, dict):
+            continue
+        c = cfg.get(case, {})
+        per_step, unit = (c.get("batch", 0) * c.get("context", 0), "tokens/s") if case == "gpt" else \
+            (c.get("batch", 0), "images/s")
+        for v, rs in res.items():
+            ok = [r for r in _ok_runs(rs) if r.get("t_step", 0) > 0] if ":" not in v else []
+            if not ok or not per_step:
+                continue
+            mfu = [r["mfu"] for r in ok if r.get("mfu") is not None]
+            gpu.setdefault(case, {})[v] = {"per_s": per_step / _med([r["t_step"] for r in ok]), "unit": unit,
+                                           "mfu": _med(mfu) if mfu else None}
+    if gpu:
+        out["gpu"] = gpu
+    return out
+
+
+def write_plots(figs: dict[str, Any], folder: str | Path, targets: dict[str, float] | None = None) -> dict[str, Path]:
+    """One PNG per family present in ``figs`` (see :func:`figures`), written into ``folder``; family -> path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on the machines this runs on
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for family, draw in (("ratio", _plot_ratio), ("loaders", _plot_loaders), ("gpu", _plot_gpu)):
+        if not figs.get(family):
+            continue
+        fig = draw(plt, figs[family], targets or {})
+        fig.suptitle(PLOT_TITLES[family], fontsize=10)
+        fig.tight_layout()
+        path = folder / f"{family}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written[family] = path
+    return written
+
+
+def _plot_ratio(plt: Any, data: dict[str, dict[str, list[float]]], targets: dict[str, float]) -> Any:
+    labels, meds, lows, highs, colors, marks = [], [], [], [], [], []
+    for case, variants in data.items():
+        for v, (m, lo, hi) in variants.items():
+            labels.append(f"{case}: {v}")
+            meds.append(m)
+            lows.append(m - lo)
+            highs.append(hi - m)
+            colors.append("tab:blue" if v.startswith("dltrain") else "tab:gray")
+            # The targets are dltrain's: no tick on the peers' rows.
+            marks.append(targets.get("cuda" if case in ("resnet", "gpt") else case) if v == "dltrain" else None)
+    fig, ax = plt.subplots(figsize=(7.5, 0.3 * len(labels) + 1.3))
+    y = list(range(len(labels)))[::-1]
+    for yi, m, lo, hi, col in zip(y, meds, lows, highs, colors):
+        ax.errorbar([m], [yi], xerr=[[lo], [hi]], fmt="o", color=col, capsize=2, markersize=4)
+        ax.annotate(f"{m:.3f}", (m, yi), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for yi, t in zip(y, marks):
+        if t is not None:
+            ax.plot([t, t], [yi - 0.35, yi + 0.35], color="tab:red", linewidth=1.2)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    # Log scale: Lightning's ~3x and dltrain's few percent in one readable axis.
+    ax.set_xscale("log")
+    ticks = [t for t in (0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 4, 6, 10)
+             if min(m - lo for m, lo in zip(meds, lows)) * 0.9 <= t <= max(m + hi for m, hi in zip(meds, highs)) * 1.1]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("ratio to the hand loop (log scale; 1 = level; red tick = target; blue = dltrain)", fontsize=8)
+    return fig
+
+
+def _plot_loaders(plt: Any, data: dict[str, dict[str, float]], targets: dict[str, float]) -> Any:
+    pipelines = sorted({v for by in data.values() for v in by}, key=lambda v: (DLTRAIN_LOADERS.index(v) if v in DLTRAIN_LOADERS else len(DLTRAIN_LOADERS), v))
+    counts = sorted(data, key=int)
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    width = 0.8 / len(counts)
+    for i, nw in enumerate(counts):
+        xs = [j + i * width for j in range(len(pipelines))]
+        ax.bar(xs, [data[nw].get(v, 0.0) for v in pipelines], width, label=f"{nw} workers")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(pipelines))], pipelines, rotation=25, ha="right",
+                  fontsize=8)
+    ax.set_ylabel("samples/s (last epoch)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plot_gpu(plt: Any, data: dict[str, dict[str, dict[str, Any]]], targets: dict[str, float]) -> Any:
+    has_mfu = any(d["mfu"] is not None for variants in data.values() for d in variants.values())
+    fig, axes = plt.subplots(1, 2 if has_mfu else 1, figsize=(7.5, 3.2), squeeze=False)
+    labels = [f"{case}: {v}" for case, variants in data.items() for v in variants]
+    rows = [d for variants in data.values() for d in variants.values()]
+    ax = axes[0][0]
+    ax.barh(labels[::-1], [d["per_s"] for d in rows][::-1], color="tab:blue")
+    ax.set_xlabel(" / ".join(sorted({d["unit"] for d in rows})), fontsize=8)
+    ax.tick_params(labelsize=8)
+    if has_mfu:
+        ax = axes[0][1]
+        ax.barh(labels[::-1], [100 * (d["mfu"] or 0.0) for d in rows][::-1], color="tab:green")
+        ax.set_xlabel("MFU (%)", fontsize=8)
+        ax.tick_params(labelsize=8)
+    return fig
+
+
+def report(doc: dict[str, Any], plots: dict[str, Path] | None = None, out: str | Path | None = None) -> str:
+    """The markdown report of one run's results document (``Bench.document()``); plot paths relative to ``out``."""
+    m = doc["meta"]
+    verdicts = doc["verdicts"]
+    passed = sum(1 for v in verdicts if v[3] == "PASS")
+    base = Path(out).resolve().parent if out else None
     lines = [
         "# dltrain benchmarks", "",
         "Every figure below comes from one invocation of `scripts/bench`; regenerate with the command shown.", "",
+        "## Summary", "",
+        f"`{m['command']}`" + (" (quick smoke run: small sizes, few repeats)" if m.get("quick") else "")
+        + f", {m['date']}; {m['cpu']} ({m['cores']} cores), load average at start {m['load']}, at end "
+        f"{m.get('load_end', '?')}; {passed} of {len(verdicts)} targets met.", "",
+        *summary_table(doc["headlines"]), "",
+    ]
+    for family, path in (plots or {}).items():
+        rel = Path(os.path.relpath(Path(path).resolve(), base)) if base else Path(path)
+        lines += [f"![{PLOT_TITLES[family]}]({rel.as_posix()})", ""]
+    lines += [
         "## Machine and run", "",
-        f"- command: `{cmd}`" + (" (quick smoke run: small sizes, few repeats)" if bench.args.quick else ""),
-        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- CPU: {m['cpu']} ({m['cores']} cores visible), load average at start {m['load']}",
+        f"- command: `{m['command']}`",
+        f"- date: {m['date']}",
+        f"- CPU: {m['cpu']} ({m['cores']} cores visible), load average at start {m['load']}, at end "
+        f"{m.get('load_end', '?')}",
         f"- GPU: {m['gpu']}",
         f"- Python {m['python']}, torch {m['torch']}, lightning {m['lightning']}, webdataset {m['webdataset']}, "
         f"dltrain {m['dltrain']} (git {m['git']})",
-        f"- wall time of the whole run: {bench.elapsed / 60:.1f} min",
+        f"- wall time of the whole run: {m['elapsed_s'] / 60:.1f} min",
         "",
-        "## Summary", "",
-        f"{passed} of {len(bench.verdicts)} targets met.", "",
-        "| figure | measured | target | result |", "|---|---|---|---|",
-        *[f"| {f} | {v} | {t} | {s} |" for f, v, t, s in bench.verdicts], "",
         "## Results", "",
-        *bench.sections,
+        *doc["sections"],
+        "### Every target of the run", "",
+        "| figure | measured | target | result |", "|---|---|---|---|",
+        *[f"| {f} | {v} | {t} | {s} |" for f, v, t, s in verdicts], "",
     ]
-    if bench.notes:
-        lines += ["### Notes from the run", "", *[f"- {n}" for n in bench.notes], ""]
-    missed = [f for f, _, _, st in bench.verdicts if st == "MISS"]
-    pax = int((bench.results.get("tar_diag") or {}).get("pax_members", 1))
-    found = [text for prefixes, text in FINDINGS if any(f.startswith(prefixes) for f in missed)
-             and not (text.startswith(PAX_TITLE) and pax == 0)]
-    if found:
-        lines += ["## Missed targets: causes and proposed fixes", "",
-                  "Shown only for targets this run missed. The profiles quoted were taken separately (cProfile, "
-                  "same machine, same shards) while building this harness; the run's own figures are above.", "",
-                  *found]
+    if doc["notes"]:
+        lines += ["### Notes from the run", "", *[f"- {n}" for n in doc["notes"]], ""]
+    missed = [f for f, _, _, st in verdicts if st == "MISS"]
+    if missed:
+        lines += ["Targets missed in this run: " + "; ".join(missed) + ". What the profiles showed about them, "
+                  "and the fixes, are in BENCHMARKS.md under *Findings*.", ""]
     lines += [METHOD, ""]
-    for i, path in enumerate(bench.args.include):
+    for i, path in enumerate(m.get("include", [])):
         text = Path(path).read_text()
         # Drop its title line and its Method section (the same as ours); demote its headings by one level.
         text = text.split("\n## Method", 1)[0]
         kept = [ln for ln in text.splitlines() if not ln.startswith(("# dltrain benchmarks", "Every figure below"))]
         body = "\n".join(("#" + ln if ln.startswith("#") else ln) for ln in kept).strip()
-        note = bench.args.include_note[i] if i < len(bench.args.include_note) else ""
+        notes = m.get("include_note", [])
+        note = notes[i] if i < len(notes) else ""
         lines += [f"## Included: another invocation ({Path(path).name})", "",
                   "The figures below come from a separate run of `scripts/bench` on another machine (its command, "
                   "machine and date are in its own header); they are not comparable with the figures above.",

@@ -28,6 +28,8 @@ from benchlib.common import (
 )
 from benchlib.config import FULL
 
+_NOMINAL_CPU_PEAK = 1e11  # FLOP/s passed to ThroughputMonitor on a CPU; only scales the logged MFU
+
 
 class LoopRunner:
     """Cases 1 and 2: one epoch of `steps` batches, hand loop vs dltrain vs Lightning vs Fabric (CPU)."""
@@ -121,11 +123,11 @@ class LoopRunner:
         t1, c1 = _PERF(), _CPU()
         return _times(t0, c0, t1, c1, first, ends, n)
 
-    def _dltrain(self, root: str) -> dict[str, Any]:
+    def _dltrain(self, root: str, *extra: Any) -> dict[str, Any]:
         task = dl_task_cls()(self.kind, self.cfg)
         timer = _CLASSES["dl_timer"]()
         trainer = make_dl_trainer(self.notes, max_epochs=1, accelerator="cpu", devices=1, default_root_dir=root,
-                                  callbacks=[timer])
+                                  callbacks=[timer, *extra])
         loader = self.loader()
         gc.collect()
         c0, t0 = _CPU(), _PERF()
@@ -135,6 +137,19 @@ class LoopRunner:
         if not ckpts and "no checkpoint written" not in self.notes:
             self.notes.append("no checkpoint written")
         return _times(t0, c0, t1, c1, timer.first, timer.ends, timer.n)
+
+    def _dltrain_tm(self, root: str) -> dict[str, Any]:
+        """dltrain plus `ThroughputMonitor()`: samples/s and data wait (the task does not say its FLOPs)."""
+        from dltrain.callbacks import ThroughputMonitor
+
+        return self._dltrain(root, ThroughputMonitor())
+
+    def _dltrain_mfu(self, root: str) -> dict[str, Any]:
+        """dltrain plus `ThroughputMonitor` with MFU: FLOPs counted on the first batch, against a nominal peak
+        (a CPU has no entry in the monitor's table; the MFU value is not the point, its per-step cost is)."""
+        from dltrain.callbacks import ThroughputMonitor
+
+        return self._dltrain(root, ThroughputMonitor(measure_flops=True, peak_flops=_NOMINAL_CPU_PEAK))
 
     def _lightning(self, root: str) -> dict[str, Any]:
         import lightning.pytorch as pl
