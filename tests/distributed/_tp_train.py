@@ -73,11 +73,12 @@ class LightningTask(TPTask):
         pass
 
 
-def val_loader(shards: str):
+def stream_loader(shards: str, stem: str, batch_size: int, training: bool):
     from dltrain.data import StreamingDataset
 
-    urls = sorted(str(p) for p in Path(shards).glob("val-*.tar"))
-    ds = StreamingDataset(urls, batch_size=4, shuffle=False, training=False,
+    urls = sorted(str(p) for p in Path(shards).glob(f"{stem}-*.tar"))
+    ds = StreamingDataset(urls, batch_size=batch_size, shuffle=training, training=training, seed=3,
+                          shuffle_buffer=16,
                           map=lambda s: (torch.from_numpy(s["npy"]), torch.from_numpy(s["y.npy"]), s["cls"]))
     return ds.loader(num_workers=0)
 
@@ -94,6 +95,8 @@ def main() -> None:
     p.add_argument("--every", type=int, default=3, help="checkpoint every n steps")
     p.add_argument("--resume", default=None)
     p.add_argument("--dump-restored", action="store_true")
+    p.add_argument("--train-stream", action="store_true",
+                   help="train on the StreamingDataset shards train-*.tar in --val-shards' folder, with a SampleLedger")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,13 +108,19 @@ def main() -> None:
                                                          save_top_k=-1)]
     if args.dump_restored:
         callbacks.append(DumpRestored(out))
+    if args.train_stream:
+        from dltrain.callbacks import SampleLedger
+
+        callbacks.append(SampleLedger())
     trainer = dltrain.Trainer(accelerator="cpu", strategy=strategy, max_epochs=args.epochs,  # type: ignore[arg-type]
                               default_root_dir=str(out), seed=11, callbacks=callbacks, logger=False,
                               enable_progress_bar=False, log_every_n_steps=2, num_sanity_val_steps=0)
     torch.manual_seed(5)
     task = (LightningTask if args.strategy == "lightning" else TPTask)(args.out)
-    train = DataLoader(Keyed(args.samples), batch_size=args.batch_size // trainer.data_parallel_size, shuffle=True)
-    trainer.fit(task, train, val_loader(args.val_shards), ckpt_path=args.resume)
+    per_replica = args.batch_size // trainer.data_parallel_size
+    train = (stream_loader(args.val_shards, "train", per_replica, training=True) if args.train_stream
+             else DataLoader(Keyed(args.samples), batch_size=per_replica, shuffle=True))
+    trainer.fit(task, train, stream_loader(args.val_shards, "val", 4, training=False), ckpt_path=args.resume)
     final = full_state(task, trainer.optimizers[0])
     report = {"rank": trainer.global_rank, "world_size": trainer.world_size,
               "data_parallel_rank": trainer.data_parallel_rank, "data_parallel_size": trainer.data_parallel_size,

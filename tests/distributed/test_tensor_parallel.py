@@ -1,7 +1,8 @@
 """Tensor parallelism on a 2-D mesh (data x tensor) on CPU with gloo: ``dltrain.FSDP2(tensor_parallel_size=2)`` on
 4 processes (2 data-parallel x 2 tensor-parallel) trains like one process with the whole batch, reads every sample
 once per epoch by data-parallel rank, validates exactly, and its sharded checkpoints resume bitwise at the same
-layout (also through Lightning's ``ModelParallelStrategy``) and load at another (DP1 x TP1, one process).
+layout (also through Lightning's ``ModelParallelStrategy``) and load at another (DP1 x TP1, one process); on a
+StreamingDataset the SampleLedger writes one file per data-parallel rank and audits complete.
 
 Every launch runs tests/distributed/_tp_train.py; the runs two tests share are made once per session.
 """
@@ -24,15 +25,17 @@ STEPS_PER_EPOCH = 12  # 96 samples, global batch 8
 
 
 def val_shards(base: Path) -> Path:
-    """21 validation samples (Keyed(21)) in StreamingDataset shards of 6."""
+    """StreamingDataset shards: 21 validation samples (Keyed(21)) in shards of 6, and the 96 training samples
+    (Keyed(96)) in shards of 13."""
     from dltrain.data import write_shards
     from tests.distributed._train import Keyed
 
-    folder = base / "tp-val-shards"
-    if not (folder / "val.index.json").exists():
-        ds = Keyed(21)
-        write_shards(({"__key__": f"{i:05d}", "npy": ds.x[i].numpy(), "y.npy": ds.y[i].numpy(), "cls": i}
-                      for i in range(21)), str(folder / "val-%06d.tar"), max_count=6)
+    folder = base / "tp-shards"
+    for stem, n, size in (("val", 21, 6), ("train", 96, 13)):
+        if not (folder / f"{stem}.index.json").exists():
+            ds = Keyed(n)
+            write_shards(({"__key__": f"{i:05d}", "npy": ds.x[i].numpy(), "y.npy": ds.y[i].numpy(), "cls": i}
+                          for i in range(n)), str(folder / f"{stem}-%06d.tar"), max_count=size)
     return folder
 
 
@@ -117,3 +120,20 @@ def test_a_tp_checkpoint_resumes_bitwise_at_the_same_layout_and_loads_at_another
     a, b = torch.load(tp / "final.pt"), torch.load(one / "final.pt")
     for name in a["model"]:
         assert torch.allclose(a["model"][name], b["model"][name], atol=1e-6, rtol=0), name
+
+
+def test_streaming_training_under_tp_splits_by_data_parallel_rank_and_the_ledger_audits(tmp_path_factory):
+    """DP2 x TP2 on a StreamingDataset with a SampleLedger, 2 epochs: the plan is split by data-parallel rank (the
+    tensor-parallel peers trained on the same batches, the two groups on disjoint halves), and the ledger holds
+    one file per data-parallel rank (world size 2), which the audit finds complete: every sample once per epoch."""
+    from dltrain.audit import audit
+
+    out = run(tmp_path_factory.getbasetemp(), "tp-stream", 4, "--tp", "2", "--train-stream")
+    keys = [keys_by_epoch(out, r) for r in range(4)]
+    assert keys[0] == keys[1] and keys[2] == keys[3]
+    for epoch in (0, 1):
+        assert sorted(k for batch in keys[0][epoch] + keys[2][epoch] for k in batch) == list(range(96))
+    assert sorted(p.name.split("-rank")[1] for p in (out / "ledger").glob("round-*.jsonl")) == ["0.jsonl", "1.jsonl"]
+    report = audit(out)
+    assert report.ok and [r.world_size for r in report.rounds] == [2], report
+    assert [(e.seen, e.duplicates, e.missing, e.finished) for e in report.epochs] == [(96, 0, 0, True)] * 2
