@@ -128,13 +128,19 @@ class _PreRead:
 
 def _wanted_per_shard(positions: np.ndarray, batches: np.ndarray, batch_size: int,
                       where: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> Callable[[int], np.ndarray]:
-    """Shard id -> the indices in that shard of every sample of ``batches`` (what a forward reader extracts)."""
-    flat = (batches[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
-    shard_ids, locals_ = where(positions[flat[flat < len(positions)]])
-    by_shard = np.argsort(shard_ids, kind="stable")
-    sorted_ids = shard_ids[by_shard]
+    """Shard id -> the indices in that shard of every sample of ``batches`` (what a forward reader extracts).
+
+    Built on the first call: seekable shards never call it, and locating every sample of the worker's epoch up
+    front costs time before the first batch (a `Mixture` labels each of those positions)."""
+    table: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (sorted shard ids, indices, their order)
 
     def wanted(shard: int) -> np.ndarray:
+        if not table:
+            flat = (batches[:, None] * batch_size + np.arange(batch_size)[None, :]).ravel()
+            shard_ids, locals_ = where(positions[flat[flat < len(positions)]])
+            by_shard = np.argsort(shard_ids, kind="stable")
+            table.append((shard_ids[by_shard], locals_, by_shard))
+        sorted_ids, locals_, by_shard = table[0]
         lo, hi = np.searchsorted(sorted_ids, [shard, shard + 1])
         return locals_[by_shard[lo:hi]]
 
