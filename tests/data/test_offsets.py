@@ -68,6 +68,7 @@ def test_seeking_reader_gives_the_scanned_samples_in_any_order(tmp_path: Path) -
         finally:
             reader.close()
         assert [seeked[i] for i in range(n)] == scanned
+        assert reader.fast_reads == n  # write_shards' members: all parsed without tarfile
 
 
 def test_pax_headers_and_skipped_members_keep_offsets_exact(tmp_path: Path) -> None:
@@ -98,6 +99,56 @@ def test_pax_headers_and_skipped_members_keep_offsets_exact(tmp_path: Path) -> N
         assert [reader.get(i) for i in reversed(range(6))][::-1] == _scan_all(str(path), 6)
     finally:
         reader.close()
+    assert reader.fast_reads == 6
+
+
+@pytest.mark.parametrize(
+    ("fmt", "fast"),
+    [(tarfile.PAX_FORMAT, True), (tarfile.USTAR_FORMAT, True), (tarfile.GNU_FORMAT, False)],
+    ids=["pax-path-records", "ustar-prefix", "gnu-longname"],
+)
+def test_long_names_read_like_tarfile_with_or_without_the_fast_path(tmp_path: Path, fmt: int, fast: bool) -> None:
+    # Names over 100 bytes: PAX writes a `path` record (here also a non-ASCII one), ustar splits them into the
+    # prefix field, GNU writes an 'L' member the fast path leaves to tarfile. Same samples either way.
+    path = tmp_path / "long-000.tar"
+    folder = "d" * 60 + "/" + "e" * 60
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i in range(5):
+            for ext, data in (("cls", str(i).encode()), ("txt", b"y" * (i * 700))):
+                name = f"{folder}/s{i}-{'é' if fmt == tarfile.PAX_FORMAT else 'e'}{'x' * 20}.{ext}"
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    entry = build_index([str(path)], write=False)["shards"][0]
+    assert entry["samples"] == 5
+    reader = IndexedShardReader(str(path), np.asarray(entry["offsets"]), 5)
+    try:
+        got = [reader.get(i) for i in (3, 0, 4, 1, 2)]
+    finally:
+        reader.close()
+    assert sorted(got, key=lambda s: s["__key__"]) == _scan_all(str(path), 5)
+    assert got[0]["__key__"].startswith(folder) and got[0]["txt"] == b"y" * 2100
+    assert reader.fast_reads == (5 if fast else 0)
+
+
+def test_a_damaged_header_is_left_to_tarfile_and_reported(tmp_path: Path) -> None:
+    # One flipped byte in a member name: the checksum no longer matches, the fast path declines and the tarfile
+    # path reports the damage (rather than the fast path handing on a sample under a corrupted key).
+    paths = write_shards(_samples(6), str(tmp_path / "c-%03d.tar"), max_count=6)
+    entry = load_index(str(tmp_path / "c.index.json"))["shards"][0]
+    raw = bytearray(Path(paths[0]).read_bytes())
+    start = entry["offsets"][2]
+    name_at = start + (512 + 512 if raw[start + 156 : start + 157] == b"x" else 0)  # past a PAX header
+    raw[name_at] ^= 0x01
+    Path(paths[0]).write_bytes(bytes(raw))
+    reader = IndexedShardReader(paths[0], np.asarray(entry["offsets"]), 6)
+    try:
+        assert reader.get(1)["__key__"] == "k0001"
+        with pytest.raises(DataError, match=r"index does not match the shard: sample #2 "):
+            reader.get(2)
+    finally:
+        reader.close()
+    assert reader.fast_reads == 1
 
 
 def test_old_index_without_offsets_reads_the_same_batches(shard_set: ShardSet, tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ import posixpath
 import re
 import tarfile
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -585,8 +586,12 @@ class _KeyCounter:
 
 def _grouped(info: tarfile.TarInfo) -> bool:
     """Whether webdataset's tar iteration hands this member on to sample grouping (a regular, non-meta file)."""
-    name = info.name
-    if not info.isreg() or _SKIP_META.match(name):
+    return info.isreg() and _grouped_name(info.name)
+
+
+def _grouped_name(name: str) -> bool:
+    """`_grouped` for a regular file of this name."""
+    if _SKIP_META.match(name):
         return False
     return not ("/" not in name and name.startswith(tariterators.meta_prefix) and name.endswith(tariterators.meta_suffix))
 
@@ -997,6 +1002,61 @@ class _Mismatch(Exception):
     """The tar members at a sample's indexed offsets are not one whole sample."""
 
 
+def _nts(field: bytes) -> str:
+    """A NUL-terminated tar header string (UTF-8, as tarfile reads names by default)."""
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode("utf-8")
+
+
+def _octal(field: bytes, base: int = 8) -> int | None:
+    """A tar header number (octal, NUL/space padded) or a PAX decimal; ``None`` for base-256 or garbage."""
+    if field[:1] in (b"\x80", b"\xff"):
+        return None
+    end = field.find(b"\0")
+    text = (field if end < 0 else field[:end]).strip()
+    try:
+        return int(text, base) if text else 0
+    except ValueError:
+        return None
+
+
+def _checksum_ok(header: bytes) -> bool:
+    """tarfile's (unsigned) header checksum: the sum of the header's bytes, the checksum field counted as spaces.
+
+    The sum comes from adler32, whose low half is ``(1 + sum of bytes) mod 65521``: one C call instead of a
+    Python loop over 512 bytes. Mod 65521 it misses only changes to the sum by a multiple of 65521, which takes
+    at least 257 changed bytes; any `_read_fast` declines goes through tarfile's own check anyway.
+    """
+    stored = _octal(header[148:156])
+    if stored is None:
+        return False
+    field = sum(header[148:156])
+    return (1 + stored - 256 + field) % 65521 == zlib.adler32(header) & 0xFFFF
+
+
+# PAX records `_read_fast` leaves to tarfile: other charsets, sparse files.
+_PAX_DEFER = (b"hdrcharset", b"GNU.sparse")
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes] | None:
+    """The ``"LEN key=value\n"`` records of a PAX header; ``None`` if malformed or holding a deferred key."""
+    records: dict[bytes, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.find(b" ", pos)
+        if space < 0:
+            return None
+        length = _octal(data[pos:space], base=10)
+        if not length or pos + length > len(data) or data[pos + length - 1 : pos + length] != b"\n":
+            return None
+        key, eq, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if not eq or key.startswith(_PAX_DEFER):
+            return None
+        records[key] = value
+        pos += length
+    return records
+
+
 class IndexedShardReader:
     """Random-access reader of one local, uncompressed shard whose index has sample offsets.
 
@@ -1020,6 +1080,7 @@ class IndexedShardReader:
         self._size = 0
         self._failed: DataError | None = None  # the shard could not be opened: every sample fails the same way
         self.next_index = 0  # any sample can be read, in any order (same attribute as `ShardReader`)
+        self.fast_reads = 0  # samples parsed by `_read_fast` (the rest went through tarfile)
 
     def _open(self, index: int) -> tarfile.TarFile:
         try:
@@ -1059,6 +1120,11 @@ class IndexedShardReader:
                 url=self.url,
                 key=self._where(index),
             )
+        fast = self._read_fast(start, stop)
+        if fast is not None:
+            self.fast_reads += 1
+            fast["__url__"] = self.url
+            return fast
         sample: dict[str, Any] = {}
         try:
             self._read(self._tar, start, stop, sample)
@@ -1083,6 +1149,79 @@ class IndexedShardReader:
         except Exception as exn:
             raise self._read_error(exn, sample.get("__key__") or self._where(index)) from exn
         sample["__url__"] = self.url
+        return sample
+
+    def _read_fast(self, start: int, stop: int) -> dict[str, Any] | None:
+        """The sample in bytes ``[start, stop)`` from one read, parsing the headers here; ``None`` for anything
+        but plain members, directories and PAX headers with ordinary records, or any doubt (a bad checksum, a
+        range that does not end on a member): `_read` then parses it with `tarfile`, its checks and messages.
+
+        Why: `tarfile` parses each header in Python objects with several reads; on 32x32 PNG samples (two
+        members, each behind a PAX header) that was ~100 µs per sample, as much as the PNG decode.
+        """
+        buf = os.pread(self._file.fileno(), stop - start, start)
+        if len(buf) != stop - start or len(buf) % tarfile.BLOCKSIZE:
+            return None
+        sample: dict[str, Any] = {}
+        headers: list[int] = []  # block numbers of the headers read, checksummed at the end
+        pax: dict[bytes, bytes] | None = None  # the records of a PAX header, for the member after it
+        pos = 0
+        while pos < len(buf):
+            header = buf[pos : pos + tarfile.BLOCKSIZE]
+            size = _octal(header[124:136])
+            if size is None:
+                return None
+            headers.append(pos // tarfile.BLOCKSIZE)
+            kind = header[156:157]
+            if pax is not None and b"size" in pax:
+                size = _octal(pax[b"size"], base=10)
+                if size is None:
+                    return None
+            data = pos + tarfile.BLOCKSIZE
+            pos = data + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            if pos > len(buf):
+                return None
+            if kind == tarfile.XHDTYPE:
+                if pax is not None:
+                    return None
+                pax = _pax_records(buf[data : data + size])
+                if pax is None:
+                    return None
+                continue
+            try:
+                name = _nts(header[:100])
+                prefix = _nts(header[345:500])
+                if pax is not None and b"path" in pax:
+                    name, prefix = pax[b"path"].decode("utf-8"), ""
+            except UnicodeDecodeError:
+                return None
+            pax = None
+            if prefix:
+                name = prefix + "/" + name
+            if kind == tarfile.AREGTYPE and name.endswith("/"):
+                continue  # an old-style directory
+            if kind not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+                if kind in (tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.BLKTYPE,
+                            tarfile.FIFOTYPE):
+                    continue  # not grouped into samples, as in `_read`
+                return None  # GNU long names, sparse files, global PAX headers: tarfile's job
+            if not _grouped_name(name):
+                continue
+            base, suffix = tariterators.base_plus_ext(name)
+            if base is None:
+                continue
+            if sample.setdefault("__key__", base) != base:
+                return None
+            suffix = suffix.lower()
+            if suffix in sample:
+                return None
+            sample[suffix] = buf[data : data + size]
+        if pax is not None or "__key__" not in sample:
+            return None
+        for block in headers:
+            header = buf[block * tarfile.BLOCKSIZE : (block + 1) * tarfile.BLOCKSIZE]
+            if not _checksum_ok(header):
+                return None
         return sample
 
     def _read(self, tar: tarfile.TarFile, start: int, stop: int, sample: dict[str, Any]) -> None:
