@@ -7,7 +7,10 @@ import io
 import json
 import math
 import os
+import tarfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from benchlib.common import _PERF
@@ -24,46 +27,65 @@ def decode_png(data: bytes) -> Any:
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
-def stream_pair(sample: dict[str, Any]) -> tuple[Any, int]:
-    return sample["png"], sample["cls"]
+def stream_pair(sample: dict[str, Any]) -> tuple[Any, int, str]:
+    """(image, class, key): every pipeline's batches carry their keys, for the exactly-once check."""
+    return sample["png"], sample["cls"], sample["__key__"]
+
+
+def tar_samples(url: str) -> Iterator[dict[str, Any]]:
+    """The samples of one shard written by `prepare`, as ``{"key", "png", "cls"}`` (raw PNG bytes, int class)."""
+    sample: dict[str, Any] = {}
+    with tarfile.open(url) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = member.name.split(".", 1)
+            if sample and sample["key"] != key:
+                yield sample
+                sample = {}
+            f = tar.extractfile(member)
+            assert f is not None
+            sample["key"] = key
+            sample[ext] = int(f.read()) if ext == "cls" else f.read()
+    if sample:
+        yield sample
+
+
+def epoch_check(keys: list[str], expected: set[str]) -> dict[str, Any]:
+    """How far one epoch's keys are from every expected sample exactly once."""
+    counts = Counter(keys)
+    dups = sum(c - 1 for c in counts.values() if c > 1)
+    missing = len(expected - counts.keys())
+    unknown = len(counts.keys() - expected)
+    return {"delivered": len(keys), "distinct": len(counts), "duplicates": dups, "missing": missing,
+            "unknown": unknown, "exactly_once": dups == 0 and missing == 0 and unknown == 0}
 
 
 class MapStyleImages:
     """Map-style dataset over the shards' samples (raw bytes kept in memory), decoded like the others."""
 
     def __init__(self, urls: list[str]) -> None:
-        import tarfile
-
-        items: dict[str, dict[str, bytes]] = {}
-        order: list[str] = []
-        for url in urls:
-            with tarfile.open(url) as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, ext = member.name.split(".", 1)
-                    if key not in items:
-                        items[key] = {}
-                        order.append(key)
-                    f = tar.extractfile(member)
-                    assert f is not None
-                    items[key][ext] = f.read()
-        self.items = [(items[k]["png"], items[k]["cls"]) for k in order]
+        self.items = [(s["png"], s["cls"], s["key"]) for url in urls for s in tar_samples(url)]
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        png, cls = self.items[i]
-        return decode_png(png), int(cls)
+    def __getitem__(self, i: int) -> tuple[Any, int, str]:
+        png, cls, key = self.items[i]
+        return decode_png(png), cls, key
 
 
 class DataRunner:
-    """Case 3: StreamingDataset vs webdataset.WebLoader vs map-style DataLoader, same shards, same decode."""
+    """Case 3: StreamingDataset vs webdataset.WebLoader vs map-style DataLoader, same shards, same decode.
+
+    Batches are ``(images, classes, keys)``; each measured epoch's keys are checked against the shards' (every
+    sample exactly once?). The peer loaders (benchlib.peers) subclass this with their own `_loader`.
+    """
 
     def __init__(self, variant: str, cfg: dict[str, Any], urls: list[str]) -> None:
         self.variant, self.cfg, self.urls = variant, cfg, urls
         self.map_ds = MapStyleImages(urls) if variant == "mapstyle" else None
+        self.keys = {s["key"] for url in urls for s in tar_samples(url)}
 
     def _loader(self, workers: int, rep: int) -> Any:
         from torch.utils.data import DataLoader, default_collate
@@ -95,7 +117,7 @@ class DataRunner:
                 wds.WebDataset(self.urls, shardshuffle=100, seed=rep, empty_check=False)
                 .shuffle(1000)
                 .decode(wds.handle_extension("png", decode_png))
-                .to_tuple("png", "cls")
+                .to_tuple("png", "cls", "__key__")
                 .batched(b, collation_fn=default_collate)
             )
             return wds.WebLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
@@ -116,19 +138,26 @@ class DataRunner:
         prev_end = t0
         # The warm-up run (imports, first use) reads a few batches only.
         limit = 4 if args.get("warmup") else None
+        checks = []
         for epoch in range(1 if limit else self.cfg["epochs"]):
-            if hasattr(loader, "set_epoch"):
+            if hasattr(loader, "set_epoch"):  # LitData's and mosaic's loaders count epochs per iter() themselves
                 loader.set_epoch(epoch)
             first = None
             n = 0
-            for i, (_x, y) in enumerate(loader):
+            seen: list[str] = []
+            for i, (_x, y, keys) in enumerate(loader):
                 if first is None:
                     first = _PERF()
                 n += len(y)
+                seen.extend(keys)
                 if limit and i + 1 >= limit:
                     break
             end = _PERF()
+            if first is None:
+                raise RuntimeError(f"{self.variant}: epoch {epoch} yielded no batch")
             epochs.append({"first": first - prev_end, "time": end - prev_end, "samples": n})
+            if not limit:
+                checks.append(epoch_check(seen, self.keys))
             # The end of a training epoch (validation, a checkpoint): the same pause for every pipeline, not timed.
             time.sleep(self.cfg.get("pause_s", 0.0))
             prev_end = _PERF()
@@ -141,6 +170,7 @@ class DataRunner:
             "samples_per_s": last["samples"] / last["time"],
             "samples": [e["samples"] for e in epochs],
             "epoch_s": [e["time"] for e in epochs],
+            "epochs_checked": checks,
         }
 
 

@@ -98,7 +98,9 @@ def _rotated(names: list[str], rep: int) -> list[str]:
 
 MONITOR_VARIANTS = ["dltrain_tm", "dltrain_mfu"]  # runners.LoopRunner's ThroughputMonitor variants
 _PEER_NAMES = {"fabric": "Fabric", "lightning": "Lightning", "webloader": "WebLoader", "mapstyle": "map-style (in memory)",
-               "hand": "hand loop"}
+               "hand": "hand loop", "litdata": "LitData", "mosaic": "mosaic streaming"}
+# The exactly-once peer loaders of cases 3 and 5 (benchlib.peers; pyproject's `bench` extra).
+PEER_LOADERS = ["litdata", "mosaic"]
 
 
 class Bench:
@@ -269,7 +271,8 @@ class Bench:
     # ------------------------------------------------------------------ case 3
     def case_data(self, urls: list[str], diag: dict[str, Any] | None = None) -> None:
         c = self.cfg["data"]
-        variants = ["streaming", "streaming-pipe", "pipe-no-read-ahead", "mixture", "webloader", "mapstyle"]
+        variants = ["streaming", "streaming-pipe", "pipe-no-read-ahead", "mixture", "webloader", "mapstyle",
+                    *PEER_LOADERS]
         workers = self._spawn(variants)
         table: dict[tuple[str, int], list[dict[str, Any]]] = {}
         try:
@@ -288,28 +291,38 @@ class Bench:
                  "`pipe:cat` URLs (read forward, as remote or compressed shards are), pipe-no-read-ahead: the same with "
                  "`read_ahead=False`. Every pipeline pauses "
                  f"{c.get('pause_s', 0)} s between epochs (untimed; a training epoch's end: validation, a checkpoint); "
-                 "the gap is from `iter()` to the first batch of the last epoch.", "",
+                 "the gap is from `iter()` to the first batch of the last epoch. litdata, mosaic: the same samples "
+                 "converted (untimed, once per worker) with `litdata.optimize` into LitData chunks and with "
+                 "`streaming.MDSWriter` into mosaic MDS shards, about one chunk/shard per tar shard, read with each "
+                 "library's `StreamingDataset` (shuffle=True) + `StreamingDataLoader`, the same decode in the "
+                 "dataset and torch's default_collate (benchlib/peers.py).", "",
                  f"{c['samples']:,} PNG 32x32 RGB images + cls in {c['shards']} shards written with "
                  f"`dltrain.data.write_shards`; PIL decode to a float tensor (same function everywhere), batch "
                  f"{c['batch']}, shuffle buffer 1000, {c['epochs']} epochs per run with persistent workers; the "
                  "main process only iterates. samples/s is the last epoch (including the gap before it). "
                  f"{c['repeats']} interleaved repeats, medians.", "",
+                 "Every batch carries its samples' keys; \"per epoch\" counts, over all measured epochs of all "
+                 "runs, the worst epoch's duplicated and missing keys (0 / 0: every sample exactly once; dltrain's "
+                 f"training=True drops the last incomplete batch, {c['samples'] % c['batch']} samples).", "",
                  "| pipeline | workers | samples/s | ratio to WebLoader (paired median) | first batch (s) | "
-                 "gap between epochs (ms) |", "|---|---|---|---|---|---|"]
+                 "gap between epochs (ms) | per epoch: duplicates / missing |", "|---|---|---|---|---|---|---|"]
         for nw in c["workers"]:
             web = {r["rep"]: r for r in table[("webloader", nw)] if "error" not in r}
             for v in variants:
                 rs = [r for r in table[(v, nw)] if "error" not in r]
                 if not rs:
                     err = table[(v, nw)][0].get("error") if table[(v, nw)] else "no runs"
-                    lines.append(f"| {v} | {nw} | failed: {err} ||||")
+                    lines.append(f"| {v} | {nw} | failed: {err} |||||")
                     continue
                 ratios = [r["samples_per_s"] / web[r["rep"]]["samples_per_s"] for r in rs if r["rep"] in web]
                 sps = _med([r["samples_per_s"] for r in rs])
                 first = _med([r["first_batch_s"] for r in rs])
                 gap = _med([r["gap_ms"] for r in rs])
+                checks = [e for r in rs for e in r.get("epochs_checked", [])]
+                once = (f"{max(e['duplicates'] for e in checks)} / {max(e['missing'] + e['unknown'] for e in checks)}"
+                        if checks else "-")
                 lines.append(f"| {v} | {nw} | {sps:,.0f} | {_med(ratios):.3f} ({_spread(ratios)}) | {first:.3f} | "
-                             f"{gap:.0f} |")
+                             f"{gap:.0f} | {once} |")
                 if v == "streaming-pipe":
                     self.verdicts.append((f"3. StreamingDataset on pipe: shards, gap between epochs, {nw} workers",
                                           f"{gap:.0f} ms", f"<= {TARGETS['data_gap_ms']:.0f} ms",
@@ -368,6 +381,18 @@ class Bench:
                            f"{_med([r['samples_per_s'] for r in own]):,.0f}/s ({ratio:.2f}x WebLoader)",
                            "; ".join(f"{_PEER_NAMES.get(v, v)} {peers[v]:,.0f}/s" for v in ranked),
                            f">= {TARGETS['data_ratio']}x WebLoader", _verdict(ratio >= TARGETS["data_ratio"]))
+        for nw in counts:
+            # Issue 16's target: StreamingDataset the fastest of the exactly-once loaders, paired by round.
+            own = {r["rep"]: r for r in ok("streaming", nw)}
+            paired = {v: [own[r["rep"]]["samples_per_s"] / r["samples_per_s"] for r in ok(v, nw) if r["rep"] in own]
+                      for v in PEER_LOADERS}
+            paired = {v: _med(p) for v, p in paired.items() if p}
+            if paired:
+                worst = min(paired, key=lambda v: paired[v])
+                self._headline("data", f"3. StreamingDataset / exactly-once peer samples/s (paired), {nw} workers",
+                               f"{paired[worst]:.2f}x {_PEER_NAMES[worst]}",
+                               "; ".join(f"{paired[v]:.2f}x {_PEER_NAMES[v]}" for v in paired),
+                               ">= 1.0x (the fastest)", _verdict(paired[worst] >= 1.0))
         nw = max(counts)
         for v, label in (("streaming", "local"), ("streaming-pipe", "pipe:")):
             rs, web = ok(v, nw), ok("webloader", nw)
@@ -501,6 +526,63 @@ class Bench:
         lines.append("")
         self.sections.append("\n".join(lines))
 
+    def case_resume_loaders(self, urls: list[str]) -> None:
+        """Case 5, loader level: dltrain's, LitData's and mosaic's StreamingDataLoader rebuilt from their own state
+        saved at 0/10/90% of an epoch of the data case's images (benchlib.peers.PeerResumeRunner)."""
+        c = {**self.cfg["resume"], "batch": self.cfg["data"]["batch"]}
+        kinds, positions = ["dltrain", *PEER_LOADERS], ["0", "10", "90"]
+        procs = self._spawn(kinds)
+        for k, w in procs.items():
+            w.variant = k  # type: ignore[attr-defined]
+        runs = [f"{k}@{p}" for k in kinds for p in positions]
+        try:
+            res = self._interleave({r: procs[r.split("@")[0]] for r in runs}, "resume-loader", c["repeats"], c, runs,
+                                   extra={"urls": urls}, args_of=lambda r: {"at": r.split("@")[1]})
+        finally:
+            for w in procs.values():
+                w.close()
+        self.results["resume_loader"] = res
+        n = self.cfg["data"]["samples"]
+        lines = ["### 5b. Resume, loader level: each library's own loader state, the data case's images", "",
+                 f"The {n:,} PNG images of case 3 (LitData and mosaic: converted as there), batch {c['batch']}, "
+                 f"{c['workers']} workers, shuffle. A state is saved once per position with the loader's own "
+                 "`state_dict()` after 10% / 90% of the epoch's batches; each run builds a new loader, calls "
+                 "`load_state_dict(state)` and times construction + load to the first batch (0% = a fresh loader, "
+                 "no state). dltrain: `StreamingDataset(..., training=False).loader()`; LitData and mosaic: their "
+                 "`StreamingDataLoader` (mosaic resumes by sample count). When the states are taken, the rest of "
+                 "each resumed epoch is read: the keys before the save plus those after the resume are checked "
+                 f"for every sample exactly once. {c['repeats']} interleaved repeats, medians.", "",
+                 "| loader | 0% (s) | 10% (s) | 90% (s) | 90% / 10% (paired median, range) | exactly once across the "
+                 "resume (10%, 90%) |", "|---|---|---|---|---|---|"]
+        at90: dict[str, float] = {}
+        for k in kinds:
+            good = {p: [r for r in res[f"{k}@{p}"] if "first_batch_s" in r] for p in positions}
+            if not all(good.values()):
+                err = next((r["error"] for p in positions for r in res[f"{k}@{p}"] if "error" in r), "no runs")
+                lines.append(f"| {k} | failed: {err} |||||")
+                continue
+            med = {p: _med([r["first_batch_s"] for r in good[p]]) for p in positions}
+            by10 = {r["rep"]: r for r in good["10"]}
+            ratios = [r["first_batch_s"] / by10[r["rep"]]["first_batch_s"] for r in good["90"] if r["rep"] in by10]
+            checks = [good[p][0]["check"] for p in ("10", "90")]
+            once = ", ".join("yes" if ch["exactly_once"] else f"NO: {ch['duplicates']} dup, {ch['missing']} missing"
+                             for ch in checks)
+            lines.append(f"| {_PEER_NAMES.get(k, k)} | {med['0']:.3f} | {med['10']:.3f} | {med['90']:.3f} | "
+                         f"{_med(ratios):.2f} ({_spread(ratios)}) | {once} |")
+            at90[k] = med["90"]
+            if not all(ch["exactly_once"] for ch in checks):
+                self._note(f"resume-loader/{k}: not every sample exactly once across a resume: {checks}")
+        if "dltrain" in at90 and len(at90) > 1:
+            peers = {k: v for k, v in at90.items() if k != "dltrain"}
+            best = min(peers, key=lambda k: peers[k])
+            self._headline("resume", "5b. Resume a loader from its state at 90% of an epoch: time to first batch",
+                           f"{at90['dltrain']:.3f} s", "; ".join(f"{_PEER_NAMES[k]} {v:.3f} s" for k, v in
+                                                                 sorted(peers.items(), key=lambda kv: kv[1])),
+                           "fastest of the exactly-once loaders",
+                           _verdict(at90["dltrain"] <= peers[best]))
+        lines.append("")
+        self.sections.append("\n".join(lines))
+
     # ------------------------------------------------------------------ case 7
     def case_ledger(self, urls: list[str]) -> None:
         """Case 7 (benchlib.ledger): both variants in one shared worker, interleaved after a warm-up of each."""
@@ -606,7 +688,7 @@ class Bench:
     # ------------------------------------------------------------------ driver
     def prepare(self, cases: list[str]) -> dict[str, Any]:
         spec: dict[str, Any] = {"tmp": self.tmp}
-        if "data" in cases:
+        if "data" in cases or "resume" in cases:  # case 5 also resumes every loader over the data case's images
             spec["data"] = self.cfg["data"]
         if "resume" in cases or "ledger" in cases:  # the ledger case trains on the resume case's shards
             spec["resume"] = self.cfg["resume"]
@@ -665,6 +747,7 @@ class Bench:
                 self.case_ddp()
             if "resume" in cases:
                 self.case_resume(shards["resume"])
+                self.case_resume_loaders(shards["data"])
             if "plugins" in cases:
                 self.case_plugins()
             if "ledger" in cases:

@@ -18,9 +18,17 @@ def _make_runner(spec: dict[str, Any]) -> Any:
     if case in ("loop", "cnn"):
         return LoopRunner(variant, "mlp" if case == "loop" else "cnn", cfg, tmp)
     if case == "data":
+        if variant in ("litdata", "mosaic"):
+            from benchlib.peers import PeerDataRunner
+
+            return PeerDataRunner(variant, cfg, spec["urls"], tmp)
         return DataRunner(variant, cfg, spec["urls"])
     if case == "resume":
         return ResumeRunner(variant, cfg, spec.get("urls", []), tmp)
+    if case == "resume-loader":
+        from benchlib.peers import PeerResumeRunner
+
+        return PeerResumeRunner(variant, cfg, spec["urls"], tmp)
     if case == "plugins":
         return PluginRunner(variant, cfg)
     if case == "ledger":
