@@ -50,10 +50,32 @@ def wrap(trainer: Trainer, loader: Any, training: bool) -> Any:
         loader.loaders = [wrap(trainer, child, training) for child in loader.loaders]
         return loader
     if not trainer.use_distributed_sampler:
+        _refuse_unsplit_under_tp(trainer, loader)
         return loader
     # Split by data-parallel rank: tensor-parallel peers must read the same samples.
-    return wrap_loader(loader, rank=trainer.data_parallel_rank, world_size=trainer.data_parallel_size,
-                       seed=trainer.seed, training=training)
+    loader = wrap_loader(loader, rank=trainer.data_parallel_rank, world_size=trainer.data_parallel_size,
+                         seed=trainer.seed, training=training)
+    set_split = getattr(loader, "set_split", None)  # loaders that split themselves (StreamingDataLoader)
+    if callable(set_split):
+        set_split(trainer.data_parallel_rank, trainer.data_parallel_size)
+    return loader
+
+
+def _refuse_unsplit_under_tp(trainer: Trainer, loader: Any) -> None:
+    """``use_distributed_sampler=False`` leaves the split to the loader; a streaming one given none splits by
+    global rank, so under tensor parallelism the peers of a group would train on different batches."""
+    from dltrain.data.streaming import StreamingDataLoader, StreamingDataset
+
+    if trainer._layout.tensor_parallel_size == 1:
+        return
+    if isinstance(loader, StreamingDataset) or (isinstance(loader, StreamingDataLoader) and loader.split is None):
+        raise ConfigurationError(
+            f"use_distributed_sampler=False under tensor parallelism (tensor_parallel_size="
+            f"{trainer._layout.tensor_parallel_size}), but the {type(loader).__name__} has no split of its own: it "
+            "would split by global rank and tensor-parallel peers would read different batches. Build it with "
+            ".loader(rank=trainer.data_parallel_rank, world_size=trainer.data_parallel_size) (or call its "
+            "set_split), or leave use_distributed_sampler=True"
+        )
 
 
 def wrap_all(trainer: Trainer, loaders: Any) -> list[Any]:

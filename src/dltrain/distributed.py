@@ -35,26 +35,6 @@ _PREFIX = f"dltrain/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 _ERROR_KEY = f"{_PREFIX}/error"
 
 
-# (data-parallel rank, data-parallel size, world size it holds for), set by the Trainer after launch.
-_data_parallel: tuple[int, int, int] | None = None
-
-
-def register_data_parallel(rank: int, size: int, world_size: int) -> None:
-    """Record this process's data-parallel rank and size (the Trainer does, after launch), for data code that has
-    no Trainer at hand (`dltrain.data.resolve_rank`): under tensor parallelism they differ from the global ones."""
-    global _data_parallel
-    _data_parallel = (int(rank), int(size), int(world_size))
-
-
-def data_parallel_rank() -> tuple[int, int] | None:
-    """(rank, size) among the data-parallel replicas as the Trainer registered them for the current process
-    group; ``None`` when none is registered or the process group changed since (another world size)."""
-    dp = _data_parallel
-    if dp is None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != dp[2]:
-        return None
-    return dp[0], dp[1]
-
-
 def isolate_restart_round(strategy: Any) -> bool:
     """Create the default process group of a torchrun job in a store namespace of its own restart round.
 

@@ -33,12 +33,7 @@ from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
 from dltrain._resumable_loader import release_workers
 from dltrain._step_output import add_note, raise_if_unused_parameters
 from dltrain.callbacks.base import Callback, overrides
-from dltrain.distributed import (
-    Watchdog,
-    destroy_process_group_at_exit,
-    isolate_restart_round,
-    register_data_parallel,
-)
+from dltrain.distributed import Watchdog, destroy_process_group_at_exit, isolate_restart_round
 from dltrain.errors import ConfigurationError, DistributedError
 from dltrain.evaluation import evaluate, predict
 from dltrain.loggers.base import Logger
@@ -116,6 +111,9 @@ class Trainer:
             ``mode``, ``dynamic``, ``fullgraph``, ``options``): adds that callback, which compiles the task's modules
             and reports compile time and recompilations. ``trainer.fit(torch.compile(task))`` works too.
         sync_batchnorm: convert BatchNorm layers to SyncBatchNorm when distributed.
+        use_distributed_sampler: split the data by data-parallel rank: map-style loaders get a distributed,
+            resumable sampler, streaming loaders their split (``StreamingDataLoader.set_split``). ``False``: loaders
+            are used as given (a streaming loader without a split of its own is refused under tensor parallelism).
         on_nonfinite_loss: ``"raise"`` (default: error naming the step), ``"skip"`` (skip that step; on CUDA
             this reads the loss every step) or ``"ignore"``.
 
@@ -237,7 +235,6 @@ class Trainer:
         self.fabric.launch()
         destroy_process_group_at_exit()
         self._layout = _sharded.layout_of(self.fabric.strategy, self.fabric.global_rank, self.fabric.world_size)
-        register_data_parallel(self._layout.rank, self._layout.size, self.fabric.world_size)
 
         if benchmark is not None:
             torch.backends.cudnn.benchmark = benchmark

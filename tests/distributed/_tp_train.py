@@ -5,7 +5,8 @@ not), sharded over ``"data_parallel"`` by dltrain's default plan.
 ``--tp 1 --strategy auto`` is the reference: one process, the same MLP unsplit. Every rank appends the sample keys
 of each batch to ``keys-rank<global rank>.jsonl``; rank zero writes the final state gathered whole (``final.pt``,
 and ``restored.pt`` with ``--dump-restored``); every rank writes ``report-rank<r>.json``. Validation reads a
-StreamingDataset (``--val-shards``), so its split goes through ``dltrain.data.resolve_rank``.
+StreamingDataset (``--val-shards``): the Trainer gives its loader the data-parallel split (``set_split``); the
+report holds that split and what ``dltrain.data.resolve_rank`` gives after the fit (the global rank: no state left).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 
 import dltrain
 from dltrain.callbacks import ModelCheckpoint
+from dltrain.data import resolve_rank
 from tests.distributed._sharded_train import DumpRestored, full_state
 from tests.distributed._train import Keyed, KeyTask
 
@@ -120,11 +122,14 @@ def main() -> None:
     per_replica = args.batch_size // trainer.data_parallel_size
     train = (stream_loader(args.val_shards, "train", per_replica, training=True) if args.train_stream
              else DataLoader(Keyed(args.samples), batch_size=per_replica, shuffle=True))
-    trainer.fit(task, train, stream_loader(args.val_shards, "val", 4, training=False), ckpt_path=args.resume)
+    val = stream_loader(args.val_shards, "val", 4, training=False)
+    trainer.fit(task, train, val, ckpt_path=args.resume)
     final = full_state(task, trainer.optimizers[0])
     report = {"rank": trainer.global_rank, "world_size": trainer.world_size,
               "data_parallel_rank": trainer.data_parallel_rank, "data_parallel_size": trainer.data_parallel_size,
               "global_step": trainer.global_step,
+              "loader_splits": {"val": val.split, "train": getattr(train, "split", None)},
+              "resolved_after_fit": resolve_rank(),
               "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
               "dtensor_params": sorted(n for n, q in task.named_parameters()
                                        if type(q).__name__ == "DTensor"),

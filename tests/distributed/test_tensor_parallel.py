@@ -61,7 +61,8 @@ def test_dp2_tp2_matches_one_process_reads_each_sample_once_and_validates_exactl
     momentum: weights within 1e-6 and momentum within 5e-6 (measured 6e-8 and 5e-7: only float rounding differs,
     the row-wise layer sums partial products in another order); the tensor-parallel peers trained on the same
     batches; the two data-parallel ranks on disjoint halves, every sample once per epoch; validation (a
-    StreamingDataset, split by data-parallel rank) gives the one-process count and key sum exactly and its loss
+    StreamingDataset, given the data-parallel split by the Trainer; ``resolve_rank`` after the fit still gives the
+    global rank) gives the one-process count and key sum exactly and its loss
     within 1e-6 (a sum over ranks would count each sample twice)."""
     base = tmp_path_factory.getbasetemp()
     single = run(base, "tp-single", 1, "--strategy", "auto", "--tp", "1")
@@ -73,6 +74,9 @@ def test_dp2_tp2_matches_one_process_reads_each_sample_once_and_validates_exactl
                               b["optimizer"]["state"][name]["momentum_buffer"], atol=5e-6, rtol=0), name
     reports = [report(tp, r) for r in range(4)]
     assert [(r["data_parallel_rank"], r["data_parallel_size"]) for r in reports] == [(0, 2), (0, 2), (1, 2), (1, 2)]
+    # The validation loader was given that split by its Trainer; nothing of it is left in the process afterwards.
+    assert [r["loader_splits"]["val"] for r in reports] == [[0, 2], [0, 2], [1, 2], [1, 2]]
+    assert [r["resolved_after_fit"] for r in reports] == [[r, 4] for r in range(4)]
     assert reports[0]["dtensor_params"] == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight",
                                             "net.4.bias", "net.4.weight"]  # TP on net.0/net.2, FSDP on all
     keys = [keys_by_epoch(tp, r) for r in range(4)]
@@ -131,9 +135,10 @@ def test_streaming_training_under_tp_splits_by_data_parallel_rank_and_the_ledger
     out = run(tmp_path_factory.getbasetemp(), "tp-stream", 4, "--tp", "2", "--train-stream")
     keys = [keys_by_epoch(out, r) for r in range(4)]
     assert keys[0] == keys[1] and keys[2] == keys[3]
+    assert [report(out, r)["loader_splits"]["train"] for r in range(4)] == [[0, 2], [0, 2], [1, 2], [1, 2]]
     for epoch in (0, 1):
         assert sorted(k for batch in keys[0][epoch] + keys[2][epoch] for k in batch) == list(range(96))
     assert sorted(p.name.split("-rank")[1] for p in (out / "ledger").glob("round-*.jsonl")) == ["0.jsonl", "1.jsonl"]
-    report = audit(out)
-    assert report.ok and [r.world_size for r in report.rounds] == [2], report
-    assert [(e.seen, e.duplicates, e.missing, e.finished) for e in report.epochs] == [(96, 0, 0, True)] * 2
+    audited = audit(out)
+    assert audited.ok and [r.world_size for r in audited.rounds] == [2], audited
+    assert [(e.seen, e.duplicates, e.missing, e.finished) for e in audited.epochs] == [(96, 0, 0, True)] * 2

@@ -156,14 +156,9 @@ class DataSkipWarning(UserWarning):
 
 
 def resolve_rank() -> tuple[int, int]:
-    """(rank, world size) of the data split: the data-parallel rank and size a Trainer registered (tensor-parallel
-    peers read the same samples), else from `torch.distributed` when initialised, else env ``RANK``/``WORLD_SIZE``,
-    else (0, 1)."""
-    from dltrain.distributed import data_parallel_rank
-
-    registered = data_parallel_rank()
-    if registered is not None:
-        return registered
+    """(rank, world size) of a split nobody gave: from `torch.distributed` when initialised, else env
+    ``RANK``/``WORLD_SIZE``, else (0, 1). These are the global ones; under tensor parallelism the Trainer gives
+    its loaders their data-parallel split instead (`StreamingDataLoader.set_split`)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -614,6 +609,9 @@ class StreamingDataLoader(DataLoader):
         prefetch_factor: batches prefetched per worker.
         read_ahead: persistent workers read the next epoch's first shuffle window of shards that are read forward
             (``pipe:``, http, compressed) while the epoch ends; ``False`` saves that window's memory.
+        rank: this process's part of the data, with ``world_size`` (both or neither; see `set_split`). Default:
+            resolved at each ``iter()`` from `torch.distributed`, else env ``RANK``/``WORLD_SIZE``.
+        world_size: how many parts the data is split into.
         **kwargs: other `DataLoader` arguments (``timeout``, ``multiprocessing_context``, ...).
 
     Example:
@@ -631,8 +629,15 @@ class StreamingDataLoader(DataLoader):
         persistent_workers: bool | None = None,
         prefetch_factor: int = 2,
         read_ahead: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
         **kwargs: Any,
     ) -> None:
+        if (rank is None) != (world_size is None):
+            raise ConfigurationError(
+                f"StreamingDataLoader(rank={rank!r}, world_size={world_size!r}): give both (this process's part of "
+                "the data and how many parts) or neither (resolved from torch.distributed or env RANK/WORLD_SIZE)"
+            )
         if not isinstance(dataset, StreamingDataset):
             raise ConfigurationError(f"StreamingDataLoader needs a StreamingDataset, got {type(dataset).__name__}")
         _ = dataset.counts  # read the index once here, before workers copy the dataset
@@ -662,6 +667,9 @@ class StreamingDataLoader(DataLoader):
         self.last_batch_samples: BatchSamples | None = None  # of the batch yielded last (see BatchSamples)
         self.record_samples = False  # whether workers send each batch's BatchSamples (SampleLedger sets it)
         self.read_ahead = read_ahead
+        self._split: tuple[int, int] | None = None
+        if rank is not None and world_size is not None:
+            self.set_split(rank, world_size)
 
     # ------------------------------------------------------------------------------------------- protocol
 
@@ -674,6 +682,33 @@ class StreamingDataLoader(DataLoader):
             self._level = None
             self._batches = 0
         self._epoch = epoch
+
+    def set_split(self, rank: int, world_size: int) -> None:
+        """Read part ``rank`` of ``world_size`` from the next ``iter()`` on, instead of resolving the split from
+        `torch.distributed` / env (the global rank). The Trainer calls it with its data-parallel rank and size on
+        the loaders it iterates: under tensor parallelism the peers of a group must read the same batches.
+
+        Like `set_epoch`, a different split drops the position in an epoch in progress; a loaded state is kept
+        (it is re-split on the next ``iter()`` if the world size differs).
+
+        Raises:
+            ConfigurationError: ``rank`` is not in ``[0, world_size)`` or either is not an int.
+        """
+        if isinstance(rank, bool) or isinstance(world_size, bool) or not (
+                isinstance(rank, int) and isinstance(world_size, int)) or not 0 <= rank < world_size:
+            raise ConfigurationError(
+                f"StreamingDataLoader split rank={rank!r}, world_size={world_size!r}: need ints with "
+                "0 <= rank < world_size (this process's part of the data and how many parts)"
+            )
+        self._split = (int(rank), int(world_size))
+        if self._level is not None and self._split != (self._rank, int(self._level["world_size"])):
+            self._level = None
+            self._batches = 0
+
+    @property
+    def split(self) -> tuple[int, int] | None:
+        """(rank, world size) given by `set_split` or the constructor; ``None``: resolved at each ``iter()``."""
+        return self._split
 
     def _same_plan(self, state: Mapping[str, Any], world: int) -> bool:
         ds = self.stream
@@ -688,7 +723,7 @@ class StreamingDataLoader(DataLoader):
 
     def _next_plan(self) -> tuple[dict[str, Any], int, int, int]:
         """(level, start batch, rank, world) for the next iter(), without changing any state."""
-        rank, world = resolve_rank()
+        rank, world = self._split if self._split is not None else resolve_rank()
         state = self._pending
         if state is None:
             return self.stream._root_level(self._epoch, world), 0, rank, world

@@ -540,6 +540,17 @@ class LengthBucketLoader:
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
 
+    def set_split(self, rank: int, world_size: int) -> None:
+        """Hand the data split (the Trainer gives its data-parallel rank and size) to an inner loader that splits
+        itself (``StreamingDataLoader.set_split``); another inner loader keeps the split it was built with."""
+        if callable(getattr(self.loader, "set_split", None)):
+            self.loader.set_split(rank, world_size)
+
+    @property
+    def split(self) -> tuple[int, int] | None:
+        """The inner loader's (rank, world size) given by ``set_split``; ``None``: it resolves its own."""
+        return getattr(self.loader, "split", None)
+
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self._pool_state, "consumed": self._consumed, "pool": self._pool_idx}
 
