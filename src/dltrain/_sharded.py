@@ -68,7 +68,7 @@ def resolve_strategy(strategy: Any, accelerator: str, devices: Any, num_nodes: i
         strategy = FSDP2()
     if isinstance(strategy, FSDP2):
         world = world_size_of(accelerator, devices, num_nodes)
-        return fsdp2_strategy(world, precision, strategy.tensor_parallel_size)
+        return fsdp2_strategy(world, precision, strategy.tensor_parallel_size, cpu_offload=strategy.cpu_offload)
     if isinstance(strategy, ModelParallelStrategy):
         _check_model_parallel_sizes(strategy, accelerator, devices, num_nodes, data_parallel_size)
     return strategy
@@ -93,7 +93,8 @@ def _check_model_parallel_sizes(strategy: ModelParallelStrategy, accelerator: st
         )
 
 
-def fsdp2_strategy(world_size: int, precision: str, tensor_parallel_size: int = 1) -> ModelParallelStrategy:
+def fsdp2_strategy(world_size: int, precision: str, tensor_parallel_size: int = 1, *,
+                   cpu_offload: bool = False) -> ModelParallelStrategy:
     """Fabric's ``ModelParallelStrategy`` on a (``world_size // tensor_parallel_size``) x ``tensor_parallel_size``
     mesh, sharding the task as :func:`_parallelize` does."""
     from lightning.fabric.strategies import ModelParallelStrategy
@@ -104,7 +105,7 @@ def fsdp2_strategy(world_size: int, precision: str, tensor_parallel_size: int = 
                             f"FSDP2(tensor_parallel_size={tensor_parallel_size})")
 
     def parallelize(module: nn.Module, mesh: DeviceMesh) -> nn.Module:
-        return _parallelize(module, mesh, precision)
+        return _parallelize(module, mesh, precision, cpu_offload)
 
     return ModelParallelStrategy(parallelize_fn=parallelize, data_parallel_size=dp,
                                  tensor_parallel_size=tensor_parallel_size)
@@ -139,11 +140,12 @@ def check_no_dtensors(module: nn.Module, strategy: Any) -> None:
         )
 
 
-def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str) -> nn.Module:
+def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str, cpu_offload: bool = False) -> nn.Module:
     """``fully_shard`` each of `sharding_units`, then the root, over the data-parallel mesh (on top of the task's
     own tensor parallelism, if any); the step methods become forward methods of the root, so that its own
     parameters are gathered around them as around ``forward``."""
     from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
         FSDPModule,
         MixedPrecisionPolicy,
         fully_shard,
@@ -171,6 +173,9 @@ def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str) -> nn.Modu
         if precision == "bf16-mixed":
             # Compute in bfloat16, keep float32 weights and reduce gradients in float32.
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if cpu_offload:
+            # Pinned host memory makes the copies to a GPU asynchronous; pinning needs a CUDA runtime.
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
         for unit in sharding_units(module):
             fully_shard(unit, **kwargs)
         fully_shard(module, **kwargs)

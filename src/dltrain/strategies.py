@@ -27,6 +27,9 @@ class FSDP2:
 
     Args:
         tensor_parallel_size: ranks of each tensor-parallel group; must divide the number of processes.
+        cpu_offload: keep the sharded parameters, gradients and optimizer state in CPU memory (FSDP2's
+            ``CPUOffloadPolicy``): each unit's parameters are copied to the device for its forward and backward,
+            and the optimizer steps on the CPU. Trades speed for device memory; the results are the same.
 
     Example:
         >>> import dltrain
@@ -34,11 +37,14 @@ class FSDP2:
     """
 
     tensor_parallel_size: int = 1
+    cpu_offload: bool = False
 
     def __post_init__(self) -> None:
         tp = self.tensor_parallel_size
         if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
             raise ConfigurationError(f"FSDP2(tensor_parallel_size={tp!r}): use a whole number, 1 or more")
+        if not isinstance(self.cpu_offload, bool):
+            raise ConfigurationError(f"FSDP2(cpu_offload={self.cpu_offload!r}): use True or False")
 
     def data_parallel_size(self, world_size: int) -> int:
         """Data-parallel ranks of a run of ``world_size`` processes.

@@ -141,3 +141,36 @@ def test_tensor_parallelism_asked_but_not_applied_in_configure_model_says_what_t
                                                  r"no tensor parallelism .*parallelize_module\(self, "
                                                  r'self.device_mesh\["tensor_parallel"\], plan\)'):
         _sharded._parallelize(task, _Mesh(data_parallel=2, tensor_parallel=2), precision="32-true")  # type: ignore[arg-type]
+
+
+def test_cpu_offload_shards_with_fsdp2s_offload_policy_and_trains_to_the_same_weights(tmp_path, monkeypatch):
+    """FSDP2(cpu_offload=True) passes CPUOffloadPolicy to every fully_shard call; the training is unchanged (on
+    this CPU-only machine the copies are to the same device; what changes on a GPU is where the state lives)."""
+    import torch.distributed.fsdp as fsdp
+
+    from tests.helpers.tasks import TinyTask, loader, quiet_trainer
+
+    calls: list[dict] = []
+    real = fsdp.fully_shard
+
+    def recording(module, **kwargs):
+        calls.append(kwargs)
+        return real(module, **kwargs)
+
+    monkeypatch.setattr(fsdp, "fully_shard", recording)
+
+    def weights(strategy):
+        torch.manual_seed(0)
+        task = TinyTask()
+        quiet_trainer(tmp_path, strategy=strategy, devices=1, max_epochs=2).fit(task, loader(n=32))
+        return {k: v.full_tensor().clone() for k, v in task.state_dict().items()}
+
+    plain = weights(dltrain.FSDP2())
+    assert calls and not any("offload_policy" in c for c in calls)
+    calls.clear()
+    offloaded = weights(dltrain.FSDP2(cpu_offload=True))
+    assert calls and all(isinstance(c.get("offload_policy"), fsdp.CPUOffloadPolicy) for c in calls), calls
+    for name, value in plain.items():
+        assert torch.equal(value, offloaded[name]), name
+    with pytest.raises(ConfigurationError, match="cpu_offload"):
+        dltrain.FSDP2(cpu_offload="yes")  # type: ignore[arg-type]
