@@ -285,19 +285,26 @@ def _plot_loaders(plt: Any, data: dict[str, dict[str, float]], targets: dict[str
 
 
 def _plot_gpu(plt: Any, data: dict[str, dict[str, dict[str, Any]]], targets: dict[str, float]) -> Any:
+    # One row per case: its own throughput unit (tokens/s, images/s), and its MFU where the runs measured it.
     has_mfu = any(d["mfu"] is not None for variants in data.values() for d in variants.values())
-    fig, axes = plt.subplots(1, 2 if has_mfu else 1, figsize=(7.5, 3.2), squeeze=False)
-    labels = [f"{case}: {v}" for case, variants in data.items() for v in variants]
-    rows = [d for variants in data.values() for d in variants.values()]
-    ax = axes[0][0]
-    ax.barh(labels[::-1], [d["per_s"] for d in rows][::-1], color="tab:blue")
-    ax.set_xlabel(" / ".join(sorted({d["unit"] for d in rows})), fontsize=8)
-    ax.tick_params(labelsize=8)
-    if has_mfu:
-        ax = axes[0][1]
-        ax.barh(labels[::-1], [100 * (d["mfu"] or 0.0) for d in rows][::-1], color="tab:green")
-        ax.set_xlabel("MFU (%)", fontsize=8)
+    fig, axes = plt.subplots(len(data), 2 if has_mfu else 1, figsize=(7.5, 1.2 + 1.1 * len(data)), squeeze=False)
+    for row, (case, variants) in enumerate(data.items()):
+        names = list(variants)[::-1]
+        ax = axes[row][0]
+        ax.barh(names, [variants[v]["per_s"] for v in names], color="tab:blue")
+        ax.set_title(case, fontsize=8, loc="left")
+        ax.set_xlabel(variants[names[0]]["unit"], fontsize=8)
         ax.tick_params(labelsize=8)
+        if has_mfu:
+            ax = axes[row][1]
+            mfu = [variants[v]["mfu"] for v in names]
+            ax.barh(names, [100 * (x or 0.0) for x in mfu], color="tab:green")
+            for i, x in enumerate(mfu):
+                ax.annotate(f"{100 * x:.1f} %" if x is not None else "not measured", (100 * (x or 0.0), i),
+                            textcoords="offset points", xytext=(3, 0), va="center", fontsize=7)
+            ax.set_xlim(0, max([50.0] + [115 * x for x in mfu if x is not None]))
+            ax.set_xlabel("MFU (%)", fontsize=8)
+            ax.tick_params(labelsize=8)
     return fig
 
 
