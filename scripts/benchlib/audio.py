@@ -56,7 +56,7 @@ def run(seconds: float = 5.0) -> dict[str, Any]:
         n, start = 0, time.perf_counter()
         waves: list[torch.Tensor] = []
         while time.perf_counter() - start < seconds:
-            wave, _ = transform({"__key__": str(n), "flac": decode_field(clips[n % len(clips)]), "cls": 0})
+            wave = transform({"__key__": str(n), "flac": decode_field(clips[n % len(clips)]), "cls": 0})["waveform"]
             if len(waves) < 64:
                 waves.append(wave)
             n += 1
