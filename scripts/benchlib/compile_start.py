@@ -102,6 +102,8 @@ def _worker(args: argparse.Namespace) -> None:
     steps = [b - a for a, b in zip(times.ends, times.ends[1:])]
     print(json.dumps({
         "compile_s": compiler.compile_seconds if compiler is not None else 0.0,
+        "recompiles": compiler.recompiles if compiler is not None else 0,
+        "steps_ms": [round(x * 1e3, 1) for x in steps],
         "first_batch_s": times.ends[0] - times.start,
         "median_step_ms": statistics.median(steps) * 1e3,
         "fit_s": fit_end - fit_start,
@@ -147,12 +149,12 @@ def main() -> None:
                          _start(args, cache, compiled=True)))
     print(f"{args.layers} blocks of width {args.width}, batch {args.batch} x 64 tokens, {args.steps} steps, "
           f"{args.threads} thread(s), load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end\n")
-    print("| start | compile time dltrain reports (s) | first batch (s) | median step after it (ms) | fit (s) "
-          "| process (s) | final loss |")
-    print("|---|---|---|---|---|---|---|")
+    print("| start | compile time dltrain reports (s) | recompiles | first batch (s) | median step after it (ms) "
+          "| fit (s) | process (s) | final loss |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows:
-        print(f"| {name} | {r['compile_s']:.1f} | {r['first_batch_s']:.1f} | {r['median_step_ms']:.1f} | "
-              f"{r['fit_s']:.1f} | {r['launch_s']:.1f} | {r['loss']:.6f} |")
+        print(f"| {name} | {r['compile_s']:.1f} | {r['recompiles']} | {r['first_batch_s']:.1f} | "
+              f"{r['median_step_ms']:.1f} | {r['fit_s']:.1f} | {r['launch_s']:.1f} | {r['loss']:.6f} |")
 
 
 if __name__ == "__main__":
