@@ -1,7 +1,8 @@
 """Training script for the distributed and kill/resume tests (python or torchrun).
 
 Every rank appends what it trains on to ``<out>/keys-rank<r>.jsonl`` (global step, sample keys), so the tests can
-rebuild the sequence of samples that ended up in the weights; rank zero saves the final weights.
+rebuild the sequence of samples that ended up in the weights; rank zero saves the final weights (``final.pt``:
+parameter name -> tensor; under ``--strategy fsdp2`` gathered whole from every rank's shards first).
 """
 
 from __future__ import annotations
@@ -110,17 +111,21 @@ class KillAt(dltrain.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class KillAtEpochEnd(dltrain.Callback):
-    """SIGKILL this process (on ``rank``) in ``on_train_epoch_end`` of epoch ``epoch``, once.
+class CheckpointThenKill(ModelCheckpoint):
+    """A ModelCheckpoint that SIGKILLs this process (on ``rank``) in ``on_train_epoch_end`` of epoch ``epoch``, right
+    after its own epoch-end save, once (a marker file remembers).
 
-    Placed after `ModelCheckpoint` in the callbacks list, so the epoch-end checkpoint is complete when it kills
-    (and the epoch-interval schedulers, which step after the callbacks, have not stepped yet).
+    The Trainer runs checkpoint callbacks after every other callback, so a callback of its own would kill before the
+    epoch-end save; here the save is complete when it kills, and the epoch-interval schedulers, which step after
+    the callbacks, have not stepped yet.
     """
 
-    def __init__(self, epoch: int, rank: int, marker: Path) -> None:
+    def __init__(self, epoch: int, rank: int, marker: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.epoch, self.rank, self.marker = epoch, rank, marker
 
     def on_train_epoch_end(self, trainer, task):
+        super().on_train_epoch_end(trainer, task)
         if trainer.current_epoch == self.epoch and trainer.global_rank == self.rank and not self.marker.exists():
             self.marker.write_text("killed at epoch end")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -168,6 +173,63 @@ def kill_during_save(nth: int, marker: Path) -> None:
     ckpt_io.save_atomic = save_atomic  # type: ignore[assignment]
 
 
+SHARDED_SAVE_PHASES = ("write", "publish", "link")
+
+
+def kill_during_sharded_save(nth: int, phase: str, rank: int, marker: Path) -> None:
+    """SIGKILL a rank in the middle of the ``nth`` sharded checkpoint save (``strategy="fsdp2"``), at ``phase``:
+
+    - ``write``: global rank ``rank`` while writing its shards (half a shard file in the temporary directory; the
+      other ranks are writing theirs or wait for it at the barrier);
+    - ``publish``: rank zero after every rank's shards are on disk, before the directory is renamed into place;
+    - ``link``: rank zero after the directory is in place, while re-pointing ``last.ckpt`` at it (the temporary
+      link is made, the rename over ``last.ckpt`` is not).
+    """
+    import socket
+
+    import torch.distributed.checkpoint as dcp
+
+    from dltrain import _sharded
+
+    count = {"n": 0}
+    real_save, real_dcp_save = _sharded.save, dcp.save
+    real_publish, real_link = _sharded.publish, _sharded.link_atomic
+
+    def armed() -> bool:
+        return count["n"] == nth and not marker.exists()
+
+    def die(what: str) -> None:
+        marker.write_text(f"killed in sharded save #{nth} ({phase}): {what}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def save(trainer, path, metadata):
+        count["n"] += 1
+        return real_save(trainer, path, metadata)
+
+    def dcp_save(state_dict, *, checkpoint_id=None, **kwargs):
+        me = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if phase == "write" and me == rank and armed():
+            Path(checkpoint_id, f"__{me}_0.distcp").write_bytes(os.urandom(256))  # a shard file cut short
+            die(f"rank {me} writing its shards into {checkpoint_id}")
+        return real_dcp_save(state_dict, checkpoint_id=checkpoint_id, **kwargs)
+
+    def publish(tmp, final):
+        if phase == "publish" and armed():
+            die(f"every shard of {final} written to {tmp}, not renamed")
+        return real_publish(tmp, final)
+
+    def link_atomic(target, link):
+        if phase == "link" and armed():
+            # What link_atomic has done just before its rename: the new link under its temporary name.
+            tmp = link.with_name(f".{link.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+            os.symlink(target.name, tmp, target_is_directory=True)
+            die(f"{target} published, {link} not re-pointed")
+        return real_link(target, link)
+
+    _sharded.save, _sharded.publish, _sharded.link_atomic = save, publish, link_atomic  # type: ignore[assignment]
+    dcp.save = dcp_save  # Fabric looks it up in the module at each save
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -183,7 +245,11 @@ def main() -> None:
     p.add_argument("--every", type=int, default=2, help="checkpoint every n steps")
     p.add_argument("--kill-step", type=int, default=None)
     p.add_argument("--kill-rank", type=int, default=0)
-    p.add_argument("--kill-in-save", type=int, default=None)
+    p.add_argument("--kill-in-save", type=int, default=None, help="SIGKILL in the middle of the nth checkpoint save")
+    p.add_argument("--kill-in-save-phase", choices=SHARDED_SAVE_PHASES, default="write",
+                   help="sharded saves (fsdp2): where in the save (see kill_during_sharded_save)")
+    p.add_argument("--kill-in-save-rank", type=int, default=0, help="sharded saves, phase 'write': which rank")
+    p.add_argument("--strategy", choices=["auto", "ddp", "fsdp2"], default="auto")
     p.add_argument("--kill-steps", default="",
                    help="more step kills, 'STEP:RANK,STEP:RANK': each once (marker killed-step<STEP>.marker)")
     p.add_argument("--kill-epoch-end", type=int, default=None,
@@ -210,7 +276,12 @@ def main() -> None:
         # by then: this makes a restarted round that would pick up the killed round's addresses do so every time.
         time.sleep(args.restart_skew)
 
-    callbacks = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every, save_top_k=2)]
+    saving = {"dirpath": out / "ckpt", "every_n_train_steps": args.every, "save_top_k": 2}
+    if args.kill_epoch_end is None:
+        callbacks: list[dltrain.Callback] = [ModelCheckpoint(**saving)]
+    else:  # kills right after the epoch-end checkpoint
+        callbacks = [CheckpointThenKill(args.kill_epoch_end, args.kill_epoch_end_rank, out / "killed-epoch.marker",
+                                        **saving)]
     if args.ledger:
         from dltrain.callbacks import SampleLedger
 
@@ -220,11 +291,12 @@ def main() -> None:
     for spec in filter(None, args.kill_steps.split(",")):
         step, rank = (int(x) for x in spec.split(":"))
         callbacks.append(KillAt(step, rank, out / f"killed-step{step}.marker"))
-    if args.kill_epoch_end is not None:  # after ModelCheckpoint: its epoch-end save is done when this kills
-        callbacks.append(KillAtEpochEnd(args.kill_epoch_end, args.kill_epoch_end_rank, out / "killed-epoch.marker"))
     if args.kill_after is not None:
         callbacks.append(KillAfter(args.kill_after, args.kill_after_rank, out / "killed-timer.marker"))
-    if args.kill_in_save is not None:
+    if args.kill_in_save is not None and args.strategy == "fsdp2":
+        kill_during_sharded_save(args.kill_in_save, args.kill_in_save_phase, args.kill_in_save_rank,
+                                 out / "killed-in-save.marker")
+    elif args.kill_in_save is not None:
         kill_during_save(args.kill_in_save, out / "killed-in-save.marker")
     logger: object = False
     if args.logger == "csv":
@@ -235,7 +307,8 @@ def main() -> None:
         from dltrain.loggers import WandbLogger
 
         logger = WandbLogger(project="dltrain-test", save_dir=str(out), offline=True)
-    trainer = dltrain.Trainer(accelerator="cpu", max_epochs=args.epochs, default_root_dir=str(out), seed=11,
+    trainer = dltrain.Trainer(accelerator="cpu", strategy=args.strategy, max_epochs=args.epochs,
+                              default_root_dir=str(out), seed=11,
                               accumulate_grad_batches=args.accumulate, gradient_clip_val=args.clip,
                               callbacks=callbacks, logger=logger, enable_progress_bar=False,
                               log_every_n_steps=2, sync_batchnorm=args.sync_batchnorm)
@@ -262,8 +335,13 @@ def main() -> None:
     if args.multi_val:  # the same sets through validate(): the values fit reported for the final weights
         report["validate"] = trainer.validate(task, val, verbose=False)
     (out / f"report-rank{trainer.global_rank}.json").write_text(json.dumps(report))
+    final = task.state_dict()
+    if args.strategy == "fsdp2":  # parameters are DTensors: gathered whole (a collective: every rank takes part)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        final = get_model_state_dict(task, options=StateDictOptions(full_state_dict=True))
     if trainer.is_global_zero:
-        torch.save(task.state_dict(), out / "final.pt")
+        torch.save(final, out / "final.pt")
     sys.stdout.flush()
 
 

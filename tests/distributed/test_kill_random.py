@@ -5,12 +5,23 @@ A run is a chain of launches of ``_train.py`` with the same arguments (every kil
 yet, and the launch after it resumes from "last". The chain ends with a launch that finishes; its ``final.pt`` must
 be bitwise equal to that of the uninterrupted run of the same configuration, its effective sample keys per rank
 (per step, the entry written last) equal to the reference's, and every epoch must train on every sample exactly
-once over all ranks.
+once over all ranks; the final ``last.ckpt`` must load and hold the last step, and no temporary of a killed save
+may be left in the checkpoint folder.
 
-Kill points: after a random optimizer step (on a random rank); two steps of the same epoch, so that the epoch
-is resumed twice; in ``on_train_epoch_end`` right after the epoch-end checkpoint; in the middle of writing a
-checkpoint; after a random wall-clock delay from the start of fit (the 14 steps take ~0.05-0.3 s, so the delays are
-short; nothing happens if the launch finishes first).
+Strategies: "ddp" (one checkpoint file, written by rank zero) and "fsdp2" (``Trainer(strategy="fsdp2")``, 1 or 2
+ranks on gloo: a checkpoint is a directory of every rank's DCP shards and rank zero's ``meta.pt``, renamed into place
+by rank zero, ``last.ckpt`` a symbolic link re-pointed after that). ``final.pt`` holds the weights gathered whole,
+and an fsdp2 run is compared with the uninterrupted fsdp2 run of its configuration (same world size), never with DDP.
+Every kill point applies to both. World size 3 is not drawn (for either): the checks assume 7 steps of 8 samples
+per epoch, and a global batch of 8 does not split over 3 ranks; test_fsdp2.py resumes an fsdp2 checkpoint on 3.
+
+Kill points: after a random optimizer step (on a random rank; before that step's own checkpoint, which the Trainer
+writes after the other callbacks); two steps of the same epoch, so that the epoch is resumed twice; in ``on_train_epoch_end`` right after the epoch-end checkpoint; in the middle of writing a
+checkpoint (ddp: rank zero with half the file on disk; fsdp2: at a drawn phase of the sharded save, see
+``kill_during_sharded_save`` in _train.py: a drawn rank with part of a shard file written, rank zero after every
+shard is on disk and before the rename, or rank zero after the rename with the new ``last.ckpt`` link made under its
+temporary name but not renamed over the old one); after a random wall-clock delay from the start of fit (the 14
+steps take ~0.05-0.3 s, so the delays are short; nothing happens if the launch finishes first).
 
 Seeds: run ``i`` uses seed ``DLTRAIN_KILL_BASE_SEED + i``; the base seed is drawn from the clock (a multiple of
 100) unless set, and printed with ``-s``; ``DLTRAIN_KILL_RUNS`` changes the number of runs (12);
@@ -40,6 +51,8 @@ import torch
 
 from dltrain import checkpoint as ckpt_io
 from dltrain.audit import audit, render
+from dltrain.errors import CheckpointError
+from tests.distributed._train import SHARDED_SAVE_PHASES
 from tests.distributed.test_resume import effective_keys
 from tests.helpers.distributed import run_distributed
 
@@ -70,6 +83,7 @@ class Config:
     data: str
     scheduler: str
     shard_size: int | None  # stream data only
+    strategy: str = "ddp"  # ddp | fsdp2 (sharded checkpoint directories)
 
     def args(self) -> list[str]:
         # "--samples" is _train.py's "--n": torchrun would take a bare "--n" for one of its own options.
@@ -78,6 +92,8 @@ class Config:
                 "--dropout", "0.2"]
         if self.shard_size is not None:
             args += ["--shard-size", str(self.shard_size), "--ledger"]  # stream data: a SampleLedger too
+        if self.strategy == "fsdp2":
+            args += ["--strategy", "fsdp2"]
         return args
 
 
@@ -107,13 +123,15 @@ class Plan:
     def describe(self) -> str:
         c = self.config
         shards = f" shard_size={c.shard_size}" if c.shard_size else ""
-        return (f"seed={self.seed} [world={c.world} workers={c.workers} data={c.data}{shards} "
+        return (f"seed={self.seed} [strategy={c.strategy} world={c.world} workers={c.workers} data={c.data}{shards} "
                 f"scheduler={c.scheduler}] kills: {', '.join(map(str, self.kills))}")
 
 
 def _ckpt_before(step: int) -> int:
-    """The step of the newest step checkpoint at or before ``step`` (checkpoints every EVERY steps)."""
-    return step - step % EVERY
+    """The step of the checkpoint that a kill after optimizer step ``step`` resumes from: the newest one before
+    ``step`` (checkpoints every EVERY steps and at every epoch end; the Trainer runs checkpoint callbacks after the
+    others, so the kill comes before a checkpoint of ``step`` itself); 0: none."""
+    return max(s for s in range(step) if s % EVERY == 0 or s % STEPS_PER_EPOCH == 0)
 
 
 def config_pool(pool_seed: int) -> list[Config]:
@@ -127,8 +145,10 @@ def config_pool(pool_seed: int) -> list[Config]:
 
     worlds, workers, datas, schedulers = column([1, 2]), column([0, 2]), column(["map", "stream"]), column(
         ["step", "epoch"])
+    strategies = column(["ddp", "fsdp2"])
     return [Config(world=worlds[i], workers=workers[i], data=datas[i], scheduler=schedulers[i],
-                   shard_size=rng.choice(SHARD_SIZES) if datas[i] == "stream" else None) for i in range(POOL_SIZE)]
+                   shard_size=rng.choice(SHARD_SIZES) if datas[i] == "stream" else None, strategy=strategies[i])
+            for i in range(POOL_SIZE)]
 
 
 def draw(seed: int) -> Plan:
@@ -169,8 +189,13 @@ def draw(seed: int) -> Plan:
             plan.kills.append(Kill("epoch", ("--kill-epoch-end", str(epoch), "--kill-epoch-end-rank",
                                              str(rng.randrange(world))), "killed-epoch.marker", True))
         elif kind == "save":
-            plan.kills.append(Kill("save", ("--kill-in-save", str(rng.randint(1, 3))), "killed-in-save.marker",
-                                   False))
+            where: tuple[str, ...] = ()
+            if config.strategy == "fsdp2":  # where in the sharded save: a rank's shards, the rename, the link
+                phase = rng.choice(SHARDED_SAVE_PHASES)
+                where = ("--kill-in-save-phase", phase, "--kill-in-save-rank",
+                         str(rng.randrange(world) if phase == "write" else 0))
+            plan.kills.append(Kill("save", ("--kill-in-save", str(rng.randint(1, 3)), *where),
+                                   "killed-in-save.marker", False))
         else:
             plan.kills.append(Kill("timer", ("--kill-after", f"{rng.uniform(0.005, 0.15):.3f}", "--kill-after-rank",
                                              str(rng.randrange(world))), "killed-timer.marker", False))
@@ -216,15 +241,42 @@ def compare(ref: Path, out: Path, world: int, launches: int, early_kills: int = 
     return problems
 
 
+def check_folder(folder: Path) -> list[str]:
+    """After the launch that finished: ``last.ckpt`` loads and holds the end of training, and no temporary of a
+    killed save (file, sharded directory, link) is left in the folder."""
+    problems = []
+    last = folder / "last.ckpt"
+    try:
+        step = ckpt_io.load(last)["loops"]["global_step"]
+    except CheckpointError as err:
+        problems.append(f"the final last.ckpt does not load: {err}")
+    else:
+        if step != TOTAL_STEPS:
+            problems.append(f"the final last.ckpt ({os.path.realpath(last)}) is at step {step}, not {TOTAL_STEPS}")
+    left = sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+    if left:
+        problems.append(f"temporaries of killed saves left in {folder}: {left}")
+    return problems
+
+
 def check_ledger(out: Path, per_epoch: dict[int, list[int]], launches: int, early_kills: int) -> list[str]:
     """`dltrain audit` of the run's SampleLedger: no problem, one round per launch, every epoch finished, and per
     epoch every sample seen once, as the task's own record of its batches says (compare() checks that)."""
     report = audit(out)
     problems = [f"dltrain audit: {p}" for p in report.problems]
-    # A launch is a round of the ledger once it reached on_train_start; a wall-clock kill may come before that.
-    if not launches - early_kills <= len(report.rounds) <= launches:
-        problems.append(f"dltrain audit found {len(report.rounds)} rounds for {launches} launches "
-                        f"({early_kills} killed by the clock, maybe before their ledger started)")
+    # A launch opens its round's files in on_train_start (a wall-clock kill may come before that). Lines are
+    # buffered and flushed when a checkpoint is saved, so a launch killed before its first checkpoint leaves empty
+    # files (nothing committed); every other round is one of the audit's.
+    files: dict[str, list[Path]] = {}
+    for f in (out / "ledger").glob("round-*-rank*.jsonl"):
+        files.setdefault(f.name.split("-")[1], []).append(f)
+    written = [r for r, fs in files.items() if any(f.stat().st_size for f in fs)]
+    if not launches - early_kills <= len(files) <= launches:
+        problems.append(f"{len(files)} ledger rounds for {launches} launches ({early_kills} killed by the clock, "
+                        f"maybe before their ledger started)")
+    if len(report.rounds) != len(written):
+        problems.append(f"dltrain audit found {len(report.rounds)} rounds, the ledger folder has {len(written)} "
+                        f"with lines ({len(files) - len(written)} empty: killed before their first checkpoint)")
     for e in report.epochs:
         if not e.finished or e.seen != N or e.planned != N:
             problems.append(f"dltrain audit, epoch {e.epoch}: finished={e.finished}, seen {e.seen} of {N}, planned "
@@ -265,7 +317,7 @@ class Runner:
         return run_distributed(TRAIN, args, nproc=world, timeout=LAUNCH_TIMEOUT, check=False)
 
     def _reference(self, c: Config) -> Path:
-        out = self.basetemp / f"ref-w{c.world}-j{c.workers}-{c.data}{c.shard_size or ''}-{c.scheduler}"
+        out = self.basetemp / f"ref-{c.strategy}-w{c.world}-j{c.workers}-{c.data}{c.shard_size or ''}-{c.scheduler}"
         done = self.launch(["--out", str(out), *c.args()], c.world)
         if done.returncode != 0:
             raise AssertionError(f"the uninterrupted run {out.name} failed:\n{done.stdout[-6000:]}")
@@ -308,6 +360,7 @@ class Runner:
             raise fail(str(err)) from None
         early = sum(1 for k in plan.kills if k.kind == "timer" and k.marker in fired)
         problems = compare(ref, out, c.world, launches=len(history), early_kills=early)
+        problems += check_folder(out / "ckpt")
         unfired = [str(k) for k in plan.kills if k.always_fires and k.marker not in fired]
         if unfired:
             problems.append(f"kill points never reached: {unfired}")
@@ -340,17 +393,25 @@ def test_random_kills_then_resume_is_bitwise_exact(kill_runner, index):
 
 def test_draws_cover_every_option_and_kill_point():
     """The draws alone (no launch): every value of every option in each pool, every kind of kill point over the
-    runs, and epochs that are resumed twice (the second time from a checkpoint written after the first resume)."""
+    runs (under fsdp2 too, with every phase of a sharded save), and epochs that are resumed twice (the second time
+    from a checkpoint written after the first resume)."""
     for pool_seed in range(BASE_SEED // POOL_SPAN, BASE_SEED // POOL_SPAN + 50):
         pool = config_pool(pool_seed)
         for dim, values in [("world", {1, 2}), ("workers", {0, 2}), ("data", {"map", "stream"}),
-                            ("scheduler", {"step", "epoch"})]:
+                            ("scheduler", {"step", "epoch"}), ("strategy", {"ddp", "fsdp2"})]:
             assert {getattr(c, dim) for c in pool} == values
-    plans = [draw(seed) for seed in range(BASE_SEED, BASE_SEED + 20 * POOL_SPAN, 3)]
-    assert {k.kind for p in plans for k in p.kills} == {"step", "epoch", "save", "timer"}
+    plans = [draw(seed) for seed in range(BASE_SEED, BASE_SEED + 80 * POOL_SPAN, 7)]
+    assert {(p.config.strategy, p.config.world, p.config.workers, p.config.data, p.config.scheduler)
+            for p in plans} == {(st, w, j, d, s) for st in ("ddp", "fsdp2") for w in (1, 2) for j in (0, 2)
+                                for d in ("map", "stream") for s in ("step", "epoch")}
+    for strategy in ("ddp", "fsdp2"):
+        kinds = {k.kind for p in plans if p.config.strategy == strategy for k in p.kills}
+        assert kinds == {"step", "epoch", "save", "timer"}, strategy
     assert all(1 <= len(p.kills) <= 3 for p in plans)
-    assert {(p.config.world, p.config.workers, p.config.data, p.config.scheduler) for p in plans} == {
-        (w, j, d, s) for w in (1, 2) for j in (0, 2) for d in ("map", "stream") for s in ("step", "epoch")}
+    phases = {(p.config.world, k.args[3], k.args[5]) for p in plans for k in p.kills
+              if k.kind == "save" and p.config.strategy == "fsdp2"}
+    assert {(phase, rank) for _, phase, rank in phases} >= {(phase, "0") for phase in SHARDED_SAVE_PHASES}
+    assert (2, "write", "1") in phases  # a rank other than zero killed writing its shards
     twice = 0
     for p in plans:
         steps = sorted(int(k.args[1].split(":")[0]) for k in p.kills if k.kind == "step")
