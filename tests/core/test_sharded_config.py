@@ -165,10 +165,14 @@ def test_cpu_offload_shards_with_fsdp2s_offload_policy_and_trains_to_the_same_we
         quiet_trainer(tmp_path, strategy=strategy, devices=1, max_epochs=2).fit(task, loader(n=32))
         return {k: v.full_tensor().clone() for k, v in task.state_dict().items()}
 
-    plain = weights(dltrain.FSDP2())
-    assert calls and not any("offload_policy" in c for c in calls)
-    calls.clear()
-    offloaded = weights(dltrain.FSDP2(cpu_offload=True))
+    try:
+        plain = weights(dltrain.FSDP2())
+        assert calls and not any("offload_policy" in c for c in calls)
+        calls.clear()
+        offloaded = weights(dltrain.FSDP2(cpu_offload=True))
+    finally:  # FSDP2 in this process set up a (one-rank) default process group
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     assert calls and all(isinstance(c.get("offload_policy"), fsdp.CPUOffloadPolicy) for c in calls), calls
     for name, value in plain.items():
         assert torch.equal(value, offloaded[name]), name
