@@ -139,3 +139,39 @@ def test_missing_optional_dependency_says_which_extra_to_install() -> None:
     assert result.returncode == 0, result.stderr
     assert "ERROR" in result.stdout and "torchvision" in result.stdout
     assert "pip install 'dltrain[vision]'" in result.stdout
+
+
+def test_streaming_dataset_takes_a_plugin_by_name(tmp_path: Path) -> None:
+    # Issue 28, item 2: `plugin="name"` is resolved through the registry (before: AttributeError on 'str').
+    from tests.helpers.shards import make_shards
+
+    from dltrain.data import StreamingDataset
+
+    seen: list[str] = []
+
+    def transform(stage: str, **options: object):
+        seen.append(stage)
+        return lambda sample: sample["json"]["i"]
+
+    plugins.register("mine", Plugin(name="mine", extra="mine", transform=transform, collate=sorted))
+    shards = make_shards(tmp_path, num_shards=2, min_size=3, max_size=3)
+    ds = StreamingDataset(shards.pattern, batch_size=6, plugin="mine", stage="val")
+    assert seen == ["val"] and list(ds) == [[0, 1, 2, 3, 4, 5]]
+    with pytest.raises(ConfigurationError) as info:
+        StreamingDataset(shards.pattern, batch_size=6, plugin="no-such-plugin", stage="val")
+    message = str(info.value)
+    assert "no-such-plugin" in message and "mine" in message and "vision" in message
+    assert "'dltrain.plugins'" in message  # the entry-point group
+
+
+def test_core_resolves_plugin_names_lazily() -> None:
+    # `import dltrain.data` (the core) does not import the registry, let alone a plugin.
+    result = _run(
+        """
+        import sys
+        import dltrain, dltrain.data
+        print("LOADED", sorted(m for m in sys.modules if m.startswith("dltrain.plugins")))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout, result.stdout

@@ -656,6 +656,8 @@ def _scan(
         walker, stream = _TarWalker.open(url)
     except _TarDamage as exn:  # the first header
         scan.damage = _TarDamage(exn.offset, exn.what)
+    except FileNotFoundError as exn:
+        raise DataError("shard not found; check the path and the brace range of the URL pattern", url=url) from exn
     except Exception as exn:
         raise DataError(
             f"cannot count the samples of the shard ({type(exn).__name__}: {exn}); is it missing, corrupt or "
@@ -752,6 +754,17 @@ def shard_counts(
     return shard_layout(urls, index, missing_ok=missing_ok, warn=warn)[0]
 
 
+def _refuse_missing(urls: Sequence[str], missing_ok: bool) -> None:
+    """A DataError "not found" naming the local shards that do not exist (with ``missing_ok``, the scan warns
+    about each one instead)."""
+    missing = [url for url in urls if _is_local(url) and not os.path.exists(_local_path(url))]
+    if not missing or missing_ok:
+        return
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    raise DataError(f"{len(missing)} of {len(urls)} shards not found: {_local_path(missing[0])!r}{more}; check the "
+                    "path and the brace range of the URL pattern")
+
+
 def shard_layout(
     urls: Sequence[str],
     index: str | None = None,
@@ -783,6 +796,7 @@ def shard_layout(
             full = os.path.join(base, name) if _is_local(path) else f"{base}/{name}"
             by_name.setdefault(os.path.normpath(full) if _is_local(path) else full, entry)
     else:
+        _refuse_missing(urls, missing_ok)  # before advice about an index for shards that are not there
         warn(
             f"no shard index at {path!r}: counting samples by reading the tar headers of {len(urls)} shards "
             "(slow for big datasets; write one with `dltrain shards index URLS...`)"

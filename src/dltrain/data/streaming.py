@@ -207,7 +207,8 @@ class StreamingDataset(IterableDataset):
             code from the shard: only for shards you trust.
         index: path of the shard index; default: ``<stem>.index.json`` next to the shards if it exists, else
             counts are read from the tar headers (slower, with a warning).
-        plugin: a domain plugin (`dltrain.data.domain.DataPlugin`, e.g. ``dltrain.plugins.get("vision")``): its
+        plugin: a domain plugin (`dltrain.data.domain.DataPlugin`) or its registry name (``"vision"``, resolved
+            with ``dltrain.plugins.get``): its
             decoders (under ``decode``), its ``transform(stage, **options)`` as ``map`` and its ``collate`` (unless
             ``collate_fn`` is given) build decode -> transform -> collate.
         stage: with ``plugin``: ``"train"``, ``"val"``, ``"test"`` or ``"predict"``; it also sets the defaults of
@@ -240,11 +241,16 @@ class StreamingDataset(IterableDataset):
         on_error: Literal["raise", "skip"] = "raise",
         unsafe_decoders: Sequence[str] = (),
         index: str | None = None,
-        plugin: DataPlugin | None = None,
+        plugin: DataPlugin | str | None = None,
         stage: str | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(plugin, str):
+            # By name, through the registry; imported here so that the core never imports it (nor a plugin) itself.
+            from dltrain.plugins import get as _get_plugin
+
+            plugin = _get_plugin(plugin)
         if plugin is not None:
             if stage is None:
                 raise ConfigurationError(f"StreamingDataset(plugin={plugin.name!r}) needs a stage= "
