@@ -63,9 +63,14 @@ def _refuse_unknown_arguments(unknown: dict[str, Any]) -> None:
     import difflib
     import inspect
 
+    from dltrain._lightning1_args import lightning1_hint
+
     known = [n for n in inspect.signature(Trainer.__init__).parameters if n not in ("self", "unknown")]
     hints = []
     for name in unknown:
+        if (legacy := lightning1_hint(name, unknown[name])) is not None:
+            hints.append(legacy)
+            continue
         close = difflib.get_close_matches(name, known, n=1)
         hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise TypeError(f"Trainer got unknown arguments: {', '.join(hints)}. Its arguments: {', '.join(known)}")
