@@ -14,7 +14,8 @@ import torch
 
 from dltrain import _sharded
 from dltrain import checkpoint as ckpt_io
-from dltrain.callbacks.base import overrides
+from dltrain._hooks import overrides
+from dltrain.callbacks.base import Callback
 from dltrain.errors import CheckpointError, ConfigurationError, DltrainError
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
         checkpoint["precision"] = trainer.strategy.precision.state_dict()
     task.on_save_checkpoint(checkpoint)
     for cb in trainer.callbacks:
-        if overrides(cb, "on_save_checkpoint"):
+        if overrides(cb, Callback, "on_save_checkpoint"):
             cb.on_save_checkpoint(trainer, task, checkpoint)
     # Gathered after the hooks ran on every rank: this collective is where the ranks meet, so what a rank's hook
     # wrote out (SampleLedger flushes its file) is on disk before rank 0 writes the checkpoint that commits it.
@@ -184,7 +185,7 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
         trainer.datamodule.load_state_dict(checkpoint["datamodule"])
     task.on_load_checkpoint(checkpoint)
     for cb in trainer.callbacks:
-        if overrides(cb, "on_load_checkpoint"):
+        if overrides(cb, Callback, "on_load_checkpoint"):
             cb.on_load_checkpoint(trainer, task, checkpoint)
     ranks = checkpoint.get("ranks", [])
     # A rank's own state (RNG, loader position) is its own only on the same mesh: global rank r is the same

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from dltrain._hooks import overrides
 from dltrain._resumable_loader import wrap_loader
 from dltrain.errors import ConfigurationError
 
@@ -106,7 +107,7 @@ def prepare_and_setup(trainer: Trainer, stage: str) -> None:
     if dm is not None:
         dm.trainer = trainer
         dm.setup(stage)
-    trainer._call_callbacks("setup", stage)
+    trainer._hooks.call_callbacks("setup", stage)
     if task is not None:
         task.setup(stage)
 
@@ -124,10 +125,8 @@ def _datamodule_default(dm: Any, name: str) -> bool:
     """Whether ``dm.<name>`` is the base class's (raising) default rather than the user's."""
     from dltrain.datamodule import DataModule
 
-    for base in (DataModule, *_lightning_datamodule()):
-        if isinstance(dm, base) and getattr(type(dm), name) is getattr(base, name):
-            return True
-    return False
+    return any(isinstance(dm, base) and not overrides(dm, base, name)
+               for base in (DataModule, *_lightning_datamodule()))
 
 
 def _lightning_datamodule() -> tuple[type, ...]:

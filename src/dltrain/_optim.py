@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.optim import Optimizer
 
 from dltrain.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from dltrain._hooks import HookDispatcher
+    from dltrain.loop import LoopState
 
 _EXPECTED = (
     "expected an Optimizer, (optimizers, schedulers), or "
@@ -123,20 +127,21 @@ class ManualOptimizer:
     ``param_groups``, ``state``) is the optimizer's own.
     """
 
-    def __init__(self, trainer: Any, optimizer: Optimizer, fabric_optimizer: Any) -> None:
-        self._trainer = trainer
+    def __init__(self, hooks: HookDispatcher, progress: LoopState, optimizer: Optimizer,
+                 fabric_optimizer: Any) -> None:
+        self._hooks = hooks
+        self._progress = progress
         self.optimizer = optimizer
         self._fabric_optimizer = fabric_optimizer
 
     def step(self, closure: Any = None) -> Any:
-        t = self._trainer
-        t._before_optimizer_step(self.optimizer)
+        self._hooks.call("on_before_optimizer_step", self.optimizer)
         out = self._fabric_optimizer.step(closure) if closure is not None else self._fabric_optimizer.step()
-        t.loop_state.global_step += 1
+        self._progress.global_step += 1
         return out
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        self._trainer._before_zero_grad(self.optimizer)
+        self._hooks.call("on_before_zero_grad", self.optimizer)
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def __getattr__(self, name: str) -> Any:

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 from lightning.fabric.plugins.precision import Precision
 
 from dltrain._batch import describe_batch
+from dltrain._hooks import overrides
 from dltrain._step_output import add_note, raise_if_unused_parameters
 from dltrain.task import Task
 
 if TYPE_CHECKING:
     from dltrain.trainer import Trainer
 
-__all__ = ["BatchPath", "overridden"]
+__all__ = ["BatchPath"]
 
 _END = object()
 
@@ -37,9 +38,9 @@ class BatchPath:
         self.step_name = step_name
         self.dataloader_idx = dataloader_idx  # passed to the step only with several loaders (as in Lightning)
         self.move = trainer.device.type != "cpu"
-        self.before_transfer = overridden(task, "on_before_batch_transfer")
-        self.transfer = overridden(task, "transfer_batch_to_device")
-        self.after_transfer = overridden(task, "on_after_batch_transfer")
+        self.before_transfer = _task_hook(task, "on_before_batch_transfer")
+        self.transfer = _task_hook(task, "transfer_batch_to_device")
+        self.after_transfer = _task_hook(task, "on_after_batch_transfer")
         self.needs_preparing = self.move or any((self.before_transfer, self.transfer, self.after_transfer))
         self.step = self._resolve_step(step_name, through_wrapper)
         self.lookahead_position: dict[str, Any] | None = None  # the loader's position before the look-ahead
@@ -137,9 +138,9 @@ class BatchPath:
             raise
 
 
-def overridden(task: Task, name: str) -> Callable[..., Any] | None:
-    """``task.<name>`` when the task's class overrides Task's default, else None (the loop does the default)."""
-    return getattr(task, name) if getattr(type(task), name) is not getattr(Task, name) else None
+def _task_hook(task: Task, name: str) -> Callable[..., Any] | None:
+    """``task.<name>`` when the task's class overrides Task's default, else None (the path does the default)."""
+    return getattr(task, name) if overrides(task, Task, name) else None
 
 
 def _accepts_batch_idx(method: Callable[..., Any]) -> bool:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dltrain._hooks import overrides
 from dltrain._logged_values import LoggedValues
-from dltrain.batch_path import BatchPath, overridden
+from dltrain.batch_path import BatchPath
 from dltrain.errors import ConfigurationError
 from dltrain.task import Task
 
@@ -40,23 +41,25 @@ def evaluate(trainer: Trainer, task: Task, loaders: list[Any], stage: str,
     epoch metrics reduced, the callbacks' ``on_<stage>_epoch_end``, the loggers; ``on_<stage>_end``.
     """
     step_name = {"validation": "validation_step", "test": "test_step"}[stage]
-    if getattr(type(task), step_name) is getattr(Task, step_name):
+    if not overrides(task, Task, step_name):
         raise ConfigurationError(f"{type(task).__name__} has no {step_name}(batch, batch_idx) to run {stage} with")
+    hooks = trainer._hooks
+    hooks.refresh()
     results = LoggedValues(training=False, trainer=trainer)
     task._results = results
-    zero_grad = overridden(task, "on_validation_model_zero_grad") if stage == "validation" else None
+    zero_grad = hooks.task_hook("on_validation_model_zero_grad") if stage == "validation" else None
     if zero_grad is not None:
         zero_grad()
-    model_eval = overridden(task, f"on_{stage}_model_eval")
+    model_eval = hooks.task_hook(f"on_{stage}_model_eval")
     model_eval() if model_eval is not None else task.eval()
-    trainer._call_hook(f"on_{stage}_start")
+    hooks.call(f"on_{stage}_start")
     counts = [trainer._count_batches(loader, limit) for loader in loaders]
     if stage == "validation":
         trainer.num_val_batches = counts
     else:
         trainer.num_test_batches = counts
-    trainer._call_hook(f"on_{stage}_epoch_start")
-    batch_start, batch_end = trainer._hooks(f"on_{stage}_batch_start"), trainer._hooks(f"on_{stage}_batch_end")
+    hooks.call(f"on_{stage}_epoch_start")
+    batch_start, batch_end = hooks.hooks(f"on_{stage}_batch_start"), hooks.hooks(f"on_{stage}_batch_end")
     several = len(loaders) > 1
     with _grad_mode(trainer):
         for idx, (loader, n) in enumerate(zip(loaders, counts)):
@@ -79,7 +82,7 @@ def evaluate(trainer: Trainer, task: Task, loaders: list[Any], stage: str,
     results.dataloader_idx = None
     getattr(task, f"on_{stage}_epoch_end")()
     metrics = trainer._epoch_end_callbacks(f"on_{stage}_epoch_end", results)
-    trainer._call_hook(f"on_{stage}_end")
+    hooks.call(f"on_{stage}_end")
     values = {k: float(v) for k, v in metrics.items()}
     return [_for_loader(values, i, several) for i in range(len(loaders))]
 
@@ -94,13 +97,15 @@ def _for_loader(values: dict[str, float], idx: int, several: bool) -> dict[str, 
 def predict(trainer: Trainer, task: Task, loaders: list[Any], limit: int | float | None) -> list[Any]:
     """``predict_step`` on every batch of every loader: this rank's outputs in order (``None`` for a ``None``
     batch); with several loaders, one list per loader."""
-    model_eval = overridden(task, "on_predict_model_eval")
+    hooks = trainer._hooks
+    hooks.refresh()
+    model_eval = hooks.task_hook("on_predict_model_eval")
     model_eval() if model_eval is not None else task.eval()
-    trainer._call_hook("on_predict_start")
+    hooks.call("on_predict_start")
     counts = [trainer._count_batches(loader, limit) for loader in loaders]
     trainer.num_predict_batches = counts
-    trainer._call_hook("on_predict_epoch_start")
-    batch_start, batch_end = trainer._hooks("on_predict_batch_start"), trainer._hooks("on_predict_batch_end")
+    hooks.call("on_predict_epoch_start")
+    batch_start, batch_end = hooks.hooks("on_predict_batch_start"), hooks.hooks("on_predict_batch_end")
     several = len(loaders) > 1
     outputs: list[list[Any]] = []
     with _grad_mode(trainer):
@@ -119,6 +124,6 @@ def predict(trainer: Trainer, task: Task, loaders: list[Any], limit: int | float
                         hook(output, batch, batch_idx, *extra)
                     mine.append(output)
             outputs.append(mine)
-    trainer._call_hook("on_predict_epoch_end")
-    trainer._call_hook("on_predict_end")
+    hooks.call("on_predict_epoch_end")
+    hooks.call("on_predict_end")
     return outputs if several else outputs[0]

@@ -30,7 +30,7 @@ from dltrain._data_sources import reload_train_loader
 from dltrain._logged_values import LoggedValues
 from dltrain._resumable_loader import release_workers
 from dltrain._step_output import NonfiniteLosses, loss_of
-from dltrain.batch_path import BatchPath, overridden
+from dltrain.batch_path import BatchPath
 from dltrain.task import Task
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ class FitLoop:
         self.loader = loader
         self.val_loaders = val_loaders
         self.state = trainer.loop_state
+        self.hooks = trainer._hooks
         self.results = LoggedValues(training=True, trainer=trainer)
         # With manual optimization under DDP the task runs as it is and manual_backward averages the gradients
         # (DDP's reducer expects one backward per forward; a GAN step has several).
@@ -122,7 +123,7 @@ class FitLoop:
         ``on_train_end``."""
         state, t = self.state, self.trainer
         self._sanity_check()
-        t._call_hook("on_train_start")
+        self.hooks.call("on_train_start")
         if self.resumed in ("epoch_end", "epoch_start"):
             self._restore_rng()
         if self.resumed == "epoch_end":
@@ -135,7 +136,7 @@ class FitLoop:
             if t.max_epochs is not None and state.epoch >= t.max_epochs:
                 break
             self._train_epoch()
-        t._call_hook("on_train_end")
+        self.hooks.call("on_train_end")
 
     def finished(self) -> bool:
         """Whether there is nothing left to train (a resumed run that had completed)."""
@@ -171,10 +172,10 @@ class FitLoop:
             return
         t.sanity_checking = True
         try:
-            t._call_callbacks("on_sanity_check_start")
+            self.hooks.call_callbacks("on_sanity_check_start")
             limit = None if t.num_sanity_val_steps < 0 else t.num_sanity_val_steps
             self._validate(limit)
-            t._call_callbacks("on_sanity_check_end")
+            self.hooks.call_callbacks("on_sanity_check_end")
         finally:
             t.sanity_checking = False
 
@@ -195,7 +196,8 @@ class FitLoop:
         for optimizer in t.optimizers:  # nothing from an interrupted window crosses into the epoch
             optimizer.zero_grad(set_to_none=True)
         self._batches_with_loss = 0
-        t._call_hook("on_train_epoch_start")
+        self.hooks.refresh()  # hooks are resolved once per epoch (callbacks may have been added in place)
+        self.hooks.call("on_train_epoch_start")
         iterator = self._iter(loader)
         self.in_batches = True
         hooks = self._resolve_hooks()
@@ -230,17 +232,17 @@ class FitLoop:
         self._end_epoch(complete=not cut_short)
 
     def _resolve_hooks(self) -> _TrainHooks:
-        t, task = self.trainer, self.task
+        hooks = self.hooks
         return _TrainHooks(
-            batch_start=t._hooks("on_train_batch_start"),
-            batch_end=t._hooks("on_train_batch_end"),
-            before_backward=t._hooks("on_before_backward"),
-            after_backward=t._hooks("on_after_backward"),
-            before_optimizer_step=t._hooks("on_before_optimizer_step"),
-            before_zero_grad=t._hooks("on_before_zero_grad"),
-            optimizer_step=overridden(task, "optimizer_step"),
-            optimizer_zero_grad=overridden(task, "optimizer_zero_grad"),
-            configure_gradient_clipping=overridden(task, "configure_gradient_clipping"),
+            batch_start=hooks.hooks("on_train_batch_start"),
+            batch_end=hooks.hooks("on_train_batch_end"),
+            before_backward=hooks.hooks("on_before_backward"),
+            after_backward=hooks.hooks("on_after_backward"),
+            before_optimizer_step=hooks.hooks("on_before_optimizer_step"),
+            before_zero_grad=hooks.hooks("on_before_zero_grad"),
+            optimizer_step=hooks.task_hook("optimizer_step"),
+            optimizer_zero_grad=hooks.task_hook("optimizer_zero_grad"),
+            configure_gradient_clipping=hooks.task_hook("configure_gradient_clipping"),
         )
 
     def _iter(self, loader: Any) -> Iterator[Any]:
@@ -407,8 +409,9 @@ class FitLoop:
             evaluate(t, self.task, self.val_loaders, "validation", t.limit_val_batches if limit is None else limit)
         finally:
             ckpt_io.set_rng_state(rng)
-            if overridden(self.task, "on_validation_model_train") is not None:
-                self.task.on_validation_model_train()
+            model_train = self.hooks.task_hook("on_validation_model_train")
+            if model_train is not None:
+                model_train()
             else:
                 self.task.train()
             self.task._results = self.results

@@ -15,7 +15,6 @@ import sys
 import warnings
 from collections.abc import Iterable
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,12 @@ from torch import Tensor
 from dltrain import _checkpointing, _sharded
 from dltrain import _data_sources as _data
 from dltrain._compat import compiled_in_place, strategy_wraps_module
+from dltrain._hooks import HookDispatcher, overrides
 from dltrain._logged_values import LoggedValues
 from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
 from dltrain._resumable_loader import release_workers
 from dltrain._step_output import add_note, raise_if_unused_parameters
-from dltrain.callbacks.base import Callback, overrides
+from dltrain.callbacks.base import Callback
 from dltrain.distributed import Watchdog, destroy_process_group_at_exit, isolate_restart_round
 from dltrain.errors import ConfigurationError, DistributedError
 from dltrain.evaluation import evaluate, predict
@@ -271,10 +271,10 @@ class Trainer:
         self.on_nonfinite_loss = on_nonfinite_loss
         self.precision = precision
 
-        self.callbacks: list[Callback] = self._default_callbacks(
+        self._hooks = HookDispatcher(self, self._default_callbacks(
             callbacks, progress=enable_progress_bar, checkpointing=enable_checkpointing,
             summary=enable_model_summary, profiler=profiler, max_time=max_time, compile=compile,
-        )
+        ))
         self.loggers: list[Logger] = self._make_loggers(logger)
 
         # The trainer view (docs/DESIGN.md): what callbacks and tasks may read. Loop progress is `loop_state`.
@@ -370,6 +370,14 @@ class Trainer:
     @property
     def strategy(self) -> Strategy:
         return self.fabric.strategy
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        return self._hooks.callbacks
+
+    @callbacks.setter
+    def callbacks(self, callbacks: list[Callback]) -> None:
+        self._hooks.callbacks = callbacks
 
     @property
     def logger(self) -> Logger | None:
@@ -492,6 +500,7 @@ class Trainer:
         if not isinstance(task, Task):
             raise ConfigurationError(_not_a_task(task))
         self._task = task
+        self._hooks.task = task
         task._trainer = self
         self.stage = stage
         self.datamodule = datamodule
@@ -542,7 +551,8 @@ class Trainer:
                 self._fabric_optimizers = list(placed[1:]) if optimizers else []
             self.optimizers = optimizers
             self.lr_scheduler_configs = schedulers
-            self._manual_optimizers = [ManualOptimizer(self, o, f) for o, f in zip(optimizers, self._fabric_optimizers)]
+            self._manual_optimizers = [ManualOptimizer(self._hooks, self.loop_state, o, f)
+                                       for o, f in zip(optimizers, self._fabric_optimizers)]
         elif not sharded:
             self._fabric_module = self.fabric.setup_module(task)
         self._placed_task = task
@@ -557,30 +567,6 @@ class Trainer:
         self._check_loss_on_host = self.device.type == "cpu" or self.on_nonfinite_loss == "skip"
 
     # ================================================================== hooks and metrics
-    def _hooks(self, name: str) -> list[Any]:
-        """``name`` of the callbacks that override it, then of the task if it does (Lightning's order), bound to
-        their arguments: dispatch costs nothing for the others."""
-        task = self._task
-        bound = [partial(getattr(cb, name), self, task) for cb in self.callbacks if overrides(cb, name)]
-        if task is not None and _task_overrides(task, name):
-            bound.append(getattr(task, name))
-        return bound
-
-    def _call_hook(self, name: str, *args: Any) -> None:
-        for hook in self._hooks(name):
-            hook(*args)
-
-    def _call_callbacks(self, name: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            if overrides(cb, name):
-                getattr(cb, name)(self, self._task, *args)
-
-    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self._call_hook("on_before_optimizer_step", optimizer)
-
-    def _before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
-        self._call_hook("on_before_zero_grad", optimizer)
-
     @property
     def callback_metrics(self) -> dict[str, Tensor]:
         """The newest value of every logged metric: epoch aggregates and logging-step values as published, and
@@ -614,7 +600,7 @@ class Trainer:
         metrics, bar = results.read_epoch()
         if not self.sanity_checking:
             self._callback_metrics.update(metrics)
-        self._call_callbacks(hook)
+        self._hooks.call_callbacks(hook)
         more, more_bar = results.read_epoch()
         metrics.update(more)
         bar.update(more_bar)
@@ -633,7 +619,7 @@ class Trainer:
     # ================================================================== what a step needs of the strategy
     def _run_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Backward with the ``on_before_backward``/``on_after_backward`` hooks (``Task.manual_backward``)."""
-        for hook in self._hooks("on_before_backward"):
+        for hook in self._hooks.hooks("on_before_backward"):
             hook(loss)
         if self._plain:
             loss.backward(*args, **kwargs)
@@ -641,7 +627,7 @@ class Trainer:
             self._backward(loss, *args, **kwargs)
         if self._strategy_wraps_module and not self._strategy_shards_module and self.world_size > 1:
             self._average_gradients()
-        for hook in self._hooks("on_after_backward"):
+        for hook in self._hooks.hooks("on_after_backward"):
             hook()
 
     def _average_gradients(self) -> None:
@@ -713,9 +699,9 @@ class Trainer:
                     f"{sorted(self.callback_metrics)}"
                 )
             metric = float(value)
-        task = self._task
-        if task is not None and _task_overrides(task, "lr_scheduler_step"):
-            task.lr_scheduler_step(config.scheduler, metric)
+        step = self._hooks.task_hook("lr_scheduler_step")
+        if step is not None:
+            step(config.scheduler, metric)
         elif metric is None:
             config.scheduler.step()
         else:
@@ -885,12 +871,12 @@ class Trainer:
                 for lg in self.loggers:
                     lg.log_hyperparams({**task.hparams, **self._trainer_hparams()})
             self._watchdog.start()
-            self._call_hook("on_fit_start")
+            self._hooks.call("on_fit_start")
             if restored is not None:  # after on_fit_start, as in Lightning (BaseFinetuning rebuilds groups there)
                 _checkpointing.restore_training_state(self, restored)
             with torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 loop.run()
-            self._call_hook("on_fit_end")
+            self._hooks.call("on_fit_end")
             if self.is_global_zero:
                 for lg in self.loggers:
                     lg.finalize("success")
@@ -907,7 +893,7 @@ class Trainer:
 
     def _check_fit_inputs(self, task: Task, val_loaders: list[Any] | None) -> None:
         """Mistakes that would otherwise show only after an epoch, or never."""
-        if val_loaders and self.limit_val_batches != 0 and not _task_overrides(task, "validation_step"):
+        if val_loaders and self.limit_val_batches != 0 and not overrides(task, Task, "validation_step"):
             raise ConfigurationError(
                 f"validation data was given but {type(task).__name__} has no validation_step(batch, batch_idx): "
                 "define it, or leave out the validation loaders"
@@ -944,7 +930,7 @@ class Trainer:
                     self._watchdog.report_error(self.global_step, exc)
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
         for cb in self.callbacks:
-            if overrides(cb, "on_exception"):
+            if overrides(cb, Callback, "on_exception"):
                 with contextlib.suppress(Exception):
                     cb.on_exception(self, self._task, exc)  # type: ignore[arg-type]
         if self.is_global_zero:
@@ -956,7 +942,7 @@ class Trainer:
         """``teardown(stage)``: datamodule, callbacks, task (Lightning's order)."""
         if self.datamodule is not None:
             self.datamodule.teardown(stage)
-        self._call_callbacks("teardown", stage)
+        self._hooks.call_callbacks("teardown", stage)
         if self._task is not None:
             self._task.teardown(stage)
             self._task._results = None
@@ -1035,10 +1021,6 @@ def _not_a_callback(obj: Any) -> str:
         return (f"{type(obj).__name__} is a Lightning callback: use dltrain's (dltrain.callbacks.{type(obj).__name__} "
                 "where it exists), or subclass dltrain.Callback; the hooks have the same names and arguments")
     return f"callbacks must be dltrain.Callback instances, got {type(obj).__name__}"
-
-
-def _task_overrides(task: Task, name: str) -> bool:
-    return getattr(type(task), name, None) is not getattr(Task, name, None)
 
 
 def _not_a_task(obj: Any) -> str:

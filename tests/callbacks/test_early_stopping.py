@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dltrain.callbacks.base import overrides
+from dltrain._hooks import overrides
+from dltrain.callbacks import Callback
 from dltrain.callbacks.early_stopping import EarlyStopping
 from dltrain.errors import ConfigurationError, DltrainError
 
@@ -109,4 +110,4 @@ def test_config_errors_and_hooks():
     with pytest.raises(ConfigurationError):
         EarlyStopping("x", check_on="step")
     cb = EarlyStopping("x")
-    assert overrides(cb, "on_validation_epoch_end") and not overrides(cb, "on_train_batch_end")
+    assert overrides(cb, Callback, "on_validation_epoch_end") and not overrides(cb, Callback, "on_train_batch_end")

@@ -106,8 +106,3 @@ class Callback:
 HOOKS: tuple[str, ...] = tuple(
     name for name, value in vars(Callback).items() if name.startswith(("on_", "setup", "teardown")) and callable(value)
 )
-
-
-def overrides(callback: Callback, hook: str) -> bool:
-    """True when ``callback``'s class defines ``hook`` itself (not the no-op of the base class)."""
-    return getattr(type(callback), hook) is not getattr(Callback, hook)
