@@ -189,10 +189,11 @@ class LoggedValues:
                     bar[key] = reduced[i]
         return values, bar
 
-    def latest(self) -> dict[str, Tensor]:
+    def latest(self, prog_bar: bool = False) -> dict[str, Tensor]:
         """The newest value of every step-level entry logged since the last logging step (not copied to the host):
-        what ``trainer.callback_metrics`` shows between logging intervals. ``sync_dist`` values under several
-        ranks are left to the logging steps, where they are reduced."""
+        what ``trainer.callback_metrics`` shows between logging intervals (``prog_bar=True``: only the progress
+        bar's entries, under their bar names). ``sync_dist`` values under several ranks are left to the logging
+        steps, where they are reduced."""
         values: dict[str, Tensor] = {}
         distributed = self._trainer.world_size > 1
         for entry in self._entries.values():
@@ -200,12 +201,15 @@ class LoggedValues:
             # known across ranks at a logging step.
             if not (entry.on_step and entry.fresh) or entry.last is None or (entry.sync_dist and distributed):
                 continue
+            if prog_bar and not entry.prog_bar:
+                continue
             last = metric_forward_value(entry.last) if isinstance(entry.last, Metric) else entry.last
             if last is None:
                 continue
             value = last.detach() if isinstance(last, Tensor) else torch.tensor(float(last))
             values[self._key(entry, "step")] = value
-            values[entry.name] = value
+            if not prog_bar:
+                values[entry.name] = value
         return values
 
     def read_epoch(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

@@ -76,6 +76,18 @@ def _refuse_unknown_arguments(unknown: dict[str, Any]) -> None:
     raise TypeError(f"Trainer got unknown arguments: {', '.join(hints)}. Its arguments: {', '.join(known)}")
 
 
+def _as_floats(values: dict[str, Tensor]) -> dict[str, float]:
+    """Tensors to numbers with one device-to-host copy per device (not one per value)."""
+    by_device: dict[torch.device, list[str]] = {}
+    for key, value in values.items():
+        by_device.setdefault(value.device, []).append(key)
+    floats: dict[str, float] = {}
+    for keys in by_device.values():
+        numbers = torch.stack([values[k].float().reshape(()) for k in keys]).tolist()
+        floats.update(zip(keys, numbers))
+    return floats
+
+
 def _env_world() -> tuple[int, int] | None:
     """(local processes, nodes) when started by torchrun/SLURM-like launchers, from their environment."""
     if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
@@ -282,7 +294,7 @@ class Trainer:
         self.stage: str | None = None
         self._callback_metrics: dict[str, Tensor] = {}  # what was published (see the callback_metrics property)
         self.logged_metrics: dict[str, float] = {}
-        self.progress_bar_metrics: dict[str, float] = {}
+        self._progress_bar_metrics: dict[str, float] = {}  # published (see the progress_bar_metrics property)
         self.num_training_batches: float = float("inf")
         self.num_val_batches: list[float] = []  # one count per loader, as in Lightning
         self.num_test_batches: list[float] = []
@@ -576,6 +588,16 @@ class Trainer:
             return dict(self._callback_metrics)
         return {**self._callback_metrics, **loop.results.latest()}
 
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        """The ``prog_bar`` values as numbers: as published, and the newest step values logged since. Reading it
+        copies those from the device (one transfer): the progress bar reads it only when it redraws."""
+        values = dict(self._progress_bar_metrics)
+        loop = self._fit_loop
+        if loop is not None and not self.sanity_checking:
+            values.update(_as_floats(loop.results.latest(prog_bar=True)))
+        return values
+
     def _publish(self, values: dict[str, Tensor], bar: dict[str, Tensor], results: LoggedValues) -> None:
         """Metrics read from a store: into ``callback_metrics`` and the progress bar, and to the loggers (global
         rank zero). Nothing leaves the sanity check."""
@@ -584,7 +606,7 @@ class Trainer:
         floats = {k: float(v) for k, v in values.items()}
         self._callback_metrics.update(values)
         self.logged_metrics.update(floats)
-        self.progress_bar_metrics.update({k: floats[k] for k in bar})
+        self._progress_bar_metrics.update({k: floats[k] for k in bar})
         for_loggers = {k: v for k, v in floats.items() if k not in results.not_for_loggers}
         if for_loggers and self.is_global_zero:
             metrics = {**for_loggers, "epoch": float(self.current_epoch)}

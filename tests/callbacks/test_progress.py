@@ -5,6 +5,7 @@ import timeit
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dltrain.callbacks import progress as pb
 from dltrain.callbacks.progress import ProgressBar
@@ -136,3 +137,100 @@ def test_per_batch_cost_between_refreshes():
     )
     bar.teardown(trainer, None, "fit")
     assert per_batch / 20000 < 5e-6  # ~0.2 us in practice; generous for loaded machines
+
+
+# ------------------------------------------------------------------ with the real Trainer (issue 22, issue 28 item 4)
+class _SeveralVal:
+    """A task with two validation loaders that logs per loader, and a prog_bar value per step."""
+
+    @staticmethod
+    def make():
+        from tests.helpers.tasks import TinyTask
+
+        class Task(TinyTask):
+            def validation_step(self, batch, batch_idx, dataloader_idx=0):
+                x, y = batch
+                self.log("val/loss", torch.nn.functional.mse_loss(self(x), y), prog_bar=True)
+
+        return Task()
+
+
+def test_default_bar_with_several_validation_loaders_in_fit_and_validate(tmp_path):
+    # Issue 22: the default bar (on, to stderr) crashed with TypeError in on_validation_batch_end: the Trainer passes
+    # dataloader_idx with several loaders. Default settings otherwise too (logger, checkpointing).
+    import contextlib
+
+    from tests.helpers.tasks import loader
+
+    import dltrain
+
+    for file in (TTY(), io.StringIO()):  # a terminal (tqdm) and a log file (plain lines)
+        bar = ProgressBar(refresh_rate_s=0.0, log_interval_s=0.0, file=file)
+        trainer = dltrain.Trainer(accelerator="cpu", max_epochs=1, default_root_dir=str(tmp_path),
+                                  log_every_n_steps=4, callbacks=[bar])
+        task = _SeveralVal.make()
+        trainer.fit(task, loader(n=32), [loader(n=24), loader(n=16)])
+        results = trainer.validate(task, [loader(n=24), loader(n=16)])
+        assert [sorted(r) for r in results] == [["val/loss/dataloader_idx_0"], ["val/loss/dataloader_idx_1"]]
+        text = file.getvalue()
+        assert "Validation" in text and "5/5" in text, text  # 3 + 2 batches of both loaders in one bar
+        assert "val/loss/dataloader_idx_1=" in text, text
+    # And the bar the Trainer adds by itself (stderr).
+    trainer = dltrain.Trainer(accelerator="cpu", max_epochs=1, default_root_dir=str(tmp_path / "default"),
+                              log_every_n_steps=4)
+    assert any(isinstance(cb, ProgressBar) for cb in trainer.callbacks)
+    with contextlib.redirect_stderr(io.StringIO()):
+        trainer.fit(_SeveralVal.make(), loader(n=32), [loader(n=24), loader(n=16)])
+        trainer.validate(_SeveralVal.make(), [loader(n=24), loader(n=16)])
+
+
+def test_lightning_constructor_arguments_and_alias(clock):
+    import dltrain.callbacks as callbacks
+
+    assert callbacks.TQDMProgressBar is ProgressBar
+    out = TTY()
+    bar = callbacks.TQDMProgressBar(refresh_rate=3, process_position=1, leave=False, file=out)
+    assert (bar.refresh_rate, bar.process_position, bar.leave) == (3, 1, False)
+    trainer = _trainer(num_training_batches=10)
+    bar.setup(trainer, None, "fit")
+    refreshed = []
+    original = bar._refresh
+    bar._refresh = lambda kind, tr: (refreshed.append(bar._n[kind]), original(kind, tr))  # type: ignore[method-assign]
+    _train_epoch(bar, trainer, clock, n=10, dt=10.0)  # time alone would refresh every batch
+    assert refreshed == [3, 6, 9], refreshed  # at most every refresh_rate batches, as in Lightning
+    # refresh_rate=0 turns the bar off, as in Lightning.
+    off = TTY()
+    bar = callbacks.TQDMProgressBar(refresh_rate=0, file=off)
+    bar.setup(_trainer(), None, "fit")
+    _train_epoch(bar, _trainer(), clock, dt=10.0)
+    assert off.getvalue() == ""
+
+
+def test_bar_shows_the_latest_prog_bar_values_between_logging_steps(tmp_path, clock):
+    # Issue 28: values logged with prog_bar=True reached the bar only at logging steps (every 50), so the first
+    # epoch showed no loss and the next ones a stale one. Now each refresh reads the newest value.
+    from tests.helpers.tasks import TinyTask, loader
+
+    import dltrain
+
+    class Count(TinyTask):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("seen", torch.tensor(float(self.trainer.global_step)), prog_bar=True)
+            return loss
+
+    out = TTY()
+    bar = ProgressBar(refresh_rate_s=1.0, file=out)
+
+    class Tick(dltrain.Callback):
+        def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+            clock.t += 0.4  # a refresh every third batch or so
+
+    trainer = dltrain.Trainer(accelerator="cpu", max_epochs=2, default_root_dir=str(tmp_path), logger=False,
+                              enable_checkpointing=False, log_every_n_steps=50, callbacks=[Tick(), bar])
+    trainer.fit(Count(), loader(n=96, batch_size=8))  # 12 steps per epoch, no logging step at all
+    frames = [f for f in out.getvalue().replace("\n", "\r").split("\r") if "seen=" in f]
+    shown = [float(f.split("seen=")[1].split(",")[0].split("]")[0].strip()) for f in frames]
+    assert len(set(shown)) >= 6, frames  # it moves
+    assert shown[0] < 12 and shown[-1] == 23.0, shown  # in the first epoch already, and the last step's at the end
+    assert trainer.progress_bar_metrics["seen"] == 23.0

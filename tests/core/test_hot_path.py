@@ -84,3 +84,69 @@ def test_nonfinite_loss_on_the_accelerator_path_names_the_first_bad_step(tmp_pat
     monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
     with pytest.raises(dltrain.StepError, match="NaN or infinite at global step 7"):
         trainer.fit(NanFrom(), loader(n=96, batch_size=8))
+
+
+def test_progress_bar_reads_the_device_only_when_it_redraws(tmp_path, monkeypatch):
+    """Issue 28 item 4: the bar (on, in a terminal) shows the newest prog_bar values; it reads them from the device
+    only when it redraws (time-based), never on the other steps."""
+    import io
+
+    from dltrain.callbacks import ProgressBar
+    from dltrain.callbacks import progress as pb
+
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    now = [0.0]
+    monkeypatch.setattr(pb, "monotonic", lambda: now[0])
+
+    class Tick(dltrain.Callback):
+        def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+            now[0] += 0.4  # with refresh_rate_s=1.0: a redraw every third step
+
+    reads: list[tuple[str, int]] = []
+    redraws: list[int] = []
+    trainer_ref: dict[str, dltrain.Trainer] = {}
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            trainer = trainer_ref.get("t")
+            from_sampler = sys._getframe(1).f_code.co_filename.endswith("_resumable_loader.py")
+            loop = trainer._fit_loop if trainer is not None else None
+            if loop is not None and loop.in_batches and not from_sampler:
+                reads.append((name, trainer.global_step))
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    bar = ProgressBar(refresh_rate_s=1.0, file=TTY())
+    original_refresh = bar._refresh
+
+    def recording_refresh(kind, trainer):
+        redraws.append(trainer.global_step)
+        original_refresh(kind, trainer)
+
+    monkeypatch.setattr(bar, "_refresh", recording_refresh)
+    log_every = 5
+    trainer = dltrain.Trainer(accelerator="cpu", default_root_dir=str(tmp_path), max_epochs=2, logger=False,
+                              enable_checkpointing=False, log_every_n_steps=log_every, callbacks=[Tick(), bar])
+    trainer_ref["t"] = trainer
+    monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
+    for name in _READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    trainer.fit(TinyTask(), loader(n=96, batch_size=8))
+    monkeypatch.undo()
+
+    assert trainer.global_step == 24
+    assert len(redraws) >= 6, redraws
+    off_interval = {step for step in redraws if step % log_every}
+    assert off_interval, redraws  # redraws between logging steps: the values shown there are read there
+    read_steps = {step for _, step in reads}
+    # Every read is at a logging step or at a redraw; at a redraw between logging steps, one copy (tolist).
+    assert read_steps <= {s for s in range(25) if s % log_every == 0} | set(redraws), (reads, redraws)
+    for step in off_interval:
+        assert [name for name, s in reads if s == step] == ["tolist"], (step, reads)
+    assert "train/loss=" in bar.file.getvalue()

@@ -9,7 +9,7 @@ from dltrain.callbacks.ledger import SampleLedger
 from dltrain.callbacks.lr_monitor import LearningRateMonitor
 from dltrain.callbacks.preemption import Preempted, Preemption
 from dltrain.callbacks.profiler import PyTorchProfiler, SimpleProfiler
-from dltrain.callbacks.progress import ProgressBar
+from dltrain.callbacks.progress import ProgressBar, TQDMProgressBar
 from dltrain.callbacks.summary import ModelSummary
 from dltrain.callbacks.throughput import ThroughputMonitor
 from dltrain.callbacks.timer import Timer
@@ -29,6 +29,7 @@ __all__ = [
     "PyTorchProfiler",
     "SampleLedger",
     "SimpleProfiler",
+    "TQDMProgressBar",
     "ThroughputMonitor",
     "Timer",
 ]

@@ -16,27 +16,34 @@ if TYPE_CHECKING:
     from dltrain.task import Task
     from dltrain.trainer import Trainer
 
-__all__ = ["ProgressBar"]
+__all__ = ["ProgressBar", "TQDMProgressBar"]
 
 
 class ProgressBar(Callback):
     """A tqdm bar per training epoch (and per validation/test/predict run) with the ``prog_bar`` metrics.
 
-    Shows batches done / total (when the loader has a length), it/s, elapsed time and ETA, and every metric
-    logged with ``prog_bar=True`` (``trainer.progress_bar_metrics``, refreshed by the Trainer every
-    ``log_every_n_steps``; add ``ThroughputMonitor(prog_bar=True)`` for samples/s).
+    Lightning's ``TQDMProgressBar`` (also importable under that name, with its arguments). Shows batches done /
+    total (when the loader has a length), it/s, elapsed time and ETA, and every metric logged with
+    ``prog_bar=True`` as of the last redraw (``trainer.progress_bar_metrics``: the newest step values are read
+    from the device at a redraw, not at each step; add ``ThroughputMonitor(prog_bar=True)`` for samples/s).
 
-    Cost per batch: the bar is redrawn only when ``refresh_rate_s`` has passed; other batches cost one counter
-    increment and one ``time.monotonic()`` comparison (a few hundred nanoseconds). Nothing is read from the device.
+    Cost per batch: the bar is redrawn only when ``refresh_rate_s`` has passed (and at least ``refresh_rate``
+    batches since the last redraw); other batches cost one counter increment and one ``time.monotonic()``
+    comparison (a few hundred nanoseconds). The logged values are read (one device-to-host copy) only at a
+    redraw, so a step between redraws and logging steps reads nothing from the device.
 
     When the output stream is not a terminal (a log file, a batch job), no bar is drawn: one plain line (the
     same text as the bar, without carriage returns) is written every ``log_interval_s`` seconds and at the end of
     each epoch/run, so logs stay readable and small.
 
-    Only global rank zero draws; other ranks do nothing.
+    With several evaluation loaders one bar counts the batches of all of them. Only global rank zero draws; other
+    ranks do nothing.
 
     Args:
-        refresh_rate_s: seconds between redraws in a terminal.
+        refresh_rate: batches between redraws at the least (Lightning's argument); ``0`` turns the bar off.
+        process_position: lines to offset the bars by (tqdm's ``position``), for several trainers in one
+            terminal (Lightning's argument).
+        refresh_rate_s: seconds between redraws in a terminal (tqdm's own ``mininterval`` is 0.1 s).
         log_interval_s: seconds between lines when the stream is not a terminal.
         file: stream to write to (default ``sys.stderr``, as tqdm).
         leave: keep the finished training bars on screen.
@@ -48,20 +55,30 @@ class ProgressBar(Callback):
 
     def __init__(
         self,
+        refresh_rate: int = 1,
+        process_position: int = 0,
+        leave: bool = True,
+        *,
         refresh_rate_s: float = 0.5,
         log_interval_s: float = 30.0,
         file: TextIO | None = None,
-        leave: bool = True,
     ) -> None:
+        if refresh_rate < 0 or process_position < 0:
+            raise ValueError(f"ProgressBar(refresh_rate={refresh_rate}, process_position={process_position}): "
+                             "both must be >= 0")
+        self.refresh_rate = refresh_rate
+        self.process_position = process_position
         self.refresh_rate_s = refresh_rate_s
         self.log_interval_s = log_interval_s
         self.leave = leave
         self._file_arg = file
         self._enabled = True
         self._bars: dict[str, _Bar] = {}
-        # Hot-path state of the bar being advanced (training or evaluation): batches done, next redraw time.
+        # Hot-path state of the bar being advanced (training or evaluation): batches done, next redraw time, and
+        # the count at the last redraw (for refresh_rate).
         self._n = {"train": 0, "validation": 0, "test": 0, "predict": 0}
         self._next = {"train": math.inf, "validation": math.inf, "test": math.inf, "predict": math.inf}
+        self._drawn = {"train": 0, "validation": 0, "test": 0, "predict": 0}
         self._intervals: dict[str, float] = {}
 
     @property
@@ -75,7 +92,7 @@ class ProgressBar(Callback):
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
-        self._enabled = bool(getattr(trainer, "is_global_zero", True))
+        self._enabled = bool(getattr(trainer, "is_global_zero", True)) and self.refresh_rate > 0
 
     def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
         for kind in list(self._bars):
@@ -98,7 +115,7 @@ class ProgressBar(Callback):
         # The hot path: keep it to a store, a clock read and a comparison.
         self._n["train"] = batch_idx + 1
         if monotonic() >= self._next["train"]:
-            self._refresh("train", trainer)
+            self._maybe_refresh("train", trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
         self._close("train", trainer, final=True)
@@ -110,11 +127,12 @@ class ProgressBar(Callback):
         self._open("validation", "Validation", _eval_total(trainer, "val"), not during_fit, trainer)
 
     def on_validation_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._n["validation"] = batch_idx + 1
+        # Counted, not batch_idx + 1: with several loaders batch_idx starts again at each loader.
+        self._n["validation"] += 1
         if monotonic() >= self._next["validation"]:
-            self._refresh("validation", trainer)
+            self._maybe_refresh("validation", trainer)
 
     def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
         self._close("validation", trainer, final=True)
@@ -123,35 +141,37 @@ class ProgressBar(Callback):
         self._open("test", "Test", _eval_total(trainer, "test"), True, trainer)
 
     def on_test_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        self._n["test"] = batch_idx + 1
+        # Counted, not batch_idx + 1: with several loaders batch_idx starts again at each loader.
+        self._n["test"] += 1
         if monotonic() >= self._next["test"]:
-            self._refresh("test", trainer)
+            self._maybe_refresh("test", trainer)
 
     def on_test_epoch_end(self, trainer: Trainer, task: Task) -> None:
         self._close("test", trainer, final=True)
 
     def on_predict_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         # No predict epoch hooks: the bar opens on the first batch and closes in teardown.
-        if batch_idx == 0 or "predict" not in self._bars:
+        if "predict" not in self._bars:
             self._open("predict", "Predict", _eval_total(trainer, "predict"), True, trainer)
-        self._n["predict"] = batch_idx + 1
+        self._n["predict"] += 1
         if monotonic() >= self._next["predict"]:
-            self._refresh("predict", trainer)
+            self._maybe_refresh("predict", trainer)
 
     # ------------------------------------------------------------------ drawing
     def _open(self, kind: str, desc: str, total: float | None, leave: bool, trainer: Trainer) -> None:
         self._close(kind, trainer, final=False)
         self._n[kind] = 0
+        self._drawn[kind] = 0
         if not self._enabled:
             self._next[kind] = math.inf
             return
         total_int = int(total) if total is not None and math.isfinite(total) else None
         if self.is_tty:
-            self._bars[kind] = _TqdmBar(desc, total_int, leave, self.file)
+            self._bars[kind] = _TqdmBar(desc, total_int, leave, self.file, self.process_position)
             interval = self.refresh_rate_s
         else:
             self._bars[kind] = _LineBar(desc, total_int, self.file)
@@ -159,12 +179,18 @@ class ProgressBar(Callback):
         self._intervals[kind] = interval
         self._next[kind] = monotonic() + interval
 
+    def _maybe_refresh(self, kind: str, trainer: Trainer) -> None:
+        """Time for a redraw: draw if ``refresh_rate`` batches have passed since the last one."""
+        if self._n[kind] - self._drawn[kind] >= self.refresh_rate:
+            self._refresh(kind, trainer)
+
     def _refresh(self, kind: str, trainer: Trainer) -> None:
         bar = self._bars.get(kind)
         if bar is None:
             self._next[kind] = math.inf
             return
         bar.update(self._n[kind], _postfix(trainer))
+        self._drawn[kind] = self._n[kind]
         self._next[kind] = monotonic() + self._intervals[kind]
 
     def _close(self, kind: str, trainer: Trainer, final: bool) -> None:
@@ -197,9 +223,10 @@ class _Bar(ABC):
 class _TqdmBar(_Bar):
     """A tqdm bar redrawn only when we call it (``mininterval=0``: our caller already throttles by time)."""
 
-    def __init__(self, desc: str, total: int | None, leave: bool, file: TextIO) -> None:
+    def __init__(self, desc: str, total: int | None, leave: bool, file: TextIO, position: int = 0) -> None:
         self.bar = tqdm(
             total=total,
+            position=position or None,
             desc=desc,
             leave=leave,
             file=file,
@@ -239,3 +266,7 @@ class _LineBar(_Bar):
     def close(self, n: int, postfix: str | None) -> None:
         if postfix is not None:
             self.update(n, postfix)
+
+
+TQDMProgressBar = ProgressBar
+"""Lightning's name for `ProgressBar` (``lightning.pytorch.callbacks.TQDMProgressBar``)."""
