@@ -27,32 +27,10 @@ class CountingLogger(Logger):
 
 
 def test_no_device_reads_and_no_logger_calls_between_logging_intervals(tmp_path, monkeypatch):
-    reads: list[tuple[str, int, bool]] = []
-    trainer_ref: dict[str, dltrain.Trainer] = {}
-
-    def counting(name):
-        original = getattr(torch.Tensor, name)
-
-        def wrapper(self, *args, **kwargs):
-            trainer = trainer_ref.get("t")
-            # The sampler turns its CPU index permutation into a list once per epoch: not a device read.
-            from_sampler = sys._getframe(1).f_code.co_filename.endswith("_resumable_loader.py")
-            loop = trainer._fit_loop if trainer is not None else None
-            if loop is not None and loop.in_batches and not from_sampler:
-                reads.append((name, trainer.global_step, trainer.loop_state.stepped))
-            return original(self, *args, **kwargs)
-
-        return wrapper
-
     logger = CountingLogger()
     log_every = 5
     trainer = quiet_trainer(tmp_path, max_epochs=2, log_every_n_steps=log_every, logger=logger)
-    trainer_ref["t"] = trainer
-    monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
-    for name in _READS:
-        monkeypatch.setattr(torch.Tensor, name, counting(name))
-    trainer.fit(TinyTask(), loader(n=96, batch_size=8))
-    monkeypatch.undo()
+    reads = _fit_counting_reads(monkeypatch, trainer)
 
     assert trainer.global_step == 24
     # Every read happened right after an optimizer step that is a logging step.
@@ -60,6 +38,32 @@ def test_no_device_reads_and_no_logger_calls_between_logging_intervals(tmp_path,
     assert {step % log_every for _, step, _ in reads} == {0}, reads
     # Loggers: every log_every steps only (the task logs no epoch aggregate).
     assert logger.steps == [5, 10, 15, 20]
+
+
+def _fit_counting_reads(monkeypatch, trainer) -> list[tuple[str, int, bool]]:
+    """Fit TinyTask as on an accelerator; (method, global step, stepped) of every tensor read inside the training
+    batches."""
+    reads: list[tuple[str, int, bool]] = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            # The sampler turns its CPU index permutation into a list once per epoch: not a device read.
+            from_sampler = sys._getframe(1).f_code.co_filename.endswith("_resumable_loader.py")
+            loop = trainer._fit_loop
+            if loop is not None and loop.in_batches and not from_sampler:
+                reads.append((name, trainer.global_step, trainer.loop_state.stepped))
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
+    for name in _READS:
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    trainer.fit(TinyTask(), loader(n=96, batch_size=8))
+    monkeypatch.undo()
+    return reads
 
 
 def _accelerator_like(setup, trainer):
@@ -105,22 +109,7 @@ def test_progress_bar_reads_the_device_only_when_it_redraws(tmp_path, monkeypatc
         def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
             now[0] += 0.4  # with refresh_rate_s=1.0: a redraw every third step
 
-    reads: list[tuple[str, int]] = []
     redraws: list[int] = []
-    trainer_ref: dict[str, dltrain.Trainer] = {}
-
-    def counting(name):
-        original = getattr(torch.Tensor, name)
-
-        def wrapper(self, *args, **kwargs):
-            trainer = trainer_ref.get("t")
-            from_sampler = sys._getframe(1).f_code.co_filename.endswith("_resumable_loader.py")
-            loop = trainer._fit_loop if trainer is not None else None
-            if loop is not None and loop.in_batches and not from_sampler:
-                reads.append((name, trainer.global_step))
-            return original(self, *args, **kwargs)
-
-        return wrapper
 
     bar = ProgressBar(refresh_rate_s=1.0, file=TTY())
     original_refresh = bar._refresh
@@ -133,20 +122,15 @@ def test_progress_bar_reads_the_device_only_when_it_redraws(tmp_path, monkeypatc
     log_every = 5
     trainer = dltrain.Trainer(accelerator="cpu", default_root_dir=str(tmp_path), max_epochs=2, logger=False,
                               enable_checkpointing=False, log_every_n_steps=log_every, callbacks=[Tick(), bar])
-    trainer_ref["t"] = trainer
-    monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
-    for name in _READS:
-        monkeypatch.setattr(torch.Tensor, name, counting(name))
-    trainer.fit(TinyTask(), loader(n=96, batch_size=8))
-    monkeypatch.undo()
+    reads = _fit_counting_reads(monkeypatch, trainer)
 
     assert trainer.global_step == 24
     assert len(redraws) >= 6, redraws
     off_interval = {step for step in redraws if step % log_every}
     assert off_interval, redraws  # redraws between logging steps: the values shown there are read there
-    read_steps = {step for _, step in reads}
+    read_steps = {step for _, step, _ in reads}
     # Every read is at a logging step or at a redraw; at a redraw between logging steps, one copy (tolist).
     assert read_steps <= {s for s in range(25) if s % log_every == 0} | set(redraws), (reads, redraws)
     for step in off_interval:
-        assert [name for name, s in reads if s == step] == ["tolist"], (step, reads)
+        assert [name for name, s, _ in reads if s == step] == ["tolist"], (step, reads)
     assert "train/loss=" in bar.file.getvalue()
