@@ -6,6 +6,7 @@ A failure here means a new torch, torchmetrics, webdataset or Lightning changed 
 
 from __future__ import annotations
 
+import io
 import tarfile
 
 import torch
@@ -39,6 +40,36 @@ def test_tar_writer_offset_follows_what_is_written(tmp_path):
     assert before == 0 and after is not None and after >= 1024  # one header block + the padded payload
     with tarfile.open(tmp_path / "s-000000.tar") as tar:
         assert tar.getmembers()[0].offset == before
+
+
+def test_tar_member_parsing_at_an_offset(tmp_path):
+    """`tar_read_member_at` parses the member at a given header offset (PAX headers included) and
+    `tar_next_offset` then says where the next header starts; both as tarfile's own iteration reports them."""
+    path = tmp_path / "m.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, size in [("a.txt", 10), ("b" * 120 + ".bin", 700), ("c.cls", 1)]:  # the second needs PAX
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"x" * size))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset, m.offset_data, m.size) for m in tar.getmembers()]
+    with open(path, "rb") as f, tarfile.TarFile(fileobj=f, mode="r") as tar:
+        for (name, offset, data, size), following in zip(expected, [e[1] for e in expected[1:]] + [None]):
+            info = _compat.tar_read_member_at(tar, offset)
+            assert (info.name, info.offset, info.offset_data, info.size) == (name, offset, data, size)
+            if following is not None:
+                assert _compat.tar_next_offset(tar) == following
+        f.seek(expected[1][1])
+        assert _compat.tar_read_member_at(tar, None).name == expected[1][0]  # None: from where the file is
+
+
+def test_webdataset_name_splitting_and_meta_members():
+    assert _compat.wds_split_name("dir/k001.seg.png") == ("dir/k001", "seg.png")
+    assert _compat.wds_split_name("k002.cls") == ("k002", "cls")
+    assert _compat.wds_split_name("nodot")[0] is None
+    assert _compat.wds_drops_meta_member("__meta__")
+    assert not _compat.wds_drops_meta_member("k003.txt")
+    assert not _compat.wds_drops_meta_member("d/__meta__")  # only at the top level
 
 
 def test_shutdown_loader_workers_stops_worker_processes():

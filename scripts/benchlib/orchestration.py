@@ -696,11 +696,13 @@ class Bench:
             return {}
         import hashlib
 
-        # Shards are cached between invocations, keyed by their spec and by the source of dltrain.data.shards
-        # (a change to write_shards rewrites them). --no-cache writes them into the run's temp dir.
+        # Shards are cached between invocations, keyed by their spec and by the source of the modules that write
+        # shards and their index (a change to write_shards rewrites them). --no-cache writes them into the run's
+        # temp dir.
         key = hashlib.sha1(json.dumps({k: v for k, v in spec.items() if k != "tmp"}, sort_keys=True).encode())
-        with contextlib.suppress(OSError):
-            key.update((ROOT / "src" / "dltrain" / "data" / "shards.py").read_bytes())
+        for module in ("writing.py", "index.py", "tar.py"):
+            with contextlib.suppress(OSError):
+                key.update((ROOT / "src" / "dltrain" / "data" / module).read_bytes())
         if not self.args.no_cache:
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dltrain-bench" / key.hexdigest()[:16]
             done = cache / "shards.json"

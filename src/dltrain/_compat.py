@@ -25,7 +25,11 @@ __all__ = [
     "release_loader_iterator",
     "shutdown_loader_workers",
     "strategy_wraps_module",
+    "tar_next_offset",
+    "tar_read_member_at",
     "tar_writer_offset",
+    "wds_drops_meta_member",
+    "wds_split_name",
 ]
 
 
@@ -57,6 +61,54 @@ def tar_writer_offset(writer: Any) -> int | None:
     tar = getattr(getattr(writer, "tarstream", None), "tarstream", None)
     offset = getattr(tar, "offset", None)
     return offset if isinstance(offset, int) else None
+
+
+def tar_next_offset(tar: Any) -> int:
+    """Where the next member header of a ``tarfile.TarFile`` starts, after the member parsed last (``TarFile.offset``).
+
+    Why: the tar walker of `dltrain.data.tar` goes from header to header by seeking (payloads are never read) and
+    records each sample's byte range for the shard index; `tarfile` keeps that position only in this undocumented
+    attribute. A rename fails here with AttributeError.
+    """
+    return int(tar.offset)
+
+
+def tar_read_member_at(tar: Any, pos: int | None) -> Any:
+    """Parse the member (with its PAX/GNU extension headers) whose header starts at byte ``pos`` of ``tar``'s file
+    (``None``: where the file is now), as ``TarInfo.fromtarfile`` does in ``TarFile.next``; sets
+    `tar_next_offset`.
+
+    Why: reading one sample at its indexed offset, and walking a damaged shard strictly, need a parse at a known
+    position; `TarFile`'s public iteration only goes forward from where it stopped, and quietly ends at damage.
+    It reaches ``TarFile.fileobj`` and ``TarFile.tarinfo`` (undocumented attributes).
+    """
+    if pos is not None:
+        tar.fileobj.seek(pos)
+    return tar.tarinfo.fromtarfile(tar)
+
+
+def wds_split_name(name: str) -> tuple[str | None, str]:
+    """(sample key, field) of a tar member name as webdataset groups it (``webdataset.tariterators.base_plus_ext``,
+    not documented API): the key is the name up to the first dot of its file name; ``(None, ...)`` when the file
+    name has no dot.
+
+    Why: dltrain's readers and counters must form exactly the samples webdataset forms from the same shards.
+    """
+    from webdataset import tariterators
+
+    key, field = tariterators.base_plus_ext(name)
+    return key, field
+
+
+def wds_drops_meta_member(name: str) -> bool:
+    """Whether webdataset drops this member as a meta file (``tariterators.meta_prefix``/``meta_suffix``: names
+    such as ``__key__`` at the top level) instead of grouping it into a sample.
+
+    Why: counting samples must drop the same members webdataset's tar iteration drops.
+    """
+    from webdataset import tariterators
+
+    return "/" not in name and name.startswith(tariterators.meta_prefix) and name.endswith(tariterators.meta_suffix)
 
 
 def shutdown_loader_workers(iterator: Any) -> None:

@@ -69,7 +69,7 @@ def _epoch(loader, epoch: int | None = None) -> list[list[str]]:
 def _keys_at(mix: Mixture, sources: list[ShardSet], level: dict, positions: np.ndarray) -> list[str]:
     """Samples at plan positions, through the global shard ids (independent of the loader's reading)."""
     keys = [(n, k) for s, n in zip(sources, NAMES) for k in s.keys]
-    shards, idx = mix._locator(_plan.root_of(level))(positions)
+    shards, idx = mix.plan.locator(_plan.root_of(level))(positions)
     return [f"{keys[s][0]}/{keys[s][1][i]}" for s, i in zip(shards.tolist(), idx.tolist())]
 
 
@@ -117,7 +117,7 @@ def test_ranks_deal_the_plan_in_proportion(sources: list[ShardSet], monkeypatch:
                     assert abs(got[name] - len(window) * m[s] / m_total) <= 2 * PREFIX_TOL, \
                         f"seed={SEED} world={world} rank={rank} epoch={epoch} window@{w0}: {got} of {len(window)}"
             union += [x for b in batches for x in b]
-        level = mix._root_level(epoch, world)
+        level = mix.plan.root_level(epoch, world)
         planned = _keys_at(mix, sources, level, _plan.planned_positions(level, m_total))
         assert Counter(union) == Counter(planned), f"seed={SEED} world={world} epoch={epoch}"
         got = Counter(_source(x) for x in union)
@@ -191,7 +191,7 @@ def test_resume_at_a_random_batch_gives_exactly_the_remaining_samples(
         if new_world == old_world:  # same plan: exactly the uninterrupted batches
             assert rest == fulls[rank][stop:], msg
         resumed += [x for b in rest for x in b]
-    old_level = mix._root_level(epoch, old_world)
+    old_level = mix.plan.root_level(epoch, old_world)
     remaining = _keys_at(mix, sources, old_level, np.concatenate(
         [_plan.rank_positions(old_level, r, mix.num_samples)[stop * BS :] for r in range(old_world)]))
     assert not Counter(resumed) - Counter(remaining), msg  # nothing repeated, nothing from outside the plan

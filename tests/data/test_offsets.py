@@ -157,13 +157,13 @@ def test_old_index_without_offsets_reads_the_same_batches(shard_set: ShardSet, t
                                 collate_fn=as_list, index=index)
 
     new = ds()
-    assert new.counts == shard_set.counts and all(o is not None for o in new._offsets)
+    assert new.counts == shard_set.counts and all(o is not None for o in new.layout.offsets)
     expected = [epoch_keys(new.loader(num_workers=0), e) for e in (0, 1)]
     old_index = tmp_path / "old.index.json"
     old_index.write_text(shard_set.index_path.read_text())
     _without_offsets(old_index)
     old = ds(str(old_index))
-    assert old.counts == shard_set.counts and all(o is None for o in old._offsets)
+    assert old.counts == shard_set.counts and all(o is None for o in old.layout.offsets)
     for workers in (0, 2):
         loader = old.loader(num_workers=workers)
         assert [epoch_keys(loader, e) for e in (0, 1)] == expected

@@ -33,7 +33,7 @@ def test_the_next_epoch_starts_from_the_window_read_ahead(shards):
     ds = piped(shards, **kwargs)
     ds._read_ahead = True
     for epoch in range(3):
-        level = ds._root_level(epoch, 2)
+        level = ds.plan.root_level(epoch, 2)
         got = list(ds._generate(level, 1, 0, 0, 1))
         fresh = list(piped(shards, **kwargs)._generate(level, 1, 0, 0, 1))
         assert got == fresh, where
@@ -43,9 +43,9 @@ def test_the_next_epoch_starts_from_the_window_read_ahead(shards):
 def test_a_plan_other_than_the_predicted_one_reads_afresh(shards):
     ds = piped(shards, batch_size=3, shuffle=True, shuffle_buffer=6, seed=1)
     ds._read_ahead = True
-    list(ds._generate(ds._root_level(0, 1), 0, 0, 0, 1))
+    list(ds._generate(ds.plan.root_level(0, 1), 0, 0, 0, 1))
     # Not epoch 1 of the same world: a resume at another position or world size is planned by the loader.
-    level = ds._root_level(1, 2)
+    level = ds.plan.root_level(1, 2)
     assert list(ds._generate(level, 0, 0, 0, 1)) == list(piped(shards, batch_size=3, shuffle=True, shuffle_buffer=6,
                                                                    seed=1)._generate(level, 0, 0, 0, 1))
     assert ds.prereads_used == 0
@@ -84,7 +84,7 @@ def test_a_mixture_of_piped_sources_reads_ahead_too(shards, tmp_path):
                   shuffle=True, shuffle_buffer=8)
     mix._read_ahead = True
     for epoch in range(3):
-        level = mix._root_level(epoch, 1)
+        level = mix.plan.root_level(epoch, 1)
         assert list(mix._generate(level, 0, 0, 0, 1)) == list(ref._generate(level, 0, 0, 0, 1)), f"seed {SEED}"
     assert mix.prereads_used == 2
 
@@ -95,7 +95,7 @@ def test_plan_helpers_used_by_the_read_ahead_are_pure(shards):
     loader = ds.loader(num_workers=0)
     loader.set_epoch(2)
     assert _plan.offset_of(loader.state_dict()) == 0
-    assert {k: v for k, v in loader.state_dict().items() if k in ds._root_level(2, 1)} == ds._root_level(2, 1)
+    assert {k: v for k, v in loader.state_dict().items() if k in ds.plan.root_level(2, 1)} == ds.plan.root_level(2, 1)
 
 
 def test_read_ahead_is_on_for_persistent_workers_unless_turned_off(shards):
@@ -103,7 +103,7 @@ def test_read_ahead_is_on_for_persistent_workers_unless_turned_off(shards):
         loader = piped(shards, batch_size=3).loader(**kwargs)
         loader.set_epoch(0)
         iter(loader)
-        return loader.stream._spec.read()["read_ahead"]
+        return loader._worker_spec.read()["read_ahead"]
 
     assert sent(num_workers=1) is True
     assert sent(num_workers=1, read_ahead=False) is False

@@ -6,22 +6,16 @@ Example:
     ...              "data/train-%06d.tar", max_count=100)  # doctest: +SKIP
     >>> loader = StreamingDataset("data/train-{000000..000009}.tar", batch_size=32).loader()  # doctest: +SKIP
 
-See `dltrain.data.shards` for the index format and `dltrain.data.streaming` for the epoch plan, resume and
-bad-data handling.
+Modules, by concern: `urls` (opening shards), `index` (the shard index), `writing`, `tar` (the tar walker and
+damage detection), `readers`, `plan` (the epoch plan and its protocol), `streaming` (`StreamingDataset`, the
+loader, resume and bad-data handling), `mixture`.
 """
 
 from dltrain.data.combined import CombinedLoader
 from dltrain.data.decoders import SAFE_DECODERS, UNSAFE_DECODERS, SampleDecoder
 from dltrain.data.domain import STAGES, DataPlugin, SampleTransform
+from dltrain.data.index import build_index, default_index_path, load_index
 from dltrain.data.mixture import Mixture
-from dltrain.data.shards import (
-    build_index,
-    count_samples,
-    default_index_path,
-    expand_urls,
-    load_index,
-    write_shards,
-)
 from dltrain.data.streaming import (
     BatchSamples,
     DataSkipWarning,
@@ -29,6 +23,9 @@ from dltrain.data.streaming import (
     StreamingDataset,
     resolve_rank,
 )
+from dltrain.data.tar import count_samples
+from dltrain.data.urls import expand_urls
+from dltrain.data.writing import write_shards
 
 __all__ = [
     "SAFE_DECODERS",

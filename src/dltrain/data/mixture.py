@@ -50,10 +50,19 @@ from typing import Any, Literal
 import numpy as np
 
 from dltrain.data import plan as _plan
+from dltrain.data.index import ShardLayout
 from dltrain.data.streaming import StreamingDataset
 from dltrain.errors import ConfigurationError, DataError
 
-__all__ = ["Mixture", "default_epoch_length", "mixture_counts", "mixture_labels", "mixture_locator", "source_seed"]
+__all__ = [
+    "Mixture",
+    "MixturePlan",
+    "default_epoch_length",
+    "mixture_counts",
+    "mixture_labels",
+    "mixture_locator",
+    "source_seed",
+]
 
 _MASK64 = (1 << 64) - 1
 _TAG_LABELS = 0x6D1C  # separates the label stream from the plan's random streams
@@ -402,24 +411,18 @@ class Mixture(StreamingDataset):
         self.sources = sources
         self.weights = _normalize_weights(weights)
         self.samples_per_epoch = samples_per_epoch
-        bounds = np.cumsum([0] + [len(src.urls) for src in sources])
-        self._first_shard = bounds[:-1].tolist()  # global id of each source's first shard
-        # A list, not an array: it is indexed once per sample, and a numpy scalar lookup costs more.
-        self._source_of = np.repeat(np.arange(len(sources)), np.diff(bounds)).tolist()
+        self._first_shard = np.cumsum([0] + [len(src.urls) for src in sources])[:-1].tolist()  # each source's first
 
     # ----------------------------------------------------------------------------------------- layout
 
     @property
-    def counts(self) -> list[int]:
-        """Samples per shard, the sources' shards concatenated in source order."""
-        if self._counts is None:
-            counts: list[int] = []
-            offsets: list[np.ndarray | None] = []
-            for src in self.sources:
-                counts += src.counts
-                offsets += src._offsets
-            self._counts, self._offsets = counts, offsets
-        return self._counts
+    def layout(self) -> ShardLayout:
+        """Samples and sample byte offsets per shard, the sources' shards concatenated in source order."""
+        if self._layout is None:
+            layouts = [src.layout for src in self.sources]
+            self._layout = ShardLayout([c for lay in layouts for c in lay.counts],
+                                       [o for lay in layouts for o in lay.offsets])
+        return self._layout
 
     @property
     def sizes(self) -> list[int]:
@@ -431,9 +434,10 @@ class Mixture(StreamingDataset):
         """Mixture positions per epoch with the current weights (samples of one epoch, all ranks)."""
         if self.samples_per_epoch is not None:
             return self.samples_per_epoch
-        return default_epoch_length(self._checked_sizes(self.weights), self.weights)
+        return default_epoch_length(self.checked_sizes(self.weights), self.weights)
 
-    def _checked_sizes(self, weights: Sequence[float]) -> list[int]:
+    def checked_sizes(self, weights: Sequence[float]) -> list[int]:
+        """Samples per source; raises `DataError` if a source with a weight > 0 has none."""
         sizes = self.sizes
         for s, (n, w) in enumerate(zip(sizes, weights)):
             if n == 0 and w > 0:
@@ -447,35 +451,48 @@ class Mixture(StreamingDataset):
             raise ConfigurationError(f"Mixture has {len(self.sources)} sources but got {len(weights)} weights")
         self.weights = _normalize_weights(weights)
 
-    # ----------------------------------------------------------------------------------------- plan
+    @property
+    def plan(self) -> _plan.EpochPlan:
+        """This mixture's epochs (`dltrain.data.plan.EpochPlan`): mixture positions, labelled with their sources
+        window by window (see the module docstring)."""
+        return MixturePlan(self)
 
-    def _root_level(self, epoch: int, world_size: int) -> dict[str, Any]:
-        level = super()._root_level(epoch, world_size)
-        m = mixture_counts(self.weights, self.num_samples)
-        level["mixture"] = {"weights": list(self.weights), "counts": m, "start": [int(epoch) * c for c in m],
-                            "sizes": self._checked_sizes(self.weights),
-                            "shards": [len(src.urls) for src in self.sources]}
+
+class MixturePlan:
+    """The `dltrain.data.plan.EpochPlan` of a `Mixture`, made from its current sources and weights when asked
+    for (``mixture.plan``). The epoch's weights, counts and stream starts live in the root level, so that an
+    epoch resumed with other weights finishes with the ones it started with."""
+
+    def __init__(self, mixture: Mixture) -> None:
+        self.mixture = mixture
+        self.sources: Sequence[_plan.SampleSource] = list(mixture.sources)
+        self.shard_sources: Sequence[int] = [s for s, src in enumerate(mixture.sources) for _ in src.urls]
+
+    def root_level(self, epoch: int, world_size: int) -> dict[str, Any]:
+        mix = self.mixture
+        level = _plan.root_level(epoch, world_size, seed=mix.seed, shuffle=mix.shuffle,
+                                 shuffle_buffer=mix.shuffle_buffer, training=mix.training, batch_size=mix.batch_size)
+        m = mixture_counts(mix.weights, mix.num_samples)
+        level["mixture"] = {"weights": list(mix.weights), "counts": m, "start": [int(epoch) * c for c in m],
+                            "sizes": mix.checked_sizes(mix.weights),
+                            "shards": [len(src.urls) for src in mix.sources]}
         return level
 
-    def _epoch_positions(self, root: Mapping[str, Any]) -> int:
+    def num_positions(self, root: Mapping[str, Any]) -> int:
         return int(sum(root["mixture"]["counts"]))
 
-    def _locator(self, root: Mapping[str, Any]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        return mixture_locator(root, [src.counts for src in self.sources])
+    def locator(self, root: Mapping[str, Any]) -> _plan.Locator:
+        return mixture_locator(root, [src.counts for src in self.mixture.sources])
 
-    def _check_state(self, state: Mapping[str, Any]) -> None:
+    def check_state(self, state: Mapping[str, Any]) -> None:
         mix = state.get("mixture")
         if mix is None:
             raise DataError("the saved loader state is of a single StreamingDataset, not a Mixture: resume it with "
                             "that dataset, or start the epoch over without the loader state")
-        now = {"sizes": self.sizes, "shards": [len(src.urls) for src in self.sources]}
+        now = {"sizes": self.mixture.sizes, "shards": [len(src.urls) for src in self.mixture.sources]}
         saved = {"sizes": list(mix["sizes"]), "shards": list(mix["shards"])}
         if saved != now:
             raise DataError(f"the saved loader state is for a Mixture of sources with {saved['sizes']} samples in "
                             f"{saved['shards']} shards, but this Mixture's sources have {now['sizes']} samples in "
                             f"{now['shards']} shards: resume with the same sources in the same order (weights may "
                             "change), or start the epoch over without the loader state")
-
-    def _prepare(self, raw: dict[str, Any], shard: int) -> Any:
-        s = self._source_of[shard]
-        return self.sources[s]._prepare(raw, shard - self._first_shard[s])

@@ -10,21 +10,33 @@ order. A *level* describes how positions are dealt to ranks:
 
 Level dict keys: ``epoch, seed, shuffle, shuffle_buffer, training, batch_size, world_size, base``, where
 ``base`` is None or ``{"state": <saved level + "batches">, "offset": <batches before the re-split>}``.
+
+What a dataset gives the plan is one protocol, `EpochPlan`: its root level for an epoch and a world size, how
+many positions that epoch has, the *locator* that maps positions to (shard, sample in the shard), which source
+each shard belongs to (whose decode and map its samples go through), and the check of a saved state.
+`dltrain.data.StreamingDataset` (positions are its samples, in the epoch's shard order) and
+`dltrain.data.Mixture` (positions are labelled with sources window by window, see `dltrain.data.mixture`)
+implement it; `StreamingDataLoader` and the dataset's worker-side reading use nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 __all__ = [
+    "EpochPlan",
+    "Locator",
+    "SampleSource",
     "locate",
     "num_batches",
     "offset_of",
     "planned_positions",
+    "rank_batches",
     "rank_positions",
+    "root_level",
     "root_of",
     "shard_order",
     "split_range",
@@ -34,6 +46,74 @@ __all__ = [
 _MASK64 = (1 << 64) - 1
 _TAG_SHARDS = 0x5A4D  # separates the random streams of shard order and window shuffles
 _TAG_WINDOW = 0x3B1F
+
+
+Locator = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""Maps epoch positions (an int64 array) to (shard ids, sample indices in those shards), elementwise. A loader
+calls it for a shuffle window's positions, then for each batch inside that window: a locator that computes
+labels per window (a `Mixture`'s) keeps the window's."""
+
+
+class SampleSource(Protocol):
+    """Where a sample's decode and map come from (a `dltrain.data.StreamingDataset`)."""
+
+    @property
+    def decoder(self) -> Callable[[dict[str, Any]], dict[str, Any]]: ...
+
+    @property
+    def map(self) -> Callable[[dict[str, Any]], Any] | None: ...
+
+
+class EpochPlan(Protocol):
+    """What a dataset tells the loader about its epochs (see the module docstring).
+
+    Attributes:
+        sources: the datasets whose decode and map apply, by source index (one for a plain dataset).
+        shard_sources: the source index of each shard id (shard ids index the dataset's ``urls``).
+    """
+
+    @property
+    def sources(self) -> Sequence[SampleSource]: ...
+
+    @property
+    def shard_sources(self) -> Sequence[int]: ...
+
+    def root_level(self, epoch: int, world_size: int) -> dict[str, Any]:
+        """The root level of ``epoch`` with ``world_size`` ranks (JSON-able; saved in loader states)."""
+        ...
+
+    def num_positions(self, root: Mapping[str, Any]) -> int:
+        """Positions in the epoch of this root level (all ranks)."""
+        ...
+
+    def locator(self, root: Mapping[str, Any]) -> Locator:
+        """The position -> (shard, sample) map of the epoch of this root level."""
+        ...
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        """Raise `dltrain.errors.DataError` if a saved loader state cannot be resumed on this dataset."""
+        ...
+
+
+def root_level(epoch: int, world_size: int, *, seed: int, shuffle: bool, shuffle_buffer: int, training: bool,
+               batch_size: int) -> dict[str, Any]:
+    """A root level (no ``base``) from the plan's parameters."""
+    return {
+        "epoch": int(epoch),
+        "seed": int(seed),
+        "shuffle": bool(shuffle),
+        "shuffle_buffer": int(shuffle_buffer),
+        "training": bool(training),
+        "batch_size": int(batch_size),
+        "world_size": int(world_size),
+        "base": None,
+    }
+
+
+def rank_batches(plan: EpochPlan, level: Mapping[str, Any], rank: int) -> int:
+    """Batches ``rank`` yields in this level's plan (not counting those before a re-split)."""
+    n = len(rank_positions(level, rank, plan.num_positions(root_of(level))))
+    return num_batches(n, int(level["batch_size"]), bool(level["training"]))
 
 
 def _rng(*parts: int) -> np.random.Generator:

@@ -13,7 +13,7 @@ The plan depends only on (seed, epoch, rank, world size, batch size). Loader wor
 batches j = w, w+K, w+2K, ... which is exactly the round-robin order in which `torch.utils.data.DataLoader`
 collects them, so the number of workers never changes what a rank sees. A worker reads only the shards holding
 its samples, keeps raw bytes only of the samples it needs, and decodes only those. Where the index has sample
-offsets (local, uncompressed shards; see `dltrain.data.shards`) it seeks to each of its samples, batch by batch;
+offsets (local, uncompressed shards; see `dltrain.data.index`) it seeks to each of its samples, batch by batch;
 otherwise (``pipe:``/``http(s):`` URLs, compressed shards, version 1 indexes) it scans each shard forward and
 reads a shuffle window at a time.
 
@@ -43,13 +43,9 @@ from dltrain._compat import shutdown_loader_workers
 from dltrain.data import plan as _plan
 from dltrain.data.decoders import Decoder, SampleDecoder
 from dltrain.data.domain import DataPlugin, check_stage
-from dltrain.data.shards import (
-    IndexedShardReader,
-    ShardReader,
-    expand_urls,
-    seekable,
-    shard_layout,
-)
+from dltrain.data.index import ShardLayout, shard_layout
+from dltrain.data.readers import IndexedShardReader, ShardReader
+from dltrain.data.urls import expand_urls, seekable
 from dltrain.errors import ConfigurationError, DataError
 
 __all__ = ["BatchSamples", "DataSkipWarning", "StreamingDataLoader", "StreamingDataset", "resolve_rank"]
@@ -283,10 +279,8 @@ class StreamingDataset(IterableDataset):
         self.training = bool(training)
         self.on_error = on_error
         self.index = index
-        self._counts: list[int] | None = None
-        self._offsets: list[np.ndarray | None] = []  # per shard, from the index (see dltrain.data.shards)
-        self._spec = _SharedSpec()
-        self._tagged = False  # the copy inside a StreamingDataLoader yields (batch, skip info) to the main process
+        self._layout: ShardLayout | None = None  # samples and byte offsets per shard, from the index
+        self._spec = _SharedSpec()  # the epoch of the next direct iteration (`set_epoch`)
         self.skipped = 0  # samples skipped by direct iteration in this process (loaders keep their own count)
         self.last_batch_samples: BatchSamples | None = None  # of the batch yielded last by direct iteration
         # Whether batches carry their BatchSamples (a SampleLedger turns it on; off, nothing is computed or sent).
@@ -296,57 +290,30 @@ class StreamingDataset(IterableDataset):
         self._read_ahead = False  # whether to read it (the loader says so for persistent workers)
         self.prereads_used = 0  # how many epochs started from a pre-read window (in this process)
 
-    # ----------------------------------------------------------------------------------------- plan helpers
+    # ----------------------------------------------------------------------------------------- layout, plan
+
+    @property
+    def layout(self) -> ShardLayout:
+        """Samples and sample byte offsets per shard (from the index, or a scan; loaded on first use)."""
+        if self._layout is None:
+            self._layout = shard_layout(self.urls, self.index, missing_ok=self.on_error == "skip")
+        return self._layout
 
     @property
     def counts(self) -> list[int]:
         """Samples per shard (from the index; loaded on first use)."""
-        if self._counts is None:
-            self._counts, self._offsets = shard_layout(self.urls, self.index, missing_ok=self.on_error == "skip")
-        return self._counts
+        return self.layout.counts
 
     @property
     def num_samples(self) -> int:
         """Samples in the dataset (all shards, all ranks)."""
         return int(sum(self.counts))
 
-    def _root_level(self, epoch: int, world_size: int) -> dict[str, Any]:
-        return {
-            "epoch": int(epoch),
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "shuffle_buffer": self.shuffle_buffer,
-            "training": self.training,
-            "batch_size": self.batch_size,
-            "world_size": int(world_size),
-            "base": None,
-        }
-
-    def _epoch_positions(self, root: Mapping[str, Any]) -> int:
-        """Plan positions in the epoch of this root level (a `Mixture` keeps its epoch length in the level)."""
-        return self.num_samples
-
-    def _locator(self, root: Mapping[str, Any]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """Maps plan positions of the epoch of ``root`` to (shard id into ``urls``, sample index in the shard)."""
-        counts = self.counts
-        order = _plan.shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
-        return lambda positions: _plan.locate(positions, order, counts)
-
-    def _check_state(self, state: Mapping[str, Any]) -> None:
-        """Raise `DataError` if a saved loader state cannot be resumed on this dataset."""
-        if "mixture" in state:
-            raise DataError("the saved loader state is of a dltrain.data.Mixture: resume it with the same Mixture, "
-                            "not a single StreamingDataset")
-        if int(state["num_samples"]) != self.num_samples or int(state["num_shards"]) != len(self.urls):
-            raise DataError(
-                f"the saved loader state is for {state['num_samples']} samples in {state['num_shards']} shards, "
-                f"but this dataset has {self.num_samples} samples in {len(self.urls)} shards: "
-                "resume with the same shards (and index), or start the epoch over without the loader state"
-            )
-
-    def _num_batches(self, level: Mapping[str, Any], rank: int) -> int:
-        n = len(_plan.rank_positions(level, rank, self._epoch_positions(_plan.root_of(level))))
-        return _plan.num_batches(n, int(level["batch_size"]), bool(level["training"]))
+    @property
+    def plan(self) -> _plan.EpochPlan:
+        """This dataset's epochs (`dltrain.data.plan.EpochPlan`): positions are its samples in the epoch's shard
+        order."""
+        return ShardsPlan(self)
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch used by the next direct iteration (loaders set their own through `StreamingDataLoader.set_epoch`)."""
@@ -355,7 +322,8 @@ class StreamingDataset(IterableDataset):
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         rank, world = resolve_rank()
-        return self._num_batches(self._root_level(0, world), rank)
+        plan = self.plan
+        return _plan.rank_batches(plan, plan.root_level(0, world), rank)
 
     def loader(
         self,
@@ -379,30 +347,44 @@ class StreamingDataset(IterableDataset):
     # ----------------------------------------------------------------------------------------- iteration
 
     def __iter__(self) -> Iterator[Any]:
-        # Read the shared spec now, not lazily in the generator: a persistent worker calls iter() at the start of
-        # every epoch, after the main process wrote that epoch's spec.
-        spec = self._spec.read() or {}
+        # Read the spec now, not lazily in the generator (see `worker_batches`).
+        return self._batches(self._spec.read() or {}, tagged=False)
+
+    def worker_batches(self, spec: Mapping[str, Any]) -> Iterator[Any]:
+        """What a `StreamingDataLoader` iterates in this loader worker (or in the training process without
+        workers): the epoch described by ``spec`` (epoch, start batch, rank, world size, plan level, whether to
+        record sample ids and to read the next epoch ahead), as ``("batch", batch, number of skipped samples,
+        their first errors, BatchSamples or None)`` items, or one ``("error", DataError)`` item that ends it.
+
+        Call it when ``iter()`` is called: a persistent worker iterates at the start of every epoch, after the
+        training process wrote that epoch's spec.
+        """
+        return self._batches(spec, tagged=True)
+
+    def _batches(self, spec: Mapping[str, Any], tagged: bool) -> Iterator[Any]:
         rank, world = spec.get("rank"), spec.get("world_size")
         if rank is None or world is None:
             rank, world = resolve_rank()
-        level = spec.get("level") or self._root_level(int(spec.get("epoch", 0)), world)
+        level = spec.get("level") or self.plan.root_level(int(spec.get("epoch", 0)), world)
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         self._record = bool(spec.get("record", self.record_samples))
         self._read_ahead = bool(spec.get("read_ahead", False))
-        return self._generate(level, int(rank), int(spec.get("start", 0)), worker, num_workers)
+        return self._generate(level, int(rank), int(spec.get("start", 0)), worker, num_workers, tagged=tagged)
 
-    def _generate(self, level: Mapping[str, Any], rank: int, start: int, worker: int, num_workers: int) -> Iterator[Any]:
+    def _generate(self, level: Mapping[str, Any], rank: int, start: int, worker: int, num_workers: int, *,
+                  tagged: bool = False) -> Iterator[Any]:
         counts = self.counts
+        plan = self.plan
         root = _plan.root_of(level)
-        positions = _plan.rank_positions(level, rank, self._epoch_positions(root))
+        positions = _plan.rank_positions(level, rank, plan.num_positions(root))
         batch_size, training = int(level["batch_size"]), bool(level["training"])
         total = _plan.num_batches(len(positions), batch_size, training)
         first = start - _plan.offset_of(level)  # plan-relative batch index
         mine = list(range(max(first, 0) + worker, total, num_workers))
         if not mine:
             return
-        where = self._locator(root)
+        where = plan.locator(root)
 
         wanted = _wanted_per_shard(positions, np.asarray(mine, dtype=np.int64), batch_size, where)
         group_batches = _plan.window_size(int(level["shuffle_buffer"]), batch_size) // batch_size
@@ -429,11 +411,11 @@ class StreamingDataset(IterableDataset):
                     else:
                         raw = self._read_raw(need, where, counts, readers, wanted)
                     for j in unit:
-                        yield self._make_batch(pos_of[j], raw, where(pos_of[j]))
+                        yield self._make_batch(plan, pos_of[j], raw, where(pos_of[j]), tagged)
             if self._read_ahead:
                 self._start_preread(level, rank, worker, num_workers)
         except DataError as exn:
-            if not self._tagged:
+            if not tagged:
                 raise
             # DataLoader re-raises worker exceptions from their formatted text, which loses url/key: send the
             # error itself (DataError pickles with them) and let the main process raise it.
@@ -444,7 +426,7 @@ class StreamingDataset(IterableDataset):
 
     def _seekable(self, shard: int) -> bool:
         """Whether the shard's samples can be read by seeking to their indexed offsets."""
-        return self._offsets[shard] is not None and seekable(self.urls[shard])
+        return self.layout.offsets[shard] is not None and seekable(self.urls[shard])
 
     # A persistent worker that reads shards forward (pipe:, http, compressed) must read a whole shuffle window
     # before the first batch of an epoch. The next epoch's plan is a pure function, so when the worker has produced
@@ -454,7 +436,7 @@ class StreamingDataset(IterableDataset):
     def _start_preread(self, level: Mapping[str, Any], rank: int, worker: int, num_workers: int) -> None:
         if _plan.offset_of(level) != 0 or level.get("base"):
             return  # after a resume the next epoch is planned afresh; keep it simple: predict only plain epochs
-        nxt = self._root_level(int(level["epoch"]) + 1, int(level["world_size"]))
+        nxt = self.plan.root_level(int(level["epoch"]) + 1, int(level["world_size"]))
         pre = _PreRead(_preread_key(nxt, rank, 0, worker, num_workers))
         self._preread = pre
 
@@ -475,8 +457,9 @@ class StreamingDataset(IterableDataset):
             np.ndarray, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], Callable[[int], np.ndarray]] | None:
         """The positions of this worker's first window of ``level`` (when it is read forward), its locator and
         its per-shard wanted samples, as `_generate` computes them."""
+        plan = self.plan
         root = _plan.root_of(level)
-        positions = _plan.rank_positions(level, rank, self._epoch_positions(root))
+        positions = _plan.rank_positions(level, rank, plan.num_positions(root))
         batch_size = int(level["batch_size"])
         total = _plan.num_batches(len(positions), batch_size, bool(level["training"]))
         mine = np.arange(worker, total, num_workers, dtype=np.int64)
@@ -484,7 +467,7 @@ class StreamingDataset(IterableDataset):
         first = mine[mine // group_batches == mine[0] // group_batches] if len(mine) else mine
         if not len(first):
             return None
-        where = self._locator(root)
+        where = plan.locator(root)
         need = np.unique(np.concatenate([positions[j * batch_size : (j + 1) * batch_size] for j in first.tolist()]))
         if all(self._seekable(s) for s in set(where(need)[0].tolist())):
             return None  # seekable shards read batch by batch: nothing to wait for
@@ -516,7 +499,7 @@ class StreamingDataset(IterableDataset):
             reader = readers.get(s)
             # Keep a forward reader when the next sample lies further along its shard: no re-reading.
             if reader is None or i < reader.next_index:
-                offsets = self._offsets[s]
+                offsets = self.layout.offsets[s]
                 if offsets is not None and self._seekable(s):
                     reader = IndexedShardReader(self.urls[s], offsets, counts[s])
                 else:
@@ -534,47 +517,22 @@ class StreamingDataset(IterableDataset):
                 raw[p] = exn
         return raw
 
-    def _prepare(self, raw: dict[str, Any], shard: int) -> Any:
-        """Decode and map one raw sample of shard ``shard`` (a `Mixture` hands it to the shard's source)."""
-        try:
-            sample = self.decoder(raw)
-            if self.map is None:
-                return sample
-            return self.map(sample)
-        except DataError as exn:
-            if exn.url is not None and exn.key is not None:
-                raise
-            # A plugin's decoder or map raised a DataError without knowing where the sample came from.
-            raise DataError(exn.reason, url=exn.url or raw.get("__url__"), key=exn.key or raw.get("__key__")) from exn
-        except KeyError as exn:
-            fields = sorted(k for k in sample if not k.startswith("__"))
-            raise DataError(
-                f"the sample has no field {exn.args[0]!r} that map needs (it has {fields}); fix the shard or "
-                "the map, or use on_error='skip'",
-                url=raw.get("__url__"),
-                key=raw.get("__key__"),
-            ) from exn
-        except Exception as exn:
-            raise DataError(
-                f"map raised {type(exn).__name__}: {exn}; fix the map or the sample, or use on_error='skip'",
-                url=raw.get("__url__"),
-                key=raw.get("__key__"),
-            ) from exn
-
-    def _make_batch(self, positions: np.ndarray, raw: dict[int, Any], where: tuple[np.ndarray, np.ndarray]) -> Any:
+    def _make_batch(self, plan: _plan.EpochPlan, positions: np.ndarray, raw: dict[int, Any],
+                    where: tuple[np.ndarray, np.ndarray], tagged: bool) -> Any:
         """Decode, map and collate the samples at ``positions``; ``where`` is their (shard ids, indices in shard),
         sent with the batch as its `BatchSamples` when sample ids are recorded (``record_samples``)."""
         samples: list[Any] = []
         bad: list[DataError] = []
         keys: list[str] = []
         good: list[int] = []
+        sources, shard_sources = plan.sources, plan.shard_sources
         for n, (p, shard) in enumerate(zip(positions.tolist(), where[0].tolist())):
             item = raw.pop(p)
             if isinstance(item, DataError):
                 bad.append(item)
                 continue
             try:
-                samples.append(self._prepare(item, shard))
+                samples.append(prepare_sample(sources[shard_sources[shard]], item))
                 keys.append(str(item.get("__key__")))
                 good.append(n)
             except DataError as exn:
@@ -593,12 +551,93 @@ class StreamingDataset(IterableDataset):
                     f"({type(exn).__name__}: {exn}); make map return samples of one structure and shape"
                 ) from exn
         held = BatchSamples(where[0][good], where[1][good], keys) if self._record else None
-        if self._tagged:
+        if tagged:
             return ("batch", batch, len(bad), [str(e) for e in bad[:_MAX_REPORTED_ERRORS]], held)
         if bad:
             self.skipped += len(bad)
         self.last_batch_samples = held
         return batch
+
+
+def prepare_sample(source: _plan.SampleSource, raw: dict[str, Any]) -> Any:
+    """Decode and map one raw sample with its source's ``decoder`` and ``map``; errors become `DataError`s that
+    name the shard and the key."""
+    try:
+        sample = source.decoder(raw)
+        if source.map is None:
+            return sample
+        return source.map(sample)
+    except DataError as exn:
+        if exn.url is not None and exn.key is not None:
+            raise
+        # A plugin's decoder or map raised a DataError without knowing where the sample came from.
+        raise DataError(exn.reason, url=exn.url or raw.get("__url__"), key=exn.key or raw.get("__key__")) from exn
+    except KeyError as exn:
+        fields = sorted(k for k in sample if not k.startswith("__"))
+        raise DataError(
+            f"the sample has no field {exn.args[0]!r} that map needs (it has {fields}); fix the shard or "
+            "the map, or use on_error='skip'",
+            url=raw.get("__url__"),
+            key=raw.get("__key__"),
+        ) from exn
+    except Exception as exn:
+        raise DataError(
+            f"map raised {type(exn).__name__}: {exn}; fix the map or the sample, or use on_error='skip'",
+            url=raw.get("__url__"),
+            key=raw.get("__key__"),
+        ) from exn
+
+
+class ShardsPlan:
+    """The `dltrain.data.plan.EpochPlan` of one `StreamingDataset`: positions are its samples, shards in the
+    epoch's shard order (seeded by (seed, epoch)), samples in shard order. Made from the dataset's settings when
+    asked for (``dataset.plan``)."""
+
+    def __init__(self, dataset: StreamingDataset) -> None:
+        self.dataset = dataset
+        self.counts = dataset.counts
+        self.sources: Sequence[_plan.SampleSource] = (dataset,)
+        self.shard_sources: Sequence[int] = [0] * len(self.counts)
+
+    def root_level(self, epoch: int, world_size: int) -> dict[str, Any]:
+        ds = self.dataset
+        return _plan.root_level(epoch, world_size, seed=ds.seed, shuffle=ds.shuffle, shuffle_buffer=ds.shuffle_buffer,
+                                training=ds.training, batch_size=ds.batch_size)
+
+    def num_positions(self, root: Mapping[str, Any]) -> int:
+        return int(sum(self.counts))
+
+    def locator(self, root: Mapping[str, Any]) -> _plan.Locator:
+        counts = self.counts
+        order = _plan.shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
+        return lambda positions: _plan.locate(positions, order, counts)
+
+    def check_state(self, state: Mapping[str, Any]) -> None:
+        if "mixture" in state:
+            raise DataError("the saved loader state is of a dltrain.data.Mixture: resume it with the same Mixture, "
+                            "not a single StreamingDataset")
+        n, shards = int(sum(self.counts)), len(self.counts)
+        if int(state["num_samples"]) != n or int(state["num_shards"]) != shards:
+            raise DataError(
+                f"the saved loader state is for {state['num_samples']} samples in {state['num_shards']} shards, "
+                f"but this dataset has {n} samples in {shards} shards: "
+                "resume with the same shards (and index), or start the epoch over without the loader state"
+            )
+
+
+class _WorkerView(IterableDataset):
+    """What a `StreamingDataLoader` hands to torch's `DataLoader`: a copy of the dataset and the loader's spec.
+
+    Loader workers hold a copy of it made when they started (persistent workers live across epochs), so changes
+    made later in the main process never reach them; the spec, in shared memory, does."""
+
+    def __init__(self, dataset: StreamingDataset, spec: _SharedSpec) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.spec = spec
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.dataset.worker_batches(self.spec.read() or {})
 
 
 class StreamingDataLoader(DataLoader):
@@ -647,8 +686,8 @@ class StreamingDataLoader(DataLoader):
         if not isinstance(dataset, StreamingDataset):
             raise ConfigurationError(f"StreamingDataLoader needs a StreamingDataset, got {type(dataset).__name__}")
         _ = dataset.counts  # read the index once here, before workers copy the dataset
-        view = copy.copy(dataset)  # shares the counts and the shared-memory spec
-        view._tagged = True
+        self._worker_spec = _SharedSpec()  # what the workers read at each iter() (see `worker_batches`)
+        view = _WorkerView(copy.copy(dataset), self._worker_spec)  # the copy shares the counts
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
         if persistent_workers is None:
@@ -732,14 +771,14 @@ class StreamingDataLoader(DataLoader):
         rank, world = self._split if self._split is not None else resolve_rank()
         state = self._pending
         if state is None:
-            return self.stream._root_level(self._epoch, world), 0, rank, world
+            return self.stream.plan.root_level(self._epoch, world), 0, rank, world
         # The saved level as it was (a Mixture's root level also holds the epoch's weights).
         level = {k: v for k, v in state.items() if k not in _STATE_ONLY}
         batches = int(state["batches"])
         if self._same_plan(state, world):
             return level, batches, rank, world
         # Another world/batch size: re-split what the saved ranks had not consumed yet among the current ranks.
-        new = self.stream._root_level(int(state["epoch"]), world)
+        new = self.stream.plan.root_level(int(state["epoch"]), world)
         new["base"] = {"state": {**level, "batches": batches}, "offset": batches}
         return new, batches, rank, world
 
@@ -749,7 +788,7 @@ class StreamingDataLoader(DataLoader):
             level, rank = self._level, self._rank
         else:
             level, _, rank, _ = self._next_plan()
-        return _plan.offset_of(level) + self.stream._num_batches(level, rank)
+        return _plan.offset_of(level) + _plan.rank_batches(self.stream.plan, level, rank)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         level, start, rank, world = self._next_plan()
@@ -761,14 +800,14 @@ class StreamingDataLoader(DataLoader):
         self._errors = []
         self._pending = None
         self._level, self._batches, self._rank = level, start, rank
-        if self.stream.training and start == 0 and self.stream._num_batches(level, rank) == 0:
+        if self.stream.training and start == 0 and _plan.rank_batches(self.stream.plan, level, rank) == 0:
             warnings.warn(
                 f"dltrain.data: {self.stream.num_samples} samples do not fill one batch of {self.stream.batch_size} "
                 f"on each of {world} ranks: this training epoch is empty (lower batch_size or add data)",
                 stacklevel=2,
             )
         # Workers resolve nothing themselves: torch.distributed is not initialised inside them.
-        self.stream._spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
+        self._worker_spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
                                  "level": level, "record": self.record_samples,
                                  "read_ahead": bool(self.read_ahead and self.persistent_workers and self.num_workers > 0)})
         return self._count(super().__iter__())
@@ -836,7 +875,7 @@ class StreamingDataLoader(DataLoader):
         """
         if int(state.get("version", -1)) != STATE_VERSION:
             raise DataError(f"unsupported loader state version {state.get('version')!r} (expected {STATE_VERSION})")
-        self.stream._check_state(state)
+        self.stream.plan.check_state(state)
         self._pending = copy.deepcopy(dict(state))
         self._epoch = int(state["epoch"])
         self._level = None

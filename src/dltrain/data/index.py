@@ -1,0 +1,285 @@
+"""The shard index: its format, reading and writing it, where it lives, and building it from the shards.
+
+A JSON file named ``<stem>.index.json`` in the directory of the first shard, where ``<stem>`` is the common
+prefix of the shard file names without extensions, trailing digits and trailing ``-_.`` (``train-000000.tar``
+.. ``train-000127.tar`` -> ``train.index.json``; ``shards.index.json`` when nothing is left)::
+
+    {"format": "dltrain.shard-index", "version": 2, "total": 1234,
+     "shards": [{"url": "train-000000.tar", "samples": 50, "offsets": [0, 3072, ..., 153600]}, ...]}
+
+Shards in the index's directory are named relative to it (the directory can be moved); others keep their full
+URL.
+
+``offsets`` (version 2, uncompressed shards indexed or written locally) has ``samples + 1`` byte offsets: where
+each sample's first tar member header starts, then where the last sample's data ends, so sample ``i`` is the
+members in ``[offsets[i], offsets[i + 1])``. Readers of local shards read there instead of parsing every header
+before the sample; without offsets (version 1 indexes, compressed shards) they scan forward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+from urllib.parse import urlparse
+
+import numpy as np
+
+from dltrain.data.tar import REWRITE, scan_shard
+from dltrain.data.urls import dirname, expand_urls, is_local, local_path, open_url
+from dltrain.errors import DataError
+
+__all__ = [
+    "INDEX_FORMAT",
+    "ShardLayout",
+    "build_index",
+    "default_index_path",
+    "load_index",
+    "shard_counts",
+    "shard_layout",
+    "write_index",
+]
+
+INDEX_FORMAT = "dltrain.shard-index"
+INDEX_VERSION = 2
+INDEX_SUFFIX = ".index.json"
+
+
+class ShardLayout(NamedTuple):
+    """What the index (or a scan) says about each shard of a URL list."""
+
+    counts: list[int]
+    """Samples per shard."""
+    offsets: list[np.ndarray | None]
+    """Per shard, its ``samples + 1`` sample byte offsets (see the module docstring), ``None`` where unknown."""
+
+
+def _index_stem(urls: Sequence[str]) -> str:
+    names = [posixpath.basename(local_path(u)).split(".", 1)[0] for u in urls]
+    stem = os.path.commonprefix(names).rstrip("0123456789").rstrip("-_.")  # noqa: RUF071 (names, not paths)
+    return stem or "shards"
+
+
+def default_index_path(urls: str | Sequence[str]) -> str:
+    """Where the index of these shards lives: ``<dir of first shard>/<stem>.index.json`` (see the module doc).
+
+    Example:
+        >>> default_index_path("data/train-{000000..000003}.tar")
+        'data/train.index.json'
+    """
+    expanded = expand_urls(urls)
+    directory = dirname(expanded[0])
+    name = _index_stem(expanded) + INDEX_SUFFIX
+    if is_local(expanded[0]):
+        return os.path.join(directory, name)
+    return f"{directory}/{name}" if directory else name
+
+
+def _relative_name(url: str, index_path: str) -> str:
+    if is_local(url) and is_local(index_path):
+        shard_dir = os.path.abspath(os.path.dirname(local_path(url)))
+        if shard_dir == os.path.abspath(os.path.dirname(local_path(index_path))):
+            return os.path.basename(local_path(url))
+        return url
+    if posixpath.dirname(url) == posixpath.dirname(index_path):
+        return posixpath.basename(url)
+    return url
+
+
+def make_index(
+    urls: Sequence[str], counts: Sequence[int], offsets: Sequence[Sequence[int] | None], index_path: str
+) -> dict[str, Any]:
+    shards: list[dict[str, Any]] = []
+    for url, count, offs in zip(urls, counts, offsets):
+        entry: dict[str, Any] = {"url": _relative_name(url, index_path), "samples": int(count)}
+        if offs is not None:
+            entry["offsets"] = [int(o) for o in offs]
+        shards.append(entry)
+    return {"format": INDEX_FORMAT, "version": INDEX_VERSION, "total": int(sum(counts)), "shards": shards}
+
+
+def _index_text(index: Mapping[str, Any]) -> str:
+    # One line per shard: with indent=1, json would put every offset on a line of its own.
+    head = json.dumps({k: v for k, v in index.items() if k != "shards"})
+    shards = ",\n  ".join(json.dumps(entry) for entry in index["shards"])
+    return f'{head[:-1]},\n "shards": [\n  {shards}\n ]}}\n'
+
+
+def write_index(index: Mapping[str, Any], path: str) -> None:
+    """Write an index dict as JSON, atomically for local paths (readers never see half a file)."""
+    text = _index_text(index)
+    if is_local(path):
+        local = local_path(path)
+        tmp = f"{local}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, local)
+    else:
+        with open_url(path, "wb") as f:
+            f.write(text.encode("utf-8"))
+
+
+def load_index(path: str) -> dict[str, Any]:
+    """Read and check an index file (local path or URL); raise `DataError` if it is not one."""
+    try:
+        with open_url(path, "rb") as f:
+            index = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as exn:
+        raise DataError(
+            f"cannot read shard index {path!r} ({type(exn).__name__}: {exn}); rebuild it with "
+            "`dltrain shards index URLS...`"
+        ) from exn
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "shards" not in index:
+        raise DataError(f"{path!r} is not a dltrain shard index; rebuild it with `dltrain shards index URLS...`")
+    return index
+
+
+def index_exists(path: str) -> bool:
+    if is_local(path):
+        return os.path.isfile(local_path(path))
+    if urlparse(path).scheme in ("http", "https"):
+        try:
+            with open_url(path, "rb") as f:
+                f.read(1)
+            return True
+        except Exception:
+            return False
+    return False  # pipe: and friends: we cannot guess where an index lives, pass index= instead
+
+
+
+def build_index(urls: str | Sequence[str], *, path: str | None = None, write: bool = True) -> dict[str, Any]:
+    """Build the index of existing shards from their tar headers, and write it next to them.
+
+    Args:
+        urls: shard URLs or brace patterns.
+        path: where to write the index; default `default_index_path(urls)`.
+        write: write the file (else only return the dict).
+
+    Returns:
+        The index dict (same content as `write_shards` writes).
+
+    Raises:
+        DataError: a shard is missing or damaged (a header that does not parse, data cut short, no end-of-archive
+            marker, a zero block before the end): the error names the shard, the byte and the last sample key read
+            before the damage. No index is written.
+
+    Example:
+        >>> build_index("data/train-{000000..000006}.tar")["total"]  # doctest: +SKIP
+        180
+    """
+    expanded = expand_urls(urls)
+    path = path or default_index_path(expanded)
+    scans: list[tuple[int, list[int] | None]] = []
+    errors: list[DataError] = []
+    for url in expanded:  # every shard, so that one error names all the bad ones
+        try:
+            scans.append(scan_shard(url))
+        except DataError as exn:
+            errors.append(exn)
+    if len(errors) == 1:
+        raise errors[0]  # an index never holds the counts of a damaged shard
+    if errors:
+        lines = "\n".join(f"  {exn}" for exn in errors)
+        raise DataError(f"{len(errors)} of {len(expanded)} shards cannot be indexed; no index was written:\n{lines}",
+                        url=errors[0].url)
+    index = make_index(expanded, [c for c, _ in scans], [o for _, o in scans], path)
+    if write:
+        write_index(index, path)
+    return index
+
+
+def shard_counts(
+    urls: Sequence[str],
+    index: str | None = None,
+    *,
+    missing_ok: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> list[int]:
+    """Samples per shard for ``urls``: from ``index`` (or the default index next to the shards if it exists),
+    else by reading tar headers (slower; a warning says so). See `shard_layout` for the arguments."""
+    return shard_layout(urls, index, missing_ok=missing_ok, warn=warn)[0]
+
+
+def _refuse_missing(urls: Sequence[str], missing_ok: bool) -> None:
+    """A DataError "not found" naming the local shards that do not exist (with ``missing_ok``, the scan warns
+    about each one instead)."""
+    missing = [url for url in urls if is_local(url) and not os.path.exists(local_path(url))]
+    if not missing or missing_ok:
+        return
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    raise DataError(f"{len(missing)} of {len(urls)} shards not found: {local_path(missing[0])!r}{more}; check the "
+                    "path and the brace range of the URL pattern")
+
+
+def shard_layout(
+    urls: Sequence[str],
+    index: str | None = None,
+    *,
+    missing_ok: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> ShardLayout:
+    """Samples per shard for ``urls`` and, where known, their byte offsets (``samples + 1`` each, see the module
+    docstring): from ``index`` (or the default index next to the shards if it exists), else by reading tar
+    headers (slower; a warning says so).
+
+    Args:
+        urls: expanded shard URLs.
+        index: explicit index path.
+        missing_ok: a shard that cannot be opened counts 0 samples, and a damaged one the samples its headers
+            show (see "Damaged shards" in the module docstring), with a warning instead of an error
+            (``on_error="skip"``).
+        warn: where warnings go (default `warnings.warn`).
+    """
+    warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
+    path = index if index is not None else default_index_path(urls)
+    by_name: dict[str, Mapping[str, Any]] = {}
+    if index is not None or index_exists(path):
+        data = load_index(path)
+        base = dirname(path)
+        for entry in data["shards"]:
+            name = str(entry["url"])
+            by_name[name] = entry
+            full = os.path.join(base, name) if is_local(path) else f"{base}/{name}"
+            by_name.setdefault(os.path.normpath(full) if is_local(path) else full, entry)
+    else:
+        _refuse_missing(urls, missing_ok)  # before advice about an index for shards that are not there
+        warn(
+            f"no shard index at {path!r}: counting samples by reading the tar headers of {len(urls)} shards "
+            "(slow for big datasets; write one with `dltrain shards index URLS...`)"
+        )
+    counts: list[int] = []
+    offsets: list[np.ndarray | None] = []
+    for url in urls:
+        key = os.path.normpath(local_path(url)) if is_local(url) else url
+        found = by_name.get(key, by_name.get(url))
+        if found is None and by_name:
+            found = by_name.get(posixpath.basename(local_path(url)))
+            if found is None:
+                warn(f"shard {url!r} is not in the index {path!r}; counting it by reading its headers")
+        if found is not None:
+            count, offs = int(found["samples"]), found.get("offsets")
+            if offs is not None and len(offs) != count + 1:
+                raise DataError(
+                    f"the index {path!r} lists {len(offs)} offsets for {count} samples: it is damaged; rebuild it "
+                    "with `dltrain shards index URLS...`",
+                    url=url,
+                )
+        else:
+            try:
+                count, offs = scan_shard(url, skip_damaged=missing_ok, warn=warn, advice=(
+                    f"{REWRITE}; on_error='skip' reads it up to the damage and skips and counts the samples after it"
+                ))
+            except DataError as exn:
+                if not missing_ok:
+                    raise
+                warn(f"{exn}; counting it as 0 samples (on_error='skip')")
+                count, offs = 0, None
+        counts.append(count)
+        offsets.append(None if offs is None else np.asarray(offs, dtype=np.int64))
+    return ShardLayout(counts, offsets)
+
+
