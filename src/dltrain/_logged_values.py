@@ -7,6 +7,9 @@ costs one dictionary lookup and an attribute write per logged value.
 
 from __future__ import annotations
 
+import numbers
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -15,7 +18,7 @@ from torchmetrics import Metric
 
 from dltrain._batch import batch_size_of
 from dltrain._compat import metric_forward_value
-from dltrain.errors import DltrainError
+from dltrain.errors import DltrainError, StepError
 
 _REDUCE_FX = ("mean", "sum", "max", "min")
 # Lightning also accepts the torch functions themselves.
@@ -29,6 +32,7 @@ class _Entry:
     __slots__ = (
         "epoch_fresh",
         "fresh",
+        "hook",
         "last",
         "metric",
         "name",
@@ -58,6 +62,7 @@ class _Entry:
         self.pending_w: list[float] = []
         self.total: Tensor | None = None  # folded epoch aggregate (sum of v*w, or running max/min)
         self.weight = 0.0
+        self.hook = "?"  # where it was first logged (error messages)
 
     def fold(self) -> None:
         if not self.pending:
@@ -78,19 +83,55 @@ class _Entry:
         self.pending_w.clear()
 
 
-def _as_tensor(value: Any, name: str) -> Tensor:
+def _as_tensor(value: Any) -> Tensor:
+    """A checked value (see `_check`) as a tensor, left on its device."""
+    return value.detach() if isinstance(value, Tensor) else torch.tensor(float(value))
+
+
+def _caller_hook() -> str:
+    """The hook (``training_step``, ``on_train_epoch_end``, ...) that called ``self.log``, for error messages only:
+    the nearest frame named like a Task or Callback hook, else the function that called ``self.log``."""
+    from dltrain.callbacks.base import Callback
+    from dltrain.task import Task
+
+    hooks = {n for n in (*vars(Task), *vars(Callback)) if n.startswith("on_") or n.endswith("_step")}
+    ours = (__file__, Task.log.__code__.co_filename)
+    frame = sys._getframe(1)
+    caller = None
+    while frame is not None:
+        code = frame.f_code
+        internal = code.co_filename in ours and code.co_name in ("log", "log_dict", "_check",
+                                                                                   "_caller_hook", "__init__")
+        if not internal:
+            caller = caller or code.co_name
+            if code.co_name in hooks:
+                return code.co_name
+        frame = frame.f_back  # type: ignore[assignment]
+    return caller or "?"
+
+
+def _bad_value(name: str, what: str, advice: str, hook: str, trainer: Any) -> StepError:
+    where = f"in {hook} at global step {trainer.global_step} (epoch {trainer.current_epoch})"
+    return StepError(f"self.log({name!r}) got {what} {where}; {advice}")
+
+
+_SCALAR_ADVICE = "log a scalar (e.g. .mean(), or one name per value with log_dict) or a torchmetrics Metric"
+
+
+def _check(name: str, value: Any, trainer: Any, hook: str | None = None) -> Any:
+    """``value`` if it is a scalar: a number, or a tensor of one element (metadata only: no device read)."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise DltrainError(
-                f"self.log({name!r}) got a tensor of shape {tuple(value.shape)}; log a scalar (e.g. .mean()) or a "
-                "torchmetrics Metric"
-            )
-        return value.detach()
-    if isinstance(value, (int, float)):
-        return torch.tensor(float(value))
-    raise DltrainError(
-        f"self.log({name!r}) got a {type(value).__name__}; log a tensor, a number or a torchmetrics Metric"
-    )
+            raise _bad_value(name, f"a tensor of shape {tuple(value.shape)}", _SCALAR_ADVICE,
+                             hook or _caller_hook(), trainer)
+        return value
+    if isinstance(value, numbers.Real):  # int, float, bool, NumPy scalars
+        return value
+    if isinstance(value, Mapping):
+        raise _bad_value(name, "a dict", "log each value under its own name with self.log_dict(...)",
+                         hook or _caller_hook(), trainer)
+    raise _bad_value(name, f"a {type(value).__name__}", "log a tensor, a number or a torchmetrics Metric",
+                     hook or _caller_hook(), trainer)
 
 
 class LoggedValues:
@@ -136,20 +177,28 @@ class LoggedValues:
             )
             if not (entry.on_step or entry.on_epoch):
                 raise DltrainError(f"self.log({name!r}) with on_step=False and on_epoch=False logs nothing")
+            if isinstance(value, Metric):
+                entry.hook = _caller_hook()  # once per name: a Metric's value is known only when computed
             self._entries[name] = entry
             if not logger:
                 self.not_for_loggers.update({name, self._key(entry, "step"), self._key(entry, "epoch")})
-        entry.fresh = True
-        entry.epoch_fresh = True
         if isinstance(value, Metric):
+            cached = metric_forward_value(value) if entry.on_step else None
+            if cached is not None:
+                _check(name, cached, self._trainer)
+            entry.fresh = True
+            entry.epoch_fresh = True
             entry.metric = value
             entry.last = value
             return
+        value = _check(name, value, self._trainer)  # before anything is stored
+        entry.fresh = True
+        entry.epoch_fresh = True
         entry.last = value
         if entry.on_epoch:
             if batch_size is None:
                 batch_size = batch_size_of(self.batch) or 1
-            entry.pending.append(_as_tensor(value, name))
+            entry.pending.append(_as_tensor(value))
             entry.pending_w.append(float(batch_size))
             if len(entry.pending) >= _FOLD_EVERY:
                 entry.fold()
@@ -171,9 +220,9 @@ class LoggedValues:
                 cached = metric_forward_value(entry.metric)
                 if cached is None:
                     continue
-                value = _as_tensor(cached, entry.name)
+                value = _as_tensor(_check(entry.name, cached, self._trainer, entry.hook))
             else:
-                value = _as_tensor(entry.last, entry.name)
+                value = _as_tensor(entry.last)
             key = self._key(entry, "step")
             if entry.sync_dist:
                 to_sync.append((key, value))
@@ -204,8 +253,8 @@ class LoggedValues:
             if prog_bar and not entry.prog_bar:
                 continue
             last = metric_forward_value(entry.last) if isinstance(entry.last, Metric) else entry.last
-            if last is None:
-                continue
+            if last is None or (isinstance(last, Tensor) and last.numel() != 1):
+                continue  # a Metric's non-scalar forward value: refused where it is read for the loggers
             value = last.detach() if isinstance(last, Tensor) else torch.tensor(float(last))
             values[self._key(entry, "step")] = value
             if not prog_bar:
@@ -243,8 +292,15 @@ class LoggedValues:
                     # A Metric syncs over every rank unless told otherwise; tensor-parallel peers hold the same
                     # samples, so its states would count them once per peer.
                     entry.metric.process_group = trainer._layout.group
-                values[self._key(entry, "epoch")] = entry.metric.compute().detach()
+                computed = entry.metric.compute()
                 entry.metric.reset()
+                if not isinstance(computed, Tensor) or computed.numel() != 1:
+                    what = (f"a shape {tuple(computed.shape)}" if isinstance(computed, Tensor)
+                            else f"a {type(computed).__name__}")
+                    raise _bad_value(name, f"a torchmetrics {type(entry.metric).__name__} whose compute() "
+                                     f"returned {what}", "log a Metric that computes a scalar (e.g. "
+                                     "average='macro'), or log its values one by one", entry.hook, trainer)
+                values[self._key(entry, "epoch")] = computed.detach()
                 continue
             if entry is None:
                 # A name another rank logged: contribute nothing. The reduce op is unknown here, so assume the
