@@ -95,9 +95,22 @@ def resolve(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path | None:
     if found is None and trainer.is_global_zero:
         import sys
 
-        where = ", ".join(str(f) for f in folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+        where = ", ".join(repr(str(p)) for p in _last_places(trainer))
         sys.stderr.write(f"[dltrain] ckpt_path='last': no complete checkpoint in {where}; starting from scratch\n")
     return found
+
+
+def _last_places(trainer: Trainer) -> list[Path]:
+    """What `_last_folders` searches, as a user would look for it: the checkpoint callbacks' folders when known,
+    else the run folders' patterns (``<root>/<logger name>/*/checkpoints``), and the old layout's folder only when
+    it exists."""
+    from dltrain.callbacks.checkpoint import ModelCheckpoint, run_folder_patterns
+
+    callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    if callbacks and all(cb.dirpath is not None for cb in callbacks):
+        return list(dict.fromkeys(Path(cb.dirpath) for cb in callbacks if cb.dirpath is not None))
+    old = Path(trainer.default_root_dir) / "checkpoints"
+    return [*run_folder_patterns(trainer), *([old] if any(old.glob("*.ckpt")) else [])]
 
 
 def _last_folders(trainer: Trainer) -> list[Path]:

@@ -326,21 +326,29 @@ def _logger_run_dir(trainer: Trainer) -> Path | None:
     return Path(save_dir, *([str(name)] if name else []), folder)
 
 
-def run_folders(trainer: Trainer) -> list[Path]:
-    """Every folder where a default ModelCheckpoint of this Trainer's runs may have written (without resolving
-    the logger's version, which would claim a new one): the first logger's ``<save_dir>/<name>/*/checkpoints``,
-    ``<default_root_dir>/checkpoints/version_*`` (runs without a logger) and ``<default_root_dir>/checkpoints``
-    (dltrain's layout before checkpoints moved into run folders)."""
-    folders: list[Path] = []
+def run_folder_patterns(trainer: Trainer) -> list[Path]:
+    """Glob patterns of the folders where a default ModelCheckpoint of this Trainer's runs writes: the first
+    logger's ``<save_dir>/<name>/*/checkpoints`` and ``<default_root_dir>/checkpoints/version_*`` (runs without a
+    logger). What `run_folders` searches and what a resume that finds nothing names."""
+    patterns: list[Path] = []
     if trainer.loggers:
         logger = trainer.loggers[0]
         save_dir = getattr(logger, "save_dir", None) or trainer.default_root_dir
         name = getattr(logger, "name", None)
-        base = Path(save_dir, *([str(name)] if name else []))
-        folders += sorted(p for p in base.glob("*/checkpoints") if p.is_dir())
-    root = Path(trainer.default_root_dir) / "checkpoints"
-    folders += sorted(p for p in root.glob("version_*") if p.is_dir() and _VERSION_RE.match(p.name))
-    folders.append(root)
+        patterns.append(Path(save_dir, *([str(name)] if name else []), "*", "checkpoints"))
+    patterns.append(Path(trainer.default_root_dir) / "checkpoints" / "version_*")
+    return patterns
+
+
+def run_folders(trainer: Trainer) -> list[Path]:
+    """Every folder where a default ModelCheckpoint of this Trainer's runs may have written (without resolving
+    the logger's version, which would claim a new one): those of `run_folder_patterns` and
+    ``<default_root_dir>/checkpoints`` (dltrain's layout before checkpoints moved into run folders)."""
+    folders: list[Path] = []
+    for pattern in run_folder_patterns(trainer):
+        found = (p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_dir())
+        folders += sorted(p for p in found if pattern.name != "version_*" or _VERSION_RE.match(p.name))
+    folders.append(Path(trainer.default_root_dir) / "checkpoints")
     return folders
 
 
