@@ -235,3 +235,25 @@ def test_dltrain_command_runs_fit_with_classes_by_path(tmp_path, monkeypatch):
     config = (tmp_path / "runs" / "config.yaml").read_text()
     assert "lr: 0.05" in config and "n: 48" in config and "max_epochs: 2" in config
     assert list((tmp_path / "runs").rglob("last.ckpt"))  # in the run's checkpoint folder
+
+
+@_NEEDS_FIT_DATAMODULE
+def test_resumed_fit_writes_its_config_into_the_run_it_resumes(tmp_path):
+    # Issue 28 item 3: `fit --config cfg.yaml --ckpt_path last` continued in logs/version_0 but wrote its config
+    # into a new, otherwise empty logs/version_1.
+    first = ["fit", "--trainer.max_epochs", "1", "--trainer.logger", "true", "--data.batch_size", "8"]
+    cli = dltrain.CLI(CliTask, CliData, trainer_defaults=_defaults(tmp_path), args=first)
+    run = cli.trainer.loggers[0].log_dir
+    original = open(os.path.join(run, "config.yaml")).read()
+
+    again = ["fit", "--trainer.max_epochs", "2", "--trainer.logger", "true", "--data.batch_size", "8",
+             "--ckpt_path", "last"]
+    resumed = dltrain.CLI(CliTask, CliData, trainer_defaults=_defaults(tmp_path), args=again)
+    assert resumed.trainer.current_epoch == 2
+    assert resumed.trainer.loggers[0].log_dir == run  # the run it resumed
+    runs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert runs == [os.path.basename(run)], runs  # no new, empty run folder
+    # The first invocation's record stays as it was; the resume's (max_epochs 2) is next to it.
+    assert open(os.path.join(run, "config.yaml")).read() == original
+    with open(os.path.join(run, "config-v1.yaml")) as f:
+        assert yaml.safe_load(f)["trainer"]["max_epochs"] == 2

@@ -73,11 +73,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _free_name(path: str, taken: bool = False) -> str:
+    """``<stem>-v<N><ext>`` next to ``path``: the first free N (``taken``: the last one that exists)."""
+    stem, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(f"{stem}-v{n}{ext}"):
+        n += 1
+    return f"{stem}-v{n - 1 if taken else n}{ext}"
+
+
+def _drop_if_same(original: str, new: str) -> None:
+    with open(original, "rb") as a, open(new, "rb") as b:
+        same = a.read() == b.read()
+    if same:
+        os.remove(new)
+
+
 class SaveConfigCallback(Callback):
     """Save the run's configuration as ``config_filename`` in the Trainer's log folder at ``setup``.
 
     The folder is the first logger's ``log_dir`` (``default_root_dir`` without a logger). An existing file is an
-    error (a second run would otherwise replace the first run's record) unless ``overwrite``. Override
+    error (a second run would otherwise replace the first run's record) unless ``overwrite``. A resumed fit
+    (``--ckpt_path``) saves at ``on_fit_start``, once the run it continues (and so its folder) is restored; its
+    configuration goes next to the run's first one as ``config-v<N>.yaml`` (nothing when it is the same). Override
     ``save_config(trainer, task, stage)`` to also send the configuration elsewhere (``save_to_log_dir=False``
     to send it only there).
     """
@@ -112,23 +130,39 @@ class SaveConfigCallback(Callback):
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
         if self.already_saved:
             return
+        if stage == "fit" and self.config.get("ckpt_path") is not None:
+            return  # a resumed fit continues a run whose folder is known once restored: saved at on_fit_start
+        self._save(trainer, task, stage, resumed=False)
+
+    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+        if not self.already_saved:
+            self._save(trainer, task, "fit", resumed=True)
+
+    def _save(self, trainer: Trainer, task: Task, stage: str, resumed: bool) -> None:
         if self.save_to_log_dir:
             path = os.path.join(self.log_dir(trainer), self.config_filename)
-            if not self.overwrite and os.path.exists(path):
+            exists = os.path.exists(path)
+            if exists and not self.overwrite and not resumed:
                 raise RuntimeError(
                     f"{path} exists: it records an earlier run. Pick another log folder (--trainer.default_root_dir "
                     "or a logger version), delete the file, or pass save_config_kwargs={'overwrite': True}"
                 )
             if trainer.is_global_zero:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                # Keep None values in the file (a rerun from it sets them): skip_unset=False, skip_none before 4.49.
-                keep_none = "skip_unset" if _jsonargparse_version() >= (4, 49) else "skip_none"
-                self.parser.save(
-                    self.config, path, overwrite=self.overwrite, multifile=self.multifile, **{keep_none: False}
-                )
+                if exists and resumed and not self.overwrite:
+                    # The run's first record stays; this invocation's goes next to it, unless it is the same.
+                    self._write(_free_name(path))
+                    _drop_if_same(path, _free_name(path, taken=True))
+                else:
+                    self._write(path)
         if trainer.is_global_zero:
             self.save_config(trainer, task, stage)
         self.already_saved = True
+
+    def _write(self, path: str) -> None:
+        # Keep None values in the file (a rerun from it sets them): skip_unset=False, skip_none before 4.49.
+        keep_none = "skip_unset" if _jsonargparse_version() >= (4, 49) else "skip_none"
+        self.parser.save(self.config, path, overwrite=True, multifile=self.multifile, **{keep_none: False})
 
     def save_config(self, trainer: Trainer, task: Task, stage: str) -> None:
         """Send the configuration elsewhere too (a logger, a tracking server): override it."""
