@@ -765,9 +765,9 @@ class Trainer:
         """Every rank must run as many batches as the others, or DDP hangs: check once per epoch."""
         if self.world_size < 2 or not math.isfinite(self.num_training_batches):
             return
-        gathered = self.fabric.all_gather(torch.tensor(remaining, device=self.device))
-        assert isinstance(gathered, Tensor)
-        lengths = gathered.tolist()
+        from dltrain.distributed import gather_ints
+
+        lengths = gather_ints(remaining, self.device)
         if len(set(lengths)) > 1:
             raise DistributedError(
                 f"the ranks have different numbers of training batches this epoch ({dict(enumerate(lengths))}): "

@@ -114,12 +114,9 @@ class Preemption(Callback):
         raise Preempted(signum, path)
 
     def _agree_on_signal(self, trainer: Trainer) -> int:
-        import torch
+        from dltrain.distributed import gather_ints
 
-        mine = torch.tensor(float(self.received or 0), device=trainer.device)
-        values = trainer.fabric.all_gather(mine)
-        assert isinstance(values, torch.Tensor)
-        return int(next(v for v in values.tolist() if v))
+        return next(v for v in gather_ints(self.received or 0, trainer.device) if v)
 
     @staticmethod
     def _checkpoint(trainer: Trainer) -> str | None:
