@@ -24,4 +24,4 @@ def test_readme_example_runs(tmp_path):
     loss = float(re.search(r"'val/loss': ([0-9.e-]+)", result.stdout).group(1))
     assert loss < 0.5, result.stdout
     # Checkpoints live with their run: the CSV logger's version folder.
-    assert (tmp_path / "runs" / "readme" / "logs" / "version_0" / "checkpoints" / "last.ckpt").exists()
+    assert (tmp_path / "runs" / "readme" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").exists()

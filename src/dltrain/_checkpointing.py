@@ -23,8 +23,12 @@ if TYPE_CHECKING:
     from dltrain.trainer import Trainer
 
 
-def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
-    """Write a checkpoint of everything needed to resume exactly; every rank must call it."""
+def save(trainer: Trainer, path: str | os.PathLike[str], weights_only: bool = False) -> None:
+    """Write a checkpoint of everything needed to resume exactly; every rank must call it.
+
+    ``weights_only`` (``ModelCheckpoint(save_weights_only=True)``): the weights, hparams and loop counters only, as
+    Lightning's; such a checkpoint loads for evaluation and ``load_from_checkpoint``, not to resume a fit.
+    """
     task, loop = trainer._task, trainer._fit_loop
     if task is None:
         raise DltrainError("save_checkpoint() needs a task: call it during or after fit/validate/test")
@@ -52,6 +56,10 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     if trainer.optimizers:
         checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
         checkpoint["precision"] = trainer.strategy.precision.state_dict()
+    if weights_only:
+        checkpoint["weights_only"] = True
+        for key in ("callbacks", "loggers", "train_metrics", "lr_schedulers", "precision"):
+            checkpoint.pop(key, None)
     task.on_save_checkpoint(checkpoint)
     for cb in trainer.callbacks:
         if overrides(cb, Callback, "on_save_checkpoint"):
@@ -60,13 +68,13 @@ def save(trainer: Trainer, path: str | os.PathLike[str]) -> None:
     # wrote out (SampleLedger flushes its file) is on disk before rank 0 writes the checkpoint that commits it.
     checkpoint["ranks"] = _gather_objects(trainer, rank_state)
     if _sharded.is_fsdp2(trainer):  # every rank writes its shards; the rest is written by rank zero
-        _sharded.save(trainer, path, checkpoint)
+        _sharded.save(trainer, path, checkpoint, optimizers=not weights_only)
         if trainer.is_global_zero:
             for lg in trainer.loggers:
                 lg.save()
         return
     checkpoint["state_dict"] = trainer.strategy.get_module_state_dict(trainer._fabric_module)
-    if trainer.optimizers:
+    if trainer.optimizers and not weights_only:
         checkpoint["optimizer_states"] = [trainer.strategy.get_optimizer_state(o) for o in trainer._fabric_optimizers]
     if trainer.is_global_zero:
         ckpt_io.save_atomic(checkpoint, path)
@@ -183,6 +191,12 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
         return None
     checkpoint = ckpt_io.load(path)
     checkpoint["_path"] = str(path)
+    if checkpoint.get("weights_only"):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds only weights (ModelCheckpoint(save_weights_only=True)): there is no "
+            "optimizer, loop or callback state to resume a fit from. Load it with Task.load_from_checkpoint or "
+            "validate/test/predict(ckpt_path=...), or save full checkpoints to resume"
+        )
     task = loop.task
     _load_model(trainer, path, checkpoint)
     trainer.loop_state.load_state_dict(checkpoint["loops"])

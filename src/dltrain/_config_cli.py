@@ -7,7 +7,7 @@ configuration and exits. The run's configuration is saved as ``config.yaml`` in 
 
     python train.py fit --config config.yaml --trainer.max_epochs 3 --model.lr 0.1 --data.batch_size 8
     python train.py fit --print_config > config.yaml
-    python train.py test --ckpt_path runs/logs/version_0/checkpoints/last.ckpt
+    python train.py test --ckpt_path lightning_logs/version_0/checkpoints/last.ckpt
 """
 
 from __future__ import annotations

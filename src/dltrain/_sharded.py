@@ -229,9 +229,10 @@ def world_size_of(accelerator: str, devices: Any, num_nodes: int) -> int:
 
 
 # ---------------------------------------------------------------------- saving
-def save(trainer: Trainer, path: str | os.PathLike[str], metadata: dict[str, Any]) -> None:
+def save(trainer: Trainer, path: str | os.PathLike[str], metadata: dict[str, Any], optimizers: bool = True) -> None:
     """Write the sharded checkpoint directory ``path`` (every rank calls it): shards of the model and optimizers
-    from every rank, ``metadata`` from rank zero. ``path`` appears only once all of it is on disk."""
+    (``optimizers=False``: weights only) from every rank, ``metadata`` from rank zero. ``path`` appears only once all
+    of it is on disk."""
     final = Path(path)
     tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     tmp = Path(trainer.fabric.broadcast(str(tmp), src=0))  # rank zero's name on every rank
@@ -240,7 +241,7 @@ def save(trainer: Trainer, path: str | os.PathLike[str], metadata: dict[str, Any
         shutil.rmtree(tmp, ignore_errors=True)
     trainer.fabric.barrier()
     state: dict[str, Any] = {"model": trainer._fabric_module.module, **metadata}
-    for i, optimizer in enumerate(trainer.optimizers):
+    for i, optimizer in enumerate(trainer.optimizers if optimizers else []):
         state[f"optimizer_{i}"] = optimizer
     trainer.strategy.save_checkpoint(tmp, state)  # torch.distributed.checkpoint: each rank writes its shards
     trainer.fabric.barrier()  # every rank's shards are written

@@ -15,7 +15,6 @@ import sys
 import warnings
 from collections.abc import Iterable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,7 +119,7 @@ class Trainer:
         log_every_n_steps: how often step values are read from the device and sent to the loggers.
         callbacks: extra :class:`~dltrain.Callback` objects.
         logger: ``True`` (a CSVLogger), ``False``, a :class:`~dltrain.loggers.Logger` or a list of them.
-        default_root_dir: where logs and checkpoints go (default ``./runs``).
+        default_root_dir: where logs and checkpoints go (default: the working directory, as in Lightning).
         enable_progress_bar / enable_checkpointing: add the default progress bar / ``ModelCheckpoint``.
         deterministic: use deterministic algorithms only.
         seed: seed everything at construction, and seed the data order (default 0 for the data order).
@@ -276,7 +275,9 @@ class Trainer:
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.log_every_n_steps = log_every_n_steps
-        self.default_root_dir = str(default_root_dir if default_root_dir is not None else Path.cwd() / "runs")
+        # Lightning's default: the working directory (runs go to ./lightning_logs/version_<N>/); URLs kept as given.
+        root = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self.default_root_dir = root if "://" in root else os.path.normpath(os.path.expanduser(root))
         self.seed = seed if seed is not None else 0
         self.compile = compile
         self.sync_batchnorm = sync_batchnorm
@@ -1020,12 +1021,13 @@ class Trainer:
             self._teardown(stage)
 
     # ================================================================== checkpoints
-    def save_checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Write a checkpoint of everything needed to resume exactly (every rank must call it).
+    def save_checkpoint(self, path: str | os.PathLike[str], weights_only: bool = False) -> None:
+        """Write a checkpoint of everything needed to resume exactly (every rank must call it); ``weights_only``:
+        the weights, hparams and loop counters only (for evaluation and ``load_from_checkpoint``).
 
         Taken between optimizer steps of an accumulation window, the partial gradients are not saved.
         """
-        _checkpointing.save(self, path)
+        _checkpointing.save(self, path, weights_only=weights_only)
 
 
 def _checkpoints_last(callbacks: list[Callback]) -> list[Callback]:

@@ -32,7 +32,7 @@ class SaveRecorder(dltrain.Callback):
 
 
 def test_model_checkpoint_every_n_train_steps(tmp_path):
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, every_n_train_steps=2, save_top_k=-1)
     recorder = SaveRecorder(ckpt)
     trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=True, callbacks=[ckpt, recorder])
     trainer.fit(TinyTask(), loader(n=96))  # 12 batches, 12 steps
@@ -43,7 +43,7 @@ def test_model_checkpoint_every_n_train_steps(tmp_path):
 
 
 def test_model_checkpoint_saves_only_after_optimizer_steps_when_accumulating(tmp_path):
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, every_n_train_steps=2, save_top_k=-1)
     recorder = SaveRecorder(ckpt)
     trainer = quiet_trainer(
         tmp_path,

@@ -75,24 +75,28 @@ def test_kept_entries_outside_the_folder_are_never_removed(tmp_path):
 # ---------------------------------------------------------------------- a rerun keeps the earlier run's checkpoints
 def test_same_command_twice_keeps_both_runs_checkpoints(tmp_path):
     _fit(tmp_path, epochs=2, logger=True)
-    first = _files(tmp_path / "logs" / "version_0" / "checkpoints")
+    first = _files(tmp_path / "lightning_logs" / "version_0" / "checkpoints")
     t2 = _fit(tmp_path, epochs=2, logger=True)
     assert _ckpts(tmp_path) == [
-        "logs/version_0/checkpoints/epoch=1-step=8.ckpt", "logs/version_0/checkpoints/last.ckpt",
-        "logs/version_1/checkpoints/epoch=1-step=8.ckpt", "logs/version_1/checkpoints/last.ckpt",
+        "lightning_logs/version_0/checkpoints/epoch=1-step=8.ckpt", "lightning_logs/version_0/checkpoints/last.ckpt",
+        "lightning_logs/version_1/checkpoints/epoch=1-step=8.ckpt", "lightning_logs/version_1/checkpoints/last.ckpt",
     ]
-    assert _files(tmp_path / "logs" / "version_0" / "checkpoints") == first
+    assert _files(tmp_path / "lightning_logs" / "version_0" / "checkpoints") == first
     # Lightning's layout: <save_dir>/<name>/version_N/checkpoints, next to the logger's files of the same run.
     assert t2.checkpoint_callback.dirpath == Path(t2.logger.log_dir) / "checkpoints"
 
 
 def test_same_command_twice_without_logger_keeps_both_runs_checkpoints(tmp_path):
+    # Lightning's folder without a logger, <default_root_dir>/checkpoints: the second run's names get "-v1".
     _fit(tmp_path, epochs=2)
+    first = _files(tmp_path / "checkpoints")
     _fit(tmp_path, epochs=2)
     assert _ckpts(tmp_path) == [
-        "checkpoints/version_0/epoch=1-step=8.ckpt", "checkpoints/version_0/last.ckpt",
-        "checkpoints/version_1/epoch=1-step=8.ckpt", "checkpoints/version_1/last.ckpt",
+        "checkpoints/epoch=1-step=8-v1.ckpt", "checkpoints/epoch=1-step=8.ckpt",
+        "checkpoints/last-v1.ckpt", "checkpoints/last.ckpt",
     ]
+    files = _files(tmp_path / "checkpoints")
+    assert {k: files[k] for k in first} == first
 
 
 def test_same_explicit_folder_twice_adds_versions_instead_of_replacing(tmp_path):
@@ -115,19 +119,19 @@ def test_same_explicit_folder_twice_adds_versions_instead_of_replacing(tmp_path)
 # ---------------------------------------------------------------------- resuming continues the run it resumes
 def test_resume_last_continues_the_newest_run_in_its_folder_and_log_version(tmp_path):
     _fit(tmp_path, epochs=2, logger=True)  # version_0
-    v0 = _files(tmp_path / "logs" / "version_0")
+    v0 = _files(tmp_path / "lightning_logs" / "version_0")
     _fit(tmp_path, epochs=1, logger=True)  # version_1: the most recent run
     counter = CountEpochs()
     t3 = _fit(tmp_path, epochs=3, logger=True, ckpt_path="last", callbacks=[counter])
     assert counter.epochs == [1, 2]  # resumed after version_1's only epoch
     assert t3.global_step == 12
-    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["version_0", "version_1"]
-    assert t3.logger.log_dir == str(tmp_path / "logs" / "version_1")
-    assert t3.checkpoint_callback.dirpath == tmp_path / "logs" / "version_1" / "checkpoints"
-    assert _ckpts(tmp_path / "logs" / "version_1") == ["checkpoints/epoch=2-step=12.ckpt", "checkpoints/last.ckpt"]
-    assert _files(tmp_path / "logs" / "version_0") == v0
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+    assert t3.logger.log_dir == str(tmp_path / "lightning_logs" / "version_1")
+    assert t3.checkpoint_callback.dirpath == tmp_path / "lightning_logs" / "version_1" / "checkpoints"
+    assert _ckpts(tmp_path / "lightning_logs" / "version_1") == ["checkpoints/epoch=2-step=12.ckpt", "checkpoints/last.ckpt"]
+    assert _files(tmp_path / "lightning_logs" / "version_0") == v0
     steps = [int(line.split(",")[0]) for line in
-             (tmp_path / "logs" / "version_1" / "metrics.csv").read_text().splitlines()[1:]]
+             (tmp_path / "lightning_logs" / "version_1" / "metrics.csv").read_text().splitlines()[1:]]
     assert max(steps) == 12
 
 
@@ -136,16 +140,18 @@ def test_resume_last_without_logger_continues_the_newest_run_folder(tmp_path):
     _fit(tmp_path, epochs=1)
     t3 = _fit(tmp_path, epochs=3, ckpt_path="last")
     assert t3.global_step == 12
-    assert t3.checkpoint_callback.dirpath == tmp_path / "checkpoints" / "version_1"
+    assert t3.checkpoint_callback.dirpath == tmp_path / "checkpoints"
+    # The resumed run continues the second run's files (its "-v1" names), the first run's stay as they were.
     assert _ckpts(tmp_path) == [
-        "checkpoints/version_0/epoch=1-step=8.ckpt", "checkpoints/version_0/last.ckpt",
-        "checkpoints/version_1/epoch=2-step=12.ckpt", "checkpoints/version_1/last.ckpt",
+        "checkpoints/epoch=1-step=8.ckpt", "checkpoints/epoch=2-step=12.ckpt",
+        "checkpoints/last-v1.ckpt", "checkpoints/last.ckpt",
     ]
 
 
 def test_resume_last_finds_checkpoints_of_the_old_layout(tmp_path):
-    # <default_root_dir>/checkpoints/last.ckpt, written before checkpoints moved into run folders.
-    trainer = _fit(tmp_path / "old", epochs=2, callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints")])
+    # <default_root_dir>/checkpoints/version_0/last.ckpt, dltrain's earlier folder of runs without a logger.
+    trainer = _fit(tmp_path / "old", epochs=2,
+                   callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints" / "version_0")])
     assert trainer.global_step == 8
     t2 = _fit(tmp_path, epochs=3, ckpt_path="last")
     assert t2.global_step == 12
@@ -250,17 +256,20 @@ class _ValLosses(dltrain.Callback):
 
 def test_best_and_last_attributes_have_lightnings_meaning(tmp_path):
     folder = tmp_path / "c"
-    cb = ModelCheckpoint(dirpath=folder, monitor="val/loss", mode="min", save_top_k=2, filename="{epoch}-{val/loss}")
+    # A metric name with "/" makes a sub-folder, as in Lightning ("epoch=1-val/loss=0.1234.ckpt").
+    cb = ModelCheckpoint(dirpath=folder, monitor="val/loss", mode="min", save_top_k=2,
+                         filename="{epoch}-{val/loss:.4f}")
     assert (cb.best_model_path, cb.last_model_path, cb.best_model_score, cb.best_k_models) == ("", "", None, {})
     losses = _ValLosses()
     _fit(tmp_path, epochs=5, callbacks=[losses, cb])
     best_two = sorted(losses.values.items(), key=lambda kv: kv[1])[:2]
-    names = {f"epoch={e}-val_loss={v:.4f}.ckpt": v for e, v in best_two}
-    assert {Path(p).name: pytest.approx(float(s)) for p, s in cb.best_k_models.items()} == names
+    names = {f"epoch={e}-val/loss={v:.4f}.ckpt": v for e, v in best_two}
+    assert {str(Path(p).relative_to(folder)): pytest.approx(float(s)) for p, s in cb.best_k_models.items()} == names
     assert all(isinstance(s, torch.Tensor) for s in cb.best_k_models.values())
-    assert Path(cb.best_model_path).name == f"epoch={best_two[0][0]}-val_loss={best_two[0][1]:.4f}.ckpt"
+    assert Path(cb.best_model_path) == folder / f"epoch={best_two[0][0]}-val/loss={best_two[0][1]:.4f}.ckpt"
     assert float(cb.best_model_score) == pytest.approx(best_two[0][1])
     assert cb.last_model_path == str(folder / "last.ckpt")
+    assert sorted(_ckpts(folder)) == sorted([*names, "last.ckpt"])  # the evicted ones were removed
 
 
 def test_unmonitored_best_is_the_newest_checkpoint(tmp_path):
@@ -316,4 +325,4 @@ def test_resolve_last_waits_for_nothing_and_creates_no_run_folder(tmp_path):
     started = time.monotonic()
     assert _checkpointing.resolve(trainer, "last") is None
     assert time.monotonic() - started < 5
-    assert not (tmp_path / "logs").exists()
+    assert not (tmp_path / "lightning_logs").exists()

@@ -110,10 +110,10 @@ def test_an_interrupted_round_counts_only_up_to_the_checkpoint_the_next_round_re
     where = f"seed {SEED}, shards {shards.counts}, batch {batch}, checkpoint every {every}, failure at {fail_at}"
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="stop here"):
-        trainer(run, FailAt(fail_at), ModelCheckpoint(dirpath=run / "ckpt", every_n_train_steps=every)).fit(
+        trainer(run, FailAt(fail_at), ModelCheckpoint(dirpath=run / "ckpt", every_n_epochs=1, every_n_train_steps=every)).fit(
             KeyTask(), stream(shards, batch))
     task = KeyTask()
-    trainer(run, ModelCheckpoint(dirpath=run / "ckpt", every_n_train_steps=every)).fit(
+    trainer(run, ModelCheckpoint(dirpath=run / "ckpt", every_n_epochs=1, every_n_train_steps=every)).fit(
         task, stream(shards, batch), ckpt_path="last")
     report = audit(run)
     assert report.ok, f"{where}\n{render(report)}"
@@ -184,11 +184,11 @@ def test_a_round_resumed_from_a_checkpoint_the_ledger_never_saw_is_a_problem(tmp
     shards = make_shards(tmp_path / "shards", num_shards=3, min_size=6, max_size=9, seed=SEED)
     run = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        trainer(run, FailAt(5), ModelCheckpoint(dirpath=run / "ckpt", every_n_train_steps=2)).fit(
+        trainer(run, FailAt(5), ModelCheckpoint(dirpath=run / "ckpt", every_n_epochs=1, every_n_train_steps=2)).fit(
             KeyTask(), stream(shards, 3))
     for f in (run / "ledger").glob("*.jsonl"):
         f.unlink()  # the first round's ledger is lost
-    trainer(run, ModelCheckpoint(dirpath=run / "ckpt", every_n_train_steps=2)).fit(
+    trainer(run, ModelCheckpoint(dirpath=run / "ckpt", every_n_epochs=1, every_n_train_steps=2)).fit(
         KeyTask(), stream(shards, 3), ckpt_path="last")
     report = audit(run)
     assert any("resumed at epoch 0, batch 4, where no earlier round's ledger recorded a checkpoint" in p

@@ -23,7 +23,7 @@ class Crash(dltrain.Callback):
 def run(tmp_path, *, crash_at=None, resume=False, every=3, workers=0, shuffle=True, epochs=3, dropout=0.3):
     torch.manual_seed(0)
     task = TinyTask(dropout=dropout, scheduler="step")
-    callbacks = [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=every, save_top_k=2)]
+    callbacks = [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_epochs=1, every_n_train_steps=every, save_top_k=2)]
     if crash_at is not None:
         callbacks.append(Crash(crash_at))
     trainer = quiet_trainer(tmp_path, max_epochs=epochs, callbacks=callbacks, enable_checkpointing=True,
@@ -107,7 +107,7 @@ def test_monitor_keeps_best(tmp_path):
     trainer.fit(TinyTask(), loader(n=64), loader(n=32))
     assert len(cb.kept) == 1
     best = ckpt_io.load(cb.best_model_path)
-    assert "val_loss=" in cb.best_model_path
+    assert "val/loss=" in cb.best_model_path  # Lightning's name: "/" kept (a sub-folder)
     assert (tmp_path / "c" / "last.ckpt").exists()
     assert best["loops"]["global_step"] <= trainer.global_step
 

@@ -202,7 +202,7 @@ def hand_written_gan(epochs: int) -> Gan:
 def fit_gan(folder, epochs, crash_at=None, resume=False, every=0):
     torch.manual_seed(0)
     gan = Gan()
-    callbacks = [ModelCheckpoint(dirpath=folder / "ckpt", every_n_train_steps=every, save_top_k=1)] if every else []
+    callbacks = [ModelCheckpoint(dirpath=folder / "ckpt", every_n_epochs=1, every_n_train_steps=every, save_top_k=1)] if every else []
     if crash_at is not None:
         class Crash(dltrain.Callback):
             def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):

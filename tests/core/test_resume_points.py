@@ -47,7 +47,7 @@ class Keys(dltrain.Callback):
 def fit(folder, data, *, scheduler="epoch", epochs=3, crash=None, resume=False, every=0, keys=None):
     torch.manual_seed(0)
     task = TinyTask(dropout=0.3, scheduler=scheduler)
-    callbacks = [ModelCheckpoint(dirpath=folder / "ckpt", every_n_train_steps=every, save_top_k=1)]
+    callbacks = [ModelCheckpoint(dirpath=folder / "ckpt", every_n_epochs=1, every_n_train_steps=every, save_top_k=1)]
     callbacks += [c for c in (crash, keys) if c is not None]
     trainer = quiet_trainer(folder, max_epochs=epochs, callbacks=callbacks, enable_checkpointing=True)
     torch.manual_seed(1)
@@ -162,7 +162,7 @@ def test_a_fit_stopped_by_max_steps_mid_epoch_continues_that_epoch(tmp_path):
         torch.manual_seed(0)
         task = TinyTask(dropout=0.3, scheduler="step")
         trainer = quiet_trainer(folder, max_steps=max_steps, enable_checkpointing=True,
-                                callbacks=[ModelCheckpoint(dirpath=folder / "ckpt", every_n_train_steps=4)])
+                                callbacks=[ModelCheckpoint(dirpath=folder / "ckpt", every_n_epochs=1, every_n_train_steps=4)])
         torch.manual_seed(1)
         trainer.fit(task, loader(n=64, batch_size=8, shuffle=True), ckpt_path="last" if resume else None)
         return task, trainer

@@ -44,7 +44,7 @@ class TwoSources(dltrain.Task):
 def fit(folder, mode, crash_at=None, resume=False):
     torch.manual_seed(0)
     task = TwoSources()
-    callbacks = [ModelCheckpoint(dirpath=folder / "ckpt", every_n_train_steps=1, save_top_k=1)]
+    callbacks = [ModelCheckpoint(dirpath=folder / "ckpt", every_n_epochs=1, every_n_train_steps=1, save_top_k=1)]
     if crash_at is not None:
         class Crash(dltrain.Callback):
             def on_train_batch_end(self, trainer, t, outputs, batch, batch_idx):

@@ -147,7 +147,7 @@ def main() -> None:
     # --keep-best: keep only the best by train/loss; a save that is not kept is written straight to last.ckpt
     # (a sharded directory replacing an existing name: the link swap).
     keep = {"monitor": "train/loss", "save_top_k": 1} if args.keep_best else {"save_top_k": 2}
-    callbacks: list[dltrain.Callback] = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every,
+    callbacks: list[dltrain.Callback] = [ModelCheckpoint(dirpath=out / "ckpt", every_n_epochs=1, every_n_train_steps=args.every,
                                                          **keep)]
     if args.kill_step is not None:
         callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))

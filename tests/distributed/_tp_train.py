@@ -106,7 +106,7 @@ def main() -> None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     strategy: object = (lightning_strategy(args.tp, world) if args.strategy == "lightning"
                         else dltrain.FSDP2(tensor_parallel_size=args.tp) if args.strategy == "fsdp2" else "auto")
-    callbacks: list[dltrain.Callback] = [ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=args.every,
+    callbacks: list[dltrain.Callback] = [ModelCheckpoint(dirpath=out / "ckpt", every_n_epochs=1, every_n_train_steps=args.every,
                                                          save_top_k=-1)]
     if args.dump_restored:
         callbacks.append(DumpRestored(out))

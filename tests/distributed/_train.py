@@ -276,7 +276,7 @@ def main() -> None:
         # by then: this makes a restarted round that would pick up the killed round's addresses do so every time.
         time.sleep(args.restart_skew)
 
-    saving = {"dirpath": out / "ckpt", "every_n_train_steps": args.every, "save_top_k": 2}
+    saving = {"dirpath": out / "ckpt", "every_n_train_steps": args.every, "every_n_epochs": 1, "save_top_k": 2}
     if args.kill_epoch_end is None:
         callbacks: list[dltrain.Callback] = [ModelCheckpoint(**saving)]
     else:  # kills right after the epoch-end checkpoint

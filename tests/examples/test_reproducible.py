@@ -24,5 +24,5 @@ def test_vision_example_twice_same_seed_same_metrics(tmp_path: Path) -> None:
     assert len(metrics[0]) == 1 and "test/acc=" in metrics[0][0], outs[0]
     assert metrics[0] == metrics[1]
     # Every logged value, at full precision (train, val and test, step by step).
-    csvs = [(tmp_path / f"run{i}" / "logs" / "version_0" / "metrics.csv").read_text() for i in (0, 1)]
+    csvs = [(tmp_path / f"run{i}" / "lightning_logs" / "version_0" / "metrics.csv").read_text() for i in (0, 1)]
     assert csvs[0].count("\n") > 3 and csvs[0] == csvs[1]

@@ -99,7 +99,7 @@ def test_resume_on_cuda_restores_scaler_and_weights(tmp_path):
 
         trainer = quiet_trainer(tmp_path / "run", accelerator="cuda", devices=1, precision="16-mixed",
                                 max_epochs=2, deterministic=True, enable_checkpointing=True,
-                                callbacks=[ModelCheckpoint(dirpath=tmp_path / "run" / "c", every_n_train_steps=3),
+                                callbacks=[ModelCheckpoint(dirpath=tmp_path / "run" / "c", every_n_epochs=1, every_n_train_steps=3),
                                            Crash()])
         torch.manual_seed(1)
         try:

@@ -41,7 +41,7 @@ def test_columns_appear_later_and_hparams(tmp_path):
         {"step": "20", "train/loss": "1.25", "lr": "0.1", "val/acc": ""},
         {"step": "20", "train/loss": "", "lr": "", "val/acc": "0.5"},
     ]
-    hparams = json.loads((tmp_path / "logs" / "version_0" / "hparams.json").read_text())
+    hparams = json.loads((tmp_path / "lightning_logs" / "version_0" / "hparams.json").read_text())
     assert hparams["lr"] == 0.1 and hparams["layers"] == [1, 2] and "object" in hparams["obj"]
 
 

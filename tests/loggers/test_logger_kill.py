@@ -35,7 +35,7 @@ _TRAIN = textwrap.dedent(
     trainer = dltrain.Trainer(
         accelerator="cpu", max_epochs=3, log_every_n_steps=1, enable_progress_bar=False, logger=loggers,
         default_root_dir=root,
-        callbacks=[Kill(), ModelCheckpoint(dirpath=os.path.join(root, "ckpt"), every_n_train_steps=every)],
+        callbacks=[Kill(), ModelCheckpoint(dirpath=os.path.join(root, "ckpt"), every_n_epochs=1, every_n_train_steps=every)],
     )
     trainer.fit(TinyTask(), loader(n=64), loader(n=16), ckpt_path="last" if resume else None)
     """
@@ -70,7 +70,7 @@ def _wandb_steps(root: Path) -> list[int]:
 
 
 def _csv_steps(root: Path) -> set[int]:
-    lines = (root / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[1:]
+    lines = (root / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[1:]
     return {int(line.split(",")[0]) for line in lines}
 
 

@@ -67,7 +67,7 @@ def test_fit_with_monitoring_callbacks_and_csv(tmp_path):
 
     assert trainer.current_epoch in (1, 2) and trainer.global_step == 16  # stopped after 2 epochs of 8 steps
     assert stop.stopped_epoch == 1
-    with open(tmp_path / "logs" / "version_0" / "metrics.csv", newline="") as f:
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     columns = set(rows[0])
     for name in (
@@ -108,9 +108,9 @@ def test_csv_resume_continues_same_version(tmp_path):
     trainer(2).fit(Regression(), train, val)
     resumed = trainer(3)
     resumed.fit(Regression(), train, val, ckpt_path="last")
-    assert resumed.logger.log_dir == str(tmp_path / "logs" / "version_0")
-    assert not (tmp_path / "logs" / "version_1").exists()
-    with open(tmp_path / "logs" / "version_0" / "metrics.csv", newline="") as f:
+    assert resumed.logger.log_dir == str(tmp_path / "lightning_logs" / "version_0")
+    assert not (tmp_path / "lightning_logs" / "version_1").exists()
+    with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     step_rows = [int(r["step"]) for r in rows if r["train/loss"]]
     assert step_rows == list(range(2, 25, 2))  # epochs 0-2, every second step, each once

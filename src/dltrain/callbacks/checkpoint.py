@@ -7,8 +7,12 @@ import math
 import os
 import re
 import shutil
+import sys
+import time
+import warnings
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -23,26 +27,40 @@ if TYPE_CHECKING:
 __all__ = ["ModelCheckpoint"]
 
 _VERSION_RE = re.compile(r"^version_(\d+)$")
+# A template field: "{name}" or "{name:spec}"; the name may hold "/" and "." ("{val/acc:.3f}").
+_FIELD_RE = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
 
 
 class ModelCheckpoint(Callback):
-    """Save checkpoints every ``every_n_train_steps`` steps and/or every ``every_n_epochs`` epochs.
+    """Save checkpoints every ``every_n_epochs`` epochs, every ``every_n_train_steps`` optimizer steps and/or every
+    ``train_time_interval``; keep the ``save_top_k`` best and maintain ``last.ckpt``. Lightning's arguments, names
+    and folders.
 
-    Every write is atomic; ``last.ckpt`` is re-pointed only after the new checkpoint is complete, so it always
-    loads. With ``monitor``, the ``save_top_k`` best checkpoints are kept; without it, the ``save_top_k`` newest.
-    ``save_top_k=-1`` keeps all.
+    **Names.** ``filename`` is a template of ``epoch``, ``step`` and any logged metric, with Python format specs:
+    ``"digits-{epoch:02d}-{val_acc:.3f}"`` gives ``digits-epoch=03-val_acc=0.912.ckpt``
+    (``auto_insert_metric_name=False``: ``digits-03-0.912.ckpt``). The default ``"{epoch}-{step}"`` gives
+    ``epoch=3-step=1200.ckpt`` with the step Lightning writes (optimizer steps so far). A metric not logged is 0. A
+    name with ``/`` (``"{val/loss:.2f}"``) makes a sub-folder, as in Lightning (``auto_insert_metric_name=False``
+    with your own text avoids it). When the name is already taken by a file this callback did not write, the new
+    one is ``<name>-v1.ckpt`` (``enable_version_counter=False``: the file is replaced).
 
-    Checkpoints belong to their run. The default folder is the run's own (Lightning's layout): the first logger's
-    version folder plus ``checkpoints`` (``<default_root_dir>/logs/version_<N>/checkpoints`` with the default
-    CSVLogger), or, without a logger, a new ``<default_root_dir>/checkpoints/version_<N>``. A resumed fit
+    **Folders.** ``dirpath``, else the run's own (Lightning's layout): the first logger's
+    ``<save_dir>/<name>/<version>/checkpoints`` (``<default_root_dir>/lightning_logs/version_<N>/checkpoints`` with
+    the default logger), or ``<default_root_dir>/checkpoints`` without a logger. A resumed fit
     (``fit(ckpt_path=...)``) continues the run it resumes: the logger's version comes back from the checkpoint, and
     with it the folder. ``fit(ckpt_path="last")`` resumes the run whose checkpoint was written most recently.
 
-    The callback deletes only files it wrote itself in its own folder: entries of a restored state that lie
-    elsewhere (fine-tuning from another run's checkpoint) are forgotten, never removed, and a file of another run
-    already in the folder is never replaced (the new one is named ``<name>-v1.ckpt``, as Lightning does;
-    ``last-v1.ckpt`` likewise). At the start of a fit, temporary files that killed processes left while writing a
-    checkpoint are removed.
+    **Safety.** Every write is atomic; ``last.ckpt`` is re-pointed only after the new checkpoint is complete, so it
+    always loads. The callback deletes only files it wrote itself under its own folder: entries of a restored state
+    that lie elsewhere (fine-tuning from another run's checkpoint) are forgotten, never removed, and a second run
+    never deletes the first run's files. At the start of a fit, temporary files that killed processes left while
+    writing a checkpoint are removed.
+
+    **When.** By default at every epoch end. With validation more often than once per epoch
+    (``val_check_interval``) or not every epoch (``check_val_every_n_epoch``), after the validations instead
+    (``save_on_train_epoch_end=None`` decides as Lightning: at the epoch end when validation runs once at every
+    epoch end, or when there is no validation). The state a fit ends in is always in ``last`` (when ``save_last``).
+    Beyond Lightning, ``every_n_train_steps`` and ``every_n_epochs`` may be combined.
 
     Attributes (Lightning's meanings):
         best_model_path: the best kept checkpoint (the newest when nothing is monitored); ``""`` before the first.
@@ -53,55 +71,101 @@ class ModelCheckpoint(Callback):
 
     Args:
         dirpath: folder (default: the run's folder, above).
-        filename: name pattern without extension, formatted with ``epoch``, ``step`` and logged metrics
-            (``"{epoch}-{step}"`` gives ``epoch=3-step=1200.ckpt``).
-        monitor: metric to rank checkpoints by, e.g. ``"val/loss"``.
+        filename: name template without extension (default ``"{epoch}-{step}"``).
+        monitor: metric to rank checkpoints by, e.g. ``"val/loss"``; ``None``: the newest is the best.
+        verbose: say on stderr what is saved and why.
+        save_last: maintain ``last.ckpt`` (what ``fit(ckpt_path="last")`` resumes from); ``"link"`` is accepted
+            (dltrain's ``last.ckpt`` is always a link to the newest checkpoint when that one is kept).
+        save_top_k: how many to keep (-1: all, 0: none but ``last``); without ``monitor``, the newest ones
+            (Lightning refuses k > 1 without ``monitor``).
+        save_on_exception: when the fit raises, save a checkpoint (and ``last``) of the state it stopped in.
+        save_weights_only: save only the weights (and hparams, loop counters): ``load_from_checkpoint`` and
+            ``validate/test(ckpt_path=...)`` read them; a fit cannot resume from them.
         mode: ``"min"`` or ``"max"``.
-        save_top_k: how many to keep.
-        save_last: maintain ``last.ckpt`` (what ``fit(ckpt_path="last")`` resumes from).
+        auto_insert_metric_name: write ``name=`` before each field of the template.
         every_n_train_steps: save after every n optimizer steps (mid-epoch checkpoints).
-        every_n_epochs: save at the end of every n epochs (0 disables).
+        train_time_interval: save after the first training batch that ends this long after the previous save.
+        every_n_epochs: save at the end of every n epochs (0 disables; default 1 unless a step or time
+            interval is given).
+        save_on_train_epoch_end: save the epoch's checkpoint at the training epoch end (``True``) or after
+            validation (``False``); ``None``: as above.
+        enable_version_counter: add ``-v<N>`` to a name taken by another file instead of replacing it.
 
     Example:
-        >>> ckpt = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=2, every_n_train_steps=500)
+        >>> ckpt = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=2, filename="{epoch:02d}-{val/acc:.3f}",
+        ...                        auto_insert_metric_name=False)
     """
+
+    CHECKPOINT_JOIN_CHAR = "-"
+    CHECKPOINT_EQUALS_CHAR = "="
+    CHECKPOINT_NAME_LAST = "last"
+    FILE_EXTENSION = ".ckpt"
+    STARTING_VERSION = 1
 
     def __init__(
         self,
         dirpath: str | os.PathLike[str] | None = None,
-        filename: str = "{epoch}-{step}",
+        filename: str | None = None,
         monitor: str | None = None,
-        mode: str = "min",
+        verbose: bool = False,
+        save_last: bool | Literal["link"] | None = True,
         save_top_k: int = 1,
-        save_last: bool = True,
-        every_n_train_steps: int = 0,
-        every_n_epochs: int = 1,
+        save_on_exception: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
     ) -> None:
         if mode not in ("min", "max"):
             raise ConfigurationError(f"ModelCheckpoint(mode={mode!r}): use 'min' or 'max'")
         if save_top_k < -1:
             raise ConfigurationError(f"ModelCheckpoint(save_top_k={save_top_k}): use -1 (all), 0 (none) or more")
-        self._dirpath_given = Path(dirpath) if dirpath is not None else None
+        for arg, value in (("every_n_train_steps", every_n_train_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and value < 0:
+                raise ConfigurationError(f"ModelCheckpoint({arg}={value}): use a number >= 0")
+        if save_last not in (True, False, None, "link"):
+            raise ConfigurationError(f"ModelCheckpoint(save_last={save_last!r}): use True, False or 'link'")
+        self._dirpath_given = Path(os.path.expanduser(dirpath)) if dirpath is not None else None
         self.dirpath = self._dirpath_given
         self.filename = filename
         self.monitor = monitor
+        self.verbose = verbose
         self.mode = mode
         self.save_top_k = save_top_k
         self.save_last = save_last
-        self.every_n_train_steps = every_n_train_steps
+        self.save_on_exception = save_on_exception
+        self.save_weights_only = save_weights_only
+        self.auto_insert_metric_name = auto_insert_metric_name
+        self._save_on_train_epoch_end = save_on_train_epoch_end
+        self._enable_version_counter = enable_version_counter
+        # Lightning's defaults: every epoch unless a step or time interval is given (0 counts as not given).
+        if every_n_epochs is None:
+            every_n_epochs = 0 if (every_n_train_steps or train_time_interval is not None) else 1
+        self.every_n_train_steps = every_n_train_steps or 0
         self.every_n_epochs = every_n_epochs
+        self.train_time_interval = train_time_interval
         # (score, path) of the checkpoints we keep, lowest score first; scores are floats, higher is better (the
         # step when unmonitored, so the newest is "best").
         self.kept: list[tuple[float, str]] = []
         self.last_path: str | None = None  # the file "last" names; it exists whenever this is set
+        self.current_score: torch.Tensor | None = None
         self._last_saved_step = -1
+        self._last_time_checked: float | None = None
+        self._defer_to_validation = False  # a step/time save whose monitored metric comes with the next validation
+        self._validated_epoch: int | None = None  # the epoch whose end-of-epoch validation ran (during fit)
+        self._validation_ran = False  # a validation of this fit has ended (a monitored metric must exist now)
+        self._rng_before_validation: dict[str, Any] | None = None
         self._resolved = False  # dirpath decided for this fit, restored state checked against it
         self._restored_dirpath: str | None = None
         self._written: set[str] = set()  # files this callback wrote (normalised paths)
 
     @property
     def state_key(self) -> str:
-        return f"ModelCheckpoint[{self.monitor or ''},{self.filename}]"
+        return f"ModelCheckpoint[{self.monitor or ''},{self.filename or '{epoch}-{step}'}]"
 
     # ------------------------------------------------------------------ Lightning's attributes
     @property
@@ -125,6 +189,12 @@ class ModelCheckpoint(Callback):
         return self.kept[0][1] if self.kept else ""
 
     @property
+    def kth_value(self) -> torch.Tensor:
+        if self.monitor is None or not self.kept or (self.save_top_k != -1 and len(self.kept) < self.save_top_k):
+            return torch.tensor(math.inf if self.mode == "min" else -math.inf)
+        return torch.tensor(self._value(self.kept[0][0]))
+
+    @property
     def last_model_path(self) -> str:
         return self.last_path or ""
 
@@ -132,30 +202,147 @@ class ModelCheckpoint(Callback):
         """The monitored value behind a stored score (NaN was stored as the worst: +inf for min, -inf for max)."""
         return -score if self.mode == "min" else score
 
+    # ------------------------------------------------------------------ names
+    def format_checkpoint_name(
+        self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None, prefix: str | None = None
+    ) -> str:
+        """The path (under ``dirpath`` when known) that the template gives for ``metrics`` (Lightning's method).
+
+        Example:
+            >>> ModelCheckpoint(filename="{epoch:02d}-{val_loss:.2f}").format_checkpoint_name(
+            ...     {"epoch": 3, "val_loss": 0.1234})
+            'epoch=03-val_loss=0.12.ckpt'
+        """
+        template = filename or self.filename or ("{epoch}" + self.CHECKPOINT_JOIN_CHAR + "{step}")
+        name = _fill(template, metrics, self.CHECKPOINT_EQUALS_CHAR if self.auto_insert_metric_name else None)
+        if prefix is not None:
+            name = self.CHECKPOINT_JOIN_CHAR.join([prefix, name])
+        if ver is not None:
+            name = self.CHECKPOINT_JOIN_CHAR.join([name, f"v{ver}"])
+        name += self.FILE_EXTENSION
+        return str(self.dirpath / name) if self.dirpath is not None else name
+
+    def _candidates(self, trainer: Trainer) -> dict[str, Any]:
+        """The values a name is made of: logged metrics, ``epoch`` and ``step`` as ints (Lightning's rule: a logged
+        ``epoch``/``step`` wins, cast to int)."""
+        values: dict[str, Any] = {}
+        for key, value in trainer.callback_metrics.items():
+            with contextlib.suppress(Exception):
+                values[key] = value.item() if isinstance(value, torch.Tensor) else float(value)
+        values["epoch"] = int(values["epoch"]) if "epoch" in values else trainer.current_epoch
+        values["step"] = int(values["step"]) if "step" in values else trainer.global_step
+        return values
+
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
         if stage == "fit":
             self._resolved = False
+            self._defer_to_validation = False
+            self._validated_epoch = None
+            self._validation_ran = False
 
     def on_fit_start(self, trainer: Trainer, task: Task) -> None:
         # After a resume has restored the loggers (their version: the run's folder) and this callback's state.
         self._resolve(trainer)
 
+    def on_train_start(self, trainer: Trainer, task: Task) -> None:
+        self._last_time_checked = time.monotonic()
+
     def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not trainer.loop_state.stepped or trainer.global_step == self._last_saved_step:
+            return  # only right after an optimizer step (not inside an accumulation window), once per step
         n = self.every_n_train_steps
-        stepped = trainer.loop_state.stepped  # only right after an optimizer step (not inside a window)
-        if n and stepped and trainer.global_step % n == 0 and trainer.global_step != self._last_saved_step:
-            self._save(trainer)
+        due = bool(n) and trainer.global_step % n == 0
+        if self.train_time_interval is not None:
+            now = time.monotonic()
+            elapsed = self._last_time_checked is not None and (
+                now - self._last_time_checked >= self.train_time_interval.total_seconds())
+            if trainer.world_size > 1:  # clocks differ: rank zero decides for everyone
+                elapsed = bool(trainer.fabric.broadcast(elapsed, src=0))
+            if elapsed:
+                self._last_time_checked = now
+                due = True
+        if not due:
+            return
+        if self.monitor is not None and self.monitor not in trainer.callback_metrics:
+            self._defer_to_validation = True  # a validation metric: saved once the next validation has run
+            return
+        self._save(trainer)
+
+    def on_validation_start(self, trainer: Trainer, task: Task) -> None:
+        if self._in_fit(trainer) and not trainer.is_last_batch:
+            # The fit loop restores this RNG state after a validation inside an epoch; a checkpoint taken at its
+            # end must hold it, so that a resume continues the training stream the uninterrupted run continued.
+            self._rng_before_validation = ckpt_io.rng_state()
+
+    def on_validation_end(self, trainer: Trainer, task: Task) -> None:
+        if not self._in_fit(trainer):
+            return
+        self._validation_ran = True
+        if trainer.is_last_batch:  # the epoch's validation: its checkpoint is taken at the epoch end, below
+            self._validated_epoch = trainer.current_epoch
+            return
+        rng, self._rng_before_validation = self._rng_before_validation, None
+        due = self._defer_to_validation or (
+            not self._on_train_epoch_end(trainer) and self._epoch_due(trainer))
+        if due and trainer.global_step != self._last_saved_step:
+            self._defer_to_validation = False
+            after = ckpt_io.rng_state()
+            if rng is not None:
+                ckpt_io.set_rng_state(rng)
+            try:
+                self._save(trainer)
+            finally:
+                ckpt_io.set_rng_state(after)
 
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
-        n = self.every_n_epochs
-        if n and (trainer.current_epoch + 1) % n == 0 and trainer.global_step != self._last_saved_step:
+        if trainer.global_step == self._last_saved_step:
+            return
+        if self._defer_to_validation and self._validated_epoch == trainer.current_epoch:
+            self._defer_to_validation = False
+            self._save(trainer)
+        elif self._epoch_due(trainer) and (
+            self._on_train_epoch_end(trainer) or self._validated_epoch == trainer.current_epoch
+        ):
             self._save(trainer)
 
     def on_fit_end(self, trainer: Trainer, task: Task) -> None:
-        # The final state is always saved, whatever the schedule: it is what a user expects to find.
-        if trainer.global_step != self._last_saved_step and (self.every_n_epochs or self.every_n_train_steps):
-            self._save(trainer)
+        # The state a fit ends in is always in "last", whatever the schedule: it is what a resume continues from.
+        if self.save_last and trainer.global_step != self._last_saved_step and trainer.global_step > 0:
+            self._save(trainer, top_k=False)
+
+    def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
+        if not self.save_on_exception or trainer.sanity_checking or trainer.global_step == self._last_saved_step:
+            return
+        if trainer.stage != "fit":
+            return
+        if trainer.world_size > 1:
+            # Saving is collective; the other ranks are not here (one rank failed), so a save would hang.
+            sys.stderr.write(f"[dltrain] ModelCheckpoint(save_on_exception=True): not saved after "
+                             f"{type(exception).__name__} on rank {trainer.global_rank}: a save needs every rank\n")
+            return
+        path = self._save(trainer, top_k=None)
+        if trainer.is_global_zero and path is not None:
+            sys.stderr.write(f"[dltrain] {type(exception).__name__} raised ({exception}); saved checkpoint to "
+                             f"{path}\n")
+
+    def _in_fit(self, trainer: Trainer) -> bool:
+        return trainer.stage == "fit" and not trainer.sanity_checking
+
+    def _epoch_due(self, trainer: Trainer) -> bool:
+        n = self.every_n_epochs
+        return bool(n) and (trainer.current_epoch + 1) % n == 0
+
+    def _on_train_epoch_end(self, trainer: Trainer) -> bool:
+        """Whether the epoch's checkpoint is taken at the training epoch end (else after validation)."""
+        if self._save_on_train_epoch_end is not None:
+            return self._save_on_train_epoch_end
+        if trainer.val_dataloaders is None or not sum(trainer.num_val_batches or [0]):
+            return True  # no validation
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        interval = trainer.val_check_interval
+        return interval is None or (isinstance(interval, float) and interval == 1.0)
 
     # ------------------------------------------------------------------ the run's folder
     def _resolve(self, trainer: Trainer) -> None:
@@ -183,13 +370,7 @@ class ModelCheckpoint(Callback):
         run = _logger_run_dir(trainer)
         if run is not None:
             return run / "checkpoints"
-        root = Path(trainer.default_root_dir) / "checkpoints"
-        restored = self._restored_dirpath
-        if restored is not None and (_inside_tree(restored, root) and Path(restored).is_dir()):
-            return Path(restored)  # continue the run this fit resumes
-        if self.dirpath is not None:
-            return self.dirpath  # an earlier fit of this Trainer
-        return _claim_version(root)
+        return Path(trainer.default_root_dir) / "checkpoints"  # no logger: Lightning's folder
 
     def last_folders(self, trainer: Trainer) -> list[Path]:
         """Where ``fit(ckpt_path="last")`` looks: the folder when given or known, else every run folder."""
@@ -200,12 +381,15 @@ class ModelCheckpoint(Callback):
     def _mine(self, path: str | os.PathLike[str]) -> bool:
         return _norm(path) in self._written
 
-    def _free_name(self, path: Path) -> Path:
-        """``path``, or ``<stem>-v<N>.ckpt`` when ``path`` is a file this callback did not write."""
-        candidate, n = path, 0
+    def _free_name(self, trainer: Trainer, metrics: dict[str, Any], template: str | None) -> Path:
+        """The template's path, or ``<name>-v<N>.ckpt`` while that names a file this callback did not write."""
+        path = Path(self.format_checkpoint_name(metrics, template))
+        if not self._enable_version_counter:
+            return path
+        candidate, n = path, self.STARTING_VERSION
         while candidate.exists() and not self._mine(candidate):
+            candidate = Path(self.format_checkpoint_name(metrics, template, ver=n))
             n += 1
-            candidate = path.with_name(f"{path.stem}-v{n}{path.suffix}")
         return candidate
 
     def _remove(self, path: str) -> None:
@@ -219,87 +403,114 @@ class ModelCheckpoint(Callback):
         self._written.discard(_norm(path))
 
     # ------------------------------------------------------------------ saving
-    def _score(self, trainer: Trainer) -> float:
+    def _score(self, trainer: Trainer) -> float | None:
+        """The ranking score (higher is better); None: the monitored metric is missing (warned, not ranked)."""
         if self.monitor is None:
             return float(trainer.global_step)  # newest is "best" when nothing is monitored
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            raise ConfigurationError(
-                f"ModelCheckpoint(monitor={self.monitor!r}): no such metric was logged; logged metrics: "
-                f"{sorted(trainer.callback_metrics)}"
-            )
+            message = (f"ModelCheckpoint(monitor={self.monitor!r}) could not find the monitored metric in the "
+                       f"logged metrics {sorted(trainer.callback_metrics)} (epoch {trainer.current_epoch}, step "
+                       f"{trainer.global_step}): did you call self.log({self.monitor!r}, value)?")
+            if self._validation_ran:
+                raise ConfigurationError(message)  # validation ran and did not log it
+            warnings.warn(message + " Only 'last' is saved until it is logged", UserWarning, stacklevel=2)
+            return None
         score = float(value)
         if math.isnan(score):
             return -math.inf
         return -score if self.mode == "min" else score
 
-    def _format(self, trainer: Trainer) -> str:
-        values: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        for k, v in trainer.callback_metrics.items():
-            with contextlib.suppress(Exception):
-                values[k] = float(v)
-        name = self.filename
-        for key, value in values.items():
-            text = f"{value:.4f}" if isinstance(value, float) else str(value)
-            # Metric names often hold "/" ("val/loss"): keep the file in dirpath.
-            name = name.replace("{" + key + "}", f"{key.replace('/', '_')}={text}")
-        return name + ".ckpt"
-
-    def _save(self, trainer: Trainer) -> None:
+    def _save(self, trainer: Trainer, top_k: bool | None = True) -> str | None:
+        """Save a checkpoint: a top-k candidate (``top_k=True``), only ``last`` (``False``), or the template's name
+        unconditionally without ranking it (``None``, on exception). Returns the path written (None: nothing)."""
         if not self._resolved:
             self._resolve(trainer)
         assert self.dirpath is not None
-        score = self._score(trainer)  # on every rank: a missing metric raises everywhere
+        score = self._score(trainer) if top_k else None  # on every rank: a missing metric raises everywhere
+        metrics = self._candidates(trainer)
         # Global rank zero decides (it alone sees the files); every rank joins the save (it gathers their RNG
         # states and data positions) and keeps the same state, so that best_model_path is the same everywhere.
-        decision: tuple[bool, float, str | None, str | None] | None = None
+        decision: tuple[bool, str | None, str | None] | None = None
         if trainer.is_global_zero:
-            keep = self.save_top_k == -1 or (
-                self.save_top_k > 0 and (len(self.kept) < self.save_top_k or score > self.kept[0][0])
-            )
-            path = str(self._free_name(self.dirpath / self._format(trainer))) if keep else None
-            last = str(self._free_name(self.dirpath / "last.ckpt")) if self.save_last else None
-            decision = (keep, score, path, last)
+            keep = top_k is None or (score is not None and (self.save_top_k == -1 or (
+                self.save_top_k > 0 and (len(self.kept) < self.save_top_k or score > self.kept[0][0]))))
+            path = str(self._free_name(trainer, metrics, None)) if keep else None
+            last = str(self._free_name(trainer, metrics, self.CHECKPOINT_NAME_LAST)) if self.save_last else None
+            decision = (keep, path, last)
         if trainer.world_size > 1:
             decision = trainer.fabric.broadcast(decision, src=0)
         assert decision is not None
-        keep, score, path, last = decision
+        keep, path, last = decision
+        if self.verbose and trainer.is_global_zero and top_k and score is not None and self.monitor is not None:
+            value = self._value(score)
+            if keep:
+                best = max([score] + [s for s, _ in self.kept])
+                sys.stderr.write(f"[dltrain] Epoch {metrics['epoch']}, global step {metrics['step']}: "
+                                 f"{self.monitor!r} reached {value:0.5f} (best {self._value(best):0.5f}), saving "
+                                 f"model to {path!r} as top {self.save_top_k if self.save_top_k != -1 else 'all'}\n")
+            else:
+                sys.stderr.write(f"[dltrain] Epoch {metrics['epoch']}, global step {metrics['step']}: "
+                                 f"{self.monitor!r} was not in top {self.save_top_k}\n")
         if not keep and last is None:
-            return
+            return None
         # The state is updated before the write, so that the checkpoint names itself (best, last) in its state.
         evicted: list[str] = []
-        if keep:
-            assert path is not None
+        if keep and top_k:
+            assert path is not None and score is not None
             kept = [(s, p) for s, p in self.kept if p != path] + [(score, path)]
             kept.sort(key=lambda sp: sp[0])
             while self.save_top_k != -1 and len(kept) > self.save_top_k:
                 evicted.append(kept.pop(0)[1])
             self.kept = kept
+            if self.monitor is not None:
+                self.current_score = torch.tensor(self._value(score))
+        previous_last = self.last_path
         if last is not None:
             self.last_path = last
         target = path if keep else last
         assert target is not None
         self._written.update(_norm(p) for p in (path, last) if p is not None)
         # Not kept: written straight to last.ckpt (atomically), so "last" never names a file removed later.
-        trainer.save_checkpoint(target)
+        trainer.save_checkpoint(target, weights_only=self.save_weights_only)
         self._last_saved_step = trainer.global_step
+        if self.verbose and trainer.is_global_zero and (self.monitor is None or not top_k):
+            sys.stderr.write(f"[dltrain] Epoch {metrics['epoch']}, global step {metrics['step']}: saved {target!r}\n")
         if not trainer.is_global_zero:
-            return
+            return target
         if keep and last is not None:
             ckpt_io.link_atomic(target, last)
         for old in evicted:
             self._remove(old)
+        if previous_last is not None and last is not None and _norm(previous_last) != _norm(last) and not any(
+                _norm(p) == _norm(previous_last) for _, p in self.kept):
+            self._remove(previous_last)  # "last" got a new name (a template in CHECKPOINT_NAME_LAST)
+        return target
 
     def save(self, trainer: Trainer) -> None:
         """Write a checkpoint now, as a scheduled one would be (every rank calls it): named, kept or rotated by the
         same rules, ``last`` updated. Used by `Preemption`."""
         self._save(trainer)
 
+    def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
+        """Write ``best_k_models`` (path -> monitored value) as YAML (default ``<dirpath>/best_k_models.yaml``)."""
+        import yaml
+
+        if filepath is None:
+            if self.dirpath is None:
+                raise ConfigurationError("ModelCheckpoint.to_yaml(): the folder is not known before fit; pass filepath")
+            filepath = self.dirpath / "best_k_models.yaml"
+        with open(filepath, "w", encoding="utf-8") as f:
+            yaml.safe_dump({k: float(v) for k, v in self.best_k_models.items()}, f)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "kept": [[s, p] for s, p in self.kept],
             "last_path": self.last_path,
             "dirpath": str(self.dirpath) if self.dirpath is not None else None,
+            "last_time_checked_ago": (time.monotonic() - self._last_time_checked
+                                      if self._last_time_checked is not None else None),
+            "defer_to_validation": self._defer_to_validation,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -307,7 +518,28 @@ class ModelCheckpoint(Callback):
         self.kept = [(float(s), str(p)) for s, p in state_dict.get("kept", [])]
         self.last_path = state_dict.get("last_path")
         self._restored_dirpath = state_dict.get("dirpath")
+        self._defer_to_validation = bool(state_dict.get("defer_to_validation", False))
         self._resolved = False
+
+
+def _fill(template: str, metrics: dict[str, Any], equals: str | None) -> str:
+    """``template`` with every ``{name[:spec]}`` replaced by ``metrics[name]`` formatted with ``spec`` (a missing
+    name is 0), preceded by ``name<equals>`` when ``equals`` is given."""
+
+    def field(match: re.Match[str]) -> str:
+        name, spec = match.group(1), match.group(2) or ""
+        value = metrics.get(name, 0)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        try:
+            text = format(value, spec)
+        except (ValueError, TypeError) as err:
+            raise ConfigurationError(
+                f"ModelCheckpoint(filename={template!r}): {{{name}:{spec}}} cannot format {value!r} ({err})"
+            ) from err
+        return f"{name}{equals}{text}" if equals is not None else text
+
+    return _FIELD_RE.sub(field, template)
 
 
 # ---------------------------------------------------------------------- run folders
@@ -328,7 +560,8 @@ def _logger_run_dir(trainer: Trainer) -> Path | None:
 
 def run_folder_patterns(trainer: Trainer) -> list[Path]:
     """Glob patterns of the folders where a default ModelCheckpoint of this Trainer's runs writes: the first
-    logger's ``<save_dir>/<name>/*/checkpoints`` and ``<default_root_dir>/checkpoints/version_*`` (runs without a
+    logger's ``<save_dir>/<name>/*/checkpoints``, ``<default_root_dir>/checkpoints`` (runs without a logger, as
+    Lightning) and ``<default_root_dir>/checkpoints/version_*`` (dltrain's earlier layout of runs without a
     logger). What `run_folders` searches and what a resume that finds nothing names."""
     patterns: list[Path] = []
     if trainer.loggers:
@@ -336,33 +569,20 @@ def run_folder_patterns(trainer: Trainer) -> list[Path]:
         save_dir = getattr(logger, "save_dir", None) or trainer.default_root_dir
         name = getattr(logger, "name", None)
         patterns.append(Path(save_dir, *([str(name)] if name else []), "*", "checkpoints"))
+    patterns.append(Path(trainer.default_root_dir) / "checkpoints")
     patterns.append(Path(trainer.default_root_dir) / "checkpoints" / "version_*")
     return patterns
 
 
 def run_folders(trainer: Trainer) -> list[Path]:
     """Every folder where a default ModelCheckpoint of this Trainer's runs may have written (without resolving
-    the logger's version, which would claim a new one): those of `run_folder_patterns` and
-    ``<default_root_dir>/checkpoints`` (dltrain's layout before checkpoints moved into run folders)."""
+    the logger's version, which would claim a new one): those of `run_folder_patterns` that exist."""
     folders: list[Path] = []
     for pattern in run_folder_patterns(trainer):
         found = (p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_dir())
         folders += sorted(p for p in found if pattern.name != "version_*" or _VERSION_RE.match(p.name))
-    folders.append(Path(trainer.default_root_dir) / "checkpoints")
-    return folders
-
-
-def _claim_version(root: Path) -> Path:
-    """Create and return ``root/version_<N>`` with the next free N (an exclusive mkdir: concurrent runs differ)."""
-    root.mkdir(parents=True, exist_ok=True)
-    while True:
-        taken = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION_RE.match(p.name))]
-        candidate = root / f"version_{max(taken, default=-1) + 1}"
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
+    root = Path(trainer.default_root_dir) / "checkpoints"
+    return folders if root in folders else [*folders, root]
 
 
 def _norm(path: str | os.PathLike[str]) -> str:
@@ -370,10 +590,7 @@ def _norm(path: str | os.PathLike[str]) -> str:
 
 
 def _inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a file directly in ``folder``."""
-    return os.path.realpath(os.path.dirname(os.path.abspath(os.fspath(path)))) == os.path.realpath(folder)
-
-
-def _inside_tree(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
-    real, top = os.path.realpath(path), os.path.realpath(folder)
-    return real == top or real.startswith(top + os.sep)
+    """Whether ``path`` lies under ``folder`` (directly, or in a sub-folder a name with ``/`` made)."""
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(os.fspath(path))))
+    top = os.path.realpath(folder)
+    return parent == top or parent.startswith(top + os.sep)

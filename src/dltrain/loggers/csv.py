@@ -50,7 +50,7 @@ class CSVLogger(Logger):
     def __init__(
         self,
         save_dir: str | os.PathLike[str],
-        name: str = "logs",
+        name: str = "lightning_logs",
         version: int | str | None = None,
         flush_every: int = 1,
     ) -> None:

@@ -23,7 +23,7 @@ def test_example_two_processes_few_batches(tmp_path: Path) -> None:
     out = result.stdout
     assert out.count("test metrics:") == 1, out  # printed by rank 0 only
     assert "test/acc=" in out and "test/acc_top5=" in out
-    logs = sorted((tmp_path / "runs").glob("logs/version_*"))
+    logs = sorted((tmp_path / "runs").glob("lightning_logs/version_*"))
     assert logs and (logs[-1] / "metrics.csv").is_file() and (logs[-1] / "metrics.png").is_file()
     # the shards were written once (by local rank 0) and reused by the other process
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["digits"]
