@@ -205,6 +205,9 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
     for cb in trainer.callbacks:
         if cb.state_key in states:
             cb.load_state_dict(states[cb.state_key])
+    from dltrain._config_checks import check_restored_callbacks
+
+    check_restored_callbacks(trainer, states)
     if trainer.is_global_zero:
         for lg, state in zip(trainer.loggers, checkpoint.get("loggers", [])):
             lg.load_state_dict(state)

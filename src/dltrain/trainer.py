@@ -24,6 +24,7 @@ from lightning.fabric.strategies import DDPStrategy, SingleDeviceStrategy, Strat
 from torch import Tensor
 
 from dltrain import _checkpointing, _sharded
+from dltrain import _config_checks as _checks
 from dltrain import _data_sources as _data
 from dltrain._compat import compiled_in_place, strategy_wraps_module
 from dltrain._hooks import HookDispatcher, overrides
@@ -864,8 +865,16 @@ class Trainer:
         try:
             _data.prepare_and_setup(self, "fit")
             self._configure_task(task)
-            train_loader = _data.wrap(self, _data.source(self, "train", train_dataloaders), training=True)
+            _checks.check_removed_hooks(task, "fit")
+            _checks.check_manual_optimization(self, task)
+            train_source = _data.source(self, "train", train_dataloaders)
+            _checks.check_loader(self, train_source, "train")
             val_source = _data.source(self, "val", val_dataloaders, required=False)
+            if not _checks.validation_runs(self, task, val_source is not None and self.limit_val_batches != 0):
+                val_source = None
+            if val_source is not None:
+                _checks.check_loader(self, val_source, "val")
+            train_loader = _data.wrap(self, train_source, training=True)
             val_loaders = None if val_source is None else _data.wrap_all(self, val_source)
             self.train_dataloader = train_loader
             self.val_dataloaders = val_loaders if val_loaders is None or len(val_loaders) > 1 else val_loaders[0]
@@ -874,12 +883,7 @@ class Trainer:
             # After the loaders: configure_optimizers may read trainer.estimated_stepping_batches.
             self._setup_task(task, with_optimizer=True)
             if self.max_epochs is None and self.max_steps < 0:
-                if not math.isfinite(self.num_training_batches):
-                    raise ConfigurationError(
-                        "the training loader has no length and neither max_epochs nor max_steps is set, so "
-                        "training might never stop: pass Trainer(max_steps=...) or Trainer(max_epochs=...)"
-                    )
-                self.max_epochs = 1000
+                self.max_epochs = _checks.default_max_epochs(self, self.max_time is not None)
             loop = FitLoop(self, task, train_loader, val_loaders)
             self._fit_loop = loop
             restored = _checkpointing.restore(self, loop, ckpt_path) if ckpt_path is not None else None
@@ -916,11 +920,6 @@ class Trainer:
 
     def _check_fit_inputs(self, task: Task, val_loaders: list[Any] | None) -> None:
         """Mistakes that would otherwise show only after an epoch, or never."""
-        if val_loaders and self.limit_val_batches != 0 and not overrides(task, Task, "validation_step"):
-            raise ConfigurationError(
-                f"validation data was given but {type(task).__name__} has no validation_step(batch, batch_idx): "
-                "define it, or leave out the validation loaders"
-            )
         n = self.num_training_batches
         if self.loggers and math.isfinite(n) and 0 < n < self.log_every_n_steps and self.is_global_zero:
             warnings.warn(
@@ -1001,7 +1000,10 @@ class Trainer:
             _data.prepare_and_setup(self, stage)
             self._configure_task(task)
             kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
-            loaders = _data.wrap_all(self, _data.source(self, kind, dataloaders))
+            _checks.check_removed_hooks(task, stage)
+            given = _data.source(self, kind, dataloaders)
+            _checks.check_loader(self, given, kind)
+            loaders = _data.wrap_all(self, given)
             self._setup_task(task, with_optimizer=False)
             if ckpt_path is not None:
                 _checkpointing.load_weights(self, ckpt_path)

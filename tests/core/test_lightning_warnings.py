@@ -1,0 +1,152 @@
+"""Warnings where Lightning warns, errors where it errors (item 8 of issue 22): its configuration validator and
+data connector, case by case. Each case runs with the defaults users get (progress bar, logger, checkpointing)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from torch.nn import functional as F
+
+import dltrain
+from dltrain.callbacks import ModelCheckpoint
+from dltrain.errors import ConfigurationError
+from tests.helpers.tasks import TinyTask, loader
+
+
+def _trainer(tmp_path, **kwargs):
+    kwargs.setdefault("max_epochs", 1)
+    return dltrain.Trainer(accelerator="cpu", default_root_dir=tmp_path, log_every_n_steps=1, **kwargs)
+
+
+class NoValidationStep(dltrain.Task):
+    """A GAN template's shape: a val loader is passed, there is no validation_step."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(8, 1)
+        self.hooks: list[str] = []
+
+    def training_step(self, batch, batch_idx):
+        return F.mse_loss(self.net(batch[0]), batch[1])
+
+    def on_validation_start(self):
+        self.hooks.append("on_validation_start")
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_val_data_without_validation_step_warns_and_skips_validation(tmp_path):
+    task = NoValidationStep()
+    trainer = _trainer(tmp_path, max_epochs=2)
+    with pytest.warns(UserWarning, match="no validation_step. Skipping val loop"):
+        trainer.fit(task, loader(n=32), loader(n=16))
+    assert trainer.global_step == 8 and task.hooks == [] and trainer.val_dataloaders is None
+    # A datamodule that has a val_dataloader: the same.
+    class Data(dltrain.DataModule):
+        def train_dataloader(self):
+            return loader(n=32)
+
+        def val_dataloader(self):
+            return loader(n=16)
+
+    dm = Data()
+    with pytest.warns(UserWarning, match="Skipping val loop"):
+        _trainer(tmp_path).fit(NoValidationStep(), datamodule=dm)
+    # validate() itself needs the step: an error, as in Lightning.
+    with pytest.raises(ConfigurationError, match="validation_step"):
+        trainer.validate(task, loader(n=16))
+
+
+def test_validation_step_without_val_data_is_a_possible_user_warning(tmp_path):
+    with pytest.warns(PossibleUserWarning, match="no val_dataloader. Skipping val loop"):
+        _trainer(tmp_path).fit(TinyTask(), loader(n=32))
+
+
+class StopAfterOneEpoch(dltrain.Callback):
+    def on_train_epoch_end(self, trainer, task):
+        trainer.should_stop = True
+
+
+class Endless(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        data = loader(n=16).dataset
+        yield from (data[i] for i in range(len(data)))
+
+
+def test_no_max_epochs_warns_and_sets_1000(tmp_path):
+    trainer = _trainer(tmp_path, max_epochs=None, callbacks=[StopAfterOneEpoch()])
+    with pytest.warns(UserWarning, match="max_epochs was not set. Setting it to 1000 epochs"):
+        trainer.fit(TinyTask(), loader(n=32))
+    assert trainer.max_epochs == 1000 and trainer.global_step == 4
+    # A loader without a length: Lightning warns the same way (it used to be an error here).
+    trainer = _trainer(tmp_path, max_epochs=None, callbacks=[StopAfterOneEpoch()])
+    with pytest.warns(UserWarning, match="max_epochs was not set"):
+        trainer.fit(TinyTask(), torch.utils.data.DataLoader(Endless(), batch_size=8))
+    assert trainer.global_step == 2
+    # max_time alone bounds the run: no warning about epochs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+        _trainer(tmp_path, max_epochs=None, max_time={"seconds": 1}, callbacks=[StopAfterOneEpoch()],
+                 logger=False).fit(TinyTask(), loader(n=32))
+
+
+def test_shuffled_val_loader_and_few_workers_are_possible_user_warnings(tmp_path, monkeypatch):
+    with pytest.warns(PossibleUserWarning, match="val_dataloader's sampler has shuffling enabled"):
+        _trainer(tmp_path).fit(TinyTask(), loader(n=32), loader(n=16, shuffle=True))
+    with pytest.warns(PossibleUserWarning, match="test_dataloader's sampler has shuffling enabled"):
+        _trainer(tmp_path).test(TinyTask(), loader(n=16, shuffle=True))
+    import dltrain._config_checks as checks
+
+    monkeypatch.setattr(checks, "suggested_max_num_workers", lambda devices: 4)  # a machine with more cores
+    with pytest.warns(PossibleUserWarning, match="'train_dataloader' does not have many workers"):
+        _trainer(tmp_path).fit(TinyTask(), loader(n=32))
+
+
+def test_resuming_without_a_callback_of_the_checkpoint_warns(tmp_path):
+    from dltrain.callbacks import EarlyStopping
+
+    first = _trainer(tmp_path, callbacks=[EarlyStopping("val/loss"), ModelCheckpoint(dirpath=tmp_path / "c")])
+    first.fit(TinyTask(), loader(n=32), loader(n=16))
+    second = _trainer(tmp_path, max_epochs=2, callbacks=[ModelCheckpoint(dirpath=tmp_path / "c")])
+    with pytest.warns(UserWarning, match="Please add the following callbacks: .*EarlyStopping"):
+        second.fit(TinyTask(), loader(n=32), loader(n=16), ckpt_path="last")
+    assert second.global_step == 8
+
+
+class Manual(TinyTask):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        loss = F.mse_loss(self(batch[0]), batch[1])
+        opt.zero_grad()
+        self.manual_backward(loss)
+        opt.step()
+
+
+class OldHooks(TinyTask):
+    def validation_epoch_end(self, outputs):
+        pass
+
+
+def test_errors_stay_errors(tmp_path):
+    with pytest.raises(ConfigurationError, match="gradient clipping is not supported for manual optimization"):
+        _trainer(tmp_path, gradient_clip_val=1.0).fit(Manual(), loader(n=32))
+    with pytest.raises(ConfigurationError, match="accumulation is not supported for manual optimization"):
+        _trainer(tmp_path, accumulate_grad_batches=2).fit(Manual(), loader(n=32))
+    with pytest.raises(NotImplementedError, match="validation_epoch_end"):
+        _trainer(tmp_path).fit(OldHooks(), loader(n=32), loader(n=16))
+    with pytest.raises(NotImplementedError, match="validation_epoch_end"):
+        _trainer(tmp_path).validate(OldHooks(), loader(n=16))
+    # The manual task itself trains with neither setting.
+    trainer = _trainer(tmp_path)
+    trainer.fit(Manual(), loader(n=32))
+    assert trainer.global_step == 4
