@@ -251,7 +251,7 @@ def test_resumed_fit_writes_its_config_into_the_run_it_resumes(tmp_path):
     resumed = dltrain.CLI(CliTask, CliData, trainer_defaults=_defaults(tmp_path), args=again)
     assert resumed.trainer.current_epoch == 2
     assert resumed.trainer.loggers[0].log_dir == run  # the run it resumed
-    runs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    runs = sorted(p.name for p in (tmp_path / "lightning_logs").iterdir())
     assert runs == [os.path.basename(run)], runs  # no new, empty run folder
     # The first invocation's record stays as it was; the resume's (max_epochs 2) is next to it.
     assert open(os.path.join(run, "config.yaml")).read() == original

@@ -1,7 +1,7 @@
 """A resume that finds nothing names where checkpoints really live (issue 28, item 8).
 
 Before: ``no complete checkpoint in <root>/checkpoints`` while the default ModelCheckpoint writes into the run
-folder (``<root>/logs/version_N/checkpoints``). The test takes the places from the message and checks that the
+folder (``<root>/lightning_logs/version_N/checkpoints``). The test takes the places from the message and checks that the
 checkpoint the next run writes lands in one of them, so it follows the layout code, whatever it is.
 """
 

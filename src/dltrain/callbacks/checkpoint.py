@@ -560,8 +560,7 @@ def _logger_run_dir(trainer: Trainer) -> Path | None:
 
 def run_folder_patterns(trainer: Trainer) -> list[Path]:
     """Glob patterns of the folders where a default ModelCheckpoint of this Trainer's runs writes: the first
-    logger's ``<save_dir>/<name>/*/checkpoints``, ``<default_root_dir>/checkpoints`` (runs without a logger, as
-    Lightning) and ``<default_root_dir>/checkpoints/version_*`` (dltrain's earlier layout of runs without a
+    logger's ``<save_dir>/<name>/*/checkpoints`` (else ``<default_root_dir>/checkpoints``, as Lightning) and ``<default_root_dir>/checkpoints/version_*`` (dltrain's earlier layout of runs without a
     logger). What `run_folders` searches and what a resume that finds nothing names."""
     patterns: list[Path] = []
     if trainer.loggers:
@@ -569,14 +568,16 @@ def run_folder_patterns(trainer: Trainer) -> list[Path]:
         save_dir = getattr(logger, "save_dir", None) or trainer.default_root_dir
         name = getattr(logger, "name", None)
         patterns.append(Path(save_dir, *([str(name)] if name else []), "*", "checkpoints"))
-    patterns.append(Path(trainer.default_root_dir) / "checkpoints")
+    else:
+        patterns.append(Path(trainer.default_root_dir) / "checkpoints")
     patterns.append(Path(trainer.default_root_dir) / "checkpoints" / "version_*")
     return patterns
 
 
 def run_folders(trainer: Trainer) -> list[Path]:
     """Every folder where a default ModelCheckpoint of this Trainer's runs may have written (without resolving
-    the logger's version, which would claim a new one): those of `run_folder_patterns` that exist."""
+    the logger's version, which would claim a new one): those of `run_folder_patterns` that exist, and
+    ``<default_root_dir>/checkpoints`` (where runs without a logger write)."""
     folders: list[Path] = []
     for pattern in run_folder_patterns(trainer):
         found = (p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_dir())
