@@ -1,4 +1,7 @@
-"""Suite-wide settings: accelerator-only tests are skipped where the accelerator is absent; wandb stays offline."""
+"""Suite-wide settings: accelerator-only tests are skipped where the accelerator is absent; wandb stays offline;
+randomized tests take their seeds from ``DLTRAIN_TEST_SEED`` and say how to replay a failure
+(`tests.helpers.seeds`); under pytest-xdist (``scripts/test``: ``-n 2 --dist loadgroup``) the tests listed in
+``_GROUPS`` share a worker and the slowest tests start first."""
 
 from __future__ import annotations
 
@@ -7,8 +10,72 @@ import os
 import pytest
 import torch
 
+from tests.helpers import seeds
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# Test files whose tests must run in one xdist worker: a session fixture does their work (the kill runs start with
+# the session and every test waits for its own), or a module fixture too costly to build in both workers (a fit,
+# the example scripts started). Everything else is scheduled test by test. (xdist's own `xdist_group` marker does
+# nothing with pytest 9: pytest-xdist 3.8 renames `Item._nodeid`, which pytest 9 no longer reads; hence this list,
+# read by the scheduler below.)
+_GROUPS = {
+    "tests/distributed/test_kill_random.py": "kill_random",
+    "tests/callbacks/test_ledger.py": "ledger_clean_run",
+    "tests/callbacks/test_ledger_mixture.py": "ledger_mixture_run",
+    "tests/examples/test_flags.py": "example_helps",
+    "tests/plugins/text/test_text_tasks.py": "text_lm_data",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    seeds.base_seed()  # drawn here, before xdist starts its workers, which inherit it through the environment
+    config.addinivalue_line("markers", "randomized: draws its inputs from DLTRAIN_TEST_SEED (set automatically)")
+    if getattr(config.option, "dist", "no") in ("load", "worksteal"):
+        # `-n 2` alone means `--dist load`, which would run a group's tests (and its session fixture) in both
+        # workers; the workers re-read the command line, so it cannot be changed here.
+        raise pytest.UsageError(f"--dist {config.option.dist} would split the tests that share a session fixture "
+                                "over the workers: use --dist loadgroup (scripts/test does)")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: absent with -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """One work unit per group of `_GROUPS`, one per test otherwise. Units go out biggest first, then in
+        collection order (which `_cost_rank` sorted slowest first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return _GROUPS.get(nodeid.split("::")[0], nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"randomized tests: {seeds.ENV}={seeds.base_seed()} (set it to replay a session's draws)"
+
+
+def _is_randomized(item: pytest.Item) -> bool:
+    """Marked ``randomized``, asks for ``random_seed``, or its module derived a seed (at import, or by now)."""
+    module = getattr(item, "module", None)
+    return (item.get_closest_marker("randomized") is not None or "random_seed" in getattr(item, "fixturenames", ())
+            or (module is not None and module.__name__ in seeds.used))
+
+
+def _cost_rank(item: pytest.Item) -> int:
+    """Longest first, so that the two workers finish together: the kill runs, the other slow tests, the other
+    multi-process tests, then the rest (the sort is stable: collection order within each)."""
+    if _GROUPS.get(item.nodeid.split("::")[0]) == "kill_random":
+        return 0
+    if item.get_closest_marker("slow") is not None:
+        return 1
+    if item.get_closest_marker("distributed") is not None:
+        return 2
+    return 3
 
 
 def pytest_collection_modifyitems(config, items):
@@ -19,6 +86,40 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if "mps" in item.keywords and not has_mps:
             item.add_marker(pytest.mark.skip(reason="needs an Apple MPS device"))
+        if _is_randomized(item):
+            item.add_marker(pytest.mark.randomized)
+    if config.getvalue("dist") != "no" or hasattr(config, "workerinput"):  # the xdist controller, or a worker
+        items.sort(key=_cost_rank)
+
+
+@pytest.fixture
+def random_seed(request: pytest.FixtureRequest) -> int:
+    """This test's seed, derived from ``DLTRAIN_TEST_SEED`` and the test's id (a failure prints the replay)."""
+    return seeds.seed_for(request.node.nodeid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.failed and _is_randomized(item):
+        report.sections.append(("replay", f"replay with: {seeds.replay_command(item.nodeid)}"))
+    return report
+
+
+_failed_randomized: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Runs in the xdist controller too, with the workers' reports: the replay lines for the summary.
+    if report.failed:
+        _failed_randomized.extend(text for title, text in report.sections if title == "replay")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if _failed_randomized:
+        terminalreporter.section("randomized tests that failed")
+        for line in dict.fromkeys(_failed_randomized):
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

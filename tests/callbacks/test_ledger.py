@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tests.helpers.seeds import seed_for
 from tests.helpers.shards import make_shards
 from tests.helpers.tasks import loader as tensor_loader
 
@@ -22,7 +22,7 @@ from dltrain.cli import main as cli_main
 from dltrain.data import StreamingDataset
 from dltrain.errors import ConfigurationError
 
-SEED = int.from_bytes(str(time.time_ns()).encode()[-4:], "little") % 100_000
+SEED = seed_for(__name__)  # DLTRAIN_TEST_SEED replays it (tests/helpers/seeds.py)
 
 
 def to_xy(sample: dict) -> dict:

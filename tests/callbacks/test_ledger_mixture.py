@@ -1,6 +1,6 @@
 """SampleLedger and `dltrain audit` on a `dltrain.data.Mixture`: per-source counts and proportions of a clean run
 (sources cycling inside the epoch, so the plan deals some samples twice), and a duplicated and a removed stretch
-reported exactly, per source. Randomized; the seed is in every failure message."""
+reported exactly, per source. Randomized: DLTRAIN_TEST_SEED replays a failure (the report prints the command)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from tests.callbacks.test_ledger import KeyTask, to_xy
+from tests.helpers.seeds import seed_for
 from tests.helpers.shards import make_shards
 
 import dltrain
@@ -18,7 +19,7 @@ from dltrain.audit import audit, render
 from dltrain.callbacks import SampleLedger
 from dltrain.data import Mixture, StreamingDataset
 
-SEED = random.randrange(100_000)
+SEED = seed_for(__name__)  # DLTRAIN_TEST_SEED replays it (tests/helpers/seeds.py)
 WEIGHTS = [0.5, 0.3, 0.2]
 
 

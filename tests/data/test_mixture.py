@@ -1,13 +1,12 @@
 """Mixture: proportions per epoch and per shuffle window, no repeat within a source epoch, the plan dealt exactly
 over ranks, exact resume at a random batch (same and other world size, other weights), worker-count determinism,
 cycling. Ranks are simulated in one process with RANK/WORLD_SIZE. Randomized: the seed is in every failure
-message (set DLTRAIN_TEST_SEED to replay)."""
+message (DLTRAIN_TEST_SEED replays it; the report prints the command)."""
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import random
 from collections import Counter
 from fractions import Fraction
@@ -20,9 +19,10 @@ from dltrain.data import Mixture, StreamingDataset
 from dltrain.data import plan as _plan
 from dltrain.data.mixture import default_epoch_length, mixture_counts, mixture_labels
 from dltrain.errors import ConfigurationError, DataError
+from tests.helpers.seeds import seed_for
 from tests.helpers.shards import ShardSet, as_list, make_shards
 
-SEED = int(os.environ.get("DLTRAIN_TEST_SEED", random.randrange(2**31)))
+SEED = seed_for(__name__)  # DLTRAIN_TEST_SEED replays it (tests/helpers/seeds.py)
 WEIGHTS = [0.5, 0.3, 0.2]
 NAMES = ["a", "b", "c"]
 BS = 4

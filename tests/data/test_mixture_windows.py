@@ -1,11 +1,9 @@
 """Mixture labels and locator computed per window: equal to the former whole-epoch computation (kept here as the
 reference) on random cases, and an epoch of 10^9 positions read from its middle in little time and memory.
-Randomized: the seed is in every failure message (set DLTRAIN_TEST_SEED to replay)."""
+Randomized: the seed is in every failure message (DLTRAIN_TEST_SEED replays it; the report prints the command)."""
 
 from __future__ import annotations
 
-import os
-import random
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
@@ -24,8 +22,9 @@ from dltrain.data.mixture import (
     source_seed,
 )
 from dltrain.errors import ConfigurationError, DataError
+from tests.helpers.seeds import seed_for
 
-SEED = int(os.environ.get("DLTRAIN_TEST_SEED", random.randrange(2**31)))
+SEED = seed_for(__name__)  # DLTRAIN_TEST_SEED replays it (tests/helpers/seeds.py)
 
 
 def _reference_labels(seed: int, epoch: int, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
 from dltrain.data import Mixture, StreamingDataset
 from dltrain.data import plan as _plan
+from tests.helpers.seeds import seed_for
 from tests.helpers.shards import as_list, epoch_keys, key_of, make_shards
 
-SEED = time.time_ns() % 100_000
+SEED = seed_for(__name__)  # DLTRAIN_TEST_SEED replays it (tests/helpers/seeds.py)
 
 
 def piped(shards, **kwargs) -> StreamingDataset:

@@ -18,8 +18,9 @@ loader workers; and through `build_index` and ``dltrain shards index``.
   block by finding the next valid header; after a cut there is nothing to count: the sample being read counts as
   the one lost (how many more were cut off cannot be known without an index).
 
-Seeds: each test draws its shards and damage from ``DLTRAIN_TAR_DAMAGE_SEED`` (taken from the clock unless set)
-plus a number of its own; every assertion message prints both and how to replay.
+Seeds: each test draws its shards and damage from a seed derived from ``DLTRAIN_TEST_SEED`` (drawn unless set,
+tests/helpers/seeds.py) and names of its own; every assertion message prints it, and a failure's report prints
+the command that replays it.
 """
 
 from __future__ import annotations
@@ -30,15 +31,12 @@ import gc
 import gzip
 import io
 import json
-import os
 import random
 import subprocess
 import sys
 import tarfile
-import time
 import warnings
 import weakref
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,20 +48,21 @@ import pytest
 from dltrain.cli import main
 from dltrain.data import DataSkipWarning, StreamingDataset, build_index, count_samples, write_shards
 from dltrain.errors import DataError
+from tests.helpers.seeds import base_seed, seed_for
 from tests.helpers.shards import ShardSet, as_list, epoch_keys, key_of, make_shards
 
-BASE_SEED = int(os.environ.get("DLTRAIN_TAR_DAMAGE_SEED") or time.time_ns() % 1_000_000)
+pytestmark = pytest.mark.randomized  # every test draws from _seed(...)
 KINDS = ["cut-boundary", "cut-inside", "corrupt-header", "zero-block"]
 MODES = ["scan", "index", "index-v1"]
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _seed(*parts: object) -> int:
-    return BASE_SEED + zlib.crc32(repr(parts).encode()) % 100_000
+    return seed_for(__name__, *parts)
 
 
 def _replay(seed: int) -> str:
-    return f"[seed {seed}; replay with DLTRAIN_TAR_DAMAGE_SEED={BASE_SEED}]"
+    return f"[seed {seed}; replay with DLTRAIN_TEST_SEED={base_seed()}]"
 
 
 @dataclass

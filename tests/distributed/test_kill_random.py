@@ -26,10 +26,11 @@ shard is on disk and before the rename, or rank zero after the rename with the n
 temporary name but not renamed over the old one); after a random wall-clock delay from the start of fit (the 14
 steps take ~0.05-0.3 s, so the delays are short; nothing happens if the launch finishes first).
 
-Seeds: run ``i`` uses seed ``DLTRAIN_KILL_BASE_SEED + i``; the base seed is drawn from the clock (a multiple of
-100) unless set, and printed with ``-s``; ``DLTRAIN_KILL_RUNS`` changes the number of runs (12);
-``DLTRAIN_KILL_SEED=<seed>`` replays that one run (configuration, kill points; a wall-clock kill lands where the
-clock says). Every failure message names the run's seed, its configuration, what each launch did and the command
+Seeds: run ``i`` uses seed ``BASE_SEED + i``, where ``BASE_SEED`` (a multiple of 100) is derived from the suite's
+``DLTRAIN_TEST_SEED`` (drawn unless set, tests/helpers/seeds.py) and printed with ``-s``; ``DLTRAIN_KILL_RUNS``
+changes the number of runs (12). ``DLTRAIN_TEST_SEED=<base> scripts/test '<file>::<test>[run03]' -s`` replays run 3
+alone (configuration, kill points; a wall-clock kill lands where the clock says): only the selected runs are
+launched. Every failure message names the run's seed, its configuration, what each launch did and the command
 that replays it.
 
 Budget: a launch costs 5-10 s, mostly imports (torch, lightning, torchmetrics, torchvision); the file makes about
@@ -44,7 +45,6 @@ import itertools
 import json
 import os
 import random
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +58,7 @@ from dltrain.errors import CheckpointError
 from tests.distributed._train import SHARDED_SAVE_PHASES
 from tests.distributed.test_resume import effective_keys
 from tests.helpers.distributed import run_distributed
+from tests.helpers.seeds import base_seed, replay_command, seed_for
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 TRAIN = Path(__file__).parent / "_train.py"
@@ -72,9 +73,8 @@ LAUNCH_TIMEOUT = 180
 # seeds from a base that is a multiple of POOL_SPAN) share at most POOL_SIZE uninterrupted references, which is
 # what keeps the file within its time budget; the pool changes with the base seed.
 POOL_SPAN, POOL_SIZE = 100, 6
-_replay = os.environ.get("DLTRAIN_KILL_SEED")
-BASE_SEED = int(_replay or os.environ.get("DLTRAIN_KILL_BASE_SEED") or time.time_ns() // 10**9 % 10**5 * POOL_SPAN)
-RUNS = int(os.environ.get("DLTRAIN_KILL_RUNS", "1" if _replay else "12"))
+BASE_SEED = seed_for(__name__) // POOL_SPAN * POOL_SPAN
+RUNS = int(os.environ.get("DLTRAIN_KILL_RUNS", "12"))
 SEEDS = [BASE_SEED + i for i in range(RUNS)]
 JOBS = int(os.environ.get("DLTRAIN_KILL_JOBS", "2"))
 
@@ -206,9 +206,13 @@ def draw(seed: int) -> Plan:
     return plan
 
 
+def _run_id(index: int) -> str:
+    return f"run{index:02d}"
+
+
 def replay_hint(seed: int) -> str:
-    return (f"replay: DLTRAIN_KILL_SEED={seed} scripts/test tests/distributed/test_kill_random.py -x -q -s "
-            f"(this session's runs: DLTRAIN_KILL_BASE_SEED={BASE_SEED})")
+    test = f"tests/distributed/test_kill_random.py::test_random_kills_then_resume_is_bitwise_exact[{_run_id(seed - BASE_SEED)}]"
+    return f"replay: {replay_command(test)} -s"
 
 
 def compare(ref: Path, out: Path, world: int, launches: int, early_kills: int = 0) -> list[str]:
@@ -373,16 +377,19 @@ class Runner:
 
 
 @pytest.fixture(scope="session")
-def kill_runner(tmp_path_factory):
-    print(f"\n[test_kill_random] base seed {BASE_SEED}, {RUNS} runs, {JOBS} at a time "
-          f"(DLTRAIN_KILL_BASE_SEED={BASE_SEED} reproduces all of them)")
-    runner = Runner(tmp_path_factory.mktemp("kill-random"), SEEDS, JOBS)
+def kill_runner(request, tmp_path_factory):
+    # Only the runs this session selected (one, when a failure is replayed by its test id).
+    selected = sorted({item.callspec.params["index"] for item in request.session.items
+                       if getattr(item, "originalname", None) == "test_random_kills_then_resume_is_bitwise_exact"})
+    print(f"\n[test_kill_random] base seed {BASE_SEED}, runs {selected}, {JOBS} at a time "
+          f"(DLTRAIN_TEST_SEED={base_seed()} reproduces all of them)")
+    runner = Runner(tmp_path_factory.mktemp("kill-random"), [SEEDS[i] for i in selected], JOBS)
     yield runner
     runner.close()
 
 
 @pytest.mark.timeout(900)  # the runs execute in the background: a test may wait for its run a while
-@pytest.mark.parametrize("index", range(RUNS), ids=lambda i: f"run{i:02d}")
+@pytest.mark.parametrize("index", range(RUNS), ids=_run_id)
 def test_random_kills_then_resume_is_bitwise_exact(kill_runner, index):
     seed = SEEDS[index]
     try:
