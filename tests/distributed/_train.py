@@ -209,7 +209,7 @@ def kill_during_sharded_save(nth: int, phase: str, rank: int, marker: Path) -> N
     def dcp_save(state_dict, *, checkpoint_id=None, **kwargs):
         me = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         if phase == "write" and me == rank and armed():
-            Path(checkpoint_id, f"__{me}_0.distcp").write_bytes(os.urandom(256))  # a shard file cut short
+            Path(checkpoint_id, f"__{me}_0.distcp").write_bytes(bytes(range(256)))  # a shard file cut short (fixed bytes: replayable)
             die(f"rank {me} writing its shards into {checkpoint_id}")
         return real_dcp_save(state_dict, checkpoint_id=checkpoint_id, **kwargs)
 
