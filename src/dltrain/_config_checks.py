@@ -12,7 +12,6 @@ import multiprocessing
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -74,14 +73,11 @@ def check_loader(trainer: Trainer, loader: Any, kind: str) -> None:
                            "shuffling off for val/test dataloaders.", PossibleUserWarning)
         context = one.multiprocessing_context
         start = context.get_start_method() if context is not None else multiprocessing.get_start_method()
-        upper = suggested_max_num_workers(getattr(trainer, "num_devices", None) or trainer.world_size)
+        # Lightning also warns about fewer than 2 workers whenever the machine has more cores; not dltrain: an
+        # in-memory dataset (the README's example) is right with none, and the warning would be noise there.
         if one.num_workers > 0 and start == "spawn" and not one.persistent_workers:
             _warn(trainer, f"Consider setting persistent_workers=True in '{name}' to speed up the dataloader worker "
                            "initialization.")
-        elif one.num_workers < 2 and upper > 1:
-            _warn(trainer, f"The '{name}' does not have many workers which may be a bottleneck. Consider increasing "
-                           f"the value of the num_workers argument to num_workers={upper} in the DataLoader to "
-                           "improve performance.", PossibleUserWarning)
 
 
 def check_restored_callbacks(trainer: Trainer, saved: dict[str, Any]) -> None:

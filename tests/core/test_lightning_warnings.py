@@ -96,16 +96,16 @@ def test_no_max_epochs_warns_and_sets_1000(tmp_path):
                  logger=False).fit(TinyTask(), loader(n=32))
 
 
-def test_shuffled_val_loader_and_few_workers_are_possible_user_warnings(tmp_path, monkeypatch):
+def test_shuffled_val_loader_and_spawned_workers_warn(tmp_path, monkeypatch):
     with pytest.warns(PossibleUserWarning, match="val_dataloader's sampler has shuffling enabled"):
         _trainer(tmp_path).fit(TinyTask(), loader(n=32), loader(n=16, shuffle=True))
     with pytest.warns(PossibleUserWarning, match="test_dataloader's sampler has shuffling enabled"):
         _trainer(tmp_path).test(TinyTask(), loader(n=16, shuffle=True))
-    import dltrain._config_checks as checks
+    import multiprocessing
 
-    monkeypatch.setattr(checks, "suggested_max_num_workers", lambda devices: 4)  # a machine with more cores
-    with pytest.warns(PossibleUserWarning, match="'train_dataloader' does not have many workers"):
-        _trainer(tmp_path).fit(TinyTask(), loader(n=32))
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda *a, **k: "spawn")  # macOS, Windows
+    with pytest.warns(UserWarning, match="Consider setting persistent_workers=True in 'train_dataloader'"):
+        _trainer(tmp_path).fit(TinyTask(), loader(n=32, num_workers=1))
 
 
 def test_resuming_without_a_callback_of_the_checkpoint_warns(tmp_path):
