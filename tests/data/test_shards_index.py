@@ -35,7 +35,7 @@ def test_write_shards_index_build_index_and_cli_agree(tmp_path: Path) -> None:
     assert [os.path.basename(p) for p in paths] == [f"train-{i:06d}.tar" for i in range(5)]
     index_path = tmp_path / "train.index.json"
     written = json.loads(index_path.read_text())
-    assert written["format"] == "dltrain.shard-index" and written["version"] == 2
+    assert written["format"] == "dltrain.shard-index" and written["version"] == 3
     assert written["total"] == 23
     assert [s["samples"] for s in written["shards"]] == [5, 5, 5, 5, 3]
     assert [s["url"] for s in written["shards"]] == [os.path.basename(p) for p in paths]

@@ -5,9 +5,10 @@ boundary (the end-of-archive marker included, when the cut is after the last sam
 (inside a member header or its data), a corrupt member header mid-shard (garbage or zeros), zero blocks inserted
 mid-shard (one, or a whole end-of-archive marker).
 
-Read three ways: without an index (the tar headers are scanned), with an index (version 2 offsets: every sample is
-read by seeking to its byte range) and with a version 1 index (no offsets: shards are read forward), with 0 and 2
-loader workers; and through `build_index` and ``dltrain shards index``.
+Read four ways: without an index (the tar headers are scanned), with an index (version 3: every sample is read by
+one positioned read of its byte range, its fields cut out where the index says, once the bytes around them check),
+with a version 2 index (offsets only: the headers in the range are parsed) and with a version 1 index (no offsets:
+shards are read forward), with 0 and 2 loader workers; and through `build_index` and ``dltrain shards index``.
 
 - ``on_error="raise"``: a `DataError` naming the shard, the byte offset of the damage and the key of the last sample
   read before it.
@@ -53,7 +54,7 @@ from tests.helpers.shards import ShardSet, as_list, epoch_keys, key_of, make_sha
 
 pytestmark = pytest.mark.randomized  # every test draws from _seed(...)
 KINDS = ["cut-boundary", "cut-inside", "corrupt-header", "zero-block"]
-MODES = ["scan", "index", "index-v1"]
+MODES = ["scan", "index", "index-v2", "index-v1"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -94,7 +95,7 @@ class Damage:
         return self.keys[self.in_progress]
 
     def lost(self, mode: str) -> set[int]:
-        if mode == "index":
+        if mode in ("index", "index-v2"):
             return self.seek_lost
         count = len(self.keys) if mode == "index-v1" else self.scan_count
         return set(range(self.in_progress, count))
@@ -164,11 +165,12 @@ def _setup(tmp_path: Path, kind: str, mode: str, seed: int) -> tuple[ShardSet, D
     damage = _damage(shards, kind, rng)
     if mode == "scan":
         shards.index_path.unlink()
-    elif mode == "index-v1":
+    elif mode in ("index-v1", "index-v2"):
         index = json.loads(shards.index_path.read_text())
-        index["version"] = 1
+        index["version"] = int(mode[-1])
         for entry in index["shards"]:
-            del entry["offsets"]
+            for name in ("keys", "fields", "layout", "members", "check") + (("offsets",) if mode == "index-v1" else ()):
+                entry.pop(name, None)
         shards.index_path.write_text(json.dumps(index))
     return shards, damage
 

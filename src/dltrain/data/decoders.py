@@ -99,6 +99,7 @@ class SampleDecoder:
             if not callable(fn):
                 raise ConfigurationError(f"decode[{ext!r}] must be a callable bytes -> value, got {type(fn).__name__}")
             self.decoders[ext.lower().lstrip(".")] = fn
+        self._resolved: dict[str, Decoder | None] = {}  # extension -> its decoder (None: kept as bytes), as used
 
     def _find(self, ext: str) -> Decoder | None:
         fn = self.decoders.get(ext)
@@ -106,36 +107,41 @@ class SampleDecoder:
             fn = self.decoders.get(ext.rsplit(".", 1)[-1])
         return fn
 
+    def _resolve(self, ext: str) -> Decoder | None:
+        """`_find`, remembered per extension (a sample has few, and every sample asks again)."""
+        if ext not in self._resolved:
+            self._resolved[ext] = self._find(ext)
+        return self._resolved[ext]
+
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         """Decode the fields of one raw sample (``__``-prefixed entries are passed through)."""
         out: dict[str, Any] = {}
-        url = sample.get("__url__")
-        key = sample.get("__key__")
+        resolved = self._resolved
         for ext, value in sample.items():
-            if ext.startswith("__") or not isinstance(value, (bytes, bytearray, memoryview)):
+            if ext[:2] == "__" or not isinstance(value, (bytes, bytearray, memoryview)):
                 out[ext] = value
                 continue
-            fn = self._find(ext)
+            fn = resolved[ext] if ext in resolved else self._resolve(ext)
             if fn is None:
                 last = ext.rsplit(".", 1)[-1]
                 if last in UNSAFE_DECODERS:
                     raise DataError(
                         f"field {ext!r} is a pickle-based format and loading it can run arbitrary code, so it is "
                         f"not decoded by default; if you trust this data pass unsafe_decoders=({last!r},)",
-                        url=url,
-                        key=key,
+                        url=sample.get("__url__"),
+                        key=sample.get("__key__"),
                     )
-                out[ext] = bytes(value)
+                out[ext] = value if type(value) is bytes else bytes(value)
                 continue
             try:
-                out[ext] = fn(bytes(value))
+                out[ext] = fn(value if type(value) is bytes else bytes(value))
             except DataError:
                 raise
             except Exception as exn:
                 raise DataError(
                     f"cannot decode field {ext!r} with {getattr(fn, '__name__', fn)!s} "
                     f"({type(exn).__name__}: {exn}); fix or drop the sample, or use on_error='skip'",
-                    url=url,
-                    key=key,
+                    url=sample.get("__url__"),
+                    key=sample.get("__key__"),
                 ) from exn
         return out

@@ -4,16 +4,27 @@ A JSON file named ``<stem>.index.json`` in the directory of the first shard, whe
 prefix of the shard file names without extensions, trailing digits and trailing ``-_.`` (``train-000000.tar``
 .. ``train-000127.tar`` -> ``train.index.json``; ``shards.index.json`` when nothing is left)::
 
-    {"format": "dltrain.shard-index", "version": 2, "total": 1234,
-     "shards": [{"url": "train-000000.tar", "samples": 50, "offsets": [0, 3072, ..., 153600]}, ...]}
+    {"format": "dltrain.shard-index", "version": 3, "total": 1234,
+     "shards": [{"url": "train-000000.tar", "samples": 50, "offsets": [0, 3072, ..., 153600],
+                 "keys": ["s0000", ...], "fields": [["cls", "png"]], "members": [1024, 1, 2048, 512, ...],
+                 "check": [2831937219, ...]}, ...]}
 
 Shards in the index's directory are named relative to it (the directory can be moved); others keep their full
 URL.
 
-``offsets`` (version 2, uncompressed shards indexed or written locally) has ``samples + 1`` byte offsets: where
-each sample's first tar member header starts, then where the last sample's data ends, so sample ``i`` is the
-members in ``[offsets[i], offsets[i + 1])``. Readers of local shards read there instead of parsing every header
-before the sample; without offsets (version 1 indexes, compressed shards) they scan forward.
+``offsets`` (version 2 and later, uncompressed shards indexed or written locally) has ``samples + 1`` byte
+offsets: where each sample's first tar member header starts, then where the last sample's data ends, so sample
+``i`` is the members in ``[offsets[i], offsets[i + 1])``. Readers of local shards read there instead of parsing
+every header before the sample; without offsets (version 1 indexes, compressed shards) they scan forward.
+
+Version 3 adds where each sample's fields lie (`dltrain.data.tar.SampleTable`), so that a reader takes a sample
+out of one read of its byte range without parsing a tar header: ``keys`` (each sample's key), ``fields`` (the
+distinct field lists of the shard's samples, in tar order), ``layout`` (per sample, its list in ``fields``; absent
+when there is one), ``members`` (per sample, per field: the data's offset from the sample's first byte, and its
+size, flat) and ``check`` (per sample, the CRC-32 of its bytes outside the fields' data: tar headers and padding).
+A read whose check differs parses the headers instead (the shard changed since it was indexed, or is damaged; the
+errors are then those of a version 2 index). Shards whose samples repeat a field have no table. Older indexes
+still read; ``dltrain shards index`` (`build_index`) rewrites one as version 3.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from dltrain.data.tar import REWRITE, scan_shard
+from dltrain.data.tar import REWRITE, SampleTable, ShardScan, scan_shard
 from dltrain.data.urls import dirname, expand_urls, is_local, local_path, open_url
 from dltrain.errors import DataError
 
@@ -44,7 +55,7 @@ __all__ = [
 ]
 
 INDEX_FORMAT = "dltrain.shard-index"
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 INDEX_SUFFIX = ".index.json"
 
 
@@ -55,6 +66,8 @@ class ShardLayout(NamedTuple):
     """Samples per shard."""
     offsets: list[np.ndarray | None]
     """Per shard, its ``samples + 1`` sample byte offsets (see the module docstring), ``None`` where unknown."""
+    tables: list[SampleTable | None]
+    """Per shard, where each sample's fields lie (version 3 indexes), ``None`` where unknown."""
 
 
 def _index_stem(urls: Sequence[str]) -> str:
@@ -90,15 +103,40 @@ def _relative_name(url: str, index_path: str) -> str:
 
 
 def make_index(
-    urls: Sequence[str], counts: Sequence[int], offsets: Sequence[Sequence[int] | None], index_path: str
+    urls: Sequence[str],
+    counts: Sequence[int],
+    offsets: Sequence[Sequence[int] | None],
+    index_path: str,
+    tables: Sequence[SampleTable | None] | None = None,
 ) -> dict[str, Any]:
+    """The index dict of these shards (see the module docstring); ``tables``: their `SampleTable`s, if known."""
     shards: list[dict[str, Any]] = []
-    for url, count, offs in zip(urls, counts, offsets):
+    for s, (url, count, offs) in enumerate(zip(urls, counts, offsets)):
         entry: dict[str, Any] = {"url": _relative_name(url, index_path), "samples": int(count)}
         if offs is not None:
             entry["offsets"] = [int(o) for o in offs]
+            table = tables[s] if tables is not None else None
+            if table is not None:
+                entry["keys"] = list(table.keys)
+                entry["fields"] = [list(f) for f in table.fields]
+                if table.layout is not None:
+                    entry["layout"] = list(table.layout)
+                entry["members"] = list(table.members)
+                entry["check"] = list(table.check)
         shards.append(entry)
     return {"format": INDEX_FORMAT, "version": INDEX_VERSION, "total": int(sum(counts)), "shards": shards}
+
+
+def _table_of(entry: Mapping[str, Any], offsets: Sequence[int]) -> SampleTable | None:
+    """The `SampleTable` of a version 3 index entry (None for older entries, or one that does not add up)."""
+    if "keys" not in entry:
+        return None
+    try:
+        table = SampleTable([str(k) for k in entry["keys"]], [tuple(str(f) for f in fs) for fs in entry["fields"]],
+                            entry.get("layout"), list(entry["members"]), list(entry["check"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return table if table.valid(offsets) else None
 
 
 def _index_text(index: Mapping[str, Any]) -> str:
@@ -173,11 +211,11 @@ def build_index(urls: str | Sequence[str], *, path: str | None = None, write: bo
     """
     expanded = expand_urls(urls)
     path = path or default_index_path(expanded)
-    scans: list[tuple[int, list[int] | None]] = []
+    scans: list[ShardScan] = []
     errors: list[DataError] = []
     for url in expanded:  # every shard, so that one error names all the bad ones
         try:
-            scans.append(scan_shard(url))
+            scans.append(scan_shard(url, members=True))
         except DataError as exn:
             errors.append(exn)
     if len(errors) == 1:
@@ -186,7 +224,7 @@ def build_index(urls: str | Sequence[str], *, path: str | None = None, write: bo
         lines = "\n".join(f"  {exn}" for exn in errors)
         raise DataError(f"{len(errors)} of {len(expanded)} shards cannot be indexed; no index was written:\n{lines}",
                         url=errors[0].url)
-    index = make_index(expanded, [c for c, _ in scans], [o for _, o in scans], path)
+    index = make_index(expanded, [c.samples for c in scans], [c.offsets for c in scans], path, [c.table for c in scans])
     if write:
         write_index(index, path)
     return index
@@ -253,6 +291,7 @@ def shard_layout(
         )
     counts: list[int] = []
     offsets: list[np.ndarray | None] = []
+    tables: list[SampleTable | None] = []
     for url in urls:
         key = os.path.normpath(local_path(url)) if is_local(url) else url
         found = by_name.get(key, by_name.get(url))
@@ -260,8 +299,11 @@ def shard_layout(
             found = by_name.get(posixpath.basename(local_path(url)))
             if found is None:
                 warn(f"shard {url!r} is not in the index {path!r}; counting it by reading its headers")
+        table = None
         if found is not None:
             count, offs = int(found["samples"]), found.get("offsets")
+            if offs is not None and len(offs) == count + 1:
+                table = _table_of(found, offs)
             if offs is not None and len(offs) != count + 1:
                 raise DataError(
                     f"the index {path!r} lists {len(offs)} offsets for {count} samples: it is damaged; rebuild it "
@@ -270,7 +312,7 @@ def shard_layout(
                 )
         else:
             try:
-                count, offs = scan_shard(url, skip_damaged=missing_ok, warn=warn, advice=(
+                count, offs, _ = scan_shard(url, skip_damaged=missing_ok, warn=warn, advice=(
                     f"{REWRITE}; on_error='skip' reads it up to the damage and skips and counts the samples after it"
                 ))
             except DataError as exn:
@@ -280,6 +322,7 @@ def shard_layout(
                 count, offs = 0, None
         counts.append(count)
         offsets.append(None if offs is None else np.asarray(offs, dtype=np.int64))
-    return ShardLayout(counts, offsets)
+        tables.append(table)
+    return ShardLayout(counts, offsets, tables)
 
 

@@ -421,7 +421,8 @@ class Mixture(StreamingDataset):
         if self._layout is None:
             layouts = [src.layout for src in self.sources]
             self._layout = ShardLayout([c for lay in layouts for c in lay.counts],
-                                       [o for lay in layouts for o in lay.offsets])
+                                       [o for lay in layouts for o in lay.offsets],
+                                       [t for lay in layouts for t in lay.tables])
         return self._layout
 
     @property

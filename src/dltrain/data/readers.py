@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import contextlib
 import tarfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from dltrain._compat import tar_next_offset, tar_read_member_at, wds_split_name
-from dltrain.data.tar import Mismatch, TarDamage, TarWalker, cut_short, grouped, parse_sample
+from dltrain.data.tar import (
+    Mismatch,
+    SampleTable,
+    TarDamage,
+    TarWalker,
+    cut_short,
+    grouped,
+    header_check,
+    parse_sample,
+)
 from dltrain.data.urls import open_shard, read_at
 from dltrain.errors import DataError
 
@@ -199,27 +209,34 @@ class ShardReader:
 class IndexedShardReader:
     """Random-access reader of one local, uncompressed shard whose index has sample offsets.
 
-    Sample ``i`` is the tar members in ``[offsets[i], offsets[i + 1])``: the reader seeks there and lets
-    `tarfile` parse just those headers, so a loader worker touches only the samples it reads (the forward
-    `ShardReader` parses every header before them). The range is also a cheap check that the index still fits
-    the shard: its first header must parse, its members must share one key and end exactly at the next offset.
+    Sample ``i`` is the tar members in ``[offsets[i], offsets[i + 1])``, read with one positioned read, so a
+    loader worker touches only the samples it reads (the forward `ShardReader` parses every header before them).
+    With a `SampleTable` (index version 3) the fields are cut out of that read where the table says they are,
+    once the CRC of the bytes around them (headers, padding) matches the table's: no header is parsed. Without
+    one, or when the check differs, the headers in the range are parsed (`parse_sample`, else `tarfile`); the
+    range is then also a check that the index still fits the shard: its first header must parse, its members
+    must share one key and end exactly at the next offset.
 
     Args:
         url: local shard path or ``file:`` URL (see `seekable`).
         offsets: the shard's ``samples + 1`` offsets from the index.
         expected: samples the index says the shard has.
+        table: where each sample's fields lie (from a version 3 index).
     """
 
-    def __init__(self, url: str, offsets: Sequence[int] | np.ndarray, expected: int) -> None:
+    def __init__(self, url: str, offsets: Sequence[int] | np.ndarray, expected: int,
+                 table: SampleTable | None = None) -> None:
         self.url = url
         self.expected = expected
-        self._offsets = offsets
+        self._offsets: list[int] = offsets.tolist() if isinstance(offsets, np.ndarray) else [int(o) for o in offsets]
+        self._table = table if table is not None and len(table) == expected else None
         self._file: Any = None
         self._tar: tarfile.TarFile | None = None
         self._size = 0
         self._failed: DataError | None = None  # the shard could not be opened: every sample fails the same way
         self.next_index = 0  # any sample can be read, in any order (same attribute as `ShardReader`)
-        self.fast_reads = 0  # samples parsed by `parse_sample` (the rest went through tarfile)
+        self.fast_reads = 0  # samples parsed by `parse_sample` (the rest went through tarfile or the table)
+        self.table_reads = 0  # samples cut out where the table says, no header parsed
 
     def _open(self, index: int) -> tarfile.TarFile:
         try:
@@ -238,6 +255,58 @@ class IndexedShardReader:
             self.close()
             raise self._read_error(exn, f"#{index}") from exn
 
+    def get_many(self, indices: Sequence[int]) -> list[dict[str, Any] | DataError]:
+        """The raw samples at ``indices`` (see `get`), a `DataError` in place of each sample that cannot be read.
+
+        With a table, one loop over the samples: one positioned read each, the check, the fields cut out;
+        a sample whose check differs goes through `get`.
+        """
+        table = self._table
+        if table is not None and self._tar is None and self._failed is None:
+            try:
+                self._tar = self._open(indices[0] if len(indices) else 0)
+            except DataError as exn:
+                self._failed = exn
+        if table is None or self._failed is not None:
+            return [self._get_or_error(i) for i in indices]
+        out: list[dict[str, Any] | DataError] = []
+        offsets, keys, check, members, file, url = (self._offsets, table.keys, table.check, table.members,
+                                                    self._file, self.url)
+        one = table.fields[0] if table.layout is None else None
+        stride = 2 * len(one) if one is not None else 0
+        crc32 = zlib.crc32
+        for i in indices:
+            if not 0 <= i < self.expected:
+                raise ValueError(f"sample {i} of {self.url} is out of range (the index says {self.expected})")
+            start = offsets[i]
+            size = offsets[i + 1] - start
+            buf = read_at(file, start, size)
+            if one is not None:
+                fields, at = one, stride * i
+            else:
+                fields, at = table.sample(i)
+            view = memoryview(buf)
+            sample: dict[str, Any] = {"__key__": keys[i], "__url__": url}
+            crc = pos = 0
+            for field in fields:
+                a, n = members[at], members[at + 1]
+                crc = crc32(view[pos:a], crc)
+                sample[field] = buf[a : a + n]
+                pos = a + n
+                at += 2
+            if len(buf) == size and crc32(view[pos:], crc) == check[i]:
+                out.append(sample)
+            else:
+                out.append(self._get_or_error(i))
+        self.table_reads += sum(1 for sample in out if not isinstance(sample, DataError))
+        return out
+
+    def _get_or_error(self, index: int) -> dict[str, Any] | DataError:
+        try:
+            return self.get(index)
+        except DataError as exn:
+            return exn
+
     def get(self, index: int) -> dict[str, Any]:
         """The raw sample at ``index``: ``{"__key__", "__url__", ext: bytes, ...}``; raises `DataError`."""
         if self._failed is not None:
@@ -250,7 +319,7 @@ class IndexedShardReader:
             except DataError as exn:
                 self._failed = exn
                 raise
-        start, stop = int(self._offsets[index]), int(self._offsets[index + 1])
+        start, stop = self._offsets[index], self._offsets[index + 1]
         if start >= self._size:
             raise DataError(
                 f"the shard has {self._size} bytes but the index puts sample #{index} at byte {start}: it is "
@@ -259,6 +328,11 @@ class IndexedShardReader:
                 url=self.url,
                 key=self._where(index),
             )
+        if self._table is not None:
+            cut = self._read_table(index, start, stop)
+            if cut is not None:
+                self.table_reads += 1
+                return cut
         fast = self._read_fast(start, stop)
         if fast is not None:
             self.fast_reads += 1
@@ -288,6 +362,24 @@ class IndexedShardReader:
         except Exception as exn:
             raise self._read_error(exn, sample.get("__key__") or self._where(index)) from exn
         sample["__url__"] = self.url
+        return sample
+
+    def _read_table(self, index: int, start: int, stop: int) -> dict[str, Any] | None:
+        """The sample cut out of one read where the table says its fields are; ``None`` if the read is short or
+        the bytes around the fields are not the ones indexed (then the headers are parsed)."""
+        assert self._table is not None
+        buf = read_at(self._file, start, stop - start)
+        if len(buf) != stop - start:
+            return None
+        fields, at = self._table.sample(index)
+        members = self._table.members
+        pairs = members[at : at + 2 * len(fields)]
+        if header_check(lambda a, b: buf[a:b], len(buf), pairs) != self._table.check[index]:
+            return None
+        sample: dict[str, Any] = {"__key__": self._table.keys[index], "__url__": self.url}
+        for j, field in enumerate(fields):
+            a, n = pairs[2 * j], pairs[2 * j + 1]
+            sample[field] = buf[a : a + n]
         return sample
 
     def _read_fast(self, start: int, stop: int) -> dict[str, Any] | None:
@@ -332,7 +424,7 @@ class IndexedShardReader:
         previous = None
         if index > 0 and self._tar is not None:
             with contextlib.suppress(Exception):
-                previous = wds_split_name(tar_read_member_at(self._tar, int(self._offsets[index - 1])).name)[0]
+                previous = wds_split_name(tar_read_member_at(self._tar, self._offsets[index - 1]).name)[0]
         return f"#{index} (after {previous!r})" if previous else f"#{index}"
 
     def _read_error(self, exn: Exception, key: str) -> DataError:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, default_convert, get_worker_info
 
 from dltrain._compat import shutdown_loader_workers
 from dltrain.data import plan as _plan
@@ -492,22 +492,31 @@ class StreamingDataset(IterableDataset):
         readers: dict[int, ShardReader | IndexedShardReader],
         wanted: Callable[[int], np.ndarray],
     ) -> dict[int, Any]:
-        """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``."""
+        """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``.
+
+        Samples of seekable shards are read shard by shard, all of a shard's in one `IndexedShardReader.get_many`
+        call; forward readers go through the positions in order (one open stream at a time)."""
         raw: dict[int, Any] = {}
         shard_ids, locals_ = where(need)
+        layout = self.layout
+        seek: dict[int, tuple[list[int], list[int]]] = {}  # shard -> (positions, indices), for positioned reads
         for p, s, i in zip(need.tolist(), shard_ids.tolist(), locals_.tolist()):
+            group = seek.get(s)
+            if group is not None:
+                group[0].append(p)
+                group[1].append(i)
+                continue
             reader = readers.get(s)
+            if isinstance(reader, IndexedShardReader) or (reader is None and self._seekable(s)):
+                seek[s] = ([p], [i])
+                continue
             # Keep a forward reader when the next sample lies further along its shard: no re-reading.
             if reader is None or i < reader.next_index:
-                offsets = self.layout.offsets[s]
-                if offsets is not None and self._seekable(s):
-                    reader = IndexedShardReader(self.urls[s], offsets, counts[s])
-                else:
-                    reader = ShardReader(self.urls[s], wanted(s).tolist(), counts[s])
-                    # Forward readers stream their shard (maybe a pipe): one open at a time, as the sorted positions
-                    # go shard by shard.
-                    for t in [t for t, r in readers.items() if isinstance(r, ShardReader)]:
-                        readers.pop(t).close()
+                reader = ShardReader(self.urls[s], wanted(s).tolist(), counts[s])
+                # Forward readers stream their shard (maybe a pipe): one open at a time, as the sorted positions
+                # go shard by shard.
+                for t in [t for t, r in readers.items() if isinstance(r, ShardReader)]:
+                    readers.pop(t).close()
                 readers[s] = reader
             try:
                 raw[p] = reader.get(i)
@@ -515,30 +524,48 @@ class StreamingDataset(IterableDataset):
                 if self.on_error == "raise":
                     raise
                 raw[p] = exn
+        for s, (positions, indices) in seek.items():
+            reader = readers.get(s)
+            if not isinstance(reader, IndexedShardReader):
+                offsets = layout.offsets[s]
+                assert offsets is not None
+                reader = readers[s] = IndexedShardReader(self.urls[s], offsets, counts[s], layout.tables[s])
+            raw.update(zip(positions, reader.get_many(indices)))
+        if seek and self.on_error == "raise":
+            for p in need.tolist():  # the first bad sample in position order, as reading one by one would raise
+                if isinstance(raw[p], DataError):
+                    raise raw[p]
         return raw
 
     def _make_batch(self, plan: _plan.EpochPlan, positions: np.ndarray, raw: dict[int, Any],
                     where: tuple[np.ndarray, np.ndarray], tagged: bool) -> Any:
         """Decode, map and collate the samples at ``positions``; ``where`` is their (shard ids, indices in shard),
         sent with the batch as its `BatchSamples` when sample ids are recorded (``record_samples``)."""
-        samples: list[Any] = []
-        bad: list[DataError] = []
-        keys: list[str] = []
-        good: list[int] = []
+        items = [raw.pop(p) for p in positions.tolist()]
+        ok = [n for n, item in enumerate(items) if not isinstance(item, DataError)]
+        bad: list[DataError] = [items[n] for n in range(len(items)) if isinstance(items[n], DataError)] if len(
+            ok) < len(items) else []
         sources, shard_sources = plan.sources, plan.shard_sources
-        for n, (p, shard) in enumerate(zip(positions.tolist(), where[0].tolist())):
-            item = raw.pop(p)
-            if isinstance(item, DataError):
-                bad.append(item)
-                continue
-            try:
-                samples.append(prepare_sample(sources[shard_sources[shard]], item))
-                keys.append(str(item.get("__key__")))
-                good.append(n)
-            except DataError as exn:
+        results: list[Any]
+        if len(sources) == 1:
+            results = prepare_samples(sources[0], [items[n] for n in ok])
+        else:  # a Mixture: each source decodes and maps its own samples
+            source_of = [shard_sources[s] for s in where[0].tolist()]
+            results = [None] * len(ok)
+            for src in sorted({source_of[n] for n in ok}):
+                mine = [k for k, n in enumerate(ok) if source_of[n] == src]
+                for k, result in zip(mine, prepare_samples(sources[src], [items[ok[k]] for k in mine])):
+                    results[k] = result
+        samples: list[Any] = []
+        good: list[int] = []
+        for n, result in zip(ok, results):
+            if isinstance(result, DataError):
                 if self.on_error == "raise":
-                    raise
-                bad.append(exn)
+                    raise result
+                bad.append(result)
+                continue
+            samples.append(result)
+            good.append(n)
         batch = None
         if samples:
             try:
@@ -546,11 +573,14 @@ class StreamingDataset(IterableDataset):
             except DataError:
                 raise
             except Exception as exn:
+                keys = [str(items[n].get("__key__")) for n in good]
                 raise DataError(
                     f"collate_fn failed on samples {keys[:8]}{'...' if len(keys) > 8 else ''} "
                     f"({type(exn).__name__}: {exn}); make map return samples of one structure and shape"
                 ) from exn
-        held = BatchSamples(where[0][good], where[1][good], keys) if self._record else None
+        held = None
+        if self._record:
+            held = BatchSamples(where[0][good], where[1][good], [str(items[n].get("__key__")) for n in good])
         if tagged:
             return ("batch", batch, len(bad), [str(e) for e in bad[:_MAX_REPORTED_ERRORS]], held)
         if bad:
@@ -559,33 +589,50 @@ class StreamingDataset(IterableDataset):
         return batch
 
 
+def prepare_samples(source: _plan.SampleSource, raws: list[dict[str, Any]]) -> list[Any]:
+    """Decode and map raw samples with their source's ``decoder`` and ``map``; a sample that fails gives a
+    `DataError` naming the shard and the key in its place. One ``try`` for the whole list while nothing fails."""
+    decoder, fn = source.decoder, source.map
+    out: list[Any] = []
+    while len(out) < len(raws):
+        try:
+            if fn is None:
+                for raw in raws[len(out):]:
+                    out.append(decoder(raw))
+            else:
+                for raw in raws[len(out):]:
+                    out.append(fn(decoder(raw)))
+        except Exception as exn:
+            out.append(_sample_error(exn, raws[len(out)]))
+    return out
+
+
 def prepare_sample(source: _plan.SampleSource, raw: dict[str, Any]) -> Any:
     """Decode and map one raw sample with its source's ``decoder`` and ``map``; errors become `DataError`s that
     name the shard and the key."""
-    try:
-        sample = source.decoder(raw)
-        if source.map is None:
-            return sample
-        return source.map(sample)
-    except DataError as exn:
+    result = prepare_samples(source, [raw])[0]
+    if isinstance(result, DataError):
+        raise result
+    return result
+
+
+def _sample_error(exn: Exception, raw: dict[str, Any]) -> DataError:
+    """The `DataError` of a decode or map that raised ``exn`` on ``raw`` (with the shard and the key)."""
+    url, key = raw.get("__url__"), raw.get("__key__")
+    if isinstance(exn, DataError):
         if exn.url is not None and exn.key is not None:
-            raise
+            return exn
         # A plugin's decoder or map raised a DataError without knowing where the sample came from.
-        raise DataError(exn.reason, url=exn.url or raw.get("__url__"), key=exn.key or raw.get("__key__")) from exn
-    except KeyError as exn:
-        fields = sorted(k for k in sample if not k.startswith("__"))
-        raise DataError(
-            f"the sample has no field {exn.args[0]!r} that map needs (it has {fields}); fix the shard or "
-            "the map, or use on_error='skip'",
-            url=raw.get("__url__"),
-            key=raw.get("__key__"),
-        ) from exn
-    except Exception as exn:
-        raise DataError(
-            f"map raised {type(exn).__name__}: {exn}; fix the map or the sample, or use on_error='skip'",
-            url=raw.get("__url__"),
-            key=raw.get("__key__"),
-        ) from exn
+        out = DataError(exn.reason, url=exn.url or url, key=exn.key or key)
+    elif isinstance(exn, KeyError):
+        fields = sorted(k for k in raw if not k.startswith("__"))
+        out = DataError(f"the sample has no field {exn.args[0]!r} that map needs (it has {fields}); fix the shard "
+                        "or the map, or use on_error='skip'", url=url, key=key)
+    else:
+        out = DataError(f"map raised {type(exn).__name__}: {exn}; fix the map or the sample, or use on_error='skip'",
+                        url=url, key=key)
+    out.__cause__ = exn
+    return out
 
 
 class ShardsPlan:
@@ -623,6 +670,20 @@ class ShardsPlan:
                 f"but this dataset has {n} samples in {shards} shards: "
                 "resume with the same shards (and index), or start the epoch over without the loader state"
             )
+
+
+class _ConvertBatch:
+    """What `DataLoader` does to each item when ``batch_size=None`` (torch's ``default_convert``: numpy arrays
+    into tensors), done to the batch inside the loader's ``("batch", batch, ...)`` item only, and not at all
+    after `default_collate`, whose batches hold no numpy array (the walk cost ~1 µs per sample of small ones)."""
+
+    def __init__(self, convert: bool) -> None:
+        self.convert = convert
+
+    def __call__(self, item: Any) -> Any:
+        if self.convert and item[0] == "batch":
+            return (item[0], default_convert(item[1]), *item[2:])
+        return item
 
 
 class _WorkerView(IterableDataset):
@@ -692,6 +753,8 @@ class StreamingDataLoader(DataLoader):
             pin_memory = torch.cuda.is_available()
         if persistent_workers is None:
             persistent_workers = num_workers > 0
+        if "collate_fn" not in kwargs:
+            kwargs["collate_fn"] = _ConvertBatch(dataset.collate_fn is not default_collate)
         super().__init__(
             view,
             batch_size=None,

@@ -38,11 +38,11 @@ import re
 import tarfile
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from dltrain._compat import tar_next_offset, tar_read_member_at, wds_drops_meta_member, wds_split_name
-from dltrain.data.urls import open_shard, seekable
+from dltrain.data.urls import open_shard, read_at, seekable
 from dltrain.errors import DataError
 
 __all__ = ["count_samples"]
@@ -303,9 +303,8 @@ class _KeyCounter:
         self.count = 0
         self.key: str | None = None
 
-    def feed(self, fname: str) -> bool:
-        """Count ``fname``'s member; True when it starts a new sample."""
-        prefix, _ = wds_split_name(fname)
+    def feed(self, prefix: str | None) -> bool:
+        """Count a member of sample key ``prefix``; True when it starts a new sample."""
         if prefix is not None and prefix != self.key:
             self.key = prefix
             self.count += 1
@@ -326,15 +325,19 @@ def grouped_name(name: str) -> bool:
 
 
 class _Scan:
-    """What one walk over a shard's headers found: samples, their offsets, the first damage."""
+    """What one walk over a shard's headers found: samples, their offsets, the first damage, and (``members``)
+    each sample's key and grouped members ``(field, data offset, size)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, members: bool = False) -> None:
         self.counter = _KeyCounter()
         self.offsets: list[int] = []
         self.end = 0  # where the data of the last sample ends
         self.damage: TarDamage | None = None
         self.last_key: str | None = None  # the last sample key read before the damage
         self.before = 0  # samples seen before the damage (the last of them may be incomplete)
+        self.collect = members  # cleared when a sample cannot be described (a field twice)
+        self.keys: list[str] = []
+        self.members: list[list[tuple[str, int, int]]] = []
 
     def run(self, walker: TarWalker, *, resync: bool) -> _Scan:
         """Count; at damage stop, or (``resync``) count on from the next valid header to know what is lost."""
@@ -342,10 +345,22 @@ class _Scan:
         while True:
             try:
                 for info in walker.members(start):
-                    if not grouped(info) or wds_split_name(info.name)[0] is None:
+                    if not grouped(info):
                         continue
-                    if self.counter.feed(info.name):
+                    key, field = wds_split_name(info.name)
+                    if key is None:
+                        continue
+                    if self.counter.feed(key):
                         self.offsets.append(info.offset)
+                        if self.collect:
+                            self.keys.append(key)
+                            self.members.append([])
+                    if self.collect:
+                        field = field.lower()
+                        sample = self.members[-1]
+                        if any(f == field for f, _, _ in sample):
+                            self.collect = False  # readers parse it, and say what is wrong
+                        sample.append((field, info.offset_data, info.size))
                     self.end = tar_next_offset(walker.tar)  # past this member's data
                 return self
             except TarDamage as exn:
@@ -357,6 +372,97 @@ class _Scan:
                 if found is None:
                     return self
                 start = found
+
+
+class SampleTable:
+    """Where each sample's fields lie in one shard, for reading a sample with one positioned read and no header
+    parsing (the index's ``keys``, ``fields``, ``layout``, ``members`` and ``check``; see `dltrain.data.index`).
+
+    Attributes:
+        keys: each sample's ``__key__``.
+        fields: the distinct field tuples of the shard's samples.
+        layout: per sample, its field tuple in ``fields`` (``None``: every sample has ``fields[0]``).
+        members: per sample, per field: the data's offset from the sample's first byte, and its size, flat.
+        check: per sample, the CRC-32 of its bytes outside its fields' data (tar headers, PAX records, padding,
+            members not grouped into samples): a read whose check differs does not trust the table (the shard
+            changed or is damaged) and parses the headers instead, with their errors.
+    """
+
+    __slots__ = ("check", "fields", "keys", "layout", "members", "starts")
+
+    def __init__(self, keys: list[str], fields: list[tuple[str, ...]], layout: list[int] | None,
+                 members: list[int], check: list[int]) -> None:
+        self.keys, self.fields, self.layout, self.members, self.check = keys, fields, layout, members, check
+        # Where each sample's pairs start in ``members`` (a constant stride when there is one layout).
+        self.starts: list[int] | None = None
+        if layout is not None:
+            sizes = [2 * len(fields[k]) for k in layout]
+            self.starts = [0]
+            for n in sizes:
+                self.starts.append(self.starts[-1] + n)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def sample(self, i: int) -> tuple[tuple[str, ...], int]:
+        """(fields of sample ``i``, where its (offset, size) pairs start in ``members``)."""
+        if self.layout is None:
+            fields = self.fields[0]
+            return fields, 2 * len(fields) * i
+        assert self.starts is not None
+        return self.fields[self.layout[i]], self.starts[i]
+
+    def valid(self, offsets: Sequence[int]) -> bool:
+        """Whether the table is whole for these sample offsets (the index could be edited by hand)."""
+        n = len(self.keys)
+        if len(offsets) != n + 1 or len(self.check) != n:
+            return False
+        if self.layout is None:
+            return len(self.fields) == 1 and len(self.members) == 2 * len(self.fields[0]) * n
+        return len(self.layout) == n and all(0 <= k < len(self.fields) for k in self.layout) and (
+            self.starts is not None and self.starts[-1] == len(self.members))
+
+
+def header_check(read: Callable[[int, int], bytes], stop: int, pairs: Sequence[int]) -> int:
+    """CRC-32 of the bytes ``[0, stop)`` of a sample outside its fields' data, ``pairs`` = (offset, size), ...
+    relative to the sample's start, in order; ``read(a, b)`` gives bytes ``[a, b)``."""
+    crc, pos = 0, 0
+    for j in range(0, len(pairs), 2):
+        crc = zlib.crc32(read(pos, pairs[j]), crc)
+        pos = pairs[j] + pairs[j + 1]
+    return zlib.crc32(read(pos, stop), crc)
+
+
+def _table(scan: _Scan, file: Any) -> SampleTable | None:
+    """The `SampleTable` of a scan of a local shard open as ``file`` (reads only the bytes outside the data)."""
+    if not scan.collect or not scan.keys:
+        return None
+    bounds = [*scan.offsets, scan.end]
+    fields: dict[tuple[str, ...], int] = {}
+    layout: list[int] = []
+    members: list[int] = []
+    check: list[int] = []
+    for i, sample in enumerate(scan.members):
+        start, stop = bounds[i], bounds[i + 1]
+        layout.append(fields.setdefault(tuple(f for f, _, _ in sample), len(fields)))
+        pairs = [x for _, offset, size in sample for x in (offset - start, size)]
+        members += pairs
+
+        def read(a: int, b: int, start: int = start) -> bytes:
+            return read_at(file, start + a, b - a)
+
+        check.append(header_check(read, stop - start, pairs))
+    return SampleTable(scan.keys, list(fields), None if len(fields) == 1 else layout, members, check)
+
+
+class ShardScan(NamedTuple):
+    """What `scan_shard` found in one shard."""
+
+    samples: int
+    offsets: list[int] | None
+    """``count + 1`` sample byte offsets (local uncompressed shards without damage), else None."""
+    table: SampleTable | None
+    """Where each sample's fields lie (asked for with ``members=True``, where there are offsets)."""
 
 
 def _damage_message(damage: TarDamage, last_key: str | None) -> str:
@@ -373,14 +479,17 @@ def scan_shard(
     skip_damaged: bool = False,
     warn: Callable[[str], None] | None = None,
     advice: str = REWRITE,
-) -> tuple[int, list[int] | None]:
-    """(samples, sample offsets) of one shard from its tar headers; offsets only where `seekable`.
+    members: bool = False,
+) -> ShardScan:
+    """Samples, sample offsets and (``members``) the `SampleTable` of one shard from its tar headers; offsets
+    and table only where `seekable`.
 
     A damaged shard raises `DataError` (its message ends with ``advice``), or with ``skip_damaged`` warns and
     counts every sample it can find, with no offsets: readers then read it forward up to the damage and count the
     rest as skipped.
     """
-    scan = _Scan()
+    scan = _Scan(members=members and seekable(url))
+    table = None
     try:
         walker, stream = TarWalker.open(url)
     except TarDamage as exn:  # the first header
@@ -396,6 +505,8 @@ def scan_shard(
     else:
         try:
             scan.run(walker, resync=skip_damaged)
+            if scan.damage is None:
+                table = _table(scan, stream)
         except Exception as exn:
             raise DataError(
                 f"cannot count the samples of the shard ({type(exn).__name__}: {exn}); rewrite the shard or leave "
@@ -406,7 +517,7 @@ def scan_shard(
             with contextlib.suppress(Exception):
                 stream.close()
     if scan.damage is None:
-        return scan.counter.count, [*scan.offsets, scan.end] if seekable(url) else None
+        return ShardScan(scan.counter.count, [*scan.offsets, scan.end] if seekable(url) else None, table)
     message = _damage_message(scan.damage, scan.last_key)
     if not skip_damaged:
         raise DataError(f"{message}. {advice}", url=url)
@@ -418,7 +529,7 @@ def scan_shard(
         f"{message} (shard {url!r}); it will be read up to the damage, and {lost} of the {count} samples found"
         f"{unknown} will be skipped and counted (on_error='skip'); rewrite the shard"
     )
-    return count, None
+    return ShardScan(count, None, None)
 
 
 def count_samples(url: str) -> int:
@@ -427,7 +538,7 @@ def count_samples(url: str) -> int:
     Raises:
         DataError: the shard is missing, or damaged (see `dltrain.data.index.build_index`).
     """
-    return scan_shard(url)[0]
+    return scan_shard(url).samples
 
 
 class Mismatch(Exception):

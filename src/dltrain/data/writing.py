@@ -10,6 +10,7 @@ from webdataset.writer import ShardWriter
 
 from dltrain._compat import tar_writer_offset
 from dltrain.data.index import default_index_path, make_index, write_index
+from dltrain.data.tar import scan_shard
 from dltrain.data.urls import is_local, local_path, seekable
 from dltrain.errors import DataError
 
@@ -100,5 +101,9 @@ def write_shards(
         writer.close()
     if index and paths:
         index_path = default_index_path(paths)
-        write_index(make_index(paths, counts, offsets, index_path), index_path)
+        # Where each sample's fields lie (index version 3): a walk of each local shard just written, as
+        # `build_index` walks them (the same code, so the table is the one readers check against).
+        tables = [scan_shard(path, members=True).table if offs is not None else None
+                  for path, offs in zip(paths, offsets)]
+        write_index(make_index(paths, counts, offsets, index_path, tables), index_path)
     return paths
