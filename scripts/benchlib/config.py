@@ -13,10 +13,13 @@ FULL = {
     "repeats": 7,
     "loop": {"steps": 400, "batch": 64, "in_dim": 32, "hidden": 128, "classes": 10},
     "cnn": {"steps": 30, "batch": 64},
-    "data": {"samples": 10_000, "shards": 10, "batch": 64, "epochs": 2, "workers": [0, 2], "repeats": 5,
-             "pause_s": 0.3},
+    # regimes: case 3's other shard sets (issue 27), dltrain against LitData: raw 2 KiB payloads, no decode
+    # (reader-bound); ImageNet-like 256 px JPEGs (decode-bound). Sample counts are whole batches (nothing dropped).
+    "data": {"samples": 10_000, "shards": 10, "batch": 64, "epochs": 2, "workers": [0, 2], "repeats": 9,
+             "pause_s": 0.3, "regimes": {"raw": {"samples": 24_000, "shards": 12, "bytes": 2048},
+                                         "jpeg": {"samples": 640, "shards": 4, "size": 256}}},
     "ddp": {"steps": 200, "batch": 64, "repeats": 7},
-    "resume": {"samples": 100_000, "shards": 20, "batch": 64, "workers": 2, "repeats": 5},
+    "resume": {"samples": 100_000, "shards": 20, "batch": 64, "workers": 2, "repeats": 9},
     "ledger": {"steps": 600, "batch": 64, "workers": 2, "repeats": 7},
     "plugins": {"seconds": 5.0},
     "resnet": {"steps": 50, "batch": 64, "size": 224},
@@ -27,7 +30,8 @@ QUICK = {
     "loop": {"steps": 200, "batch": 64, "in_dim": 32, "hidden": 128, "classes": 10},
     "cnn": {"steps": 6, "batch": 64},
     "data": {"samples": 2_000, "shards": 4, "batch": 64, "epochs": 2, "workers": [0, 2], "repeats": 3,
-             "pause_s": 0.3},
+             "pause_s": 0.3, "regimes": {"raw": {"samples": 4_096, "shards": 4, "bytes": 2048},
+                                         "jpeg": {"samples": 128, "shards": 2, "size": 256}}},
     "ddp": {"steps": 60, "batch": 64, "repeats": 3},
     "resume": {"samples": 20_000, "shards": 8, "batch": 64, "workers": 2, "repeats": 3},
     "ledger": {"steps": 150, "batch": 64, "workers": 2, "repeats": 3},
@@ -48,5 +52,8 @@ TARGETS = {
     "data_gap_ms": 100.0,
     "data_first_s": 2.0,
     "resume_ratio": 1.5,  # time to first batch at 90% / at 10%
+    "litdata_ratio": 1.1,  # dltrain / LitData samples/s, paired, where the loader is the bottleneck (raw, png)
+    "litdata_parity": 0.95,  # ... where the decode is (jpeg): parity within the noise of paired rounds
+    "quiet_load": 1.5,  # a verdict is "noisy", not PASS/MISS, when the load average exceeded this during the run
     "cuda": 1.03,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import io
 import json
@@ -15,9 +16,16 @@ from typing import Any
 
 from benchlib.common import _PERF
 
+# Case 3's regimes: the samples' payload field, and how it is decoded (the same function in every pipeline).
+# png: 32x32 PNGs (case 3 as it was); raw: 2 KiB of bytes, not decoded (the loader is the bottleneck); jpeg:
+# ImageNet-like 256 px JPEGs (the decode is the bottleneck).
+REGIMES = ("png", "raw", "jpeg")
+FIELDS = {"png": "png", "raw": "bin", "jpeg": "jpg"}
+
 
 def decode_png(data: bytes) -> Any:
-    """PNG bytes -> float tensor [3, H, W] in [0, 1] (PIL decode; the same function in every pipeline)."""
+    """Image bytes (PNG, JPEG) -> float tensor [3, H, W] in [0, 1] (PIL decode; the same function in every
+    pipeline)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -27,9 +35,19 @@ def decode_png(data: bytes) -> Any:
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
+def decoder_of(regime: str) -> Any:
+    """The payload decoder of a regime (None: the bytes as they are)."""
+    return None if regime == "raw" else decode_png
+
+
 def stream_pair(sample: dict[str, Any]) -> tuple[Any, int, str]:
     """(image, class, key): every pipeline's batches carry their keys, for the exactly-once check."""
     return sample["png"], sample["cls"], sample["__key__"]
+
+
+def stream_triple(field: str, sample: dict[str, Any]) -> tuple[Any, int, str]:
+    """(payload, class, key) of a dltrain sample (`stream_pair` for any payload field; bound with partial)."""
+    return sample[field], sample["cls"], sample["__key__"]
 
 
 def tar_samples(url: str) -> Iterator[dict[str, Any]]:
@@ -84,6 +102,8 @@ class DataRunner:
 
     def __init__(self, variant: str, cfg: dict[str, Any], urls: list[str]) -> None:
         self.variant, self.cfg, self.urls = variant, cfg, urls
+        self.regime = str(cfg.get("regime", "png"))
+        self.field = FIELDS[self.regime]
         self.map_ds = MapStyleImages(urls) if variant == "mapstyle" else None
         self.keys = {s["key"] for url in urls for s in tar_samples(url)}
 
@@ -107,8 +127,10 @@ class DataRunner:
             # compressed shards are; persistent workers read each next epoch's first window ahead.
             urls = self.urls if self.variant == "streaming" else [f"pipe:cat {u}" for u in self.urls]
             ahead = self.variant != "pipe-no-read-ahead"
-            ds = StreamingDataset(urls, batch_size=b, decode={"png": decode_png}, map=stream_pair,
-                                  shuffle=True, shuffle_buffer=1000, seed=rep, index=default_index_path(self.urls))
+            decode = decoder_of(self.regime)
+            ds = StreamingDataset(urls, batch_size=b, decode={self.field: decode} if decode else None,
+                                  map=functools.partial(stream_triple, self.field), shuffle=True,
+                                  shuffle_buffer=1000, seed=rep, index=default_index_path(self.urls))
             return ds.loader(num_workers=workers, read_ahead=ahead)
         if self.variant == "webloader":
             import webdataset as wds
@@ -200,6 +222,8 @@ def prepare(spec: dict[str, Any]) -> None:
 
         d = os.path.join(spec["tmp"], "images")
         out["data"] = write_shards(images(), os.path.join(d, "train-%06d.tar"), max_count=per)
+        for regime, rc in c.get("regimes", {}).items():
+            out[f"data-{regime}"] = write_regime(regime, rc, os.path.join(spec["tmp"], regime))
     if "resume" in spec:
         c = spec["resume"]
         per = math.ceil(c["samples"] / c["shards"])
@@ -216,6 +240,36 @@ def prepare(spec: dict[str, Any]) -> None:
     if "data" in spec:
         out["tar_diag"] = tar_diagnostics(out["data"][0])
     print("BENCH_RESULT " + json.dumps(out), flush=True)
+
+
+def write_regime(regime: str, rc: dict[str, Any], folder: str) -> list[str]:
+    """The shards of case 3's other regimes: ``raw`` (``rc["bytes"]`` random bytes per sample) or ``jpeg``
+    (``rc["size"]`` px square JPEGs, quality 90, of smooth random images: about the bytes and decode time of a
+    resized ImageNet photo, unlike noise, which JPEG compresses badly). 256 distinct payloads, cycled."""
+    import numpy as np
+    from PIL import Image
+
+    from dltrain.data import write_shards
+
+    rng = np.random.default_rng(2)
+    payloads = []
+    for _ in range(256 if regime == "raw" else 64):
+        if regime == "raw":
+            payloads.append(rng.integers(0, 256, int(rc["bytes"]), dtype=np.uint8).tobytes())
+            continue
+        size = int(rc["size"])
+        small = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize((size, size),
+                                                                                        Image.Resampling.BICUBIC)
+        grain = rng.normal(0, 12, (size, size, 3))  # texture, so that the JPEG is not trivially small
+        pixels = np.clip(np.asarray(small, dtype=np.float64) + grain, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+        payloads.append(buf.getvalue())
+    field = FIELDS[regime]
+    samples = ({"__key__": f"{regime}{i:07d}", field: payloads[i % len(payloads)], "cls": i % 10}
+               for i in range(int(rc["samples"])))
+    return write_shards(samples, os.path.join(folder, f"{regime}-%06d.tar"),
+                        max_count=math.ceil(int(rc["samples"]) / int(rc["shards"])))
 
 
 def tar_diagnostics(shard: str) -> dict[str, Any]:

@@ -103,6 +103,14 @@ _PEER_NAMES = {"fabric": "Fabric", "lightning": "Lightning", "webloader": "WebLo
 PEER_LOADERS = ["litdata", "mosaic"]
 
 
+def _exactly_once(runs: list[dict[str, Any]]) -> str:
+    """Over every checked epoch of these runs: the worst epoch's duplicated and missing (or unknown) keys."""
+    checks = [e for r in runs for e in r.get("epochs_checked", [])]
+    if not checks:
+        return "-"
+    return f"{max(e['duplicates'] for e in checks)} / {max(e['missing'] + e['unknown'] for e in checks)}"
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -115,6 +123,7 @@ class Bench:
         self.verdicts: list[tuple[str, str, str, str]] = []  # (figure, value, target, PASS/MISS)
         self.notes: list[str] = []
         self.headlines: list[dict[str, str]] = []  # the summary table's rows (render.headline)
+        self.loads: list[float] = []  # 1-minute load averages sampled during the run (start, between cases, end)
 
     def _headline(self, family: str, figure: str, dltrain: str, peer: str, limit: str, verdict: str) -> None:
         self.headlines.append(render.headline(family, figure, dltrain, peer, limit, verdict))
@@ -360,6 +369,93 @@ class Bench:
                       f"{diag['parse_us_int_mtime']:.0f} µs per member."]
         lines.append("")
         self.sections.append("\n".join(lines))
+
+    def case_data_regimes(self, shards: dict[str, Any]) -> None:
+        """Case 3's regimes (issue 27): dltrain's StreamingDataset against LitData's, paired, on raw 2 KiB payloads
+        with no decode (the reader is the bottleneck) and on 256 px JPEGs (the decode is), plus the PNG rows of
+        `case_data`."""
+        c = self.cfg["data"]
+        regimes = [r for r in c.get("regimes", {}) if f"data-{r}" in shards]
+        if not regimes:
+            return
+        variants = ["streaming", "litdata"]
+        workers = self._spawn(variants)
+        table: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        try:
+            for regime in regimes:
+                rc = {**c, **c["regimes"][regime], "regime": regime}
+                rc.pop("regimes")
+                for nw in c["workers"]:
+                    self._sample_load()
+                    res = self._interleave(workers, f"data-{regime}", c["repeats"], rc, variants,
+                                           extra={"urls": shards[f"data-{regime}"]},
+                                           args_of=lambda v, nw=nw: {"workers": nw})
+                    for v in variants:
+                        table[(regime, v, nw)] = res[v]
+        finally:
+            for w in workers.values():
+                w.close()
+        self.results["data_regimes"] = {f"{g}/{v}/{nw}": rs for (g, v, nw), rs in table.items()}
+        png = self.results.get("data", {})
+        for nw in c["workers"]:  # the PNG regime is case 3's main table: its streaming and litdata runs
+            for v in variants:
+                if f"{v}/{nw}" in png:
+                    table[("png", v, nw)] = png[f"{v}/{nw}"]
+        about = {"raw": f"{c['regimes'].get('raw', {}).get('bytes', 0):,} random bytes + cls per sample, no decode "
+                        "(the reader is the bottleneck)",
+                 "png": "case 3's 32x32 PNGs, PIL decode",
+                 "jpeg": f"{c['regimes'].get('jpeg', {}).get('size', 0)} px JPEGs (quality 90, smooth random images "
+                         "with grain), PIL decode to a float tensor (the decode is the bottleneck)"}
+        lines = ["### 3b. dltrain vs LitData in three regimes", "",
+                 "The same samples written once with `dltrain.data.write_shards` and converted (untimed, once) with "
+                 "`litdata.optimize`; shuffled epochs, batch "
+                 f"{c['batch']}, {c['epochs']} epochs per run with persistent workers, samples/s of the last epoch; "
+                 "each batch carries its keys and every epoch of every run is checked for every sample exactly "
+                 f"once. {c['repeats']} interleaved rounds; ratios paired by round (median, range).", ""]
+        lines += [f"- {g}: " + about[g] + (f", {c['regimes'][g]['samples']:,} samples in {c['regimes'][g]['shards']} "
+                                             "shards" if g in c.get("regimes", {}) else f", {c['samples']:,} samples")
+                  for g in ("raw", "png", "jpeg") if any(k[0] == g for k in table)]
+        lines += ["", "| regime | workers | dltrain samples/s | LitData samples/s | dltrain / LitData (paired) | "
+                  "first batch dltrain / LitData (s) | per epoch: duplicates / missing (dltrain; LitData) |",
+                  "|---|---|---|---|---|---|---|"]
+        for g in ("raw", "png", "jpeg"):
+            for nw in c["workers"]:
+                own = [r for r in table.get((g, "streaming", nw), []) if "error" not in r]
+                lit = [r for r in table.get((g, "litdata", nw), []) if "error" not in r]
+                if not own or not lit:
+                    err = next((r.get("error") for v in variants for r in table.get((g, v, nw), []) if "error" in r),
+                               None)
+                    if err or (g, "streaming", nw) in table:
+                        lines.append(f"| {g} | {nw} | failed: {err or 'no runs'} ||||||")
+                        self._note(f"data-{g}/{nw} workers: {err or 'no runs'}")
+                    continue
+                by = {r["rep"]: r for r in lit}
+                ratios = [r["samples_per_s"] / by[r["rep"]]["samples_per_s"] for r in own if r["rep"] in by]
+                once = "; ".join(_exactly_once(rs) for rs in (own, lit))
+                lines.append(f"| {g} | {nw} | {_med([r['samples_per_s'] for r in own]):,.0f} | "
+                             f"{_med([r['samples_per_s'] for r in lit]):,.0f} | {_med(ratios):.3f} ({_spread(ratios)}) "
+                             f"| {_med([r['first_batch_s'] for r in own]):.3f} / "
+                             f"{_med([r['first_batch_s'] for r in lit]):.3f} | {once} |")
+                target = TARGETS["litdata_parity"] if g == "jpeg" else TARGETS["litdata_ratio"]
+                ok = _med(ratios) >= target
+                what = "parity within noise" if g == "jpeg" else "the fastest by 10 %"
+                self.verdicts.append((f"3b. dltrain / LitData samples/s, {g}, {nw} workers", f"{_med(ratios):.3f}",
+                                      f">= {target}", _verdict(ok)))
+                self._headline("data", f"3b. dltrain / LitData samples/s (paired), {g}, {nw} workers",
+                               f"{_med(ratios):.2f}x ({_med([r['samples_per_s'] for r in own]):,.0f}/s)",
+                               f"LitData {_med([r['samples_per_s'] for r in lit]):,.0f}/s",
+                               f">= {target}x ({what})", _verdict(ok))
+                first, lit_first = _med([r["first_batch_s"] for r in own]), _med([r["first_batch_s"] for r in lit])
+                self.verdicts.append((f"3b. first batch, {g}, {nw} workers: dltrain / LitData",
+                                      f"{first:.3f} / {lit_first:.3f} s", "<= LitData", _verdict(first <= lit_first)))
+                if not all(e["exactly_once"] for r in own + lit for e in r.get("epochs_checked", [])):
+                    self._note(f"data-{g}/{nw} workers: an epoch did not deliver every sample exactly once: {once}")
+        lines.append("")
+        self.sections.append("\n".join(lines))
+
+    def _sample_load(self) -> None:
+        """Record the 1-minute load average now (between cases and worker counts): the verdicts' noise flag."""
+        self.loads.append(os.getloadavg()[0])
 
     def _headline_data(self, table: dict[tuple[str, int], list[dict[str, Any]]], counts: list[int]) -> None:
         """Summary rows of case 3: StreamingDataset's samples/s per worker count against the fastest peer
@@ -736,6 +832,7 @@ class Bench:
         info: dict[str, Any] = {}
         probe = threading.Thread(target=lambda: info.update(machine()), daemon=True)
         probe.start()  # imports torch/lightning in a subprocess while shards are written, before any timing
+        self._sample_load()
         try:
             shards = self.prepare(cases)
             probe.join()
@@ -744,11 +841,15 @@ class Bench:
             if loop_cases:
                 self.case_loops(loop_cases)
             if "data" in cases:
+                self._sample_load()
                 self.case_data(shards["data"], shards.get("tar_diag"))
+                self.case_data_regimes(shards)
             if "ddp" in cases:
                 self.case_ddp()
             if "resume" in cases:
+                self._sample_load()
                 self.case_resume(shards["resume"])
+                self._sample_load()
                 self.case_resume_loaders(shards["data"])
             if "plugins" in cases:
                 self.case_plugins()
@@ -758,6 +859,7 @@ class Bench:
             if cuda_cases:
                 self.case_cuda(cuda_cases)
         finally:
+            self._sample_load()
             self.elapsed = time.time() - t0
             if args.json:
                 Path(args.json).write_text(json.dumps(self.results, indent=1, default=str))
@@ -768,7 +870,10 @@ class Bench:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(doc, indent=1, default=str))
         write_report(doc, args.out, args.plots)
-        print(render.summary(self.verdicts, self.notes))
+        m = doc["meta"]
+        print(render.summary([tuple(v) for v in doc["verdicts"]], self.notes,
+                             load=f"load average at start {m['load']}, at end {m['load_end']}, highest sampled "
+                                  f"{m['load_max']:.1f} (verdicts are 'noisy' above {m['quiet_load']})"))
         _log(f"wrote {args.out} and {results_path} in {self.elapsed / 60:.1f} min")
         return 0
 
@@ -779,10 +884,12 @@ class Bench:
         meta = {**m, "command": shlex.join(["scripts/bench", *sys.argv[1:]]),
                 "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
                 "load_end": "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), "elapsed_s": self.elapsed,
+                "load_max": max(self.loads, default=os.getloadavg()[0]), "quiet_load": TARGETS["quiet_load"],
                 "quick": self.args.quick, "device": self.args.device, "include": self.args.include,
                 "include_note": self.args.include_note, "cfg": self.cfg}
-        return {"meta": meta, "headlines": self.headlines, "verdicts": [list(v) for v in self.verdicts],
-                "notes": self.notes, "sections": self.sections, "figures": render.figures(self.results, self.cfg),
+        noisy = meta["load_max"] > TARGETS["quiet_load"]
+        return {"meta": meta, "headlines": [render.judged_row(h, noisy) for h in self.headlines],
+                "verdicts": [render.judged_verdict(list(v), noisy) for v in self.verdicts], "notes": self.notes, "sections": self.sections, "figures": render.figures(self.results, self.cfg),
                 "results": self.results}
 
 

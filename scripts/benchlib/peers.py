@@ -12,6 +12,7 @@ them a runner raises `PeerMissing`, whose message the report shows in the varian
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -19,7 +20,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from benchlib.datacase import DataRunner, decode_png, epoch_check, stream_pair, tar_samples
+from benchlib.datacase import (
+    FIELDS,
+    DataRunner,
+    decode_png,
+    decoder_of,
+    epoch_check,
+    stream_pair,
+    tar_samples,
+)
 
 PEERS = ("litdata", "mosaic")
 _PERF = time.perf_counter
@@ -48,7 +57,7 @@ def _lit_shard(url: str) -> Iterator[dict[str, Any]]:
     yield from tar_samples(url)
 
 
-def convert(variant: str, urls: list[str], out_dir: str) -> dict[str, Any]:
+def convert(variant: str, urls: list[str], out_dir: str, field: str = "png") -> dict[str, Any]:
     """Write the samples of ``urls`` in ``variant``'s format under ``out_dir`` (once; reused when complete).
 
     Returns ``{"dir", "samples", "files", "convert_s"}``; ``convert_s`` is 0.0 when the data was there already.
@@ -69,7 +78,7 @@ def convert(variant: str, urls: list[str], out_dir: str) -> dict[str, Any]:
             streaming = _import("mosaic")
             size = max(os.path.getsize(u) for u in urls)
             # size_limit in bytes: about one MDS shard per tar shard (a tar shard also holds headers).
-            with streaming.MDSWriter(out=out_dir, columns={"key": "str", "png": "bytes", "cls": "int"},
+            with streaming.MDSWriter(out=out_dir, columns={"key": "str", field: "bytes", "cls": "int"},
                                      size_limit=size, compression=None) as writer:
                 for url in urls:
                     for sample in tar_samples(url):
@@ -83,31 +92,34 @@ def convert(variant: str, urls: list[str], out_dir: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- loaders
 
 
-def _lit_item(sample: dict[str, Any]) -> tuple[Any, int, str]:
-    return decode_png(sample["png"]), sample["cls"], sample["key"]
+def _lit_item(sample: dict[str, Any], regime: str = "png") -> tuple[Any, int, str]:
+    decode, field = decoder_of(regime), FIELDS[regime]
+    return (decode(sample[field]) if decode else sample[field]), sample["cls"], sample["key"]
 
 
-def _mosaic_dataset_cls() -> Any:
+def _mosaic_dataset_cls(regime: str = "png") -> Any:
     streaming = _import("mosaic")
+    decode, field = decoder_of(regime), FIELDS[regime]
 
     class MosaicImages(streaming.StreamingDataset):
         """mosaic's StreamingDataset whose items are decoded like every other loader's."""
 
         def get_item(self, idx: int) -> tuple[Any, int, str]:
             sample = super().get_item(idx)
-            return decode_png(sample["png"]), int(sample["cls"]), sample["key"]
+            return (decode(sample[field]) if decode else sample[field]), int(sample["cls"]), sample["key"]
 
     return MosaicImages
 
 
-def make_loader(variant: str, data_dir: str, batch: int, workers: int, seed: int) -> Any:
+def make_loader(variant: str, data_dir: str, batch: int, workers: int, seed: int, regime: str = "png") -> Any:
     """A shuffling loader of ``(images, classes, keys)`` batches over the converted data, persistent workers.
 
     Each ``iter()`` of it is the next epoch (both libraries count epochs themselves).
     """
     if variant == "litdata":
         litdata = _import("litdata")
-        ds = litdata.StreamingDataset(data_dir, shuffle=True, seed=seed, transform=_lit_item)
+        ds = litdata.StreamingDataset(data_dir, shuffle=True, seed=seed,
+                                      transform=functools.partial(_lit_item, regime=regime))
         return litdata.StreamingDataLoader(ds, batch_size=batch, num_workers=workers,
                                            persistent_workers=workers > 0,
                                            prefetch_factor=2 if workers else None)
@@ -116,7 +128,7 @@ def make_loader(variant: str, data_dir: str, batch: int, workers: int, seed: int
         # mosaic keys its shared memory by the local directory: a dataset of a run still alive in this process
         # would clash, so clear stale segments left by an earlier run first (it only removes dead ones).
         streaming.base.util.clean_stale_shared_memory()
-        ds = _mosaic_dataset_cls()(local=data_dir, shuffle=True, shuffle_seed=seed, batch_size=batch)
+        ds = _mosaic_dataset_cls(regime)(local=data_dir, shuffle=True, shuffle_seed=seed, batch_size=batch)
         return streaming.StreamingDataLoader(ds, batch_size=batch, num_workers=workers,
                                              persistent_workers=workers > 0,
                                              prefetch_factor=2 if workers else None)
@@ -138,10 +150,11 @@ class PeerDataRunner(DataRunner):
 
     def __init__(self, variant: str, cfg: dict[str, Any], urls: list[str], tmp: str) -> None:
         super().__init__(variant, cfg, urls)
-        self.info = convert(variant, urls, os.path.join(tmp, "peers", variant))
+        where = variant if self.regime == "png" else f"{variant}-{self.regime}"
+        self.info = convert(variant, urls, os.path.join(tmp, "peers", where), self.field)
 
     def _loader(self, workers: int, rep: int) -> Any:
-        return make_loader(self.variant, self.info["dir"], self.cfg["batch"], workers, seed=rep)
+        return make_loader(self.variant, self.info["dir"], self.cfg["batch"], workers, seed=rep, regime=self.regime)
 
     def run(self, rep: int, args: dict[str, Any]) -> dict[str, Any]:
         return {**super().run(rep, args), "convert_s": self.info["convert_s"], "files": self.info["files"]}

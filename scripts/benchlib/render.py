@@ -20,6 +20,25 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
 
+NOISY = "noisy"
+
+
+def judged(verdict: str, noisy: bool) -> str:
+    """The verdict a report shows: a PASS or MISS measured while the machine was busy (the load average above
+    the quiet limit at some point of the run) is "noisy", whichever way it went; "n/a" stays."""
+    return NOISY if noisy and verdict in ("PASS", "MISS") else verdict
+
+
+def judged_row(row: dict[str, str], noisy: bool) -> dict[str, str]:
+    """A summary row (`headline`) with its verdict `judged`; the measured verdict kept as ``measured``."""
+    return {**row, "verdict": judged(row["verdict"], noisy), "measured": row["verdict"]}
+
+
+def judged_verdict(item: list[str], noisy: bool) -> list[str]:
+    """A (figure, value, target, verdict) item with its verdict `judged`."""
+    return [*item[:3], judged(item[3], noisy)]
+
+
 def _paired(res: dict[str, list[dict[str, Any]]], v: str, key: str, base: str = "hand") -> list[float]:
     """Per-round ratios res[v][key] / res[base][key]."""
     ref = {r["rep"]: r for r in res.get(base, []) if "error" not in r}
@@ -121,11 +140,12 @@ METHOD = """## Method
 """
 
 
-def summary(verdicts: list[tuple[str, str, str, str]], notes: list[str]) -> str:
-    """The verdicts and notes as plain text for the terminal."""
+def summary(verdicts: list[tuple[str, str, str, str]], notes: list[str], load: str = "") -> str:
+    """The verdicts and notes as plain text for the terminal (``load``: the machine's load during the run)."""
     w = max((len(f) for f, *_ in verdicts), default=10)
     rows = [f"{f:<{w}}  {v:>10}  target {t:<10}  {s}" for f, v, t, s in verdicts]
-    return "\n".join(["", "=" * (w + 40), *rows, "=" * (w + 40), *[f"note: {n}" for n in notes]])
+    return "\n".join(["", "=" * (w + 40), *([load] if load else []), *rows, "=" * (w + 40),
+                      *[f"note: {n}" for n in notes]])
 
 
 
@@ -156,6 +176,8 @@ def summary_table(rows: list[dict[str, str]]) -> list[str]:
     lines = ["| figure | dltrain | best peer | limit or target | verdict |", "|---|---|---|---|---|"]
     for r in rows:
         verdict = f"**{r['verdict']}**" if r["verdict"] == "MISS" else r["verdict"]
+        if r["verdict"] == NOISY and r.get("measured") in ("PASS", "MISS"):
+            verdict += f" (measured {r['measured']})"
         lines.append(f"| {r['figure']} | {r['dltrain']} | {r['peer']} | {r['limit']} | {verdict} |")
     return lines
 
@@ -313,14 +335,21 @@ def report(doc: dict[str, Any], plots: dict[str, Path] | None = None, out: str |
     m = doc["meta"]
     verdicts = doc["verdicts"]
     passed = sum(1 for v in verdicts if v[3] == "PASS")
+    noisy = sum(1 for v in verdicts if v[3] == NOISY)
+    load = (f"load average at start {m['load']}, at end {m.get('load_end', '?')}"
+            + (f", highest sampled {m['load_max']:.1f}" if "load_max" in m else ""))
+    if noisy:
+        met = (f"the load average exceeded {m.get('quiet_load', 1.5)} during the run, so {noisy} of "
+               f"{len(verdicts)} verdicts are \"noisy\" instead of PASS/MISS (rerun on a quiet machine)")
+    else:
+        met = f"{passed} of {len(verdicts)} targets met"
     base = Path(out).resolve().parent if out else None
     lines = [
         "# dltrain benchmarks", "",
         "Every figure below comes from one invocation of `scripts/bench`; regenerate with the command shown.", "",
         "## Summary", "",
         f"`{m['command']}`" + (" (quick smoke run: small sizes, few repeats)" if m.get("quick") else "")
-        + f", {m['date']}; {m['cpu']} ({m['cores']} cores), load average at start {m['load']}, at end "
-        f"{m.get('load_end', '?')}; {passed} of {len(verdicts)} targets met.", "",
+        + f", {m['date']}; {m['cpu']} ({m['cores']} cores), {load}; {met}.", "",
         *summary_table(doc["headlines"]), "",
     ]
     for family, path in (plots or {}).items():

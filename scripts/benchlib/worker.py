@@ -17,7 +17,7 @@ def _make_runner(spec: dict[str, Any]) -> Any:
     case, variant, cfg, tmp = spec["case"], spec["variant"], spec["cfg"], spec["tmp"]
     if case in ("loop", "cnn"):
         return LoopRunner(variant, "mlp" if case == "loop" else "cnn", cfg, tmp)
-    if case == "data":
+    if case == "data" or case.startswith("data-"):  # data-raw, data-jpeg: case 3's other regimes
         if variant in ("litdata", "mosaic"):
             from benchlib.peers import PeerDataRunner
 

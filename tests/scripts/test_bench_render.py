@@ -89,3 +89,40 @@ def test_data_summary_rows_name_every_peer_fastest_first() -> None:
     assert (gap["dltrain"], gap["peer"], gap["verdict"]) == ("50 ms", "WebLoader 50 ms", "PASS")
     mixture = bench.headlines[-1]
     assert mixture["dltrain"] == "0.992x"  # paired: 900/1000 and 1300/1200, median of the two ratios
+
+
+def test_a_verdict_measured_on_a_busy_machine_is_noisy() -> None:
+    assert [render.judged(v, noisy=False) for v in ("PASS", "MISS", "n/a")] == ["PASS", "MISS", "n/a"]
+    assert [render.judged(v, noisy=True) for v in ("PASS", "MISS", "n/a")] == ["noisy", "noisy", "n/a"]
+    row = render.judged_row(render.headline("data", "3b. raw", "1.20x", "LitData", ">= 1.1x", "PASS"), noisy=True)
+    assert (row["verdict"], row["measured"]) == ("noisy", "PASS")
+    assert render.summary_table([row])[2].endswith("| noisy (measured PASS) |")
+
+
+def _document(loads: list[float]) -> dict:
+    """Bench.document() of a run with one summary row and one target, the given loads sampled during it."""
+    import argparse
+
+    bench = Bench.__new__(Bench)  # no temp dir, no workers
+    bench.args = argparse.Namespace(quick=False, device="cpu", include=[], include_note=[])
+    bench.cfg, bench.elapsed, bench.loads, bench.notes, bench.sections, bench.results = {}, 60.0, loads, [], [], {}
+    bench.headlines = [render.headline("data", "3b. raw", "1.20x", "LitData", ">= 1.1x", "PASS")]
+    bench.verdicts = [("3b. raw", "1.200", ">= 1.1", "PASS"), ("3b. jpeg", "0.900", ">= 0.95", "MISS")]
+    meta = {"cpu": "c", "cores": "2", "load": "0.4 0.3 0.2", "gpu": "none", "python": "3", "torch": "t",
+            "lightning": "l", "webdataset": "w", "dltrain": "x", "git": "g"}
+    return bench.document(meta)
+
+
+def test_the_summary_shows_the_load_and_marks_verdicts_noisy_above_the_quiet_limit(tmp_path: Path) -> None:
+    quiet = _document([0.4, 1.2, 1.5])  # 1.5 is still quiet: "exceeded 1.5" is the limit
+    assert [v[3] for v in quiet["verdicts"]] == ["PASS", "MISS"] and quiet["headlines"][0]["verdict"] == "PASS"
+    text = render.report(quiet, {}, tmp_path / "r.md")
+    assert "load average at start 0.4 0.3 0.2, at end " in text and "highest sampled 1.5" in text
+    assert "1 of 2 targets met" in text
+
+    busy = _document([0.4, 7.9, 1.0])  # busy in the middle of the run only
+    assert [v[3] for v in busy["verdicts"]] == ["noisy", "noisy"]
+    assert busy["headlines"][0]["verdict"] == "noisy" and busy["headlines"][0]["measured"] == "PASS"
+    text = render.report(busy, {}, tmp_path / "r.md")
+    assert "highest sampled 7.9" in text and '2 of 2 verdicts are "noisy" instead of PASS/MISS' in text
+    assert "Targets missed in this run" not in text  # a noisy MISS is not claimed as a miss
