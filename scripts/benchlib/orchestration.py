@@ -784,7 +784,7 @@ class Bench:
     # ------------------------------------------------------------------ driver
     def prepare(self, cases: list[str]) -> dict[str, Any]:
         spec: dict[str, Any] = {"tmp": self.tmp}
-        if "data" in cases or "resume" in cases:  # case 5 also resumes every loader over the data case's images
+        if "data" in cases or "resume" in cases or "loaders" in cases:  # 5b resumes loaders over case 3's images
             spec["data"] = self.cfg["data"]
         if "resume" in cases or "ledger" in cases:  # the ledger case trains on the resume case's shards
             spec["resume"] = self.cfg["resume"]
@@ -849,6 +849,7 @@ class Bench:
             if "resume" in cases:
                 self._sample_load()
                 self.case_resume(shards["resume"])
+            if "resume" in cases or "loaders" in cases:  # "loaders": case 5b alone (the loaders' resume)
                 self._sample_load()
                 self.case_resume_loaders(shards["data"])
             if "plugins" in cases:
@@ -977,7 +978,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"where to write the report (default {_DEFAULT_OUT}); the results file goes next to it "
                         "(<out>.json). BENCHMARKS.md is edited by hand from such a report, not overwritten")
     p.add_argument("--cases", default=None,
-                   help=f"comma-separated subset: {','.join(CPU_CASES)} (cpu) or {','.join(CUDA_CASES)} (cuda)")
+                   help=f"comma-separated subset: {','.join(CPU_CASES)} (cpu) or {','.join(CUDA_CASES)} (cuda); "
+                        "'loaders' runs case 5b alone (the loaders resumed from their own state; 'resume' runs "
+                        "5 and 5b): 'data,loaders' gives every loader figure of issue 27")
     p.add_argument("--repeats", type=int, default=None, help="override the number of interleaved repeats")
     p.add_argument("--json", default=None, help="also write every raw run as JSON to this path")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs)")

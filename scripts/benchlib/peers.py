@@ -93,8 +93,10 @@ def convert(variant: str, urls: list[str], out_dir: str, field: str = "png") -> 
 
 
 def _lit_item(sample: dict[str, Any], regime: str = "png") -> tuple[Any, int, str]:
+    # LitData hands bytes out as a memoryview of its chunk: the raw regime's payload as bytes, as dltrain's is (a
+    # memoryview would also be collated element by element).
     decode, field = decoder_of(regime), FIELDS[regime]
-    return (decode(sample[field]) if decode else sample[field]), sample["cls"], sample["key"]
+    return (decode(sample[field]) if decode else bytes(sample[field])), sample["cls"], sample["key"]
 
 
 def _mosaic_dataset_cls(regime: str = "png") -> Any:

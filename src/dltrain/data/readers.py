@@ -296,9 +296,9 @@ class IndexedShardReader:
                 at += 2
             if len(buf) == size and crc32(view[pos:], crc) == check[i]:
                 out.append(sample)
+                self.table_reads += 1
             else:
                 out.append(self._get_or_error(i))
-        self.table_reads += sum(1 for sample in out if not isinstance(sample, DataError))
         return out
 
     def _get_or_error(self, index: int) -> dict[str, Any] | DataError:
