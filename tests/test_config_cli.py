@@ -257,3 +257,58 @@ def test_resumed_fit_writes_its_config_into_the_run_it_resumes(tmp_path):
     assert open(os.path.join(run, "config.yaml")).read() == original
     with open(os.path.join(run, "config-v1.yaml")) as f:
         assert yaml.safe_load(f)["trainer"]["max_epochs"] == 2
+
+
+# ---------------------------------------------------------------------- issue 22 item 9: Lightning's CLI surface
+class _LinkedCLI(dltrain.CLI):
+    """Lightning's add_arguments_to_parser: a callback's arguments, a link and a default."""
+
+    def add_arguments_to_parser(self, parser):
+        from dltrain.callbacks import EarlyStopping
+
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({"early_stopping.monitor": "val/loss", "early_stopping.patience": 1})
+        parser.link_arguments("data.batch_size", "model.hidden")
+
+
+def test_add_lightning_class_args_link_arguments_and_set_defaults(tmp_path):
+    from dltrain.callbacks import EarlyStopping
+
+    cli = _LinkedCLI(CliTask, CliData, trainer_defaults=_defaults(tmp_path), run=False,
+                     args=["--data.batch_size", "12", "--early_stopping.patience", "3"])
+    stops = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert len(stops) == 1 and stops[0].patience == 3 and stops[0].monitor == "val/loss"
+    assert cli.model.hparams.hidden == 12  # linked from data.batch_size
+    with pytest.raises(TypeError, match="add_lightning_class_args"):
+        cli.parser.add_lightning_class_args(dict, "nope")
+
+
+def test_lightning_class_paths_in_yaml_and_on_the_command_line(tmp_path, capsys):
+    from dltrain.callbacks import EarlyStopping, LearningRateMonitor
+    from dltrain.loggers import CSVLogger
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": {
+            "max_epochs": 1,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / "logs")}},
+            "callbacks": [{"class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                           "init_args": {"monitor": "val/loss"}}],
+        },
+        "model": {"class_path": "tests.test_config_cli.CliTask"},
+    }))
+    args = ["--config", str(config), "--trainer.callbacks+=pytorch_lightning.callbacks.LearningRateMonitor"]
+    cli = dltrain.CLI(None, CliData, trainer_defaults=_defaults(tmp_path), run=False, args=args)
+    kinds = [type(c) for c in cli.trainer.callbacks]
+    assert EarlyStopping in kinds and LearningRateMonitor in kinds
+    assert isinstance(cli.trainer.logger, CSVLogger)
+    assert dltrain.cli.dltrain_class_path("lightning.pytorch.LightningModule") == "dltrain.Task"
+    assert dltrain.cli.dltrain_class_path("lightning.pytorch.callbacks.early_stopping.EarlyStopping") == \
+        "dltrain.callbacks.EarlyStopping"
+    assert dltrain.cli.dltrain_class_path("lightning.pytorch.demos.Transformer") == "lightning.pytorch.demos.Transformer"
+    # --print_config shows dltrain's classes.
+    with pytest.raises(SystemExit):
+        dltrain.CLI(None, CliData, trainer_defaults=_defaults(tmp_path), run=False, args=[*args, "--print_config"])
+    printed = capsys.readouterr().out
+    assert "dltrain.callbacks.EarlyStopping" in printed and "lightning.pytorch" not in printed

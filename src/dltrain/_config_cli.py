@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from importlib import import_module
@@ -28,7 +29,7 @@ from dltrain.trainer import Trainer, seed_everything
 if TYPE_CHECKING:
     from jsonargparse import ArgumentParser, Namespace
 
-__all__ = ["CLI", "SaveConfigCallback"]
+__all__ = ["CLI", "SaveConfigCallback", "dltrain_class_path"]
 
 ArgsType = list[str] | dict[str, Any] | None
 
@@ -58,6 +59,100 @@ def _datamodule_base() -> type | None:
         return import_module("dltrain.datamodule").DataModule  # type: ignore[no-any-return]
     except (ImportError, AttributeError):
         return None
+
+
+# Lightning's class paths in configs and on the command line (``lightning.pytorch.callbacks.EarlyStopping``,
+# ``pytorch_lightning.loggers.CSVLogger``): resolved to dltrain's class of the same name, without importing
+# Lightning's. ``lightning.pytorch.<m>[.<sub>].<Name>`` -> ``dltrain.<m>.<Name>`` for these modules, else
+# ``dltrain.<Name>``; Lightning's class names that dltrain renamed are renamed.
+_LIGHTNING_PATH = re.compile(r"\b(?:lightning\.pytorch|pytorch_lightning)(?:\.[A-Za-z_]\w*)+")
+_LIGHTNING_MODULES = ("callbacks", "loggers", "profilers", "tuner", "cli", "strategies", "plugins")
+_RENAMED = {"LightningModule": "Task", "LightningDataModule": "DataModule", "LightningCLI": "CLI"}
+
+
+def dltrain_class_path(path: str) -> str:
+    """dltrain's class path for a Lightning class path (``path`` itself when dltrain has no such class)."""
+    parts = path.split(".")
+    parts = parts[2:] if parts[0] == "lightning" else parts[1:]
+    if not parts:
+        return path
+    name = _RENAMED.get(parts[-1], parts[-1])
+    module = f"dltrain.{parts[0]}" if parts[0] in _LIGHTNING_MODULES and len(parts) > 1 else "dltrain"
+    try:
+        found = hasattr(import_module(module), name)
+    except ImportError:
+        found = False
+    return f"{module}.{name}" if found else path
+
+
+def _with_dltrain_paths(value: Any) -> Any:
+    """``value`` (a string, or lists/dicts of them) with every Lightning class path replaced (`dltrain_class_path`)."""
+    if isinstance(value, str):
+        return _LIGHTNING_PATH.sub(lambda m: dltrain_class_path(m.group(0)), value)
+    if isinstance(value, Mapping):
+        return {k: _with_dltrain_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_dltrain_paths(v) for v in value]
+    return value
+
+
+_PARSER_MODE = "dltrain"
+
+
+def _register_loader() -> None:
+    """The parser mode ``"dltrain"``: jsonargparse's YAML loader, then Lightning class paths made dltrain's."""
+    jsonargparse = _jsonargparse()
+    yaml_loader = jsonargparse.get_loader("yaml")
+    jsonargparse.set_loader(_PARSER_MODE, lambda text: _with_dltrain_paths(yaml_loader(text)))
+
+
+def argument_parser_class() -> type:
+    """dltrain's parser: jsonargparse's with Lightning's ``add_lightning_class_args`` (built on first use, since
+    jsonargparse is an optional dependency)."""
+    global _PARSER_CLASS
+    if _PARSER_CLASS is not None:
+        return _PARSER_CLASS
+    jsonargparse = _jsonargparse()
+
+    class LightningArgumentParser(jsonargparse.ArgumentParser):  # type: ignore[misc, name-defined]
+        """jsonargparse's ``ArgumentParser`` plus Lightning's ``add_lightning_class_args``."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("parser_mode", _PARSER_MODE)
+            super().__init__(*args, **kwargs)
+            self.callback_keys: list[str] = []
+
+        def add_lightning_class_args(self, lightning_class: Any, nested_key: str, subclass_mode: bool = False,
+                                     required: bool = True) -> list[str]:
+            """Add the arguments of a Callback, Task or DataModule class under ``nested_key`` (Lightning's method).
+
+            A callback's instance is added to the Trainer's callbacks (``--<nested_key>.<arg>`` sets it).
+            """
+            from dltrain.datamodule import DataModule
+
+            if callable(lightning_class) and not isinstance(lightning_class, type):
+                from jsonargparse import class_from_function
+
+                lightning_class = class_from_function(lightning_class)
+            if not (isinstance(lightning_class, type) and issubclass(lightning_class, (Callback, Task, DataModule))):
+                raise TypeError(
+                    f"add_lightning_class_args({lightning_class!r}, {nested_key!r}): expected a subclass of "
+                    "dltrain.Callback, dltrain.Task or dltrain.DataModule (Lightning's classes are named by their "
+                    "dltrain counterparts)")
+            if issubclass(lightning_class, Callback):
+                self.callback_keys.append(nested_key)
+            if subclass_mode:
+                return self.add_subclass_arguments(  # type: ignore[no-any-return]
+                    lightning_class, nested_key, fail_untyped=False, required=required)
+            return self.add_class_arguments(  # type: ignore[no-any-return]
+                lightning_class, nested_key, fail_untyped=False, instantiate=True, sub_configs=True)
+
+    _PARSER_CLASS = LightningArgumentParser
+    _register_loader()
+    return LightningArgumentParser
+
+
+_PARSER_CLASS: type | None = None
 
 
 def _import_class(path: str) -> type:
@@ -255,7 +350,7 @@ class CLI:
         """A parser with ``--config`` (and, with it, ``--print_config``)."""
         jsonargparse = _jsonargparse()
         kwargs.setdefault("allow_abbrev", False)  # a mistyped --trainer.max_epoch is an error, not a guess
-        parser = jsonargparse.ArgumentParser(**kwargs)
+        parser = argument_parser_class()(**kwargs)
         parser.add_argument(
             "-c", "--config", action=jsonargparse.ActionConfigFile, help="A YAML file of arguments (repeatable)."
         )
@@ -335,10 +430,13 @@ class CLI:
         """Add or link arguments (override it; ``parser.link_arguments(...)`` as in Lightning)."""
 
     def parse_arguments(self, parser: ArgumentParser, args: ArgsType) -> None:
+        # Lightning class paths (lightning.pytorch.callbacks.EarlyStopping) name dltrain's classes; in config
+        # files the parser mode's loader does the same.
         if isinstance(args, Mapping):
-            self.config = parser.parse_object(dict(args))
+            self.config = parser.parse_object(_with_dltrain_paths(dict(args)))
         else:
-            self.config = parser.parse_args(list(args) if args is not None else sys.argv[1:])
+            argv = list(args) if args is not None else sys.argv[1:]
+            self.config = parser.parse_args([_with_dltrain_paths(a) for a in argv])
 
     # ------------------------------------------------------------------ building
     def _config(self) -> Namespace:
@@ -380,6 +478,11 @@ class CLI:
         elif isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
             callbacks = [callbacks]
         callbacks = list(callbacks)
+        parser = self._subcommand_parsers[self.subcommand] if self.subcommand else self.parser
+        for key in getattr(parser, "callback_keys", []):  # add_lightning_class_args(SomeCallback, key)
+            value = self.config_init.get(key)
+            if value is not None:
+                callbacks.extend(value if isinstance(value, list) else [value])
         extra = self.trainer_defaults.get("callbacks", [])
         callbacks.extend(extra if isinstance(extra, Iterable) else [extra])
         if self.save_config_callback is not None and self.subcommand in (None, "fit"):

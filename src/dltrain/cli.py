@@ -15,7 +15,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["main"]  # and, on first use, the config CLI's names below
+
+# ``from lightning.pytorch.cli import LightningCLI`` renamed is ``from dltrain.cli import CLI``: the config CLI's
+# names, imported on first use (they need the Trainer and jsonargparse; the ``dltrain`` command needs neither).
+_CONFIG_CLI_NAMES = {"CLI", "LightningCLI", "SaveConfigCallback", "dltrain_class_path", "LightningArgumentParser"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _CONFIG_CLI_NAMES:
+        from dltrain import _config_cli
+
+        if name == "LightningArgumentParser":
+            return _config_cli.argument_parser_class()
+        return getattr(_config_cli, "CLI" if name == "LightningCLI" else name)
+    raise AttributeError(f"module 'dltrain.cli' has no attribute {name!r}")
 
 
 def _shards_index(args: argparse.Namespace) -> int:
