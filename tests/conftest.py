@@ -16,12 +16,17 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 # Test files whose tests must run in one xdist worker: a session fixture does their work (the kill runs start with
-# the session and every test waits for its own), or a module fixture too costly to build in both workers (a fit,
-# the example scripts started). Everything else is scheduled test by test. (xdist's own `xdist_group` marker does
-# nothing with pytest 9: pytest-xdist 3.8 renames `Item._nodeid`, which pytest 9 no longer reads; hence this list,
-# read by the scheduler below.)
+# the session and every test waits for its own), uninterrupted reference runs kept under the worker's basetemp
+# (`tmp_path_factory.getbasetemp()`) for the file's other tests, or a module fixture too costly to build in both
+# workers (a fit, the example scripts started). Everything else is scheduled test by test. (xdist's own
+# `xdist_group` marker does nothing with pytest 9: pytest-xdist 3.8 renames `Item._nodeid`, which pytest 9 no
+# longer reads; hence this list, read by the scheduler below.)
 _GROUPS = {
     "tests/distributed/test_kill_random.py": "kill_random",
+    "tests/distributed/test_fsdp2.py": "fsdp2_references",
+    "tests/distributed/test_tensor_parallel.py": "tp_references",
+    "tests/distributed/test_preemption.py": "preemption_references",
+    "tests/distributed/test_resume.py": "resume_references",
     "tests/callbacks/test_ledger.py": "ledger_clean_run",
     "tests/callbacks/test_ledger_mixture.py": "ledger_mixture_run",
     "tests/examples/test_flags.py": "example_helps",
