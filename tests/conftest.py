@@ -30,6 +30,7 @@ _GROUPS = {
     "tests/callbacks/test_ledger.py": "ledger_clean_run",
     "tests/callbacks/test_ledger_mixture.py": "ledger_mixture_run",
     "tests/examples/test_flags.py": "example_helps",
+    "tests/lightning_compat/test_lightning_compat.py": "lightning_compat_servers",
     "tests/plugins/text/test_text_tasks.py": "text_lm_data",
 }
 

@@ -3,6 +3,8 @@
 Each script in ``scripts/`` is written against ``lightning.pytorch`` with data generated in the script, CPU only,
 no shuffling (the same data order under both), and prints its final metrics as JSON on its last line. The test
 applies the rename of issue 13 (the only change a Lightning user makes), runs both in subprocesses and compares.
+The subprocesses are forked from two servers that imported Lightning, or dltrain, once (tests/helpers/
+forkserver.py): each script still starts from a fresh interpreter's state, without paying the imports 22 times.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.forkserver import ForkServer
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -53,13 +55,22 @@ def test_rename():
     )
 
 
-def run_script(source: str, cwd: Path, args: list[str]) -> dict:
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory):
+    """One fork server per side, each having imported its library (and torch) once."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "PL_DISABLE_FORK": "1"}
+    root = tmp_path_factory.mktemp("fork-servers")
+    made = {"lightning": ForkServer(["torch", "lightning.pytorch"], env, root / "lightning"),
+            "dltrain": ForkServer(["torch", "dltrain"], env, root / "dltrain")}
+    yield made
+    for server in made.values():
+        server.close()
+
+
+def run_script(server: ForkServer, source: str, cwd: Path, args: list[str]) -> dict:
     path = cwd / "script.py"
     path.write_text(source)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "PL_DISABLE_FORK": "1"}
-    done = subprocess.run(
-        [sys.executable, str(path), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
-    )
+    done = server.run(path, args, cwd=cwd, timeout=240)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-25:]
         raise AssertionError("script failed:\n" + "\n".join(tail))
@@ -86,17 +97,17 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
 }
 
 
-@pytest.mark.slow  # two interpreters per script, each importing Lightning or dltrain: ~35 s a script
+@pytest.mark.slow  # two runs per script, forked from servers that imported Lightning or dltrain once
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=marks, id=n) for n, (_, marks) in sorted(CASES.items())]
 )
-def test_same_results_after_rename(name, tmp_path):
+def test_same_results_after_rename(name, tmp_path, servers):
     source = (SCRIPTS / f"{name}.py").read_text()
     args = CASES[name][0]
     (tmp_path / "lightning").mkdir()
     (tmp_path / "dltrain").mkdir()
-    expected = run_script(source, tmp_path / "lightning", args)
-    got = run_script(rename(source), tmp_path / "dltrain", args)
+    expected = run_script(servers["lightning"], source, tmp_path / "lightning", args)
+    got = run_script(servers["dltrain"], rename(source), tmp_path / "dltrain", args)
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         if isinstance(value, float):
