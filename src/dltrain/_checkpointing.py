@@ -53,13 +53,18 @@ def save(trainer: Trainer, path: str | os.PathLike[str], weights_only: bool = Fa
         "world_size": trainer.world_size,
         "data_parallel_size": trainer.data_parallel_size,
     }
-    if trainer.optimizers:
+    if trainer.optimizers and not weights_only:
         checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
         checkpoint["precision"] = trainer.strategy.precision.state_dict()
     if weights_only:
         checkpoint["weights_only"] = True
         for key in ("callbacks", "loggers", "train_metrics", "lr_schedulers", "precision"):
             checkpoint.pop(key, None)
+    sharded = _sharded.is_fsdp2(trainer)
+    if not sharded:
+        # Before the hooks, as in Lightning: a callback may edit the weights written (ModelPruning writes them
+        # with its masks applied). Sharded weights are written from the model by every rank (`_sharded.save`).
+        checkpoint["state_dict"] = trainer.strategy.get_module_state_dict(trainer._fabric_module)
     task.on_save_checkpoint(checkpoint)
     for cb in trainer.callbacks:
         if overrides(cb, Callback, "on_save_checkpoint"):
@@ -67,13 +72,12 @@ def save(trainer: Trainer, path: str | os.PathLike[str], weights_only: bool = Fa
     # Gathered after the hooks ran on every rank: this collective is where the ranks meet, so what a rank's hook
     # wrote out (SampleLedger flushes its file) is on disk before rank 0 writes the checkpoint that commits it.
     checkpoint["ranks"] = _gather_objects(trainer, rank_state)
-    if _sharded.is_fsdp2(trainer):  # every rank writes its shards; the rest is written by rank zero
+    if sharded:  # every rank writes its shards; the rest is written by rank zero
         _sharded.save(trainer, path, checkpoint, optimizers=not weights_only)
         if trainer.is_global_zero:
             for lg in trainer.loggers:
                 lg.save()
         return
-    checkpoint["state_dict"] = trainer.strategy.get_module_state_dict(trainer._fabric_module)
     if trainer.optimizers and not weights_only:
         checkpoint["optimizer_states"] = [trainer.strategy.get_optimizer_state(o) for o in trainer._fabric_optimizers]
     if trainer.is_global_zero:
@@ -157,14 +161,21 @@ def _resolve_best(trainer: Trainer) -> Path:
     return Path(best)
 
 
-def load_weights(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> None:
-    """Load only the model weights (validate/test/predict with ``ckpt_path``)."""
+def load_weights(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path:
+    """Load only the model weights (validate/test/predict with ``ckpt_path``); returns the checkpoint's path.
+
+    A checkpoint written with weight averaging gives its averaged weights (``averaged_state_dict``), as
+    Lightning's, whose ``state_dict`` holds them.
+    """
     path = resolve(trainer, ckpt_path)
     if path is None:
         raise CheckpointError(f"ckpt_path={str(ckpt_path)!r}: no checkpoint found")
     checkpoint = ckpt_io.load(path)
     assert trainer._task is not None
+    if "averaged_state_dict" in checkpoint:
+        checkpoint = {**checkpoint, "state_dict": checkpoint["averaged_state_dict"], "sharded": False}
     _load_model(trainer, path, checkpoint)
+    return path
 
 
 def _load_model(trainer: Trainer, path: Path, checkpoint: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor
 from dltrain._hooks import overrides
 from dltrain._resumable_loader import wrap_loader
 from dltrain.errors import ConfigurationError
+from dltrain.task import Task
 
 if TYPE_CHECKING:
     from dltrain.trainer import Trainer
@@ -29,6 +30,8 @@ def source(trainer: Trainer, kind: str, given: Any, required: bool = True) -> An
         method = getattr(owner, name, None) if owner is not None else None
         if method is None or (owner is trainer.datamodule and _datamodule_default(owner, name)):
             continue
+        if owner is trainer._task and getattr(type(owner), name) is getattr(Task, name):
+            continue  # Task's default (raising) *_dataloader(): the task gives no loaders
         loaders = method()
         refuse_datasets(loaders, kind)
         return loaders

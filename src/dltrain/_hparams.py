@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from argparse import Namespace
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ class HyperparametersMixin:
     def __init__(self) -> None:
         super().__init__()
         self._hparams = AttributeDict()
+        self._hparams_initial = AttributeDict()  # as save_hyperparameters stored them (hparams_initial)
 
     @property
     def hparams(self) -> AttributeDict:
@@ -66,6 +68,7 @@ class HyperparametersMixin:
         ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
         if values and not args:
             self._hparams.update(values)
+            self._hparams_initial = copy.deepcopy(self._hparams)
             return
         if len(args) == 1 and isinstance(args[0], (Mapping, Namespace)):
             collected = dict(vars(args[0]) if isinstance(args[0], Namespace) else args[0])
@@ -82,6 +85,19 @@ class HyperparametersMixin:
                 collected = {k: v for k, v in collected.items() if k in names}
         self._hparams.update({k: v for k, v in collected.items() if k not in ignored})
         self._hparams.update(values)
+        self._hparams_initial = copy.deepcopy(self._hparams)
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """A copy of the hyperparameters as ``save_hyperparameters`` stored them (later changes to ``hparams`` are
+        not in it); empty before it is called."""
+        return copy.deepcopy(self._hparams_initial)
+
+    def remove_ignored_hparams(self, ignore_list: list[str]) -> None:
+        """Drop ``ignore_list`` from the saved hyperparameters (a subclass leaving out what its base saved)."""
+        for name in ignore_list:
+            self._hparams.pop(name, None)
+            self._hparams_initial.pop(name, None)
 
 
 def _init_args(frame: FrameType) -> dict[str, Any]:

@@ -193,6 +193,18 @@ class ResumableLoader:
             self.sampler.start = 0
 
     @property
+    def dataset(self) -> Any:
+        """The wrapped loader's dataset."""
+        return self.loader.dataset
+
+    def index_batches(self) -> list[list[int]] | None:
+        """The dataset indices of each batch this rank reads in an evaluation or prediction run, in order
+        (``BasePredictionWriter``'s ``batch_indices``); ``None`` for training loaders and custom samplers."""
+        if self.training or self.sampler is None:
+            return None
+        return [list(b) for b in self._loader.batch_sampler]  # type: ignore[union-attr]
+
+    @property
     def persistent_workers(self) -> bool:
         """Whether worker processes live across epochs (then only the first ``iter()`` draws a worker seed)."""
         return bool(self._loader.persistent_workers and self._loader.num_workers > 0)

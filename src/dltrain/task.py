@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from dltrain._hparams import HyperparametersMixin
+from dltrain._refusals import refuse
 from dltrain.errors import CheckpointError, ConfigurationError, DltrainError
 
 if TYPE_CHECKING:
@@ -49,6 +52,17 @@ class Task(HyperparametersMixin, nn.Module):
         ...         return torch.optim.SGD(self.parameters(), lr=0.1)
     """
 
+    #: Where a checkpoint keeps the hyperparameters (Lightning's names for the keys; dltrain's key is "hparams").
+    CHECKPOINT_HYPER_PARAMS_KEY = "hparams"
+    CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+    # Properties TorchScript must not compile (to_torchscript scripts the module and reads its properties).
+    __jit_unused_properties__: list[str] = [
+        "trainer", "device", "dtype", "on_gpu", "global_rank", "local_rank", "current_epoch", "global_step",
+        "logger", "loggers", "device_mesh", "example_input_array", "strict_loading", "fabric", "hparams",
+        "hparams_initial",
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         # Plain attributes (not buffers or submodules): set by the Trainer while it runs this task.
@@ -56,14 +70,17 @@ class Task(HyperparametersMixin, nn.Module):
         self._results: Any = None
         self.automatic_optimization = True
         self._frozen_by_toggle: dict[nn.Parameter, bool] = {}
+        self._example_input_array: Any = None
+        self._strict_loading: bool | None = None
+        self._jit_is_scripting = False  # to_torchscript: TorchScript reads every attribute, `trainer` included
 
     # ------------------------------------------------------------------ context
     @property
     def trainer(self) -> Trainer:
         """The Trainer running this task (raises outside ``fit``/``validate``/``test``/``predict``)."""
-        if self._trainer is None:
+        if self._trainer is None and not self._jit_is_scripting:
             raise DltrainError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(task, ...)")
-        return self._trainer
+        return self._trainer  # type: ignore[return-value]  # None only while to_torchscript scripts the task
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +132,115 @@ class Task(HyperparametersMixin, nn.Module):
         if self.global_rank == 0:
             print(*args, **kwargs)
 
+    @property
+    def fabric(self) -> None:
+        """``None``: Lightning's ``LightningModule.fabric`` is set only when a ``Fabric`` runs the module, never
+        under a Trainer. The Trainer's Fabric is ``self.trainer.fabric``."""
+        return None
+
+    @property
+    def example_input_array(self) -> Any:
+        """An input for ``self(...)`` (a tensor, a tuple of positional arguments or a dict of keyword arguments):
+        the model summary shows each layer's input and output sizes for it; ``to_onnx``/``to_torchscript`` use it."""
+        return self._example_input_array
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self._example_input_array = example
+
+    @property
+    def strict_loading(self) -> bool:
+        """Whether loading a checkpoint into this task requires its keys to match the task's exactly (default
+        ``True``; set ``False`` for a task that saves only some weights)."""
+        return self._strict_loading in (None, True)
+
+    @strict_loading.setter
+    def strict_loading(self, strict: bool) -> None:
+        self._strict_loading = strict
+
+    # ------------------------------------------------------------------ utilities
+    def freeze(self) -> None:
+        """No parameter requires gradients, and the task is in ``eval()`` mode (for inference)."""
+        for param in self.parameters():
+            param.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Every parameter requires gradients again, and the task is in ``train()`` mode."""
+        for param in self.parameters():
+            param.requires_grad = True
+        self.train()
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Gather ``data`` (a tensor, a number, or a collection of them) from every rank: each tensor gets a new
+        first dimension of size ``world_size`` (on one process it is returned as it is).
+
+        Args:
+            data: what to gather; every rank must pass the same structure and shapes.
+            group: the process group (default: every rank).
+            sync_grads: let gradients flow back through the gather (for losses computed over every rank's outputs).
+        """
+        return self.trainer.fabric.all_gather(data, group=group, sync_grads=sync_grads)
+
+    @torch.no_grad()
+    def to_onnx(self, file_path: str | os.PathLike[str] | Any, input_sample: Any = None, **kwargs: Any) -> Any:
+        """Export the task's ``forward`` to ONNX with ``torch.onnx.export`` (needs ``pip install dltrain[onnx]``).
+
+        Args:
+            file_path: where to write the ``.onnx`` file (or a file-like object).
+            input_sample: an input for ``forward``; default ``example_input_array``.
+            **kwargs: passed to ``torch.onnx.export`` (``input_names``, ``dynamic_axes``, ``opset_version``, ...).
+        """
+        missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigurationError(f"to_onnx() needs {' and '.join(missing)}: pip install dltrain[onnx]")
+        sample = self._example_input(input_sample, "to_onnx")
+        mode = self.training
+        self.eval()
+        try:
+            args = sample if isinstance(sample, tuple) else (sample,)
+            return torch.onnx.export(self, args, file_path, **kwargs)
+        finally:
+            self.train(mode)
+
+    @torch.no_grad()
+    def to_torchscript(self, file_path: str | os.PathLike[str] | None = None, method: str = "script",
+                       example_inputs: Any = None, **kwargs: Any) -> Any:
+        """The task as TorchScript (``torch.jit.script``, or ``torch.jit.trace`` with ``method="trace"`` on
+        ``example_inputs``/``example_input_array``), in ``eval()`` mode; saved to ``file_path`` when given.
+
+        ``**kwargs`` go to ``torch.jit.script``/``torch.jit.trace``.
+        """
+        mode = self.training
+        self.eval()
+        self._jit_is_scripting = True
+        try:
+            if method == "script":
+                scripted = torch.jit.script(self, **kwargs)
+            elif method == "trace":
+                sample = self._example_input(example_inputs, "to_torchscript(method='trace')")
+                scripted = torch.jit.trace(self, example_inputs=sample, **kwargs)
+            else:
+                raise ConfigurationError(f"to_torchscript(method={method!r}): use 'script' or 'trace'")
+        finally:
+            self._jit_is_scripting = False
+            self.train(mode)
+        if file_path is not None:
+            torch.jit.save(scripted, str(file_path))
+        return scripted
+
+    def to_tensorrt(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: TensorRT export needs torch_tensorrt; export with ``to_onnx`` or ``to_torchscript``."""
+        refuse("lightning.pytorch.LightningModule.to_tensorrt")
+
+    def _example_input(self, given: Any, caller: str) -> Any:
+        sample = given if given is not None else self.example_input_array
+        if sample is None:
+            raise ConfigurationError(
+                f"{caller} needs an input for forward: pass one, or set self.example_input_array in __init__"
+            )
+        return _to_device(sample, self.device)
+
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | Mapping[str, Any] | None:
         """Compute and return the training loss for one batch (``None`` skips the batch)."""
@@ -152,6 +278,28 @@ class Task(HyperparametersMixin, nn.Module):
         Under ``strategy="fsdp2"`` (or a ``ModelParallelStrategy``) a task may shard itself here with
         ``fully_shard``/``parallelize_module`` on ``self.device_mesh``; the default plan is then skipped.
         """
+        if type(self).configure_sharded_model is not Task.configure_sharded_model:
+            refuse("lightning.pytorch.LightningModule.configure_sharded_model")
+
+    def configure_sharded_model(self) -> None:
+        """Refused: Lightning 2 deprecated it for ``configure_model``, which dltrain calls."""
+        refuse("lightning.pytorch.LightningModule.configure_sharded_model")
+
+    def train_dataloader(self) -> Any:
+        """The training loader, when the task makes its own (else pass loaders or a DataModule to ``fit``)."""
+        raise ConfigurationError(f"{type(self).__name__} has no train_dataloader(): define it, or pass loaders to fit")
+
+    def val_dataloader(self) -> Any:
+        """The validation loader(s), when the task makes its own."""
+        raise ConfigurationError(f"{type(self).__name__} has no val_dataloader(): define it, or pass loaders")
+
+    def test_dataloader(self) -> Any:
+        """The test loader(s), when the task makes its own."""
+        raise ConfigurationError(f"{type(self).__name__} has no test_dataloader(): define it, or pass loaders")
+
+    def predict_dataloader(self) -> Any:
+        """The prediction loader(s), when the task makes its own."""
+        raise ConfigurationError(f"{type(self).__name__} has no predict_dataloader(): define it, or pass loaders")
 
     @property
     def device_mesh(self) -> Any:
@@ -197,6 +345,21 @@ class Task(HyperparametersMixin, nn.Module):
         for p, requires_grad in self._frozen_by_toggle.items():
             p.requires_grad = requires_grad
         self._frozen_by_toggle = {}
+
+    @contextlib.contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Generator[None, None, None]:
+        """``toggle_optimizer(optimizer)`` for the ``with`` block, ``untoggle_optimizer`` after it (also on error)."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Compute the gradients of ``loss``; override it to change how (the loss is already scaled for mixed
+        precision and divided for gradient accumulation). The Trainer calls it for automatic optimization and
+        ``manual_backward``, with the ``on_before_backward``/``on_after_backward`` hooks around it."""
+        loss.backward(*args, **kwargs)
 
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:
@@ -254,10 +417,28 @@ class Task(HyperparametersMixin, nn.Module):
             add_dataloader_idx=add_dataloader_idx,
         )
 
-    def log_dict(self, dictionary: Mapping[str, Tensor | float | int | Metric], **kwargs: Any) -> None:
-        """``self.log`` for every item of ``dictionary`` with the same options."""
+    def log_dict(
+        self,
+        dictionary: Mapping[str, Tensor | float | int | Metric] | Any,
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: str | Callable[..., Any] = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """``self.log`` for every item of ``dictionary`` (a mapping, or a torchmetrics ``MetricCollection``) with
+        the same options."""
         for name, value in dictionary.items():
-            self.log(name, value, **kwargs)
+            self.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                     reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
+                     sync_dist_group=sync_dist_group, add_dataloader_idx=add_dataloader_idx, batch_size=batch_size,
+                     rank_zero_only=rank_zero_only)
 
     # ------------------------------------------------------------------ hooks (Lightning's names and arguments)
     def prepare_data(self) -> None:
@@ -368,16 +549,31 @@ class Task(HyperparametersMixin, nn.Module):
     # ------------------------------------------------------------------ loading
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], map_location: Any = None,
-                             strict: bool | None = None, **kwargs: Any) -> Task:
+                             hparams_file: str | os.PathLike[str] | None = None, strict: bool | None = None,
+                             weights_only: bool | None = None, **kwargs: Any) -> Task:
         """A task built from a checkpoint's hyperparameters (``kwargs`` override them) with its weights.
 
         Loading is safe (``weights_only=True``): hyperparameters that were not plain values were stored as their
-        ``repr`` and must be passed again in ``kwargs``.
+        ``repr`` and must be passed again in ``kwargs``. ``hparams_file`` (YAML) replaces the checkpoint's
+        hyperparameters. ``strict=None`` follows the task's ``strict_loading``. A checkpoint written with weight
+        averaging (``WeightAveraging``, ``EMAWeightAveraging``, ``StochasticWeightAveraging``) gives the averaged
+        weights, as in Lightning.
         """
         from dltrain import checkpoint as ckpt_io
 
+        if weights_only is False:
+            raise ConfigurationError(
+                "load_from_checkpoint(weights_only=False): dltrain checkpoints hold plain types only and are always "
+                "loaded with weights_only=True (no pickled code runs); pass non-plain hyperparameters as keywords"
+            )
         checkpoint = ckpt_io.load(checkpoint_path)
-        hparams = {**checkpoint.get("hparams", {}), **kwargs}
+        stored = checkpoint.get("hparams", {})
+        if hparams_file is not None:
+            import yaml
+
+            with open(hparams_file) as f:
+                stored = yaml.safe_load(f) or {}
+        hparams = {**stored, **kwargs}
         try:
             task = cls(**hparams)
         except TypeError as err:
@@ -385,16 +581,19 @@ class Task(HyperparametersMixin, nn.Module):
                 f"cannot build {cls.__name__} from the hyperparameters in {str(checkpoint_path)!r} "
                 f"({sorted(hparams)}): {err}. Pass the missing or non-plain ones as keyword arguments"
             ) from err
-        if checkpoint.get("sharded"):  # a directory of shards (strategy="fsdp2"): read whole, in this process
+        strict = task.strict_loading if strict is None else strict
+        if "averaged_state_dict" in checkpoint:  # weight averaging: the averaged weights are the model's result
+            checkpoint["state_dict"] = checkpoint["averaged_state_dict"]
+        elif checkpoint.get("sharded"):  # a directory of shards (strategy="fsdp2"): read whole, in this process
             from dltrain import _sharded
 
-            if strict is not False:
+            if strict:
                 _sharded.check_model(task, Path(checkpoint_path))
             checkpoint["state_dict"] = _sharded.read_model(task, Path(checkpoint_path))
         task.on_load_checkpoint(checkpoint)
-        if strict is not False:
+        if strict:
             ckpt_io.check_state_dict(task, checkpoint["state_dict"], str(checkpoint_path))
-        task.load_state_dict(checkpoint["state_dict"], strict=strict is not False)
+        task.load_state_dict(checkpoint["state_dict"], strict=strict)
         if map_location is not None:
             task.to(torch.device(map_location) if isinstance(map_location, str) else map_location)
         return task
@@ -407,6 +606,12 @@ class Task(HyperparametersMixin, nn.Module):
         """
         zero = torch.zeros((), device=self.device)
         return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), zero)
+
+
+def _to_device(data: Any, device: torch.device) -> Any:
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    return move_data_to_device(data, device)
 
 
 def _inner(optimizer: Any) -> torch.optim.Optimizer:

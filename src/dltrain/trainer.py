@@ -32,6 +32,7 @@ from dltrain._logged_values import LoggedValues
 from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
 from dltrain._resumable_loader import release_workers
 from dltrain._step_output import add_note, raise_if_unused_parameters
+from dltrain._trainer_members import LightningTrainerMembers
 from dltrain.callbacks.base import Callback
 from dltrain.distributed import Watchdog, destroy_process_group_at_exit, isolate_restart_round
 from dltrain.errors import ConfigurationError, DistributedError
@@ -96,7 +97,7 @@ def _env_world() -> tuple[int, int] | None:
     return None
 
 
-class Trainer:
+class Trainer(LightningTrainerMembers):
     """Runs a :class:`~dltrain.Task`'s loops on CPU, CUDA or MPS, on one device or many (DDP/FSDP via torchrun).
 
     Args:
@@ -284,6 +285,10 @@ class Trainer:
         self.sync_batchnorm = sync_batchnorm
         self.on_nonfinite_loss = on_nonfinite_loss
         self.precision = precision
+        self.barebones = barebones
+        self._status = "initializing"  # trainer.state.status: running, finished, interrupted
+        self._ckpt_path: str | None = None  # the checkpoint the last stage loaded (trainer.ckpt_path)
+        self._oom_expected = False  # set by dltrain.tuner while a batch-size trial runs
 
         self._hooks = HookDispatcher(self, self._default_callbacks(
             callbacks, progress=enable_progress_bar, checkpointing=enable_checkpointing,
@@ -407,21 +412,30 @@ class Trainer:
     def profiler(self) -> Any:
         """The profiler callback (``Trainer(profiler=...)``), or one that measures nothing: ``with
         trainer.profiler.profile("name"):`` works either way."""
-        from dltrain.callbacks.profiler import PassThroughProfiler, PyTorchProfiler, SimpleProfiler
+        from dltrain.callbacks.profiler import PassThroughProfiler, Profiler
 
-        found = next((c for c in self.callbacks if isinstance(c, (SimpleProfiler, PyTorchProfiler))), None)
+        found = next((c for c in self.callbacks if isinstance(c, Profiler)), None)
         return found if found is not None else PassThroughProfiler()
 
     @property
     def estimated_stepping_batches(self) -> float:
         """Optimizer steps the whole fit will take (for schedulers such as OneCycleLR)."""
-        per_epoch = math.ceil(self.num_training_batches / self.accumulate_grad_batches)
-        total = per_epoch * (self.max_epochs or 1000) if math.isfinite(per_epoch) else float("inf")
+        batches = self.num_training_batches
+        if not math.isfinite(batches):
+            total = float("inf")
+        else:
+            total = math.ceil(batches / self.accumulate_grad_batches) * (self.max_epochs or 1000)
         return min(total, self.max_steps) if self.max_steps > 0 else total
 
     # ================================================================== set-up helpers
     @staticmethod
     def _check_choices(accelerator: Any, strategy: Any, precision: Any, clip: str, nonfinite: str) -> None:
+        from dltrain._refusals import refuse
+
+        if accelerator in ("tpu", "hpu", "ipu"):
+            refuse('Trainer(accelerator="tpu"/"hpu"/"ipu")')
+        if isinstance(strategy, str) and strategy.startswith(("deepspeed", "xla", "hpu")):
+            refuse('Trainer(strategy="deepspeed"/"fsdp"/"xla"/"hpu_*")')
         if isinstance(accelerator, str) and accelerator not in _ACCELERATORS:
             raise ConfigurationError(f"unknown accelerator {accelerator!r}; use one of {_ACCELERATORS}")
         from lightning.fabric.strategies import FSDPStrategy
@@ -465,6 +479,7 @@ class Trainer:
         """The user's callbacks plus the ones the Trainer's switches ask for. Features are callbacks."""
         from dltrain.callbacks import Compile, ModelCheckpoint, ModelSummary, Preemption, ProgressBar, Timer
         from dltrain.callbacks.profiler import make_profiler
+        from dltrain.callbacks.rich import RichProgressBar
 
         if callbacks is None:
             result: list[Callback] = []
@@ -475,7 +490,7 @@ class Trainer:
         for cb in result:
             if not isinstance(cb, Callback):
                 raise ConfigurationError(_not_a_callback(cb))
-        if progress and not any(isinstance(c, ProgressBar) for c in result):
+        if progress and not any(isinstance(c, (ProgressBar, RichProgressBar)) for c in result):
             result.append(ProgressBar())
         if summary and not any(isinstance(c, ModelSummary) for c in result):
             result.append(ModelSummary())
@@ -517,6 +532,7 @@ class Trainer:
         self._hooks.task = task
         task._trainer = self
         self.stage = stage
+        self._status = "running"
         self.datamodule = datamodule
 
     def _configure_task(self, task: Task) -> None:
@@ -571,7 +587,9 @@ class Trainer:
             self._fabric_module = self.fabric.setup_module(task)
         self._placed_task = task
         full_precision = type(self.strategy.precision) is Precision
-        self._plain = full_precision and isinstance(self.strategy, SingleDeviceStrategy)
+        # An overridden Task.backward is called through _backward (not the plain path's loss.backward()).
+        self._plain = (full_precision and isinstance(self.strategy, SingleDeviceStrategy)
+                       and not overrides(task, Task, "backward"))
         self._strategy_wraps_module = strategy_wraps_module(self._fabric_module)
         self._strategy_shards_module = self._strategy_wraps_module and not isinstance(self.strategy, DDPStrategy)
         self._sharded_in_place = _sharded.is_fsdp2(self)
@@ -672,7 +690,15 @@ class Trainer:
             offset += g.numel()
 
     def _backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Fabric's backward (precision scaling, strategy hooks); the plain path calls ``loss.backward()``."""
+        """Fabric's backward (precision scaling, strategy hooks); the plain path calls ``loss.backward()``.
+
+        A task that overrides ``backward`` gets the loss scaled as the precision needs (``16-mixed``), as Lightning
+        calls it."""
+        task_backward = self._hooks.task_hook("backward")
+        if task_backward is not None:
+            scaler = getattr(self.strategy.precision, "scaler", None)
+            task_backward(scaler.scale(loss) if scaler is not None else loss, *args, **kwargs)
+            return
         try:
             self.fabric.backward(loss, *args, model=self._fabric_module, **kwargs)
         except RuntimeError as err:
@@ -806,6 +832,8 @@ class Trainer:
 
         Hook order (Lightning's: callbacks, then the task; the loops are in ``dltrain.loop``)::
 
+            on_before_fit                                callbacks (dltrain's hook: the finders search here;
+                                                         not when resuming)
             prepare_data                                 datamodule, task (local rank 0 of each machine)
             setup("fit")                                 datamodule, callbacks, task
             configure_callbacks, configure_model         task
@@ -860,6 +888,9 @@ class Trainer:
         if datamodule is None and _data.is_datamodule(train_dataloaders):
             datamodule, train_dataloaders = train_dataloaders, None
         self._attach(task, "fit", datamodule)
+        if ckpt_path is None:  # dltrain's hook before set-up: the finders run their searches (fits of their own)
+            self._hooks.call_callbacks("on_before_fit", train_dataloaders, val_dataloaders, datamodule)
+            self._attach(task, "fit", datamodule)
         self._watchdog = None
         loop: FitLoop | None = None
         try:
@@ -887,6 +918,7 @@ class Trainer:
             loop = FitLoop(self, task, train_loader, val_loaders)
             self._fit_loop = loop
             restored = _checkpointing.restore(self, loop, ckpt_path) if ckpt_path is not None else None
+            self._ckpt_path = restored["_path"] if restored is not None else None
             if restored is not None and self.is_global_zero:
                 sys.stderr.write(f"[dltrain] restored from {restored['_path']} at {loop.position()}\n")
                 if loop.finished():
@@ -946,11 +978,16 @@ class Trainer:
             where += f", batch {loop.batch_idx}"
         if isinstance(exc, Exception):
             add_note(exc, f"[dltrain] raised on {where}")
-            if self.world_size > 1:
+            from dltrain.tuner.batch_size_scaling import is_oom_error
+
+            # A batch-size trial (dltrain.tuner) expects out-of-memory errors: every rank meets them at the same
+            # step and the tuner agrees on them; telling the watchdog would stop the other ranks.
+            if self.world_size > 1 and not (self._oom_expected and is_oom_error(exc)):
                 sys.stderr.write(f"[dltrain] {where} failed: {type(exc).__name__}: {exc}\n")
                 if self._watchdog is not None:
                     self._watchdog.report_error(self.global_step, exc)
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+        self._status = "interrupted"
         for cb in self.callbacks:
             if overrides(cb, Callback, "on_exception"):
                 with contextlib.suppress(Exception):
@@ -962,6 +999,8 @@ class Trainer:
 
     def _teardown(self, stage: str) -> None:
         """``teardown(stage)``: datamodule, callbacks, task (Lightning's order)."""
+        if self._status == "running":
+            self._status = "finished"
         if self.datamodule is not None:
             self.datamodule.teardown(stage)
         self._hooks.call_callbacks("teardown", stage)
@@ -1005,10 +1044,15 @@ class Trainer:
             _checks.check_loader(self, given, kind)
             loaders = _data.wrap_all(self, given)
             self._setup_task(task, with_optimizer=False)
+            self._ckpt_path = None
             if ckpt_path is not None:
-                _checkpointing.load_weights(self, ckpt_path)
+                self._ckpt_path = str(_checkpointing.load_weights(self, ckpt_path))
+            current = loaders[0] if len(loaders) == 1 else loaders
             if stage == "predict":
+                self.predict_dataloaders = current
                 return predict(self, task, loaders, self.limit_predict_batches)
+            if stage == "test":
+                self.test_dataloaders = current
             self._fit_loop = None
             limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
             results = evaluate(self, task, loaders, "validation" if stage == "validate" else "test", limit)
@@ -1023,23 +1067,27 @@ class Trainer:
             self._teardown(stage)
 
     # ================================================================== checkpoints
-    def save_checkpoint(self, path: str | os.PathLike[str], weights_only: bool = False) -> None:
+    def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False,
+                        storage_options: Any = None) -> None:
         """Write a checkpoint of everything needed to resume exactly (every rank must call it); ``weights_only``:
         the weights, hparams and loop counters only (for evaluation and ``load_from_checkpoint``).
 
         Taken between optimizer steps of an accumulation window, the partial gradients are not saved.
+        ``storage_options`` is Lightning's ``CheckpointIO`` argument: dltrain writes local paths itself and refuses
+        it.
         """
-        _checkpointing.save(self, path, weights_only=weights_only)
+        if storage_options is not None:
+            raise ConfigurationError("save_checkpoint(storage_options=...): dltrain has no CheckpointIO plugins; "
+                                     "write to a local path")
+        _checkpointing.save(self, filepath, weights_only=weights_only)
 
 
 def _checkpoints_last(callbacks: list[Callback]) -> list[Callback]:
     """Checkpoint callbacks run after the others (as in Lightning): an epoch-end checkpoint then holds what every
     other callback decided at that epoch end (EarlyStopping's should_stop, its wait count)."""
-    from dltrain.callbacks import ModelCheckpoint
+    from dltrain.callbacks.base import Checkpoint
 
-    return [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
-        c for c in callbacks if isinstance(c, ModelCheckpoint)
-    ]
+    return [c for c in callbacks if not isinstance(c, Checkpoint)] + [c for c in callbacks if isinstance(c, Checkpoint)]
 
 
 def _not_a_callback(obj: Any) -> str:

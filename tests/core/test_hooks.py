@@ -105,6 +105,7 @@ def test_fit_hook_order(tmp_path):
                 *both("on_validation_end"), "task.on_validation_model_train"]
 
     expected = [
+        "cb.on_before_fit",
         "task.prepare_data",
         "cb.setup:fit", "task.setup:fit",
         "task.configure_callbacks", "task.configure_model",

@@ -202,9 +202,9 @@ def kill_during_sharded_save(nth: int, phase: str, rank: int, marker: Path) -> N
         marker.write_text(f"killed in sharded save #{nth} ({phase}): {what}")
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def save(trainer, path, metadata):
+    def save(trainer, path, metadata, **kwargs):
         count["n"] += 1
-        return real_save(trainer, path, metadata)
+        return real_save(trainer, path, metadata, **kwargs)
 
     def dcp_save(state_dict, *, checkpoint_id=None, **kwargs):
         me = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from dltrain.task import Task
     from dltrain.trainer import Trainer
 
-__all__ = ["HOOKS", "Callback"]
+__all__ = ["HOOKS", "Callback", "Checkpoint"]
 
 
 class Callback:
@@ -36,6 +36,12 @@ class Callback:
 
     def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
         """Called at the end of every stage, also after an exception."""
+
+    def on_before_fit(self, trainer: Trainer, task: Task, train_dataloaders: Any, val_dataloaders: Any,
+                      datamodule: Any) -> None:
+        """dltrain's hook (Lightning has none): the first thing ``fit`` does, before ``setup``, with ``fit``'s data
+        arguments; not called when resuming (``ckpt_path``). ``LearningRateFinder`` and ``BatchSizeFinder`` run
+        their searches here, with fits of their own."""
 
     def on_fit_start(self, trainer: Trainer, task: Task) -> None: ...
     def on_fit_end(self, trainer: Trainer, task: Task) -> None: ...
@@ -101,6 +107,12 @@ class Callback:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+class Checkpoint(Callback):
+    """Base class of the callbacks that write checkpoints (``ModelCheckpoint``, ``OnExceptionCheckpoint``): the
+    Trainer runs them after every other callback, so that a checkpoint holds what the others decided, and lists
+    them in ``trainer.checkpoint_callbacks``."""
 
 
 HOOKS: tuple[str, ...] = tuple(

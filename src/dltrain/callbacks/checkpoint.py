@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from dltrain import checkpoint as ckpt_io
-from dltrain.callbacks.base import Callback
+from dltrain.callbacks.base import Checkpoint
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ _VERSION_RE = re.compile(r"^version_(\d+)$")
 _FIELD_RE = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Checkpoint):
     """Save checkpoints every ``every_n_epochs`` epochs, every ``every_n_train_steps`` optimizer steps and/or every
     ``train_time_interval``; keep the ``save_top_k`` best and maintain ``last.ckpt``. Lightning's arguments, names
     and folders.

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from dltrain.task import Task
     from dltrain.trainer import Trainer
 
-__all__ = ["PassThroughProfiler", "PyTorchProfiler", "SimpleProfiler", "make_profiler"]
+__all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler", "make_profiler"]
 
 
 def make_profiler(profiler: Any) -> Callback:
@@ -29,11 +29,71 @@ def make_profiler(profiler: Any) -> Callback:
         return SimpleProfiler()
     if profiler == "pytorch":
         return PyTorchProfiler()
-    raise ConfigurationError(f"profiler={profiler!r}: use 'simple', 'pytorch' or a dltrain profiler callback")
+    if profiler == "advanced":
+        return AdvancedProfiler()
+    if profiler == "xla":
+        from dltrain._refusals import refuse
+
+        refuse("lightning.pytorch.profilers.XLAProfiler")
+    raise ConfigurationError(f"profiler={profiler!r}: use 'simple', 'advanced', 'pytorch' or a dltrain profiler "
+                             "callback")
 
 
-class PassThroughProfiler:
-    """``trainer.profiler`` when no profiler was asked for: ``profile(action)`` measures nothing (Lightning's)."""
+class Profiler(Callback):
+    """Base class of the profilers (Lightning's ``Profiler``): ``start``/``stop`` an action by name, ``profile``
+    a block, ``summary`` as text; ``describe`` prints it. As callbacks, profilers time the loop's stages
+    themselves (``Trainer(profiler=...)`` adds one).
+
+    Args:
+        dirpath, filename: with ``filename``, each stage's report is written to
+            ``<dirpath>/<stage>-<filename>.txt`` (``dirpath`` default: ``trainer.log_dir``) instead of printed.
+    """
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str | None = None) -> None:
+        self.dirpath = dirpath
+        self.filename = filename
+
+    def _report(self, trainer: Trainer, stage: str, text: str, file: TextIO | None = None) -> None:
+        """Print ``text`` (global rank zero), or write it to ``<dirpath>/<stage>-<filename>.txt``."""
+        if not trainer.is_global_zero:
+            return
+        if self.filename is None:
+            print(text, file=file or sys.stdout)
+            return
+        folder = Path(self.dirpath if self.dirpath is not None else trainer.log_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stage}-{self.filename}.txt").write_text(text + "\n")
+
+    def start(self, action_name: str) -> None:
+        """Start timing ``action_name``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement start()")
+
+    def stop(self, action_name: str) -> None:
+        """Stop timing ``action_name``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement stop()")
+
+    def summary(self) -> str:
+        return ""
+
+    @contextmanager
+    def profile(self, action_name: str) -> Iterator[None]:
+        """Time a block of your own code under ``action_name`` (``with trainer.profiler.profile("decode"):``)."""
+        self.start(action_name)
+        try:
+            yield
+        finally:
+            self.stop(action_name)
+
+    def describe(self) -> None:
+        print(self.summary(), file=sys.stdout)
+
+
+class PassThroughProfiler(Profiler):
+    """``trainer.profiler`` when no profiler was asked for: ``profile(action)`` measures nothing (Lightning's).
+    ``dirpath``/``filename`` are accepted as Lightning's; nothing is written."""
+
+    def start(self, action_name: str) -> None: ...
+    def stop(self, action_name: str) -> None: ...
 
     @contextmanager
     def profile(self, action_name: str) -> Iterator[None]:
@@ -42,8 +102,13 @@ class PassThroughProfiler:
     def describe(self) -> None: ...
 
 
-class SimpleProfiler(Callback):
+class SimpleProfiler(Profiler):
     """Wall time spent in each stage of the loop, printed as a table when the stage ends (on global rank zero).
+
+    Args:
+        dirpath, filename: write each stage's report to ``<dirpath>/<stage>-<filename>.txt`` (see `Profiler`).
+        extended: Lightning's switch for the calls/mean/total/percent columns, which dltrain's table always has.
+        file: where to print the report when no ``filename`` is given (default ``sys.stdout``).
 
     Measured between hooks, so it costs two clock reads per batch: ``run_training_batch`` (batch start to end:
     forward, backward, optimizer step), ``data_wait`` (from one batch's end to the next one's start: fetching,
@@ -51,7 +116,10 @@ class SimpleProfiler(Callback):
     ``run_predict`` and ``fit``. ``summary()`` returns the table; ``timings`` holds the raw durations.
     """
 
-    def __init__(self, file: TextIO | None = None) -> None:
+    def __init__(self, dirpath: str | Path | None = None, filename: str | None = None, extended: bool = True,
+                 file: TextIO | None = None) -> None:
+        super().__init__(dirpath, filename)
+        self.extended = extended
         self.file = file
         self.timings: dict[str, list[float]] = defaultdict(list)
         self._open: dict[str, float] = {}
@@ -68,6 +136,12 @@ class SimpleProfiler(Callback):
     def describe(self) -> None:
         print(self.summary(), file=self.file or sys.stdout)
 
+    def start(self, action_name: str) -> None:
+        self._start(action_name)
+
+    def stop(self, action_name: str) -> None:
+        self._stop(action_name)
+
     def _start(self, name: str) -> None:
         self._open[name] = perf_counter()
 
@@ -81,8 +155,7 @@ class SimpleProfiler(Callback):
 
     def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
         self._stop(stage)
-        if trainer.is_global_zero:
-            print(self.summary(), file=self.file or sys.stdout)
+        self._report(trainer, stage, self.summary(), self.file)
 
     def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
         self._start("run_training_epoch")
@@ -125,21 +198,40 @@ class SimpleProfiler(Callback):
         return "\n".join(lines)
 
 
-class PyTorchProfiler(Callback):
+class PyTorchProfiler(Profiler):
     """``torch.profiler`` around each stage; writes a Chrome trace (``chrome://tracing``, Perfetto) per stage to
     ``dirpath`` (default ``<default_root_dir>/profiler``) and prints the top operators on global rank zero.
 
     Args:
-        dirpath: where the traces go.
-        row_limit: operators in the printed table.
+        dirpath: where the traces (and, with ``filename``, the tables) go.
+        filename: the traces are ``<stage>-<filename>-rank<r>.pt.trace.json`` (default ``<stage>-rank<r>...``)
+            and the operator table is written to ``<dirpath>/<stage>-<filename>.txt`` instead of printed.
+        group_by_input_shapes: one table row per operator and input shapes (needs ``record_shapes=True``).
+        emit_nvtx: NVTX ranges for Nsight Systems (``torch.autograd.profiler.emit_nvtx``; CUDA only).
+        export_to_chrome: write the Chrome trace.
+        row_limit: operators in the table (-1: all).
+        sort_by_key: the table's sort key (default ``cuda_time_total`` on CUDA, else ``cpu_time_total``).
+        record_module_names: a named range for each submodule's forward (``<Type>: <name>``) in the trace.
+        table_kwargs: more arguments of ``key_averages().table()``.
         **profiler_kwargs: passed to ``torch.profiler.profile`` (``record_shapes``, ``profile_memory``, ...).
     """
 
-    def __init__(self, dirpath: str | None = None, row_limit: int = 20, **profiler_kwargs: Any) -> None:
-        self.dirpath = dirpath
+    def __init__(self, dirpath: str | Path | None = None, filename: str | None = None,
+                 group_by_input_shapes: bool = False, emit_nvtx: bool = False, export_to_chrome: bool = True,
+                 row_limit: int = 20, sort_by_key: str | None = None, record_module_names: bool = True,
+                 table_kwargs: dict[str, Any] | None = None, **profiler_kwargs: Any) -> None:
+        super().__init__(dirpath, filename)
+        self.group_by_input_shapes = group_by_input_shapes
+        self.emit_nvtx = emit_nvtx
+        self.export_to_chrome = export_to_chrome
         self.row_limit = row_limit
+        self.sort_by_key = sort_by_key
+        self.record_module_names = record_module_names
+        self.table_kwargs = table_kwargs or {}
         self.profiler_kwargs = profiler_kwargs
         self._profiler: Any = None
+        self._ranges: dict[str, Any] = {}  # start()ed ranges, by name
+        self._module_hooks: list[Any] = []
         self.trace_paths: list[Path] = []
 
     @contextmanager
@@ -150,25 +242,118 @@ class PyTorchProfiler(Callback):
         with torch.profiler.record_function(action_name):
             yield
 
+    def start(self, action_name: str) -> None:
+        import torch.profiler
+
+        self._ranges[action_name] = torch.profiler.record_function(action_name)
+        self._ranges[action_name].__enter__()
+
+    def stop(self, action_name: str) -> None:
+        opened = self._ranges.pop(action_name, None)
+        if opened is not None:
+            opened.__exit__(None, None, None)
+
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
         import torch.profiler
 
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if trainer.device.type == "cuda":
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        self._profiler = torch.profiler.profile(activities=activities, **self.profiler_kwargs)
+        if self.emit_nvtx:
+            if trainer.device.type != "cuda":
+                raise ConfigurationError("PyTorchProfiler(emit_nvtx=True) needs CUDA (NVTX ranges for Nsight)")
+            self._profiler = torch.autograd.profiler.emit_nvtx()
+        else:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if trainer.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._profiler = torch.profiler.profile(activities=activities, **self.profiler_kwargs)
         self._profiler.__enter__()
+        if self.record_module_names:
+            self._record_modules(task)
+
+    def _record_modules(self, task: Task) -> None:
+        for name, module in task.named_modules():
+            if not name:
+                continue
+            label = f"{type(module).__name__}: {name}"
+            self._module_hooks.append(module.register_forward_pre_hook(
+                lambda _m, _i, label=label: self.start(label)))
+            self._module_hooks.append(module.register_forward_hook(
+                lambda _m, _i, _o, label=label: self.stop(label)))
 
     def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+        for handle in self._module_hooks:
+            handle.remove()
+        self._module_hooks = []
         if self._profiler is None:
             return
         profiler, self._profiler = self._profiler, None
         profiler.__exit__(None, None, None)
+        if self.emit_nvtx:
+            return  # the ranges went to NVTX (Nsight records them)
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "profiler")
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{stage}-rank{trainer.global_rank}.pt.trace.json"
-        profiler.export_chrome_trace(str(path))
-        self.trace_paths.append(path)
-        if trainer.is_global_zero:
-            print(profiler.key_averages().table(sort_by="cpu_time_total", row_limit=self.row_limit))
-            print(f"[dltrain] profiler trace: {path}")
+        if self.export_to_chrome:
+            name = f"{stage}-{self.filename}" if self.filename else stage
+            path = folder / f"{name}-rank{trainer.global_rank}.pt.trace.json"
+            profiler.export_chrome_trace(str(path))
+            self.trace_paths.append(path)
+            if trainer.is_global_zero:
+                print(f"[dltrain] profiler trace: {path}")
+        sort = self.sort_by_key or ("cuda_time_total" if trainer.device.type == "cuda" else "cpu_time_total")
+        table = profiler.key_averages(group_by_input_shape=self.group_by_input_shapes).table(
+            sort_by=sort, row_limit=self.row_limit, **self.table_kwargs)
+        self._report(trainer, stage, table)
+
+
+class AdvancedProfiler(SimpleProfiler):
+    """``cProfile`` statistics of each stage of the loop (training batches, validation, test, predict), printed
+    per stage as ``pstats`` tables (cumulative time) when the stage ends, on global rank zero.
+
+    Args:
+        dirpath, filename: write each stage's report to ``<dirpath>/<stage>-<filename>.txt`` (see `Profiler`).
+        line_count_restriction: lines of each table (an int) or a fraction of them.
+        dump_stats: also write each action's raw statistics (``<dirpath>/<filename>_<action>.prof``).
+    """
+
+    _PROFILED = ("run_training_batch", "run_validation", "run_test", "run_predict")  # never nested in each other
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str | None = None,
+                 line_count_restriction: float = 1.0, dump_stats: bool = False) -> None:
+        super().__init__(dirpath, filename)
+        self.line_count_restriction = line_count_restriction
+        self.dump_stats = dump_stats
+        self.profiled_actions: dict[str, Any] = {}
+
+    def _start(self, name: str) -> None:
+        super()._start(name)
+        if name in self._PROFILED or name not in self._builtin_actions():
+            import cProfile
+
+            profile = self.profiled_actions.setdefault(name, cProfile.Profile())
+            profile.enable()
+
+    def _stop(self, name: str) -> None:
+        profile = self.profiled_actions.get(name)
+        if profile is not None and name in self._open:
+            profile.disable()
+        super()._stop(name)
+
+    @staticmethod
+    def _builtin_actions() -> set[str]:
+        return {"fit", "validate", "test", "predict", "run_training_epoch", "data_wait",
+                *AdvancedProfiler._PROFILED}
+
+    def summary(self) -> str:
+        import io
+        import pstats
+
+        parts = []
+        for name, profile in self.profiled_actions.items():
+            out = io.StringIO()
+            stats = pstats.Stats(profile, stream=out).strip_dirs().sort_stats("cumulative")
+            stats.print_stats(self.line_count_restriction)
+            parts.append(f"Profile stats for: {name}\n{out.getvalue()}")
+            if self.dump_stats and self.dirpath is not None:
+                Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+                stats.dump_stats(str(Path(self.dirpath) / f"{self.filename or 'profile'}_{name}.prof"))
+        return "\n".join(parts)
+

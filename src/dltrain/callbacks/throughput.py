@@ -67,6 +67,8 @@ class ThroughputMonitor(Callback):
             progress bar.
         peak_flops: the device's peak FLOP/s for the run's precision (overrides the table).
         measure_flops: count the FLOPs of the first training batch when the task does not say them.
+        length_fn: ``batch -> number of items`` (tokens): Lightning's name for what the task's
+            ``tokens_per_batch(batch)`` says; when given, it is used instead.
 
     Example:
         >>> monitor = ThroughputMonitor(window=100, batch_size_fn=lambda b: len(b["input_ids"]))
@@ -80,6 +82,7 @@ class ThroughputMonitor(Callback):
         prog_bar: bool = False,
         peak_flops: float | None = None,
         measure_flops: bool = False,
+        length_fn: Callable[[Any], int] | None = None,
     ) -> None:
         if window < 1:
             raise ConfigurationError(f"ThroughputMonitor(window={window}): use 1 or more")
@@ -90,6 +93,7 @@ class ThroughputMonitor(Callback):
         self.prog_bar = prog_bar
         self.peak_flops = peak_flops
         self.measure_flops = measure_flops
+        self.length_fn = length_fn
         # Set at fit start from the task: per-batch counts, or None when not known (nothing stored per step then).
         self._tokens_fn: Callable[[Any], int] | None = None
         self._flops_fn: Callable[[Any], float] | None = None
@@ -128,7 +132,7 @@ class ThroughputMonitor(Callback):
 
     # ------------------------------------------------------------------ what the task says
     def on_fit_start(self, trainer: Trainer, task: Task) -> None:
-        self._tokens_fn = _per_batch(task, "tokens_per_batch")  # type: ignore[assignment]
+        self._tokens_fn = self.length_fn or _per_batch(task, "tokens_per_batch")  # type: ignore[assignment]
         self._flops_fn = _per_batch(task, "flops_per_batch")
         knows_flops = self._flops_fn is not None or self.measure_flops
         if not knows_flops:

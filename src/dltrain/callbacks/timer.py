@@ -22,13 +22,20 @@ class Timer(Callback):
 
     Args:
         duration: ``"DD:HH:MM:SS"`` (Lightning's format), a ``timedelta``, or a dict of ``timedelta`` arguments
-            (``{"hours": 2}``).
+            (``{"hours": 2}``); ``None``: only measure.
+        interval: check after every batch (``"step"``) or at the end of every epoch (``"epoch"``).
+        verbose: say on stderr (global rank zero) when the time is up.
 
     The time already spent is part of the checkpoint, so a resumed run keeps counting.
     """
 
-    def __init__(self, duration: str | timedelta | dict[str, int]) -> None:
-        self.duration = _parse(duration)
+    def __init__(self, duration: str | timedelta | dict[str, int] | None = None, interval: str = "step",
+                 verbose: bool = True) -> None:
+        if interval not in ("step", "epoch"):
+            raise ConfigurationError(f"Timer(interval={interval!r}): use 'step' or 'epoch'")
+        self.duration = _parse(duration) if duration is not None else None
+        self.interval = interval
+        self.verbose = verbose
         self.elapsed_before = 0.0  # seconds of earlier runs (restored from a checkpoint)
         self._start: float | None = None
 
@@ -39,8 +46,22 @@ class Timer(Callback):
         return self.elapsed_before + (monotonic() - self._start if self._start is not None else 0.0)
 
     def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.time_elapsed() >= self.duration.total_seconds():
-            trainer.should_stop = True
+        if self.interval == "step":
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+        if self.interval == "epoch":
+            self._check(trainer)
+
+    def _check(self, trainer: Trainer) -> None:
+        if self.duration is None or self.time_elapsed() < self.duration.total_seconds():
+            return
+        if self.verbose and trainer.is_global_zero and not trainer.should_stop:
+            import sys
+
+            elapsed = timedelta(seconds=int(self.time_elapsed()))
+            sys.stderr.write(f"[dltrain] time limit reached ({self.duration}): elapsed {elapsed}; stopping\n")
+        trainer.should_stop = True
 
     def state_dict(self) -> dict[str, Any]:
         return {"elapsed": self.time_elapsed()}

@@ -93,14 +93,15 @@ class _TokenizerMixin(Task):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], map_location: Any = None,
-                             strict: bool | None = None, *, tokenizer: TextTokenizer | None = None,
+                             hparams_file: str | os.PathLike[str] | None = None, strict: bool | None = None,
+                             weights_only: bool | None = None, *, tokenizer: TextTokenizer | None = None,
                              **overrides: Any) -> Self:
         """Rebuild a trained task from a checkpoint: hyperparameters, weights and the tokenizer it was trained
         with.
 
         Args:
             checkpoint_path: a checkpoint written by the Trainer.
-            map_location, strict: as for `dltrain.Task.load_from_checkpoint`.
+            map_location, hparams_file, strict, weights_only: as for `dltrain.Task.load_from_checkpoint`.
             tokenizer: optional; must be the checkpoint's tokenizer (else ``CheckpointError``). Default: the
                 tokenizer stored in the checkpoint.
             overrides: constructor arguments to change (e.g. ``encoder=`` for a custom encoder, ``dropout=0``).
@@ -118,7 +119,8 @@ class _TokenizerMixin(Task):
             else:
                 tokenizer.check_matches(state, where=f"checkpoint {str(checkpoint_path)!r}")
         # Subclasses take tokenizer=; the base class builds the task, checks and loads the weights.
-        task = super().load_from_checkpoint(checkpoint_path, map_location, strict, tokenizer=tokenizer, **overrides)
+        task = super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only,
+                                            tokenizer=tokenizer, **overrides)
         return cast(Self, task)
 
 

@@ -1,0 +1,239 @@
+"""Lightning's public API, enumerated from the installed ``lightning.pytorch``, against dltrain's (issue 22 item 1).
+
+Every public name of ``lightning.pytorch`` and of its ``callbacks``, ``loggers``, ``profilers`` and ``tuner`` modules,
+every public member of a ``LightningModule`` and of a ``Trainer`` instance, and every argument of their methods and
+of the classes both have, must exist in dltrain under the rename (README "Coming from Lightning"), or be refused
+with a reason in ``dltrain._refusals.REFUSED`` (the README shows that list). Nothing here is typed by hand but the
+rename and the names still being built (``PENDING``): a new Lightning release that adds a name fails this test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import dltrain
+from dltrain._refusals import REFUSED
+from dltrain.errors import ConfigurationError
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The rename, module for module, and the classes that change name (README "Coming from Lightning").
+MODULES = {
+    "lightning.pytorch": "dltrain",
+    "lightning.pytorch.callbacks": "dltrain.callbacks",
+    "lightning.pytorch.loggers": "dltrain.loggers",
+    "lightning.pytorch.profilers": "dltrain.profilers",
+    "lightning.pytorch.tuner": "dltrain.tuner",
+}
+CLASSES = {"LightningModule": "Task", "LightningDataModule": "DataModule", "LightningCLI": "CLI",
+           "TQDMProgressBar": "ProgressBar"}
+
+# Names another engineer is building right now (issue 22): each must still be missing (the test below fails once
+# it exists, so that it leaves this set), and the set must reach zero.
+_B5, _B7, _B10 = "lightning-b (issue 22 item 5)", "lightning-b (issue 22 items 2, 7)", "lightning-b (issue 22 item 10)"
+_LOGGERS = "lightning-b (issue 25 item 4, loggers)"
+_BAR = "firsthour (issue 22, progress bar)"
+PENDING: dict[str, str] = {
+    "lightning.pytorch.loggers.MLFlowLogger": _B5,
+    "lightning.pytorch.Trainer.overfit_batches": _B10,
+    "lightning.pytorch.Trainer.enable_autolog_hparams": _B10,
+    "lightning.pytorch.Trainer(overfit_batches=)": _B10,
+    "lightning.pytorch.Trainer(enable_autolog_hparams=)": _B10,
+    "lightning.pytorch.Trainer(plugins=)": _B10,
+    "lightning.pytorch.Trainer.fit(weights_only=)": _B10,
+    "lightning.pytorch.Trainer.validate(weights_only=)": _B10,
+    "lightning.pytorch.Trainer.test(weights_only=)": _B10,
+    "lightning.pytorch.Trainer.predict(weights_only=)": _B10,
+    **{f"lightning.pytorch.callbacks.EarlyStopping({a}=)": _B7 for a in (
+        "check_on_train_epoch_end", "divergence_threshold", "log_rank_zero_only", "stopping_threshold", "strict",
+        "verbose")},
+    **{f"lightning.pytorch.callbacks.ModelCheckpoint({a}=)": _B7 for a in (
+        "auto_insert_metric_name", "enable_version_counter", "save_on_exception", "save_on_train_epoch_end",
+        "save_weights_only", "train_time_interval", "verbose")},
+    "lightning.pytorch.callbacks.LearningRateMonitor(log_weight_decay=)": _B7,
+    "alias dltrain.callbacks.TQDMProgressBar": _BAR,
+    "lightning.pytorch.callbacks.TQDMProgressBar(process_position=)": _BAR,
+    "lightning.pytorch.callbacks.TQDMProgressBar(refresh_rate=)": _BAR,
+    **{f"lightning.pytorch.loggers.CSVLogger({a}=)": _LOGGERS for a in ("flush_logs_every_n_steps", "prefix")},
+    **{f"lightning.pytorch.loggers.WandbLogger({a}=)": _LOGGERS for a in (
+        "add_file_policy", "anonymous", "checkpoint_name", "dir", "experiment", "log_model", "prefix", "version")},
+}
+
+
+# ---------------------------------------------------------------------------------------------------- enumeration
+def _public_names(module: types.ModuleType) -> list[str]:
+    names = getattr(module, "__all__", None)
+    if names is None:  # no __all__ (lightning.pytorch.tuner): its public attributes that are not submodules
+        names = [n for n, v in vars(module).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)]
+    return sorted(names)
+
+
+def _lightning_trainer() -> Any:
+    import lightning.pytorch as pl
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False)
+
+
+def _dltrain_trainer() -> Any:
+    return dltrain.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                           enable_progress_bar=False, enable_model_summary=False)
+
+
+class _Task(dltrain.Task):
+    pass
+
+
+def _members(obj: Any, exclude: set[str]) -> set[str]:
+    return {n for n in dir(obj) if not n.startswith("_") and n not in exclude}
+
+
+def lightning_names() -> dict[str, tuple[Any, str]]:
+    """Lightning's qualified name -> (the dltrain object that must have it, the name it has there)."""
+    import lightning.pytorch as pl
+
+    names: dict[str, tuple[Any, str]] = {}
+    for lightning_module, ours in MODULES.items():
+        for name in _public_names(importlib.import_module(lightning_module)):
+            names[f"{lightning_module}.{name}"] = (ours, CLASSES.get(name, name))
+    module_members = set(dir(torch.nn.Module))
+    task = _Task()
+    for name in _members(pl.LightningModule, module_members):
+        names[f"lightning.pytorch.LightningModule.{name}"] = (task, name)
+    trainer = _dltrain_trainer()
+    for name in _members(_lightning_trainer(), set()):
+        names[f"lightning.pytorch.Trainer.{name}"] = (trainer, name)
+    return names
+
+
+def _has(owner: Any, name: str) -> bool:
+    if isinstance(owner, str):
+        try:
+            return hasattr(importlib.import_module(owner), name)
+        except ModuleNotFoundError:  # the whole module is missing
+            return False
+    return name in dir(owner)  # without evaluating properties
+
+
+# ---------------------------------------------------------------------------------------------------- names
+def test_every_lightning_name_exists_in_dltrain_or_is_refused():
+    names = lightning_names()
+    assert len(names) > 150  # the enumeration found Lightning's API (sanity check of this test itself)
+    missing = sorted(q for q, (owner, name) in names.items()
+                     if not _has(owner, name) and q not in REFUSED and q not in PENDING)
+    assert not missing, (f"{len(missing)} Lightning names are neither in dltrain nor refused in "
+                         f"dltrain._refusals.REFUSED: {missing}")
+
+
+def test_pending_names_are_still_missing():
+    """A name in PENDING that now exists must leave it (PENDING shrinks to zero)."""
+    names = lightning_names()
+    done = sorted(q for q in PENDING if q in names and _has(*names[q]))
+    assert not done, f"these exist now: remove them from PENDING: {done}"
+    unknown = sorted(q for q in PENDING if q not in names and not q.endswith("=)") and not q.startswith("alias "))
+    assert not unknown, f"PENDING names Lightning does not have: {unknown}"
+
+
+def test_refused_names_are_lightning_names_that_dltrain_lacks():
+    names = lightning_names()
+    for q in REFUSED:
+        if q.startswith("lightning.pytorch."):
+            assert q in names or q.endswith("=)"), f"{q} is refused but Lightning has no such name: drop it"
+
+
+@pytest.mark.parametrize("qualified", sorted(q for q in REFUSED if q.startswith("lightning.pytorch.")
+                                             and not q.endswith("=)")))
+def test_a_refused_name_raises_its_reason_when_used(qualified):
+    owner, name = lightning_names()[qualified]
+    reason = REFUSED[qualified]
+    with pytest.raises(ConfigurationError) as info:
+        if isinstance(owner, str):
+            getattr(importlib.import_module(owner), name)()
+        else:
+            value = getattr(owner, name)  # a property raises here
+            value()  # a method raises when called
+    assert reason in str(info.value) and qualified in str(info.value)
+
+
+def test_renamed_classes_keep_their_lightning_name_as_an_alias():
+    """``TQDMProgressBar`` is dltrain's ``ProgressBar``, under both names (the rename's one alias)."""
+    import dltrain.callbacks
+
+    if "alias dltrain.callbacks.TQDMProgressBar" in PENDING:
+        assert not hasattr(dltrain.callbacks, "TQDMProgressBar"), "the alias exists now: remove it from PENDING"
+    else:
+        assert dltrain.callbacks.TQDMProgressBar is dltrain.callbacks.ProgressBar
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+def _parameters(fn: Any) -> list[str] | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in ("self", "cls")]
+
+
+def lightning_arguments() -> dict[str, bool]:
+    """``Class(arg=)`` / ``Class.method(arg=)`` for every argument of Lightning's classes and methods whose dltrain
+    counterpart exists -> whether dltrain's takes it."""
+    import lightning.pytorch as pl
+
+    pairs: list[tuple[str, Any, Any]] = []
+    for lightning_module, ours in MODULES.items():
+        module = importlib.import_module(lightning_module)
+        for name in _public_names(module):
+            try:
+                mine = getattr(importlib.import_module(ours), CLASSES.get(name, name), None)
+            except ModuleNotFoundError:
+                mine = None
+            theirs = getattr(module, name)
+            if inspect.isclass(theirs) and inspect.isclass(mine) and f"{lightning_module}.{name}" not in REFUSED:
+                pairs.append((f"{lightning_module}.{name}", theirs.__init__, mine.__init__))
+    for cls, mine_cls, prefix in ((pl.LightningModule, _Task, "lightning.pytorch.LightningModule"),
+                                  (pl.Trainer, dltrain.Trainer, "lightning.pytorch.Trainer")):
+        for name in _members(cls, set(dir(torch.nn.Module))):
+            theirs, mine = inspect.getattr_static(cls, name), inspect.getattr_static(mine_cls, name, None)
+            if (callable(theirs) and callable(mine)) or isinstance(theirs, (classmethod, staticmethod)):
+                pairs.append((f"{prefix}.{name}", getattr(cls, name), getattr(mine_cls, name, None)))
+    out: dict[str, bool] = {}
+    for qualified, theirs, mine in pairs:
+        if qualified in REFUSED:  # a refused class or method: its arguments with it
+            continue
+        their_params, my_params = _parameters(theirs), _parameters(mine) if mine is not None else None
+        if their_params is None or my_params is None:
+            continue
+        for arg in their_params:
+            out[f"{qualified}({arg}=)"] = arg in my_params
+    return out
+
+
+def test_every_lightning_argument_exists_in_dltrain_or_is_refused():
+    args = lightning_arguments()
+    assert len(args) > 300
+    missing = sorted(q for q, ok in args.items() if not ok and q not in REFUSED and q not in PENDING)
+    assert not missing, f"{len(missing)} Lightning arguments are neither in dltrain nor refused: {missing}"
+    done = sorted(q for q, ok in args.items() if ok and q in PENDING)
+    assert not done, f"these arguments exist now: remove them from PENDING: {done}"
+
+
+# ---------------------------------------------------------------------------------------------------- the README
+def test_readme_shows_the_refusal_list():
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Coming from Lightning", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([^`]+)` \| (.+?) \|$", section, re.M))
+    for name, reason in REFUSED.items():
+        short = name.removeprefix("lightning.pytorch.")
+        assert short in rows, f"README 'Coming from Lightning' lacks the refused name {short}"
+        assert rows[short] == reason, f"README's reason for {short} differs from dltrain._refusals.REFUSED"
