@@ -41,7 +41,6 @@ CLASSES = {"LightningModule": "Task", "LightningDataModule": "DataModule", "Ligh
 # it exists, so that it leaves this set), and the set must reach zero.
 _B5, _B7, _B10 = "lightning-b (issue 22 item 5)", "lightning-b (issue 22 items 2, 7)", "lightning-b (issue 22 item 10)"
 _LOGGERS = "lightning-b (issue 25 item 4, loggers)"
-_BAR = "firsthour (issue 22, progress bar)"
 PENDING: dict[str, str] = {
     "lightning.pytorch.loggers.MLFlowLogger": _B5,
     "lightning.pytorch.Trainer.overfit_batches": _B10,
@@ -56,13 +55,7 @@ PENDING: dict[str, str] = {
     **{f"lightning.pytorch.callbacks.EarlyStopping({a}=)": _B7 for a in (
         "check_on_train_epoch_end", "divergence_threshold", "log_rank_zero_only", "stopping_threshold", "strict",
         "verbose")},
-    **{f"lightning.pytorch.callbacks.ModelCheckpoint({a}=)": _B7 for a in (
-        "auto_insert_metric_name", "enable_version_counter", "save_on_exception", "save_on_train_epoch_end",
-        "save_weights_only", "train_time_interval", "verbose")},
     "lightning.pytorch.callbacks.LearningRateMonitor(log_weight_decay=)": _B7,
-    "alias dltrain.callbacks.TQDMProgressBar": _BAR,
-    "lightning.pytorch.callbacks.TQDMProgressBar(process_position=)": _BAR,
-    "lightning.pytorch.callbacks.TQDMProgressBar(refresh_rate=)": _BAR,
     **{f"lightning.pytorch.loggers.CSVLogger({a}=)": _LOGGERS for a in ("flush_logs_every_n_steps", "prefix")},
     **{f"lightning.pytorch.loggers.WandbLogger({a}=)": _LOGGERS for a in (
         "add_file_policy", "anonymous", "checkpoint_name", "dir", "experiment", "log_model", "prefix", "version")},
@@ -141,7 +134,7 @@ def test_pending_names_are_still_missing():
     names = lightning_names()
     done = sorted(q for q in PENDING if q in names and _has(*names[q]))
     assert not done, f"these exist now: remove them from PENDING: {done}"
-    unknown = sorted(q for q in PENDING if q not in names and not q.endswith("=)") and not q.startswith("alias "))
+    unknown = sorted(q for q in PENDING if q not in names and not q.endswith("=)"))
     assert not unknown, f"PENDING names Lightning does not have: {unknown}"
 
 
@@ -170,10 +163,7 @@ def test_renamed_classes_keep_their_lightning_name_as_an_alias():
     """``TQDMProgressBar`` is dltrain's ``ProgressBar``, under both names (the rename's one alias)."""
     import dltrain.callbacks
 
-    if "alias dltrain.callbacks.TQDMProgressBar" in PENDING:
-        assert not hasattr(dltrain.callbacks, "TQDMProgressBar"), "the alias exists now: remove it from PENDING"
-    else:
-        assert dltrain.callbacks.TQDMProgressBar is dltrain.callbacks.ProgressBar
+    assert dltrain.callbacks.TQDMProgressBar is dltrain.callbacks.ProgressBar
 
 
 # ---------------------------------------------------------------------------------------------------- arguments

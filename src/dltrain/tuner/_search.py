@@ -62,7 +62,7 @@ def search_fits(trainer: Trainer, task: Task, callbacks: Sequence[Callback], **s
     saved_settings = {name: getattr(trainer, name) for name in _SETTINGS}
     saved_callbacks, saved_loggers = list(trainer.callbacks), list(trainer.loggers)
     saved_loop = trainer.loop_state
-    saved_metrics = (dict(trainer._callback_metrics), dict(trainer.logged_metrics), dict(trainer.progress_bar_metrics))
+    saved_metrics = (dict(trainer._callback_metrics), dict(trainer.logged_metrics), dict(trainer._progress_bar_metrics))
     rng = ckpt_io.rng_state()
     own = [*callbacks, snapshot]
     trainer.callbacks = own
@@ -87,7 +87,7 @@ def search_fits(trainer: Trainer, task: Task, callbacks: Sequence[Callback], **s
         for name, value in saved_settings.items():
             setattr(trainer, name, value)
         trainer.loop_state = saved_loop
-        trainer._callback_metrics, trainer.logged_metrics, trainer.progress_bar_metrics = (
+        trainer._callback_metrics, trainer.logged_metrics, trainer._progress_bar_metrics = (
             saved_metrics[0], saved_metrics[1], saved_metrics[2])
         trainer._oom_expected = False
         ckpt_io.set_rng_state(rng)
