@@ -5,7 +5,7 @@ Every clip is one digit word (zero..nine) spoken by an espeak-ng voice: an Engli
 random speed, pitch and intonation range, with a random gain and a little white noise. The *variants* are
 split between train, validation and test, so the test set is spoken only by voices the model never heard.
 
-Run directly to build the shards without training: ``python examples/audio/digits.py --data-dir data/kws``.
+Run directly to build the shards without training: ``python examples/audio/digits.py --data-dir runs/kws/data``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def build(data_dir: str | Path, config: SynthConfig = SynthConfig(), verbose: bo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default="data/kws_digits")
+    parser.add_argument("--data-dir", default="runs/kws/data")  # train_kws.py's <root-dir>/data
     parser.add_argument("--takes", type=int, nargs=3, default=list(SynthConfig.takes), metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--max-variants", type=int, default=None)
     args = parser.parse_args()

@@ -17,66 +17,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-import dltrain
-import dltrain.plugins
-from dltrain.data import StreamingDataLoader, expand_urls
-
-try:  # run as a script (its folder is on sys.path) or imported as examples.audio.train_kws
-    import digits  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover
-    from examples.audio import digits  # type: ignore[no-redef]
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows each default (not ``None``: the help says what happens then)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # examples/_flags.py, the flags every example shares
+import _flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = _flags.parser(__doc__)
     data = p.add_argument_group("data")
-    data.add_argument("--data-dir", default="data/kws_digits",
-                      help="where the synthesised shards go (reused when already there)")
     data.add_argument("--train-shards", help="your training shards (path, brace pattern); skips synthesis")
     data.add_argument("--val-shards", help="your validation shards")
     data.add_argument("--test-shards", help="your test shards")
     data.add_argument("--num-classes", type=int, default=None,
                       help="classes in your shards (default: from classes.json next to them, else 10)")
-    data.add_argument("--takes", type=int, nargs=3, default=list(digits.SynthConfig.takes),
+    data.add_argument("--takes", type=int, nargs=3, default=[3, 2, 3],  # digits.SynthConfig.takes
                       metavar=("TRAIN", "VAL", "TEST"), help="synthesised clips per voice variant and digit")
     data.add_argument("--max-variants", type=int, default=None,
                       help="synthesise with at most this many voice variants (a tiny set for smoke tests)")
     data.add_argument("--sample-rate", type=int, default=16000, help="audio is resampled to this rate")
     data.add_argument("--clip-seconds", type=float, default=1.0, help="clips are cropped or padded to this")
-    data.add_argument("--workers", type=int, default=1, help="loader worker processes per rank")
-    data.add_argument("--num-workers", type=int, dest="workers", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    train = p.add_argument_group("training")
-    train.add_argument("--max-epochs", type=int, default=8, help="train this many epochs (in all, with --resume)")
-    train.add_argument("--epochs", type=int, dest="max_epochs", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    train.add_argument("--max-steps", type=int, default=None,
-                       help="stop after this many optimizer steps (default: no limit)")
-    train.add_argument("--batch-size", type=int, default=64, help="per rank")
+    train = p.add_argument_group("model and optimization")
     train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warm-up, then cosine)")
     train.add_argument("--n-mels", type=int, default=40, help="mel bands of the log-mel features")
     train.add_argument("--width", type=int, default=16, help="channels of the CNN's first block")
-    train.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, bf16-true")
-    train.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, mps")
-    train.add_argument("--devices", default="auto", help="devices per node (under torchrun: its processes)")
-    train.add_argument("--seed", type=int, default=0, help="seeds the weights, the augmentations and the data order")
-    train.add_argument("--root-dir", default="runs/kws", help="logs and checkpoints")
-    train.add_argument("--output-dir", dest="root_dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the newest complete checkpoint under --root-dir (fit(ckpt_path='last'))")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--no-progress-bar", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
+    _flags.add_run_flags(p, root_dir="runs/kws", max_epochs=8, max_steps=None, batch_size=64)
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    _flags.parse_first(parse_args)  # --help answers here, before torch is imported below
+
+import torch  # noqa: E402
+
+import dltrain  # noqa: E402
+import dltrain.plugins  # noqa: E402
+from dltrain.data import StreamingDataLoader, expand_urls  # noqa: E402
+
+try:  # run as a script (its folder is on sys.path) or imported as examples.audio.train_kws
+    import digits  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover
+    from examples.audio import digits  # type: ignore[no-redef]
 
 
 def class_names(shards: list[str], num_classes: int | None) -> list[str]:
@@ -104,20 +87,8 @@ class EpochSummary(dltrain.Callback):
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     dltrain.seed_everything(args.seed)  # first, before the model draws its initial weights
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
     start = time.perf_counter()
-    trainer = dltrain.Trainer(
-        max_epochs=args.max_epochs,
-        max_steps=args.max_steps,
-        accelerator=args.accelerator,
-        devices=devices,
-        precision=args.precision,
-        seed=args.seed,
-        default_root_dir=args.root_dir,
-        log_every_n_steps=10,
-        enable_progress_bar=not args.no_progress,
-        callbacks=[EpochSummary()],
-    )
+    trainer = dltrain.Trainer(**_flags.trainer_args(args, log_every_n_steps=10), callbacks=[EpochSummary()])
     say = print if trainer.is_global_zero else (lambda *a, **k: None)
 
     if args.train_shards:
@@ -127,10 +98,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         # One process per machine synthesises; the others wait at the barrier (a shared data dir is written once).
         if trainer.local_rank == 0:
-            digits.build(args.data_dir, digits.SynthConfig(tuple(args.takes), args.max_variants),
+            digits.build(_flags.data_dir(args), digits.SynthConfig(tuple(args.takes), args.max_variants),
                          verbose=trainer.is_global_zero)
         trainer.fabric.barrier()
-        shards = digits.build(args.data_dir, digits.SynthConfig(tuple(args.takes), args.max_variants),
+        shards = digits.build(_flags.data_dir(args), digits.SynthConfig(tuple(args.takes), args.max_variants),
                               verbose=False)
     names = class_names(shards["train"], args.num_classes)
 
@@ -146,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_loader, val_loader, test_loader = loader("train"), loader("val"), loader("test")
     if train_loader is None:
         raise SystemExit("no training shards: give --train-shards or leave it out to synthesise the digits")
-    steps = len(train_loader) * args.max_epochs
+    per_epoch = len(train_loader) if args.limit_batches is None else min(len(train_loader), args.limit_batches)
+    steps = per_epoch * args.max_epochs
     if args.max_steps is not None:
         steps = min(steps, args.max_steps)
     task = audio.tasks["classification"](

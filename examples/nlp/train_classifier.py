@@ -28,23 +28,12 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `corpus` when run as a script or by torchrun
-
-import dltrain
-from dltrain.data import StreamingDataset
-from dltrain.plugins import text
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows each default (not ``None``: the help says what happens then)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # examples/_flags.py, the flags every example shares
+import _flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = _flags.parser(__doc__)
     d = p.add_argument_group("data (default: stdlib docstrings labelled by package)")
     d.add_argument("--train-shards", default=None, help="your shards with 'txt' and 'cls' fields (brace pattern)")
     d.add_argument("--val-shards", default=None, help="validation shards (with --train-shards)")
@@ -55,30 +44,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--bucket", type=int, default=4,
                    help="length bucketing: sort pools of BUCKET batches by length (1 = off)")
     d.add_argument("--val-fraction", type=float, default=0.2, help="source files held out for validation")
-    d.add_argument("--data-dir", default=None, help="where the shards go (default: <root-dir>/data-<hash>)")
     m = p.add_argument_group("model")
     m.add_argument("--layers", type=int, default=2, help="transformer encoder blocks")
     m.add_argument("--heads", type=int, default=4, help="attention heads")
     m.add_argument("--d-model", type=int, default=128, help="embedding width")
     m.add_argument("--dropout", type=float, default=0.1, help="dropout probability")
     t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=int, default=32, help="texts per batch per process")
-    t.add_argument("--max-epochs", type=int, default=8, help="train this many epochs (in all, with --resume)")
-    t.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this many optimizer steps (default: no limit)")
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    t.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
-    t.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    t.add_argument("--devices", default="auto", help="number of devices per node, or 'auto'")
-    t.add_argument("--workers", type=int, default=1, help="loader worker processes per rank")
-    t.add_argument("--num-workers", type=int, dest="workers", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    t.add_argument("--root-dir", default="runs/classifier", help="logs, checkpoints, tokenizer, shards")
-    t.add_argument("--seed", type=int, default=0, help="seeds the weights, the dropout and the data order")
-    t.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint under --root-dir (fit(ckpt_path='last'))")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--no-progress-bar", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
+    _flags.add_run_flags(p, root_dir="runs/classifier", max_epochs=8, max_steps=None, batch_size=32)
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    _flags.parse_first(parse_args)  # --help answers here, before torch is imported below
+
+import dltrain  # noqa: E402
+from dltrain.data import StreamingDataset  # noqa: E402
+from dltrain.plugins import text  # noqa: E402
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def prepare_data(args: argparse.Namespace) -> dict:
@@ -91,7 +75,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
     from corpus import classification_examples, split_by_file
 
     key = hashlib.sha256(f"{sys.version}:{args.val_fraction}:v2".encode()).hexdigest()[:10]
-    data_dir = Path(args.data_dir or Path(args.root_dir) / f"data-{key}")
+    data_dir = _flags.data_dir(args) / f"docstrings-{key}"  # one folder per split configuration
     ready = data_dir / "ready.json"
     if not ready.is_file() and int(os.environ.get("LOCAL_RANK", 0)) == 0:
         examples, names = classification_examples()
@@ -120,12 +104,13 @@ def prepare_data(args: argparse.Namespace) -> dict:
 def get_tokenizer(args: argparse.Namespace, info: dict) -> text.TextTokenizer:
     if args.tokenizer:
         return text.load_tokenizer(args.tokenizer)
-    path = Path(args.root_dir) / f"tokenizer-{args.vocab_size}.json"
+    path = _flags.data_dir(args) / f"tokenizer-{args.vocab_size}.json"
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and not path.is_file():
         # Train on the training texts only, read back from the shards (works the same for the user's shards).
         ds = StreamingDataset(info["train"], batch_size=256, decode=text.DECODERS, shuffle=False, training=False,
                               map=_text_of, collate_fn=list)
         tok = text.train_tokenizer((t for batch in ds for t in batch), vocab_size=args.vocab_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tok.save(path)
     while not path.is_file():
         time.sleep(0.5)
@@ -161,12 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_heads=args.heads, d_model=args.d_model, dropout=args.dropout, lr=args.lr, warmup_steps=20,
         class_names=info["classes"],
     )
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-    trainer = dltrain.Trainer(
-        max_epochs=args.max_epochs, max_steps=args.max_steps, accelerator=args.accelerator, devices=devices,
-        precision=args.precision, default_root_dir=args.root_dir, seed=args.seed, log_every_n_steps=20,
-        enable_progress_bar=not args.no_progress, gradient_clip_val=1.0,
-    )
+    trainer = dltrain.Trainer(**_flags.trainer_args(args, log_every_n_steps=20), gradient_clip_val=1.0)
     if trainer.is_global_zero:
         print(f"classes: {info['classes']}; examples {info.get('sizes')}; data {json.dumps(info['stats'])}")
     trainer.fit(task, train_loader, val_loader, ckpt_path="last" if args.resume else None)

@@ -26,25 +26,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `corpus` when run as a script or by torchrun
-
-import torch
-
-import dltrain
-from dltrain.data import StreamingDataset
-from dltrain.plugins import text
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # loader workers fork after the tokenizer ran
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows each default (not ``None``: the help says what happens then)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # examples/_flags.py, the flags every example shares
+import _flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = _flags.parser(__doc__)
     d = p.add_argument_group("data (default: CPython's documentation text)")
     d.add_argument("--text-files", nargs="*", default=None,
                    help="your own UTF-8 text files or globs; one file = one document (split train/val by file)")
@@ -53,7 +40,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     d.add_argument("--val-shards", default=None, help="validation LM shards (with --train-shards)")
     d.add_argument("--val-fraction", type=float, default=0.05, help="documents held out for validation")
     d.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
-    d.add_argument("--data-dir", default=None, help="where tokenizer and shards go (default: <root-dir>/data-<hash>)")
     d.add_argument("--max-docs", type=int, default=None, help="use only the first N documents (quick tests)")
     m = p.add_argument_group("model")
     m.add_argument("--context", type=int, default=128, help="context length in tokens")
@@ -62,27 +48,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     m.add_argument("--d-model", type=int, default=128, help="embedding width")
     m.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
     t = p.add_argument_group("training")
-    t.add_argument("--batch-size", type=int, default=16, help="blocks per batch per process")
-    t.add_argument("--max-steps", type=int, default=800, help="optimizer steps in all (with --resume too)")
-    t.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs (default: no limit)")
     t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     t.add_argument("--warmup-steps", type=int, default=50, help="linear learning-rate warm-up steps")
     t.add_argument("--val-check-interval", type=int, default=None, help="validate every N steps (default: per epoch)")
     t.add_argument("--limit-val-batches", type=int, default=None,
-                   help="at most this many validation batches (default: all)")
-    t.add_argument("--precision", default="32-true", help="32-true, bf16-mixed, 16-mixed, ...")
-    t.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto")
-    t.add_argument("--devices", default="auto", help="number of devices per node, or 'auto'")
-    t.add_argument("--workers", type=int, default=1, help="loader worker processes per rank")
-    t.add_argument("--num-workers", type=int, dest="workers", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    t.add_argument("--root-dir", default="runs/gpt", help="logs, checkpoints, tokenizer.json")
-    t.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and the sample")
-    t.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint under --root-dir (fit(ckpt_path='last'))")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--no-progress-bar", dest="no_progress", action="store_true", help=argparse.SUPPRESS)
+                   help="at most this many validation batches (default: --limit-batches, else all)")
     t.add_argument("--sample-tokens", type=int, default=120, help="tokens of generated text to print")
+    _flags.add_run_flags(p, root_dir="runs/gpt", max_epochs=None, max_steps=800, batch_size=16)
     return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    _flags.parse_first(parse_args)  # --help answers here, before torch is imported below
+
+import torch  # noqa: E402
+
+import dltrain  # noqa: E402
+from dltrain.data import StreamingDataset  # noqa: E402
+from dltrain.plugins import text  # noqa: E402
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # loader workers fork after the tokenizer ran
 
 
 def _rank() -> tuple[int, int]:
@@ -116,7 +101,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
     config = {"files": args.text_files, "vocab": args.vocab_size, "context": args.context,
               "val": args.val_fraction, "max_docs": args.max_docs, "python": sys.version.split()[0], "v": 1}
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-    data_dir = Path(args.data_dir or Path(args.root_dir) / f"data-{key}")
+    data_dir = _flags.data_dir(args) / f"lm-{key}"  # one folder per corpus/tokenizer configuration
     ready = data_dir / "ready.json"
     _, local_rank = _rank()
     if not ready.is_file() and local_rank == 0:
@@ -168,13 +153,10 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer=tokenizer, context_length=args.context, n_layers=args.layers, n_heads=args.heads,
         d_model=args.d_model, dropout=args.dropout, lr=args.lr, warmup_steps=args.warmup_steps,
     )
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-    trainer = dltrain.Trainer(
-        max_steps=args.max_steps, max_epochs=args.max_epochs, accelerator=args.accelerator, devices=devices,
-        precision=args.precision, default_root_dir=args.root_dir, gradient_clip_val=1.0, seed=args.seed,
-        log_every_n_steps=25, enable_progress_bar=not args.no_progress,
-        val_check_interval=args.val_check_interval, limit_val_batches=args.limit_val_batches,
-    )
+    settings = _flags.trainer_args(args, log_every_n_steps=25)
+    if args.limit_val_batches is not None:
+        settings["limit_val_batches"] = args.limit_val_batches
+    trainer = dltrain.Trainer(**settings, gradient_clip_val=1.0, val_check_interval=args.val_check_interval)
     if trainer.is_global_zero:
         n_params = sum(p.numel() for p in task.parameters())
         print(f"data: {json.dumps(info['stats'])}")

@@ -31,12 +31,48 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # examples/_flags.py, the flags every example shares
+import _flags
 
-import dltrain
-from dltrain.data import StreamingDataset, write_shards
-from dltrain.plugins import vision
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = _flags.parser(
+        "Train an image classifier on shards (default: scikit-learn digits, written to shards first).",
+        epilog="Make shards from an ImageNet-style folder (class_name/image.jpg) with scripts/make_image_shards.py.",
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--train-shards", help="your own training shards, e.g. 'shards/train-{000000..000127}.tar' "
+                      "(fields: jpg/png/webp image + cls label); default: digits")
+    data.add_argument("--val-shards", help="your own validation shards (also used for the final test)")
+    data.add_argument("--test-shards", help="shards for the final test (default: --val-shards)")
+    data.add_argument("--num-classes", type=int, help="default: length of classes.json next to the train shards")
+    data.add_argument("--image-size", type=int, help="crop size (default: 16 for digits, 224 otherwise)")
+    data.add_argument("--channels", type=int, choices=(1, 3), help="image channels (default: 1 digits, 3 otherwise)")
+    data.add_argument("--on-bad-sample", choices=("raise", "skip"), default="raise",
+                      help="what to do with an undecodable image or a bad label")
+    model = p.add_argument_group("model and optimization")
+    model.add_argument("--model", default="small-cnn", help="'small-cnn' or a torchvision model name (resnet18, ...)")
+    model.add_argument("--weights", help="local file with pretrained weights (never downloaded)")
+    model.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer")
+    model.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warm-up, then cosine)")
+    model.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
+    model.add_argument("--warmup-steps", type=int, default=20, help="linear learning-rate warm-up steps")
+    model.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the loss")
+    model.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off), applied on the device")
+    model.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off), applied on the device")
+    _flags.add_run_flags(p, root_dir="runs/vision", max_epochs=12, max_steps=None, batch_size=64)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    _flags.parse_first(parse_args)  # --help answers here, before torch is imported below
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import dltrain  # noqa: E402
+from dltrain.data import StreamingDataset, write_shards  # noqa: E402
+from dltrain.plugins import vision  # noqa: E402
 
 DIGITS_CLASSES = [str(i) for i in range(10)]
 
@@ -162,59 +198,6 @@ def plot_metrics(metrics_csv: Path, out: Path) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------------- main
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` shows each default (not ``None``: the help says what happens then)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Train an image classifier on shards (default: scikit-learn digits, written to shards first).",
-        formatter_class=HelpFormatter,
-        epilog="Make shards from an ImageNet-style folder (class_name/image.jpg) with scripts/make_image_shards.py.",
-    )
-    data = p.add_argument_group("data")
-    data.add_argument("--data-dir", default="runs/vision/data", help="where the digits shards are written")
-    data.add_argument("--train-shards", help="your own training shards, e.g. 'shards/train-{000000..000127}.tar' "
-                      "(fields: jpg/png/webp image + cls label); default: digits")
-    data.add_argument("--val-shards", help="your own validation shards (also used for the final test)")
-    data.add_argument("--test-shards", help="shards for the final test (default: --val-shards)")
-    data.add_argument("--num-classes", type=int, help="default: length of classes.json next to the train shards")
-    data.add_argument("--image-size", type=int, help="crop size (default: 16 for digits, 224 otherwise)")
-    data.add_argument("--channels", type=int, choices=(1, 3), help="image channels (default: 1 digits, 3 otherwise)")
-    data.add_argument("--workers", type=int, default=2, help="loader worker processes per rank (decode + crop)")
-    data.add_argument("--batch-size", type=int, default=64, help="per device")
-    data.add_argument("--on-bad-sample", choices=("raise", "skip"), default="raise",
-                      help="what to do with an undecodable image or a bad label")
-    model = p.add_argument_group("model and optimization")
-    model.add_argument("--model", default="small-cnn", help="'small-cnn' or a torchvision model name (resnet18, ...)")
-    model.add_argument("--weights", help="local file with pretrained weights (never downloaded)")
-    model.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer")
-    model.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (warm-up, then cosine)")
-    model.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay")
-    model.add_argument("--warmup-steps", type=int, default=20, help="linear learning-rate warm-up steps")
-    model.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the loss")
-    model.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off), applied on the device")
-    model.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off), applied on the device")
-    run = p.add_argument_group("run")
-    run.add_argument("--max-epochs", type=int, default=12, help="train this many epochs (in all, with --resume)")
-    run.add_argument("--epochs", type=int, dest="max_epochs", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    run.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (default: no limit)")
-    run.add_argument("--limit-batches", type=int,
-                     help="at most this many train and val batches per epoch (default: all)")
-    run.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, mps")
-    run.add_argument("--devices", default="auto", help="devices per node ('auto': torchrun's processes, else 1)")
-    run.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed, bf16-true")
-    run.add_argument("--root-dir", default="runs/vision", help="logs, checkpoints and the plot go here")
-    run.add_argument("--seed", type=int, default=0, help="seeds the weights, the augmentations and the data order")
-    run.add_argument("--resume", action="store_true",
-                     help="continue from the newest complete checkpoint under --root-dir (fit(ckpt_path='last'))")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     # Seed first, before the model and the data pipeline draw any random number (as with Lightning's
@@ -230,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         test_urls: Any = args.test_shards or args.val_shards
         num_classes = read_classes(args.train_shards, args.num_classes)
     else:
-        folder = write_digits_shards(Path(args.data_dir), seed=0)
+        folder = write_digits_shards(_flags.data_dir(args), seed=0)
         train_urls, val_urls, test_urls = (shard_urls(folder, s) for s in ("train", "val", "test"))
         num_classes = 10
     size = args.image_size or (224 if own else 16)
@@ -263,13 +246,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         warmup_steps=args.warmup_steps, label_smoothing=args.label_smoothing, mixup_alpha=args.mixup,
         cutmix_alpha=args.cutmix, weights_path=args.weights,
     )
-    devices: Any = int(args.devices) if str(args.devices).isdigit() else args.devices
-    trainer = dltrain.Trainer(
-        max_epochs=args.max_epochs, max_steps=args.max_steps, accelerator=args.accelerator, devices=devices,
-        precision=args.precision, default_root_dir=args.root_dir, log_every_n_steps=5, seed=args.seed,
-        limit_train_batches=args.limit_batches, limit_val_batches=args.limit_batches,
-        enable_progress_bar=not args.no_progress,
-    )
+    trainer = dltrain.Trainer(**_flags.trainer_args(args, log_every_n_steps=5))
     trainer.fit(task, loader(train_urls, train_tf, True), loader(val_urls, eval_tf, False),
                 ckpt_path="last" if args.resume else None)
     metrics = trainer.test(task, loader(test_urls, eval_tf, False))[0]

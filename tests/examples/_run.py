@@ -23,9 +23,10 @@ def example_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(name: str, args: Sequence[str], **env: str) -> subprocess.Popen[str]:
-    """Start example ``name`` with ``args``; stdout and stderr are kept apart (the Trainer reports on stderr)."""
-    return subprocess.Popen([sys.executable, str(EXAMPLES[name]), *args], cwd=REPO, env=example_env(**env),
+def start(name: str, args: Sequence[str], cwd: Path = REPO, **env: str) -> subprocess.Popen[str]:
+    """Start example ``name`` with ``args`` in ``cwd``; stdout and stderr are kept apart (the Trainer reports on
+    stderr)."""
+    return subprocess.Popen([sys.executable, str(EXAMPLES[name]), *args], cwd=cwd, env=example_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.examples._run import finish
+from tests.examples._run import EXAMPLES, finish, start
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,3 +64,38 @@ def test_readme_example_is_quiet_under_torchrun(tmp_path):
                             start_new_session=True)
     _, err = finish(proc, timeout=300)
     assert_quiet(err)
+
+
+# Short runs: each example's own defaults (progress bar on, default logger and checkpointing, its workers), made
+# small by the shared flags and by its data-size flags only.
+SHORT = {
+    "vision": ["--max-epochs", "1", "--limit-batches", "4", "--batch-size", "32"],
+    "gpt": ["--max-steps", "4", "--limit-batches", "2", "--max-docs", "300", "--vocab-size", "300", "--context",
+            "32", "--layers", "1", "--d-model", "32", "--sample-tokens", "5"],
+    "classifier": ["--max-epochs", "1", "--limit-batches", "2", "--vocab-size", "300", "--layers", "1",
+                   "--d-model", "32"],
+    "audio": ["--max-variants", "10", "--takes", "1", "1", "1", "--max-epochs", "1", "--limit-batches", "2",
+              "--batch-size", "16"],
+}
+NEEDS = {"vision": ("torchvision", "sklearn"), "gpt": ("tokenizers",), "classifier": ("tokenizers",),
+         "audio": ("soundfile", "espeakng_loader")}
+
+
+@pytest.mark.slow
+def test_each_example_short_run_is_quiet_and_writes_only_under_root_dir(tmp_path):
+    import importlib.util
+
+    names = [n for n in sorted(EXAMPLES) if all(importlib.util.find_spec(m) for m in NEEDS[n])]
+    assert names, "no example's dependencies are installed"
+    procs = {}
+    for name in names:  # started together: most of each run is imports and data generation
+        cwd = tmp_path / name / "cwd"
+        cwd.mkdir(parents=True)
+        procs[name] = start(name, [*SHORT[name], "--root-dir", str(tmp_path / name / "run")], cwd=cwd,
+                            **quiet_env())
+    for name, proc in procs.items():
+        _, err = finish(proc, timeout=900)
+        assert_quiet(err)
+        # Everything it wrote (data included) is under --root-dir: the folder it ran in stays empty.
+        assert not list((tmp_path / name / "cwd").iterdir()), list((tmp_path / name / "cwd").rglob("*"))[:5]
+        assert (tmp_path / name / "run" / "data").is_dir(), name
