@@ -20,6 +20,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc; empty where there is none."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def run_distributed(
     script: str | Path,
     args: Sequence[str] = (),
@@ -55,15 +70,27 @@ def run_distributed(
              for c in cmds]
     outputs = []
     codes = []
+
+    def kill_all() -> None:
+        # torchrun starts every rank in a session of its own: killing torchrun's group leaves the ranks running.
+        for q in procs:
+            for pid in [q.pid, *_descendants(q.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(q.pid, signal.SIGKILL)
+
     for p in procs:
         try:
             out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            for q in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(q.pid, signal.SIGKILL)
+            kill_all()
             out, _ = p.communicate()
             raise AssertionError(f"{script} did not finish within {timeout}s (hang?):\n{out}") from None
+        except BaseException:
+            # pytest-timeout's failure, Ctrl-C: the ranks would run on as orphans, loading the machine.
+            kill_all()
+            raise
         outputs.append(out)
         codes.append(p.returncode)
     output = "\n".join(outputs)

@@ -1,0 +1,63 @@
+"""tests/helpers/distributed.run_distributed: when the test is interrupted while it waits (pytest-timeout's
+signal, Ctrl-C), the launched ranks are killed with it instead of running on as orphans (they did: a full-suite
+run on a loaded machine left FSDP2 ranks training after their tests had timed out)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.distributed import run_distributed
+
+pytestmark = pytest.mark.distributed
+
+SCRIPT = """
+import os, sys, time
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(300)
+"""
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_wait_kills_the_ranks(tmp_path: Path) -> None:
+    script, pidfile = tmp_path / "sleeper.py", tmp_path / "rank.pid"
+    script.write_text(SCRIPT)
+
+    def interrupt(signum, frame):  # as pytest-timeout does, once the rank is running
+        if not pidfile.exists() or not pidfile.read_text():
+            signal.alarm(1)
+            return
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(1)
+    try:
+        with pytest.raises(Interrupted):
+            run_distributed(script, [str(pidfile)], nproc=1, timeout=240)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"rank {pid} still ran 30 s after the interrupted test")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed rank whose parent died too waits for its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
