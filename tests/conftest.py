@@ -96,6 +96,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.randomized)
     if config.getvalue("dist") != "no" or hasattr(config, "workerinput"):  # the xdist controller, or a worker
         items.sort(key=_cost_rank)
+        # Two workers share the two cores: a multi-process test may take up to twice its time alone, so the hang
+        # guard (pyproject's 300 s) is doubled for them unless the test sets its own.
+        for item in items:
+            if _cost_rank(item) < 3 and item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(600))
 
 
 @pytest.fixture
