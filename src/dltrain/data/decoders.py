@@ -27,6 +27,9 @@ from dltrain.errors import ConfigurationError, DataError
 __all__ = ["SAFE_DECODERS", "UNSAFE_DECODERS", "SampleDecoder"]
 
 Decoder = Callable[[bytes], Any]
+_UNSEEN: Any = object()  # SampleDecoder: an extension not looked up yet
+_PASS: Any = object()  # ... a "__" entry, passed through
+_REFUSE: Any = object()  # ... a pickle-based format that was not enabled
 
 
 def _text(data: bytes) -> str:
@@ -34,7 +37,7 @@ def _text(data: bytes) -> str:
 
 
 def _int(data: bytes) -> int:
-    return int(data.decode("ascii").strip())
+    return int(data)  # int() parses ASCII digits in bytes itself, surrounding whitespace allowed
 
 
 def _json(data: bytes) -> Any:
@@ -99,7 +102,8 @@ class SampleDecoder:
             if not callable(fn):
                 raise ConfigurationError(f"decode[{ext!r}] must be a callable bytes -> value, got {type(fn).__name__}")
             self.decoders[ext.lower().lstrip(".")] = fn
-        self._resolved: dict[str, Decoder | None] = {}  # extension -> its decoder (None: kept as bytes), as used
+        self._resolved: dict[str, Any] = {}  # extension -> its decoder or marker (`_resolve`), as used
+        self._layouts: dict[tuple[str, ...], list[tuple[str, Any]]] = {}  # `decode_in_place`'s work per layout
 
     def _find(self, ext: str) -> Decoder | None:
         fn = self.decoders.get(ext)
@@ -107,41 +111,76 @@ class SampleDecoder:
             fn = self.decoders.get(ext.rsplit(".", 1)[-1])
         return fn
 
-    def _resolve(self, ext: str) -> Decoder | None:
-        """`_find`, remembered per extension (a sample has few, and every sample asks again)."""
+    def _resolve(self, ext: str) -> Any:
+        """`_find`, remembered per extension (a sample has few, and every sample asks again): the decoder, None
+        (kept as bytes), `_REFUSE` (a pickle-based format not enabled) or `_PASS` (``__`` entries)."""
         if ext not in self._resolved:
-            self._resolved[ext] = self._find(ext)
+            fn = self._find(ext)
+            if ext[:2] == "__":
+                fn = _PASS
+            elif fn is None and ext.rsplit(".", 1)[-1] in UNSAFE_DECODERS:
+                fn = _REFUSE
+            self._resolved[ext] = fn
         return self._resolved[ext]
+
+    def decode_in_place(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """`__call__` for a sample dict the caller owns (a reader's): its fields are replaced by their decoded
+        values in place, and the fields kept as bytes are not touched. Returns ``sample``.
+
+        Why: most of a sample's entries (``__key__``, ``__url__``, fields kept as bytes) need no work; the loop
+        over the ones that do is resolved once per field layout.
+        """
+        layout = tuple(sample)
+        work = self._layouts.get(layout)
+        if work is None:
+            if len(self._layouts) >= 64:  # bounded: layouts of odd shards
+                self._layouts.clear()
+            work = self._layouts[layout] = [(ext, self._resolve(ext)) for ext in layout
+                                            if self._resolve(ext) is not _PASS]
+        for ext, fn in work:
+            value = sample[ext]
+            if fn is None:
+                if type(value) is not bytes and isinstance(value, (bytearray, memoryview)):
+                    sample[ext] = bytes(value)
+            elif isinstance(value, (bytes, bytearray, memoryview)):
+                sample[ext] = self._decode(sample, ext, fn, value)
+        return sample
+
+    def _decode(self, sample: Mapping[str, Any], ext: str, fn: Any, value: Any) -> Any:
+        """One field's value (raises `DataError` naming the field, the shard and the key)."""
+        if fn is _REFUSE:
+            last = ext.rsplit(".", 1)[-1]
+            raise DataError(
+                f"field {ext!r} is a pickle-based format and loading it can run arbitrary code, so it is "
+                f"not decoded by default; if you trust this data pass unsafe_decoders=({last!r},)",
+                url=sample.get("__url__"),
+                key=sample.get("__key__"),
+            )
+        try:
+            return fn(value if type(value) is bytes else bytes(value))
+        except DataError:
+            raise
+        except Exception as exn:
+            raise DataError(
+                f"cannot decode field {ext!r} with {getattr(fn, '__name__', fn)!s} "
+                f"({type(exn).__name__}: {exn}); fix or drop the sample, or use on_error='skip'",
+                url=sample.get("__url__"),
+                key=sample.get("__key__"),
+            ) from exn
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         """Decode the fields of one raw sample (``__``-prefixed entries are passed through)."""
         out: dict[str, Any] = {}
         resolved = self._resolved
         for ext, value in sample.items():
-            if ext[:2] == "__" or not isinstance(value, (bytes, bytearray, memoryview)):
+            fn = resolved.get(ext, _UNSEEN)
+            if fn is _UNSEEN:
+                fn = self._resolve(ext)
+            if fn is _PASS or not isinstance(value, (bytes, bytearray, memoryview)):
                 out[ext] = value
                 continue
-            fn = resolved[ext] if ext in resolved else self._resolve(ext)
             if fn is None:
-                last = ext.rsplit(".", 1)[-1]
-                if last in UNSAFE_DECODERS:
-                    raise DataError(
-                        f"field {ext!r} is a pickle-based format and loading it can run arbitrary code, so it is "
-                        f"not decoded by default; if you trust this data pass unsafe_decoders=({last!r},)",
-                        url=sample.get("__url__"),
-                        key=sample.get("__key__"),
-                    )
                 out[ext] = value if type(value) is bytes else bytes(value)
                 continue
-            try:
-                out[ext] = fn(value if type(value) is bytes else bytes(value))
-            except DataError:
-                raise
-            except Exception as exn:
-                raise DataError(
-                    f"cannot decode field {ext!r} with {getattr(fn, '__name__', fn)!s} "
-                    f"({type(exn).__name__}: {exn}); fix or drop the sample, or use on_error='skip'",
-                    url=sample.get("__url__"),
-                    key=sample.get("__key__"),
-                ) from exn
+            out[ext] = self._decode(sample, ext, fn, value)
         return out

@@ -39,6 +39,7 @@ __all__ = [
     "root_level",
     "root_of",
     "shard_order",
+    "shard_starts",
     "split_range",
     "window_size",
 ]
@@ -220,9 +221,15 @@ def num_batches(num_positions: int, batch_size: int, training: bool) -> int:
     return num_positions // batch_size if training else -(-num_positions // batch_size)
 
 
-def locate(positions: np.ndarray, order: np.ndarray, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Map epoch positions to (shard id, sample index in the shard)."""
-    ordered = np.asarray(counts, dtype=np.int64)[order]
-    starts = np.concatenate([[0], np.cumsum(ordered)])
+def shard_starts(order: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+    """The epoch position of each shard's first sample, shards in ``order`` (and the epoch's length last)."""
+    return np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64)[order])])
+
+
+def locate(positions: np.ndarray, order: np.ndarray, counts: Sequence[int],
+           starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Map epoch positions to (shard id, sample index in the shard); ``starts``: `shard_starts` if known."""
+    if starts is None:
+        starts = shard_starts(order, counts)
     k = np.searchsorted(starts, positions, side="right") - 1
     return order[k], positions - starts[k]

@@ -395,23 +395,29 @@ class StreamingDataset(IterableDataset):
         try:
             for _, group in itertools.groupby(mine, key=lambda j: j // group_batches):
                 batches = list(group)
-                pos_of = {j: positions[j * batch_size : (j + 1) * batch_size] for j in batches}
+                # The group's positions batch after batch, located with one call (a Mixture labels the window).
+                pos = np.concatenate([positions[j * batch_size : (j + 1) * batch_size] for j in batches])
+                loc = where(pos)
+                bounds = np.cumsum([0] + [min(batch_size, len(positions) - j * batch_size) for j in batches]).tolist()
                 # Forward readers need the window's samples in shard order, so the whole group is read before its
                 # first batch. Where every shard of the group can seek, each batch reads just its own samples:
                 # the first batch of an epoch does not wait for the window.
-                shards = set(where(np.concatenate(list(pos_of.values())))[0].tolist())
+                shards = set(np.unique(loc[0]).tolist())
                 seek = all(self._seekable(s) for s in shards)
                 for s in [s for s in readers if s not in shards]:
                     readers.pop(s).close()
-                for unit in ([[j] for j in batches] if seek else [batches]):
-                    need = np.unique(np.concatenate([pos_of[j] for j in unit]))
+                for unit in ([[k] for k in range(len(batches))] if seek else [list(range(len(batches)))]):
+                    a, b = bounds[unit[0]], bounds[unit[-1] + 1]
+                    order = np.argsort(pos[a:b], kind="stable") + a
+                    need = pos[order]
                     if pre is not None and pre.need is not None and np.array_equal(need, pre.need):
                         raw, pre = pre.raw, None
                         self.prereads_used += 1
                     else:
-                        raw = self._read_raw(need, where, counts, readers, wanted)
-                    for j in unit:
-                        yield self._make_batch(plan, pos_of[j], raw, where(pos_of[j]), tagged)
+                        raw = self._read_raw(need, (loc[0][order], loc[1][order]), counts, readers, wanted)
+                    for k in unit:
+                        a, b = bounds[k], bounds[k + 1]
+                        yield self._make_batch(plan, pos[a:b], raw, (loc[0][a:b], loc[1][a:b]), tagged)
             if self._read_ahead:
                 self._start_preread(level, rank, worker, num_workers)
         except DataError as exn:
@@ -445,7 +451,7 @@ class StreamingDataset(IterableDataset):
                 first = self._first_window(nxt, rank, worker, num_workers)
                 if first is not None:
                     pre.need, where, wanted = first
-                    pre.raw = self._read_raw(pre.need, where, self.counts, pre.readers, wanted)
+                    pre.raw = self._read_raw(pre.need, where(pre.need), self.counts, pre.readers, wanted)
             except Exception:  # the epoch then reads the window itself, and reports any error with its context
                 pre.close()
                 pre.need = None
@@ -487,20 +493,28 @@ class StreamingDataset(IterableDataset):
     def _read_raw(
         self,
         need: np.ndarray,
-        where: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        located: tuple[np.ndarray, np.ndarray],
         counts: Sequence[int],
         readers: dict[int, ShardReader | IndexedShardReader],
         wanted: Callable[[int], np.ndarray],
     ) -> dict[int, Any]:
-        """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``.
+        """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``, which are
+        in (shard ids, indices in shard) ``located``.
 
         Samples of seekable shards are read shard by shard, all of a shard's in one `IndexedShardReader.get_many`
         call; forward readers go through the positions in order (one open stream at a time)."""
         raw: dict[int, Any] = {}
-        shard_ids, locals_ = where(need)
+        shard_ids, locals_ = located
         layout = self.layout
         seek: dict[int, tuple[list[int], list[int]]] = {}  # shard -> (positions, indices), for positioned reads
-        for p, s, i in zip(need.tolist(), shard_ids.tolist(), locals_.tolist()):
+        present = np.unique(shard_ids).tolist()
+        if all(self._seekable(s) for s in present):  # the common case: group by shard without a Python loop
+            by_shard = np.argsort(shard_ids, kind="stable")
+            cuts = np.searchsorted(shard_ids[by_shard], present[1:]).tolist()
+            for s, part in zip(present, np.split(by_shard, cuts)):
+                seek[s] = (need[part].tolist(), locals_[part].tolist())
+        forward = need[:0] if seek else need  # all seekable: nothing left for forward readers
+        for p, s, i in zip(forward.tolist(), shard_ids.tolist(), locals_.tolist()):
             group = seek.get(s)
             if group is not None:
                 group[0].append(p)
@@ -593,15 +607,17 @@ def prepare_samples(source: _plan.SampleSource, raws: list[dict[str, Any]]) -> l
     """Decode and map raw samples with their source's ``decoder`` and ``map``; a sample that fails gives a
     `DataError` naming the shard and the key in its place. One ``try`` for the whole list while nothing fails."""
     decoder, fn = source.decoder, source.map
+    # The raw dicts are the readers' (nobody else holds them): a SampleDecoder decodes them in place.
+    decode = decoder.decode_in_place if isinstance(decoder, SampleDecoder) else decoder
     out: list[Any] = []
     while len(out) < len(raws):
         try:
             if fn is None:
                 for raw in raws[len(out):]:
-                    out.append(decoder(raw))
+                    out.append(decode(raw))
             else:
                 for raw in raws[len(out):]:
-                    out.append(fn(decoder(raw)))
+                    out.append(fn(decode(raw)))
         except Exception as exn:
             out.append(_sample_error(exn, raws[len(out)]))
     return out
@@ -657,7 +673,8 @@ class ShardsPlan:
     def locator(self, root: Mapping[str, Any]) -> _plan.Locator:
         counts = self.counts
         order = _plan.shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
-        return lambda positions: _plan.locate(positions, order, counts)
+        starts = _plan.shard_starts(order, counts)  # once per epoch, not per call
+        return lambda positions: _plan.locate(positions, order, counts, starts)
 
     def check_state(self, state: Mapping[str, Any]) -> None:
         if "mixture" in state:
