@@ -396,6 +396,13 @@ class Bench:
             for w in workers.values():
                 w.close()
         self.results["data_regimes"] = {f"{g}/{v}/{nw}": rs for (g, v, nw), rs in table.items()}
+        self._report_regimes(table)
+
+    def _report_regimes(self, table: dict[tuple[str, str, int], list[dict[str, Any]]]) -> None:
+        """Case 3b's section, summary rows and verdicts from its runs (``(regime, variant, workers) -> runs``) and
+        case 3's PNG runs of the same two loaders."""
+        c = self.cfg["data"]
+        variants = ["streaming", "litdata"]
         png = self.results.get("data", {})
         for nw in c["workers"]:  # the PNG regime is case 3's main table: its streaming and litdata runs
             for v in variants:

@@ -126,3 +126,35 @@ def test_the_summary_shows_the_load_and_marks_verdicts_noisy_above_the_quiet_lim
     text = render.report(busy, {}, tmp_path / "r.md")
     assert "highest sampled 7.9" in text and '2 of 2 verdicts are "noisy" instead of PASS/MISS' in text
     assert "Targets missed in this run" not in text  # a noisy MISS is not claimed as a miss
+
+
+def test_the_regimes_section_pairs_dltrain_with_litdata_round_by_round() -> None:
+    bench = Bench.__new__(Bench)  # the report of case 3b only: no temp dir, no workers
+    bench.headlines, bench.verdicts, bench.notes, bench.sections = [], [], [], []
+    bench.cfg = {"data": {"samples": 100, "batch": 10, "epochs": 2, "repeats": 2, "workers": [0],
+                          "regimes": {"raw": {"samples": 200, "shards": 2, "bytes": 2048},
+                                      "jpeg": {"samples": 40, "shards": 2, "size": 256}}}}
+    once = [{"exactly_once": True, "duplicates": 0, "missing": 0, "unknown": 0}] * 2
+
+    def runs(sps: list[float], first: float) -> list[dict]:
+        return [{"rep": i, "samples_per_s": s, "first_batch_s": first, "epochs_checked": once} for i, s in enumerate(sps)]
+
+    bench.results = {"data": {"streaming/0": runs([120.0, 100.0], 0.1), "litdata/0": runs([100.0, 100.0], 0.2)}}
+    bench._report_regimes({("raw", "streaming", 0): runs([1300.0, 1100.0], 0.1),
+                           ("raw", "litdata", 0): runs([1000.0, 1000.0], 0.2),
+                           ("jpeg", "streaming", 0): runs([9.0, 10.0], 0.5),
+                           ("jpeg", "litdata", 0): runs([10.0, 10.0], 0.4)})
+    rows = {r["figure"]: r for r in bench.headlines}
+    raw = rows["3b. dltrain / LitData samples/s (paired), raw, 0 workers"]
+    assert raw["dltrain"].startswith("1.20x") and raw["verdict"] == "PASS"  # paired 1.3 and 1.1: median 1.2
+    png = rows["3b. dltrain / LitData samples/s (paired), png, 0 workers"]
+    assert png["dltrain"].startswith("1.10x") and png["verdict"] == "PASS"  # 1.2 and 1.0
+    jpeg = rows["3b. dltrain / LitData samples/s (paired), jpeg, 0 workers"]
+    assert jpeg["dltrain"].startswith("0.95x") and jpeg["limit"].startswith(">= 0.95x (parity")  # 0.9 and 1.0
+    firsts = {f: s for f, _, _, s in bench.verdicts if "first batch" in f}
+    assert firsts == {"3b. first batch, raw, 0 workers: dltrain / LitData": "PASS",
+                      "3b. first batch, png, 0 workers: dltrain / LitData": "PASS",
+                      "3b. first batch, jpeg, 0 workers: dltrain / LitData": "MISS"}
+    section = bench.sections[0]
+    assert "| raw | 0 | 1,200 | 1,000 | 1.200 (1.100-1.300) | 0.100 / 0.200 | 0 / 0; 0 / 0 |" in section
+    assert not bench.notes
