@@ -2,8 +2,8 @@
 
 Every public name of ``lightning.pytorch`` and of its ``callbacks``, ``loggers``, ``profilers`` and ``tuner`` modules,
 every public member of a ``LightningModule`` and of a ``Trainer`` instance, and every argument of their methods and
-of the classes both have, must exist in dltrain under the rename (README "Coming from Lightning"), or be refused
-with a reason in ``dltrain._refusals.REFUSED`` (the README shows that list). Nothing here is typed by hand but the
+of the classes both have, must exist in dltrain under the rename (docs/guides/from-lightning.md), or be refused
+with a reason in ``dltrain._refusals.REFUSED`` (docs/guides/from-lightning.md shows that list). Nothing here is typed by hand but the
 rename and the names still being built (``PENDING``): a new Lightning release that adds a name fails this test.
 """
 
@@ -26,7 +26,7 @@ from dltrain.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The rename, module for module, and the classes that change name (README "Coming from Lightning").
+# The rename, module for module, and the classes that change name (docs/guides/from-lightning.md).
 MODULES = {
     "lightning.pytorch": "dltrain",
     "lightning.pytorch.callbacks": "dltrain.callbacks",
@@ -220,10 +220,10 @@ def test_every_lightning_argument_exists_in_dltrain_or_is_refused():
 
 # ---------------------------------------------------------------------------------------------------- the README
 def test_readme_shows_the_refusal_list():
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Coming from Lightning", 1)[1].split("\n## ", 1)[0]
+    # The section moved from the README to the docs site's guide (docs/guides/from-lightning.md).
+    section = (REPO / "docs" / "guides" / "from-lightning.md").read_text()
     rows = dict(re.findall(r"^\| `([^`]+)` \| (.+?) \|$", section, re.M))
     for name, reason in REFUSED.items():
         short = name.removeprefix("lightning.pytorch.")
-        assert short in rows, f"README 'Coming from Lightning' lacks the refused name {short}"
-        assert rows[short] == reason, f"README's reason for {short} differs from dltrain._refusals.REFUSED"
+        assert short in rows, f"docs/guides/from-lightning.md lacks the refused name {short}"
+        assert rows[short] == reason, f"docs/guides/from-lightning.md's reason for {short} differs from dltrain._refusals.REFUSED"

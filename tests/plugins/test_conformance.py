@@ -1,7 +1,7 @@
 """Every plugin, built-in or third-party, passes the same test: stream shards through the plugin's decode ->
 transform -> collate for training and evaluation, run its device transform, and train and validate a task on it.
 
-The third-party plugin is the example of docs/DESIGN.md ("Writing a plugin"), installed from that page as a
+The third-party plugin is the example of docs/guides/plugins.md ("Writing a plugin"), installed from that page as a
 package with a ``dltrain.plugins`` entry point, so the documented example is tested too.
 """
 
@@ -130,7 +130,7 @@ CASES = {
         lambda o: plugins.get("text").tasks["language_model"](tokenizer=o["tokenizer"], context_length=8, n_layers=1,
                                                               n_heads=2, d_model=16),
         lambda: {"tokenizer": _tokenizer()}),
-    "points (third-party, from docs/DESIGN.md)": Case(
+    "points (third-party, from docs/guides/plugins.md)": Case(
         "points", _npy_shards, {"x", "label"},
         lambda o: plugins.get("points").tasks["classification"](4, NUM_CLASSES),
         lambda: {"noise": 0.1}),
@@ -138,15 +138,15 @@ CASES = {
 
 
 def _design_example() -> str:
-    doc = (REPO / "docs" / "DESIGN.md").read_text()
+    doc = (REPO / "docs" / "guides" / "plugins.md").read_text()
     found = re.search(r"<!-- plugin-example: dltrain_points\.py -->\n```python\n(.*?)```", doc, re.S)
-    assert found, "docs/DESIGN.md lost its plugin example"
+    assert found, "docs/guides/plugins.md lost its plugin example"
     return found.group(1)
 
 
 @pytest.fixture(autouse=True)
 def _points_package(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """docs/DESIGN.md's example plugin as an installed third-party package: a module and its dist-info (with the
+    """docs/guides/plugins.md's example plugin as an installed third-party package: a module and its dist-info (with the
     entry point) on sys.path, as ``pip install`` leaves them."""
     root = tmp_path_factory.mktemp("site")
     (root / "dltrain_points.py").write_text(_design_example())
@@ -161,7 +161,7 @@ def _points_package(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 def test_design_example_is_about_forty_lines() -> None:
     code = [line for line in _design_example().splitlines() if line.strip()]
-    assert len(code) <= 45, f"the plugin example in docs/DESIGN.md grew to {len(code)} lines"
+    assert len(code) <= 45, f"the plugin example in docs/guides/plugins.md grew to {len(code)} lines"
 
 
 def test_every_registered_plugin_has_a_case() -> None:

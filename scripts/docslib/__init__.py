@@ -1,0 +1,1 @@
+"""The documentation site's build helpers (see mkdocs.yml and scripts/docs)."""
