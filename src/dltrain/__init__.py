@@ -2,8 +2,8 @@
 
 Example:
     >>> import dltrain
-    >>> trainer = dltrain.Trainer(max_epochs=3)  # doctest: +SKIP
-    >>> trainer.fit(MyTask(), train_loader, val_loader)  # doctest: +SKIP
+    >>> trainer = dltrain.Trainer(max_epochs=3)
+    >>> trainer.fit(task, train_loader, val_loader)  # task: a dltrain.Task; the loaders: any DataLoaders
 
 ``Trainer`` and ``seed_everything`` are imported on first use: they need Lightning Fabric, whose import pulls in
 torchmetrics (and, through it, torchvision when installed), which costs seconds. ``import dltrain``, the data

@@ -33,6 +33,7 @@ class FSDP2:
 
     Example:
         >>> import dltrain
+        >>> # not run: a 2 x 2 mesh needs 4 processes (torchrun --nproc_per_node=4), one device each
         >>> trainer = dltrain.Trainer(strategy=dltrain.FSDP2(tensor_parallel_size=2), devices=4)  # doctest: +SKIP
     """
 

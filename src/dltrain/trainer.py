@@ -137,9 +137,11 @@ class Trainer(LightningTrainerMembers):
 
     Example:
         >>> trainer = Trainer(max_epochs=3, accelerator="cpu", log_every_n_steps=10)
-        >>> trainer.fit(task, train_loader, val_loader)          # doctest: +SKIP
-        >>> trainer.test(task, test_loader)                      # doctest: +SKIP
-        {'test/acc': 0.98}
+        >>> trainer.fit(task, train_loader, val_loader)
+        >>> trainer.test(task, test_loader)  # prints the metrics, returns them: one dict per loader
+        test results
+          test/loss     ...
+        [{'test/loss': ...}]
     """
 
     def __init__(

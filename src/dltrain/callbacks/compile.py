@@ -48,7 +48,7 @@ class Compile(Callback):
         warn_recompiles: warn at each recompilation (they are counted either way).
 
     Example:
-        >>> trainer = Trainer(compile={"modules": "blocks.*", "mode": "max-autotune"})  # doctest: +SKIP
+        >>> trainer = dltrain.Trainer(compile={"modules": "blocks.*", "mode": "max-autotune"})
     """
 
     def __init__(

@@ -131,9 +131,14 @@ class SampleLedger(Callback):
         dirpath: where the ledger files go; default ``<default_root_dir>/ledger``.
 
     Example:
-        >>> trainer = dltrain.Trainer(callbacks=[SampleLedger()], default_root_dir="runs/exp1")  # doctest: +SKIP
-        >>> trainer.fit(task, StreamingDataset("data/train-{000000..000099}.tar", batch_size=64))  # doctest: +SKIP
-        $ dltrain audit runs/exp1
+        >>> from dltrain.data import StreamingDataset
+        >>> stream = StreamingDataset("data/train-{000000..000006}.tar", batch_size=8,
+        ...                           map=lambda s: (torch.as_tensor(s["npy"]), torch.as_tensor(s["npy"][:1])))
+        >>> trainer = dltrain.Trainer(max_epochs=2, callbacks=[SampleLedger()], default_root_dir="runs/exp1")
+        >>> trainer.fit(task, stream)
+        >>> from dltrain.audit import audit
+        >>> audit("runs/exp1").ok  # every sample once per epoch (`dltrain audit runs/exp1` prints the report)
+        True
     """
 
     def __init__(self, dirpath: str | os.PathLike[str] | None = None) -> None:

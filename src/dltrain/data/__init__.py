@@ -1,10 +1,12 @@
 """Sharded data for dltrain: writing shards with their index, and deterministic, resumable streaming.
 
 Example:
-    >>> from dltrain.data import StreamingDataset, write_shards  # doctest: +SKIP
-    >>> write_shards(({"__key__": f"s{i:05d}", "cls": i % 10} for i in range(1000)),
-    ...              "data/train-%06d.tar", max_count=100)  # doctest: +SKIP
-    >>> loader = StreamingDataset("data/train-{000000..000009}.tar", batch_size=32).loader()  # doctest: +SKIP
+    >>> from dltrain.data import StreamingDataset, write_shards
+    >>> paths = write_shards(({"__key__": f"s{i:05d}", "cls": i % 10} for i in range(1000)),
+    ...                      "data/train-%06d.tar", max_count=100)
+    >>> loader = StreamingDataset("data/train-{000000..000009}.tar", batch_size=32).loader()
+    >>> len(paths), len(loader)
+    (10, 31)
 
 Modules, by concern: `urls` (opening shards), `index` (the shard index), `writing`, `tar` (the tar walker and
 damage detection), `readers`, `plan` (the epoch plan and its protocol), `streaming` (`StreamingDataset`, the

@@ -357,8 +357,13 @@ class Mixture(StreamingDataset):
         collate_fn: collates samples of every source; default: the sources' common ``collate_fn``.
 
     Example:
-        >>> mix = Mixture([web, code, books], weights=[0.5, 0.3, 0.2], seed=0)  # doctest: +SKIP
-        >>> loader = mix.loader(num_workers=2)  # doctest: +SKIP
+        >>> from dltrain.data import StreamingDataset
+        >>> web = StreamingDataset("data/train-{000000..000003}.tar", batch_size=10)
+        >>> code = StreamingDataset("data/train-{000004..000006}.tar", batch_size=10)
+        >>> mix = Mixture([web, code], weights=[0.7, 0.3], seed=0)
+        >>> loader = mix.loader(num_workers=2)
+        >>> len(loader)  # until the first source would need a second pass
+        5
     """
 
     def __init__(

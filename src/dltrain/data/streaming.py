@@ -213,13 +213,19 @@ class StreamingDataset(IterableDataset):
 
     Example:
         >>> ds = StreamingDataset("data/train-{000000..000006}.tar", batch_size=32,
-        ...                       map=lambda s: (s["npy"], s["cls"]))  # doctest: +SKIP
-        >>> loader = ds.loader(num_workers=2)  # doctest: +SKIP
-        >>> for epoch in range(3):  # doctest: +SKIP
+        ...                       map=lambda s: (s["npy"], s["cls"]))
+        >>> loader = ds.loader(num_workers=2)
+        >>> for epoch in range(3):
         ...     loader.set_epoch(epoch)
         ...     for x, y in loader: ...
-        >>> val = StreamingDataset("data/val-{000000..000001}.tar", batch_size=32, plugin=dltrain.plugins.get("vision"),
-        ...                        stage="val", options={"size": 32})  # doctest: +SKIP
+        >>> x.shape, y.shape
+        (torch.Size([32, 8]), torch.Size([32]))
+        >>> import dltrain.plugins
+        >>> val = StreamingDataset("data/images-{000000..000001}.tar", batch_size=8,
+        ...                        plugin=dltrain.plugins.get("vision"), stage="val", options={"size": 32})
+        >>> images, labels = next(iter(val.loader()))
+        >>> images.shape
+        torch.Size([8, 3, 32, 32])
     """
 
     def __init__(
@@ -738,9 +744,11 @@ class StreamingDataLoader(DataLoader):
         **kwargs: other `DataLoader` arguments (``timeout``, ``multiprocessing_context``, ...).
 
     Example:
-        >>> loader = StreamingDataset("d/train-{0..6}.tar", batch_size=8).loader(num_workers=2)  # doctest: +SKIP
-        >>> loader.set_epoch(0); batches = list(loader)  # doctest: +SKIP
-        >>> state = loader.state_dict()  # doctest: +SKIP
+        >>> loader = StreamingDataset("data/train-{000000..000006}.tar", batch_size=8).loader(num_workers=2)
+        >>> loader.set_epoch(0); batches = list(loader)
+        >>> state = loader.state_dict()
+        >>> state["epoch"], state["batches"], len(batches)
+        (0, 8, 8)
     """
 
     def __init__(
@@ -930,8 +938,10 @@ class StreamingDataLoader(DataLoader):
         """The position in the epoch: epoch, batches handed out so far, and the plan parameters.
 
         Example:
-            >>> loader.state_dict()["batches"]  # doctest: +SKIP
-            17
+            >>> loader = StreamingDataset("data/train-{000000..000006}.tar", batch_size=8).loader()
+            >>> it = iter(loader); first = [next(it) for _ in range(3)]
+            >>> loader.state_dict()["batches"]
+            3
         """
         if self._pending is not None:
             return copy.deepcopy(self._pending)

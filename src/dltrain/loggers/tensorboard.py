@@ -37,7 +37,7 @@ class TensorBoardLogger(Logger):
     Example:
         >>> logger = TensorBoardLogger("runs", name="mnist")
         >>> logger.log_metrics({"train/loss": 0.5}, step=10)  # runs/mnist/version_0/events.out.tfevents...
-        >>> logger.experiment.add_histogram("weights", task.net.weight, 10)  # doctest: +SKIP
+        >>> logger.experiment.add_histogram("weights", task.net.weight, 10)
     """
 
     NAME_HPARAMS_FILE = "hparams.yaml"

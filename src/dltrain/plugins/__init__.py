@@ -14,8 +14,11 @@ Example:
     >>> "vision" in dltrain.plugins.available()
     True
     >>> vision = dltrain.plugins.get("vision")  # imports torchvision now, not at `import dltrain`
-    >>> train = vision.loader("data/train-{000000..000009}.tar", "train", batch_size=64,
-    ...                       options={"size": 224})  # doctest: +SKIP
+    >>> train = vision.loader("data/images-{000000..000001}.tar", "train", batch_size=8,
+    ...                       options={"size": 224})
+    >>> images, labels = next(iter(train))
+    >>> images.shape
+    torch.Size([8, 3, 224, 224])
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Install with ``pip install 'dltrain[audio]'`` (soundfile, scipy, espeakng-loader
 Example:
     >>> import dltrain.plugins
     >>> audio = dltrain.plugins.get("audio")
-    >>> train = audio.loader(urls, "train", batch_size=64, on_error="skip",  # doctest: +SKIP
+    >>> train = audio.loader("data/audio-{000000..000001}.tar", "train", batch_size=4, on_error="skip",
     ...                      options={"sample_rate": 16000, "clip_seconds": 1.0})
     >>> task = audio.tasks["classification"](num_classes=10, sample_rate=16000)
 """

@@ -39,8 +39,8 @@ def write_audio_shards(
         The shard paths written.
 
     Example:
-        >>> write_audio_shards("speech_commands/", "shards/train-%06d.tar", max_count=2000)  # doctest: +SKIP
-        ['shards/train-000000.tar', ...]
+        >>> write_audio_shards("audio/train", "shards/train-%06d.tar", max_count=2000)  # audio/train/<class>/*.flac
+        ['shards/train-000000.tar']
     """
     from dltrain.data import write_shards
 

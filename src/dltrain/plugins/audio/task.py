@@ -89,8 +89,12 @@ class AudioClassificationTask(Task):
 
     Example:
         >>> task = AudioClassificationTask(num_classes=10, sample_rate=16000)
-        >>> trainer = dltrain.Trainer(max_epochs=5)  # doctest: +SKIP
-        >>> trainer.fit(task, train_loader, val_loader)  # doctest: +SKIP
+        >>> import dltrain.plugins
+        >>> audio = dltrain.plugins.get("audio")
+        >>> train = audio.loader("data/audio-{000000..000001}.tar", "train", batch_size=4,
+        ...                      options={"sample_rate": 16000, "clip_seconds": 1.0})
+        >>> trainer = dltrain.Trainer(max_epochs=1, logger=False)
+        >>> trainer.fit(task, train)
     """
 
     def __init__(

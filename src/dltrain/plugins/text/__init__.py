@@ -5,7 +5,10 @@ Needs ``pip install 'dltrain[text]'`` (HF ``tokenizers``).
 Example:
     >>> import dltrain.plugins
     >>> text = dltrain.plugins.get("text")
-    >>> tok = text.train_tokenizer(["some text", "more text"], vocab_size=300)  # doctest: +SKIP
+    >>> from dltrain.plugins.text import train_tokenizer
+    >>> tok = train_tokenizer(["some text", "more text"], vocab_size=300)
+    >>> tok.decode(tok.encode("more text"))
+    'more text'
 """
 
 from __future__ import annotations

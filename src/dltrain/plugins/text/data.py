@@ -256,7 +256,12 @@ def write_lm_shards(
         shard_kwargs: passed to ``write_shards`` (``max_count``, ``max_size``).
 
     Example:
-        >>> paths = write_lm_shards(docs, tok, "data/train-%06d.tar", seq_len=256)  # doctest: +SKIP
+        >>> docs = ["The for statement iterates.", "The while statement loops."] * 50
+        >>> from dltrain.plugins.text import train_tokenizer
+        >>> tok = train_tokenizer(docs, vocab_size=280)
+        >>> paths = write_lm_shards(docs, tok, "lm/train-%06d.tar", seq_len=16)
+        >>> paths
+        ['lm/train-000000.tar']
     """
     from dltrain.data import write_shards
 
@@ -301,7 +306,8 @@ def write_classification_shards(
     Empty texts are skipped and counted; undecodable bytes are replaced and counted.
 
     Example:
-        >>> write_classification_shards([("good film", 1), ("bad", 0)], "data/cls-%06d.tar")  # doctest: +SKIP
+        >>> write_classification_shards([("good film", 1), ("bad", 0)], "data/cls-%06d.tar")
+        ['data/cls-000000.tar']
     """
     from dltrain.data import write_shards
 

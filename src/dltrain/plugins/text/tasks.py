@@ -107,8 +107,16 @@ class _TokenizerMixin(Task):
             overrides: constructor arguments to change (e.g. ``encoder=`` for a custom encoder, ``dropout=0``).
 
         Example:
-            >>> task = LanguageModelTask.load_from_checkpoint(trainer.checkpoint_callback.last_model_path)  # doctest: +SKIP
-            >>> print(task.generate_text("The for statement"))  # doctest: +SKIP
+            >>> from dltrain.plugins.text import lm_collate, train_tokenizer
+            >>> tok = train_tokenizer(["The for statement iterates over a sequence."] * 20, vocab_size=270)
+            >>> lm = LanguageModelTask(tokenizer=tok, context_length=16, n_layers=1, n_heads=2, d_model=16)
+            >>> batch = lm_collate([{"ids": torch.randint(0, 270, (17,)), "n_bytes": 40}] * 2)
+            >>> trainer = dltrain.Trainer(max_steps=1, logger=False, enable_progress_bar=False)
+            >>> trainer.fit(lm, [batch])  # one step on one batch; a real run streams write_lm_shards' shards
+            >>> trainer.save_checkpoint("lm.ckpt")
+            >>> task = LanguageModelTask.load_from_checkpoint("lm.ckpt")  # with the tokenizer it was trained with
+            >>> isinstance(task.generate_text("The for statement", max_new_tokens=4), str)
+            True
         """
         from dltrain import checkpoint as ckpt_io
 

@@ -84,8 +84,8 @@ def write_image_shards(
         The shard paths.
 
     Example:
-        >>> write_image_shards("images/train", "shards/train-%06d.tar")  # doctest: +SKIP
-        ['shards/train-000000.tar', ...]
+        >>> write_image_shards("images/train", "shards/train-%06d.tar")  # images/train/<class>/*.png
+        ['shards/train-000000.tar']
     """
     from dltrain.data import write_shards
 
