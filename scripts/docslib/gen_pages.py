@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from docslib import cli_ref, links, reference  # noqa: E402
+from docslib import cli_ref, links, reference
 
 
 def main() -> None:
