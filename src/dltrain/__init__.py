@@ -12,6 +12,8 @@ layer and the ``dltrain`` command line stay quick, and ``import dltrain`` import
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from typing import TYPE_CHECKING, Any
 
 from dltrain.callbacks.base import Callback
@@ -24,7 +26,10 @@ if TYPE_CHECKING:
     from dltrain._config_cli import CLI
     from dltrain.trainer import Trainer, seed_everything
 
-__version__ = "0.1.0"
+try:  # the version lives in pyproject.toml only; an installed (or editable) dltrain carries it in its metadata
+    __version__ = _distribution_version("dltrain")
+except PackageNotFoundError:  # a source tree put on sys.path without installing it
+    __version__ = "0+unknown"
 
 __all__ = [
     "CLI",

@@ -1,4 +1,4 @@
-"""Every Python code block of the README, BENCHMARKS.md and the documentation site (docs/**/*.md) runs.
+"""Every Python code block of the README, BENCHMARKS.md, CONTRIBUTING.md, CHANGELOG.md and the site (docs/**/*.md) runs.
 
 A page's blocks run in order in one namespace (a guide builds on its earlier blocks), in a fresh temporary folder,
 in this process (as ``__main__``), with line numbers of the Markdown file in tracebacks. A block that cannot run
@@ -58,7 +58,8 @@ def blocks(path: Path) -> list[Block]:
 
 def pages() -> list[Path]:
     """The Markdown files whose code must run: the repository's front files and every page of the site."""
-    return [REPO / "README.md", REPO / "BENCHMARKS.md", *sorted((REPO / "docs").rglob("*.md"))]
+    return [REPO / "README.md", REPO / "BENCHMARKS.md", REPO / "CONTRIBUTING.md", REPO / "CHANGELOG.md",
+            *sorted((REPO / "docs").rglob("*.md"))]
 
 
 def _runnable_pages() -> list[Path]:
