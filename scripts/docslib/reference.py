@@ -3,8 +3,9 @@
 A *public module* is a module of ``src/dltrain`` whose dotted path has no component starting with ``_``. Every
 public package gets a page that documents its ``__all__`` (the names users import from it: ``dltrain.Trainer``,
 ``dltrain.callbacks.ModelCheckpoint``). A public module inside a package gets a page of its own for the public
-names that no enclosing package exports (``dltrain.callbacks.throughput.device_peak_flops``); a module whose every
-public name is exported by a package is documented on that package's page. So a new public module or name is on
+names that no enclosing package exports (``dltrain.callbacks.throughput.device_peak_flops``) and for the names its
+``__all__`` re-exports that no other page documents; a module whose every public name is exported by a package
+is documented on that package's page. So a new public module or name is on
 the site without anyone editing a list, and ``tests/docs/test_reference.py`` fails when a public module or name
 is on no page.
 
@@ -34,9 +35,9 @@ class Page:
 
     @property
     def path(self) -> str:
-        """The page's path under docs/reference/ (``dltrain/callbacks/index.md``, ``dltrain/loop.md``)."""
-        parts = self.module.split(".")
-        return "/".join(parts) + "/index.md" if self.is_package else "/".join(parts) + ".md"
+        """The page's path under docs/reference/: the module's dotted name (``dltrain.callbacks.md``), so that a
+        package's page and a module's never meet (``dltrain.data`` and ``dltrain.data.index``)."""
+        return f"{self.module}.md"
 
 
 def public_modules(src: Path = SRC) -> list[str]:
@@ -92,6 +93,18 @@ def plan(src: Path = SRC) -> dict[str, Page]:
         rest = [n for n in own if f"{path}.{n}" not in exported]
         if rest:
             pages[path] = Page(path, rest, False, _first_line(module), [n for n in own if n not in rest])
+    # A module may re-export names in its __all__ (dltrain.data.shards keeps the imports of before a split): a
+    # re-exported object that no page documents yet is documented on that module's page.
+    documented = exported | {f"{page.module}.{n}" for page in pages.values() if not page.is_package for n in page.names}
+    for path, module in modules.items():
+        if module.is_init_module or module.exports is None:
+            continue
+        aliases = [str(n) for n in module.exports if str(n) in module.members and module.members[str(n)].is_alias]
+        extra = [n for n in aliases if module.members[n].target_path not in documented]
+        if extra:
+            page = pages.setdefault(path, Page(path, [], False, _first_line(module)))
+            page.names += extra
+            documented |= {module.members[n].target_path for n in extra}
     # Each package, then the modules that have pages of their own (the navigation nests them under it).
     def order(page: Page) -> tuple[list[str], bool, str]:
         group = page.module if page.is_package else page.module.rsplit(".", 1)[0]

@@ -35,22 +35,24 @@ def _module(package: griffe.Module, name: str) -> griffe.Module:
 
 
 def test_every_public_module_is_on_a_page(plan: dict[str, reference.Page], package: griffe.Module) -> None:
-    """A module has a page of its own, or every public name it defines is on its package's page."""
-    documented = {f"{page.module}.{name}" for page in plan.values() for name in page.names}
-    # Names a package page documents, by the object they stand for.
+    """A module has a page of its own, or every public name it defines or re-exports is on another page."""
+    documented = set()  # what the pages document, by the object each name stands for
     for page in plan.values():
-        if page.is_package:
-            module = _module(package, page.module)
-            for name in page.names:
-                member = module.members[name]
-                documented.add(member.target_path if member.is_alias else member.path)
+        module = _module(package, page.module)
+        for name in page.names:
+            member = module.members[name]
+            documented.add(member.target_path if member.is_alias else member.path)
     missing = []
     for name in reference.public_modules():
         if name in plan:
             continue
         module = _module(package, name)
+        # What the module offers: the public names it defines, and the names its __all__ re-exports (a module
+        # kept for old imports, like dltrain.data.shards), each by the object it stands for.
         public = [f"{name}.{n}" for n, o in module.members.items()
                   if not o.is_alias and not o.is_module and o.is_public and not n.startswith("_")]
+        public += [module.members[str(n)].target_path for n in (module.exports or ())
+                   if str(n) in module.members and module.members[str(n)].is_alias]
         missing += [p for p in public if p not in documented]
         if not public:
             missing.append(f"{name} (a public module with no public name: make it private, or give it one)")
@@ -78,11 +80,11 @@ def test_a_new_public_module_gets_a_page_and_a_private_one_does_not(tmp_path: Pa
     (pkg / "_private.py").write_text("def helper():\n    pass\n")
     plan = reference.plan(src)
     assert list(plan) == ["dltrain", "dltrain.tuner", "dltrain.tuner.lr"]
-    assert plan["dltrain.tuner"].names == ["find_lr"] and plan["dltrain.tuner"].path == "dltrain/tuner/index.md"
+    assert plan["dltrain.tuner"].names == ["find_lr"] and plan["dltrain.tuner"].path == "dltrain.tuner.md"
     assert plan["dltrain.tuner.lr"].names == ["plot"] and plan["dltrain.tuner.lr"].covered_elsewhere == ["find_lr"]
     assert "dltrain.task" not in plan and "dltrain._private" not in plan  # Task is on the package's page
     summary = reference.summary_markdown(plan)
-    assert "* [dltrain.tuner](dltrain/tuner/index.md)\n    * [dltrain.tuner.lr](dltrain/tuner/lr.md)" in summary
+    assert "* [dltrain.tuner](dltrain.tuner.md)\n    * [dltrain.tuner.lr](dltrain.tuner.lr.md)" in summary
     page = reference.page_markdown(plan["dltrain.tuner.lr"])
     assert "::: dltrain.tuner.lr" in page and "        - plot" in page and "[`find_lr`][dltrain.tuner.find_lr]" in page
 
