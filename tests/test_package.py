@@ -36,7 +36,7 @@ cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), "dltrain"), 
 print(json.dumps({"file": str(here), "version": dltrain.__version__, "typed": (here / "py.typed").is_file(),
                   "plugins": sorted(dltrain.plugins.available()),
                   "cli": cli.returncode == 0 and "shards" in cli.stdout,
-                  "ckpt": os.path.exists("runs/logs/version_0/checkpoints/last.ckpt")}))
+                  "ckpt": os.path.exists(trainer.checkpoint_callback.last_model_path)}))
 """
 
 TASK = r"""

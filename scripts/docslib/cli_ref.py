@@ -25,8 +25,13 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Ar
     return found
 
 
+def _text(text: str) -> str:
+    """Parser text as Markdown: ``<stem>`` is not an HTML tag."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _argument_rows(parser: argparse.ArgumentParser) -> list[str]:
@@ -53,9 +58,9 @@ def _usage(parser: argparse.ArgumentParser) -> str:
 def _section(path: list[str], parser: argparse.ArgumentParser, help_text: str, level: int) -> list[str]:
     lines = [f"{'#' * level} `{' '.join(path)}`", ""]
     if help_text:
-        lines += [help_text[0].upper() + help_text[1:] + ("" if help_text.endswith(".") else "."), ""]
+        lines += [_text(help_text[0].upper() + help_text[1:] + ("" if help_text.endswith(".") else ".")), ""]
     if parser.description and parser.description != help_text:
-        lines += [parser.description, ""]
+        lines += [_text(parser.description), ""]
     lines += ["```text", _usage(parser), "```", ""]
     rows = _argument_rows(parser)
     if rows:

@@ -35,9 +35,12 @@ class Page:
 
     @property
     def path(self) -> str:
-        """The page's path under docs/reference/: the module's dotted name (``dltrain.callbacks.md``), so that a
-        package's page and a module's never meet (``dltrain.data`` and ``dltrain.data.index``)."""
-        return f"{self.module}.md"
+        """The page's path under docs/reference/: a package's is its section's index (``dltrain.data/index.md``),
+        a module's sits beside it under its dotted name (``dltrain.data/dltrain.data.index.md``), so the two never
+        meet (a module may be called ``index``)."""
+        if self.is_package:
+            return f"{self.module}/index.md"
+        return f"{self.module.rsplit('.', 1)[0]}/{self.module}.md"
 
 
 def public_modules(src: Path = SRC) -> list[str]:

@@ -80,11 +80,11 @@ def test_a_new_public_module_gets_a_page_and_a_private_one_does_not(tmp_path: Pa
     (pkg / "_private.py").write_text("def helper():\n    pass\n")
     plan = reference.plan(src)
     assert list(plan) == ["dltrain", "dltrain.tuner", "dltrain.tuner.lr"]
-    assert plan["dltrain.tuner"].names == ["find_lr"] and plan["dltrain.tuner"].path == "dltrain.tuner.md"
+    assert plan["dltrain.tuner"].names == ["find_lr"] and plan["dltrain.tuner"].path == "dltrain.tuner/index.md"
     assert plan["dltrain.tuner.lr"].names == ["plot"] and plan["dltrain.tuner.lr"].covered_elsewhere == ["find_lr"]
     assert "dltrain.task" not in plan and "dltrain._private" not in plan  # Task is on the package's page
     summary = reference.summary_markdown(plan)
-    assert "* [dltrain.tuner](dltrain.tuner.md)\n    * [dltrain.tuner.lr](dltrain.tuner.lr.md)" in summary
+    assert "* [dltrain.tuner](dltrain.tuner/index.md)\n    * [dltrain.tuner.lr](dltrain.tuner/dltrain.tuner.lr.md)" in summary
     page = reference.page_markdown(plan["dltrain.tuner.lr"])
     assert "::: dltrain.tuner.lr" in page and "        - plot" in page and "[`find_lr`][dltrain.tuner.find_lr]" in page
 
@@ -97,3 +97,28 @@ def test_repository_links_are_rewritten_for_the_site() -> None:
         "[web](https://example.org/x.md), [here](#two-commands)")
     assert links.rewrite_links("![plot](docs/bench/ratio.png) [r](README.md)", "benchmarks/index.md") == (
         "![plot](../bench/ratio.png) [r](../index.md)")
+
+
+def test_the_cli_page_has_every_command_and_flag_of_the_parsers() -> None:
+    from docslib import cli_ref
+
+    from dltrain import cli
+
+    page = cli_ref.cli_markdown()
+    for path, parser in _walk_parsers(["dltrain"], cli._parser()):
+        assert f"`{' '.join(path)}`" in page, path
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert f"`{flag}`" in page, (path, flag)
+    assert "&lt;stem&gt;.index.json" in page  # parser text is escaped, not read as HTML
+
+
+def _walk_parsers(path: list[str], parser):  # the same private argparse walk the page generator does
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk_parsers([*path, name], sub)

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 PAGES = {  # what to open, and what must be on it
     "front": ("index.html", "Two commands"),
     "guide": ("guides/resume.html", "What resume guarantees"),
-    "api": ("reference/dltrain.html", "Trainer"),
+    "api": ("reference/dltrain/index.html", "Trainer"),
 }
 
 
