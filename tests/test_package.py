@@ -90,6 +90,7 @@ def _smoke(python: Path, venv: Path, workdir: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ~60 s of CPU: a build, two venvs, two imports of torch; longer on a loaded machine
 def test_wheel_and_sdist_install_in_a_fresh_venv_and_work(tmp_path: Path) -> None:
     version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
     dist = tmp_path / "dist"
