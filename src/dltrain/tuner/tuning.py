@@ -20,11 +20,14 @@ class Tuner:
     """Search hyperparameters with a Trainer before training with it.
 
     Example:
-        >>> tuner = Tuner(trainer)                                    # doctest: +SKIP
-        >>> finder = tuner.lr_find(task, train_loader)                # doctest: +SKIP
-        >>> finder.suggestion(), finder.plot(suggest=True)            # doctest: +SKIP
-        >>> tuner.scale_batch_size(task, datamodule=dm)               # doctest: +SKIP
-        >>> trainer.fit(task, datamodule=dm)                          # doctest: +SKIP
+        >>> trainer = dltrain.Trainer(max_epochs=1, logger=False, enable_progress_bar=False)
+        >>> tuner = Tuner(trainer)
+        >>> finder = tuner.lr_find(task, train_loader, num_training=20)
+        >>> lr = finder.suggestion()  # finder.plot(suggest=True) draws the loss against the learning rate
+        >>> trainer.fit(task, train_loader)  # trains with the learning rate found
+
+    ``tuner.scale_batch_size(task, datamodule=dm)`` finds the largest batch size that fits (the task or the data
+    module must make its loaders, again for each trial).
 
     Each search leaves the task's weights and the Trainer as they were (settings, callbacks, loggers, loop state,
     random number generators); only the value found changes. Under ``torchrun`` every rank gets the same answer.
