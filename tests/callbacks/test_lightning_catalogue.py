@@ -83,7 +83,7 @@ def test_prediction_writer_per_batch_and_per_run(tmp_path):
     assert out is None
     assert writer.batches == [(0, list(range(8)), (8, 1)), (1, list(range(8, 16)), (8, 1)), (2, [16, 17, 18, 19], (4, 1))]
     predictions, indices = writer.epoch
-    assert len(predictions) == 3 and indices == [list(range(8)), list(range(8, 16)), [16, 17, 18, 19]]
+    assert len(predictions) == 3 and indices == [[list(range(8)), list(range(8, 16)), [16, 17, 18, 19]]]
     with pytest.raises(ConfigurationError, match="write_interval"):
         Writer("step")
 

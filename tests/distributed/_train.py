@@ -267,6 +267,8 @@ def main() -> None:
     p.add_argument("--multi-val", action="store_true", help="two validation sets (map data)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--logger", choices=["none", "csv", "wandb"], default="none")
+    p.add_argument("--ema", action="store_true",
+                   help="EMAWeightAveraging(decay=0.8): validation and final.pt hold the averaged weights")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,6 +288,10 @@ def main() -> None:
         from dltrain.callbacks import SampleLedger
 
         callbacks.append(SampleLedger())
+    if args.ema:
+        from dltrain.callbacks import EMAWeightAveraging
+
+        callbacks.append(EMAWeightAveraging(decay=0.8))
     if args.kill_step is not None:
         callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))
     for spec in filter(None, args.kill_steps.split(",")):

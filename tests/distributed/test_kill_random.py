@@ -18,6 +18,10 @@ When the fsdp2 dimension was added, sessions with base seeds 46900 (41 launches,
 42 launches, 435 s) passed 24 of 24 runs, 11 of them fsdp2, whose kills fired at every kind of kill point and at
 every phase of a sharded save (the write phase on rank 0 and on rank 1).
 
+Weight averaging: half the configurations train with ``EMAWeightAveraging(decay=0.8)`` (``--ema``): every
+checkpoint holds the average (gathered whole under fsdp2), validation runs on the averaged weights and ``final.pt``
+is the averaged weights that training ends with, so a resume must restore the average exactly too.
+
 Kill points: after a random optimizer step (on a random rank; before that step's own checkpoint, which the Trainer
 writes after the other callbacks); two steps of the same epoch, so that the epoch is resumed twice; in ``on_train_epoch_end`` right after the epoch-end checkpoint; in the middle of writing a
 checkpoint (ddp: rank zero with half the file on disk; fsdp2: at a drawn phase of the sharded save, see
@@ -87,6 +91,7 @@ class Config:
     scheduler: str
     shard_size: int | None  # stream data only
     strategy: str = "ddp"  # ddp | fsdp2 (sharded checkpoint directories)
+    ema: bool = False  # EMAWeightAveraging: its average is in every checkpoint; final.pt is the averaged weights
 
     def args(self) -> list[str]:
         # "--samples" is _train.py's "--n": torchrun would take a bare "--n" for one of its own options.
@@ -97,6 +102,8 @@ class Config:
             args += ["--shard-size", str(self.shard_size), "--ledger"]  # stream data: a SampleLedger too
         if self.strategy == "fsdp2":
             args += ["--strategy", "fsdp2"]
+        if self.ema:
+            args += ["--ema"]
         return args
 
 
@@ -127,7 +134,7 @@ class Plan:
         c = self.config
         shards = f" shard_size={c.shard_size}" if c.shard_size else ""
         return (f"seed={self.seed} [strategy={c.strategy} world={c.world} workers={c.workers} data={c.data}{shards} "
-                f"scheduler={c.scheduler}] kills: {', '.join(map(str, self.kills))}")
+                f"scheduler={c.scheduler} ema={c.ema}] kills: {', '.join(map(str, self.kills))}")
 
 
 def _ckpt_before(step: int) -> int:
@@ -149,8 +156,10 @@ def config_pool(pool_seed: int) -> list[Config]:
     worlds, workers, datas, schedulers = column([1, 2]), column([0, 2]), column(["map", "stream"]), column(
         ["step", "epoch"])
     strategies = column(["ddp", "fsdp2"])
+    emas = column([False, True])
     return [Config(world=worlds[i], workers=workers[i], data=datas[i], scheduler=schedulers[i],
-                   shard_size=rng.choice(SHARD_SIZES) if datas[i] == "stream" else None, strategy=strategies[i])
+                   shard_size=rng.choice(SHARD_SIZES) if datas[i] == "stream" else None, strategy=strategies[i],
+                   ema=emas[i])
             for i in range(POOL_SIZE)]
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,8 @@ SCRIPTS = Path(__file__).parent / "scripts"
 # The rename, applied to the whole text (whole words; the longer names first).
 RENAMES: list[tuple[str, str]] = [
     (r"\bfrom lightning\.pytorch\.cli import\b", "from dltrain import"),
-    (r"\blightning\.pytorch\.callbacks\b", "dltrain.callbacks"),
-    (r"\blightning\.pytorch\.loggers\b", "dltrain.loggers"),
+    # lightning.pytorch.<m>[.<sub>] -> dltrain.<m>
+    (r"\blightning\.pytorch\.(callbacks|loggers|profilers|tuner)(\.\w+)*\b", r"dltrain.\1"),
     (r"\bfrom lightning\.pytorch import\b", "from dltrain import"),
     (r"\bLightningDataModule\b", "DataModule"),
     (r"\bLightningModule\b", "Task"),
@@ -46,12 +48,16 @@ def test_rename():
         "from lightning.pytorch.callbacks import TQDMProgressBar, BaseFinetuning\n"
         "from lightning.pytorch.loggers import CSVLogger\nfrom lightning.pytorch.cli import LightningCLI\n"
         "class M(LightningModule): pass\n"
+        "from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging\n"
+        "from lightning.pytorch.tuner import Tuner\nfrom lightning.pytorch.profilers import AdvancedProfiler\n"
     )
     assert rename(src) == (
         "from dltrain import Task, DataModule, Trainer\n"
         "from dltrain.callbacks import ProgressBar, BaseFinetuning\n"
         "from dltrain.loggers import CSVLogger\nfrom dltrain import CLI\n"
         "class M(Task): pass\n"
+        "from dltrain.callbacks import EMAWeightAveraging\n"
+        "from dltrain.tuner import Tuner\nfrom dltrain.profilers import AdvancedProfiler\n"
     )
 
 
@@ -67,14 +73,24 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
         server.close()
 
 
-def run_script(server: ForkServer, source: str, cwd: Path, args: list[str]) -> dict:
+def run_script(server: ForkServer, source: str, cwd: Path, args: list[str], nproc: int = 1,
+               env: dict[str, str] | None = None) -> dict:
+    """Run the script (forked from ``server``; under ``torchrun --nproc_per_node=nproc`` when ``nproc > 1``, with
+    ``env``); its last JSON line."""
     path = cwd / "script.py"
     path.write_text(source)
-    done = server.run(path, args, cwd=cwd, timeout=240)
+    if nproc == 1:
+        done = server.run(path, args, cwd=cwd, timeout=240)
+    else:
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "PL_DISABLE_FORK": "1",
+                    **(env or {})}
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        done = subprocess.run([*launcher, str(path), *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                              timeout=240)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-25:]
         raise AssertionError("script failed:\n" + "\n".join(tail))
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads([line for line in done.stdout.strip().splitlines() if line.startswith("{")][-1])
 
 
 def _missing(reason: str) -> pytest.MarkDecorator:
@@ -94,7 +110,22 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "i_hparams_checkpoint": ([], []),
     "j_limits": ([], []),
     "k_predict": ([], []),
+    # issue 22: the finders, weight averaging, a prediction writer and Lightning's other callbacks
+    "lr_finder": ([], []),
+    "batch_size_finder": ([], []),
+    "ema_weight_averaging": ([], []),
+    "ema_fsdp2": ([], [pytest.mark.distributed]),
+    "swa": ([], []),
+    "prediction_writer": ([], []),
+    "schedules_and_lambdas": ([], []),
+    "pruning": ([], []),
+    "spike_and_exception": ([], []),
+    "rich_and_profilers": ([], []),
+    "task_members": ([], []),
 }
+# Scripts run on several processes (torchrun), and environment variables for one side only.
+NPROC: dict[str, int] = {"ema_fsdp2": 2}
+ENV: dict[str, dict[str, dict[str, str]]] = {"ema_fsdp2": {"dltrain": {"COMPAT_STRATEGY": "fsdp2"}}}
 
 
 @pytest.mark.slow  # two runs per script, forked from servers that imported Lightning or dltrain once
@@ -106,11 +137,23 @@ def test_same_results_after_rename(name, tmp_path, servers):
     args = CASES[name][0]
     (tmp_path / "lightning").mkdir()
     (tmp_path / "dltrain").mkdir()
-    expected = run_script(servers["lightning"], source, tmp_path / "lightning", args)
-    got = run_script(servers["dltrain"], rename(source), tmp_path / "dltrain", args)
+    nproc, env = NPROC.get(name, 1), ENV.get(name, {})
+    expected = run_script(servers["lightning"], source, tmp_path / "lightning", args, nproc, env.get("lightning"))
+    got = run_script(servers["dltrain"], rename(source), tmp_path / "dltrain", args, nproc, env.get("dltrain"))
     assert got.keys() == expected.keys()
     for key, value in expected.items():
-        if isinstance(value, float):
-            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
-        else:
-            assert got[key] == value, key
+        assert_same(got[key], value, key)
+
+
+def assert_same(got, expected, where: str) -> None:
+    """Equal, floats (also inside lists and dicts) to a relative 1e-5."""
+    if isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), where
+    elif isinstance(expected, list) and isinstance(got, list) and len(got) == len(expected):
+        for i, (a, b) in enumerate(zip(got, expected)):
+            assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(expected, dict) and isinstance(got, dict) and got.keys() == expected.keys():
+        for k in expected:
+            assert_same(got[k], expected[k], f"{where}.{k}")
+    else:
+        assert got == expected, where

@@ -45,7 +45,8 @@ class BasePredictionWriter(Callback):
 
     def write_on_epoch_end(self, trainer: Trainer, task: Task, predictions: Sequence[Any],
                            batch_indices: Sequence[Any]) -> None:
-        """Write every prediction of the run: a list per batch (with several loaders, one such list per loader)."""
+        """Write every prediction of the run: one per batch (with several loaders, one such list per loader);
+        ``batch_indices`` has one list per loader, of each batch's dataset indices."""
         raise NotImplementedError(f"{type(self).__name__} writes per run: override write_on_epoch_end")
 
     def on_predict_epoch_start(self, trainer: Trainer, task: Task) -> None:
@@ -67,9 +68,9 @@ class BasePredictionWriter(Callback):
 
     def on_predict_epoch_end(self, trainer: Trainer, task: Task) -> None:
         if self.interval in ("epoch", "batch_and_epoch"):
-            one = len(self._predictions) == 1  # one loader: flat lists, as Lightning's
-            self.write_on_epoch_end(trainer, task, self._predictions[0] if one else self._predictions,
-                                    self._indices[0] if one else self._indices)
+            # As Lightning's: with one loader the predictions are a flat list; the indices are one list per loader.
+            one = len(self._predictions) == 1
+            self.write_on_epoch_end(trainer, task, self._predictions[0] if one else self._predictions, self._indices)
         self._predictions, self._indices = [], []
 
 
