@@ -28,13 +28,15 @@ def _trainer(**kw):
     return SimpleNamespace(**base)
 
 
-def _run(cb, trainer, values, hook="on_validation_epoch_end"):
-    """Feed one value per epoch; return the epoch at which should_stop became True (or None)."""
+def _run(cb, trainer, values, hook=None):
+    """Feed one value per epoch; return the epoch at which should_stop became True (or None). ``hook=None``: the
+    epoch end as the Trainer runs it (validation's epoch end, then the training epoch's end)."""
     cb.setup(trainer, None, "fit")
     for epoch, v in enumerate(values):
         trainer.current_epoch = epoch
         trainer.callback_metrics = {"val/loss": torch.tensor(v), "train/loss": torch.tensor(v)}
-        getattr(cb, hook)(trainer, None)
+        for name in ([hook] if hook else ["on_validation_epoch_end", "on_train_epoch_end"]):
+            getattr(cb, name)(trainer, None)
         if trainer.should_stop:
             return epoch
     return None
@@ -77,9 +79,16 @@ def test_check_on_train_and_fallback_without_validation():
     with pytest.raises(DltrainError):
         EarlyStopping("nope").on_train_epoch_end(_trainer(val_dataloaders=None), None)
 
-    # Validation configured: the train epoch end does nothing.
+    # Validation after the epoch's training: checked at the train epoch end by default (Lightning's rule, so that
+    # an epoch-level training metric is the epoch's), after validation with check_on_train_epoch_end=False.
     cb = EarlyStopping("val/loss", patience=1)
+    assert _run(cb, _trainer(), [1.0, 2.0, 3.0], hook="on_train_epoch_end") == 1
+    cb = EarlyStopping("val/loss", patience=1, check_on_train_epoch_end=False)
     assert _run(cb, _trainer(), [1.0, 2.0, 3.0], hook="on_train_epoch_end") is None
+    assert _run(cb, _trainer(), [1.0, 2.0, 3.0]) == 1
+    # Validation twice per epoch: after each validation.
+    cb = EarlyStopping("val/loss", patience=1)
+    assert _run(cb, _trainer(val_check_interval=0.5), [1.0, 2.0, 3.0], hook="on_train_epoch_end") is None
 
 
 def test_validate_stage_and_sanity_check_do_not_count():
@@ -111,3 +120,26 @@ def test_config_errors_and_hooks():
         EarlyStopping("x", check_on="step")
     cb = EarlyStopping("x")
     assert overrides(cb, Callback, "on_validation_epoch_end") and not overrides(cb, Callback, "on_train_batch_end")
+
+
+def test_lightnings_arguments(capsys):
+    # Lightning's positional order: monitor, min_delta, patience, verbose, mode.
+    cb = EarlyStopping("val/loss", 0.0, 5, False, "max")
+    assert (cb.patience, cb.mode) == (5, "max")
+    cb = EarlyStopping("val/loss", patience=10, stopping_threshold=0.5)
+    assert _run(cb, _trainer(), [1.0, 0.7, 0.4, 0.3]) == 2 and "Stopping threshold reached" in cb.stop_reason
+    cb = EarlyStopping("val/loss", patience=10, divergence_threshold=5.0)
+    assert _run(cb, _trainer(), [1.0, 3.0, 6.0]) == 2 and "Divergence threshold reached" in cb.stopping_reason_message
+    # strict=False: a missing metric skips the check (a warning with verbose).
+    lax = EarlyStopping("val/acc", strict=False)
+    lax.on_train_epoch_end(_trainer(val_dataloaders=None), None)
+    with pytest.warns(RuntimeWarning, match="val/acc"):
+        EarlyStopping("val/acc", strict=False, verbose=True).on_train_epoch_end(_trainer(val_dataloaders=None), None)
+    # verbose: improvements and the stop are said; log_rank_zero_only silences the other ranks.
+    capsys.readouterr()
+    _run(EarlyStopping("val/loss", patience=1, verbose=True), _trainer(world_size=1), [1.0, 0.5, 0.6])
+    err = capsys.readouterr().err
+    assert "New best score: 0.500" in err and "did not improve in the last 1 records" in err
+    quiet = EarlyStopping("val/loss", patience=1, verbose=True, log_rank_zero_only=True)
+    _run(quiet, _trainer(is_global_zero=False, global_rank=1, world_size=2), [1.0, 0.5, 0.6])
+    assert capsys.readouterr().err == ""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from dltrain.callbacks.base import Callback
@@ -19,53 +21,84 @@ log = logging.getLogger(__name__)
 
 
 class EarlyStopping(Callback):
-    """Set ``trainer.should_stop`` once ``monitor`` has not improved for ``patience`` checks.
+    """Set ``trainer.should_stop`` once ``monitor`` has not improved for ``patience`` checks (Lightning's callback,
+    with its arguments in its order).
 
-    A check happens at the end of every validation run during ``fit`` (``check_on="validation"``), or at the end
-    of every training epoch (``check_on="train"``; also used with ``"validation"`` when the fit has no
-    validation). The Trainer ORs ``should_stop`` across ranks at the end of the epoch, so ranks stop together.
-    The wait count and best score are part of the checkpoint, so patience carries over a resume.
+    When it checks: at the end of every training epoch when validation runs once at every epoch end (or not at
+    all), else at the end of every validation during ``fit`` (``check_on_train_epoch_end=None`` decides as
+    Lightning; ``True``/``False`` force it). The Trainer ORs ``should_stop`` across ranks at the end of the epoch,
+    so ranks stop together. The wait count and best score are part of the checkpoint, so patience carries over a
+    resume.
 
     Args:
         monitor: name of a logged metric, as in ``trainer.callback_metrics`` (for example ``"val/loss"``).
-        patience: number of checks without improvement after which training stops.
-        mode: ``"min"`` (lower is better) or ``"max"``.
         min_delta: smallest change that counts as an improvement.
-        check_on: ``"validation"`` or ``"train"`` (see above).
+        patience: number of checks without improvement after which training stops.
+        verbose: say on stderr why it stopped, and each improvement.
+        mode: ``"min"`` (lower is better) or ``"max"``.
+        strict: a missing metric is an error (``False``: the check is skipped, with a warning when verbose).
         check_finite: stop at once when the metric becomes NaN or infinite.
+        stopping_threshold: stop at once when the metric is better than this.
+        divergence_threshold: stop at once when the metric is worse than this.
+        check_on_train_epoch_end: check at the training epoch end (``True``) or after validation (``False``).
+        log_rank_zero_only: with ``verbose``, only global rank zero speaks.
+        check_on: dltrain's earlier spelling: ``"train"`` or ``"validation"`` (``check_on_train_epoch_end``).
 
     Example:
-        >>> stop = EarlyStopping("val/loss", patience=5)
+        >>> stop = EarlyStopping("val/loss", patience=5, stopping_threshold=0.01)
         >>> # Trainer(callbacks=[stop]).fit(task, train_loader, val_loader)
     """
 
     def __init__(
         self,
         monitor: str,
-        patience: int = 3,
-        mode: str = "min",
         min_delta: float = 0.0,
-        check_on: str = "validation",
+        patience: int = 3,
+        verbose: bool = False,
+        mode: str = "min",
+        strict: bool = True,
         check_finite: bool = True,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_on_train_epoch_end: bool | None = None,
+        log_rank_zero_only: bool = False,
+        *,
+        check_on: str | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ConfigurationError(f"EarlyStopping(mode={mode!r}): use 'min' or 'max'")
-        if check_on not in ("validation", "train"):
+        if check_on not in (None, "validation", "train"):
             raise ConfigurationError(f"EarlyStopping(check_on={check_on!r}): use 'validation' or 'train'")
         if patience < 0:
             raise ConfigurationError(f"EarlyStopping(patience={patience}): use a number >= 0")
+        if check_on is not None and check_on_train_epoch_end is None:
+            check_on_train_epoch_end = check_on == "train"
         self.monitor = monitor
         self.patience = patience
         self.mode = mode
         self.min_delta = abs(min_delta)
-        self.check_on = check_on
+        self.verbose = verbose
+        self.strict = strict
         self.check_finite = check_finite
+        self.stopping_threshold = stopping_threshold
+        self.divergence_threshold = divergence_threshold
+        self.log_rank_zero_only = log_rank_zero_only
+        self._check_on_train_epoch_end_given = check_on_train_epoch_end
+        self._check_on_train_epoch_end = check_on_train_epoch_end
         self.wait_count = 0
         self.best_score: float = math.inf if mode == "min" else -math.inf
-        self.stopped_epoch: int | None = None
+        self.stopped_epoch: int = 0
         self.stop_reason: str | None = None
-        self._seen_validation = False
-        self._last_checked_epoch: int | None = None
+        self._last_checked: tuple[int, int] | None = None  # (epoch, global step) of the last check
+
+    @property
+    def check_on(self) -> str:
+        return "train" if self._check_on_train_epoch_end else "validation"
+
+    @property
+    def stopping_reason_message(self) -> str | None:
+        """Why training stopped (Lightning's name); None while it has not."""
+        return self.stop_reason
 
     @property
     def state_key(self) -> str:
@@ -73,77 +106,84 @@ class EarlyStopping(Callback):
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
-        self._seen_validation = False
+        if self._check_on_train_epoch_end_given is None:
+            interval = trainer.val_check_interval
+            once_per_epoch = interval is None or (not isinstance(interval, bool) and interval == 1.0)
+            self._check_on_train_epoch_end = once_per_epoch and getattr(trainer, "check_val_every_n_epoch", 1) == 1
 
     def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
-        if trainer.stage != "fit" or self.check_on != "validation":
+        # After the validation's metrics are reduced (Lightning checks in on_validation_end, right after).
+        if self._check_on_train_epoch_end or trainer.stage != "fit":
             return  # trainer.validate() on its own does not stop anything
-        self._seen_validation = True
         self._check(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
-        if self.check_on == "train":
-            self._check(trainer)
-        elif not self._seen_validation and not _has_validation(trainer):
-            # No validation in this fit: check on the training epoch's metrics instead.
-            self._check(trainer)
+        if self._check_on_train_epoch_end or not _has_validation(trainer):
+            self._check(trainer)  # without validation in this fit: on the training epoch's metrics
 
     # ------------------------------------------------------------------ logic
     def _check(self, trainer: Trainer) -> None:
         if trainer.sanity_checking:
             return
         epoch = int(trainer.current_epoch)
-        if self._last_checked_epoch == epoch and not self._checks_every_run(trainer):
-            return
+        point = (epoch, int(trainer.global_step))
+        if self._last_checked == point:
+            return  # once per point: a check at a validation and at the epoch end it belongs to is one check
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
             available = ", ".join(sorted(metrics)) or "none"
-            raise DltrainError(
-                f"EarlyStopping(monitor={self.monitor!r}): no metric named {self.monitor!r} was logged "
-                f"(epoch {epoch}, step {trainer.global_step}). Available metrics: {available}. Log it with "
-                f"self.log({self.monitor!r}, ...) in validation_step (or training_step with check_on='train')"
-            )
-        self._last_checked_epoch = epoch
+            message = (f"EarlyStopping(monitor={self.monitor!r}): no metric named {self.monitor!r} was logged "
+                       f"(epoch {epoch}, step {trainer.global_step}). Available metrics: {available}. Log it with "
+                       f"self.log({self.monitor!r}, ...) in validation_step (or training_step), or pass strict=False")
+            if self.strict:
+                raise DltrainError(message)
+            if self.verbose:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            return
+        self._last_checked = point
         value = float(metrics[self.monitor])
-        if self._update(value):
+        stop, reason = self._update(value)
+        if stop:
             self.stopped_epoch = epoch
             trainer.should_stop = True
             if trainer.is_global_zero:
-                log.info(
-                    "EarlyStopping: stopping at epoch %d, step %d: %s",
-                    epoch,
-                    trainer.global_step,
-                    self.stop_reason,
-                )
+                log.info("EarlyStopping: stopping at epoch %d, step %d: %s", epoch, trainer.global_step, reason)
+        if reason and self.verbose and (trainer.is_global_zero or not self.log_rank_zero_only):
+            where = f"[rank: {trainer.global_rank}] " if trainer.world_size > 1 else ""
+            sys.stderr.write(f"[dltrain] {where}{reason}\n")
 
-    @staticmethod
-    def _checks_every_run(trainer: Trainer) -> bool:
-        # Validation several times per epoch (val_check_interval < 1): every run counts as a check.
-        interval = trainer.val_check_interval
-        return isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval != 1.0
+    def _better(self, value: float, than: float) -> bool:
+        return value < than if self.mode == "min" else value > than
 
-    def _update(self, value: float) -> bool:
-        """Record one check; True when training should stop."""
+    def _update(self, value: float) -> tuple[bool, str | None]:
+        """Record one check: (stop?, what happened, when worth saying)."""
+        sign = "<" if self.mode == "min" else ">"
         if self.check_finite and not math.isfinite(value):
-            self.stop_reason = f"{self.monitor} = {value} is not finite"
-            return True
-        improved = (
-            value < self.best_score - self.min_delta
-            if self.mode == "min"
-            else value > self.best_score + self.min_delta
-        )
-        if improved:
+            self.stop_reason = (f"Monitored metric {self.monitor} = {value} is not finite. Previous best value was "
+                                f"{self.best_score:.3f}. Signaling Trainer to stop.")
+            return True, self.stop_reason
+        if self.stopping_threshold is not None and self._better(value, self.stopping_threshold):
+            self.stop_reason = (f"Stopping threshold reached: {self.monitor} = {value} {sign} "
+                                f"{self.stopping_threshold}. Signaling Trainer to stop.")
+            return True, self.stop_reason
+        if self.divergence_threshold is not None and self._better(self.divergence_threshold, value):
+            self.stop_reason = (f"Divergence threshold reached: {self.monitor} = {value} {sign} "
+                                f"{self.divergence_threshold}. Signaling Trainer to stop.")
+            return True, self.stop_reason
+        shifted = value + self.min_delta if self.mode == "min" else value - self.min_delta
+        if self._better(shifted, self.best_score):
+            message = (f"Metric {self.monitor} improved by {abs(self.best_score - value):.3f} >= min_delta = "
+                       f"{self.min_delta}. New best score: {value:.3f}" if math.isfinite(self.best_score) else
+                       f"Metric {self.monitor} improved. New best score: {value:.3f}")
             self.best_score = value
             self.wait_count = 0
-            return False
+            return False, message
         self.wait_count += 1
         if self.wait_count >= self.patience:
-            self.stop_reason = (
-                f"{self.monitor} did not improve by more than {self.min_delta} in {self.wait_count} checks "
-                f"(best {self.best_score:.6g})"
-            )
-            return True
-        return False
+            self.stop_reason = (f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} "
+                                f"records. Best score: {self.best_score:.3f}. Signaling Trainer to stop.")
+            return True, self.stop_reason
+        return False, None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -157,7 +197,7 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.wait_count = int(state_dict["wait_count"])
         self.best_score = float(state_dict["best_score"])
-        self.stopped_epoch = state_dict.get("stopped_epoch")
+        self.stopped_epoch = int(state_dict.get("stopped_epoch") or 0)
 
 
 def _has_validation(trainer: Trainer) -> bool:

@@ -31,19 +31,22 @@ class LearningRateMonitor(Callback):
     Args:
         logging_interval: ``"step"`` or ``"epoch"``.
         log_momentum: also log the momentum (or Adam's ``beta1``) of each group.
+        log_weight_decay: also log the weight decay of each group (``<name>-weight_decay``).
 
     Example:
         >>> monitor = LearningRateMonitor(logging_interval="step")
         >>> # Trainer(callbacks=[monitor]); logs e.g. "lr-AdamW" every log_every_n_steps steps
     """
 
-    def __init__(self, logging_interval: str = "step", log_momentum: bool = False) -> None:
+    def __init__(self, logging_interval: str = "step", log_momentum: bool = False,
+                 log_weight_decay: bool = False) -> None:
         if logging_interval not in ("step", "epoch"):
             raise ConfigurationError(
                 f"LearningRateMonitor(logging_interval={logging_interval!r}): use 'step' or 'epoch'"
             )
         self.logging_interval = logging_interval
         self.log_momentum = log_momentum
+        self.log_weight_decay = log_weight_decay
         self._last_logged_step = -1
 
     # ------------------------------------------------------------------ hooks
@@ -93,6 +96,8 @@ class LearningRateMonitor(Callback):
                     momentum = group.get("betas", (group.get("momentum"),))[0]
                     if momentum is not None:
                         values[f"{name}-momentum"] = _as_float(momentum)
+                if self.log_weight_decay and "weight_decay" in group:
+                    values[f"{name}-weight_decay"] = _as_float(group["weight_decay"])
         return values
 
 
