@@ -148,7 +148,7 @@ class ModelCheckpoint(Checkpoint):
         self.every_n_train_steps = every_n_train_steps or 0
         self.every_n_epochs = every_n_epochs
         self.train_time_interval = train_time_interval
-        # (score, path) of the checkpoints we keep, lowest score first; scores are floats, higher is better (the
+        # (score, path) of the checkpoints we keep, in the order saved; scores are floats, higher is better (the
         # step when unmonitored, so the newest is "best").
         self.kept: list[tuple[float, str]] = []
         self.last_path: str | None = None  # the file "last" names; it exists whenever this is set
@@ -170,13 +170,13 @@ class ModelCheckpoint(Checkpoint):
     # ------------------------------------------------------------------ Lightning's attributes
     @property
     def best_model_path(self) -> str:
-        return self.kept[-1][1] if self.kept else ""
+        return self._best()[1] if self.kept else ""
 
     @property
     def best_model_score(self) -> torch.Tensor | None:
         if self.monitor is None or not self.kept:
             return None
-        return torch.tensor(self._value(self.kept[-1][0]))
+        return torch.tensor(self._value(self._best()[0]))
 
     @property
     def best_k_models(self) -> dict[str, torch.Tensor]:
@@ -186,17 +186,23 @@ class ModelCheckpoint(Checkpoint):
 
     @property
     def kth_best_model_path(self) -> str:
-        return self.kept[0][1] if self.kept else ""
+        return self._kth()[1] if self.kept else ""
 
     @property
     def kth_value(self) -> torch.Tensor:
         if self.monitor is None or not self.kept or (self.save_top_k != -1 and len(self.kept) < self.save_top_k):
             return torch.tensor(math.inf if self.mode == "min" else -math.inf)
-        return torch.tensor(self._value(self.kept[0][0]))
+        return torch.tensor(self._value(self._kth()[0]))
 
     @property
     def last_model_path(self) -> str:
         return self.last_path or ""
+
+    def _best(self) -> tuple[float, str]:
+        return max(self.kept, key=lambda sp: sp[0])  # the first saved of the best scores
+
+    def _kth(self) -> tuple[float, str]:
+        return min(self.kept, key=lambda sp: sp[0])  # the first saved of the worst scores
 
     def _value(self, score: float) -> float:
         """The monitored value behind a stored score (NaN was stored as the worst: +inf for min, -inf for max)."""
@@ -434,7 +440,7 @@ class ModelCheckpoint(Checkpoint):
         decision: tuple[bool, str | None, str | None] | None = None
         if trainer.is_global_zero:
             keep = top_k is None or (score is not None and (self.save_top_k == -1 or (
-                self.save_top_k > 0 and (len(self.kept) < self.save_top_k or score > self.kept[0][0]))))
+                self.save_top_k > 0 and (len(self.kept) < self.save_top_k or score > self._kth()[0]))))
             path = str(self._free_name(trainer, metrics, None)) if keep else None
             last = str(self._free_name(trainer, metrics, self.CHECKPOINT_NAME_LAST)) if self.save_last else None
             decision = (keep, path, last)
@@ -458,11 +464,12 @@ class ModelCheckpoint(Checkpoint):
         evicted: list[str] = []
         if keep and top_k:
             assert path is not None and score is not None
-            kept = [(s, p) for s, p in self.kept if p != path] + [(score, path)]
-            kept.sort(key=lambda sp: sp[0])
-            while self.save_top_k != -1 and len(kept) > self.save_top_k:
-                evicted.append(kept.pop(0)[1])
-            self.kept = kept
+            # In the order saved: among equal scores the older is the best and the first evicted (Lightning's).
+            self.kept = [(s, p) for s, p in self.kept if p != path] + [(score, path)]
+            while self.save_top_k != -1 and len(self.kept) > self.save_top_k:
+                worst = self._kth()
+                self.kept.remove(worst)
+                evicted.append(worst[1])
             if self.monitor is not None:
                 self.current_score = torch.tensor(self._value(score))
         previous_last = self.last_path
@@ -482,6 +489,8 @@ class ModelCheckpoint(Checkpoint):
             ckpt_io.link_atomic(target, last)
         for old in evicted:
             self._remove(old)
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(self)
         if previous_last is not None and last is not None and _norm(previous_last) != _norm(last) and not any(
                 _norm(p) == _norm(previous_last) for _, p in self.kept):
             self._remove(previous_last)  # "last" got a new name (a template in CHECKPOINT_NAME_LAST)
@@ -566,7 +575,7 @@ def run_folder_patterns(trainer: Trainer) -> list[Path]:
     if trainer.loggers:
         logger = trainer.loggers[0]
         save_dir = getattr(logger, "save_dir", None) or trainer.default_root_dir
-        name = getattr(logger, "name", None)
+        name = logger.name if logger.identity_resolved else "*"  # MLflow: its experiment id, once created
         patterns.append(Path(save_dir, *([str(name)] if name else []), "*", "checkpoints"))
     else:
         patterns.append(Path(trainer.default_root_dir) / "checkpoints")
