@@ -164,3 +164,27 @@ def test_model_parallel_sizes_reads_what_the_strategy_was_built_with():
 
     assert model_parallel_sizes(ModelParallelStrategy(parallelize, data_parallel_size=3, tensor_parallel_size=2)) == (3, 2)
     assert model_parallel_sizes(ModelParallelStrategy(parallelize)) == ("auto", "auto")
+
+
+def test_wandb_offline_steps_reads_an_offline_run_file(tmp_path, monkeypatch):
+    import glob
+
+    import wandb
+
+    from dltrain._compat import wandb_offline_steps
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    run = wandb.init(project="p", dir=str(tmp_path), mode="offline", id="compat1", reinit="create_new")
+    for step in (1, 2, 5):
+        run.log({"a": float(step), "b/c": 1.0}, step=step)
+    run.finish()
+    (path,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-compat1.wandb"))
+    rows = wandb_offline_steps(path)
+    assert [s for s, _ in rows] == [1, 2, 5]
+    assert all(set(keys) == {"a", "b/c"} for _, keys in rows)
+    # Cut short (a kill mid-write): the complete records before the cut.
+    data = open(path, "rb").read()
+    torn = tmp_path / "torn.wandb"
+    torn.write_bytes(data[: len(data) - 5])
+    assert [s for s, _ in wandb_offline_steps(str(torn))][:2] == [1, 2]

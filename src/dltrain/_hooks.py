@@ -77,6 +77,20 @@ class HookDispatcher:
             self._resolved[name] = found
         return found
 
+    def checkpoint_last(self, name: str) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]]]:
+        """`hooks` of ``name`` split in two: those of every callback but the checkpoint callbacks, and the task's;
+        then the checkpoint callbacks'. The loop sends a step's (an epoch's) values to the loggers in between, so
+        that what a checkpoint covers is in the loggers' files before it is written (a resume after a kill then
+        logs nothing twice and loses nothing)."""
+        from dltrain.callbacks.base import Checkpoint
+
+        def owner(hook: Callable[..., Any]) -> Any:
+            return getattr(getattr(hook, "func", hook), "__self__", None)
+
+        found = self.hooks(name)
+        return ([h for h in found if not isinstance(owner(h), Checkpoint)],
+                [h for h in found if isinstance(owner(h), Checkpoint)])
+
     def call(self, name: str, *args: Any) -> None:
         """Call hook ``name`` on the callbacks, then the task."""
         for hook in self.hooks(name):

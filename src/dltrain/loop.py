@@ -82,6 +82,7 @@ class _TrainHooks:
 
     batch_start: list[Callable[..., Any]] = field(default_factory=list)
     batch_end: list[Callable[..., Any]] = field(default_factory=list)
+    checkpoint_batch_end: list[Callable[..., Any]] = field(default_factory=list)  # after the step's values are sent
     before_backward: list[Callable[..., Any]] = field(default_factory=list)
     after_backward: list[Callable[..., Any]] = field(default_factory=list)
     before_optimizer_step: list[Callable[..., Any]] = field(default_factory=list)
@@ -235,7 +236,8 @@ class FitLoop:
         hooks = self.hooks
         return _TrainHooks(
             batch_start=hooks.hooks("on_train_batch_start"),
-            batch_end=hooks.hooks("on_train_batch_end"),
+            batch_end=hooks.checkpoint_last("on_train_batch_end")[0],
+            checkpoint_batch_end=hooks.checkpoint_last("on_train_batch_end")[1],
             before_backward=hooks.hooks("on_before_backward"),
             after_backward=hooks.hooks("on_after_backward"),
             before_optimizer_step=hooks.hooks("on_before_optimizer_step"),
@@ -324,9 +326,12 @@ class FitLoop:
         state.batches_done = batch_idx + 1
         for hook in hooks.batch_end:
             hook(output, batch, batch_idx)
-        # After the batch-end hooks, so that what callbacks log for this step is sent with it.
+        # After the batch-end hooks, so that what callbacks log for this step is sent with it; before the
+        # checkpoint callbacks', so that a checkpoint of this step finds its values in the loggers' files.
         if state.stepped and state.global_step % t.log_every_n_steps == 0:
             self._log_step()
+        for hook in hooks.checkpoint_batch_end:
+            hook(output, batch, batch_idx)
         return False
 
     def _forward_backward(self, batch: Any, batch_idx: int, hooks: _TrainHooks, window_start: bool) -> Any:

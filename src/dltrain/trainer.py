@@ -644,11 +644,21 @@ class Trainer(LightningTrainerMembers):
         metrics, bar = results.read_epoch()
         if not self.sanity_checking:
             self._callback_metrics.update(metrics)
-        self._hooks.call_callbacks(hook)
+        from dltrain.callbacks.base import Callback, Checkpoint
+
+        found = [cb for cb in self.callbacks if overrides(cb, Callback, hook)]
+        for cb in found:
+            if not isinstance(cb, Checkpoint):
+                getattr(cb, hook)(self, self._hooks.task)
         more, more_bar = results.read_epoch()
         metrics.update(more)
         bar.update(more_bar)
+        # Sent before the checkpoint callbacks run: an epoch-end checkpoint finds the epoch's values in the
+        # loggers' files (a resume from it continues after them).
         self._publish(metrics, bar, results)
+        for cb in found:
+            if isinstance(cb, Checkpoint):
+                getattr(cb, hook)(self, self._hooks.task)
         return metrics
 
     @staticmethod

@@ -122,6 +122,11 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "spike_and_exception": ([], []),
     "rich_and_profilers": ([], []),
     "task_members": ([], []),
+    # issue 22: checkpoint names and folders, MLflow, the CLI's parser and class paths, the warnings
+    "l_checkpoint_names": ([], []),
+    "m_mlflow": ([], []),
+    "n_cli_lightning_classes": ([], []),
+    "o_warnings": ([], []),
 }
 # Scripts run on several processes (torchrun), and environment variables for one side only.
 NPROC: dict[str, int] = {"ema_fsdp2": 2}

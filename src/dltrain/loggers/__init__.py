@@ -3,6 +3,7 @@
 from dltrain._refusals import refused_class
 from dltrain.loggers.base import Logger
 from dltrain.loggers.csv import CSVLogger
+from dltrain.loggers.mlflow import MLFlowLogger
 from dltrain.loggers.tensorboard import TensorBoardLogger
 from dltrain.loggers.wandb import WandbLogger
 
@@ -10,4 +11,4 @@ from dltrain.loggers.wandb import WandbLogger
 CometLogger = refused_class("lightning.pytorch.loggers.CometLogger")
 LitLogger = refused_class("lightning.pytorch.loggers.LitLogger")
 
-__all__ = ["CSVLogger", "CometLogger", "LitLogger", "Logger", "TensorBoardLogger", "WandbLogger"]
+__all__ = ["CSVLogger", "CometLogger", "LitLogger", "Logger", "MLFlowLogger", "TensorBoardLogger", "WandbLogger"]

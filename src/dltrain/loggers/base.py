@@ -1,12 +1,20 @@
-"""`Logger`: where logged metrics go. The Trainer calls loggers on global rank zero only."""
+"""`Logger`: where logged metrics go. The Trainer calls loggers on global rank zero only.
+
+Two pieces every logger shares live here: the run folder ``<save_dir>/<name>/version_<N>`` of the loggers that
+write files (`FolderLogger`: Lightning's naming, the next free version claimed atomically on the first write), and
+the rule a resumed run uses to log each step once (`ResumeFilter`).
+"""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["Logger"]
+from dltrain.loggers._versions import claim_next_version, next_version
+
+__all__ = ["FolderLogger", "Logger", "ResumeFilter"]
 
 
 class Logger(ABC):
@@ -15,10 +23,14 @@ class Logger(ABC):
     The Trainer calls ``log_metrics`` every ``log_every_n_steps`` optimizer steps and at the end of every epoch,
     with plain Python floats (values are read from the device only then), and only on global rank zero.
     A logger keeps what it needs to continue the same run after a restart in ``state_dict`` (saved in checkpoints).
+
+    Identity, as Lightning's: ``name`` and ``version`` place a run's default checkpoint folder,
+    ``<save_dir>/<name>/<version>/checkpoints`` (``version_<N>`` for an int version; ``<default_root_dir>`` when
+    ``save_dir`` is None).
     """
 
     @property
-    def name(self) -> str:
+    def name(self) -> str | None:
         return type(self).__name__
 
     @property
@@ -31,15 +43,19 @@ class Logger(ABC):
         return None
 
     @property
+    def identity_resolved(self) -> bool:
+        """Whether ``name`` can be read without creating anything (MLflow creates its experiment and run first)."""
+        return True
+
+    @property
     def save_dir(self) -> str | None:
-        """Root folder of the logger's files (Lightning's name). With ``name`` and ``version`` it places a run's
-        default checkpoint folder: ``<save_dir>/<name>/<version>/checkpoints`` (``<default_root_dir>`` when None)."""
+        """Root folder of the logger's files (Lightning's name); see the class docstring."""
         return None
 
     @property
     def experiment(self) -> Any:
         """The object behind the logger, for what dltrain does not wrap (Lightning's name): wandb's run,
-        TensorBoard's ``SummaryWriter``; loggers without one (CSV) return themselves."""
+        TensorBoard's ``SummaryWriter``, MLflow's ``MlflowClient``; loggers without one (CSV) return themselves."""
         return self
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
@@ -48,6 +64,9 @@ class Logger(ABC):
     @abstractmethod
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Record ``metrics`` at optimizer step ``step``. Steps only grow within a run, also across restarts."""
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Called by `ModelCheckpoint` after each checkpoint it writes (Lightning's hook; MLflow logs the files)."""
 
     def save(self) -> None:
         """Put everything logged so far on disk (called on global rank zero right after every checkpoint is
@@ -62,3 +81,92 @@ class Logger(ABC):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the run described by ``state_dict`` (called before the first ``log_metrics`` on resume)."""
+
+
+class ResumeFilter:
+    """What a resumed run must not log again: the rows its killed predecessor already put on disk.
+
+    A resumed run restarts at its checkpoint and logs again every step after it. The killed run may have written
+    some of those steps already (after the checkpoint, before the kill), and a step's values come in several calls
+    (the step's training values, then validation values and epoch aggregates at the same step), each one row. So a
+    row is dropped when its step is before the last step on disk, or is that step and holds a value already
+    written at it; every other row is logged whole. Then the history of a killed and resumed run equals the
+    uninterrupted run's: each row once, none missing.
+    """
+
+    def __init__(self, last_step: int | None = None, keys_at_last: Iterable[str] = ()) -> None:
+        self.last_step = last_step
+        self.keys_at_last = set(keys_at_last)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[int, Iterable[str]]]) -> ResumeFilter:
+        """From the ``(step, keys)`` rows already on disk."""
+        last: int | None = None
+        keys: set[str] = set()
+        for step, names in rows:
+            if last is None or step > last:
+                last, keys = step, set(names)
+            elif step == last:
+                keys.update(names)
+        return cls(last, keys)
+
+    def keep(self, step: int, metrics: Mapping[str, Any]) -> bool:
+        """Whether the row ``metrics`` logged at ``step`` is not on disk yet."""
+        if self.last_step is None or step > self.last_step:
+            return True
+        # At the last step: a row none of whose values is there yet (``epoch``, which the Trainer adds to every
+        # row, does not count).
+        return step == self.last_step and not (set(metrics) - {"epoch"}) & self.keys_at_last
+
+
+class FolderLogger(Logger):
+    """A logger that writes files in ``<save_dir>/<name>/<version folder>`` (CSV, TensorBoard): Lightning's
+    layout. ``version``: an ``int`` (folder ``version_<version>``), a ``str`` (the folder name), or ``None`` for
+    the next free number, resolved without creating anything and claimed (an exclusive ``mkdir``, so two runs
+    started at once differ) on the first write: a logger built on every rank creates nothing on the ranks that
+    never write."""
+
+    def __init__(self, save_dir: str | os.PathLike[str], name: str | None, version: int | str | None) -> None:
+        self._save_dir = os.fspath(save_dir)
+        self._name = name or ""
+        self._version = version
+        self._claimed = False
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        """``<save_dir>/<name>`` (``save_dir`` when ``name`` is empty)."""
+        return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
+
+    @property
+    def version(self) -> int | str:
+        """The version; resolving it (the next free number) does not create the folder."""
+        if self._version is None:
+            self._version = next_version(self.root_dir)
+        return self._version
+
+    @property
+    def log_dir(self) -> str:
+        version = self.version
+        return os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
+
+    def _claim_dir(self) -> None:
+        """Create the run folder, claiming the next free version when none was given, resolved or restored."""
+        if self._claimed:
+            return
+        if self._version is None:
+            self._version = claim_next_version(self.root_dir)
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._claimed = True
+
+    def _use_version(self, version: int | str) -> None:
+        """Continue in ``version``'s folder (a resumed run)."""
+        self._version = version
+        self._claimed = False

@@ -5,18 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from dltrain.loggers.base import Logger
+from dltrain.loggers.base import FolderLogger, ResumeFilter
 
 __all__ = ["CSVLogger"]
 
-_VERSION_RE = re.compile(r"^version_(\d+)$")
-
-
-class CSVLogger(Logger):
+class CSVLogger(FolderLogger):
     """Write metrics to ``<save_dir>/<name>/version_<N>/metrics.csv`` and hparams to ``hparams.json`` there.
 
     File format: "wide" CSV, one row per ``log_metrics`` call: a ``step`` column, then one column per metric
@@ -29,8 +25,9 @@ class CSVLogger(Logger):
     ``flush_every`` calls and on ``save()``/``finalize()``.
 
     Resume: ``state_dict()`` is ``{"version": ...}``; ``load_state_dict`` continues in the same folder and does
-    not write rows for steps ``<=`` the last step already in its ``metrics.csv`` (the steps a killed run
-    re-trains after restarting from its last checkpoint keep their first rows, and appear once).
+    not write again what its ``metrics.csv`` already holds (`ResumeFilter`: the steps a killed run re-trains after
+    restarting from its last checkpoint keep their first rows, and the rows it had not written yet are written),
+    so the file of a killed and resumed run equals the uninterrupted run's.
 
     Args:
         save_dir: root folder of the logs (usually the Trainer's ``default_root_dir``).
@@ -38,6 +35,8 @@ class CSVLogger(Logger):
         version: an ``int`` (folder ``version_<version>``), a ``str`` (used as the folder name), or ``None``
             for the next free number.
         flush_every: write buffered rows every this many ``log_metrics`` calls (1: at every call).
+        prefix: put before every metric name (joined with ``-``, as Lightning).
+        flush_logs_every_n_steps: Lightning's name for ``flush_every``.
 
     Example:
         >>> logger = CSVLogger("runs", name="mnist")
@@ -53,76 +52,25 @@ class CSVLogger(Logger):
         name: str = "lightning_logs",
         version: int | str | None = None,
         flush_every: int = 1,
+        prefix: str = "",
+        flush_logs_every_n_steps: int | None = None,
     ) -> None:
-        self._save_dir = os.fspath(save_dir)
-        self._name = name
-        self._version = version
-        self._flush_every = max(1, int(flush_every))
-        self._created = False
+        super().__init__(save_dir, name, version)
+        # Lightning's spelling of flush_every (it counts log_metrics calls too).
+        self._flush_every = max(1, int(flush_logs_every_n_steps if flush_logs_every_n_steps else flush_every))
+        self._prefix = prefix
         self._columns: list[str] = []  # metric columns, without "step"
         self._rows: list[dict[str, Any]] = []  # buffered, not yet on disk
-        self._skip_until: int | None = None  # steps <= this were written before a restart
-
-    # ------------------------------------------------------------------ identity
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self._save_dir, self._name)
-
-    @property
-    def version(self) -> int | str:
-        """The version; resolving it (the next free number) does not create the folder."""
-        if self._version is None:
-            self._version = self._next_version()
-        return self._version
-
-    @property
-    def log_dir(self) -> str:
-        version = self.version
-        folder = version if isinstance(version, str) else f"version_{version}"
-        return os.path.join(self.root_dir, folder)
+        self._resume = ResumeFilter()  # what the run this one resumes already wrote
 
     @property
     def metrics_file(self) -> str:
         return os.path.join(self.log_dir, self.METRICS_FILE)
 
-    def _next_version(self) -> int:
-        try:
-            names = os.listdir(self.root_dir)
-        except FileNotFoundError:
-            return 0
-        found = [int(m.group(1)) for n in names if (m := _VERSION_RE.match(n))]
-        return max(found, default=-1) + 1
-
-    def _ensure_dir(self) -> None:
-        if self._created:
-            return
-        if self._version is None:
-            # Claim the folder with an exclusive mkdir: two runs started at once get different versions.
-            os.makedirs(self.root_dir, exist_ok=True)
-            while True:
-                candidate = self._next_version()
-                try:
-                    os.mkdir(os.path.join(self.root_dir, f"version_{candidate}"))
-                except FileExistsError:
-                    continue
-                self._version = candidate
-                break
-        else:
-            os.makedirs(self.log_dir, exist_ok=True)
-        self._created = True
-
     # ------------------------------------------------------------------ logging
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Merge ``params`` into ``hparams.json`` (values JSON cannot hold are written as their ``repr``)."""
-        self._ensure_dir()
+        self._claim_dir()
         path = os.path.join(self.log_dir, self.HPARAMS_FILE)
         current: dict[str, Any] = {}
         if os.path.exists(path):
@@ -135,10 +83,11 @@ class CSVLogger(Logger):
         os.replace(tmp, path)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if self._skip_until is not None and step <= self._skip_until:
-            return  # already written by the run this one resumes
+        if not self._resume.keep(int(step), metrics):
+            return  # written by the run this one resumes
         row: dict[str, Any] = {"step": int(step)}
         for key, value in metrics.items():
+            key = f"{self._prefix}-{key}" if self._prefix else key
             row[key] = float(value)
         self._rows.append(row)
         if len(self._rows) >= self._flush_every:
@@ -152,7 +101,7 @@ class CSVLogger(Logger):
         """Write the buffered rows (append, or rewrite the file when new columns appeared)."""
         if not self._rows:
             return
-        self._ensure_dir()
+        self._claim_dir()
         path = self.metrics_file
         if not self._columns and os.path.exists(path):
             # Continuing a folder whose header this instance has not read yet (resume or a fixed version).
@@ -185,16 +134,17 @@ class CSVLogger(Logger):
         return {"version": self.version}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue in the folder of ``state_dict["version"]``, skipping steps it already holds."""
-        self._version = state_dict["version"]
-        self._created = False
+        """Continue in the folder of ``state_dict["version"]``, skipping what its ``metrics.csv`` already holds."""
+        self._use_version(state_dict["version"])
         self._columns = []
         self._rows.clear()
         path = self.metrics_file
+        self._resume = ResumeFilter()
         if os.path.exists(path):
             self._columns = _read_header(path)
-            steps = [int(r["step"]) for r in _read_rows(path) if r.get("step") not in (None, "")]
-            self._skip_until = max(steps) if steps else None
+            self._resume = ResumeFilter.from_rows(
+                (int(r["step"]), [k for k, v in r.items() if k != "step" and v not in (None, "")])
+                for r in _read_rows(path) if r.get("step") not in (None, ""))
 
 
 def _sync(f: Any, sync: bool) -> None:

@@ -10,8 +10,7 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dltrain.loggers._versions import claim_next_version, next_version
-from dltrain.loggers.base import Logger
+from dltrain.loggers.base import FolderLogger, ResumeFilter
 
 if TYPE_CHECKING:
     import torch
@@ -19,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TensorBoardLogger"]
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(FolderLogger):
     """Write to ``<save_dir>/<name>/version_<N>[/<sub_dir>]`` through ``torch.utils.tensorboard.SummaryWriter``.
 
     Lightning's ``TensorBoardLogger`` with the same arguments and folders: ``N`` is the next free version
@@ -32,7 +31,8 @@ class TensorBoardLogger(Logger):
     (Lightning's rule; ``input_array`` defaults to ``model.example_input_array``). ``experiment`` is the
     ``SummaryWriter``; extra keyword arguments go to it (e.g. ``flush_secs``, ``max_queue``).
 
-    Resume: ``state_dict()`` is ``{"version": ...}``; ``load_state_dict`` continues writing in that folder.
+    Resume: ``state_dict()`` is ``{"version": ...}``; ``load_state_dict`` continues writing in that folder, and
+    does not write again what its event files hold (what a killed run flushed after its last checkpoint).
 
     Example:
         >>> logger = TensorBoardLogger("runs", name="mnist")
@@ -59,43 +59,19 @@ class TensorBoardLogger(Logger):
             raise ModuleNotFoundError(
                 "TensorBoardLogger needs the tensorboard package: pip install 'dltrain[tensorboard]'"
             ) from err
-        self._save_dir = os.fspath(save_dir)
-        self._name = name or ""
-        self._version = version
+        super().__init__(save_dir, name, version)
         self._log_graph = log_graph
         self._default_hp_metric = default_hp_metric
         self._prefix = prefix
         self._sub_dir = os.fspath(sub_dir) if sub_dir is not None else None
         self._kwargs = kwargs
         self._experiment: SummaryWriter | None = None
+        self._resume = ResumeFilter()
         self.hparams: dict[str, Any] = {}
-
-    # ------------------------------------------------------------------ identity
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        """``<save_dir>/<name>`` (``save_dir`` when ``name`` is empty)."""
-        return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
-
-    @property
-    def version(self) -> int | str:
-        """The version; resolving it (the next free number) does not create the folder."""
-        if self._version is None:
-            self._version = next_version(self.root_dir)
-        return self._version
 
     @property
     def log_dir(self) -> str:
-        version = self.version
-        folder = version if isinstance(version, str) else f"version_{version}"
-        path = os.path.join(self.root_dir, folder)
+        path = super().log_dir
         if self._sub_dir:
             path = os.path.join(path, self._sub_dir)
         return os.path.expandvars(os.path.expanduser(path))
@@ -103,11 +79,6 @@ class TensorBoardLogger(Logger):
     @property
     def sub_dir(self) -> str | None:
         return self._sub_dir
-
-    def _claim_dir(self) -> None:
-        if self._version is None:
-            self._version = claim_next_version(self.root_dir)
-        os.makedirs(self.log_dir, exist_ok=True)
 
     @property
     def experiment(self) -> SummaryWriter:
@@ -150,8 +121,9 @@ class TensorBoardLogger(Logger):
         assert file_writer is not None
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
-        for key, value in metrics.items():
-            writer.add_scalar(key, float(value), 0)
+        if self._resume.keep(0, dict(metrics)):  # not again when resuming a run that has it
+            for key, value in metrics.items():
+                writer.add_scalar(key, float(value), 0)
 
     def _write_hparams_file(self) -> None:
         import yaml
@@ -163,6 +135,8 @@ class TensorBoardLogger(Logger):
         os.replace(tmp, path)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is not None and not self._resume.keep(int(step), {self._key(k): v for k, v in metrics.items()}):
+            return  # in the event files of the run this one resumes
         writer = self.experiment
         for key, value in metrics.items():
             if isinstance(value, Mapping):
@@ -203,16 +177,36 @@ class TensorBoardLogger(Logger):
         return {"version": self.version}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue in the folder of ``state_dict["version"]`` (TensorBoard merges the event files of a folder)."""
+        """Continue in the folder of ``state_dict["version"]`` (TensorBoard merges the event files of a folder),
+        skipping what its event files already hold (`ResumeFilter`)."""
         if self._experiment is not None:
             self._experiment.close()
             self._experiment = None
-        self._version = state_dict["version"]
+        self._use_version(state_dict["version"])
+        self._resume = ResumeFilter.from_rows(_scalar_rows(self.log_dir))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_experiment"] = None  # a SummaryWriter holds a thread and a file: not picklable
         return state
+
+
+def _scalar_rows(folder: str) -> list[tuple[int, list[str]]]:
+    """``(step, tags)`` of every scalar in the event files of ``folder`` (a file cut short by a kill is read up to
+    its last complete record)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    rows: list[tuple[int, list[str]]] = []
+    if not os.path.isdir(folder):
+        return rows
+    for name in sorted(os.listdir(folder)):
+        if "tfevents" not in name:
+            continue
+        for event in EventFileLoader(os.path.join(folder, name)).Load():
+            tags = [v.tag for v in event.summary.value]
+            if tags:
+                rows.append((int(event.step), tags))
+    return rows
 
 
 def _flatten(values: Mapping[str, Any], parent: str = "") -> dict[str, Any]:

@@ -9,7 +9,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from dltrain.loggers.base import Logger
+from dltrain.loggers.base import Logger, ResumeFilter
 
 __all__ = ["WandbLogger"]
 
@@ -80,6 +80,7 @@ class WandbLogger(Logger):
         self._recommit = False  # commit again once the step buffered at a checkpoint is sent
         self._pending: list[Any] | None = None  # [step, metrics] buffered at the last checkpoint (record file)
         self._resend: tuple[int, dict[str, float]] | None = None  # a killed run's pending step, sent on resume
+        self._resume: ResumeFilter | None = None  # offline resume: the rows already in the run's files
 
     # ------------------------------------------------------------------ identity
     @property
@@ -145,6 +146,8 @@ class WandbLogger(Logger):
         step = int(step)
         if self._resend is not None:
             self._send_resend()
+        if self._resume is not None and not self._resume.keep(step, metrics):
+            return  # in the run's files already (offline resume)
         if self._skip_until is not None and step <= self._skip_until:
             return  # logged by the run this one resumes: W&B keeps one row per step
         if self._last_step is None or step > self._last_step:
@@ -190,7 +193,7 @@ class WandbLogger(Logger):
         assert self._row_step is not None
         step, row = self._row_step, dict(self._row)
         self._row_step, self._row, self._recommit = None, {}, False
-        if self._pending is not None:
+        if self._pending is not None and not self._is_offline():
             self._pending = None
             self._write_record()  # the record stops holding it first: lost rather than repeated
         self.experiment.log(row, step=step)
@@ -217,6 +220,24 @@ class WandbLogger(Logger):
         self._run = None
         self._open_rows = False
         self._committed = True
+        if self._pending is not None and self._row_step is None:
+            self._pending = None  # the step it held is in the committed file now
+            self._write_record()
+
+    def _is_offline(self) -> bool:
+        mode = self._init_kwargs.get("mode") or os.environ.get("WANDB_MODE")
+        return self._offline or mode in ("offline", "dryrun")
+
+    def _rows_on_disk(self) -> list[tuple[int, list[str]]]:
+        """``(step, keys)`` of the rows every offline segment of this run holds on disk (oldest first)."""
+        import glob
+
+        from dltrain._compat import wandb_offline_steps
+
+        rows: list[tuple[int, list[str]]] = []
+        for path in glob.glob(os.path.join(self.log_dir, "offline-run-*", f"run-{self._id}.wandb")):
+            rows += wandb_offline_steps(path)
+        return rows
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -233,6 +254,19 @@ class WandbLogger(Logger):
         if record is not None and record.get("last_step") is not None:
             last = record["last_step"] if last is None else max(last, int(record["last_step"]))
         pending = record.get("pending") if record is not None else None
+        if self._is_offline():
+            # What a killed offline run logged after its last commit is not on disk: the rows that are decide
+            # what this run skips, and the rest is logged again (the history then equals the uninterrupted run's).
+            self._resume = ResumeFilter.from_rows(self._rows_on_disk())
+            done = self._resume.last_step
+            self._last_step, self._skip_until = done, None
+            if pending is not None and (done is None or int(pending[0]) > done):
+                # The part of a step logged before the checkpoint (this run logs the rest): one row with it.
+                self._row_step, self._row = int(pending[0]), {str(k): float(v) for k, v in pending[1].items()}
+                self._pending = pending
+            else:
+                self._pending = None
+            return
         if pending is not None:
             self._resend = (int(pending[0]), {str(k): float(v) for k, v in pending[1].items()})
             self._pending = pending  # kept in the record until sent
