@@ -117,7 +117,7 @@ class DataRunner:
             from dltrain.data import Mixture, StreamingDataset
 
             sources = [StreamingDataset(self.urls[i::3], batch_size=b, decode={"png": decode_png}, map=stream_pair,
-                                        shuffle=True, shuffle_buffer=1000) for i in range(3)]
+                                        shuffle=True, shuffle_buffer=1000, training=False) for i in range(3)]
             mix = Mixture(sources, weights=[src.num_samples for src in sources], seed=rep)
             return mix.loader(num_workers=workers)
         if self.variant in ("streaming", "streaming-pipe", "pipe-no-read-ahead"):
@@ -130,7 +130,8 @@ class DataRunner:
             decode = decoder_of(self.regime)
             ds = StreamingDataset(urls, batch_size=b, decode={self.field: decode} if decode else None,
                                   map=functools.partial(stream_triple, self.field), shuffle=True,
-                                  shuffle_buffer=1000, seed=rep, index=default_index_path(self.urls))
+                                  shuffle_buffer=1000, seed=rep, index=default_index_path(self.urls),
+                                  training=False)  # every sample, as the peers deliver: exactly once is checkable
             return ds.loader(num_workers=workers, read_ahead=ahead)
         if self.variant == "webloader":
             import webdataset as wds

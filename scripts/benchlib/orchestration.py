@@ -312,7 +312,7 @@ class Bench:
                  f"{c['repeats']} interleaved repeats, medians.", "",
                  "Every batch carries its samples' keys; \"per epoch\" counts, over all measured epochs of all "
                  "runs, the worst epoch's duplicated and missing keys (0 / 0: every sample exactly once; dltrain's "
-                 f"training=True drops the last incomplete batch, {c['samples'] % c['batch']} samples).", "",
+                 "datasets are built with training=False, so that they deliver every sample as the peers do).", "",
                  "| pipeline | workers | samples/s | ratio to WebLoader (paired median) | first batch (s) | "
                  "gap between epochs (ms) | per epoch: duplicates / missing |", "|---|---|---|---|---|---|---|"]
         for nw in c["workers"]:

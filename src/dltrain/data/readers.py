@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -207,6 +206,27 @@ class ShardReader:
 
 
 
+# `IndexedShardReader.get_many` reads samples whose byte ranges are at most this far apart with one read (the bytes
+# between are read and dropped: cheaper than a system call each, for small samples), up to a run of this size.
+_GAP = 1 << 16
+_RUN = 1 << 23
+
+
+def _runs(indices: Sequence[int], offsets: Sequence[int]) -> list[tuple[int, int]]:
+    """``[first, last)`` slices of ``indices`` whose samples are read with one read each: ascending indices whose
+    byte ranges are at most `_GAP` apart, at most `_RUN` bytes in all (a sample larger than that alone)."""
+    runs: list[tuple[int, int]] = []
+    first = 0
+    for k in range(1, len(indices)):
+        i, prev = indices[k], indices[k - 1]
+        if i < prev or offsets[i] - offsets[prev + 1] > _GAP or offsets[i + 1] - offsets[indices[first]] > _RUN:
+            runs.append((first, k))
+            first = k
+    if indices:
+        runs.append((first, len(indices)))
+    return runs
+
+
 class IndexedShardReader:
     """Random-access reader of one local, uncompressed shard whose index has sample offsets.
 
@@ -259,10 +279,10 @@ class IndexedShardReader:
     def get_many(self, indices: Sequence[int]) -> list[dict[str, Any] | DataError]:
         """The raw samples at ``indices`` (see `get`), a `DataError` in place of each sample that cannot be read.
 
-        With a table, one loop over the samples: one positioned read each, the check, the fields cut out; a
-        sample whose check differs, or that the file no longer holds, goes through `get`. (A memory map of the
-        samples' span, made per call, cost 4x the reads here; one kept open would die with SIGBUS if the shard
-        shrank under it.)
+        With a table, one loop over the samples: one positioned read per run of neighbouring samples (`_runs`),
+        the check, the fields cut out; a sample whose check differs, or that the file no longer holds, goes
+        through `get`. (A memory map of the samples' span, made per call, cost 4x the reads here; one kept open
+        would die with SIGBUS if the shard shrank under it.)
         """
         table = self._table
         if table is not None and self._tar is None and self._failed is None:
@@ -281,30 +301,30 @@ class IndexedShardReader:
         wrong = next((i for i in indices if not 0 <= i < expected), None)
         if wrong is not None:
             raise ValueError(f"sample {wrong} of {self.url} is out of range (the index says {self.expected})")
-        fileno = getattr(self._file, "fileno", None)
-        fd = fileno() if fileno is not None else None
-        pread = os.pread
-        for i in indices:
-            start = offsets[i]
-            size = offsets[i + 1] - start
-            buf = pread(fd, size, start) if fd is not None else read_at(self._file, start, size)
-            if one is not None:
-                fields, at = one, stride * i
-            else:
-                fields, at = table.sample(i)
-            sample: dict[str, Any] = {"__key__": keys[i], "__url__": url}
-            crc = pos = 0
-            for field in fields:
-                a, n = members[at], members[at + 1]
-                crc = crc32(buf[pos:a], crc)  # headers: a copy of a block or two, cheaper than a memoryview
-                pos = a + n
-                sample[field] = buf[a:pos]
-                at += 2
-            if len(buf) == size and crc32(buf[pos:], crc) == check[i]:
-                out.append(sample)
-                self.table_reads += 1
-            else:
-                out.append(self._get_or_error(i))
+        for first, last in _runs(indices, offsets):
+            # One read for a run of neighbouring samples (indices ascending within a run), then each sample cut out.
+            base = offsets[indices[first]]
+            span = read_at(self._file, base, offsets[indices[last - 1] + 1] - base)
+            for i in indices[first:last]:
+                start = offsets[i] - base
+                stop = offsets[i + 1] - base
+                if one is not None:
+                    fields, at = one, stride * i
+                else:
+                    fields, at = table.sample(i)
+                sample: dict[str, Any] = {"__key__": keys[i], "__url__": url}
+                crc, pos = 0, start
+                for field in fields:
+                    a, n = start + members[at], members[at + 1]
+                    crc = crc32(span[pos:a], crc)  # headers: a copy of a block or two, cheaper than a memoryview
+                    pos = a + n
+                    sample[field] = span[a:pos]
+                    at += 2
+                if stop <= len(span) and crc32(span[pos:stop], crc) == check[i]:
+                    out.append(sample)
+                    self.table_reads += 1
+                else:
+                    out.append(self._get_or_error(i))
         return out
 
     def _get_or_error(self, index: int) -> dict[str, Any] | DataError:
