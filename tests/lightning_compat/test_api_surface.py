@@ -40,7 +40,6 @@ CLASSES = {"LightningModule": "Task", "LightningDataModule": "DataModule", "Ligh
 # Names another engineer is building right now (issue 22): each must still be missing (the test below fails once
 # it exists, so that it leaves this set), and the set must reach zero.
 _B10 = "lightning-b (issue 22 item 10)"
-_LOGGERS = "lightning-b (issue 25 item 4, loggers)"
 PENDING: dict[str, str] = {
     "lightning.pytorch.Trainer.overfit_batches": _B10,
     "lightning.pytorch.Trainer.enable_autolog_hparams": _B10,
@@ -51,8 +50,6 @@ PENDING: dict[str, str] = {
     "lightning.pytorch.Trainer.validate(weights_only=)": _B10,
     "lightning.pytorch.Trainer.test(weights_only=)": _B10,
     "lightning.pytorch.Trainer.predict(weights_only=)": _B10,
-    **{f"lightning.pytorch.loggers.WandbLogger({a}=)": _LOGGERS for a in (
-        "add_file_policy", "anonymous", "checkpoint_name", "dir", "experiment", "log_model", "prefix", "version")},
 }
 
 

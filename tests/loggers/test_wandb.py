@@ -12,10 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+import dltrain
+from dltrain.callbacks import ModelCheckpoint
+from dltrain.errors import ConfigurationError
 from dltrain.loggers import CSVLogger, WandbLogger
+from tests.helpers.tasks import TinyTask, loader
 
-from .wandb_reader import has_exit_record, read_history, read_run_ids, run_start_time
+from .wandb_reader import has_exit_record, read_artifacts, read_history, read_run_ids, run_start_time
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # 40 chars, the shape of a real key
 
@@ -128,3 +133,89 @@ def test_no_run_until_used_and_finalize_without_run(tmp_path):
     logger.finalize("success")  # nothing started: nothing to finish
     assert not (tmp_path / "wandb").exists()
     assert logger.state_dict()["last_step"] is None
+
+
+def _fit_with(logger: WandbLogger, root: Path, **checkpoint: object) -> dltrain.Trainer:
+    torch.manual_seed(0)
+    callbacks = [ModelCheckpoint(**checkpoint)] if checkpoint else None  # type: ignore[arg-type]
+    trainer = dltrain.Trainer(accelerator="cpu", max_epochs=3, default_root_dir=root, logger=logger,
+                              log_every_n_steps=1, enable_progress_bar=False, callbacks=callbacks)
+    trainer.fit(TinyTask(), loader(n=32), loader(n=16))
+    return trainer
+
+
+@pytest.mark.parametrize("log_model", [True, "all"])
+def test_log_model_logs_checkpoints_as_artifacts(tmp_path, log_model):
+    """Lightning's log_model: True logs the kept checkpoints (and last) at the end, "all" each as it is written;
+    a ``model`` artifact named ``checkpoint_name`` holding ``model.ckpt``, best/latest aliases, score metadata.
+    With WANDB_MODE=offline (the fixture) wandb keeps them in the offline run's files."""
+    logger = WandbLogger(save_dir=tmp_path, version="ckptrun1", log_model=log_model, checkpoint_name="digits",
+                         add_file_policy="immutable", prefix="lit")
+    trainer = _fit_with(logger, tmp_path, monitor="val/loss", save_top_k=2, filename="{epoch}")
+    # Lightning's identity: name is the project, version the run id; the checkpoints under <save_dir>/<name>/<id>.
+    assert (logger.name, logger.version) == ("lightning_logs", "ckptrun1")
+    folder = Path(trainer.checkpoint_callback.dirpath)
+    assert folder == tmp_path / "lightning_logs" / "ckptrun1" / "checkpoints"
+    artifacts = [a for f in _run_files(tmp_path) for a in read_artifacts(f)]
+    assert artifacts and all(a["name"] == "digits" and a["type"] == "model" for a in artifacts)
+    assert all(list(a["files"]) == ["model.ckpt"] for a in artifacts)
+    logged = [Path(a["local"][0]).name for a in artifacts]  # immutable: wandb points at the file itself
+    kept = sorted(Path(p).name for p in trainer.checkpoint_callback.best_k_models)
+    if log_model == "all":  # every checkpoint as written: each epoch's file (and last, which links the newest)
+        assert {"epoch=0.ckpt", "epoch=1.ckpt", "epoch=2.ckpt"} <= set(logged)
+        assert artifacts[0]["aliases"] == ["best", "latest"]  # the first checkpoint was the best one then
+    else:  # at the end: the two kept ones and last, once each
+        assert sorted(set(logged) - {"last.ckpt"}) == kept and len(logged) == len(set(logged))
+    best = Path(trainer.checkpoint_callback.best_model_path).name
+    for a, name in zip(artifacts, logged):
+        if log_model is True:  # "all": best as of when it was logged
+            assert a["aliases"] == (["best", "latest"] if name == best else ["latest"])
+        assert a["metadata"]["original_filename"] == name
+        assert a["metadata"]["ModelCheckpoint"]["monitor"] == "val/loss"
+    assert any(a["metadata"]["score"] is not None for a in artifacts)
+    history = [row for f in _run_files(tmp_path) for row in read_history(f)]
+    assert history and all(k.startswith("lit-") for row in history for k in row if not k.startswith("_")), history
+
+
+def test_log_model_true_logs_nothing_when_training_fails(tmp_path):
+    logger = WandbLogger(save_dir=tmp_path, log_model=True)
+    logger.log_metrics({"loss": 1.0}, step=1)
+
+    class _Callback:
+        save_top_k = 1
+        kept = [(1.0, str(tmp_path / "a.ckpt"))]
+        last_model_path = ""
+        best_model_path = str(tmp_path / "a.ckpt")
+        best_k_models = {str(tmp_path / "a.ckpt"): torch.tensor(1.0)}
+
+    (tmp_path / "a.ckpt").write_bytes(b"weights")
+    logger.after_save_checkpoint(_Callback())
+    logger.finalize("failed")
+    assert [a for f in _run_files(tmp_path) for a in read_artifacts(f)] == []
+
+
+def test_lightning_arguments(tmp_path, monkeypatch):
+    import wandb
+
+    with pytest.raises(ConfigurationError, match="offline"):  # Lightning refuses it too
+        WandbLogger(offline=True, log_model=True)
+    with pytest.raises(ConfigurationError, match="add_file_policy"):
+        WandbLogger(add_file_policy="copy")  # type: ignore[arg-type]
+    # dir: the same as save_dir; id and version the same.
+    logger = WandbLogger(dir=tmp_path / "d", id="sameid01", offline=True, anonymous=True)
+    assert logger.save_dir == str(tmp_path / "d") and logger.version == "sameid01"
+    assert logger._init_kwargs["anonymous"] == "allow"
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    assert WandbLogger(offline=True).name == "from-env"
+    # experiment: a run the caller started is used as is and left open.
+    run = wandb.init(project="mine", dir=str(tmp_path), id="userrun1", mode="offline", reinit="create_new")
+    logger = WandbLogger(experiment=run, save_dir=tmp_path)
+    assert logger.experiment is run and logger.version == "userrun1"
+    logger.log_metrics({"loss": 2.0}, step=1)
+    logger.log_metrics({"loss": 1.0}, step=2)
+    logger.save()
+    logger.finalize("success")
+    assert logger.experiment is run  # not finished by the logger: still the caller's open run
+    run.finish()
+    (file,) = _run_files(tmp_path)
+    assert _steps(read_history(file)) == [1, 2]

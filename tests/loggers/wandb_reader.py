@@ -70,6 +70,19 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_artifacts(path: str | Path) -> list[dict[str, Any]]:
+    """The artifacts the run logged, in order: name, type, aliases, metadata and the files' names and sizes."""
+    out = []
+    for record in read_records(path):
+        if record.WhichOneof("record_type") != "artifact":
+            continue
+        a = record.artifact
+        out.append({"name": a.name, "type": a.type, "aliases": sorted(a.aliases),
+                    "metadata": json.loads(a.metadata or "{}"),
+                    "files": {c.path: c.size for c in a.manifest.contents}, "local": [c.local_path for c in a.manifest.contents]})
+    return out
+
+
 def read_run_ids(path: str | Path) -> set[str]:
     return {r.run.run_id for r in read_records(path) if r.WhichOneof("record_type") == "run"}
 

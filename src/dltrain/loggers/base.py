@@ -14,7 +14,7 @@ from typing import Any
 
 from dltrain.loggers._versions import claim_next_version, next_version
 
-__all__ = ["FolderLogger", "Logger", "ResumeFilter"]
+__all__ = ["FolderLogger", "Logger", "ResumeFilter", "checkpoint_metadata", "checkpoints_to_log"]
 
 
 class Logger(ABC):
@@ -81,6 +81,32 @@ class Logger(ABC):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue the run described by ``state_dict`` (called before the first ``log_metrics`` on resume)."""
+
+
+def checkpoints_to_log(callback: Any, logged: dict[str, float]) -> list[str]:
+    """The checkpoint files of a `ModelCheckpoint` that a ``log_model`` logger has not logged yet, oldest first.
+
+    What a logger uploads with ``log_model``, as Lightning's loggers do: the kept checkpoints and ``last``, each
+    when it is new or was rewritten since it was logged (``logged``: path -> modification time when logged; the
+    caller records each path it logs there). A file removed since is skipped.
+    """
+    paths = [p for _, p in getattr(callback, "kept", [])]
+    if callback.last_model_path:
+        paths.append(callback.last_model_path)
+    found = [(os.path.getmtime(p), p) for p in dict.fromkeys(paths) if os.path.exists(p)]
+    return [p for mtime, p in sorted(found) if logged.get(p) != mtime]
+
+
+def checkpoint_metadata(callback: Any, path: str) -> tuple[dict[str, Any], list[str]]:
+    """The metadata and aliases a logger attaches to an uploaded checkpoint (Lightning's): its monitored score,
+    file name and the callback's settings; aliases ``latest``, plus ``best`` for the best checkpoint."""
+    score = callback.best_k_models.get(path)
+    metadata = {"score": float(score) if score is not None else None, "original_filename": os.path.basename(path),
+                type(callback).__name__: {k: getattr(callback, k, None) for k in (
+                    "monitor", "mode", "save_last", "save_top_k", "save_weights_only", "every_n_train_steps",
+                    "every_n_epochs")}}
+    aliases = ["latest", "best"] if path == callback.best_model_path else ["latest"]
+    return metadata, aliases
 
 
 class ResumeFilter:

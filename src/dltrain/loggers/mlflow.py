@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from dltrain.loggers.base import Logger, ResumeFilter
+from dltrain.loggers.base import Logger, ResumeFilter, checkpoint_metadata, checkpoints_to_log
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -237,26 +237,14 @@ class MLFlowLogger(Logger):
 
         client, run_id = self.experiment, self._run_id
         assert run_id is not None
-        paths = [p for _, p in getattr(callback, "kept", [])]
-        if callback.last_model_path:
-            paths.append(callback.last_model_path)
-        for path in dict.fromkeys(paths):
-            if not os.path.exists(path):
-                continue
+        for path in checkpoints_to_log(callback, self._logged_checkpoints):
             mtime = os.path.getmtime(path)
-            if self._logged_checkpoints.get(path) == mtime:
-                continue
             folder = f"{self._checkpoint_path_prefix}{Path(path).stem}"
             if os.path.isdir(path):  # a sharded checkpoint
                 client.log_artifacts(run_id, path, folder)
             else:
                 client.log_artifact(run_id, path, folder)
-            score = callback.best_k_models.get(path)
-            metadata = {"score": float(score) if score is not None else None, "original_filename": Path(path).name,
-                        "Checkpoint": {k: getattr(callback, k, None) for k in (
-                            "monitor", "mode", "save_last", "save_top_k", "save_weights_only", "every_n_train_steps",
-                            "every_n_epochs")}}
-            aliases = ["latest", "best"] if path == callback.best_model_path else ["latest"]
+            metadata, aliases = checkpoint_metadata(callback, path)
             with tempfile.TemporaryDirectory() as tmp:
                 with open(os.path.join(tmp, "metadata.yaml"), "w") as f:
                     yaml.safe_dump(metadata, f)

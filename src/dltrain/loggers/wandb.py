@@ -7,9 +7,10 @@ import os
 import secrets
 import string
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from dltrain.loggers.base import Logger, ResumeFilter
+from dltrain.errors import ConfigurationError
+from dltrain.loggers.base import Logger, ResumeFilter, checkpoint_metadata, checkpoints_to_log
 
 __all__ = ["WandbLogger"]
 
@@ -36,15 +37,35 @@ class WandbLogger(Logger):
     ``logger.experiment`` when you log (it is the open run). Online runs stream to the server and are not
     finished at checkpoints.
 
-    Nothing is read from or written about the environment by this class: the API key (if any) is read by wandb
-    itself, and offline mode needs none.
+    Identity, as Lightning's: ``name`` is the project (``project``, else env ``WANDB_PROJECT``, else
+    ``"lightning_logs"``) and ``version`` the run id, so the default checkpoint folder is
+    ``<save_dir>/<project>/<id>/checkpoints``.
+
+    Checkpoints as artifacts (``log_model``, Lightning's): ``True`` logs the checkpoints `ModelCheckpoint` keeps,
+    and ``last``, when training ends successfully (each as it is written when ``save_top_k=-1``); ``"all"`` logs
+    each as it is written. Each is a ``model`` artifact named ``checkpoint_name`` (default ``model-<run id>``)
+    holding ``model.ckpt`` (a sharded checkpoint: its folder), with the monitored score and the callback's
+    settings as metadata and the aliases ``latest`` (and ``best``). ``offline=True`` with ``log_model`` is refused,
+    as in Lightning; with ``WANDB_MODE=offline`` wandb keeps the artifacts in the offline run for ``wandb sync``.
+
+    Nothing is read from or written about the environment by this class but ``WANDB_PROJECT`` (read): the API key
+    (if any) is read by wandb itself, and offline mode needs none.
 
     Args:
-        project: W&B project (wandb's default when ``None``).
         name: display name of the run.
-        save_dir: folder under which wandb writes its ``wandb/`` directory.
+        save_dir: folder under which wandb writes its ``wandb/`` directory (default ``"."``).
+        version: the run id to create or continue (Lightning's name for ``id``).
         offline: ``mode="offline"``: write locally only (``wandb sync`` uploads later); no network, no key.
-        id: run id to create or continue.
+        dir: same as ``save_dir`` (used when ``save_dir`` is not given).
+        id: same as ``version``.
+        anonymous: ``True``: ``wandb.init(anonymous="allow")``.
+        project: W&B project (above).
+        log_model: ``False``, ``True`` or ``"all"`` (above).
+        experiment: a run the caller started (``wandb.init``) to log to; this logger then neither finishes it
+            nor, offline, commits it at checkpoints (the caller owns it).
+        prefix: put before every metric name (joined with ``-``).
+        checkpoint_name: name of the checkpoint artifacts.
+        add_file_policy: ``"mutable"`` (wandb copies the file before upload) or ``"immutable"``.
         init_kwargs: passed to ``wandb.init`` (``entity``, ``tags``, ``group``, ``settings``, ...).
 
     Example:
@@ -53,23 +74,54 @@ class WandbLogger(Logger):
     """
 
     RECORD_FILE = "dltrain-run-{id}.json"
+    LOGGER_JOIN_CHAR = "-"
 
     def __init__(
         self,
-        project: str | None = None,
         name: str | None = None,
-        save_dir: str | os.PathLike[str] = ".",
+        save_dir: str | os.PathLike[str] | None = None,
+        version: str | None = None,
         offline: bool = False,
+        dir: str | os.PathLike[str] | None = None,
         id: str | None = None,
+        anonymous: bool | None = None,
+        project: str | None = None,
+        log_model: Literal[True, False, "all"] = False,
+        experiment: Any = None,
+        prefix: str = "",
+        checkpoint_name: str | None = None,
+        add_file_policy: Literal["mutable", "immutable"] = "mutable",
         **init_kwargs: Any,
     ) -> None:
-        self._project = project
+        if log_model not in (True, False, "all"):
+            raise ConfigurationError(f"WandbLogger(log_model={log_model!r}): use False, True or 'all'")
+        if offline and log_model:
+            raise ConfigurationError(
+                f"WandbLogger(log_model={log_model}, offline=True): checkpoints cannot be uploaded in offline mode "
+                "(Lightning refuses it too); set offline=False to log them (with WANDB_MODE=offline, wandb keeps "
+                "them in the offline run for `wandb sync`)")
+        if add_file_policy not in ("mutable", "immutable"):
+            raise ConfigurationError(
+                f"WandbLogger(add_file_policy={add_file_policy!r}): use 'mutable' or 'immutable'")
+        if version is not None and id is not None and version != id:
+            raise ConfigurationError(f"WandbLogger(version={version!r}, id={id!r}): two run ids; give one")
+        self._project = project or os.environ.get("WANDB_PROJECT") or "lightning_logs"
         self._name = name
-        self._save_dir = os.fspath(save_dir)
+        self._save_dir = os.fspath(save_dir if save_dir is not None else dir if dir is not None else ".")
         self._offline = offline
-        self._id = id or "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+        self._owns_run = experiment is None
+        self._run: Any = experiment
+        given_id = experiment.id if experiment is not None else version or id
+        self._id = given_id or "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
         self._init_kwargs = init_kwargs
-        self._run: Any = None
+        if anonymous:
+            self._init_kwargs.setdefault("anonymous", "allow")
+        self._log_model = log_model
+        self._prefix = prefix
+        self._checkpoint_name = checkpoint_name
+        self._add_file_policy = add_file_policy
+        self._logged_checkpoints: dict[str, float] = {}  # path -> mtime when logged as an artifact
+        self._checkpoint_callbacks: dict[int, Any] = {}  # log_model=True: logged at the end
         self._pending_config: dict[str, Any] = {}
         self._last_step: int | None = None  # last step sent to wandb (or by the run this one resumes)
         self._skip_until: int | None = None
@@ -85,7 +137,8 @@ class WandbLogger(Logger):
     # ------------------------------------------------------------------ identity
     @property
     def name(self) -> str:
-        return self._name or "wandb"
+        """The project (Lightning's); the run's display name is ``experiment.name``."""
+        return self._project
 
     @property
     def version(self) -> str:
@@ -144,6 +197,8 @@ class WandbLogger(Logger):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         step = int(step)
+        if self._prefix:
+            metrics = {f"{self._prefix}{self.LOGGER_JOIN_CHAR}{k}": v for k, v in metrics.items()}
         if self._resend is not None:
             self._send_resend()
         if self._resume is not None and not self._resume.keep(step, metrics):
@@ -174,12 +229,44 @@ class WandbLogger(Logger):
             self._recommit = True
             self._write_record()
 
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """``log_model``: log the new checkpoints now (``"all"``, or ``save_top_k=-1``), or at the end (``True``)."""
+        if self._log_model == "all" or (self._log_model is True and checkpoint_callback.save_top_k == -1):
+            self._log_checkpoints(checkpoint_callback)
+        elif self._log_model is True:
+            self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
+
+    def _log_checkpoints(self, callback: Any) -> None:
+        import wandb
+
+        for path in checkpoints_to_log(callback, self._logged_checkpoints):
+            metadata, aliases = checkpoint_metadata(callback, path)
+            if self._checkpoint_name is None:
+                self._checkpoint_name = f"model-{self._id}"
+            artifact = wandb.Artifact(name=self._checkpoint_name, type="model", metadata=metadata)
+            if os.path.isdir(path):  # a sharded checkpoint: its folder
+                artifact.add_dir(path, name="model.ckpt", policy=self._add_file_policy)
+            else:
+                artifact.add_file(path, name="model.ckpt", policy=self._add_file_policy)
+            self.experiment.log_artifact(artifact, aliases=aliases)
+            self._open_rows = True  # committed with the run's rows (offline: at the next checkpoint or the end)
+            self._logged_checkpoints[path] = os.path.getmtime(path)
+
     def finalize(self, status: str) -> None:
-        """Finish the run: ``exit_code`` 0 for ``"success"``, 1 otherwise (failed or interrupted)."""
+        """Finish the run: ``exit_code`` 0 for ``"success"``, 1 otherwise (failed or interrupted).
+
+        With ``log_model=True``, the checkpoints are logged first, on success only (Lightning's). A run given as
+        ``experiment`` is left open (its owner finishes it).
+        """
         if self._resend is not None:
             self._send_resend()
         if self._row_step is not None:
             self._send_row(commit=False)  # the finish below commits it
+        if status == "success":
+            for callback in self._checkpoint_callbacks.values():
+                self._log_checkpoints(callback)
+        if not self._owns_run:
+            return
         if self._run is None and (self._pending_config or (self._committed and status != "success")):
             # Start the run so that its config is kept, or, after save() finished it, so that it ends failed.
             self.experiment  # noqa: B018
@@ -214,7 +301,7 @@ class WandbLogger(Logger):
     def _commit(self) -> None:
         """Finish an offline run that holds uncommitted rows (the SDK then completes its ``.wandb`` file)."""
         run = self._run
-        if run is None or not self._open_rows or run.settings.mode != "offline":
+        if run is None or not self._owns_run or not self._open_rows or run.settings.mode != "offline":
             return
         run.finish(exit_code=0)
         self._run = None
