@@ -12,6 +12,7 @@ import multiprocessing
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from lightning.fabric.utilities.data import suggested_max_num_workers
 from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -73,11 +74,21 @@ def check_loader(trainer: Trainer, loader: Any, kind: str) -> None:
                            "shuffling off for val/test dataloaders.", PossibleUserWarning)
         context = one.multiprocessing_context
         start = context.get_start_method() if context is not None else multiprocessing.get_start_method()
-        # Lightning also warns about fewer than 2 workers whenever the machine has more cores; not dltrain: an
-        # in-memory dataset (the README's example) is right with none, and the warning would be noise there.
+        # Lightning's rule for the workers, on the same inputs: the cores this process may use and the devices of
+        # this machine (an in-memory dataset warns too, as in Lightning: pass num_workers, or filter it by name).
+        upper = suggested_max_num_workers(trainer.num_devices)
         if one.num_workers > 0 and start == "spawn" and not one.persistent_workers:
             _warn(trainer, f"Consider setting persistent_workers=True in '{name}' to speed up the dataloader worker "
                            "initialization.")
+        elif one.num_workers < 2 and upper > 1:
+            _warn(trainer, f"The '{name}' does not have many workers which may be a bottleneck. Consider increasing "
+                           f"the value of the num_workers argument to num_workers={upper} in the DataLoader to "
+                           "improve performance.", PossibleUserWarning)
+        if one.persistent_workers and one.pin_memory and trainer.reload_dataloaders_every_n_epochs > 0:
+            _warn(trainer, f"'{name}': the combination of DataLoader(pin_memory=True, persistent_workers=True) and "
+                           "Trainer(reload_dataloaders_every_n_epochs > 0) can lead to instability due to limitations "
+                           "in PyTorch (https://github.com/pytorch/pytorch/issues/91252); set pin_memory=False.",
+                  PossibleUserWarning)
 
 
 def check_restored_callbacks(trainer: Trainer, saved: dict[str, Any]) -> None:

@@ -150,3 +150,51 @@ def test_errors_stay_errors(tmp_path):
     trainer = _trainer(tmp_path)
     trainer.fit(Manual(), loader(n=32))
     assert trainer.global_step == 4
+
+
+def _worker_warnings(check, loader_, trainer) -> list[tuple[type[Warning], str]]:
+    """What a workers check warns for one loader: (category, which warning), by the phrase each one has."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check(trainer, loader_)
+    kinds = {"does not have many workers": "few", "pin_memory": "pin", "persistent_workers=True": "spawn"}
+    return [(w.category, next(v for k, v in kinds.items() if k in str(w.message))) for w in caught]
+
+
+def test_loader_worker_warnings_are_lightnings_on_the_same_inputs(monkeypatch):
+    """The workers warnings (few workers, spawn without persistent workers, pinned persistent workers with reloads)
+    fire exactly where Lightning's data connector fires them: every combination of worker count, start method,
+    persistence, pinning, reloads, cores and devices per machine, both checks run on the same loader."""
+    import itertools
+    from types import SimpleNamespace
+
+    import lightning.fabric.utilities.data as fabric_data
+    from lightning.pytorch.trainer.connectors.data_connector import _worker_check
+
+    from dltrain._config_checks import check_loader
+
+    data = loader(n=16).dataset
+    fired = set()
+    for workers, start, persistent, pin, reload, cpus, devices in itertools.product(
+            (0, 1, 2, 3), ("fork", "spawn"), (False, True), (False, True), (0, 1), (1, 2, 3, 8, 64), (1, 2, 4)):
+        if workers == 0 and (persistent or start == "spawn"):
+            continue  # DataLoader refuses a start method or persistent workers without workers
+        with warnings.catch_warnings():  # torch's own warning about more workers than this machine's cores
+            warnings.simplefilter("ignore")
+            one = torch.utils.data.DataLoader(data, num_workers=workers, persistent_workers=persistent,
+                                              pin_memory=pin, multiprocessing_context=start if workers else None)
+        monkeypatch.setattr(fabric_data, "_num_cpus_available", lambda cpus=cpus: cpus)
+        trainer = SimpleNamespace(num_devices=devices, reload_dataloaders_every_n_epochs=reload, is_global_zero=True)
+        theirs = _worker_warnings(lambda t, dl: _worker_check(t, dl, "train_dataloader"), one, trainer)
+        ours = _worker_warnings(lambda t, dl: check_loader(t, dl, "train"), one, trainer)
+        assert ours == theirs, (workers, start, persistent, pin, reload, cpus, devices)
+        fired.update(kind for _, kind in ours)
+    assert fired == {"few", "spawn", "pin"}  # every branch was reached
+
+
+def test_few_loader_workers_is_a_possible_user_warning_in_a_fit(tmp_path, monkeypatch):
+    import lightning.fabric.utilities.data as fabric_data
+
+    monkeypatch.setattr(fabric_data, "_num_cpus_available", lambda: 8)  # a machine with more cores than this one
+    with pytest.warns(PossibleUserWarning, match="'val_dataloader' does not have many workers.*num_workers=7"):
+        _trainer(tmp_path).fit(TinyTask(), loader(n=32, num_workers=2), loader(n=16))
