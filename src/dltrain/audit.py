@@ -75,6 +75,7 @@ class SourceAudit:
 
 @dataclass
 class EpochAudit:
+    """What the chain of checkpoints shows about one epoch: samples seen, trained twice, never trained."""
     epoch: int
     num_samples: int
     planned: int | None  # samples the epoch's plan deals out (None: no plan recorded)
@@ -90,6 +91,7 @@ class EpochAudit:
 
 @dataclass
 class AuditReport:
+    """The result of `audit`: per round and per epoch, and the problems found (empty when all is well)."""
     path: str
     rounds: list[RoundAudit]
     epochs: list[EpochAudit]
@@ -98,9 +100,11 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
+        """Whether no problem was found."""
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
+        """The report as JSON-able data (what ``dltrain audit --json`` prints), with ``ok``."""
         out = asdict(self)
         out["ok"] = self.ok
         for r in out["rounds"]:  # inf is not JSON

@@ -62,9 +62,11 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
 
 
 def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) -> None:
-    """Make ``link`` name the same file as ``target`` (a hard link, a copy where links are not supported; for a
-    sharded checkpoint directory, a symbolic link), replacing ``link`` atomically: it always names a complete
-    checkpoint."""
+    """Make ``link`` name the same file as ``target`` (a hard link, a copy where links are not supported.
+
+    For a sharded checkpoint directory, a symbolic link), replacing ``link`` atomically: it always names a
+    complete checkpoint.
+    """
     target, link = Path(target), Path(link)
     if target.is_dir():  # a sharded checkpoint: a directory cannot be hard-linked
         from dltrain import _sharded
@@ -87,8 +89,10 @@ def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) ->
 
 
 def _temporary(path: Path) -> Path:
-    """The temporary name ``path`` is written under: hidden, naming this host and process (see
-    :func:`remove_stale_temporaries`)."""
+    """The temporary name ``path`` is written under.
+
+    Hidden, naming this host and process (see :func:`remove_stale_temporaries`).
+    """
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
@@ -138,8 +142,10 @@ _LINKED_RE = re.compile(r"^\.(?P<name>.+\.ckpt)\.d-[0-9a-f]{12}$")
 
 
 def _remove_unlinked_directories(entries: list[Path]) -> list[Path]:
-    """The hidden directories of sharded checkpoints that no link in the folder names any more (a process killed
-    between renaming one into place and pointing its link at it)."""
+    """The hidden directories of sharded checkpoints that no link in the folder names any more.
+
+    They are left by a process killed between renaming one into place and pointing its link at it.
+    """
     linked = {os.readlink(p) for p in entries if p.is_symlink()}
     removed = []
     for p in entries:
@@ -178,7 +184,7 @@ def _process_start_time(pid: int) -> float | None:
 
 
 def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder: so that the renames in it survive a power loss); best effort."""
+    """Fsync a file or a folder (a folder: so that the renames in it survive a power loss); best effort."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -220,6 +226,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def is_loadable(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint that `load` reads (complete, not damaged)."""
     try:
         load(path)
     except CheckpointError:
@@ -228,8 +235,11 @@ def is_loadable(path: Path) -> bool:
 
 
 def find_last(folder: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint in ``folder``: the newest ``last.ckpt`` (or ``last-v<N>.ckpt``, written when
-    another run's ``last.ckpt`` was already there) that loads, else the highest step that loads."""
+    """The newest complete checkpoint in ``folder``.
+
+    The newest ``last.ckpt`` (or ``last-v<N>.ckpt``, written when another run's ``last.ckpt`` was already
+    there) that loads, else the highest step that loads.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -252,8 +262,11 @@ def find_last(folder: str | os.PathLike[str]) -> Path | None:
 
 
 def find_newest_last(folders: Iterable[str | os.PathLike[str]]) -> Path | None:
-    """The newest complete checkpoint in any of ``folders`` (:func:`find_last` of the folder whose checkpoints were
-    written most recently; an older folder when that one holds none that loads)."""
+    """The newest complete checkpoint in any of ``folders``.
+
+    That is `find_last` of the folder whose checkpoints were written most recently, or of an older folder when
+    that one holds none that loads.
+    """
     newest: list[tuple[float, Path]] = []
     for folder in dict.fromkeys(Path(f) for f in folders):
         times = [_mtime(p) for p in folder.glob("*.ckpt")] if folder.is_dir() else []
@@ -277,9 +290,12 @@ def _mtime(path: Path) -> float:
 
 
 def consolidate(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Write the sharded checkpoint directory ``path`` as one full dltrain ``.ckpt`` file ``out`` (one process,
-    no process group): ``state_dict`` holds the whole model, ``optimizer_states`` the optimizers' states keyed by
-    parameter name. ``Task.load_from_checkpoint(out)`` and ``validate/test/predict(ckpt_path=out)`` read it."""
+    """Write the sharded checkpoint directory ``path`` as one full dltrain ``.ckpt`` file ``out``.
+
+    Runs in one process, with no process group: ``state_dict`` holds the whole model, ``optimizer_states`` the
+    optimizers' states keyed by parameter name. ``Task.load_from_checkpoint(out)`` and
+    ``validate/test/predict(ckpt_path=out)`` read it.
+    """
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     from dltrain import _sharded

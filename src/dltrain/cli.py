@@ -74,9 +74,11 @@ _RUN_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _run(argv: list[str]) -> int:
-    """``dltrain fit|validate|test|predict ...``: dltrain.CLI with the task and data chosen by class path
-    (``--model``, ``--data``, or in ``--config``), as ``lightning fit ...`` does; modules in the current folder
-    import, as with ``python -m``."""
+    """``dltrain fit|validate|test|predict ...``.
+
+    Dltrain.CLI with the task and data chosen by class path (``--model``, ``--data``, or in ``--config``), as
+    ``lightning fit ...`` does; modules in the current folder import, as with ``python -m``.
+    """
     import os
 
     from dltrain import CLI

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
@@ -38,12 +40,14 @@ class GradientAccumulationScheduler(Callback):
         self._scheduled = -1  # what this callback last set (so on_train_start tells it from the user's setting)
 
     def going_to_accumulate_grad_batches(self) -> bool:
+        """Whether any epoch accumulates more than one batch."""
         return any(v > 1 for v in self.scheduling.values())
 
     def get_accumulate_grad_batches(self, epoch: int) -> int:
         """Batches per optimizer step in ``epoch``."""
         return self.scheduling[max(e for e in self.epochs if e <= epoch)]
 
+    @override
     def on_train_start(self, trainer: Trainer, task: Task) -> None:
         if not task.automatic_optimization:
             raise ConfigurationError("GradientAccumulationScheduler needs automatic optimization: with "
@@ -52,6 +56,7 @@ class GradientAccumulationScheduler(Callback):
             raise ConfigurationError(
                 "Trainer(accumulate_grad_batches=...) and a GradientAccumulationScheduler: keep one of them")
 
+    @override
     def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
         self._scheduled = self.get_accumulate_grad_batches(trainer.current_epoch)
         trainer.accumulate_grad_batches = self._scheduled

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override
 
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
@@ -25,8 +26,10 @@ def cpu_stats() -> dict[str, float]:
 
 
 def device_stats(device: torch.device) -> dict[str, float]:
-    """The accelerator's statistics: ``torch.cuda.memory_stats`` on CUDA, the allocator's memory on MPS, and the
-    CPU statistics on CPU."""
+    """The accelerator's statistics.
+
+    ``torch.cuda.memory_stats`` on CUDA, the allocator's memory on MPS, and the CPU statistics on CPU.
+    """
     if device.type == "cuda":
         return {k: float(v) for k, v in torch.cuda.memory_stats(device).items() if isinstance(v, (int, float))}
     if device.type == "mps":
@@ -48,6 +51,7 @@ class DeviceStatsMonitor(Callback):
     def __init__(self, cpu_stats: bool | None = None) -> None:
         self._cpu_stats = cpu_stats
 
+    @override
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
         if stage != "fit":
             return
@@ -69,8 +73,10 @@ class DeviceStatsMonitor(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(named, trainer.global_step)
 
+    @override
     def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None:
         self._log(trainer, "on_train_batch_start")
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._log(trainer, "on_train_batch_end")

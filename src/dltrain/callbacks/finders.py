@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -21,12 +23,14 @@ __all__ = ["BatchSizeFinder", "LearningRateFinder"]
 
 
 class LearningRateFinder(Callback):
-    """The learning-rate range test before training (`dltrain.tuner.Tuner.lr_find`); the result is
-    ``optimal_lr`` (an `LRFinder`), and with ``update_attr`` the task's ``lr``/``learning_rate`` is set to its
-    suggestion before the fit trains.
+    """The learning-rate range test before training (`dltrain.tuner.Tuner.lr_find`).
+
+    The result is ``optimal_lr`` (an `LRFinder`), and with ``update_attr`` the task's ``lr``/``learning_rate``
+    is set to its suggestion before the fit trains.
 
     Args:
-        min_lr, max_lr: the range of learning rates.
+        min_lr: the first learning rate.
+        max_lr: the last learning rate.
         num_training_steps: optimizer steps of the test.
         mode: ``"exponential"`` or ``"linear"``.
         early_stop_threshold: stop once the smoothed loss exceeds this many times the best (``None``: never).
@@ -62,14 +66,16 @@ class LearningRateFinder(Callback):
                                   mode=self._mode, early_stop_threshold=self._early_stop_threshold,
                                   update_attr=self._update_attr, attr_name=self._attr_name)
 
+    @override
     def on_before_fit(self, trainer: Trainer, task: Task, train_dataloaders: Any, val_dataloaders: Any,
                       datamodule: Any) -> None:
         self.lr_find(trainer, task, train_dataloaders, val_dataloaders, datamodule)
 
 
 class BatchSizeFinder(Callback):
-    """The batch-size search before training (`dltrain.tuner.Tuner.scale_batch_size`); the result is
-    ``optimal_batch_size``, set on the task (``batch_arg_name``) before the fit trains.
+    """The batch-size search before training (`dltrain.tuner.Tuner.scale_batch_size`).
+
+    The result is ``optimal_batch_size``, set on the task (``batch_arg_name``) before the fit trains.
 
     Args:
         mode: ``"power"`` or ``"binsearch"``.
@@ -107,6 +113,7 @@ class BatchSizeFinder(Callback):
             steps_per_trial=self._steps_per_trial, init_val=self._init_val, max_trials=self._max_trials,
             batch_arg_name=self._batch_arg_name, margin=self._margin, max_val=self._max_val)
 
+    @override
     def on_before_fit(self, trainer: Trainer, task: Task, train_dataloaders: Any, val_dataloaders: Any,
                       datamodule: Any) -> None:
         from dltrain.errors import ConfigurationError

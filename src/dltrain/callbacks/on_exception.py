@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Checkpoint
 from dltrain.errors import ConfigurationError
 
@@ -16,8 +18,9 @@ __all__ = ["OnExceptionCheckpoint"]
 
 
 class OnExceptionCheckpoint(Checkpoint):
-    """Save ``<dirpath>/<filename>.ckpt`` when ``fit`` stops on an exception (an error, Ctrl-C), so that the run
-    can resume from it (``ckpt_path=...``); a later run that ends normally removes it.
+    """Save ``<dirpath>/<filename>.ckpt`` when ``fit`` stops on an exception (an error, Ctrl-C).
+
+    The run can resume from it (``ckpt_path=...``); a later run that ends normally removes it.
 
     The checkpoint is taken where the exception stopped the batch: a resume from it goes on with the batch after
     the one that raised (which may be what made it fail: bad data, a sample too large for memory). Every rank must
@@ -39,8 +42,10 @@ class OnExceptionCheckpoint(Checkpoint):
 
     @property
     def ckpt_path(self) -> str:
+        """The file this callback writes: ``<dirpath>/<filename>.ckpt``."""
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
+    @override
     def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
         if trainer.stage != "fit":
             return
@@ -51,10 +56,12 @@ class OnExceptionCheckpoint(Checkpoint):
 
             sys.stderr.write(f"[dltrain] OnExceptionCheckpoint could not save {self.ckpt_path}: {err}\n")
 
+    @override
     def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
         # A run that ended normally leaves no stale exception checkpoint behind (as Lightning's).
         if stage == "fit" and not trainer.interrupted and trainer.is_global_zero and os.path.isfile(self.ckpt_path):
             os.remove(self.ckpt_path)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {}

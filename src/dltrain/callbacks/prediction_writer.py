@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
@@ -45,10 +47,14 @@ class BasePredictionWriter(Callback):
 
     def write_on_epoch_end(self, trainer: Trainer, task: Task, predictions: Sequence[Any],
                            batch_indices: Sequence[Any]) -> None:
-        """Write every prediction of the run: one per batch (with several loaders, one such list per loader);
-        ``batch_indices`` has one list per loader, of each batch's dataset indices."""
+        """Write every prediction of the run.
+
+        One per batch (with several loaders, one such list per loader); ``batch_indices`` has one list per
+        loader, of each batch's dataset indices.
+        """
         raise NotImplementedError(f"{type(self).__name__} writes per run: override write_on_epoch_end")
 
+    @override
     def on_predict_epoch_start(self, trainer: Trainer, task: Task) -> None:
         loaders = trainer.predict_dataloaders
         loaders = loaders if isinstance(loaders, list) else [loaders]
@@ -56,6 +62,7 @@ class BasePredictionWriter(Callback):
         self._predictions = [[] for _ in loaders]
         self._indices = [[] for _ in loaders]
 
+    @override
     def on_predict_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         known = self._loader_indices[dataloader_idx] if dataloader_idx < len(self._loader_indices) else None
@@ -66,6 +73,7 @@ class BasePredictionWriter(Callback):
         if self.interval in ("batch", "batch_and_epoch"):
             self.write_on_batch_end(trainer, task, outputs, indices, batch, batch_idx, dataloader_idx)
 
+    @override
     def on_predict_epoch_end(self, trainer: Trainer, task: Task) -> None:
         if self.interval in ("epoch", "batch_and_epoch"):
             # As Lightning's: with one loader the predictions are a flat list; the indices are one list per loader.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from typing_extensions import override
 
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
@@ -33,9 +34,10 @@ _METHODS: dict[str, type[prune.BasePruningMethod]] = {
 
 
 class ModelPruning(Callback):
-    """Prune ``amount`` of the weights at the end of each training epoch (or validation epoch), with
-    ``torch.nn.utils.prune``; optionally reset the weights left to their initial values (the lottery ticket
-    hypothesis), and make the pruning permanent at the end of training.
+    """Prune ``amount`` of the weights at the end of each training (or validation) epoch.
+
+    Uses ``torch.nn.utils.prune``; optionally resets the weights left to their initial values (the lottery ticket
+    hypothesis), and makes the pruning permanent at the end of training.
 
     Checkpoints hold the pruned weights as plain tensors (the mask applied, no ``*_orig``/``*_mask`` entries), so
     they load into the task as it is defined, as Lightning's.
@@ -52,7 +54,8 @@ class ModelPruning(Callback):
         make_pruning_permanent: remove the reparametrisation at the end of training.
         use_lottery_ticket_hypothesis: reset the remaining weights to their values at the start (or a function of
             the epoch); with ``resample_parameters`` to new random values instead.
-        pruning_dim, pruning_norm: ``dim`` and ``n`` of the structured methods.
+        pruning_dim: ``dim`` of the structured methods.
+        pruning_norm: ``n`` of ``ln_structured``.
         verbose: 1 prints the sparsity after each pruning, 2 per layer too.
         prune_on_train_epoch_end: prune at the end of the training epoch (``False``: of the validation epoch).
     """
@@ -122,6 +125,7 @@ class ModelPruning(Callback):
         """Override to choose among the parameters to prune."""
         return list(parameters_to_prune)
 
+    @override
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
         if stage != "fit":
             return
@@ -139,6 +143,7 @@ class ModelPruning(Callback):
                 self._originals.append((i, copy, name))
 
     def apply_pruning(self, amount: int | float) -> None:
+        """Prune ``amount`` (a fraction, or a number of weights) of the parameters now."""
         before = [self._sparsity(m, n) for m, n in self._parameters_to_prune]
         if self._global:
             params = set(inspect.signature(self.pruning_fn).parameters) - {"self"}
@@ -183,14 +188,17 @@ class ModelPruning(Callback):
         if self._lottery(epoch) if callable(self._lottery) else self._lottery:
             self.apply_lottery_ticket_hypothesis()
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
         if self._on_train_epoch_end:
             self._run(trainer.current_epoch)
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
         if not trainer.sanity_checking and not self._on_train_epoch_end:
             self._run(trainer.current_epoch)
 
+    @override
     def on_train_end(self, trainer: Trainer, task: Task) -> None:
         if self._make_permanent:
             self.make_pruning_permanent(task)
@@ -203,6 +211,7 @@ class ModelPruning(Callback):
                     hook.remove(m)
                     del m._forward_pre_hooks[key]
 
+    @override
     def on_save_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
         if not self._make_permanent or not isinstance(state, dict):

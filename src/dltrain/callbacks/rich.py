@@ -11,6 +11,8 @@ import math
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 from dltrain.callbacks.summary import ModelSummary, summary_rows
 from dltrain.errors import ConfigurationError
@@ -56,15 +58,19 @@ class RichProgressBar(Callback):
 
     @property
     def is_enabled(self) -> bool:
+        """Whether the bar is drawn (enabled and ``refresh_rate > 0``)."""
         return self._enabled and self.refresh_rate > 0
 
     def disable(self) -> None:
+        """Stop drawing the bar."""
         self._enabled = False
 
     def enable(self) -> None:
+        """Draw the bar again."""
         self._enabled = True
 
     # ------------------------------------------------------------------ lifecycle
+    @override
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
         self._enabled = self._enabled and trainer.is_global_zero
         if not self.is_enabled:
@@ -86,6 +92,7 @@ class RichProgressBar(Callback):
         )
         self._progress.start()
 
+    @override
     def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
         if self._progress is not None:
             self._progress.refresh()
@@ -93,6 +100,7 @@ class RichProgressBar(Callback):
         self._progress = None
         self._tasks = {}
 
+    @override
     def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
         self.teardown(trainer, task, "")
 
@@ -123,45 +131,57 @@ class RichProgressBar(Callback):
         if kind != "train" or not self.leave:
             self._progress.remove_task(task_id)
 
+    @override
     def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs else ""
         self._open("train", f"Epoch {trainer.current_epoch}{epochs}", trainer.num_training_batches, trainer)
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._advance("train", batch_idx + 1, trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
         self._close("train", trainer)
 
+    @override
     def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
         name = "Sanity Checking" if trainer.sanity_checking else "Validation"
         self._open("validation", name, sum(trainer.num_val_batches) if trainer.num_val_batches else None, trainer)
 
+    @override
     def on_validation_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._advance("validation", batch_idx + 1, trainer)
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
         self._close("validation", trainer)
 
+    @override
     def on_test_epoch_start(self, trainer: Trainer, task: Task) -> None:
         self._open("test", "Testing", sum(trainer.num_test_batches) if trainer.num_test_batches else None, trainer)
 
+    @override
     def on_test_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._advance("test", batch_idx + 1, trainer)
 
+    @override
     def on_test_epoch_end(self, trainer: Trainer, task: Task) -> None:
         self._close("test", trainer)
 
+    @override
     def on_predict_epoch_start(self, trainer: Trainer, task: Task) -> None:
         counts = trainer.num_predict_batches
         self._open("predict", "Predicting", sum(counts) if counts else None, trainer)
 
+    @override
     def on_predict_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         self._advance("predict", batch_idx + 1, trainer)
 
+    @override
     def on_predict_epoch_end(self, trainer: Trainer, task: Task) -> None:
         self._close("predict", trainer)
 
@@ -185,6 +205,7 @@ class RichModelSummary(ModelSummary):
         super().__init__(max_depth=max_depth, **summarize_kwargs)
         self.header_style = header_style
 
+    @override
     def on_fit_start(self, trainer: Trainer, task: Task) -> None:
         if not trainer.is_global_zero:
             return

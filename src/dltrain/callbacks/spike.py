@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override
 
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError, DltrainError
@@ -30,9 +31,10 @@ class TrainingSpikeException(DltrainError, RuntimeError):
 
 
 class SpikeDetection(Callback):
-    """Raise `TrainingSpikeException` when a batch's loss jumps away from the running mean of the last
-    ``window`` losses, after writing the batch and the one before it to ``exclude_batches_path`` (JSON) so that
-    a restart can leave them out.
+    """Raise `TrainingSpikeException` when a batch's loss jumps away from the running mean of recent losses.
+
+    Before raising it writes the batch and the one before it to ``exclude_batches_path`` (JSON), so that a
+    restart can leave them out. The running mean is over the last ``window`` losses.
 
     A loss is a spike when it is worse than the previous one (higher with ``mode="min"``) and differs from the
     running mean by at least ``atol`` and by at least ``rtol`` times the mean (each check skipped when ``None``);
@@ -43,7 +45,8 @@ class SpikeDetection(Callback):
         mode: ``"min"`` (the loss should fall) or ``"max"``.
         window: losses in the running mean.
         warmup: batches of each epoch before checking.
-        atol, rtol: absolute and relative distance from the running mean that make a spike.
+        atol: absolute distance from the running mean that makes a spike.
+        rtol: distance from the running mean, relative to it, that makes a spike.
         exclude_batches_path: a ``.json`` file or a folder (``skip_batches.json`` in it); default
             ``<default_root_dir>/skip_batches.json``.
         finite_only: a NaN or infinite loss counts as a spike.
@@ -71,6 +74,7 @@ class SpikeDetection(Callback):
         path = str(self.exclude_batches_path or trainer.default_root_dir)
         return path if path.endswith(".json") else os.path.join(path, "skip_batches.json")
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         if isinstance(outputs, torch.Tensor):
             loss = float(outputs.detach())
@@ -109,9 +113,11 @@ class SpikeDetection(Callback):
         far_rel = self.rtol is None or abs(loss - mean) >= abs(self.rtol * mean)
         return far_abs and far_rel
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"last_val": self.last_val, "values": list(self.values), "bad_batches": list(self.bad_batches)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_val = state_dict["last_val"]
         self.values = deque(state_dict["values"], maxlen=self.window)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_avg_fn, get_swa_avg_fn, get_swa_multi_avg_fn
+from typing_extensions import override
 
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
@@ -79,8 +80,11 @@ class WeightAveraging(Callback):
         self._latest_update_epoch = -1
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        """Whether to update the average after optimizer step ``step_idx`` (zero-based) or at the end of epoch
-        ``epoch_idx`` (one of them is given). Default: after every step."""
+        """Whether to update the average now; default: after every optimizer step.
+
+        Called after optimizer step ``step_idx`` (zero-based) or at the end of epoch ``epoch_idx`` (one of them
+        is given).
+        """
         return step_idx is not None
 
     # ------------------------------------------------------------------ the averaged copy
@@ -142,42 +146,51 @@ class WeightAveraging(Callback):
             _local(t.detach()).copy_(a)
 
     # ------------------------------------------------------------------ hooks
+    @override
     def on_fit_start(self, trainer: Trainer, task: Task) -> None:
         self._ensure_average(task)  # after placement: the copy has the layout (shards) of the trained weights
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step > self._latest_update_step and self.should_update(step_idx=step - 1):
             self._update(task)
             self._latest_update_step = step
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
         epoch = trainer.current_epoch
         if epoch > self._latest_update_epoch and self.should_update(epoch_idx=epoch):
             self._update(task)
             self._latest_update_epoch = epoch
 
+    @override
     def on_train_end(self, trainer: Trainer, task: Task) -> None:
         self._copy_average_to(task)
 
+    @override
     def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
         if trainer.stage == "fit":
             self._swap(task)
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
         if trainer.stage == "fit":
             self._swap(task)
 
     # ------------------------------------------------------------------ checkpoints
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"latest_update_step": self._latest_update_step, "latest_update_epoch": self._latest_update_epoch,
                 "n_averaged": self._n_averaged}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._latest_update_step = state_dict["latest_update_step"]
         self._latest_update_epoch = state_dict.get("latest_update_epoch", -1)
         self._n_averaged = state_dict.get("n_averaged", 0)
 
+    @override
     def on_save_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
         if self._average is None:
             return
@@ -191,6 +204,7 @@ class WeightAveraging(Callback):
         checkpoint["averaged_state_dict"] = full
 
     @torch.no_grad()
+    @override
     def on_load_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
         average = self._ensure_average(task)  # from the weights just restored into the task
         saved = checkpoint.get("averaged_state_dict")
@@ -227,7 +241,8 @@ class EMAWeightAveraging(WeightAveraging):
     """An exponential moving average of the weights: ``average = decay * average + (1 - decay) * weights``.
 
     Args:
-        device, use_buffers: as `WeightAveraging`.
+        device: as `WeightAveraging`.
+        use_buffers: as `WeightAveraging`.
         decay: the weight of the average at each update.
         update_every_n_steps: update after every n-th optimizer step (0: never after steps).
         update_starting_at_step: first optimizer step (zero-based) to update after.
@@ -245,6 +260,7 @@ class EMAWeightAveraging(WeightAveraging):
         self.update_starting_at_step = update_starting_at_step
         self.update_starting_at_epoch = update_starting_at_epoch
 
+    @override
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         if step_idx is not None:
             started = self.update_starting_at_step is None or step_idx >= self.update_starting_at_step
@@ -298,6 +314,7 @@ class StochasticWeightAveraging(WeightAveraging):
         self._start = 0  # zero-based first SWA epoch, resolved at fit start
         self._end: float = math.inf
 
+    @override
     def on_fit_start(self, trainer: Trainer, task: Task) -> None:
         if len(trainer.optimizers) != 1:
             raise ConfigurationError("StochasticWeightAveraging works with one optimizer")
@@ -313,9 +330,11 @@ class StochasticWeightAveraging(WeightAveraging):
         self._end = max_epochs - 1 if max_epochs is not None and max_epochs >= 0 else math.inf
         super().on_fit_start(trainer, task)
 
+    @override
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return False  # the average is updated at epoch starts (below), never after steps or at epoch ends
 
+    @override
     def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
         epoch = trainer.current_epoch
         if self._start <= epoch <= self._end and self._swa_scheduler is None:
@@ -345,15 +364,19 @@ class StochasticWeightAveraging(WeightAveraging):
         else:
             trainer.lr_scheduler_configs.append(config)
 
+    @override
     def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
         pass  # no update at epoch ends (see on_train_epoch_start)
 
+    @override
     def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
         pass  # Lightning's SWA validates the weights being trained
 
+    @override
     def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
         pass
 
+    @override
     def on_train_end(self, trainer: Trainer, task: Task) -> None:
         if trainer.current_epoch - 1 < self._start and not trainer.should_stop and self._end != math.inf:
             return  # training ended before SWA started: nothing averaged
@@ -361,11 +384,13 @@ class StochasticWeightAveraging(WeightAveraging):
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in task.modules()):
             _recompute_batchnorm(trainer, task)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["scheduler_state"] = self._swa_scheduler.state_dict() if self._swa_scheduler is not None else None
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._scheduler_state = state_dict.get("scheduler_state")
@@ -373,8 +398,11 @@ class StochasticWeightAveraging(WeightAveraging):
 
 @torch.no_grad()
 def _recompute_batchnorm(trainer: Trainer, task: Task) -> None:
-    """BatchNorm statistics of the averaged weights: a cumulative average over one pass of the training data in
-    train mode (``torch.optim.swa_utils.update_bn``), running ``training_step`` as the loop would."""
+    """BatchNorm statistics of the averaged weights.
+
+    A cumulative average over one pass of the training data in train mode
+    (``torch.optim.swa_utils.update_bn``), running ``training_step`` as the loop would.
+    """
     norms = [m for m in task.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = {m: m.momentum for m in norms}
     for m in norms:

@@ -41,6 +41,7 @@ class CombinedLoader:
 
     @property
     def iterables(self) -> Mapping[str, Any] | list[Any]:
+        """The loaders as given: a dict by name, or a list."""
         return dict(zip(self._keys, self.loaders)) if self._keys is not None else list(self.loaders)
 
     def __len__(self) -> int:
@@ -50,6 +51,7 @@ class CombinedLoader:
         return min(lengths) if self.mode == "min_size" else max(lengths)
 
     def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch to every loader that takes one; the next ``iter()`` starts it."""
         for loader in self.loaders:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
@@ -86,10 +88,16 @@ class CombinedLoader:
             yield dict(zip(self._keys, parts)) if self._keys is not None else parts
 
     def state_dict(self) -> dict[str, Any]:
+        """The position in the epoch and each loader's own state, for a resume."""
         children = [loader.state_dict() if hasattr(loader, "state_dict") else None for loader in self.loaders]
         return {"mode": self.mode, "batches": self._batches, "total": len(self), "loaders": children}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict`'s position on the next ``iter()``.
+
+        Raises:
+            ConfigurationError: the state is of another mode or another number of loaders.
+        """
         if state["mode"] != self.mode or len(state["loaders"]) != len(self.loaders):
             raise ConfigurationError(
                 f"this checkpoint's CombinedLoader had mode {state['mode']!r} and {len(state['loaders'])} loaders; "

@@ -112,8 +112,11 @@ class SampleDecoder:
         return fn
 
     def _resolve(self, ext: str) -> Any:
-        """`_find`, remembered per extension (a sample has few, and every sample asks again): the decoder, None
-        (kept as bytes), `_REFUSE` (a pickle-based format not enabled) or `_PASS` (``__`` entries)."""
+        """`_find`, remembered per extension (a sample has few, and every sample asks again).
+
+        The decoder, None (kept as bytes), `_REFUSE` (a pickle-based format not enabled) or `_PASS` (``__``
+        entries).
+        """
         if ext not in self._resolved:
             fn = self._find(ext)
             if ext[:2] == "__":
@@ -124,8 +127,10 @@ class SampleDecoder:
         return self._resolved[ext]
 
     def decode_in_place(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """`__call__` for a sample dict the caller owns (a reader's): its fields are replaced by their decoded
-        values in place, and the fields kept as bytes are not touched. Returns ``sample``.
+        """`__call__` for a sample dict the caller owns (a reader's).
+
+        Its fields are replaced by their decoded values in place, and the fields kept as bytes are not
+        touched. Returns ``sample``.
 
         Why: most of a sample's entries (``__key__``, ``__url__``, fields kept as bytes) need no work; the loop
         over the ones that do is resolved once per field layout.

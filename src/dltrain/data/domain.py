@@ -32,7 +32,9 @@ STAGES: tuple[str, ...] = ("train", "val", "test", "predict")
 class SampleTransform(Protocol):
     """A per-sample transform: a decoded shard sample -> a sample dict (or ``None`` to drop it)."""
 
-    def __call__(self, sample: dict[str, Any], /) -> Any: ...
+    def __call__(self, sample: dict[str, Any], /) -> Any:
+        """The transformed sample, from a decoded sample dict."""
+        ...
 
 
 @runtime_checkable
@@ -40,17 +42,27 @@ class DataPlugin(Protocol):
     """The members of a plugin that `dltrain.data.StreamingDataset` and tasks use (see the module docstring)."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The plugin's name, as registered in the ``dltrain.plugins`` entry-point group."""
+        ...
 
     @property
-    def decoders(self) -> Mapping[str, Callable[[bytes], Any]]: ...
+    def decoders(self) -> Mapping[str, Callable[[bytes], Any]]:
+        """Field decoders by extension (``{"png": decode_png, ...}``), added to the data layer's."""
+        ...
 
     @property
-    def collate(self) -> Callable[[list[Any]], Any] | None: ...
+    def collate(self) -> Callable[[list[Any]], Any] | None:
+        """The batch collate function of this kind of sample (``None``: PyTorch's default)."""
+        ...
 
-    def transform(self, stage: str, **options: Any) -> SampleTransform: ...
+    def transform(self, stage: str, **options: Any) -> SampleTransform:
+        """The per-sample CPU transform of ``stage`` (``"train"``, ``"val"``, ...), run in the loader workers."""
+        ...
 
-    def device_transform(self, stage: str, **options: Any) -> Callable[[Any], Any] | None: ...
+    def device_transform(self, stage: str, **options: Any) -> Callable[[Any], Any] | None:
+        """The per-batch transform on the device for ``stage`` (``None``: none)."""
+        ...
 
 
 def check_stage(stage: str) -> str:

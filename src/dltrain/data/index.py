@@ -237,14 +237,19 @@ def shard_counts(
     missing_ok: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> list[int]:
-    """Samples per shard for ``urls``: from ``index`` (or the default index next to the shards if it exists),
-    else by reading tar headers (slower; a warning says so). See `shard_layout` for the arguments."""
+    """Samples per shard for ``urls``.
+
+    From ``index`` (or the default index next to the shards if it exists), else by reading tar headers
+    (slower; a warning says so). See `shard_layout` for the arguments.
+    """
     return shard_layout(urls, index, missing_ok=missing_ok, warn=warn)[0]
 
 
 def _refuse_missing(urls: Sequence[str], missing_ok: bool) -> None:
-    """A DataError "not found" naming the local shards that do not exist (with ``missing_ok``, the scan warns
-    about each one instead)."""
+    """A DataError "not found" naming the local shards that do not exist.
+
+    With ``missing_ok`` the scan warns about each one instead.
+    """
     missing = [url for url in urls if is_local(url) and not os.path.exists(local_path(url))]
     if not missing or missing_ok:
         return
@@ -260,9 +265,10 @@ def shard_layout(
     missing_ok: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> ShardLayout:
-    """Samples per shard for ``urls`` and, where known, their byte offsets (``samples + 1`` each, see the module
-    docstring): from ``index`` (or the default index next to the shards if it exists), else by reading tar
-    headers (slower; a warning says so).
+    """Samples per shard for ``urls`` and, where known, their byte offsets.
+
+    Offsets are ``samples + 1`` per shard (see the module docstring). They come from ``index`` (or the default
+    index next to the shards if it exists), else from reading tar headers (slower; a warning says so).
 
     Args:
         urls: expanded shard URLs.

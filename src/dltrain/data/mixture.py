@@ -228,9 +228,12 @@ def source_seed(seed: int, source: int) -> int:
 
 
 class _LabelCache:
-    """Labels of arbitrary positions of one epoch: sorted positions are cut into runs (gaps of at most ``_GAP``),
-    each run's span is computed with `_EpochLabels.spans` or read from the few spans computed last. A loader asks
-    for a shuffle window's positions, then batch by batch for positions inside it: those hit the cache."""
+    """Labels of arbitrary positions of one epoch.
+
+    Sorted positions are cut into runs (gaps of at most ``_GAP``), each run's span is computed with
+    `_EpochLabels.spans` or read from the few spans computed last. A loader asks for a shuffle window's
+    positions, then batch by batch for positions inside it: those hit the cache.
+    """
 
     def __init__(self, table: _EpochLabels) -> None:
         self.table = table
@@ -278,10 +281,12 @@ class _LabelCache:
 def mixture_locator(
     root: Mapping[str, Any], source_counts: Sequence[Sequence[int]]
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Maps mixture positions of the epoch of the root level ``root`` to (shard id, sample index in the shard),
-    shard ids counting the sources' shards concatenated in source order (``source_counts``: samples per shard of
+    """Maps mixture positions of the epoch of the root level ``root`` to (shard id, sample index in the shard).
+
+    Shard ids count the sources' shards concatenated in source order (``source_counts``: samples per shard of
     each source). Labels are computed for the spans asked for (memory grows with the positions of a call, not
-    with the epoch); call the result for many positions."""
+    with the epoch); call the result for many positions.
+    """
     mix = root["mixture"]
     seed, shuffle = int(root["seed"]), bool(root["shuffle"])
     labels_of = _LabelCache(_EpochLabels(seed, int(root["epoch"]), mix["counts"]))
@@ -340,8 +345,10 @@ def mixture_locator(
 
 
 class Mixture(StreamingDataset):
-    """A weighted mixture of `StreamingDataset` sources; usable wherever a `StreamingDataset` is (``.loader()``,
-    `dltrain.Trainer.fit`). See the module docstring for the epoch, the source streams and changing weights.
+    """A weighted mixture of `StreamingDataset` sources.
+
+    Usable wherever a `StreamingDataset` is (``.loader()``, `dltrain.Trainer.fit`). See the module docstring
+    for the epoch, the source streams and changing weights.
 
     Batches mix the sources in proportion; each source decodes and maps its own samples with its own ``decode``
     and ``map`` (or plugin), then the mixture collates them together. ``last_batch_samples`` and ``urls`` index the
@@ -352,8 +359,12 @@ class Mixture(StreamingDataset):
         weights: one weight >= 0 per source (normalised to sum to 1).
         seed: fixes labels, source shard orders and the window shuffle.
         samples_per_epoch: mixture positions per epoch; default: until the first source would need a second pass.
-        batch_size, shuffle, shuffle_buffer, training, on_error: default: the sources' common value (an error if
-            they differ).
+        batch_size: samples per batch; default: the sources' common value (an error if they differ), as for the
+            next four.
+        shuffle: shuffle the epoch (`StreamingDataset`'s).
+        shuffle_buffer: samples per shuffle window (`StreamingDataset`'s).
+        training: every rank gets the same number of full batches (`StreamingDataset`'s).
+        on_error: ``"raise"`` or ``"skip"`` a bad sample (`StreamingDataset`'s).
         collate_fn: collates samples of every source; default: the sources' common ``collate_fn``.
 
     Example:
@@ -459,15 +470,20 @@ class Mixture(StreamingDataset):
 
     @property
     def plan(self) -> _plan.EpochPlan:
-        """This mixture's epochs (`dltrain.data.plan.EpochPlan`): mixture positions, labelled with their sources
-        window by window (see the module docstring)."""
+        """This mixture's epochs (`dltrain.data.plan.EpochPlan`).
+
+        Mixture positions, labelled with their sources window by window (see the module docstring).
+        """
         return MixturePlan(self)
 
 
 class MixturePlan:
-    """The `dltrain.data.plan.EpochPlan` of a `Mixture`, made from its current sources and weights when asked
-    for (``mixture.plan``). The epoch's weights, counts and stream starts live in the root level, so that an
-    epoch resumed with other weights finishes with the ones it started with."""
+    """The `dltrain.data.plan.EpochPlan` of a `Mixture` (``mixture.plan``).
+
+    Made from the mixture's current sources and weights when asked for. The epoch's weights, counts and stream
+    starts live in the root level, so that an epoch resumed with other weights finishes with the ones it started
+    with.
+    """
 
     def __init__(self, mixture: Mixture) -> None:
         self.mixture = mixture
@@ -475,6 +491,7 @@ class MixturePlan:
         self.shard_sources: Sequence[int] = [s for s, src in enumerate(mixture.sources) for _ in src.urls]
 
     def root_level(self, epoch: int, world_size: int) -> dict[str, Any]:
+        """The mixture's root level of ``epoch`` (`dltrain.data.plan.EpochPlan.root_level`)."""
         mix = self.mixture
         level = _plan.root_level(epoch, world_size, seed=mix.seed, shuffle=mix.shuffle,
                                  shuffle_buffer=mix.shuffle_buffer, training=mix.training, batch_size=mix.batch_size)
@@ -485,12 +502,15 @@ class MixturePlan:
         return level
 
     def num_positions(self, root: Mapping[str, Any]) -> int:
+        """Positions in the epoch of ``root``: the sum of the sources' counts."""
         return int(sum(root["mixture"]["counts"]))
 
     def locator(self, root: Mapping[str, Any]) -> _plan.Locator:
+        """Maps the epoch's positions to (shard id, index in shard), labelled by source."""
         return mixture_locator(root, [src.counts for src in self.mixture.sources])
 
     def check_state(self, state: Mapping[str, Any]) -> None:
+        """Raise `DataError` unless ``state`` is a loader state of this mixture."""
         mix = state.get("mixture")
         if mix is None:
             raise DataError("the saved loader state is of a single StreamingDataset, not a Mixture: resume it with "

@@ -59,10 +59,14 @@ class SampleSource(Protocol):
     """Where a sample's decode and map come from (a `dltrain.data.StreamingDataset`)."""
 
     @property
-    def decoder(self) -> Callable[[dict[str, Any]], dict[str, Any]]: ...
+    def decoder(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """Decodes a raw sample's fields (``{"__key__", field: bytes}``)."""
+        ...
 
     @property
-    def map(self) -> Callable[[dict[str, Any]], Any] | None: ...
+    def map(self) -> Callable[[dict[str, Any]], Any] | None:
+        """Applied to each decoded sample (``None``: none)."""
+        ...
 
 
 class EpochPlan(Protocol):
@@ -74,10 +78,14 @@ class EpochPlan(Protocol):
     """
 
     @property
-    def sources(self) -> Sequence[SampleSource]: ...
+    def sources(self) -> Sequence[SampleSource]:
+        """The datasets whose decode and map apply, by source index."""
+        ...
 
     @property
-    def shard_sources(self) -> Sequence[int]: ...
+    def shard_sources(self) -> Sequence[int]:
+        """The source index of each shard id."""
+        ...
 
     def root_level(self, epoch: int, world_size: int) -> dict[str, Any]:
         """The root level of ``epoch`` with ``world_size`` ranks (JSON-able; saved in loader states)."""
@@ -122,8 +130,10 @@ def _rng(*parts: int) -> np.random.Generator:
 
 
 def window_size(shuffle_buffer: int, batch_size: int) -> int:
-    """Shuffle window in samples: ``shuffle_buffer`` rounded up to a multiple of ``batch_size`` (so a batch never
-    straddles two windows)."""
+    """Shuffle window in samples.
+
+    ``shuffle_buffer`` rounded up to a multiple of ``batch_size`` (so a batch never straddles two windows).
+    """
     batches = max(1, -(-max(1, shuffle_buffer) // batch_size))
     return batches * batch_size
 
@@ -196,10 +206,11 @@ def rank_positions(level: Mapping[str, Any], rank: int, num_samples: int) -> np.
 
 
 def planned_positions(level: Mapping[str, Any], num_samples: int) -> np.ndarray:
-    """The positions the epoch's plan deals out over all ranks, sorted: what the ranks of earlier levels had
-    consumed (before a resume with another world or batch size) and what this level deals. Training drops the
-    leftover that does not fill a batch on every rank, so there can be fewer than ``num_samples``; evaluation
-    deals every position.
+    """The positions the epoch's plan deals out over all ranks, sorted.
+
+    What the ranks of earlier levels had consumed (before a resume with another world or batch size) and what
+    this level deals. Training drops the leftover that does not fill a batch on every rank, so there can be
+    fewer than ``num_samples``; evaluation deals every position.
 
     Example:
         >>> lvl = dict(epoch=0, seed=0, shuffle=False, shuffle_buffer=1, training=True, batch_size=2,

@@ -1,6 +1,9 @@
-"""Readers of raw samples out of one shard: `IndexedShardReader` (positioned reads at the index's offsets) and
-`ShardReader` (forward, for streams, compressed shards and indexes without offsets). Both hand out
-``{"__key__", "__url__", field: bytes, ...}`` and raise `DataError` naming the shard and the sample."""
+"""Readers of raw samples out of one shard.
+
+`IndexedShardReader` (positioned reads at the index's offsets) and `ShardReader` (forward, for streams,
+compressed shards and indexes without offsets). Both hand out ``{"__key__", "__url__", field: bytes, ...}``
+and raise `DataError` naming the shard and the sample.
+"""
 
 from __future__ import annotations
 
@@ -213,8 +216,11 @@ _RUN = 1 << 23
 
 
 def _runs(indices: Sequence[int], offsets: Sequence[int]) -> list[tuple[int, int]]:
-    """``[first, last)`` slices of ``indices`` whose samples are read with one read each: ascending indices whose
-    byte ranges are at most `_GAP` apart, at most `_RUN` bytes in all (a sample larger than that alone)."""
+    """``[first, last)`` slices of ``indices`` whose samples are read with one read each.
+
+    Ascending indices whose byte ranges are at most `_GAP` apart, at most `_RUN` bytes in all (a sample larger
+    than that alone).
+    """
     runs: list[tuple[int, int]] = []
     first = 0
     for k in range(1, len(indices)):
@@ -391,8 +397,11 @@ class IndexedShardReader:
         return sample
 
     def _read_table(self, index: int, start: int, stop: int) -> dict[str, Any] | None:
-        """The sample cut out of one read where the table says its fields are; ``None`` if the read is short or
-        the bytes around the fields are not the ones indexed (then the headers are parsed)."""
+        """The sample cut out of one read where the table says its fields are.
+
+        ``None`` if the read is short or the bytes around the fields are not the ones indexed (then the
+        headers are parsed).
+        """
         assert self._table is not None
         buf = read_at(self._file, start, stop - start)
         if len(buf) != stop - start:
@@ -409,8 +418,10 @@ class IndexedShardReader:
         return sample
 
     def _read_fast(self, start: int, stop: int) -> dict[str, Any] | None:
-        """The sample in bytes ``[start, stop)`` from one read, its headers parsed by `parse_sample`; ``None``
-        where that declines (`_read` then parses it with `tarfile`, its checks and messages)."""
+        """The sample in bytes ``[start, stop)`` from one read, its headers parsed by `parse_sample`.
+
+        ``None`` where that declines (`_read` then parses it with `tarfile`, its checks and messages).
+        """
         buf = read_at(self._file, start, stop - start)
         if len(buf) != stop - start:
             return None

@@ -1,4 +1,4 @@
-"""Shard files, by concern (this module keeps the names that were imported from here before the split):
+"""Shard files, by concern; this module keeps the names that were imported from here before the split.
 
 - `dltrain.data.urls`: expanding URL patterns, opening a shard for streaming or positioned reads;
 - `dltrain.data.index`: the shard index (format, reading, writing, where it lives, building it);

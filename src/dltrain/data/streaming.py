@@ -92,14 +92,17 @@ class BatchSamples:
 
     @property
     def shards(self) -> np.ndarray:
+        """Each sample's shard id (an index of the dataset's ``urls``)."""
         return self._decoded()[0]
 
     @property
     def indices(self) -> np.ndarray:
+        """Each sample's index in its shard."""
         return self._decoded()[1]
 
     @property
     def keys(self) -> list[str]:
+        """Each sample's ``__key__``."""
         return self._decoded()[2]
 
     def __repr__(self) -> str:
@@ -127,7 +130,8 @@ def _wanted_per_shard(positions: np.ndarray, batches: np.ndarray, batch_size: in
     """Shard id -> the indices in that shard of every sample of ``batches`` (what a forward reader extracts).
 
     Built on the first call: seekable shards never call it, and locating every sample of the worker's epoch up
-    front costs time before the first batch (a `Mixture` labels each of those positions)."""
+    front costs time before the first batch (a `Mixture` labels each of those positions).
+    """
     table: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (sorted shard ids, indices, their order)
 
     def wanted(shard: int) -> np.ndarray:
@@ -152,9 +156,12 @@ class DataSkipWarning(UserWarning):
 
 
 def resolve_rank() -> tuple[int, int]:
-    """(rank, world size) of a split nobody gave: from `torch.distributed` when initialised, else env
-    ``RANK``/``WORLD_SIZE``, else (0, 1). These are the global ones; under tensor parallelism the Trainer gives
-    its loaders their data-parallel split instead (`StreamingDataLoader.set_split`)."""
+    """(rank, world size) of a split nobody gave.
+
+    From `torch.distributed` when initialised, else env ``RANK``/``WORLD_SIZE``, else (0, 1). These are the
+    global ones; under tensor parallelism the Trainer gives its loaders their data-parallel split instead
+    (`StreamingDataLoader.set_split`).
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -317,8 +324,10 @@ class StreamingDataset(IterableDataset):
 
     @property
     def plan(self) -> _plan.EpochPlan:
-        """This dataset's epochs (`dltrain.data.plan.EpochPlan`): positions are its samples in the epoch's shard
-        order."""
+        """This dataset's epochs (`dltrain.data.plan.EpochPlan`).
+
+        Positions are its samples in the epoch's shard order.
+        """
         return ShardsPlan(self)
 
     def set_epoch(self, epoch: int) -> None:
@@ -357,10 +366,11 @@ class StreamingDataset(IterableDataset):
         return self._batches(self._spec.read() or {}, tagged=False)
 
     def worker_batches(self, spec: Mapping[str, Any]) -> Iterator[Any]:
-        """What a `StreamingDataLoader` iterates in this loader worker (or in the training process without
-        workers): the epoch described by ``spec`` (epoch, start batch, rank, world size, plan level, whether to
-        record sample ids and to read the next epoch ahead), as ``("batch", batch, number of skipped samples,
-        their first errors, BatchSamples or None)`` items, or one ``("error", DataError)`` item that ends it.
+        """What a `StreamingDataLoader` iterates in this loader worker (or in the process without workers).
+
+        The epoch described by ``spec`` (epoch, start batch, rank, world size, plan level, whether to record
+        sample ids and to read the next epoch ahead), as ``("batch", batch, number of skipped samples, their
+        first errors, BatchSamples or None)`` items, or one ``("error", DataError)`` item that ends it.
 
         Call it when ``iter()`` is called: a persistent worker iterates at the start of every epoch, after the
         training process wrote that epoch's spec.
@@ -466,8 +476,10 @@ class StreamingDataset(IterableDataset):
 
     def _first_window(self, level: Mapping[str, Any], rank: int, worker: int, num_workers: int) -> tuple[
             np.ndarray, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], Callable[[int], np.ndarray]] | None:
-        """The positions of this worker's first window of ``level`` (when it is read forward), its locator and
-        its per-shard wanted samples, as `_generate` computes them."""
+        """The positions, locator and per-shard wanted samples of this worker's first window of ``level``.
+
+        Computed as `_generate` does, for a level that is read forward.
+        """
         plan = self.plan
         root = _plan.root_of(level)
         positions = _plan.rank_positions(level, rank, plan.num_positions(root))
@@ -503,11 +515,13 @@ class StreamingDataset(IterableDataset):
         readers: dict[int, ShardReader | IndexedShardReader],
         wanted: Callable[[int], np.ndarray],
     ) -> dict[int, Any]:
-        """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``, which are
-        in (shard ids, indices in shard) ``located``.
+        """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``.
+
+        ``located`` holds their (shard ids, indices in shard).
 
         Samples of seekable shards are read shard by shard, all of a shard's in one `IndexedShardReader.get_many`
-        call; forward readers go through the positions in order (one open stream at a time)."""
+        call; forward readers go through the positions in order (one open stream at a time).
+        """
         raw: dict[int, Any] = {}
         shard_ids, locals_ = located
         layout = self.layout
@@ -558,8 +572,11 @@ class StreamingDataset(IterableDataset):
 
     def _make_batch(self, plan: _plan.EpochPlan, positions: np.ndarray, raw: dict[int, Any],
                     where: tuple[np.ndarray, np.ndarray], tagged: bool) -> Any:
-        """Decode, map and collate the samples at ``positions``; ``where`` is their (shard ids, indices in shard),
-        sent with the batch as its `BatchSamples` when sample ids are recorded (``record_samples``)."""
+        """Decode, map and collate the samples at ``positions``.
+
+        ``where`` is their (shard ids, indices in shard), sent with the batch as its `BatchSamples` when
+        sample ids are recorded (``record_samples``).
+        """
         items = [raw.pop(p) for p in positions.tolist()]
         ok = [n for n, item in enumerate(items) if not isinstance(item, DataError)]
         bad: list[DataError] = [items[n] for n in range(len(items)) if isinstance(items[n], DataError)] if len(
@@ -609,8 +626,11 @@ class StreamingDataset(IterableDataset):
 
 
 def prepare_samples(source: _plan.SampleSource, raws: list[dict[str, Any]]) -> list[Any]:
-    """Decode and map raw samples with their source's ``decoder`` and ``map``; a sample that fails gives a
-    `DataError` naming the shard and the key in its place. One ``try`` for the whole list while nothing fails."""
+    """Decode and map raw samples with their source's ``decoder`` and ``map``.
+
+    A sample that fails gives a `DataError` naming the shard and the key in its place. One ``try`` for the
+    whole list while nothing fails.
+    """
     decoder, fn = source.decoder, source.map
     # The raw dicts are the readers' (nobody else holds them): a SampleDecoder decodes them in place.
     decode = decoder.decode_in_place if isinstance(decoder, SampleDecoder) else decoder
@@ -629,8 +649,10 @@ def prepare_samples(source: _plan.SampleSource, raws: list[dict[str, Any]]) -> l
 
 
 def prepare_sample(source: _plan.SampleSource, raw: dict[str, Any]) -> Any:
-    """Decode and map one raw sample with its source's ``decoder`` and ``map``; errors become `DataError`s that
-    name the shard and the key."""
+    """Decode and map one raw sample with its source's ``decoder`` and ``map``.
+
+    Errors become `DataError`s that name the shard and the key.
+    """
     result = prepare_samples(source, [raw])[0]
     if isinstance(result, DataError):
         raise result
@@ -657,9 +679,11 @@ def _sample_error(exn: Exception, raw: dict[str, Any]) -> DataError:
 
 
 class ShardsPlan:
-    """The `dltrain.data.plan.EpochPlan` of one `StreamingDataset`: positions are its samples, shards in the
-    epoch's shard order (seeded by (seed, epoch)), samples in shard order. Made from the dataset's settings when
-    asked for (``dataset.plan``)."""
+    """The `dltrain.data.plan.EpochPlan` of one `StreamingDataset`.
+
+    Positions are its samples, shards in the epoch's shard order (seeded by (seed, epoch)), samples in shard
+    order. Made from the dataset's settings when asked for (``dataset.plan``).
+    """
 
     def __init__(self, dataset: StreamingDataset) -> None:
         self.dataset = dataset
@@ -695,9 +719,12 @@ class ShardsPlan:
 
 
 class _ConvertBatch:
-    """What `DataLoader` does to each item when ``batch_size=None`` (torch's ``default_convert``: numpy arrays
-    into tensors), done to the batch inside the loader's ``("batch", batch, ...)`` item only, and not at all
-    after `default_collate`, whose batches hold no numpy array (the walk cost ~1 µs per sample of small ones)."""
+    """What `DataLoader` does to each item when ``batch_size=None`` (torch's ``default_convert``.
+
+    Numpy arrays into tensors), done to the batch inside the loader's ``("batch", batch, ...)`` item only, and
+    not at all after `default_collate`, whose batches hold no numpy array (the walk cost ~1 µs per sample of
+    small ones).
+    """
 
     def __init__(self, convert: bool) -> None:
         self.convert = convert
@@ -712,7 +739,8 @@ class _WorkerView(IterableDataset):
     """What a `StreamingDataLoader` hands to torch's `DataLoader`: a copy of the dataset and the loader's spec.
 
     Loader workers hold a copy of it made when they started (persistent workers live across epochs), so changes
-    made later in the main process never reach them; the spec, in shared memory, does."""
+    made later in the main process never reach them; the spec, in shared memory, does.
+    """
 
     def __init__(self, dataset: StreamingDataset, spec: _SharedSpec) -> None:
         super().__init__()
@@ -724,9 +752,10 @@ class _WorkerView(IterableDataset):
 
 
 class StreamingDataLoader(DataLoader):
-    """`torch.utils.data.DataLoader` (``batch_size=None``) over a `StreamingDataset`, with the Trainer's loader
-    protocol: ``len()``, `set_epoch`, `state_dict`, `load_state_dict`, plus skip reporting (`skipped`,
-    `epoch_report`).
+    """A `torch.utils.data.DataLoader` (``batch_size=None``) over a `StreamingDataset`.
+
+    It has the Trainer's loader protocol (``len()``, `set_epoch`, `state_dict`, `load_state_dict`) and reports
+    skipped samples (`skipped`, `epoch_report`).
 
     Args:
         dataset: the `StreamingDataset` (the loader iterates a shallow copy of it; the original is ``.stream``).
@@ -816,9 +845,11 @@ class StreamingDataLoader(DataLoader):
         self._epoch = epoch
 
     def set_split(self, rank: int, world_size: int) -> None:
-        """Read part ``rank`` of ``world_size`` from the next ``iter()`` on, instead of resolving the split from
-        `torch.distributed` / env (the global rank). The Trainer calls it with its data-parallel rank and size on
-        the loaders it iterates: under tensor parallelism the peers of a group must read the same batches.
+        """Read part ``rank`` of ``world_size`` from the next ``iter()`` on.
+
+        Without it the split is resolved from `torch.distributed` or the environment (the global rank). The
+        Trainer calls it with its data-parallel rank and size on the loaders it iterates: under tensor
+        parallelism the peers of a group must read the same batches.
 
         Like `set_epoch`, a different split drops the position in an epoch in progress; a loaded state is kept
         (it is re-split on the next ``iter()`` if the world size differs).

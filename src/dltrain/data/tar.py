@@ -325,8 +325,11 @@ def grouped_name(name: str) -> bool:
 
 
 class _Scan:
-    """What one walk over a shard's headers found: samples, their offsets, the first damage, and (``members``)
-    each sample's key and grouped members ``(field, data offset, size)``."""
+    """What one walk over a shard's headers found.
+
+    Samples, their offsets, the first damage, and (``members``) each sample's key and grouped members
+    ``(field, data offset, size)``.
+    """
 
     def __init__(self, members: bool = False) -> None:
         self.counter = _KeyCounter()
@@ -375,8 +378,9 @@ class _Scan:
 
 
 class SampleTable:
-    """Where each sample's fields lie in one shard, for reading a sample with one positioned read and no header
-    parsing (the index's ``keys``, ``fields``, ``layout``, ``members`` and ``check``; see `dltrain.data.index`).
+    """Where each sample's fields lie in one shard: a sample is read with one positioned read, no header parsed.
+
+    These are the index's ``keys``, ``fields``, ``layout``, ``members`` and ``check`` (see `dltrain.data.index`).
 
     Attributes:
         keys: each sample's ``__key__``.
@@ -425,7 +429,9 @@ class SampleTable:
 
 def header_check(read: Callable[[int, int], bytes], stop: int, pairs: Sequence[int]) -> int:
     """CRC-32 of the bytes ``[0, stop)`` of a sample outside its fields' data, ``pairs`` = (offset, size), ...
-    relative to the sample's start, in order; ``read(a, b)`` gives bytes ``[a, b)``."""
+
+    relative to the sample's start, in order; ``read(a, b)`` gives bytes ``[a, b)``.
+    """
     crc, pos = 0, 0
     for j in range(0, len(pairs), 2):
         crc = zlib.crc32(read(pos, pairs[j]), crc)
@@ -481,8 +487,9 @@ def scan_shard(
     advice: str = REWRITE,
     members: bool = False,
 ) -> ShardScan:
-    """Samples, sample offsets and (``members``) the `SampleTable` of one shard from its tar headers; offsets
-    and table only where `seekable`.
+    """Samples, sample offsets and (``members``) the `SampleTable` of one shard from its tar headers.
+
+    Offsets and table only where `seekable`.
 
     A damaged shard raises `DataError` (its message ends with ``advice``), or with ``skip_damaged`` warns and
     counts every sample it can find, with no offsets: readers then read it forward up to the damage and count the
@@ -564,7 +571,7 @@ def _octal(field: bytes, base: int = 8) -> int | None:
 
 
 def _checksum_ok(header: bytes) -> bool:
-    """tarfile's (unsigned) header checksum: the sum of the header's bytes, the checksum field counted as spaces.
+    """Tarfile's (unsigned) header checksum: the sum of the header's bytes, the checksum field counted as spaces.
 
     The sum comes from adler32, whose low half is ``(1 + sum of bytes) mod 65521``: one C call instead of a
     Python loop over 512 bytes. Mod 65521 it misses only changes to the sum by a multiple of 65521, which takes
@@ -582,7 +589,7 @@ _PAX_DEFER = (b"hdrcharset", b"GNU.sparse")
 
 
 def _pax_records(data: bytes) -> dict[bytes, bytes] | None:
-    """The ``"LEN key=value\n"`` records of a PAX header; ``None`` if malformed or holding a deferred key."""
+    r"""The ``"LEN key=value\n"`` records of a PAX header; ``None`` if malformed or holding a deferred key."""
     records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data):
@@ -602,10 +609,11 @@ def _pax_records(data: bytes) -> dict[bytes, bytes] | None:
 
 
 def parse_sample(buf: bytes) -> dict[str, Any] | None:
-    """The sample whose tar members are exactly ``buf`` (one read of its indexed byte range), parsing the headers
-    here: ``{"__key__", field: bytes, ...}``; ``None`` for anything but plain members, directories and PAX headers
-    with ordinary records, or any doubt (a bad checksum, a range that does not end on a member): the caller then
-    parses it with `tarfile`, its checks and messages.
+    """The sample ``{"__key__", field: bytes, ...}`` whose tar members are exactly ``buf``, headers parsed here.
+
+    ``buf`` is one read of the sample's indexed byte range. ``None`` for anything but plain members, directories
+    and PAX headers with ordinary records, or any doubt (a bad checksum, a range that does not end on a member):
+    the caller then parses it with `tarfile`, its checks and messages.
 
     Why: `tarfile` parses each header in Python objects with several reads; on 32x32 PNG samples (two members,
     each behind a PAX header) that was ~100 µs per sample, as much as the PNG decode.

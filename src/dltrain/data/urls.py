@@ -57,8 +57,7 @@ def local_path(url: str) -> str:
 
 
 def seekable(url: str) -> bool:
-    """Whether samples of this shard can be read by positioned reads at their indexed offsets (local,
-    uncompressed)."""
+    """Whether samples of this shard can be read by positioned reads at their offsets (local, uncompressed)."""
     return is_local(url) and not local_path(url).endswith(COMPRESSED)
 
 
@@ -68,8 +67,11 @@ def dirname(url: str) -> str:
 
 
 def open_url(url: str, mode: str = "rb") -> IO[bytes]:
-    """Open any URL (a shard, an index) as a binary stream: local files directly, others through
-    ``webdataset.gopen``. Raises `OSError` (or what the transport raises) if it cannot be opened."""
+    """Open any URL (a shard, an index) as a binary stream.
+
+    Local files directly, others through ``webdataset.gopen``. Raises `OSError` (or what the transport raises)
+    if it cannot be opened.
+    """
     if is_local(url):
         return open(local_path(url), mode)
     return wds_open(url, mode)  # type: ignore[no-any-return]
@@ -95,8 +97,10 @@ def open_shard(url: str, *, positioned: bool = False) -> tuple[Any, int | None]:
 
 
 def read_at(file: Any, offset: int, size: int) -> bytes:
-    """``size`` bytes at ``offset`` of a file opened with ``open_shard(..., positioned=True)`` (fewer where the
-    file ends): one ``pread`` where the file has a descriptor (no shared file position to move)."""
+    """``size`` bytes at ``offset`` (fewer where the file ends) of a file from ``open_shard(..., positioned=True)``.
+
+    One ``pread`` where the file has a descriptor (no shared file position to move).
+    """
     fileno = getattr(file, "fileno", None)
     if fileno is not None:
         return os.pread(fileno(), size, offset)

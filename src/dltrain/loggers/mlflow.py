@@ -63,8 +63,12 @@ class MLFlowLogger(Logger):
         checkpoint_path_prefix: folder prefix of the checkpoint artifacts.
 
     Example:
-        >>> logger = MLFlowLogger(experiment_name="mnist", save_dir="runs/mlruns")  # doctest: +SKIP
-        >>> trainer = dltrain.Trainer(logger=logger)  # doctest: +SKIP
+        >>> logger = MLFlowLogger(experiment_name="regression", save_dir="runs/mlruns")
+        >>> trainer = dltrain.Trainer(max_epochs=1, logger=logger, log_every_n_steps=1, enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader)
+        >>> history = logger.experiment.get_metric_history(logger.run_id, "train/loss")
+        >>> len(history) > 0
+        True
     """
 
     LOGGER_JOIN_CHAR = "-"

@@ -23,8 +23,11 @@ _SETTINGS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "limit_train_
 
 
 class Snapshot(Callback):
-    """Takes the task's weights once its first search fit has placed it (and run ``configure_model``); the search
-    puts them back after every fit, so each trial starts from the same weights and the search leaves none."""
+    """Takes the task's weights once its first search fit has placed it (and run ``configure_model``).
+
+    The search puts them back after every fit, so each trial starts from the same weights and the search
+    leaves none.
+    """
 
     def __init__(self) -> None:
         self.weights: dict[str, torch.Tensor] | None = None
@@ -42,8 +45,10 @@ class Snapshot(Callback):
 
 
 def forget_optimizers(trainer: Trainer) -> None:
-    """Make the next fit call ``configure_optimizers`` again (with the value a search found) instead of reusing
-    the optimizers, and their state, of a search fit."""
+    """Make the next fit call ``configure_optimizers`` again, with the value a search found.
+
+    Otherwise it would reuse the optimizers, and their state, of a search fit.
+    """
     trainer.optimizers = []
     trainer.lr_scheduler_configs = []
     trainer._fabric_optimizers = []
@@ -53,9 +58,11 @@ def forget_optimizers(trainer: Trainer) -> None:
 @contextlib.contextmanager
 def search_fits(trainer: Trainer, task: Task, callbacks: Sequence[Callback], **settings: Any
                 ) -> Generator[Snapshot, None, None]:
-    """Run the ``with`` block's fits with only ``callbacks`` (and a `Snapshot`), no loggers, and ``settings``;
-    then put back the task's weights, the Trainer's settings, callbacks, loggers, loop state and metrics, and the
-    random number generators."""
+    """Run the ``with`` block's fits with only ``callbacks`` (and a `Snapshot`), no loggers, and ``settings``.
+
+    Then put back the task's weights, the Trainer's settings, callbacks, loggers, loop state and metrics, and
+    the random number generators.
+    """
     from dltrain.loop import LoopState
 
     snapshot = Snapshot()
@@ -94,8 +101,11 @@ def search_fits(trainer: Trainer, task: Task, callbacks: Sequence[Callback], **s
 
 
 def find_attr(task: Task, datamodule: Any, names: Sequence[str]) -> tuple[Any, str] | None:
-    """Where a hyperparameter lives, Lightning's order: the task's attribute, its ``hparams``, then the
-    datamodule's attribute and its ``hparams``; ``(owner, name)`` of the first of ``names`` found."""
+    """Where a hyperparameter lives, Lightning's order.
+
+    The task's attribute, its ``hparams``, then the datamodule's attribute and its ``hparams``; ``(owner,
+    name)`` of the first of ``names`` found.
+    """
     for name in names:
         for owner in (task, datamodule):
             if owner is None:

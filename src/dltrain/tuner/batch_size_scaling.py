@@ -74,8 +74,10 @@ class _DatasetLength(Callback):
 def scale_batch_size(trainer: Trainer, task: Task, method: str = "fit", datamodule: Any = None, mode: str = "power",
                      steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
                      batch_arg_name: str = "batch_size", margin: float = 0.05, max_val: int = 8192) -> int | None:
-    """Find the batch size (see the module docstring), set it on the task and return it (``None`` under
-    ``fast_dev_run``)."""
+    """Find the batch size (see the module docstring), set it on the task and return it.
+
+    Returns ``None`` under ``fast_dev_run``.
+    """
     from dltrain.loop import LoopState
     from dltrain.tuner._search import agree_max, find_attr, forget_optimizers, get_attr, search_fits, set_attr
 

@@ -32,7 +32,10 @@ class LRFinder:
 
     Attributes:
         results: ``{"lr": [...], "loss": [...]}``, one entry per optimizer step (the smoothed loss).
-        mode, lr_min, lr_max, num_training: how the test ran.
+        mode: ``"exponential"`` or ``"linear"`` growth of the learning rate.
+        lr_min: the first learning rate.
+        lr_max: the last learning rate.
+        num_training: optimizer steps of the test.
     """
 
     def __init__(self, mode: str, lr_min: float, lr_max: float, num_training: int) -> None:
@@ -46,9 +49,11 @@ class LRFinder:
         self._optimal_idx: int | None = None
 
     def suggestion(self, skip_begin: int = 10, skip_end: int = 1) -> float | None:
-        """The learning rate where the loss falls fastest (the steepest negative gradient of the loss over the
-        learning rate), leaving out ``skip_begin`` first and ``skip_end`` last points; ``None`` with fewer than two
-        finite points left."""
+        """The learning rate where the loss falls fastest (the steepest negative gradient of the loss).
+
+        Leaves out the ``skip_begin`` first and ``skip_end`` last points; ``None`` with fewer than two finite
+        points left.
+        """
         losses = torch.tensor(self.results["loss"][skip_begin:-skip_end])
         lrs = torch.tensor(self.results["lr"][skip_begin:-skip_end])
         finite = torch.isfinite(losses)
@@ -63,8 +68,10 @@ class LRFinder:
         return self.results["lr"][self._optimal_idx]
 
     def plot(self, suggest: bool = False, show: bool = False, ax: Any = None) -> Any:
-        """The loss over the learning rate (log scale for the exponential test) as a matplotlib figure; with
-        ``suggest`` the suggestion marked in red. Needs matplotlib."""
+        """The loss over the learning rate (log scale for the exponential test) as a matplotlib figure.
+
+        With ``suggest`` the suggestion marked in red. Needs matplotlib.
+        """
         try:
             import matplotlib.pyplot as plt
         except ImportError as err:
@@ -111,8 +118,11 @@ class _RangeSchedule(LRScheduler):
 
 
 class _RangeTest(Callback):
-    """Drives a range-test fit: puts the schedule in place, records the learning rate and smoothed loss of each
-    optimizer step, stops when the loss diverges."""
+    """Drives a range-test fit.
+
+    Puts the schedule in place, records the learning rate and smoothed loss of each optimizer step, stops when
+    the loss diverges.
+    """
 
     def __init__(self, finder: LRFinder, early_stop_threshold: float | None, beta: float = 0.98) -> None:
         self.finder = finder
@@ -167,8 +177,10 @@ class _RangeTest(Callback):
 
 
 def lr_attribute(task: Task, datamodule: Any, attr_name: str) -> tuple[Any, str]:
-    """Where the task keeps its learning rate: ``attr_name``, else ``lr`` or ``learning_rate`` (the task, its
-    ``hparams``, the datamodule's)."""
+    """Where the task keeps its learning rate.
+
+    ``attr_name``, else ``lr`` or ``learning_rate`` (the task, its ``hparams``, the datamodule's).
+    """
     from dltrain.tuner._search import find_attr
 
     names = (attr_name,) if attr_name else LR_NAMES
@@ -185,8 +197,10 @@ def lr_find(trainer: Trainer, task: Task, train_dataloaders: Any = None, val_dat
             datamodule: Any = None, min_lr: float = 1e-8, max_lr: float = 1.0, num_training: int = 100,
             mode: str = "exponential", early_stop_threshold: float | None = 4.0, update_attr: bool = True,
             attr_name: str = "") -> LRFinder | None:
-    """Run the range test with ``trainer`` (see the module docstring); with ``update_attr`` set the task's
-    learning rate to the suggestion. ``None`` under ``fast_dev_run``."""
+    """Run the range test with ``trainer`` (see the module docstring).
+
+    With ``update_attr`` set the task's learning rate to the suggestion. ``None`` under ``fast_dev_run``.
+    """
     from dltrain.tuner._search import search_fits, set_attr
 
     if trainer.fast_dev_run:

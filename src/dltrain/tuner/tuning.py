@@ -41,9 +41,11 @@ class Tuner:
                 max_lr: float = 1, num_training: int = 100, mode: str = "exponential",
                 early_stop_threshold: float | None = 4.0, update_attr: bool = True,
                 attr_name: str = "") -> LRFinder | None:
-        """The learning-rate range test (`dltrain.tuner.lr_finder`): ``num_training`` optimizer steps from
-        ``min_lr`` to ``max_lr``; returns an `LRFinder` (``.suggestion()``, ``.plot()``, ``.results``) and, with
-        ``update_attr``, sets the task's ``lr``/``learning_rate`` (or ``attr_name``) to the suggestion.
+        """The learning-rate range test (`dltrain.tuner.lr_finder`).
+
+        ``num_training`` optimizer steps from ``min_lr`` to ``max_lr``; returns an `LRFinder`
+        (``.suggestion()``, ``.plot()``, ``.results``) and, with ``update_attr``, sets the task's
+        ``lr``/``learning_rate`` (or ``attr_name``) to the suggestion.
 
         ``early_stop_threshold``: stop once the smoothed loss exceeds this many times the best one (``None``:
         never).
@@ -62,8 +64,9 @@ class Tuner:
                          steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
                          batch_arg_name: str = "batch_size", margin: float = 0.05,
                          max_val: int = 8192) -> int | None:
-        """The largest batch size that runs without running out of memory (`dltrain.tuner.batch_size_scaling`);
-        sets it on the task (``batch_arg_name``) and returns it.
+        """The largest batch size that runs without running out of memory (`dltrain.tuner.batch_size_scaling`).
+
+        Sets it on the task (``batch_arg_name``) and returns it.
 
         The loaders must come from the task's or the datamodule's ``*_dataloader()`` (made again for each
         trial), not be passed in. ``margin`` (binsearch only) takes that fraction off the size found.

@@ -1,5 +1,7 @@
-"""The audio plugin: decode WAV/FLAC/OGG from shards, resample, crop or pad, log-mel and SpecAugment on the
-device, and a ready classification task.
+"""The audio plugin.
+
+Decode WAV/FLAC/OGG from shards, resample, crop or pad, log-mel and SpecAugment on the device, and a ready
+classification task.
 
 Install with ``pip install 'dltrain[audio]'`` (soundfile, scipy, espeakng-loader).
 

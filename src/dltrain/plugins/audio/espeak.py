@@ -44,6 +44,7 @@ class Espeak:
     _lock = threading.Lock()
 
     def __new__(cls) -> Espeak:
+        """The process's one instance, set up on first use."""
         with cls._lock:
             if cls._instance is None:
                 inst = super().__new__(cls)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from dltrain.data.domain import check_stage
 
@@ -111,7 +112,8 @@ class LogMelSpectrogram(nn.Module):
         hop_length: frame step (default 160: 10 ms at 16 kHz).
         win_length: window length, zero-padded to ``n_fft`` (default ``n_fft``).
         n_mels: mel bands.
-        f_min, f_max: band edges in Hz.
+        f_min: lowest band edge in Hz.
+        f_max: highest band edge in Hz.
         mel_scale: ``"htk"`` (default) or ``"slaney"``; see :func:`mel_filterbank`.
         norm: filter normalisation, ``None`` or ``"slaney"``.
         power: 2 for power, 1 for magnitude.
@@ -152,6 +154,7 @@ class LogMelSpectrogram(nn.Module):
             persistent=False,
         )
 
+    @override
     def forward(self, waveform: Tensor) -> Tensor:
         shape = waveform.shape
         # STFT and log in float32 even under a bf16/fp16 autocast: half precision loses the low-energy bins.
@@ -174,6 +177,7 @@ class LogMelSpectrogram(nn.Module):
             out = torch.log(mel + self.eps)
         return out.reshape(*shape[:-1], self.n_mels, out.shape[-1])
 
+    @override
     def extra_repr(self) -> str:
         return f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, n_mels={self.n_mels}"
 
@@ -250,6 +254,7 @@ class SpecAugment(nn.Module):
         hit = (pos >= start) & (pos < start + width)  # [..., count, size]
         return mask | hit.any(dim=-2).to(device)
 
+    @override
     def forward(self, features: Tensor) -> Tensor:
         if not self.training:
             return features
@@ -261,14 +266,16 @@ class SpecAugment(nn.Module):
             fill = torch.as_tensor(self.mask_value, dtype=features.dtype, device=features.device)
         return torch.where(masked, fill, features)
 
+    @override
     def extra_repr(self) -> str:
         return (f"freq_mask={self.freq_mask}, time_mask={self.time_mask}, num_freq_masks={self.num_freq_masks}, "
                 f"num_time_masks={self.num_time_masks}")
 
 
 class AudioFeatures(nn.Module):
-    """A ``(waveforms [B, T] or [B, C, T], labels)`` batch -> ``(log-mel [B, C, n_mels, frames], labels)``, with
-    SpecAugment when given one: the audio plugin's ``device_transform`` and `AudioClassificationTask`'s.
+    """A ``(waveforms [B, T] or [B, C, T], labels)`` batch -> ``(log-mel [B, C, n_mels, frames], labels)``.
+
+    Applies SpecAugment when given one. The audio plugin's ``device_transform`` and `AudioClassificationTask`'s.
 
     Args:
         log_mel: the feature extractor.
@@ -280,6 +287,7 @@ class AudioFeatures(nn.Module):
         self.log_mel = log_mel
         self.spec_augment = spec_augment
 
+    @override
     def forward(self, batch: Any) -> Any:
         return batch_features(batch, self.log_mel, self.spec_augment)
 
@@ -310,8 +318,10 @@ def device_transform(
     num_freq_masks: int = 2,
     num_time_masks: int = 2,
 ) -> AudioFeatures:
-    """The plugin's ``device_transform(stage, **options)``: log-mel (25 ms windows, 10 ms hops unless given),
-    SpecAugment in ``"train"`` only."""
+    """The plugin's ``device_transform(stage, **options)``.
+
+    Log-mel (25 ms windows, 10 ms hops unless given), SpecAugment in ``"train"`` only.
+    """
     log_mel = LogMelSpectrogram(
         sample_rate=sample_rate,
         n_fft=n_fft if n_fft is not None else round(0.025 * sample_rate),

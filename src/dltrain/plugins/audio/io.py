@@ -212,8 +212,10 @@ def crop_or_pad(
 
 
 class AudioTransform:
-    """Per-sample transform: a shard sample dict -> ``{"waveform": float32 tensor, "label": int}`` (``-1`` when
-    ``label_key`` is ``None``: unlabelled, the rule of every domain, see `dltrain.data.domain`).
+    """Per-sample transform.
+
+    A shard sample dict -> ``{"waveform": float32 tensor, "label": int}`` (``-1`` when ``label_key`` is
+    ``None``: unlabelled, the rule of every domain, see `dltrain.data.domain`).
 
     Picklable (a plain class, not a closure) so it can run in loader worker processes.
 
@@ -266,6 +268,11 @@ class AudioTransform:
         )
 
     def __call__(self, sample: dict) -> Any:
+        """Decode, resample, crop or pad the sample's audio: ``{"waveform", "label"}``.
+
+        Raises:
+            DataError: the audio cannot be decoded or the label is bad (naming the shard and key).
+        """
         url, key = sample.get("__url__"), sample.get("__key__")
         _, value = self._find_audio(sample)
         try:
@@ -313,14 +320,18 @@ def eval_transform(**kwargs: Any) -> AudioTransform:
 
 
 def sample_transform(stage: str, **options: Any) -> AudioTransform:
-    """The plugin's ``transform(stage, **options)``: an :class:`AudioTransform` (random crop in ``"train"``,
-    centred otherwise) with ``options`` as its keyword arguments."""
+    """The plugin's ``transform(stage, **options)``.
+
+    An :class:`AudioTransform` (random crop in ``"train"``, centred otherwise) with ``options`` as its keyword
+    arguments.
+    """
     return AudioTransform(training=check_stage(stage) == "train", **options)
 
 
 def collate(samples: list) -> Any:
-    """Stack ``{"waveform", "label"}`` samples (or ``(waveform, label)`` pairs) into
-    ``(waveforms [B, ...], labels [B])`` (unlabelled samples carry the label ``-1``).
+    """Stack ``{"waveform", "label"}`` samples (or pairs) into ``(waveforms [B, ...], labels [B])``.
+
+    Unlabelled samples carry the label ``-1``.
 
     Example:
         >>> w, y = collate([{"waveform": torch.zeros(4), "label": 1}, {"waveform": torch.ones(4), "label": 2}])

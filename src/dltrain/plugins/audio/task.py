@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from typing_extensions import override
 
 from dltrain.errors import ConfigurationError
 from dltrain.task import Task
@@ -56,6 +57,7 @@ class AudioCNN(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(8 * width, num_classes))
 
+    @override
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(self.input_norm(x))
         return self.head(x.mean(dim=(-2, -1)))
@@ -142,6 +144,7 @@ class AudioClassificationTask(Task):
         self.test_confusion = confusion_matrix(num_classes)
         self.confusion_matrix: Tensor | None = None
 
+    @override
     def forward(self, features: Tensor) -> Tensor:
         return self.model(features)
 
@@ -155,6 +158,7 @@ class AudioClassificationTask(Task):
         logits = self(feats)
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing), logits, labels
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         if batch is None:
             return None  # nothing left of this batch: skip the step
@@ -164,6 +168,7 @@ class AudioClassificationTask(Task):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         if batch is None:
             return
@@ -172,6 +177,7 @@ class AudioClassificationTask(Task):
         self.log("val/loss", loss, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         if batch is None:
             return
@@ -181,9 +187,11 @@ class AudioClassificationTask(Task):
         self.log("test/loss", loss, sync_dist=True)
         self.log("test/acc", self.test_acc)
 
+    @override
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()
 
+    @override
     def on_test_epoch_end(self) -> None:
         # compute() sums the counts over every rank (torchmetrics syncs when torch.distributed is initialised).
         self.confusion_matrix = self.test_confusion.compute().detach().cpu()
@@ -201,6 +209,7 @@ class AudioClassificationTask(Task):
             lines.append(name.ljust(width + 4) + "".join(str(v).rjust(width) for v in row))
         return "\n".join(lines)
 
+    @override
     def configure_optimizers(self) -> Any:
         # No weight decay on norms and biases: decaying BatchNorm scales only slows training down.
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() > 1]

@@ -72,11 +72,11 @@ class Document(NamedTuple):
 
 
 def decode_text(data: bytes | str) -> Document:
-    """Decode shard bytes as UTF-8; invalid bytes become U+FFFD and are counted instead of failing.
+    r"""Decode shard bytes as UTF-8; invalid bytes become U+FFFD and are counted instead of failing.
 
     Example:
-        >>> decode_text(b"caf\\xe9!")
-        Document(text='caf\\ufffd!', n_replaced=1, n_bytes=7)
+        >>> decode_text(b"caf\xe9!")
+        Document(text='caf\ufffd!', n_replaced=1, n_bytes=7)
     """
     if isinstance(data, str):
         return Document(data, 0, len(data.encode("utf-8")))
@@ -132,9 +132,11 @@ class TextStats:
     blocks: int = 0
 
     def as_dict(self) -> dict[str, int]:
+        """The counts by name."""
         return dataclasses.asdict(self)
 
     def summary(self) -> str:
+        """The counts as one ``name=value, ...`` line."""
         return ", ".join(f"{k}={v}" for k, v in self.as_dict().items())
 
 
@@ -158,8 +160,11 @@ def iter_documents(
 
 # ---------------------------------------------------------------------------------------------- packing
 class Block(NamedTuple):
-    """One packed LM sample: ``ids`` (``L + 1`` tokens, fewer only for the last block) and the UTF-8 bytes of
-    the text its targets ``ids[1:]`` stand for."""
+    """One packed LM sample.
+
+    ``ids`` (``L + 1`` tokens, fewer only for the last block) and the UTF-8 bytes of the text its targets
+    ``ids[1:]`` stand for.
+    """
 
     ids: np.ndarray
     n_bytes: int
@@ -352,6 +357,7 @@ class LMBlockTransform:
         self.vocab_size = vocab_size
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """The block's ``{"ids", "n_bytes"}``, its ids checked against ``vocab_size``."""
         key = sample.get("__key__")
         if "ids" not in sample:
             raise DataError("an LM sample has no 'ids' field; write LM shards with write_lm_shards", key=key)
@@ -369,7 +375,8 @@ class LMBlockTransform:
 
 
 class ClassificationTransform:
-    """Sample dict with ``txt`` and ``cls`` -> ``{"input_ids", "label", "n_replaced", "truncated"}``, or
+    """Sample dict with ``txt`` and ``cls`` -> ``{"input_ids", "label", "n_replaced", "truncated"}``.
+
     ``None`` for an empty document (``PadCollate`` drops and counts it).
 
     Args:
@@ -387,6 +394,7 @@ class ClassificationTransform:
         self.label_field = label_field
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A document -> ``{"input_ids", "label", "n_replaced", "truncated"}``; ``None`` if empty."""
         key = sample.get("__key__")
         if self.text_field not in sample or (self.label_field is not None and self.label_field not in sample):
             raise DataError(f"a classification sample needs the fields {self.text_field!r} and "
@@ -404,15 +412,17 @@ class ClassificationTransform:
 
 
 class TextTransform:
-    """The plugin's per-sample transform for both kinds of text shards, told apart by their fields (as
-    ``collate`` does): an LM block (``ids``) -> :class:`LMBlockTransform`'s output; a document with a label
-    (``txt`` and ``cls``) -> :class:`ClassificationTransform`'s, which needs ``tokenizer``.
+    """The plugin's per-sample transform for both kinds of text shards, told apart by their fields.
+
+    As ``collate`` does: an LM block (``ids``) -> `LMBlockTransform`'s output; a document with a label
+    (``txt`` and ``cls``) -> `ClassificationTransform`'s, which needs ``tokenizer``.
 
     Args:
         tokenizer: the tokenizer of classification documents.
         max_length: classification documents are truncated to this many tokens.
         vocab_size: LM ids are checked against it (default: the tokenizer's vocabulary size, if given).
-        text_field, label_field: classification sample fields.
+        text_field: the field holding a document's text.
+        label_field: the field holding a document's label.
     """
 
     def __init__(self, tokenizer: TextTokenizer | None = None, max_length: int = 256, *,
@@ -424,6 +434,7 @@ class TextTransform:
                                                        label_field=label_field) if tokenizer is not None else None)
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any] | None:
+        """An LM block or a document, by its fields (see the class docstring)."""
         if "ids" in sample:
             return self.lm(sample)
         if self.classification is None:
@@ -433,8 +444,11 @@ class TextTransform:
 
 
 def sample_transform(stage: str, **options: Any) -> TextTransform:
-    """The plugin's ``transform(stage, **options)``: a :class:`TextTransform` with ``options`` as its keyword
-    arguments. Text has no random augmentation, so every stage gets the same transform."""
+    """The plugin's ``transform(stage, **options)``.
+
+    A :class:`TextTransform` with ``options`` as its keyword arguments. Text has no random augmentation, so
+    every stage gets the same transform.
+    """
     check_stage(stage)
     return TextTransform(**options)
 
@@ -475,6 +489,7 @@ class PadCollate:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, samples: Sequence[Mapping[str, Any] | None]) -> dict[str, Tensor]:
+        """Pad a batch's ``input_ids`` to one width (a multiple of ``pad_to_multiple_of``); drops ``None``."""
         kept = [s for s in samples if s is not None]
         width = max((len(s["input_ids"]) for s in kept), default=0)
         width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -542,13 +557,16 @@ class LengthBucketLoader:
         return len(self.loader) * self.buckets
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (for the inner loader too); the bucketing order depends on it."""
         self.epoch = epoch
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
 
     def set_split(self, rank: int, world_size: int) -> None:
-        """Hand the data split (the Trainer gives its data-parallel rank and size) to an inner loader that splits
-        itself (``StreamingDataLoader.set_split``); another inner loader keeps the split it was built with."""
+        """Hand the Trainer's data-parallel rank and size to an inner loader that splits itself.
+
+        That is a ``StreamingDataLoader`` (``set_split``); another inner loader keeps the split it was built with.
+        """
         if callable(getattr(self.loader, "set_split", None)):
             self.loader.set_split(rank, world_size)
 
@@ -558,9 +576,11 @@ class LengthBucketLoader:
         return getattr(self.loader, "split", None)
 
     def state_dict(self) -> dict[str, Any]:
+        """The inner loader's state at the current pool and the batches taken from it."""
         return {"inner": self._pool_state, "consumed": self._consumed, "pool": self._pool_idx}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict`'s position on the next ``iter()``."""
         self._resume = dict(state)
 
     def _split(self, pool: list, pool_idx: int) -> list[list]:

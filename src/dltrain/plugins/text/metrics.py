@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from typing_extensions import override
 
 __all__ = ["BitsPerByte", "Perplexity"]
 
@@ -42,6 +43,7 @@ class BitsPerByte(Metric):
         self.nats += nats.detach().float().sum()
         self.n_bytes += n_bytes.detach().to(torch.long).sum()
 
+    @override
     def compute(self) -> Tensor:
         return self.nats / (math.log(2) * self.n_bytes.clamp(min=1))
 
@@ -67,9 +69,11 @@ class Perplexity(Metric):
         self.add_state("nats", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("tokens", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
+    @override
     def update(self, nats: Tensor, n_tokens: Tensor) -> None:  # type: ignore[override]
         self.nats += nats.detach().float().sum()
         self.tokens += n_tokens.detach().to(torch.long).sum()
 
+    @override
     def compute(self) -> Tensor:
         return torch.exp(self.nats / self.tokens.clamp(min=1))

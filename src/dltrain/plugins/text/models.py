@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 __all__ = ["CausalTransformer", "TransformerEncoder"]
 
@@ -68,7 +69,9 @@ class CausalTransformer(nn.Module):
     Args:
         vocab_size: number of token ids.
         context_length: longest sequence (size of the position table).
-        n_layers, n_heads, d_model: size.
+        n_layers: transformer blocks.
+        n_heads: attention heads per block.
+        d_model: width of the residual stream.
         dropout: dropout on attention and residual branches.
 
     Example:
@@ -124,6 +127,7 @@ class TransformerEncoder(nn.Module):
         self.ln_f = nn.LayerNorm(d_model)
         _init_weights(self, max(n_layers, 1))
 
+    @override
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))

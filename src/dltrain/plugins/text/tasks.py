@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from typing_extensions import Self
+from typing_extensions import Self, override
 
 from dltrain.errors import CheckpointError, ConfigurationError
 from dltrain.plugins.metrics import accuracy, f1
@@ -96,12 +96,16 @@ class _TokenizerMixin(Task):
                              hparams_file: str | os.PathLike[str] | None = None, strict: bool | None = None,
                              weights_only: bool | None = None, *, tokenizer: TextTokenizer | None = None,
                              **overrides: Any) -> Self:
-        """Rebuild a trained task from a checkpoint: hyperparameters, weights and the tokenizer it was trained
-        with.
+        """Rebuild a trained task from a checkpoint.
+
+        Hyperparameters, weights and the tokenizer it was trained with.
 
         Args:
             checkpoint_path: a checkpoint written by the Trainer.
-            map_location, hparams_file, strict, weights_only: as for `dltrain.Task.load_from_checkpoint`.
+            map_location: as for `dltrain.Task.load_from_checkpoint`.
+            hparams_file: as for `dltrain.Task.load_from_checkpoint`.
+            strict: as for `dltrain.Task.load_from_checkpoint`.
+            weights_only: as for `dltrain.Task.load_from_checkpoint`.
             tokenizer: optional; must be the checkpoint's tokenizer (else ``CheckpointError``). Default: the
                 tokenizer stored in the checkpoint.
             overrides: constructor arguments to change (e.g. ``encoder=`` for a custom encoder, ``dropout=0``).
@@ -142,8 +146,14 @@ class LanguageModelTask(_TokenizerMixin):
     Args:
         vocab_size: number of token ids (default: the tokenizer's).
         tokenizer: stored in checkpoints and used by ``generate_text``.
-        context_length, n_layers, n_heads, d_model, dropout: model size.
-        lr, weight_decay, betas: AdamW.
+        context_length: longest sequence the model reads.
+        n_layers: transformer blocks.
+        n_heads: attention heads per block.
+        d_model: width of the residual stream.
+        dropout: dropout on attention and residual branches.
+        lr: AdamW's peak learning rate.
+        weight_decay: AdamW's weight decay (not on biases and norms).
+        betas: AdamW's betas.
         warmup_steps: linear warm-up; then cosine decay to ``min_lr_ratio * lr`` over ``decay_steps`` (default:
             the Trainer's ``max_steps`` when set, otherwise constant).
 
@@ -181,6 +191,7 @@ class LanguageModelTask(_TokenizerMixin):
             for stage in ("val", "test")
         })
 
+    @override
     def forward(self, input_ids: Tensor) -> Tensor:
         return self.model(input_ids)
 
@@ -192,6 +203,7 @@ class LanguageModelTask(_TokenizerMixin):
                                reduction="sum")
         return nats, (targets != IGNORE_INDEX).sum()
 
+    @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         nats, n_tokens = self._nats(batch)
         loss = nats / n_tokens.clamp(min=1)
@@ -208,12 +220,15 @@ class LanguageModelTask(_TokenizerMixin):
         for name in ("loss", "ppl", "bpb"):
             self.log(f"{stage}/{name}", m[name], on_step=False, on_epoch=True, prog_bar=name == "bpb")
 
+    @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
 
+    @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = _adamw(self.model, hp["lr"], hp["weight_decay"], tuple(hp["betas"]))
@@ -303,7 +318,9 @@ class TextClassificationTask(_TokenizerMixin):
         tokenizer: stored in checkpoints.
         encoder: any module ``(input_ids, attention_mask) -> [B, T, d_model]``; default: a
             ``TransformerEncoder`` of ``n_layers``/``n_heads``/``d_model``/``max_length``.
-        lr, weight_decay, warmup_steps: AdamW with linear warm-up (then constant).
+        lr: AdamW's learning rate after the warm-up.
+        weight_decay: AdamW's weight decay.
+        warmup_steps: optimizer steps of linear warm-up (then constant).
 
     Example:
         >>> task = TextClassificationTask(num_classes=3, vocab_size=300, d_model=32, n_layers=1, n_heads=2)
@@ -362,6 +379,7 @@ class TextClassificationTask(_TokenizerMixin):
                 self.log(f"data/{name}", batch[key].float(), on_step=False, on_epoch=True, reduce_fx="sum",
                          batch_size=1)
 
+    @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         self._log_counters(batch)
         if batch["labels"].numel() == 0:  # every document of the batch was empty
@@ -385,15 +403,19 @@ class TextClassificationTask(_TokenizerMixin):
         for name in ("loss", "acc", "f1"):
             self.log(f"{stage}/{name}", m[name], on_step=False, on_epoch=True, prog_bar=name == "acc")
 
+    @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
 
+    @override
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
 
+    @override
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self(batch["input_ids"], batch["attention_mask"]).argmax(-1)
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         opt = _adamw(self, hp["lr"], hp["weight_decay"], (0.9, 0.999))

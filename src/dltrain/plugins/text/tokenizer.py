@@ -76,6 +76,7 @@ class TextTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Tokens in the vocabulary, added tokens included."""
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 
     @property
@@ -129,10 +130,12 @@ class TextTokenizer:
 
     # ------------------------------------------------------------------ persistence
     def to_str(self) -> str:
+        """The tokenizer as Hugging Face ``tokenizers`` JSON."""
         return str(self._tok.to_str())
 
     @classmethod
     def from_str(cls, spec: str) -> TextTokenizer:
+        """A tokenizer from `to_str`'s JSON."""
         return cls(_tokenizers().Tokenizer.from_str(spec))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -155,12 +158,16 @@ class TextTokenizer:
         return cls.from_str(path.read_text(encoding="utf-8"))
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint stores: the full JSON plus its fingerprint and vocabulary size (plain types only,
-        so the checkpoint still loads with ``torch.load(weights_only=True)``)."""
+        """What a checkpoint stores.
+
+        The full JSON plus its fingerprint and vocabulary size (plain types only, so the checkpoint still
+        loads with ``torch.load(weights_only=True)``).
+        """
         return {"json": self.to_str(), "fingerprint": self.fingerprint, "vocab_size": self.vocab_size}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> TextTokenizer:
+        """A tokenizer from `state_dict`'s output (as stored in checkpoints)."""
         return cls.from_str(state["json"])
 
     def check_matches(self, state: dict[str, Any], *, where: str = "the checkpoint") -> None:
@@ -262,8 +269,7 @@ def train_tokenizer(
 
 
 def load_tokenizer(path: str | os.PathLike[str]) -> TextTokenizer:
-    """Load a ``tokenizer.json`` file, a directory holding one, or the tokenizer inside a checkpoint (``.ckpt``,
-    ``.pt``)."""
+    """Load a ``tokenizer.json`` file, a directory holding one, or the tokenizer in a ``.ckpt``/``.pt`` file."""
     p = Path(path)
     if p.is_file() and p.suffix in (".ckpt", ".pt", ".pth"):
         return TextTokenizer.from_checkpoint(p)

@@ -144,7 +144,7 @@ def decode_image(data: bytes | bytearray | memoryview, channels: int | None = 3)
 
 
 def encode_image(image: Tensor | np.ndarray, format: str = "png", quality: int = 95) -> bytes:
-    """Encode a ``uint8`` image (``(C, H, W)`` tensor, or ``(H, W)``/``(H, W, C)`` array) as PNG, JPEG or WebP.
+    r"""Encode a ``uint8`` image (``(C, H, W)`` tensor, or ``(H, W)``/``(H, W, C)`` array) as PNG, JPEG or WebP.
 
     Args:
         image: the pixels; float arrays in ``[0, 1]`` are scaled to ``uint8``.
@@ -153,7 +153,7 @@ def encode_image(image: Tensor | np.ndarray, format: str = "png", quality: int =
 
     Example:
         >>> encode_image(np.zeros((8, 8), dtype=np.uint8))[:4]
-        b'\\x89PNG'
+        b'\x89PNG'
     """
     from PIL import Image
 
@@ -173,7 +173,7 @@ def encode_image(image: Tensor | np.ndarray, format: str = "png", quality: int =
 
 
 def parse_label(value: Any, num_classes: int | None = None) -> int:
-    """Turn a stored class label into an ``int``, converting only where it is unambiguous.
+    r"""Turn a stored class label into an ``int``, converting only where it is unambiguous.
 
     Accepts ints, integral floats (``3.0``), numpy/torch scalars, and text or bytes such as ``b"3"``.
 
@@ -185,7 +185,7 @@ def parse_label(value: Any, num_classes: int | None = None) -> int:
         DataError: the label is missing, not an integer, or out of range.
 
     Example:
-        >>> parse_label(b" 7\\n", num_classes=10)
+        >>> parse_label(b" 7\n", num_classes=10)
         7
     """
     if value is None:
@@ -234,8 +234,10 @@ def decode_label(data: bytes) -> int:
 
 
 class ImageDecodeError(ValueError):
-    """Raised by the plugin's field decoders so that the data layer wraps it in a ``DataError`` naming the shard
-    and sample key (it passes a ``DataError`` from a decoder through unchanged, which would lose both)."""
+    """Raised by the plugin's field decoders; the data layer wraps it in a ``DataError`` naming shard and key.
+
+    Not a ``DataError`` itself: the data layer passes one from a decoder through unchanged, which would lose both.
+    """
 
 
 class FieldDecoder:
@@ -250,6 +252,11 @@ class FieldDecoder:
         self.__name__ = f"vision {kind} decoder"  # shows up in the data layer's error message
 
     def __call__(self, data: bytes) -> Any:
+        """The decoded field: an image tensor or an ``int`` label.
+
+        Raises:
+            ImageDecodeError: the bytes are not a valid image or label.
+        """
         try:
             return decode_label(data) if self.kind == "label" else decode_image(data, self.channels)
         except DataError as err:

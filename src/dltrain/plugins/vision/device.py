@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torchvision.io import decode_jpeg
+from typing_extensions import override
 
 from dltrain.data.domain import check_stage
 from dltrain.errors import ConfigurationError, DataError
@@ -51,7 +52,9 @@ class JpegBytesTransform:
     """Sample dict -> ``{"jpeg": 1-D uint8 tensor of the file, "label": int}``: the CPU half of ``decode="cuda"``.
 
     Args:
-        num_classes, image_keys, label_key: as in `dltrain.plugins.vision.ImageSampleTransform`.
+        num_classes: as in `dltrain.plugins.vision.ImageSampleTransform`.
+        image_keys: as in `dltrain.plugins.vision.ImageSampleTransform`.
+        label_key: as in `dltrain.plugins.vision.ImageSampleTransform`.
     """
 
     def __init__(self, *, num_classes: int | None = None, image_keys: Sequence[str] = IMAGE_EXTENSIONS,
@@ -61,6 +64,7 @@ class JpegBytesTransform:
         self.label_key = label_key
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"jpeg": bytes, "label"}``: the JPEG bytes kept for the GPU decoder, the label checked."""
         where = {"url": sample.get("__url__"), "key": sample.get("__key__")}
         data = next((sample[k] for k in self.image_keys if k in sample), None)
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -96,6 +100,7 @@ class DeviceDecode(nn.Module):
         self.pipeline = pipeline
         self.channels = channels
 
+    @override
     def forward(self, batch: tuple[EncodedJpegs, Tensor]) -> tuple[Tensor, Tensor]:
         encoded, labels = batch
         with warnings.catch_warnings():

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
+from typing_extensions import override
 
 from dltrain.errors import ConfigurationError
 
@@ -87,6 +88,7 @@ class MixUpCutMix(nn.Module):
 
     @property
     def enabled(self) -> bool:
+        """Whether batches are mixed (a strength above 0 and ``prob > 0``)."""
         return self._mix is not None and self.prob > 0
 
     def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,6 +105,7 @@ class MixUpCutMix(nn.Module):
         images, targets = self._mix(images, labels.long())
         return images, _smooth(targets, self.label_smoothing)
 
+    @override
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
                 f"prob={self.prob}, switch_prob={self.switch_prob}")
@@ -115,6 +118,7 @@ class BatchMix(nn.Module):
         super().__init__()
         self.mix = mix
 
+    @override
     def forward(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         images, labels = batch
         return self.mix(images, labels)

@@ -65,8 +65,9 @@ def write_image_shards(
     shuffle: bool = True,
     seed: int = 0,
 ) -> list[str]:
-    """Turn ``root/<class_name>/<image>`` into shards (original bytes, no re-encoding), their index and a
-    ``classes.json`` next to them.
+    """Turn ``root/<class_name>/<image>`` into shards, their index and a ``classes.json`` next to them.
+
+    The images keep their original bytes (no re-encoding).
 
     Each sample is ``{"__key__": "<class>__<file name>", "<jpg|png|webp|...>": bytes, "cls": index}``.
 

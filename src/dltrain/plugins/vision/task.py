@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from dltrain.data.domain import STAGES
 from dltrain.errors import CheckpointError, ConfigurationError
@@ -107,7 +108,8 @@ class ImageClassificationTask(Task):
         warmup_steps: linear warmup length in optimizer steps.
         total_steps: length of the cosine schedule; default: the Trainer's estimate (``max_steps``, or epochs times
             batches per epoch).
-        mixup_alpha, cutmix_alpha: MixUp/CutMix strength during training (0 disables), see ``MixUpCutMix``.
+        mixup_alpha: MixUp strength during training (0 disables it), see ``MixUpCutMix``.
+        cutmix_alpha: CutMix strength during training (0 disables it).
         mix_prob: probability of mixing a batch.
         decode: ``"cpu"`` (the loader's workers decode) or ``"cuda"`` (batches of JPEG bytes from a loader with
             ``options={"decode": "cuda", ...}``, decoded on the batch's device).
@@ -180,12 +182,16 @@ class ImageClassificationTask(Task):
         self.val_acc = nn.ModuleDict({str(k): accuracy(num_classes, k) for k in self.top_k})
         self.test_acc = nn.ModuleDict({str(k): accuracy(num_classes, k) for k in self.top_k})
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
-        """The plugin's device transform for the current stage: decoding (``decode="cuda"``), and MixUp/CutMix in
-        training, which turns the labels into ``(B, num_classes)`` targets. A ``None`` batch stays ``None``."""
+        """The plugin's device transform for the current stage.
+
+        Decoding (``decode="cuda"``), and MixUp/CutMix in training, which turns the labels into ``(B,
+        num_classes)`` targets. A ``None`` batch stays ``None``.
+        """
         transform = self.device_transforms[self._stage()]
         return batch if transform is None or batch is None else transform(batch)
 
@@ -196,6 +202,7 @@ class ImageClassificationTask(Task):
         stage = getattr(self._trainer, "stage", None)
         return stage if stage in ("test", "predict") else "val"
 
+    @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, targets = batch
         logits = self(images)
@@ -216,12 +223,15 @@ class ImageClassificationTask(Task):
             metric.update(logits, labels)
             self.log(f"{split}/acc" if k == "1" else f"{split}/acc_top{k}", metric, prog_bar=k == "1")
 
+    @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc)
 
+    @override
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_acc)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).softmax(-1)
@@ -238,6 +248,7 @@ class ImageClassificationTask(Task):
             return max_steps
         return None
 
+    @override
     def configure_optimizers(self) -> Any:
         # No weight decay on biases and norm scales: decaying them only hurts (standard practice since Goyal 2017).
         decay = [p for p in self.parameters() if p.requires_grad and p.ndim > 1]

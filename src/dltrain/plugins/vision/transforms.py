@@ -74,6 +74,11 @@ class ImageSampleTransform:
         self.label_key = label_key
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"image", "label"}`` from a sample dict, the image transformed.
+
+        Raises:
+            DataError: no image field, a bad image, or a bad label (naming the shard and key).
+        """
         try:
             image, label = self._apply(sample)
             return {"image": image, "label": label}
@@ -145,15 +150,18 @@ def train_transform(
 
     Args:
         size: output size (square if an int).
-        scale, ratio: RandomResizedCrop's area and aspect ranges.
+        scale: RandomResizedCrop's range of the crop's area, as a fraction of the image's.
+        ratio: RandomResizedCrop's range of the crop's aspect ratio.
         hflip: probability of a horizontal flip (0 for digits and text, where a flip changes the class).
         color_jitter: brightness/contrast/saturation strength, or a (b, c, s, hue) tuple; ``None`` turns it off.
         normalize: convert to float and normalize with ``mean``/``std`` (``False`` keeps ``uint8``).
-        mean, std: per-channel statistics; ImageNet's by default.
+        mean: per-channel means; ImageNet's by default.
+        std: per-channel standard deviations; ImageNet's by default.
         channels: channels the model expects.
         num_classes: checks labels against the number of classes.
         interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
-        image_keys, label_key: sample fields (see :class:`ImageSampleTransform`).
+        image_keys: the fields that may hold the image (see `ImageSampleTransform`).
+        label_key: the field holding the label (see `ImageSampleTransform`).
 
     Example:
         >>> t = train_transform(32, scale=(0.5, 1.0), hflip=0.0, channels=1)
@@ -192,8 +200,14 @@ def eval_transform(
     Args:
         size: output size (square if an int).
         resize: shorter side before the center crop; default ``size / 0.875`` (256 for 224).
-        normalize, mean, std, channels, num_classes, interpolation, image_keys, label_key: as in
-            :func:`train_transform`.
+        normalize: as in `train_transform`.
+        mean: as in `train_transform`.
+        std: as in `train_transform`.
+        channels: as in `train_transform`.
+        num_classes: as in `train_transform`.
+        interpolation: as in `train_transform`.
+        image_keys: as in `train_transform`.
+        label_key: as in `train_transform`.
 
     Example:
         >>> t = eval_transform(32, resize=32, channels=3)
@@ -215,10 +229,11 @@ def eval_transform(
 
 
 def sample_transform(stage: str, *, decode: str = "cpu", **options: Any) -> ImageSampleTransform | JpegBytesTransform:
-    """The plugin's ``transform(stage, **options)``: :func:`pipeline_transform` (decode and transform in the
-    workers), or with ``decode="cuda"`` a `JpegBytesTransform` (the workers only read the JPEG bytes; the
-    plugin's ``device_transform(stage, decode="cuda", **the same options)`` decodes and transforms them on the
-    device).
+    """The plugin's ``transform(stage, **options)``.
+
+    :func:`pipeline_transform` (decode and transform in the workers), or with ``decode="cuda"`` a
+    `JpegBytesTransform` (the workers only read the JPEG bytes; the plugin's ``device_transform(stage,
+    decode="cuda", **the same options)`` decodes and transforms them on the device).
 
     Example:
         >>> t = sample_transform("val", size=8, channels=1)
@@ -256,9 +271,9 @@ def pipeline_transform(
 
 
 def collate(samples: list[Mapping[str, Any]] | list[tuple[Tensor, int]]) -> tuple[Any, Tensor]:
-    """Stack ``{"image", "label"}`` samples (or ``(image, label)`` pairs) into
-    ``(images (B, C, H, W), labels (B,) int64)``; ``{"jpeg", "label"}`` samples (``decode="cuda"``) into
-    ``(EncodedJpegs, labels)``.
+    """Stack ``{"image", "label"}`` samples (or pairs) into ``(images (B, C, H, W), labels (B,) int64)``.
+
+    ``{"jpeg", "label"}`` samples (``decode="cuda"``) become ``(EncodedJpegs, labels)``.
 
     Example:
         >>> x, y = collate([{"image": torch.zeros(3, 4, 4), "label": 1}, {"image": torch.ones(3, 4, 4), "label": 2}])
