@@ -127,6 +127,50 @@ def gather_ints(value: int, device: torch.device | str) -> list[int]:
     return [int(v) for v in slots.tolist()]
 
 
+def all_gather_tensor(tensor: torch.Tensor, group: Any = None, sync_grads: bool = False) -> torch.Tensor:
+    """Every rank's ``tensor`` (same shape on every rank) stacked along a new first dimension of size
+    ``world_size``; the tensor itself when no process group is initialized.
+
+    ``sync_grads``: the result is differentiable, and the gradient reaching rank ``r``'s ``tensor`` is the sum
+    over ranks of the gradients of their results' row ``r`` (each rank's loss depends on every rank's input):
+    Lightning's ``all_gather(sync_grads=True)``. Without it the gather runs outside autograd. Written on
+    ``torch.distributed`` directly: Fabric's goes through ``torch.distributed.nn.functional.all_gather``,
+    deprecated since torch 2.14 (a FutureWarning on every rank).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensor
+    group = group if group is not None else dist.group.WORLD
+    if sync_grads and torch.is_grad_enabled() and tensor.requires_grad:
+        return _AllGather.apply(tensor, group)
+    with torch.no_grad():
+        return _gather_stacked(tensor, group)
+
+
+def _gather_stacked(tensor: torch.Tensor, group: Any) -> torch.Tensor:
+    parts = [torch.empty_like(tensor, memory_format=torch.contiguous_format)
+             for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return torch.stack(parts)
+
+
+class _AllGather(torch.autograd.Function):
+    """The gather as an autograd function: backward sums, over ranks, the gradient of each rank's row."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        return _gather_stacked(tensor, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        # An all_reduce of the whole gradient, then this rank's row: what a reduce-scatter does, on every backend
+        # (gloo has no reduce-scatter); the gathered tensors are small (embeddings, scores), so the extra traffic
+        # is too.
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total[dist.get_rank(ctx.group)], None
+
+
 class Watchdog:
     """Stops this rank when another rank failed or left the training loop early (see the module docstring)."""
 

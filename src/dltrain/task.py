@@ -178,9 +178,16 @@ class Task(HyperparametersMixin, nn.Module):
         Args:
             data: what to gather; every rank must pass the same structure and shapes.
             group: the process group (default: every rank).
-            sync_grads: let gradients flow back through the gather (for losses computed over every rank's outputs).
+            sync_grads: let gradients flow back through the gather (for losses computed over every rank's outputs):
+                rank ``r``'s input gets the sum over ranks of the gradients of their results' row ``r``.
         """
-        return self.trainer.fabric.all_gather(data, group=group, sync_grads=sync_grads)
+        from lightning.fabric.utilities.apply_func import convert_to_tensors
+        from lightning_utilities.core.apply_func import apply_to_collection
+
+        from dltrain.distributed import all_gather_tensor
+
+        data = convert_to_tensors(data, device=self.device)  # numbers become tensors, as in Lightning
+        return apply_to_collection(data, Tensor, all_gather_tensor, group=group, sync_grads=sync_grads)
 
     @torch.no_grad()
     def to_onnx(self, file_path: str | os.PathLike[str] | Any, input_sample: Any = None, **kwargs: Any) -> Any:
