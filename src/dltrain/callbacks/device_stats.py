@@ -46,6 +46,14 @@ class DeviceStatsMonitor(Callback):
 
     Args:
         cpu_stats: also log CPU statistics on a GPU (``None``: only on CPU, where they are the device's).
+
+    Example:
+        >>> trainer = dltrain.Trainer(max_epochs=1, callbacks=[DeviceStatsMonitor()], log_every_n_steps=2,
+        ...                           enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader)
+        >>> header = open(f"{trainer.logger.log_dir}/metrics.csv").readline()
+        >>> "DeviceStatsMonitor.on_train_batch_end/" in header
+        True
     """
 
     def __init__(self, cpu_stats: bool | None = None) -> None:

@@ -36,6 +36,13 @@ class LearningRateFinder(Callback):
         early_stop_threshold: stop once the smoothed loss exceeds this many times the best (``None``: never).
         update_attr: set the task's learning rate to the suggestion.
         attr_name: the attribute to set (default ``lr`` or ``learning_rate``).
+
+    Example:
+        >>> finder = LearningRateFinder(min_lr=1e-4, max_lr=1.0, num_training_steps=20)
+        >>> trainer = dltrain.Trainer(max_epochs=1, callbacks=[finder], logger=False, enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader)  # the range test runs first, then the fit with the suggested lr
+        >>> len(finder.optimal_lr.results["lr"]) > 0  # finder.optimal_lr.plot(suggest=True) draws the test
+        True
     """
 
     SUPPORTED_MODES = ("linear", "exponential")

@@ -30,6 +30,20 @@ class OnExceptionCheckpoint(Checkpoint):
     Args:
         dirpath: the folder of the checkpoint.
         filename: its name without the ``.ckpt`` extension.
+
+    Example:
+        >>> class Fails(dltrain.Callback):
+        ...     def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
+        ...         if trainer.global_step == 3:
+        ...             raise RuntimeError("stopped on purpose")
+        >>> saver = OnExceptionCheckpoint(dirpath="runs/crash")
+        >>> trainer = dltrain.Trainer(max_epochs=2, callbacks=[saver, Fails()], logger=False, enable_progress_bar=False)
+        >>> try:
+        ...     trainer.fit(task, train_loader)
+        ... except RuntimeError:
+        ...     pass
+        >>> saver.ckpt_path, os.path.exists(saver.ckpt_path)
+        ('runs/crash/on_exception.ckpt', True)
     """
 
     FILE_EXTENSION = ".ckpt"

@@ -29,6 +29,16 @@ class BasePredictionWriter(Callback):
 
     Args:
         write_interval: ``"batch"``, ``"epoch"`` or ``"batch_and_epoch"``.
+
+    Example:
+        >>> class WritePredictions(BasePredictionWriter):
+        ...     def write_on_epoch_end(self, trainer, task, predictions, batch_indices):
+        ...         torch.save(predictions, f"predictions-rank{trainer.global_rank}.pt")
+        >>> trainer = dltrain.Trainer(callbacks=[WritePredictions("epoch")], logger=False, enable_progress_bar=False)
+        >>> inputs = torch.utils.data.DataLoader(torch.randn(32, 8), batch_size=16)
+        >>> trainer.predict(task, inputs, return_predictions=False)
+        >>> len(torch.load("predictions-rank0.pt"))  # one tensor per batch
+        2
     """
 
     def __init__(self, write_interval: str = "batch") -> None:

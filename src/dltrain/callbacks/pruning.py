@@ -58,6 +58,13 @@ class ModelPruning(Callback):
         pruning_norm: ``n`` of ``ln_structured``.
         verbose: 1 prints the sparsity after each pruning, 2 per layer too.
         prune_on_train_epoch_end: prune at the end of the training epoch (``False``: of the validation epoch).
+
+    Example:
+        >>> pruning = ModelPruning("l1_unstructured", parameters_to_prune=[(task.net, "weight")], amount=0.5)
+        >>> trainer = dltrain.Trainer(max_epochs=1, callbacks=[pruning], logger=False, enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader)
+        >>> int((task.net.weight == 0).sum())  # half of the 8 weights
+        4
     """
 
     PARAMETER_NAMES = ("weight", "bias")

@@ -42,6 +42,10 @@ class RichProgressBar(Callback):
         theme: Lightning's ``RichProgressBarTheme`` (any object with ``description``/``progress_bar`` style
             attributes is read for those two styles; others are ignored).
         console_kwargs: arguments of ``rich.console.Console``.
+
+    Example:
+        >>> trainer = dltrain.Trainer(max_epochs=1, callbacks=[RichProgressBar(leave=True)], logger=False)
+        >>> trainer.fit(task, train_loader)
     """
 
     def __init__(self, refresh_rate: int = 1, leave: bool = False, theme: Any = None,
@@ -198,6 +202,11 @@ class RichModelSummary(ModelSummary):
         max_depth: how deep to list submodules.
         header_style: the ``rich`` style of the header row.
         **summarize_kwargs: Lightning's extra summary options; none changes dltrain's table.
+
+    Example:
+        >>> trainer = dltrain.Trainer(max_epochs=1, callbacks=[RichModelSummary(max_depth=2)], logger=False,
+        ...                           enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader)
     """
 
     def __init__(self, max_depth: int = 1, header_style: str = "bold magenta", **summarize_kwargs: Any) -> None:

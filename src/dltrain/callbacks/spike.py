@@ -50,6 +50,20 @@ class SpikeDetection(Callback):
         exclude_batches_path: a ``.json`` file or a folder (``skip_batches.json`` in it); default
             ``<default_root_dir>/skip_batches.json``.
         finite_only: a NaN or infinite loss counts as a spike.
+
+    Example:
+        >>> class Spiky(type(task)):
+        ...     def training_step(self, batch, batch_idx):
+        ...         loss = super().training_step(batch, batch_idx)
+        ...         return loss * 1000 if self.trainer.global_step == 6 else loss
+        >>> spikes = SpikeDetection(window=4, warmup=2, exclude_batches_path="runs/skip.json")
+        >>> trainer = dltrain.Trainer(max_epochs=3, callbacks=[spikes], logger=False, enable_progress_bar=False,
+        ...                           enable_model_summary=False)
+        >>> try:
+        ...     trainer.fit(Spiky(), train_loader)
+        ... except TrainingSpikeException as spike:
+        ...     print(type(spike).__name__, os.path.exists("runs/skip.json"))
+        TrainingSpikeException True
     """
 
     def __init__(self, mode: str = "min", window: int = 10, warmup: int = 1, atol: float | None = None,

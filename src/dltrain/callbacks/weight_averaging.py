@@ -62,6 +62,11 @@ class WeightAveraging(Callback):
         device: where the averaged copy lives (default: with the model; ``"cpu"`` saves accelerator memory).
         use_buffers: average the buffers too (BatchNorm statistics); ``False`` copies them.
         **kwargs: ``avg_fn`` or ``multi_avg_fn`` of ``AveragedModel``.
+
+    Example:
+        >>> averaging = WeightAveraging()  # the equal-weight average of every step's weights
+        >>> trainer = dltrain.Trainer(max_epochs=2, callbacks=[averaging], logger=False, enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader)  # the task ends with the averaged weights
     """
 
     def __init__(self, device: torch.device | str | int | None = None, use_buffers: bool = True,
@@ -247,6 +252,11 @@ class EMAWeightAveraging(WeightAveraging):
         update_every_n_steps: update after every n-th optimizer step (0: never after steps).
         update_starting_at_step: first optimizer step (zero-based) to update after.
         update_starting_at_epoch: from this epoch on, also update at epoch ends.
+
+    Example:
+        >>> ema = EMAWeightAveraging(decay=0.99, update_starting_at_step=2)
+        >>> trainer = dltrain.Trainer(max_epochs=2, callbacks=[ema], logger=False, enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader)  # validation and the end of fit use the average
     """
 
     def __init__(self, device: torch.device | str | int | None = None, use_buffers: bool = True,
@@ -290,6 +300,11 @@ class StochasticWeightAveraging(WeightAveraging):
         annealing_strategy: ``"cos"`` or ``"linear"``.
         avg_fn: ``(averaged, current, n_averaged) -> averaged`` (default: the equal-weight average).
         device: where the averaged copy lives (default ``"cpu"``, as Lightning's).
+
+    Example:
+        >>> swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=2, annealing_epochs=1)
+        >>> trainer = dltrain.Trainer(max_epochs=3, callbacks=[swa], logger=False, enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader)  # epochs 2 and 3 anneal to lr 0.01 and are averaged
     """
 
     def __init__(self, swa_lrs: float | list[float], swa_epoch_start: int | float = 0.8, annealing_epochs: int = 10,

@@ -25,7 +25,15 @@ MODES = ("max_size_cycle", "min_size", "max_size")
 
 
 class CombinedLoader:
-    """Several loaders iterated together (see the module docstring); implements the Trainer's loader protocol."""
+    """Several loaders iterated together (see the module docstring); implements the Trainer's loader protocol.
+
+    Example:
+        >>> numbers = torch.utils.data.DataLoader(torch.arange(6), batch_size=2)
+        >>> letters = torch.utils.data.DataLoader(list("abcd"), batch_size=2)
+        >>> loader = CombinedLoader({"n": numbers, "s": letters}, mode="max_size_cycle")
+        >>> [(b["n"].tolist(), b["s"]) for b in loader]  # the shorter loader starts over
+        [([0, 1], ['a', 'b']), ([2, 3], ['c', 'd']), ([4, 5], ['a', 'b'])]
+    """
 
     def __init__(self, iterables: Mapping[str, Any] | Sequence[Any], mode: str = "max_size_cycle") -> None:
         if mode not in MODES:

@@ -50,6 +50,11 @@ class ShardReader:
         url: shard URL (anything ``webdataset.gopen`` opens).
         wanted: positions (0-based, in the shard) of every sample that may be asked for, in any order.
         expected: samples the index says the shard has (for the truncation message).
+
+    Example:
+        >>> reader = ShardReader("data/train-000000.tar", wanted=[2, 5], expected=10)
+        >>> reader.get(2)["__key__"], reader.get(5)["__key__"]  # forward only: 2, then 5
+        ('s0002', 's0005')
     """
 
     def __init__(self, url: str, wanted: Iterable[int], expected: int) -> None:
@@ -249,6 +254,13 @@ class IndexedShardReader:
         offsets: the shard's ``samples + 1`` offsets from the index.
         expected: samples the index says the shard has.
         table: where each sample's fields lie (from a version 3 index).
+
+    Example:
+        >>> from dltrain.data.index import shard_layout
+        >>> layout = shard_layout(["data/train-000000.tar"], "data/train.index.json")
+        >>> reader = IndexedShardReader("data/train-000000.tar", layout.offsets[0], layout.counts[0], layout.tables[0])
+        >>> reader.get(7)["__key__"], reader.get(3)["__key__"]  # any order, one read each
+        ('s0007', 's0003')
     """
 
     def __init__(self, url: str, offsets: Sequence[int] | np.ndarray, expected: int,

@@ -482,6 +482,12 @@ class PadCollate:
     Args:
         pad_id: id written at padded positions (never attended to).
         pad_to_multiple_of: round ``T`` up (helps kernels on GPUs).
+
+    Example:
+        >>> batch = PadCollate(pad_id=0)([{"input_ids": torch.tensor([5, 6, 7]), "label": 1},
+        ...                               {"input_ids": torch.tensor([8]), "label": 0}, None])
+        >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist(), int(batch["n_skipped"])
+        ([[5, 6, 7], [8, 0, 0]], [[True, True, True], [True, False, False]], 1)
     """
 
     def __init__(self, pad_id: int = 1, pad_to_multiple_of: int = 1) -> None:
