@@ -33,8 +33,10 @@ class AttributeDict(dict):  # type: ignore[type-arg]
 
 
 class HyperparametersMixin:
-    """``hparams`` (an `AttributeDict`: ``self.hparams.lr`` and ``self.hparams["lr"]``) and
-    ``save_hyperparameters``."""
+    """``hparams`` (an `AttributeDict`.
+
+    ``self.hparams.lr`` and ``self.hparams["lr"]``) and ``save_hyperparameters``.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -89,8 +91,10 @@ class HyperparametersMixin:
 
     @property
     def hparams_initial(self) -> AttributeDict:
-        """A copy of the hyperparameters as ``save_hyperparameters`` stored them (later changes to ``hparams`` are
-        not in it); empty before it is called."""
+        """A copy of the hyperparameters as ``save_hyperparameters`` stored them.
+
+        Later changes to ``hparams`` are not in it; empty before ``save_hyperparameters`` is called.
+        """
         return copy.deepcopy(self._hparams_initial)
 
     def remove_ignored_hparams(self, ignore_list: list[str]) -> None:

@@ -202,8 +202,10 @@ class LightningTrainerMembers:
 
     @contextlib.contextmanager
     def init_module(self, empty_init: bool | None = None) -> Generator[None, None, None]:
-        """Create the task's layers on the device and in the precision of this Trainer (Fabric's
-        ``init_module``); ``empty_init=True`` skips their initialisation (weights loaded next)."""
+        """Create the task's layers on the device and in the precision of this Trainer (Fabric's ``init_module``).
+
+        ``empty_init=True`` skips their initialisation (weights loaded next).
+        """
         with self.fabric.init_module(empty_init=empty_init):
             yield
 
