@@ -64,7 +64,12 @@ IGNORE_INDEX = -100
 
 # ---------------------------------------------------------------------------------------------- decoding
 class Document(NamedTuple):
-    """A decoded text field: the text, how many characters were replaced, and its size in UTF-8 bytes."""
+    """A decoded text field: the text, how many characters were replaced, and its size in UTF-8 bytes.
+
+    Example:
+        >>> decode_text("café".encode())
+        Document(text='café', n_replaced=0, n_bytes=5)
+    """
 
     text: str
     n_replaced: int
@@ -119,7 +124,15 @@ DECODERS: dict[str, Callable[[bytes], Any]] = {
 # ---------------------------------------------------------------------------------------------- stats
 @dataclass
 class TextStats:
-    """Counts of what happened to the input (filled by the shard writers and ``iter_documents``)."""
+    """Counts of what happened to the input (filled by the shard writers and ``iter_documents``).
+
+    Example:
+        >>> stats = TextStats()
+        >>> [d.text for d in iter_documents(["a", "", b"b"], stats)]
+        ['a', 'b']
+        >>> stats.summary()
+        'docs=2, empty_docs=1, invalid_utf8_docs=0, replaced_chars=0, split_docs=0, truncated_docs=0, tokens=0, bytes=2, blocks=0'
+    """
 
     docs: int = 0
     empty_docs: int = 0
@@ -164,6 +177,11 @@ class Block(NamedTuple):
 
     ``ids`` (``L + 1`` tokens, fewer only for the last block) and the UTF-8 bytes of the text its targets
     ``ids[1:]`` stand for.
+
+    Example:
+        >>> block = next(pack_documents([[5, 6, 7]], seq_len=3, eod_id=0))
+        >>> block.ids.tolist()  # EOD, then the document: inputs ids[:-1], targets ids[1:]
+        [0, 5, 6, 7]
     """
 
     ids: np.ndarray
@@ -351,6 +369,11 @@ class LMBlockTransform:
     Args:
         vocab_size: when given, ids outside ``[0, vocab_size)`` raise a ``DataError`` (the shards were written
             with another tokenizer).
+
+    Example:
+        >>> out = LMBlockTransform(vocab_size=100)({"ids": torch.tensor([0, 5, 6, 7]), "nbytes": 9})
+        >>> out["ids"].tolist(), out["n_bytes"]
+        ([0, 5, 6, 7], 9)
     """
 
     def __init__(self, vocab_size: int | None = None) -> None:
@@ -384,6 +407,13 @@ class ClassificationTransform:
         max_length: longer documents are truncated to their first ``max_length`` tokens.
         text_field: field holding the text.
         label_field: field holding the integer label (``None``: unlabelled data, the label is ``-1``).
+
+    Example:
+        >>> from dltrain.plugins.text import train_tokenizer
+        >>> tok = train_tokenizer(["a short review", "a long and glowing review"] * 10, vocab_size=280)
+        >>> out = ClassificationTransform(tok, max_length=3)({"txt": b"a long and glowing review", "cls": 1})
+        >>> len(out["input_ids"]), out["label"], out["truncated"]
+        (3, 1, 1)
     """
 
     def __init__(self, tokenizer: TextTokenizer, max_length: int = 256, *, text_field: str = "txt",
@@ -423,6 +453,11 @@ class TextTransform:
         vocab_size: LM ids are checked against it (default: the tokenizer's vocabulary size, if given).
         text_field: the field holding a document's text.
         label_field: the field holding a document's label.
+
+    Example:
+        >>> transform = TextTransform(vocab_size=100)  # LM blocks only: no tokenizer for documents
+        >>> transform({"ids": torch.tensor([0, 5, 6]), "nbytes": 4})["ids"].tolist()
+        [0, 5, 6]
     """
 
     def __init__(self, tokenizer: TextTokenizer | None = None, max_length: int = 256, *,
@@ -542,6 +577,13 @@ class LengthBucketLoader:
         collate_fn: turns each bucket into a batch (default ``PadCollate()``).
         shuffle: visit a pool's batches in random order (training); sorted order otherwise.
         seed: base seed.
+
+    Example:
+        >>> docs = [{"input_ids": torch.ones(n, dtype=torch.long), "label": 0} for n in (1, 9, 2, 8, 3, 7, 4, 6)]
+        >>> pools = torch.utils.data.DataLoader(docs, batch_size=4, collate_fn=list)  # 2 buckets of 2
+        >>> loader = LengthBucketLoader(pools, buckets=2, shuffle=False)
+        >>> [batch["input_ids"].shape[1] for batch in loader]  # padded to the longest of similar lengths
+        [2, 9, 4, 7]
     """
 
     def __init__(self, loader: Any, buckets: int, collate_fn: Callable[[list], Any] | None = None, *,
