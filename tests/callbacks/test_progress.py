@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import io
-import timeit
 from types import SimpleNamespace
 
 import pytest
@@ -127,16 +126,64 @@ def test_predict_bar_opens_lazily(clock):
     assert out.getvalue().splitlines()[-1].startswith("Predict: 3it")
 
 
-def test_per_batch_cost_between_refreshes():
-    bar = ProgressBar(refresh_rate_s=3600, file=TTY())
-    trainer = _trainer(num_training_batches=10**9)
+class _CountingTrainer(SimpleNamespace):
+    """A trainer whose prog_bar values count their reads (a read means a device-to-host copy in a real run)."""
+
+    reads = 0
+
+    @property
+    def progress_bar_metrics(self):
+        type(self).reads += 1
+        return {"loss": 0.5}
+
+
+def _calls_during(fn, *args) -> list[str]:
+    """The functions ``fn(*args)`` runs (Python and C), by name, in call order: what a batch costs, counted."""
+    import sys
+
+    calls: list[str] = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+        elif event == "c_call":
+            calls.append(getattr(arg, "__qualname__", repr(arg)))
+
+    sys.setprofile(profile)
+    try:
+        fn(*args)
+    finally:
+        sys.setprofile(None)
+    return [c for c in calls if c != "setprofile"]
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_per_batch_cost_between_refreshes(monkeypatch, tty):
+    """Between redraws a batch runs the hook and one clock read, nothing else: no tqdm call, no metric read, no
+    string formatting, no write. Counted with a fake clock, so the check is exact on any machine."""
+    clock = Clock()
+    monkeypatch.setattr(pb, "monotonic", clock)
+    file = TTY() if tty else io.StringIO()
+    bar = ProgressBar(refresh_rate_s=10, log_interval_s=10, file=file)
+    trainer = _CountingTrainer(**{k: v for k, v in vars(_trainer(num_training_batches=10**6)).items()
+                                  if k != "progress_bar_metrics"})
     bar.setup(trainer, None, "fit")
     bar.on_train_epoch_start(trainer, None)
-    per_batch = min(
-        timeit.repeat(lambda: bar.on_train_batch_end(trainer, None, None, None, 5), number=20000, repeat=3)
-    )
+    bar.on_validation_epoch_start(trainer, None)
+    reads, written = _CountingTrainer.reads, file.getvalue()
+    for batch in range(200):
+        calls = _calls_during(bar.on_train_batch_end, trainer, None, None, None, batch)
+        assert calls == ["on_train_batch_end", "__call__"], calls  # the hook and the clock
+        calls = _calls_during(bar.on_validation_batch_end, trainer, None, None, None, batch, 1)
+        assert calls == ["on_validation_batch_end", "__call__"], calls
+    assert _CountingTrainer.reads == reads and file.getvalue() == written
+    # Once the interval has passed the next batch redraws, reading the values once; the batch after does not.
+    clock.t += 10
+    bar.on_train_batch_end(trainer, None, None, None, 200)
+    assert _CountingTrainer.reads == reads + 1 and file.getvalue() != written
+    redrawn = _calls_during(bar.on_train_batch_end, trainer, None, None, None, 201)
+    assert redrawn == ["on_train_batch_end", "__call__"] and _CountingTrainer.reads == reads + 1
     bar.teardown(trainer, None, "fit")
-    assert per_batch / 20000 < 5e-6  # ~0.2 us in practice; generous for loaded machines
 
 
 # ------------------------------------------------------------------ with the real Trainer (issue 22, issue 28 item 4)
@@ -234,3 +281,21 @@ def test_bar_shows_the_latest_prog_bar_values_between_logging_steps(tmp_path, cl
     assert len(set(shown)) >= 6, frames  # it moves
     assert shown[0] < 12 and shown[-1] == 23.0, shown  # in the first epoch already, and the last step's at the end
     assert trainer.progress_bar_metrics["seen"] == 23.0
+
+
+def test_enable_disable_as_lightning():
+    bar = ProgressBar(file=TTY())
+    assert bar.is_enabled and not bar.is_disabled
+    bar.disable()
+    bar.setup(_trainer(), None, "fit")  # a disabled bar stays so through setup
+    assert bar.is_disabled
+    bar.on_train_epoch_start(_trainer(), None)
+    bar.on_train_batch_end(_trainer(), None, None, None, 0)
+    bar.teardown(_trainer(), None, "fit")
+    assert bar.file.getvalue() == ""
+    bar.enable()
+    assert bar.is_enabled
+    assert ProgressBar(refresh_rate=0).is_disabled
+    other_rank = ProgressBar(file=TTY())
+    other_rank.setup(_trainer(is_global_zero=False), None, "fit")
+    assert other_rank.is_disabled

@@ -90,9 +90,27 @@ class ProgressBar(Callback):
         isatty = getattr(self.file, "isatty", None)
         return bool(isatty and isatty())
 
+    @property
+    def is_enabled(self) -> bool:
+        """Whether the bar is drawn (Lightning's): not disabled, ``refresh_rate > 0``, global rank zero."""
+        return self._enabled and self.refresh_rate > 0
+
+    @property
+    def is_disabled(self) -> bool:
+        """``not is_enabled`` (Lightning's)."""
+        return not self.is_enabled
+
+    def disable(self) -> None:
+        """Stop drawing (Lightning's; e.g. while another bar or a prompt uses the terminal)."""
+        self._enabled = False
+
+    def enable(self) -> None:
+        """Draw again after `disable` (Lightning's)."""
+        self._enabled = True
+
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
-        self._enabled = bool(getattr(trainer, "is_global_zero", True)) and self.refresh_rate > 0
+        self._enabled = self.is_enabled and bool(getattr(trainer, "is_global_zero", True))
 
     def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
         for kind in list(self._bars):

@@ -65,6 +65,11 @@ class RichProgressBar(Callback):
         """Whether the bar is drawn (enabled and ``refresh_rate > 0``)."""
         return self._enabled and self.refresh_rate > 0
 
+    @property
+    def is_disabled(self) -> bool:
+        """``not is_enabled`` (Lightning's)."""
+        return not self.is_enabled
+
     def disable(self) -> None:
         """Stop drawing the bar."""
         self._enabled = False
