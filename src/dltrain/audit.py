@@ -48,7 +48,12 @@ _EXAMPLES = 5
 
 @dataclass
 class RoundAudit:
-    """One launch of ``fit``: where it started, how far the chain keeps it, how many batches that is."""
+    """One launch of ``fit``: where it started, how far the chain keeps it, how many batches that is.
+
+    Example:
+        >>> [(r.world_size, r.batches_kept) for r in audit("runs/audited").rounds]  # one launch of fit
+        [(1, 14)]
+    """
 
     round: int
     world_size: int
@@ -61,7 +66,22 @@ class RoundAudit:
 
 @dataclass
 class SourceAudit:
-    """One source of a mixture in one epoch."""
+    """One source of a mixture in one epoch.
+
+    Example:
+        >>> from dltrain.callbacks import SampleLedger
+        >>> from dltrain.data import Mixture, StreamingDataset
+        >>> def source(urls):
+        ...     return StreamingDataset(urls, batch_size=10, map=lambda s: (torch.as_tensor(s["npy"]),
+        ...                                                              torch.as_tensor(s["npy"]).sum(0, keepdim=True)))
+        >>> mix = Mixture([source("data/train-{000000..000003}.tar"), source("data/train-{000004..000006}.tar")],
+        ...               weights=[0.5, 0.5], seed=0, samples_per_epoch=40)
+        >>> trainer = dltrain.Trainer(max_epochs=1, callbacks=[SampleLedger()], default_root_dir="runs/mixed",
+        ...                           enable_progress_bar=False)
+        >>> trainer.fit(task, mix)
+        >>> [(s.source, s.planned, s.trained, s.duplicates) for s in audit("runs/mixed").epochs[0].sources]
+        [(0, 20, 20, 0), (1, 20, 20, 0)]
+    """
 
     source: int
     shards: list[int]  # [first, last + 1) in the mixture's shard list
@@ -75,7 +95,14 @@ class SourceAudit:
 
 @dataclass
 class EpochAudit:
-    """What the chain of checkpoints shows about one epoch: samples seen, trained twice, never trained."""
+    """What the chain of checkpoints shows about one epoch: samples seen, trained twice, never trained.
+
+    Example:
+        >>> report = audit("runs/audited")  # the run of `AuditReport`'s example
+        >>> epoch = report.epochs[-1]
+        >>> epoch.finished, epoch.num_samples, epoch.seen
+        (True, 70, 70)
+    """
     epoch: int
     num_samples: int
     planned: int | None  # samples the epoch's plan deals out (None: no plan recorded)
@@ -91,7 +118,20 @@ class EpochAudit:
 
 @dataclass
 class AuditReport:
-    """The result of `audit`: per round and per epoch, and the problems found (empty when all is well)."""
+    """The result of `audit`: per round and per epoch, and the problems found (empty when all is well).
+
+    Example:
+        >>> from dltrain.callbacks import SampleLedger
+        >>> from dltrain.data import StreamingDataset
+        >>> data = StreamingDataset("data/train-{000000..000006}.tar", batch_size=10,
+        ...                         map=lambda s: (torch.as_tensor(s["npy"]), torch.as_tensor(s["npy"]).sum(0, keepdim=True)))
+        >>> trainer = dltrain.Trainer(max_epochs=2, callbacks=[SampleLedger()], default_root_dir="runs/audited",
+        ...                           enable_progress_bar=False)
+        >>> trainer.fit(task, data)
+        >>> report = audit("runs/audited")  # what `dltrain audit runs/audited` reads
+        >>> report.ok, [(e.epoch, e.seen, e.duplicates, e.missing) for e in report.epochs]
+        (True, [(0, 70, 0, 0), (1, 70, 0, 0)])
+    """
     path: str
     rounds: list[RoundAudit]
     epochs: list[EpochAudit]

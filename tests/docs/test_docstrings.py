@@ -26,8 +26,7 @@ _EXAMPLE = re.compile(r"^\s*Examples?:\s*$", re.M)
 # needs none (the function that raises it shows it), nor a Lightning name that dltrain refuses (dltrain._refusals:
 # building one raises an error that says what to use instead).
 WITHOUT_EXAMPLE_YET = {
-    "dltrain._config_cli.CLI", "dltrain.audit.AuditReport", "dltrain.audit.EpochAudit", "dltrain.audit.RoundAudit",
-    "dltrain.audit.SourceAudit", "dltrain.batch_path.BatchPath", "dltrain.callbacks.base.Checkpoint",
+    "dltrain._config_cli.CLI", "dltrain.batch_path.BatchPath", "dltrain.callbacks.base.Checkpoint",
     "dltrain.callbacks.finders.BatchSizeFinder", "dltrain.callbacks.finetuning.BackboneFinetuning",
     "dltrain.callbacks.preemption.Preemption", "dltrain.callbacks.profiler.AdvancedProfiler",
     "dltrain.callbacks.profiler.PassThroughProfiler", "dltrain.callbacks.profiler.Profiler",
@@ -37,10 +36,7 @@ WITHOUT_EXAMPLE_YET = {
     "dltrain.data.plan.EpochPlan", "dltrain.data.plan.SampleSource", "dltrain.data.streaming.BatchSamples",
     "dltrain.distributed.Watchdog", "dltrain.loggers.base.FolderLogger", "dltrain.loggers.base.Logger",
     "dltrain.loggers.base.ResumeFilter", "dltrain.loop.FitLoop", "dltrain.loop.LoopState", "dltrain.plugins.Plugin",
-    "dltrain.plugins.audio.features.AudioFeatures", "dltrain.plugins.audio.io.Audio",
-    "dltrain.plugins.vision.decode.FieldDecoder", "dltrain.plugins.vision.device.DeviceDecode",
-    "dltrain.plugins.vision.device.EncodedJpegs", "dltrain.plugins.vision.device.JpegBytesTransform",
-    "dltrain.plugins.vision.mix.BatchMix", "dltrain.tuner.lr_finder.LRFinder",
+    "dltrain.tuner.lr_finder.LRFinder",
 }
 
 

@@ -280,6 +280,12 @@ class AudioFeatures(nn.Module):
     Args:
         log_mel: the feature extractor.
         spec_augment: masks applied to the features (``None``: none, as in evaluation).
+
+    Example:
+        >>> features = AudioFeatures(LogMelSpectrogram(sample_rate=16000, n_mels=40))
+        >>> feats, labels = features((torch.randn(8, 16000), torch.arange(8)))
+        >>> feats.shape
+        torch.Size([8, 1, 40, 101])
     """
 
     def __init__(self, log_mel: LogMelSpectrogram, spec_augment: SpecAugment | None = None) -> None:

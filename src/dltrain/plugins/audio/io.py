@@ -54,6 +54,11 @@ class Audio(NamedTuple):
     Attributes:
         waveform: ``float32`` array of shape ``[channels, frames]`` in ``[-1, 1]``.
         sample_rate: frames per second.
+
+    Example:
+        >>> clip = decode_audio(flac_bytes)
+        >>> clip.waveform.shape, clip.sample_rate
+        ((1, 16000), 16000)
     """
 
     waveform: np.ndarray

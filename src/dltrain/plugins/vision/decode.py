@@ -244,6 +244,12 @@ class FieldDecoder:
     """A shard field decoder (``bytes -> value``) that reports bad data as :class:`ImageDecodeError`.
 
     A class rather than a closure so that it pickles into loader workers.
+
+    Example:
+        >>> FieldDecoder("png")(encode_image(torch.zeros(3, 4, 4, dtype=torch.uint8))).shape
+        torch.Size([3, 4, 4])
+        >>> FieldDecoder("label")(b"3")
+        3
     """
 
     def __init__(self, kind: str, channels: int | None = 3) -> None:

@@ -36,6 +36,13 @@ class EncodedJpegs:
 
     Deliberately not a tensor, list or dataclass, and without a ``to`` method: the batch transfer moves only
     those, and ``decode_jpeg`` reads its input from the CPU whatever device it decodes on.
+
+    Example:
+        >>> from dltrain.plugins.vision.decode import encode_image
+        >>> file = encode_image(torch.zeros(3, 8, 8, dtype=torch.uint8), "jpeg")
+        >>> jpeg = torch.frombuffer(bytearray(file), dtype=torch.uint8)
+        >>> EncodedJpegs([jpeg, jpeg])  # doctest: +ELLIPSIS
+        EncodedJpegs(2 images, ... bytes)
     """
 
     def __init__(self, data: list[Tensor]) -> None:
@@ -55,6 +62,13 @@ class JpegBytesTransform:
         num_classes: as in `dltrain.plugins.vision.ImageSampleTransform`.
         image_keys: as in `dltrain.plugins.vision.ImageSampleTransform`.
         label_key: as in `dltrain.plugins.vision.ImageSampleTransform`.
+
+    Example:
+        >>> from dltrain.plugins.vision.decode import encode_image
+        >>> file = encode_image(torch.zeros(3, 8, 8, dtype=torch.uint8), "jpeg")
+        >>> sample = JpegBytesTransform(num_classes=10)({"jpg": file, "cls": b"2"})
+        >>> sample["jpeg"].dtype, sample["label"]
+        (torch.uint8, 2)
     """
 
     def __init__(self, *, num_classes: int | None = None, image_keys: Sequence[str] = IMAGE_EXTENSIONS,
@@ -91,6 +105,15 @@ class DeviceDecode(nn.Module):
     Args:
         pipeline: the per-image transform after decoding (the CPU path's crop/flip/normalize pipeline).
         channels: 1, 3 or ``None`` (the file's own).
+
+    Example:
+        >>> from dltrain.plugins.vision.decode import encode_image
+        >>> file = encode_image(torch.zeros(3, 8, 8, dtype=torch.uint8), "jpeg")
+        >>> sample = JpegBytesTransform()({"jpg": file, "cls": 1})
+        >>> batch = (EncodedJpegs([sample["jpeg"]] * 4), torch.tensor([sample["label"]] * 4))  # labels on the CPU
+        >>> images, labels = DeviceDecode(pipeline=torch.nn.Identity())(batch)
+        >>> images.shape, images.device.type
+        (torch.Size([4, 3, 8, 8]), 'cpu')
     """
 
     def __init__(self, pipeline: Any, channels: int | None = 3) -> None:

@@ -112,7 +112,14 @@ class MixUpCutMix(nn.Module):
 
 
 class BatchMix(nn.Module):
-    """`MixUpCutMix` on a whole ``(images, labels)`` batch: the vision plugin's ``device_transform("train")``."""
+    """`MixUpCutMix` on a whole ``(images, labels)`` batch: the vision plugin's ``device_transform("train")``.
+
+    Example:
+        >>> mix = BatchMix(MixUpCutMix(10, mixup_alpha=0.2))
+        >>> images, labels = mix((torch.rand(4, 3, 8, 8), torch.arange(4)))
+        >>> labels.shape  # soft labels: one probability per class
+        torch.Size([4, 10])
+    """
 
     def __init__(self, mix: MixUpCutMix) -> None:
         super().__init__()
