@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from typing_extensions import override
+
 from dltrain.loggers.base import Logger, ResumeFilter, checkpoint_metadata, checkpoints_to_log
 
 if TYPE_CHECKING:
@@ -156,11 +158,13 @@ class MLFlowLogger(Logger):
 
     @property
     def run_id(self) -> str | None:
+        """The MLflow run's id (the run is created on first use)."""
         _ = self.experiment
         return self._run_id
 
     @property
     def experiment_id(self) -> str | None:
+        """The MLflow experiment's id (created on first use when missing)."""
         _ = self.experiment
         return self._experiment_id
 
@@ -184,14 +188,17 @@ class MLFlowLogger(Logger):
         return None
 
     @property
+    @override
     def identity_resolved(self) -> bool:
         return self._experiment_id is not None
 
     @property
     def tracking_uri(self) -> str:
+        """The store this logger writes to (see the class docstring)."""
         return self._tracking_uri
 
     # ------------------------------------------------------------------ logging
+    @override
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace) -> None:
         from mlflow.entities import Param
 
@@ -204,6 +211,7 @@ class MLFlowLogger(Logger):
         for start in range(0, len(items), 100):
             client.log_batch(run_id=run_id, params=items[start:start + 100], **self._log_batch_kwargs)
 
+    @override
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
@@ -227,6 +235,7 @@ class MLFlowLogger(Logger):
         client.log_batch(run_id=self._run_id, metrics=[Metric(key=k, value=v, timestamp=stamp, step=step)
                                                       for k, v in named.items()], **self._log_batch_kwargs)
 
+    @override
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         if self._log_model == "all" or (self._log_model is True and checkpoint_callback.save_top_k == -1):
             self._log_checkpoints(checkpoint_callback)
@@ -268,6 +277,7 @@ class MLFlowLogger(Logger):
         self.experiment.set_terminated(self._run_id, mlflow_status)
 
     # ------------------------------------------------------------------ resume
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "experiment_id": self._experiment_id}
 

@@ -10,6 +10,8 @@ from argparse import Namespace
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.loggers.base import FolderLogger, ResumeFilter
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ class TensorBoardLogger(FolderLogger):
         self.hparams: dict[str, Any] = {}
 
     @property
+    @override
     def log_dir(self) -> str:
         path = super().log_dir
         if self._sub_dir:
@@ -78,6 +81,7 @@ class TensorBoardLogger(FolderLogger):
 
     @property
     def sub_dir(self) -> str | None:
+        """A folder inside the version folder that the event files go to (``None``: none)."""
         return self._sub_dir
 
     @property
@@ -134,6 +138,7 @@ class TensorBoardLogger(FolderLogger):
             yaml.safe_dump(_yaml_safe(self.hparams), f, sort_keys=True)
         os.replace(tmp, path)
 
+    @override
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if step is not None and not self._resume.keep(int(step), {self._key(k): v for k, v in metrics.items()}):
             return  # in the event files of the run this one resumes
@@ -173,12 +178,15 @@ class TensorBoardLogger(FolderLogger):
             self._experiment = None
 
     # ------------------------------------------------------------------ resume
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continue in the folder of ``state_dict["version"]`` (TensorBoard merges the event files of a folder),
-        skipping what its event files already hold (`ResumeFilter`)."""
+        """Continue in the folder of ``state_dict["version"]``, skipping what its event files already hold.
+
+        TensorBoard merges the event files of a folder; `ResumeFilter` drops the rows already there.
+        """
         if self._experiment is not None:
             self._experiment.close()
             self._experiment = None
@@ -192,8 +200,10 @@ class TensorBoardLogger(FolderLogger):
 
 
 def _scalar_rows(folder: str) -> list[tuple[int, list[str]]]:
-    """``(step, tags)`` of every scalar in the event files of ``folder`` (a file cut short by a kill is read up to
-    its last complete record)."""
+    """``(step, tags)`` of every scalar in the event files of ``folder``.
+
+    A file cut short by a kill is read up to its last complete record.
+    """
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     rows: list[tuple[int, list[str]]] = []

@@ -9,6 +9,8 @@ import string
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from typing_extensions import override
+
 from dltrain.errors import ConfigurationError
 from dltrain.loggers.base import Logger, ResumeFilter, checkpoint_metadata, checkpoints_to_log
 
@@ -146,15 +148,18 @@ class WandbLogger(Logger):
         return self._id
 
     @property
+    @override
     def log_dir(self) -> str:
         return os.path.join(self._save_dir, "wandb")
 
     @property
+    @override
     def save_dir(self) -> str:
         return self._save_dir
 
     @property
     def record_file(self) -> str:
+        """The file that records the run id and its last logged step, for a resume."""
         return os.path.join(self.log_dir, self.RECORD_FILE.format(id=self._id))
 
     @property
@@ -195,6 +200,7 @@ class WandbLogger(Logger):
         else:
             self._run.config.update(dict(params), allow_val_change=True)
 
+    @override
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         step = int(step)
         if self._prefix:
@@ -327,6 +333,7 @@ class WandbLogger(Logger):
         return rows
 
     # ------------------------------------------------------------------ resume
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"id": self._id, "last_step": self._last_step}
 
