@@ -31,12 +31,9 @@ WITHOUT_EXAMPLE_YET = {
     "dltrain.callbacks.preemption.Preemption", "dltrain.callbacks.profiler.AdvancedProfiler",
     "dltrain.callbacks.profiler.PassThroughProfiler", "dltrain.callbacks.profiler.Profiler",
     "dltrain.callbacks.profiler.PyTorchProfiler", "dltrain.callbacks.profiler.SimpleProfiler",
-    "dltrain.callbacks.summary.ModelSummary", "dltrain.callbacks.timer.Timer", "dltrain.data.domain.DataPlugin",
-    "dltrain.data.domain.SampleTransform", "dltrain.data.index.ShardLayout", "dltrain.data.mixture.MixturePlan",
-    "dltrain.data.plan.EpochPlan", "dltrain.data.plan.SampleSource", "dltrain.data.streaming.BatchSamples",
-    "dltrain.distributed.Watchdog", "dltrain.loggers.base.FolderLogger", "dltrain.loggers.base.Logger",
-    "dltrain.loggers.base.ResumeFilter", "dltrain.loop.FitLoop", "dltrain.loop.LoopState", "dltrain.plugins.Plugin",
-    "dltrain.tuner.lr_finder.LRFinder",
+    "dltrain.callbacks.summary.ModelSummary", "dltrain.callbacks.timer.Timer", "dltrain.distributed.Watchdog",
+    "dltrain.loggers.base.FolderLogger", "dltrain.loggers.base.Logger", "dltrain.loggers.base.ResumeFilter",
+    "dltrain.loop.FitLoop", "dltrain.loop.LoopState", "dltrain.tuner.lr_finder.LRFinder",
 }
 
 

@@ -30,7 +30,14 @@ STAGES: tuple[str, ...] = ("train", "val", "test", "predict")
 
 
 class SampleTransform(Protocol):
-    """A per-sample transform: a decoded shard sample -> a sample dict (or ``None`` to drop it)."""
+    """A per-sample transform: a decoded shard sample -> a sample dict (or ``None`` to drop it).
+
+    Example:
+        >>> from dltrain import plugins
+        >>> transform = plugins.get("vision").transform("val", size=8)  # a SampleTransform
+        >>> sorted(transform({"png": torch.zeros(3, 16, 16, dtype=torch.uint8), "cls": 1}))
+        ['image', 'label']
+    """
 
     def __call__(self, sample: dict[str, Any], /) -> Any:
         """The transformed sample, from a decoded sample dict."""
@@ -39,7 +46,13 @@ class SampleTransform(Protocol):
 
 @runtime_checkable
 class DataPlugin(Protocol):
-    """The members of a plugin that `dltrain.data.StreamingDataset` and tasks use (see the module docstring)."""
+    """The members of a plugin that `dltrain.data.StreamingDataset` and tasks use (see the module docstring).
+
+    Example:
+        >>> from dltrain import plugins
+        >>> isinstance(plugins.get("vision"), DataPlugin)  # the part of a plugin the data layer uses
+        True
+    """
 
     @property
     def name(self) -> str:

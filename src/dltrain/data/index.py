@@ -60,7 +60,13 @@ INDEX_SUFFIX = ".index.json"
 
 
 class ShardLayout(NamedTuple):
-    """What the index (or a scan) says about each shard of a URL list."""
+    """What the index (or a scan) says about each shard of a URL list.
+
+    Example:
+        >>> layout = shard_layout(["data/train-000000.tar", "data/train-000001.tar"], "data/train.index.json")
+        >>> layout.counts, len(layout.offsets[0])  # samples per shard; samples + 1 byte offsets
+        ([10, 10], 11)
+    """
 
     counts: list[int]
     """Samples per shard."""

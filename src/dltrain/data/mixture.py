@@ -483,6 +483,13 @@ class MixturePlan:
     Made from the mixture's current sources and weights when asked for. The epoch's weights, counts and stream
     starts live in the root level, so that an epoch resumed with other weights finishes with the ones it started
     with.
+
+    Example:
+        >>> a = StreamingDataset("data/train-{000000..000003}.tar", batch_size=10)
+        >>> b = StreamingDataset("data/train-{000004..000006}.tar", batch_size=10)
+        >>> plan = Mixture([a, b], weights=[0.5, 0.5], seed=0, samples_per_epoch=40).plan
+        >>> plan.num_positions(plan.root_level(epoch=0, world_size=1)), list(plan.shard_sources)
+        (40, [0, 0, 0, 0, 1, 1, 1])
     """
 
     def __init__(self, mixture: Mixture) -> None:

@@ -56,7 +56,14 @@ labels per window (a `Mixture`'s) keeps the window's."""
 
 
 class SampleSource(Protocol):
-    """Where a sample's decode and map come from (a `dltrain.data.StreamingDataset`)."""
+    """Where a sample's decode and map come from (a `dltrain.data.StreamingDataset`).
+
+    Example:
+        >>> from dltrain.data import StreamingDataset
+        >>> source = StreamingDataset("data/train-{000000..000006}.tar", batch_size=10).plan.sources[0]
+        >>> source.map is None  # no map given: samples stay dicts
+        True
+    """
 
     @property
     def decoder(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -75,6 +82,16 @@ class EpochPlan(Protocol):
     Attributes:
         sources: the datasets whose decode and map apply, by source index (one for a plain dataset).
         shard_sources: the source index of each shard id (shard ids index the dataset's ``urls``).
+
+    Example:
+        >>> from dltrain.data import StreamingDataset
+        >>> plan = StreamingDataset("data/train-{000000..000006}.tar", batch_size=10).plan
+        >>> root = plan.root_level(epoch=0, world_size=2)
+        >>> plan.num_positions(root)  # the epoch's 70 samples
+        70
+        >>> shards, indices = plan.locator(root)(np.arange(3))  # where the first 3 positions of the epoch are
+        >>> len(shards), len(indices)
+        (3, 3)
     """
 
     @property

@@ -84,6 +84,11 @@ class Plugin:
         write_shards: builds shards (and their index) from the domain's usual on-disk layout. A domain with more
             than one layout exports one typed writer per layout instead, and this field raises an error naming
             them (text: ``write_lm_shards``, ``write_classification_shards``).
+
+    Example:
+        >>> vision = get("vision")  # a Plugin, found through the dltrain.plugins entry points
+        >>> vision.name, vision.extra, sorted(vision.tasks)
+        ('vision', 'vision', ['classification'])
     """
 
     name: str
