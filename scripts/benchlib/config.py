@@ -40,6 +40,10 @@ QUICK = {
     "gpt": {"steps": 10, "batch": 8, "context": 256, "layers": 4, "d_model": 256, "heads": 4, "vocab": 8192},
 }
 
+# Case 1's "before" (scripts/bench --baseline): the last commit before core v2 (issue 12), whose loop measured
+# 0.996x the hand loop in the held-out overhead check.
+BASELINE = "5715e48"
+
 CPU_CASES = ["loop", "cnn", "data", "ddp", "resume", "plugins", "ledger"]
 CUDA_CASES = ["resnet", "gpt"]
 

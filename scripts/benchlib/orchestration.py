@@ -17,9 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import render
-from benchlib.config import CPU_CASES, CUDA_CASES, FULL, QUICK, ROOT, SCRIPTS, TARGETS
+from benchlib.config import BASELINE, CPU_CASES, CUDA_CASES, FULL, QUICK, ROOT, SCRIPTS, TARGETS
 from benchlib.datacase import prepare
-from benchlib.render import LOOP_LEGEND, _fmt_dict, _loop_table, _med, _paired, _spread, _verdict
+from benchlib.render import (
+    LOOP_LEGEND,
+    _fmt_dict,
+    _loop_table,
+    _med,
+    _paired,
+    _ratio_of_ratios,
+    _spread,
+    _verdict,
+)
 from benchlib.runners import ddp_main
 from benchlib.worker import serve
 
@@ -28,12 +37,14 @@ def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(src: str | None = None) -> dict[str, str]:
+    """A worker's environment; ``src``: a folder whose ``dltrain`` package it imports instead of the installed one
+    (another commit's code, ``--baseline``)."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
     env["MKL_NUM_THREADS"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
-    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([*filter(None, [src]), str(SCRIPTS), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("PYTHONWARNINGS", "ignore")
     return env
 
@@ -41,14 +52,14 @@ def _child_env() -> dict[str, str]:
 class Worker:
     """A worker process serving runs of one variant (or a family of them)."""
 
-    def __init__(self, name: str, logdir: str) -> None:
+    def __init__(self, name: str, logdir: str, src: str | None = None) -> None:
         self.name = name
         self.log_path = os.path.join(logdir, f"worker-{name}.log")
         self.log = open(self.log_path, "w")  # noqa: SIM115
         self.t_launch = time.time()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchlib.core", "--serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=_child_env(), text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=_child_env(src), text=True,
             cwd=str(ROOT),
         )
         self.ready: dict[str, Any] | None = None
@@ -97,6 +108,7 @@ def _rotated(names: list[str], rep: int) -> list[str]:
 
 
 MONITOR_VARIANTS = ["dltrain_tm", "dltrain_mfu"]  # runners.LoopRunner's ThroughputMonitor variants
+BEFORE_VARIANTS = ["hand", "dltrain"]  # what the --baseline commit's worker runs in case 1
 _PEER_NAMES = {"fabric": "Fabric", "lightning": "Lightning", "webloader": "WebLoader", "mapstyle": "map-style (in memory)",
                "hand": "hand loop", "litdata": "LitData", "mosaic": "mosaic streaming"}
 # The exactly-once peer loaders of cases 3 and 5 (benchlib.peers; pyproject's `bench` extra).
@@ -138,7 +150,8 @@ class Bench:
         for rep in rounds:
             for v in (variants if rep < 0 else _rotated(variants, rep)):
                 w = workers[v]
-                variant = v if getattr(w, "variant", v) == "*" else w.variant  # type: ignore[attr-defined]
+                # "*": the worker serves every variant; "dltrain@<rev>" is its "dltrain" (another commit's code).
+                variant = v.partition("@")[0] if getattr(w, "variant", v) == "*" else w.variant  # type: ignore[attr-defined]
                 args = dict(args_of(v) if args_of else {})
                 if rep < 0:
                     args["warmup"] = True
@@ -198,20 +211,52 @@ class Bench:
                 _log(f"loops: {v} alone: cold start and memory done")
         shared = Worker("shared", self.logdir)
         shared.variant = "*"  # type: ignore[attr-defined]
+        # Before/after from one run: the --baseline commit's dltrain (and a hand loop, its pair) in a worker of its
+        # own, in the same interleaved rounds as case 1.
+        before = self._baseline_worker() if "loop" in cases else None
         try:
             shared.wait_ready()
+            workers_of = {c: dict.fromkeys(variants_of[c], shared) for c in cases}
+            if before is not None:
+                rev = before.rev  # type: ignore[attr-defined]
+                workers_of["loop"].update({f"{v}@{rev}": before for v in BEFORE_VARIANTS})
             for case in cases:
-                for v in variants_of[case]:  # warm-up: imports and first-use costs of every variant, not counted
-                    res = shared.call(case=case, variant=v, cfg=self.cfg[case], tmp=self.tmp, rep=0, args={})
+                for v, w in workers_of[case].items():  # warm-up: imports and first-use costs, not counted
+                    res = w.call(case=case, variant=v.partition("@")[0], cfg=self.cfg[case], tmp=self.tmp, rep=0,
+                                 args={})
                     if "error" in res:
                         _log(f"{case}/{v} warm-up: ERROR {res['error']}\n{res.get('traceback', '')}")
             for case in cases:
-                res = self._interleave(dict.fromkeys(variants_of[case], shared), case, reps, self.cfg[case],
-                                       variants_of[case], warmup=False)
+                res = self._interleave(workers_of[case], case, reps, self.cfg[case], list(workers_of[case]),
+                                       warmup=False)
                 self.results[case] = res
                 self._report_loop(case, res, cold if case == cases[0] and cold else None, rss[case])
         finally:
             shared.close()
+            if before is not None:
+                before.close()
+
+    def _baseline_worker(self) -> Worker | None:
+        """A worker importing the dltrain of commit ``--baseline`` (``git archive`` of its ``src/``), or None."""
+        rev = self.args.baseline
+        if not rev or rev == "none":
+            return None
+        folder = Path(self.tmp) / "baseline"
+        folder.mkdir()
+        try:
+            sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", f"{rev}^{{commit}}"], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "src"], check=True,
+                                     capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        except (OSError, subprocess.CalledProcessError) as err:
+            self._note(f"case 1 before/after: could not export --baseline {rev} ({err}); measured after only")
+            return None
+        worker = Worker(f"baseline-{sha}", self.logdir, src=str(folder / "src"))
+        worker.variant = "*"  # type: ignore[attr-defined]
+        worker.rev = sha  # type: ignore[attr-defined]
+        worker.wait_ready()
+        return worker
 
     def _report_loop(self, case: str, res: dict[str, list[dict[str, Any]]], cold: dict[str, Any] | None,
                      rss: dict[str, float]) -> None:
@@ -225,6 +270,7 @@ class Bench:
                 f"one epoch per run; {n_ok} interleaved rounds; medians over rounds.")
         variants = [v for v in res if ":" not in v]
         lines = [f"### {title}", "", desc, "", *_loop_table(res, variants, steps, rss)]
+        lines += self._report_before_after(res)
         r = _paired(res, "dltrain", "c_step_med")
         if r:
             self.verdicts.append((f"{title.split(':')[0]}: dltrain / hand, median step (CPU)", f"{_med(r):.3f}",
@@ -247,6 +293,29 @@ class Bench:
                 f"{v} {d['launch_to_ready_s']:.1f} s to import torch, {d['total_s']:.1f} s from launch to the end "
                 "of the first fit" for v, d in cold.items()) + ".", ""]
         self.sections.append("\n".join(lines))
+
+    def _report_before_after(self, res: dict[str, list[dict[str, Any]]]) -> list[str]:
+        """Case 1 before/after: the --baseline commit's dltrain and the current one, each paired with the hand loop
+        of its own worker, in the same rounds; and per round, (after / hand) / (before / hand)."""
+        before = next((v for v in res if v.startswith("dltrain@") and ":" not in v), None)
+        if before is None:
+            return []
+        rev = before.partition("@")[2]
+        lines = ["", f"**Before/after, one run** (the dltrain of commit `{rev}` (`--baseline`) in a worker of its own, "
+                 "with its own hand loop, interleaved with the rounds above; each dltrain is paired with the hand "
+                 "loop of its own worker; median over rounds, range in brackets):", ""]
+        for key, what in (("c_step_med", "median step (CPU)"), ("c_fit", "whole fit (CPU)")):
+            b, a = _paired(res, before, key), _paired(res, "dltrain", key)
+            per_round = _ratio_of_ratios(res, before, key)
+            if not (a and b and per_round):
+                continue
+            lines.append(f"- {what}: before {_med(b):.3f}x ({_spread(b)}), after {_med(a):.3f}x ({_spread(a)}) the "
+                         f"hand loop; after / before per round {_med(per_round):.3f} ({_spread(per_round)})")
+            if key == "c_step_med":
+                self._headline("loop", f"1. Loop overhead before ({rev}) / after: step time / hand loop (CPU)",
+                               f"{_med(b):.3f}x -> {_med(a):.3f}x", "-", f"<= {TARGETS['loop']}x",
+                               _verdict(_med(a) <= TARGETS["loop"]))
+        return [*lines, ""]
 
     def _report_monitor(self, res: dict[str, list[dict[str, Any]]]) -> list[str]:
         """Case 1's ThroughputMonitor variants against plain dltrain of the same rounds (no target: a measurement)."""
@@ -989,6 +1058,10 @@ def main(argv: list[str] | None = None) -> int:
                         "'loaders' runs case 5b alone (the loaders resumed from their own state; 'resume' runs "
                         "5 and 5b): 'data,loaders' gives every loader figure of issue 27")
     p.add_argument("--repeats", type=int, default=None, help="override the number of interleaved repeats")
+    p.add_argument("--baseline", default=BASELINE, metavar="REV",
+                   help=f"case 1 before/after from one run: also time the dltrain of git commit REV (default "
+                        f"{BASELINE}, the last commit before core v2; 'none' to skip), in a worker of its own, "
+                        "interleaved with the current code's rounds")
     p.add_argument("--json", default=None, help="also write every raw run as JSON to this path")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs)")
     p.add_argument("--include", action="append", default=[], metavar="MD",

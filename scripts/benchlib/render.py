@@ -39,14 +39,32 @@ def judged_verdict(item: list[str], noisy: bool) -> list[str]:
     return [*item[:3], judged(item[3], noisy)]
 
 
+def _base_of(v: str, base: str) -> str:
+    """The hand loop a variant is paired with: a variant run by another commit's code (``dltrain@<rev>``, see
+    ``scripts/bench --baseline``) is paired with the hand loop of the same worker (``hand@<rev>``)."""
+    tag = v.partition("@")[2]
+    return f"{base}@{tag}" if tag and base == "hand" else base
+
+
 def _paired(res: dict[str, list[dict[str, Any]]], v: str, key: str, base: str = "hand") -> list[float]:
     """Per-round ratios res[v][key] / res[base][key]."""
-    ref = {r["rep"]: r for r in res.get(base, []) if "error" not in r}
+    ref = {r["rep"]: r for r in res.get(_base_of(v, base), []) if "error" not in r}
     return [r[key] / ref[r["rep"]][key] for r in res.get(v, []) if "error" not in r and r["rep"] in ref]
 
 
+def _ratio_of_ratios(res: dict[str, list[dict[str, Any]]], before: str, key: str) -> list[float]:
+    """Per round: (dltrain / its hand loop) / (``before`` / its hand loop): the change, with each worker's own
+    speed divided out."""
+    def by_rep(v: str) -> dict[int, float]:
+        ref = {r["rep"]: r for r in res.get(_base_of(v, "hand"), []) if "error" not in r}
+        return {r["rep"]: r[key] / ref[r["rep"]][key] for r in res.get(v, []) if "error" not in r and r["rep"] in ref}
+
+    after, prior = by_rep("dltrain"), by_rep(before)
+    return [after[rep] / prior[rep] for rep in sorted(after) if rep in prior]
+
+
 def _paired_diff_us(res: dict[str, list[dict[str, Any]]], v: str, key: str, steps: int) -> list[float]:
-    ref = {r["rep"]: r for r in res.get("hand", []) if "error" not in r}
+    ref = {r["rep"]: r for r in res.get(_base_of(v, "hand"), []) if "error" not in r}
     return [1e6 * (r[key] - ref[r["rep"]][key]) / steps for r in res.get(v, []) if "error" not in r and r["rep"] in ref]
 
 
@@ -200,7 +218,7 @@ def figures(results: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(res, dict) or not _ok_runs(res.get("hand", [])):
             continue
         for v in res:
-            if v == "hand" or ":" in v:  # ":warmup" entries are not measured rounds
+            if v.partition("@")[0] == "hand" or ":" in v:  # ":warmup" entries are not measured rounds
                 continue
             rs = _paired(res, v, key)
             if rs:

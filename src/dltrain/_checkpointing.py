@@ -1,7 +1,8 @@
 """What a training checkpoint holds, and how a fit is restored from one (the layout is in ``dltrain.checkpoint``).
 
-The loop's part is ``trainer.loop_state`` (a `dltrain.loop.LoopState`) and the training loader's position; every
-rank's RNG states and loader positions are gathered so that each rank resumes its own stream.
+The loop's part is the `dltrain._run_state.LoopState` and the training loader's position; every rank's RNG states
+and loader positions are gathered so that each rank resumes its own stream. Like the loops, these functions take
+the run's parts (engine, hook dispatcher, run state); the callbacks' own APIs get the trainer view.
 """
 
 from __future__ import annotations
@@ -14,24 +15,25 @@ import torch
 
 from dltrain import _sharded
 from dltrain import checkpoint as ckpt_io
-from dltrain._hooks import overrides
-from dltrain.callbacks.base import Callback
-from dltrain.errors import CheckpointError, ConfigurationError, DltrainError
+from dltrain.errors import CheckpointError, ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain._engine import Engine
+    from dltrain._hooks import HookDispatcher
+    from dltrain._run_state import RunState
+    from dltrain.callbacks.base import TrainerView
     from dltrain.loop import FitLoop
-    from dltrain.trainer import Trainer
+    from dltrain.task import Task
 
 
-def save(trainer: Trainer, path: str | os.PathLike[str], weights_only: bool = False) -> None:
-    """Write a checkpoint of everything needed to resume exactly; every rank must call it.
+def save(engine: Engine, hooks: HookDispatcher, run: RunState, task: Task, loop: FitLoop | None,
+         path: str | os.PathLike[str], weights_only: bool = False) -> None:
+    """Write a checkpoint of everything needed to resume exactly; every rank must call it. ``loop``: the fit's
+    loop (``None`` outside fit: no loader position or training metrics).
 
     ``weights_only`` (``ModelCheckpoint(save_weights_only=True)``): the weights, hparams and loop counters only, as
     Lightning's; such a checkpoint loads for evaluation and ``load_from_checkpoint``, not to resume a fit.
     """
-    task, loop = trainer._task, trainer._fit_loop
-    if task is None:
-        raise DltrainError("save_checkpoint() needs a task: call it during or after fit/validate/test")
     rank_state: dict[str, Any] = {"rng": ckpt_io.rng_state()}
     position = loop.loader_position() if loop is not None else None
     if position is not None:
@@ -43,59 +45,49 @@ def save(trainer: Trainer, path: str | os.PathLike[str], weights_only: bool = Fa
         "dltrain_version": __version__,
         "task_class": f"{type(task).__module__}.{type(task).__qualname__}",
         "hparams": ckpt_io.plain_hparams(task.hparams),
-        "loops": trainer.loop_state.state_dict(),
+        "loops": run.loop_state.state_dict(),
         # Monitored values (ReduceLROnPlateau, ModelCheckpoint, EarlyStopping) as the loop saw them.
-        "callback_metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-        "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks},
-        "datamodule": trainer.datamodule.state_dict() if hasattr(trainer.datamodule, "state_dict") else {},
-        "loggers": [lg.state_dict() for lg in trainer.loggers],
+        "callback_metrics": {k: float(v) for k, v in run.callback_metrics().items()},
+        "callbacks": {cb.state_key: cb.state_dict() for cb in hooks.callbacks},
+        "datamodule": run.datamodule.state_dict() if hasattr(run.datamodule, "state_dict") else {},
+        "loggers": [lg.state_dict() for lg in run.loggers],
         "train_metrics": loop.results.state_dict() if loop is not None else {},
-        "world_size": trainer.world_size,
-        "data_parallel_size": trainer.data_parallel_size,
+        "world_size": engine.world_size,
+        "data_parallel_size": engine.layout.size,
     }
-    if trainer.optimizers and not weights_only:
-        checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in trainer.lr_scheduler_configs]
-        checkpoint["precision"] = trainer.strategy.precision.state_dict()
+    if engine.optimizers and not weights_only:
+        checkpoint["lr_schedulers"] = [c.scheduler.state_dict() for c in engine.lr_scheduler_configs]
+        checkpoint["precision"] = engine.strategy.precision.state_dict()
     if weights_only:
         checkpoint["weights_only"] = True
         for key in ("callbacks", "loggers", "train_metrics", "lr_schedulers", "precision"):
             checkpoint.pop(key, None)
-    sharded = _sharded.is_fsdp2(trainer)
+    sharded = engine.is_fsdp2
     if not sharded:
         # Before the hooks, as in Lightning: a callback may edit the weights written (ModelPruning writes them
         # with its masks applied). Sharded weights are written from the model by every rank (`_sharded.save`).
-        checkpoint["state_dict"] = trainer.strategy.get_module_state_dict(trainer._fabric_module)
+        checkpoint["state_dict"] = engine.module_state_dict()
     task.on_save_checkpoint(checkpoint)
-    for cb in trainer.callbacks:
-        if overrides(cb, Callback, "on_save_checkpoint"):
-            cb.on_save_checkpoint(trainer, task, checkpoint)
+    hooks.call_callbacks("on_save_checkpoint", checkpoint)
     # Gathered after the hooks ran on every rank: this collective is where the ranks meet, so what a rank's hook
     # wrote out (SampleLedger flushes its file) is on disk before rank 0 writes the checkpoint that commits it.
-    checkpoint["ranks"] = _gather_objects(trainer, rank_state)
+    checkpoint["ranks"] = engine.gather_objects(rank_state)
     if sharded:  # every rank writes its shards; the rest is written by rank zero
-        _sharded.save(trainer, path, checkpoint, optimizers=not weights_only)
-        if trainer.is_global_zero:
-            for lg in trainer.loggers:
+        _sharded.save(engine, path, checkpoint, optimizers=not weights_only)
+        if engine.is_global_zero:
+            for lg in run.loggers:
                 lg.save()
         return
-    if trainer.optimizers and not weights_only:
-        checkpoint["optimizer_states"] = [trainer.strategy.get_optimizer_state(o) for o in trainer._fabric_optimizers]
-    if trainer.is_global_zero:
+    if engine.optimizers and not weights_only:
+        checkpoint["optimizer_states"] = engine.optimizer_states()
+    if engine.is_global_zero:
         ckpt_io.save_atomic(checkpoint, path)
-        for lg in trainer.loggers:
+        for lg in run.loggers:
             lg.save()
-    trainer.fabric.barrier()
+    engine.barrier()
 
 
-def _gather_objects(trainer: Trainer, obj: Any) -> list[Any]:
-    if trainer.world_size < 2:
-        return [obj]
-    out: list[Any] = [None] * trainer.world_size
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def resolve(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path | None:
+def resolve(trainer: TrainerView, ckpt_path: str | os.PathLike[str]) -> Path | None:
     """A checkpoint file for ``ckpt_path``: a path as given; ``"last"``: the newest complete checkpoint of the most
     recent run (None: there is none, start from scratch); ``"best"``: the checkpoint callback's best."""
     if str(ckpt_path) == "best":
@@ -112,7 +104,7 @@ def resolve(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path | None:
     return found
 
 
-def _last_places(trainer: Trainer) -> list[Path]:
+def _last_places(trainer: TrainerView) -> list[Path]:
     """What `_last_folders` searches, as a user would look for it: the checkpoint callbacks' folders when known,
     else the run folders' patterns (``<root>/<logger name>/*/checkpoints``), and the old layout's folder only when
     it exists."""
@@ -125,7 +117,7 @@ def _last_places(trainer: Trainer) -> list[Path]:
     return [*run_folder_patterns(trainer), *([old] if any(old.glob("*.ckpt")) else [])]
 
 
-def _last_folders(trainer: Trainer) -> list[Path]:
+def _last_folders(trainer: TrainerView) -> list[Path]:
     """Where "last" is looked for: the checkpoint callbacks' folders, or (not decided yet) every run folder."""
     from dltrain.callbacks.checkpoint import ModelCheckpoint, run_folders
 
@@ -135,7 +127,7 @@ def _last_folders(trainer: Trainer) -> list[Path]:
     return list(dict.fromkeys(folder for cb in callbacks for folder in cb.last_folders(trainer)))
 
 
-def _resolve_best(trainer: Trainer) -> Path:
+def _resolve_best(trainer: TrainerView) -> Path:
     """``trainer.checkpoint_callback.best_model_path``; in a new process (nothing saved yet), the best checkpoint
     named by the state of the run's newest checkpoint."""
     from dltrain.callbacks.checkpoint import ModelCheckpoint
@@ -161,7 +153,7 @@ def _resolve_best(trainer: Trainer) -> Path:
     return Path(best)
 
 
-def load_weights(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path:
+def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathLike[str]) -> Path:
     """Load only the model weights (validate/test/predict with ``ckpt_path``); returns the checkpoint's path.
 
     A checkpoint written with weight averaging gives its averaged weights (``averaged_state_dict``), as
@@ -171,27 +163,27 @@ def load_weights(trainer: Trainer, ckpt_path: str | os.PathLike[str]) -> Path:
     if path is None:
         raise CheckpointError(f"ckpt_path={str(ckpt_path)!r}: no checkpoint found")
     checkpoint = ckpt_io.load(path)
-    assert trainer._task is not None
     if "averaged_state_dict" in checkpoint:
         checkpoint = {**checkpoint, "state_dict": checkpoint["averaged_state_dict"], "sharded": False}
-    _load_model(trainer, path, checkpoint)
+    _load_model(engine, path, checkpoint)
     return path
 
 
-def _load_model(trainer: Trainer, path: Path, checkpoint: dict[str, Any]) -> None:
+def _load_model(engine: Engine, path: Path, checkpoint: dict[str, Any]) -> None:
     """The weights of a checkpoint into the placed task: from shards (resharded), or from a full state dict."""
-    assert trainer._task is not None
+    assert engine.task is not None
     if checkpoint.get("sharded"):
-        _sharded.load_model(trainer, path)
+        _sharded.load_model(engine, path)
         return
-    ckpt_io.check_state_dict(trainer._task, checkpoint["state_dict"], str(path))
-    if _sharded.is_fsdp2(trainer):
-        _sharded.load_full_model(trainer, checkpoint["state_dict"])
+    ckpt_io.check_state_dict(engine.task, checkpoint["state_dict"], str(path))
+    if engine.is_fsdp2:
+        _sharded.load_full_model(engine, checkpoint["state_dict"])
     else:
-        trainer.strategy.load_module_state_dict(trainer._fabric_module, checkpoint["state_dict"])
+        engine.load_module_state_dict(checkpoint["state_dict"])
 
 
-def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: RunState, loop: FitLoop,
+            ckpt_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Restore a fit, but for the optimizers: weights, loop state, callbacks, loggers, loader position, RNG.
 
     Returns the checkpoint for `restore_training_state`, which runs after ``on_fit_start`` (as in Lightning), so
@@ -209,32 +201,30 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
             "validate/test/predict(ckpt_path=...), or save full checkpoints to resume"
         )
     task = loop.task
-    _load_model(trainer, path, checkpoint)
-    trainer.loop_state.load_state_dict(checkpoint["loops"])
-    trainer._callback_metrics.update({k: torch.tensor(v) for k, v in checkpoint.get("callback_metrics", {}).items()})
+    _load_model(engine, path, checkpoint)
+    run.loop_state.load_state_dict(checkpoint["loops"])
+    run.published.update({k: torch.tensor(v) for k, v in checkpoint.get("callback_metrics", {}).items()})
     states = checkpoint.get("callbacks", {})
-    for cb in trainer.callbacks:
+    for cb in hooks.callbacks:
         if cb.state_key in states:
             cb.load_state_dict(states[cb.state_key])
     from dltrain._config_checks import check_restored_callbacks
 
     check_restored_callbacks(trainer, states)
-    if trainer.is_global_zero:
-        for lg, state in zip(trainer.loggers, checkpoint.get("loggers", [])):
+    if engine.is_global_zero:
+        for lg, state in zip(run.loggers, checkpoint.get("loggers", [])):
             lg.load_state_dict(state)
-    if checkpoint.get("datamodule") and hasattr(trainer.datamodule, "load_state_dict"):
-        trainer.datamodule.load_state_dict(checkpoint["datamodule"])
+    if checkpoint.get("datamodule") and hasattr(run.datamodule, "load_state_dict"):
+        run.datamodule.load_state_dict(checkpoint["datamodule"])
     task.on_load_checkpoint(checkpoint)
-    for cb in trainer.callbacks:
-        if overrides(cb, Callback, "on_load_checkpoint"):
-            cb.on_load_checkpoint(trainer, task, checkpoint)
+    hooks.call_callbacks("on_load_checkpoint", checkpoint)
     ranks = checkpoint.get("ranks", [])
     # A rank's own state (RNG, loader position) is its own only on the same mesh: global rank r is the same
     # (data-parallel, tensor-parallel) position when both the world and the data-parallel size are the same.
-    same_layout = (checkpoint.get("world_size") == trainer.world_size
-                   and checkpoint.get("data_parallel_size", checkpoint.get("world_size")) == trainer.data_parallel_size)
-    mine = ranks[trainer.global_rank] if same_layout and trainer.global_rank < len(ranks) else None
-    state = trainer.loop_state
+    same_layout = (checkpoint.get("world_size") == engine.world_size
+                   and checkpoint.get("data_parallel_size", checkpoint.get("world_size")) == engine.layout.size)
+    mine = ranks[engine.global_rank] if same_layout and engine.global_rank < len(ranks) else None
+    state = run.loop_state
     if state.phase == "epoch_end":
         loop.resumed = "epoch_end"
     elif state.batches_done == 0:
@@ -258,33 +248,33 @@ def restore(trainer: Trainer, loop: FitLoop, ckpt_path: str | os.PathLike[str]) 
     return checkpoint
 
 
-def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+def restore_training_state(engine: Engine, checkpoint: dict[str, Any]) -> None:
     """Optimizer, scheduler and precision (grad scaler) states: the second half of a resume."""
     path = checkpoint["_path"]
     if checkpoint.get("sharded"):
-        _sharded.load_optimizers(trainer, Path(path))
+        _sharded.load_optimizers(engine, Path(path))
         states = []
     else:
-        states = _full_optimizer_states(trainer, checkpoint, path)
-    for optimizer, optimizer_state in zip(trainer._fabric_optimizers, states):
+        states = _full_optimizer_states(engine, checkpoint, path)
+    for optimizer, optimizer_state in zip(engine.fabric_optimizers, states):
         optimizer.load_state_dict(optimizer_state)
-    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+    for config, state in zip(engine.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         config.scheduler.load_state_dict(state)
     if checkpoint.get("precision"):
-        trainer.strategy.precision.load_state_dict(checkpoint["precision"])
+        engine.strategy.precision.load_state_dict(checkpoint["precision"])
 
 
-def _full_optimizer_states(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> list[Any]:
-    if _sharded.is_fsdp2(trainer):
+def _full_optimizer_states(engine: Engine, checkpoint: dict[str, Any], path: str) -> list[Any]:
+    if engine.is_fsdp2:
         raise CheckpointError(
             f'checkpoint {path!r} is a full (unsharded) checkpoint: under strategy="fsdp2" only its weights can be '
             "loaded (validate/test/predict with ckpt_path, or load them in configure_model); resume it with the "
             "strategy that wrote it"
         )
     states = checkpoint.get("optimizer_states", [checkpoint["optimizer"]] if "optimizer" in checkpoint else [])
-    if len(states) != len(trainer._fabric_optimizers):
+    if len(states) != len(engine.fabric_optimizers):
         raise CheckpointError(
             f"checkpoint {path!r} holds {len(states)} optimizer states, but configure_optimizers() returned "
-            f"{len(trainer._fabric_optimizers)} optimizers"
+            f"{len(engine.fabric_optimizers)} optimizers"
         )
     return list(states)

@@ -10,17 +10,22 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+if TYPE_CHECKING:
+    from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
     "compiled_in_place",
     "dcp_storage_files",
     "default_store",
     "dynamo_guard_failures",
+    "is_batch_norm",
     "is_compiled",
     "metric_forward_value",
     "model_parallel_sizes",
     "on_dynamo_compile",
+    "process_group_settings",
     "random_sampler_draws_fixed_count",
     "release_loader_iterator",
     "shutdown_loader_workers",
@@ -320,3 +325,31 @@ def wandb_offline_steps(path: str) -> list[tuple[int, list[str]]]:
             if step is not None:
                 rows.append((int(step), [k for k in keys if not k.startswith("_")]))
     return rows
+
+
+def process_group_settings(strategy: Any) -> tuple[str, Any] | None:
+    """(backend, timeout) a Lightning strategy would create its process group with, from its
+    ``_get_process_group_backend()`` and ``_timeout``; ``None`` for a strategy that creates none (not one of the
+    DDP/FSDP/model-parallel family). The timeout is ``None`` when the strategy has none.
+
+    Why: `dltrain.distributed.isolate_restart_round` creates the process group itself (under torchrun restarts) and
+    must use exactly what the strategy would have used; Fabric has no public getter for either. A rename turns
+    this into ``None`` (the strategy then creates its group as usual) and fails tests/test_compat.py.
+    """
+    backend_of = getattr(strategy, "_get_process_group_backend", None)
+    if backend_of is None:
+        return None
+    return backend_of(), getattr(strategy, "_timeout", None)
+
+
+def is_batch_norm(module: Any) -> TypeGuard[_BatchNorm]:
+    """Whether ``module`` is a batch-norm layer of any dimension (``torch.nn.modules.batchnorm._BatchNorm``:
+    ``BatchNorm1d/2d/3d``, their lazy forms, ``SyncBatchNorm``).
+
+    Why: `dltrain.callbacks.BaseFinetuning` keeps frozen batch-norm layers in eval mode (their running statistics
+    would otherwise move), as Lightning's does; torch has no public base class of the batch-norm layers that
+    excludes instance norm.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return isinstance(module, _BatchNorm)

@@ -17,6 +17,7 @@ from lightning.fabric.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader, RandomSampler
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
     from dltrain.trainer import Trainer
 
@@ -24,21 +25,18 @@ __all__ = ["PossibleUserWarning", "check_loader", "check_manual_optimization", "
            "check_restored_callbacks", "default_max_epochs", "validation_runs"]
 
 
-def _warn(trainer: Trainer, message: str, category: type[Warning] = UserWarning) -> None:
+def _warn(trainer: TrainerView, message: str, category: type[Warning] = UserWarning) -> None:
     if trainer.is_global_zero:
         warnings.warn(message, category, stacklevel=4)
-
-
-def _task_overrides(task: Task, name: str) -> bool:
-    from dltrain.task import Task
-
-    return getattr(type(task), name, None) is not getattr(Task, name, None)
 
 
 def validation_runs(trainer: Trainer, task: Task, has_val_data: bool) -> bool:
     """Whether the fit validates: it needs both validation data and ``validation_step``; either one alone is
     skipped with Lightning's warning (a GAN template passes a val loader and has no validation step)."""
-    has_step = _task_overrides(task, "validation_step")
+    from dltrain._hooks import overrides
+    from dltrain.task import Task
+
+    has_step = overrides(task, Task, "validation_step")
     if has_val_data and not has_step:
         _warn(trainer, f"You passed in a val_dataloader but {type(task).__name__} has no validation_step. Skipping "
                        "val loop.")
@@ -91,7 +89,7 @@ def check_loader(trainer: Trainer, loader: Any, kind: str) -> None:
                   PossibleUserWarning)
 
 
-def check_restored_callbacks(trainer: Trainer, saved: dict[str, Any]) -> None:
+def check_restored_callbacks(trainer: TrainerView, saved: dict[str, Any]) -> None:
     """A checkpoint holds state for callbacks this Trainer does not have: their state is not restored (Lightning
     warns the same way)."""
     present = {cb.state_key for cb in trainer.callbacks}

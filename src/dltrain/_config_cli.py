@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dltrain.callbacks.base import Callback
+from dltrain.callbacks.base import Callback, TrainerView
 from dltrain.task import Task
 from dltrain.trainer import Trainer, seed_everything
 
@@ -213,7 +213,7 @@ class SaveConfigCallback(Callback):
         self.already_saved = False
 
     @staticmethod
-    def log_dir(trainer: Trainer) -> str:
+    def log_dir(trainer: TrainerView) -> str:
         found = getattr(trainer, "log_dir", None)
         if found:
             return str(found)
@@ -222,18 +222,18 @@ class SaveConfigCallback(Callback):
                 return logger.log_dir
         return str(trainer.default_root_dir)
 
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if self.already_saved:
             return
         if stage == "fit" and self.config.get("ckpt_path") is not None:
             return  # a resumed fit continues a run whose folder is known once restored: saved at on_fit_start
         self._save(trainer, task, stage, resumed=False)
 
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if not self.already_saved:
             self._save(trainer, task, "fit", resumed=True)
 
-    def _save(self, trainer: Trainer, task: Task, stage: str, resumed: bool) -> None:
+    def _save(self, trainer: TrainerView, task: Task, stage: str, resumed: bool) -> None:
         if self.save_to_log_dir:
             path = os.path.join(self.log_dir(trainer), self.config_filename)
             exists = os.path.exists(path)
@@ -259,7 +259,7 @@ class SaveConfigCallback(Callback):
         keep_none = "skip_unset" if _jsonargparse_version() >= (4, 49) else "skip_none"
         self.parser.save(self.config, path, overwrite=True, multifile=self.multifile, **{keep_none: False})
 
-    def save_config(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def save_config(self, trainer: TrainerView, task: Task, stage: str) -> None:
         """Send the configuration elsewhere too (a logger, a tracking server): override it."""
 
 

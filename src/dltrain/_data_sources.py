@@ -14,23 +14,27 @@ from dltrain.errors import ConfigurationError
 from dltrain.task import Task
 
 if TYPE_CHECKING:
-    from dltrain.trainer import Trainer
+    from dltrain._engine import Engine
+    from dltrain._hooks import HookDispatcher
+    from dltrain._settings import Settings
+    from dltrain._sharded import Layout
+    from dltrain.callbacks.base import TrainerView
 
-__all__ = ["is_datamodule", "prepare_and_setup", "reload_train_loader", "source", "wrap", "wrap_all"]
+__all__ = ["is_datamodule", "prepare_and_setup", "source", "wrap", "wrap_all"]
 
 
-def source(trainer: Trainer, kind: str, given: Any, required: bool = True) -> Any:
+def source(kind: str, given: Any, datamodule: Any, task: Task | None, required: bool = True) -> Any:
     """The loader(s) of ``kind`` ("train", "val", "test", "predict"): given, else the datamodule's, else the
     task's ``<kind>_dataloader()``."""
     if given is not None:
         refuse_datasets(given, kind)
         return given
     name = f"{kind}_dataloader"
-    for owner in (trainer.datamodule, trainer._task):
+    for owner in (datamodule, task):
         method = getattr(owner, name, None) if owner is not None else None
-        if method is None or (owner is trainer.datamodule and _datamodule_default(owner, name)):
+        if method is None or (owner is datamodule and _datamodule_default(owner, name)):
             continue
-        if owner is trainer._task and getattr(type(owner), name) is getattr(Task, name):
+        if owner is task and not overrides(owner, Task, name):
             continue  # Task's default (raising) *_dataloader(): the task gives no loaders
         loaders = method()
         refuse_datasets(loaders, kind)
@@ -38,11 +42,12 @@ def source(trainer: Trainer, kind: str, given: Any, required: bool = True) -> An
     if required:
         raise ConfigurationError(
             f"no {kind} data: pass {kind}_dataloaders (or dataloaders=) to the Trainer method, a datamodule with "
-            f"{name}(), or define {name}() on {type(trainer._task).__name__}"
+            f"{name}(), or define {name}() on {type(task).__name__}"
         )
     return None
 
-def wrap(trainer: Trainer, loader: Any, training: bool) -> Any:
+
+def wrap(loader: Any, training: bool, settings: Settings, split: Layout) -> Any:
     """What the loop iterates: map-style loaders made distributed and resumable; several training loaders (a dict
     or a list of loaders) combined by `dltrain.data.CombinedLoader`, each wrapped."""
     from dltrain.data.combined import CombinedLoader
@@ -51,66 +56,61 @@ def wrap(trainer: Trainer, loader: Any, training: bool) -> Any:
     if training and several:
         loader = CombinedLoader(loader)
     if isinstance(loader, CombinedLoader):
-        loader.loaders = [wrap(trainer, child, training) for child in loader.loaders]
+        loader.loaders = [wrap(child, training, settings, split) for child in loader.loaders]
         return loader
-    if not trainer.use_distributed_sampler:
-        _refuse_unsplit_under_tp(trainer, loader)
+    if not settings.use_distributed_sampler:
+        _refuse_unsplit_under_tp(split, loader)
         return loader
     # Split by data-parallel rank: tensor-parallel peers must read the same samples.
-    loader = wrap_loader(loader, rank=trainer.data_parallel_rank, world_size=trainer.data_parallel_size,
-                         seed=trainer.seed, training=training)
+    loader = wrap_loader(loader, rank=split.rank, world_size=split.size, seed=settings.seed, training=training)
     set_split = getattr(loader, "set_split", None)  # loaders that split themselves (StreamingDataLoader)
     if callable(set_split):
-        set_split(trainer.data_parallel_rank, trainer.data_parallel_size)
+        set_split(split.rank, split.size)
     return loader
 
 
-def _refuse_unsplit_under_tp(trainer: Trainer, loader: Any) -> None:
+def _refuse_unsplit_under_tp(split: Layout, loader: Any) -> None:
     """``use_distributed_sampler=False`` leaves the split to the loader; a streaming one given none splits by
     global rank, so under tensor parallelism the peers of a group would train on different batches."""
     from dltrain.data.streaming import StreamingDataLoader, StreamingDataset
 
-    if trainer._layout.tensor_parallel_size == 1:
+    if split.tensor_parallel_size == 1:
         return
     if isinstance(loader, StreamingDataset) or (isinstance(loader, StreamingDataLoader) and loader.split is None):
         raise ConfigurationError(
             f"use_distributed_sampler=False under tensor parallelism (tensor_parallel_size="
-            f"{trainer._layout.tensor_parallel_size}), but the {type(loader).__name__} has no split of its own: it "
+            f"{split.tensor_parallel_size}), but the {type(loader).__name__} has no split of its own: it "
             "would split by global rank and tensor-parallel peers would read different batches. Build it with "
             ".loader(rank=trainer.data_parallel_rank, world_size=trainer.data_parallel_size) (or call its "
             "set_split), or leave use_distributed_sampler=True"
         )
 
 
-def wrap_all(trainer: Trainer, loaders: Any) -> list[Any]:
+def wrap_all(loaders: Any, settings: Settings, split: Layout) -> list[Any]:
     """Evaluation loaders as a list (a list/tuple of loaders, a dict of loaders by name, or one loader)."""
     if isinstance(loaders, Mapping):
         loaders = list(loaders.values())
     if not isinstance(loaders, (list, tuple)) or _is_batch_list(loaders):
         loaders = [loaders]
-    return [wrap(trainer, loader, training=False) for loader in loaders]
+    return [wrap(loader, False, settings, split) for loader in loaders]
 
-def reload_train_loader(trainer: Trainer) -> Any:
-    """``reload_dataloaders_every_n_epochs``: ask the datamodule or task for a new training loader."""
-    loader = wrap(trainer, source(trainer, "train", None), training=True)
-    trainer.train_dataloader = loader
-    return loader
 
-def prepare_and_setup(trainer: Trainer, stage: str) -> None:
-    """``prepare_data`` (one process per machine, or per job), then ``setup(stage)`` on every rank."""
-    dm, task = trainer.datamodule, trainer._task
+def prepare_and_setup(view: TrainerView, engine: Engine, hooks: HookDispatcher, dm: Any, task: Task | None,
+                      stage: str) -> None:
+    """``prepare_data`` (one process per machine, or per job), then ``setup(stage)`` on every rank (the datamodule
+    gets ``view``, the Trainer, as its ``trainer``)."""
     for owner in (dm, task):
         if owner is None or not hasattr(owner, "prepare_data"):
             continue
         per_node = getattr(owner, "prepare_data_per_node", True)
-        if (trainer.local_rank if per_node else trainer.global_rank) == 0:
+        if (engine.local_rank if per_node else engine.global_rank) == 0:
             owner.prepare_data()
-    if trainer.world_size > 1:
-        trainer.fabric.barrier()
+    if engine.world_size > 1:
+        engine.barrier()
     if dm is not None:
-        dm.trainer = trainer
+        dm.trainer = view
         dm.setup(stage)
-    trainer._hooks.call_callbacks("setup", stage)
+    hooks.call_callbacks("setup", stage)
     if task is not None:
         task.setup(stage)
 

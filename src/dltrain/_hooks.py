@@ -11,7 +11,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dltrain.callbacks.base import Callback
+    from dltrain.callbacks.base import Callback, TrainerView
     from dltrain.task import Task
 
 __all__ = ["HookDispatcher", "overrides"]
@@ -32,7 +32,7 @@ class HookDispatcher:
     once per epoch, not per batch.
     """
 
-    def __init__(self, view: Any, callbacks: Sequence[Callback]) -> None:
+    def __init__(self, view: TrainerView, callbacks: Sequence[Callback]) -> None:
         self.view = view
         self._callbacks: list[Callback] = list(callbacks)
         self._task: Task | None = None
@@ -96,12 +96,13 @@ class HookDispatcher:
         for hook in self.hooks(name):
             hook(*args)
 
-    def call_callbacks(self, name: str, *args: Any) -> None:
-        """Call hook ``name`` on the callbacks only (the caller runs the task's own at its place)."""
-        from dltrain.callbacks.base import Callback
+    def call_callbacks(self, name: str, *args: Any, checkpoints: bool | None = None) -> None:
+        """Call hook ``name`` on the callbacks only (the caller runs the task's own at its place); ``checkpoints``
+        ``False``: all but the checkpoint callbacks, ``True``: only those (`checkpoint_last`'s split)."""
+        from dltrain.callbacks.base import Callback, Checkpoint
 
         for cb in self._callbacks:
-            if overrides(cb, Callback, name):
+            if overrides(cb, Callback, name) and (checkpoints is None or isinstance(cb, Checkpoint) == checkpoints):
                 getattr(cb, name)(self.view, self._task, *args)
 
     def task_hook(self, name: str) -> Callable[..., Any] | None:

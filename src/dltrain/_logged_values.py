@@ -7,8 +7,8 @@ costs one dictionary lookup and an attribute write per logged value.
 
 from __future__ import annotations
 
+import inspect
 import numbers
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,7 +96,8 @@ def _caller_hook() -> str:
 
     hooks = {n for n in (*vars(Task), *vars(Callback)) if n.startswith("on_") or n.endswith("_step")}
     ours = (__file__, Task.log.__code__.co_filename)
-    frame = sys._getframe(1)
+    here = inspect.currentframe()
+    frame = here.f_back if here is not None else None
     caller = None
     while frame is not None:
         code = frame.f_code
@@ -231,7 +232,7 @@ class LoggedValues:
                 bar[key] = value
         if to_sync and self._trainer.world_size > 1:
             stacked = torch.stack([v.float().to(self._trainer.device) for _, v in to_sync])
-            reduced = self._trainer.fabric.all_reduce(stacked, group=self._trainer._layout.group, reduce_op="mean")
+            reduced = self._trainer.fabric.all_reduce(stacked, group=self._trainer.data_parallel_group, reduce_op="mean")
             for i, (key, _) in enumerate(to_sync):
                 values[key] = reduced[i]
                 if key in bar:
@@ -291,7 +292,7 @@ class LoggedValues:
                 if distributed and entry.metric.process_group is None:
                     # A Metric syncs over every rank unless told otherwise; tensor-parallel peers hold the same
                     # samples, so its states would count them once per peer.
-                    entry.metric.process_group = trainer._layout.group
+                    entry.metric.process_group = trainer.data_parallel_group
                 computed = entry.metric.compute()
                 entry.metric.reset()
                 if not isinstance(computed, Tensor) or computed.numel() != 1:
@@ -322,7 +323,7 @@ class LoggedValues:
             if distributed:
                 op = {"mean": "sum", "sum": "sum", "max": "max", "min": "min"}[fx]
                 # Over the data-parallel ranks: tensor-parallel peers logged the same samples' values.
-                stacked = trainer.fabric.all_reduce(stacked, group=trainer._layout.group, reduce_op=op)
+                stacked = trainer.fabric.all_reduce(stacked, group=trainer.data_parallel_group, reduce_op=op)
             for i, name in enumerate(order[fx]):
                 total, weight = stacked[i, 0], stacked[i, 1]
                 entry = self._entries.get(name)

@@ -12,7 +12,7 @@ from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from dltrain._hooks import HookDispatcher
-    from dltrain.loop import LoopState
+    from dltrain._run_state import LoopState
 
 _EXPECTED = (
     "expected an Optimizer, (optimizers, schedulers), or "

@@ -209,6 +209,10 @@ class ResumableLoader:
         """Whether worker processes live across epochs (then only the first ``iter()`` draws a worker seed)."""
         return bool(self._loader.persistent_workers and self._loader.num_workers > 0)
 
+    def release_workers(self) -> None:
+        """Stop the workers of the DataLoader's kept iterator (persistent workers): see `release_workers`."""
+        release_loader_iterator(self._loader)
+
     def state_dict(self) -> dict[str, Any]:
         # Samples consumed over all ranks: those before this run's restore point (``sampler.start``, already
         # counted in the restored state) plus the batches handed out since then.
@@ -249,7 +253,7 @@ def release_workers(loaders: Iterable[Any]) -> None:
         if isinstance(inner, list):
             release_workers(inner)
         elif isinstance(loader, ResumableLoader):
-            release_loader_iterator(loader._loader)
+            loader.release_workers()
         elif isinstance(loader, DataLoader):
             release_loader_iterator(loader)
 

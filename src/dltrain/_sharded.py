@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from lightning.fabric.strategies import ModelParallelStrategy
     from torch.distributed.device_mesh import DeviceMesh
 
-    from dltrain.trainer import Trainer
+    from dltrain._engine import Engine
 
 META_FILE = "meta.pt"  # Fabric's name for the non-tensor part of a distributed checkpoint
 _DCP_METADATA = ".metadata"  # torch.distributed.checkpoint's index of every shard
@@ -208,10 +208,11 @@ def sharding_units(module: nn.Module) -> list[nn.Module]:
     return units
 
 
-def is_fsdp2(trainer: Trainer) -> bool:
+def is_fsdp2(strategy: Any) -> bool:
+    """Whether ``strategy`` shards the task itself (FSDP2 on Fabric's ``ModelParallelStrategy``)."""
     from lightning.fabric.strategies import ModelParallelStrategy
 
-    return isinstance(trainer.strategy, ModelParallelStrategy)
+    return isinstance(strategy, ModelParallelStrategy)
 
 
 def world_size_of(accelerator: str, devices: Any, num_nodes: int) -> int:
@@ -229,28 +230,28 @@ def world_size_of(accelerator: str, devices: Any, num_nodes: int) -> int:
 
 
 # ---------------------------------------------------------------------- saving
-def save(trainer: Trainer, path: str | os.PathLike[str], metadata: dict[str, Any], optimizers: bool = True) -> None:
+def save(engine: Engine, path: str | os.PathLike[str], metadata: dict[str, Any], optimizers: bool = True) -> None:
     """Write the sharded checkpoint directory ``path`` (every rank calls it): shards of the model and optimizers
     (``optimizers=False``: weights only) from every rank, ``metadata`` from rank zero. ``path`` appears only once all
     of it is on disk."""
     final = Path(path)
     tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    tmp = Path(trainer.fabric.broadcast(str(tmp), src=0))  # rank zero's name on every rank
-    if trainer.is_global_zero:
+    tmp = Path(engine.fabric.broadcast(str(tmp), src=0))  # rank zero's name on every rank
+    if engine.is_global_zero:
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    trainer.fabric.barrier()
-    state: dict[str, Any] = {"model": trainer._fabric_module.module, **metadata}
-    for i, optimizer in enumerate(trainer.optimizers if optimizers else []):
+    engine.fabric.barrier()
+    state: dict[str, Any] = {"model": engine.module.module, **metadata}
+    for i, optimizer in enumerate(engine.optimizers if optimizers else []):
         state[f"optimizer_{i}"] = optimizer
-    trainer.strategy.save_checkpoint(tmp, state)  # torch.distributed.checkpoint: each rank writes its shards
-    trainer.fabric.barrier()  # every rank's shards are written
-    if trainer.is_global_zero:
+    engine.strategy.save_checkpoint(tmp, state)  # torch.distributed.checkpoint: each rank writes its shards
+    engine.fabric.barrier()  # every rank's shards are written
+    if engine.is_global_zero:
         for file in tmp.iterdir():
             fsync_path(file)
         fsync_path(tmp)
         publish(tmp, final)
-    trainer.fabric.barrier()  # no rank goes on (and may be killed) before the directory is in place
+    engine.fabric.barrier()  # no rank goes on (and may be killed) before the directory is in place
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -349,11 +350,11 @@ def check_model(module: nn.Module, path: Path) -> None:
     ckpt_io.check_state_dict(module, shapes, str(path))
 
 
-def load_model(trainer: Trainer, path: Path) -> None:
+def load_model(engine: Engine, path: Path) -> None:
     """Load the model's weights from the shards, resharded to this run's world size (or into a plain model)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-    module: nn.Module = trainer._fabric_module.module
+    module: nn.Module = engine.module.module
     check_model(module, path)
     state = {"model": get_model_state_dict(module)}
     _dcp_load(state, path)
@@ -374,25 +375,25 @@ def read_model(module: nn.Module, path: Path) -> dict[str, Any]:
     return state["model"]
 
 
-def load_full_model(trainer: Trainer, state_dict: dict[str, Any]) -> None:
+def load_full_model(engine: Engine, state_dict: dict[str, Any]) -> None:
     """Load a full (unsharded) state dict into the sharded task: each rank keeps its own shard of it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(trainer._fabric_module.module, state_dict, options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(engine.module.module, state_dict, options=StateDictOptions(full_state_dict=True))
 
 
-def load_optimizers(trainer: Trainer, path: Path) -> None:
+def load_optimizers(engine: Engine, path: Path) -> None:
     """Load every optimizer's state from the shards (``optimizer_<i>``), resharded to this run's world size."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    module = trainer._fabric_module.module
+    module = engine.module.module
     stored = {k.split(".", 1)[0] for k in _read_dcp_metadata(path).state_dict_metadata if k.startswith("optimizer_")}
-    if len(stored) != len(trainer.optimizers):
+    if len(stored) != len(engine.optimizers):
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds {len(stored)} optimizer states, but configure_optimizers() returned "
-            f"{len(trainer.optimizers)} optimizers"
+            f"{len(engine.optimizers)} optimizers"
         )
-    for i, optimizer in enumerate(trainer.optimizers):
+    for i, optimizer in enumerate(engine.optimizers):
         key = f"optimizer_{i}"
         state = {key: get_optimizer_state_dict(module, optimizer)}
         _dcp_load(state, path)

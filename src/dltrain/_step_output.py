@@ -12,7 +12,8 @@ from torch import Tensor
 from dltrain.errors import StepError
 
 if TYPE_CHECKING:
-    from dltrain.trainer import Trainer
+    from dltrain._engine import Engine
+    from dltrain._run_state import LoopState
 
 
 def loss_of(output: Any, batch_idx: int) -> Tensor | None:
@@ -20,7 +21,7 @@ def loss_of(output: Any, batch_idx: int) -> Tensor | None:
     if output is None:
         return None
     loss = output
-    if isinstance(output, Mapping):
+    if type(output) is not Tensor and isinstance(output, Mapping):  # a Tensor first: no ABC check per step
         if "loss" not in output:
             raise StepError(
                 f"training_step returned a dict without a 'loss' entry on batch {batch_idx} (keys: "
@@ -45,8 +46,10 @@ def loss_of(output: Any, batch_idx: int) -> Tensor | None:
     return loss
 
 
-def check_nonfinite(value: float, trainer: Trainer, batch_idx: int | None, step: int | None = None) -> bool:
-    """``False`` for a finite loss; ``True`` (skip the step) for a bad one with ``on_nonfinite_loss="skip"``.
+def check_nonfinite(value: float, policy: str, rank: int, progress: LoopState, batch_idx: int | None,
+                    step: int | None = None) -> bool:
+    """``False`` for a finite loss; ``True`` (skip the step) for a bad one with ``on_nonfinite_loss="skip"``
+    (``policy``).
 
     Raises:
         StepError: a bad loss with ``on_nonfinite_loss="raise"``, naming the step, epoch, batch and rank (``step``
@@ -54,15 +57,15 @@ def check_nonfinite(value: float, trainer: Trainer, batch_idx: int | None, step:
     """
     if math.isfinite(value):
         return False
-    if trainer.on_nonfinite_loss == "skip":
+    if policy == "skip":
         return True
     advice = ("Lower the learning rate, clip gradients (gradient_clip_val), check the data, or pass "
               "Trainer(on_nonfinite_loss='skip').")
     if step is not None:
-        raise StepError(f"the loss became NaN or infinite at global step {step} (rank {trainer.global_rank}). {advice}")
+        raise StepError(f"the loss became NaN or infinite at global step {step} (rank {rank}). {advice}")
     raise StepError(
-        f"the loss is {value} at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch "
-        f"{batch_idx}, rank {trainer.global_rank}). {advice}"
+        f"the loss is {value} at global step {progress.global_step} (epoch {progress.epoch}, batch "
+        f"{batch_idx}, rank {rank}). {advice}"
     )
 
 
@@ -74,27 +77,28 @@ class NonfiniteLosses:
     that memory stays bounded, unless skipping bad steps was asked for: that needs the answer before the step.
     """
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
+    def __init__(self, policy: str, engine: Engine, progress: LoopState) -> None:
+        self.policy = policy  # on_nonfinite_loss
+        self.engine = engine
+        self.progress = progress
         self._losses: list[Tensor] = []
         self._steps: list[int] = []
 
     @property
     def skipped(self) -> int:
-        return self.trainer.loop_state.skipped_nonfinite_steps
+        return self.progress.skipped_nonfinite_steps
 
     def skip(self, loss: Tensor, batch_idx: int) -> bool:
         """Whether to skip this step's backward (see `check_nonfinite`)."""
-        t = self.trainer
-        if t._check_loss_on_host:
+        if self.engine.check_loss_on_host:
             value = loss.item()  # a CPU .item() costs under a microsecond
             if math.isfinite(value):
                 return False
-            skip = check_nonfinite(value, t, batch_idx)
-            t.loop_state.skipped_nonfinite_steps += skip
+            skip = check_nonfinite(value, self.policy, self.engine.global_rank, self.progress, batch_idx)
+            self.progress.skipped_nonfinite_steps += skip
             return skip
         self._losses.append(loss.detach())
-        self._steps.append(t.global_step)
+        self._steps.append(self.progress.global_step)
         if len(self._losses) >= 4096:
             self.check()
         return False
@@ -106,7 +110,8 @@ class NonfiniteLosses:
             self._losses, self._steps = [], []
             finite = torch.isfinite(losses)
             if not bool(finite.all()):
-                check_nonfinite(math.nan, self.trainer, None, step=steps[int((~finite).nonzero()[0, 0])])
+                check_nonfinite(math.nan, self.policy, self.engine.global_rank, self.progress, None,
+                                step=steps[int((~finite).nonzero()[0, 0])])
 
 
 def raise_if_unused_parameters(err: BaseException) -> None:

@@ -54,7 +54,8 @@ class LightningTrainerMembers:
         from dltrain.callbacks.base import Callback
         from dltrain.loggers.base import Logger
 
-        fabric: Fabric
+        @property
+        def fabric(self) -> Fabric: ...
         callbacks: list[Callback]
         loggers: list[Logger]
         default_root_dir: str
@@ -65,8 +66,12 @@ class LightningTrainerMembers:
         num_sanity_val_steps: int
         val_dataloaders: Any
         limit_val_batches: int | float | None
+        from dltrain._engine import Engine
+        from dltrain._settings import Settings
+
         _task: Task | None
-        _fabric_module: Any
+        _engine: Engine
+        _settings: Settings
         _status: str
         _ckpt_path: str | None
 
@@ -78,7 +83,6 @@ class LightningTrainerMembers:
         def data_parallel_rank(self) -> int: ...
         @property
         def data_parallel_size(self) -> int: ...
-        def _val_batches_interval(self, val: bool) -> int | None: ...
 
     # ------------------------------------------------------------------ what runs
     @property
@@ -89,7 +93,8 @@ class LightningTrainerMembers:
     @property
     def model(self) -> Any:
         """The task as the strategy placed it (its wrapper under DDP), or the task before it is placed."""
-        return self._fabric_module if self._fabric_module is not None else self._task
+        module = self._engine.module
+        return module if module is not None else self._task
 
     @property
     def state(self) -> TrainerState:
@@ -103,7 +108,9 @@ class LightningTrainerMembers:
             return self.stage
         if self.sanity_checking:
             return "sanity_check"
-        results = self._task._results if self._task is not None else None
+        from dltrain.task import logging_into
+
+        results = logging_into(self._task) if self._task is not None else None
         # Validation inside fit logs into a store of its own (not a training one).
         return "validate" if results is not None and not results.training else "train"
 
@@ -150,7 +157,7 @@ class LightningTrainerMembers:
     @property
     def val_check_batch(self) -> float:
         """Validation runs every this many training batches (the epoch's length when only at epoch ends)."""
-        every = self._val_batches_interval(val=True)
+        every = self._settings.val_batches_interval(self.num_training_batches, val=True)
         return float(every) if every is not None else self.num_training_batches
 
     @property

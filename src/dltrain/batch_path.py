@@ -7,21 +7,19 @@ the strategy needs. A ``None`` batch (a loader that skipped every sample of it) 
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
-from lightning.fabric.plugins.precision import Precision
-
 from dltrain._batch import describe_batch
-from dltrain._hooks import overrides
 from dltrain._step_output import add_note, raise_if_unused_parameters
 from dltrain.task import Task
 
 if TYPE_CHECKING:
-    from dltrain.trainer import Trainer
+    from dltrain._engine import Engine
+    from dltrain._hooks import HookDispatcher
+    from dltrain._run_state import LoopState
 
 __all__ = ["BatchPath"]
 
@@ -31,45 +29,20 @@ _END = object()
 class BatchPath:
     """Loader → device → transfer hooks → step, for one stage and loader (see the module docstring)."""
 
-    def __init__(self, trainer: Trainer, task: Task, step_name: str, through_wrapper: bool,
-                 dataloader_idx: int | None = None) -> None:
-        self.trainer = trainer
+    def __init__(self, engine: Engine, hooks: HookDispatcher, progress: LoopState, task: Task, step_name: str,
+                 through_wrapper: bool, dataloader_idx: int | None = None) -> None:
+        self.engine = engine
+        self.progress = progress  # epoch and step, for error notes
         self.task = task
         self.step_name = step_name
         self.dataloader_idx = dataloader_idx  # passed to the step only with several loaders (as in Lightning)
-        self.move = trainer.device.type != "cpu"
-        self.before_transfer = _task_hook(task, "on_before_batch_transfer")
-        self.transfer = _task_hook(task, "transfer_batch_to_device")
-        self.after_transfer = _task_hook(task, "on_after_batch_transfer")
+        self.move = engine.device.type != "cpu"
+        self.before_transfer = hooks.task_hook("on_before_batch_transfer")
+        self.transfer = hooks.task_hook("transfer_batch_to_device")
+        self.after_transfer = hooks.task_hook("on_after_batch_transfer")
         self.needs_preparing = self.move or any((self.before_transfer, self.transfer, self.after_transfer))
-        self.step = self._resolve_step(step_name, through_wrapper)
+        self.step = engine.step_method(task, step_name, through_wrapper, dataloader_idx)
         self.lookahead_position: dict[str, Any] | None = None  # the loader's position before the look-ahead
-
-    def _resolve_step(self, name: str, through_wrapper: bool) -> Callable[[Any, int], Any]:
-        if through_wrapper:
-            # Fabric sends the call through the wrapper's forward (DDP's gradient sync, FSDP's all-gather), under
-            # the precision context.
-            method = getattr(self.trainer._fabric_module, name)
-        else:
-            method = getattr(self.task, name)
-        extra = () if self.dataloader_idx is None else (self.dataloader_idx,)
-        # Lightning allows training_step(self, batch). Read from the class: FSDP2's forward-method wrapper on the
-        # instance (strategy="fsdp2") does not show the method's own signature.
-        defined = getattr(type(self.task), name, None)
-        takes_index = _accepts_batch_idx(defined.__get__(self.task) if defined is not None else getattr(self.task, name))
-        precision = self.trainer.strategy.precision
-        plain = through_wrapper or type(precision) is Precision  # the wrapper applies the precision itself
-        if plain and takes_index and not extra:
-            return method  # one device, full precision: call the task as a hand-written loop would
-
-        def step(batch: Any, batch_idx: int) -> Any:
-            args = (batch, batch_idx, *extra) if takes_index else (batch, *extra)
-            if plain:
-                return method(*args)
-            with precision.forward_context():
-                return method(precision.convert_input(args[0]), *args[1:])
-
-        return step
 
     def batches(self, loader: Any, iterator: Iterator[Any], start: int, limit: float,
                 lookahead: bool) -> Generator[tuple[int, Any, bool], None, None]:
@@ -114,9 +87,9 @@ class BatchPath:
         if self.before_transfer is not None:
             batch = self.before_transfer(batch, idx)
         if self.transfer is not None:
-            batch = self.transfer(batch, self.trainer.device, idx)
+            batch = self.transfer(batch, self.engine.device, idx)
         elif self.move:
-            batch = self.trainer.fabric.to_device(batch)
+            batch = self.engine.fabric.to_device(batch)
         if self.after_transfer is not None:
             batch = self.after_transfer(batch, idx)
         return batch
@@ -129,25 +102,10 @@ class BatchPath:
             return self.step(batch, batch_idx)
         except Exception as err:
             raise_if_unused_parameters(err)
-            t = self.trainer
+            progress = self.progress
             add_note(
                 err,
-                f"[dltrain] {self.step_name} failed on batch {batch_idx} (epoch {t.current_epoch}, global step "
-                f"{t.global_step}, rank {t.global_rank}); the batch was {describe_batch(batch)}",
+                f"[dltrain] {self.step_name} failed on batch {batch_idx} (epoch {progress.epoch}, global step "
+                f"{progress.global_step}, rank {self.engine.global_rank}); the batch was {describe_batch(batch)}",
             )
             raise
-
-
-def _task_hook(task: Task, name: str) -> Callable[..., Any] | None:
-    """``task.<name>`` when the task's class overrides Task's default, else None (the path does the default)."""
-    return getattr(task, name) if overrides(task, Task, name) else None
-
-
-def _accepts_batch_idx(method: Callable[..., Any]) -> bool:
-    """Whether a step method takes ``batch_idx`` (Lightning allows ``training_step(self, batch)``)."""
-    try:
-        params = list(inspect.signature(method).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dltrain._compat import default_store
+from dltrain._compat import default_store, process_group_settings
 
 # torchrun keeps its store across restarts (--max-restarts): keys carry the restart round, so a restarted job
 # does not see the failure that made it restart.
@@ -59,11 +59,11 @@ def isolate_restart_round(strategy: Any) -> bool:
         return False
     if not dist.is_available() or dist.is_initialized() or int(env.get("WORLD_SIZE", "1")) < 2:
         return False
-    backend_of = getattr(strategy, "_get_process_group_backend", None)
-    if backend_of is None:  # not one of Lightning's process-group strategies: leave it to the strategy
+    settings = process_group_settings(strategy)
+    if settings is None:  # not one of Lightning's process-group strategies: leave it to the strategy
         return False
-    backend: str = backend_of()
-    timeout: timedelta = getattr(strategy, "_timeout", None) or timedelta(minutes=30)
+    backend: str = settings[0]
+    timeout: timedelta = settings[1] or timedelta(minutes=30)
     device: torch.device = strategy.root_device
     client = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timeout)
     store = dist.PrefixStore(f"{_PREFIX}/pg", client)

@@ -19,10 +19,12 @@ from dltrain.errors import CheckpointError, ConfigurationError, DltrainError
 if TYPE_CHECKING:
     from torchmetrics import Metric
 
+    from dltrain._engine import Engine
+    from dltrain._hooks import HookDispatcher
     from dltrain.loggers.base import Logger
     from dltrain.trainer import Trainer
 
-__all__ = ["Task"]
+__all__ = ["Task", "attach", "log_into", "logging_into"]
 
 
 class Task(HyperparametersMixin, nn.Module):
@@ -65,8 +67,11 @@ class Task(HyperparametersMixin, nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        # Plain attributes (not buffers or submodules): set by the Trainer while it runs this task.
+        # Plain attributes (not buffers or submodules): set by the Trainer while it runs this task (`attach`,
+        # `log_into`): the Trainer, its engine and hook dispatcher (manual optimization), the store `log` writes to.
         self._trainer: Trainer | None = None
+        self._engine: Engine | None = None
+        self._hooks: HookDispatcher | None = None
         self._results: Any = None
         self.automatic_optimization = True
         self._frozen_by_toggle: dict[nn.Parameter, bool] = {}
@@ -81,6 +86,12 @@ class Task(HyperparametersMixin, nn.Module):
         if self._trainer is None and not self._jit_is_scripting:
             raise DltrainError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(task, ...)")
         return self._trainer  # type: ignore[return-value]  # None only while to_torchscript scripts the task
+
+    def _run_parts(self) -> tuple[Engine, HookDispatcher]:
+        """The engine and hook dispatcher of the Trainer running this task (raises outside its stages)."""
+        if self._trainer is None or self._engine is None or self._hooks is None:
+            raise DltrainError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(task, ...)")
+        return self._engine, self._hooks
 
     @property
     def device(self) -> torch.device:
@@ -319,7 +330,8 @@ class Task(HyperparametersMixin, nn.Module):
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizer (several: a list) from ``configure_optimizers``, for manual optimization: its ``step()``
         counts a training step and runs the ``on_before_optimizer_step`` hooks, as in Lightning."""
-        opts = self.trainer._manual_optimizers if use_pl_optimizer else self.trainer.optimizers
+        engine, _ = self._run_parts()
+        opts = engine.manual_optimizers if use_pl_optimizer else engine.optimizers
         return opts[0] if len(opts) == 1 else list(opts)
 
     def lr_schedulers(self) -> Any:
@@ -331,11 +343,13 @@ class Task(HyperparametersMixin, nn.Module):
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """``loss.backward()`` through the strategy and precision (gradient sync under DDP, loss scaling)."""
-        t = self.trainer
+        engine, hooks = self._run_parts()
         if self.automatic_optimization:
             raise ConfigurationError("manual_backward() is for manual optimization: set self.automatic_optimization = "
                                      "False in __init__, or return the loss from training_step")
-        t._run_backward(loss, *args, **kwargs)
+        hooks.call("on_before_backward", loss)
+        engine.manual_backward(loss, *args, **kwargs)
+        hooks.call("on_after_backward")
 
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Let only ``optimizer``'s parameters require grad (for several optimizers, as in GANs)."""
@@ -373,7 +387,8 @@ class Task(HyperparametersMixin, nn.Module):
         """Clip the gradients of ``optimizer``'s parameters by norm (default) or value."""
         if gradient_clip_val is None:
             return
-        self.trainer._clip(_inner(optimizer), gradient_clip_val, gradient_clip_algorithm or "norm")
+        engine, _ = self._run_parts()
+        engine.clip(_inner(optimizer), gradient_clip_val, gradient_clip_algorithm or "norm")
 
     # ------------------------------------------------------------------ logging
     def log(
@@ -626,3 +641,25 @@ def _inner(optimizer: Any) -> torch.optim.Optimizer:
     while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
     return optimizer
+
+
+# The Trainer's hand-over to the task it runs. Functions of this module, so that the task's run-time links stay
+# private to it (the one place outside Task's methods that writes them).
+def attach(task: Task, trainer: Trainer | None, engine: Engine | None = None,
+           hooks: HookDispatcher | None = None) -> None:
+    """Link ``task`` to the Trainer running it (its engine and hooks serve manual optimization); ``None``:
+    detach."""
+    task._trainer = trainer  # noqa: SLF001  Task's own module
+    task._engine = engine  # noqa: SLF001  Task's own module
+    task._hooks = hooks  # noqa: SLF001  Task's own module
+
+
+def log_into(task: Task, store: Any) -> None:
+    """Route ``task.log`` to ``store`` (a loop's `dltrain._logged_values.LoggedValues`; ``None``: nowhere)."""
+    task._results = store  # noqa: SLF001  Task's own module
+
+
+def logging_into(task: Task) -> Any:
+    """The store ``task.log`` writes to now (`log_into`; ``None``: nowhere): ``trainer.state`` reads whether it
+    is a training store."""
+    return task._results  # noqa: SLF001  Task's own module

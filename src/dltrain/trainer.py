@@ -1,9 +1,11 @@
-"""`Trainer`: the settings of a run and the façade over the loops (``dltrain.loop``), on Lightning Fabric.
+"""`Trainer`: the façade over a run's parts, on Lightning Fabric.
 
-Fabric owns devices, strategies (DDP, FSDP), precision and cluster environments; ``dltrain.loop`` owns the loops;
-``dltrain._checkpointing`` owns what a checkpoint holds. This module checks the arguments, places the task with
-Fabric, dispatches hooks to callbacks and sends metrics to the loggers. Callbacks read the documented attributes
-listed in docs/DESIGN.md ("The trainer view").
+A run has three parts, each in its own module: `dltrain._settings.Settings` (every argument, checked once, frozen),
+`dltrain._engine.Engine` (Fabric and the strategy mechanics: placing the task, the step call, backward, clipping,
+the optimizer step, collectives) and `dltrain._hooks.HookDispatcher` (which callbacks and task methods each hook
+reaches). `dltrain._run_state.RunState` holds what the trainer view shows of the running stage. The loops
+(``dltrain.loop``, ``dltrain.evaluation``) take these parts; this module builds them, runs the stages in order and
+is the view callbacks read (docs/DESIGN.md, "The trainer view": `dltrain.callbacks.TrainerView`).
 """
 
 from __future__ import annotations
@@ -15,42 +17,37 @@ import sys
 import warnings
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 import torch
 from lightning.fabric import Fabric
-from lightning.fabric.plugins.precision import Precision
-from lightning.fabric.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from lightning.fabric.strategies import Strategy
 from torch import Tensor
 
 from dltrain import _checkpointing, _sharded
 from dltrain import _config_checks as _checks
 from dltrain import _data_sources as _data
-from dltrain._compat import compiled_in_place, strategy_wraps_module
+from dltrain._compat import compiled_in_place
+from dltrain._engine import Engine
 from dltrain._hooks import HookDispatcher, overrides
-from dltrain._logged_values import LoggedValues
-from dltrain._optim import ManualOptimizer, SchedulerConfig, parse_optimizers
+from dltrain._optim import SchedulerConfig
 from dltrain._resumable_loader import release_workers
-from dltrain._step_output import add_note, raise_if_unused_parameters
+from dltrain._run_state import LoopState, RunState
+from dltrain._settings import Settings
+from dltrain._step_output import add_note
 from dltrain._trainer_members import LightningTrainerMembers
 from dltrain.callbacks.base import Callback
 from dltrain.distributed import Watchdog, destroy_process_group_at_exit, isolate_restart_round
-from dltrain.errors import ConfigurationError, DistributedError
+from dltrain.errors import ConfigurationError, DltrainError
 from dltrain.evaluation import evaluate, predict
 from dltrain.loggers.base import Logger
-from dltrain.loop import FitLoop, LoopState
+from dltrain.loop import FitLoop
 from dltrain.strategies import FSDP2
-from dltrain.task import Task
+from dltrain.task import Task, attach, log_into
 
 __all__ = ["Trainer", "seed_everything"]
 
-_ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps")
-_STRATEGIES = ("auto", "ddp", "fsdp2", "ddp_find_unused_parameters_true", "single_device")
-_PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
-# Lightning's short spellings of the precisions.
-_PRECISION_ALIASES: dict[Any, str] = {32: "32-true", "32": "32-true", 16: "16-mixed", "16": "16-mixed",
-                                      "bf16": "bf16-mixed", 64: "64-true", "64": "64-true"}
-
+T = TypeVar("T")
 
 def seed_everything(seed: int) -> int:
     """Seed Python, NumPy and torch (all devices) and the DataLoader workers; returns the seed."""
@@ -77,24 +74,31 @@ def _refuse_unknown_arguments(unknown: dict[str, Any]) -> None:
     raise TypeError(f"Trainer got unknown arguments: {', '.join(hints)}. Its arguments: {', '.join(known)}")
 
 
-def _as_floats(values: dict[str, Tensor]) -> dict[str, float]:
-    """Tensors to numbers with one device-to-host copy per device (not one per value)."""
-    by_device: dict[torch.device, list[str]] = {}
-    for key, value in values.items():
-        by_device.setdefault(value.device, []).append(key)
-    floats: dict[str, float] = {}
-    for keys in by_device.values():
-        numbers = torch.stack([values[k].float().reshape(()) for k in keys]).tolist()
-        floats.update(zip(keys, numbers))
-    return floats
+class _Setting(Generic[T]):
+    """A `Trainer` attribute that reads one field of the Trainer's frozen `Settings`; assigning it replaces the
+    settings with a checked copy (as Lightning lets ``trainer.limit_train_batches = 3`` be set)."""
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-def _env_world() -> tuple[int, int] | None:
-    """(local processes, nodes) when started by torchrun/SLURM-like launchers, from their environment."""
-    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
-        local = int(os.environ["LOCAL_WORLD_SIZE"])
-        return local, max(int(os.environ["WORLD_SIZE"]) // max(local, 1), 1)
-    return None
+    @overload
+    def __get__(self, trainer: None, owner: type) -> _Setting[T]: ...
+    @overload
+    def __get__(self, trainer: Trainer, owner: type) -> T: ...
+    def __get__(self, trainer: Trainer | None, owner: type) -> _Setting[T] | T:
+        if trainer is None:
+            return self
+        value: T = getattr(trainer._settings, self.name)  # noqa: SLF001  the Trainer's own module
+        return value
+
+    def __set__(self, trainer: Trainer, value: T) -> None:
+        settings = trainer._settings  # noqa: SLF001  the Trainer's own module
+        trainer._settings = settings.replace(**{self.name: value})  # noqa: SLF001  the Trainer's own module
+        # A running fit reads it from its next batch (GradientAccumulationScheduler sets accumulate_grad_batches
+        # at an epoch start, as Lightning lets a callback do).
+        loop = trainer._fit_loop  # noqa: SLF001  the Trainer's own module
+        if loop is not None:
+            loop.settings = trainer._settings  # noqa: SLF001  the Trainer's own module
 
 
 class Trainer(LightningTrainerMembers):
@@ -191,52 +195,61 @@ class Trainer(LightningTrainerMembers):
     ) -> None:
         if unknown:
             _refuse_unknown_arguments(unknown)
-        precision = _PRECISION_ALIASES.get(precision, precision)  # type: ignore[call-overload]
-        gradient_clip_algorithm = gradient_clip_algorithm or "norm"
-        log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
-        fast_dev_run = int(fast_dev_run)
-        if fast_dev_run < 0:
-            raise ConfigurationError(f"fast_dev_run={fast_dev_run}: use True, False or a number of batches")
-        # fast_dev_run and barebones switch off what would write files or cost time (as in Lightning).
-        quiet = bool(fast_dev_run) or barebones
-        for name, value in (("logger", logger), ("enable_checkpointing", enable_checkpointing),
-                            ("enable_model_summary", enable_model_summary), ("enable_progress_bar", enable_progress_bar)):
-            if barebones and value:
-                raise ConfigurationError(f"barebones=True switches {name} off; drop {name}={value!r}")
-        logger = (not quiet) if logger is None else logger
-        enable_checkpointing = (not quiet) if enable_checkpointing is None else enable_checkpointing
-        enable_model_summary = (not quiet) if enable_model_summary is None else enable_model_summary
-        enable_progress_bar = (not barebones) if enable_progress_bar is None else enable_progress_bar
-        if num_sanity_val_steps is None:
-            num_sanity_val_steps = 0 if quiet else 2
-        if fast_dev_run:
-            max_epochs, max_steps = 1, fast_dev_run
-            limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = fast_dev_run
-            val_check_interval = None
-        self._check_choices(accelerator, strategy, precision, gradient_clip_algorithm, on_nonfinite_loss)
-        if accumulate_grad_batches < 1:
-            raise ConfigurationError(f"accumulate_grad_batches={accumulate_grad_batches}: use 1 or more")
-        if log_every_n_steps < 1:
-            raise ConfigurationError(f"log_every_n_steps={log_every_n_steps}: use 1 or more")
-        env = _env_world()
-        if devices == "auto" and env is not None:
-            devices = env[0]
-        if num_nodes == "auto":
-            num_nodes = env[1] if env is not None else 1
+        settings = Settings.resolve(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=precision,
+            max_epochs=max_epochs,
+            min_epochs=min_epochs,
+            max_steps=max_steps,
+            min_steps=min_steps,
+            max_time=max_time,
+            limit_train_batches=limit_train_batches,
+            limit_val_batches=limit_val_batches,
+            limit_test_batches=limit_test_batches,
+            limit_predict_batches=limit_predict_batches,
+            fast_dev_run=fast_dev_run,
+            val_check_interval=val_check_interval,
+            check_val_every_n_epoch=check_val_every_n_epoch,
+            num_sanity_val_steps=num_sanity_val_steps,
+            accumulate_grad_batches=accumulate_grad_batches,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            log_every_n_steps=log_every_n_steps,
+            logger=logger,
+            default_root_dir=default_root_dir,
+            enable_progress_bar=enable_progress_bar,
+            enable_checkpointing=enable_checkpointing,
+            enable_model_summary=enable_model_summary,
+            barebones=barebones,
+            profiler=profiler,
+            deterministic=deterministic,
+            benchmark=benchmark,
+            detect_anomaly=detect_anomaly,
+            inference_mode=inference_mode,
+            use_distributed_sampler=use_distributed_sampler,
+            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
+            seed=seed,
+            compile=compile,
+            sync_batchnorm=sync_batchnorm,
+            on_nonfinite_loss=on_nonfinite_loss,
+        )
         if seed is not None:
             seed_everything(seed)
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
-        if precision == "32":
-            precision = "32-true"
-        fabric_strategy = _sharded.resolve_strategy(strategy, accelerator, devices, int(num_nodes), str(precision))
+        accelerator, devices, strategy, precision = (settings.accelerator, settings.devices, settings.strategy,
+                                                     settings.precision)
+        fabric_strategy = _sharded.resolve_strategy(strategy, accelerator, devices, settings.num_nodes, precision)
         try:
-            self.fabric = Fabric(
+            fabric = Fabric(
                 accelerator=accelerator,
                 devices=devices,
-                num_nodes=int(num_nodes),
+                num_nodes=settings.num_nodes,
                 strategy=fabric_strategy,
                 precision=precision,  # type: ignore[arg-type]
             )
@@ -245,152 +258,238 @@ class Trainer(LightningTrainerMembers):
                 f"cannot run with accelerator={accelerator!r}, devices={devices!r}, strategy={strategy!r}, "
                 f"precision={precision!r}: {err}"
             ) from err
-        self._check_precision_supported(str(precision))
-        if sync_batchnorm and self.fabric.device.type != "cuda":
-            raise ConfigurationError(
-                "sync_batchnorm=True needs CUDA devices (torch's SyncBatchNorm runs on GPUs only); on "
-                f"{self.fabric.device.type} leave it off"
-            )
-        isolate_restart_round(self.fabric.strategy)  # before launch: see its docstring (torchrun restarts)
-        self.fabric.launch()
+        settings.check_device(fabric.device)
+        isolate_restart_round(fabric.strategy)  # before launch: see its docstring (torchrun restarts)
+        fabric.launch()
         destroy_process_group_at_exit()
-        self._layout = _sharded.layout_of(self.fabric.strategy, self.fabric.global_rank, self.fabric.world_size)
-
         if benchmark is not None:
             torch.backends.cudnn.benchmark = benchmark
-        self.max_epochs = max_epochs
-        self.min_epochs = min_epochs or 0
-        self.max_steps = max_steps if max_steps is not None else -1
-        self.min_steps = min_steps or 0
-        self.max_time = max_time
-        self.limit_train_batches = limit_train_batches
-        self.limit_val_batches = limit_val_batches
-        self.limit_test_batches = limit_test_batches
-        self.limit_predict_batches = limit_predict_batches
-        self.fast_dev_run = fast_dev_run
-        self.num_sanity_val_steps = num_sanity_val_steps
-        self.detect_anomaly = detect_anomaly
-        self.inference_mode = inference_mode
-        self.use_distributed_sampler = use_distributed_sampler
-        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
-        self.val_check_interval = val_check_interval
-        self.check_val_every_n_epoch = check_val_every_n_epoch
-        self.accumulate_grad_batches = accumulate_grad_batches
-        self.gradient_clip_val = gradient_clip_val
-        self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.log_every_n_steps = log_every_n_steps
-        # Lightning's default: the working directory (runs go to ./lightning_logs/version_<N>/); URLs kept as given.
-        root = os.fspath(default_root_dir) if default_root_dir is not None else os.getcwd()
-        self.default_root_dir = root if "://" in root else os.path.normpath(os.path.expanduser(root))
-        self.seed = seed if seed is not None else 0
-        self.compile = compile
-        self.sync_batchnorm = sync_batchnorm
-        self.on_nonfinite_loss = on_nonfinite_loss
-        self.precision = precision
-        self.barebones = barebones
-        self._status = "initializing"  # trainer.state.status: running, finished, interrupted
-        self._ckpt_path: str | None = None  # the checkpoint the last stage loaded (trainer.ckpt_path)
-        self._oom_expected = False  # set by dltrain.tuner while a batch-size trial runs
 
+        # The parts (module docstring). The fit's settings may differ in max_epochs (see fit).
+        self._settings = settings
+        self._engine = Engine(fabric)
         self._hooks = HookDispatcher(self, self._default_callbacks(
-            callbacks, progress=enable_progress_bar, checkpointing=enable_checkpointing,
-            summary=enable_model_summary, profiler=profiler, max_time=max_time, compile=compile,
+            callbacks, progress=settings.enable_progress_bar, checkpointing=settings.enable_checkpointing,
+            summary=settings.enable_model_summary, profiler=profiler, max_time=max_time, compile=compile,
         ))
-        self.loggers: list[Logger] = self._make_loggers(logger)
-
-        # The trainer view (docs/DESIGN.md): what callbacks and tasks may read. Loop progress is `loop_state`.
-        self.loop_state = LoopState()
-        self.stage: str | None = None
-        self._callback_metrics: dict[str, Tensor] = {}  # what was published (see the callback_metrics property)
-        self.logged_metrics: dict[str, float] = {}
-        self._progress_bar_metrics: dict[str, float] = {}  # published (see the progress_bar_metrics property)
-        self.num_training_batches: float = float("inf")
-        self.num_val_batches: list[float] = []  # one count per loader, as in Lightning
-        self.num_test_batches: list[float] = []
-        self.num_predict_batches: list[float] = []
-        self.train_dataloader: Any = None
-        self.val_dataloaders: Any = None  # None: this fit runs no validation (else one loader or a list)
-        self.test_dataloaders: Any = None
-        self.predict_dataloaders: Any = None
-        self.optimizers: list[torch.optim.Optimizer] = []
-        self.lr_scheduler_configs: list[SchedulerConfig] = []
-        self.sanity_checking = False  # True while the sanity check (num_sanity_val_steps batches) runs
-
-        # Set when a task is placed (_setup_task): what Fabric returned and how steps run on this strategy.
-        self._task: Task | None = None
-        self._placed_task: Task | None = None
-        self._fabric_module: Any = None
-        self._fabric_optimizers: list[Any] = []  # Fabric's wrappers of `optimizers`, in the same order
-        self._manual_optimizers: list[ManualOptimizer] = []  # what Task.optimizers() hands out
+        self._run = RunState(self._make_loggers(settings.logger), fabric.is_global_zero)
+        self._task: Task | None = None  # the task of the running (or last) stage
         self._configured_task: Task | None = None  # configure_callbacks/configure_model ran for this task
-        self.datamodule: Any = None
-        self._plain = False  # one device, full precision: backward and optimizer step called directly
-        self._strategy_wraps_module = False  # DDP/FSDP: training steps go through the wrapper's forward
-        self._strategy_shards_module = False  # FSDP: evaluation steps too
-        self._sharded_in_place = False  # FSDP2: fully_shard's hooks on the task itself, steps called directly
-        self._syncs_gradients = False  # a backward on one rank waits for the others' (DDP, FSDP2; several ranks)
-        self._check_loss_on_host = True  # read the loss every step (CPU, or skipping non-finite steps)
         self._fit_loop: FitLoop | None = None
         self._watchdog: Watchdog | None = None
+        self._status = "initializing"  # trainer.state.status: running, finished, interrupted
+        self._ckpt_path: str | None = None  # the checkpoint the last stage loaded (trainer.ckpt_path)
 
     # ================================================================== the trainer view
+    # What callbacks and tasks read (docs/DESIGN.md; typed as dltrain.callbacks.TrainerView). Loop progress is
+    # `loop_state`; the settings are read-only.
+    @property
+    def loop_state(self) -> LoopState:
+        return self._run.loop_state
+
     @property
     def global_step(self) -> int:
         """Optimizer steps taken."""
-        return self.loop_state.global_step
+        return self._run.loop_state.global_step
 
     @property
     def current_epoch(self) -> int:
-        return self.loop_state.epoch
+        return self._run.loop_state.epoch
 
     @property
     def should_stop(self) -> bool:
         """Set it to stop training at the end of this batch (ORed over ranks at the end of the epoch)."""
-        return self.loop_state.should_stop
+        return self._run.loop_state.should_stop
 
     @should_stop.setter
     def should_stop(self, value: bool) -> None:
-        self.loop_state.should_stop = bool(value)
+        self._run.loop_state.should_stop = bool(value)
 
     @property
     def is_last_batch(self) -> bool:
         """Whether the training batch being run is the last of its epoch."""
-        return self._fit_loop is not None and self._fit_loop.is_last_batch
+        return self._run.is_last_batch
+
+    @property
+    def stage(self) -> str | None:
+        return self._run.stage
+
+    @stage.setter
+    def stage(self, value: str | None) -> None:
+        self._run.stage = value
+
+    @property
+    def datamodule(self) -> Any:
+        return self._run.datamodule
+
+    @datamodule.setter
+    def datamodule(self, value: Any) -> None:
+        self._run.datamodule = value
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self._run.sanity_checking
+
+    @sanity_checking.setter
+    def sanity_checking(self, value: bool) -> None:
+        self._run.sanity_checking = value
+
+    @property
+    def num_training_batches(self) -> float:
+        return self._run.num_training_batches
+
+    @num_training_batches.setter
+    def num_training_batches(self, value: float) -> None:
+        self._run.num_training_batches = value
+
+    @property
+    def num_val_batches(self) -> list[float]:
+        return self._run.num_val_batches
+
+    @num_val_batches.setter
+    def num_val_batches(self, value: list[float]) -> None:
+        self._run.num_val_batches = value
+
+    @property
+    def num_test_batches(self) -> list[float]:
+        return self._run.num_test_batches
+
+    @num_test_batches.setter
+    def num_test_batches(self, value: list[float]) -> None:
+        self._run.num_test_batches = value
+
+    @property
+    def num_predict_batches(self) -> list[float]:
+        return self._run.num_predict_batches
+
+    @num_predict_batches.setter
+    def num_predict_batches(self, value: list[float]) -> None:
+        self._run.num_predict_batches = value
+
+    @property
+    def train_dataloader(self) -> Any:
+        return self._run.train_dataloader
+
+    @train_dataloader.setter
+    def train_dataloader(self, value: Any) -> None:
+        self._run.train_dataloader = value
+
+    @property
+    def val_dataloaders(self) -> Any:
+        return self._run.val_dataloaders
+
+    @val_dataloaders.setter
+    def val_dataloaders(self, value: Any) -> None:
+        self._run.val_dataloaders = value
+
+    @property
+    def test_dataloaders(self) -> Any:
+        return self._run.test_dataloaders
+
+    @test_dataloaders.setter
+    def test_dataloaders(self, value: Any) -> None:
+        self._run.test_dataloaders = value
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        return self._run.predict_dataloaders
+
+    @predict_dataloaders.setter
+    def predict_dataloaders(self, value: Any) -> None:
+        self._run.predict_dataloaders = value
+
+    @property
+    def loggers(self) -> list[Logger]:
+        return self._run.loggers
+
+    @loggers.setter
+    def loggers(self, value: list[Logger]) -> None:
+        self._run.loggers = value
+
+    @property
+    def logged_metrics(self) -> dict[str, float]:
+        return self._run.logged_metrics
+
+    @logged_metrics.setter
+    def logged_metrics(self, value: dict[str, float]) -> None:
+        self._run.logged_metrics = value
+
+    @property
+    def callback_metrics(self) -> dict[str, Tensor]:
+        """The newest value of every logged metric: epoch aggregates and logging-step values as published, and
+        the latest step values logged since (read on demand: logging costs nothing more per step)."""
+        return self._run.callback_metrics()
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, float]:
+        """The ``prog_bar`` values as numbers: as published, and the newest step values logged since. Reading it
+        copies those from the device (one transfer): the progress bar reads it only when it redraws."""
+        return self._run.progress_bar_metrics()
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self._engine.optimizers
+
+    @optimizers.setter
+    def optimizers(self, value: list[torch.optim.Optimizer]) -> None:
+        self._engine.optimizers = list(value)
+
+    @property
+    def lr_scheduler_configs(self) -> list[SchedulerConfig]:
+        return self._engine.lr_scheduler_configs
+
+    @lr_scheduler_configs.setter
+    def lr_scheduler_configs(self, value: list[SchedulerConfig]) -> None:
+        self._engine.lr_scheduler_configs = list(value)
+
+    @property
+    def fabric(self) -> Fabric:
+        return self._engine.fabric
 
     @property
     def global_rank(self) -> int:
-        return self.fabric.global_rank
+        return self._engine.global_rank
 
     @property
     def local_rank(self) -> int:
-        return self.fabric.local_rank
+        return self._engine.local_rank
 
     @property
     def world_size(self) -> int:
-        return self.fabric.world_size
+        return self._engine.world_size
 
     @property
     def is_global_zero(self) -> bool:
-        return self.fabric.is_global_zero
+        return self._engine.is_global_zero
 
     @property
     def data_parallel_rank(self) -> int:
         """This rank's index among the data-parallel replicas (what data it reads); ``global_rank`` without
         tensor parallelism. Tensor-parallel peers share it."""
-        return self._layout.rank
+        return self._engine.layout.rank
 
     @property
     def data_parallel_size(self) -> int:
         """How many replicas read different data (``world_size // tensor_parallel_size``)."""
-        return self._layout.size
+        return self._engine.layout.size
+
+    @property
+    def data_parallel_group(self) -> Any:
+        """The process group of the data-parallel replicas, to reduce metrics over (``None``: every rank)."""
+        return self._engine.layout.group
+
+    @property
+    def tensor_parallel_rank(self) -> int:
+        """This rank's index in its tensor-parallel group (0 without tensor parallelism)."""
+        return self._engine.layout.tensor_parallel_rank
 
     @property
     def device(self) -> torch.device:
-        return self.fabric.device
+        return self._engine.device
 
     @property
     def strategy(self) -> Strategy:
-        return self.fabric.strategy
+        return self._engine.strategy
 
     @property
     def callbacks(self) -> list[Callback]:
@@ -422,60 +521,42 @@ class Trainer(LightningTrainerMembers):
     @property
     def estimated_stepping_batches(self) -> float:
         """Optimizer steps the whole fit will take (for schedulers such as OneCycleLR)."""
-        batches = self.num_training_batches
-        if not math.isfinite(batches):
-            total = float("inf")
-        else:
-            total = math.ceil(batches / self.accumulate_grad_batches) * (self.max_epochs or 1000)
+        n = self.num_training_batches
+        total = math.ceil(n / self.accumulate_grad_batches) * (self.max_epochs or 1000) if math.isfinite(n) else n
         return min(total, self.max_steps) if self.max_steps > 0 else total
 
+    # The settings (read-only to callbacks but for accumulate_grad_batches; assigning one replaces the frozen
+    # Settings, checked again; a running fit reads it from its next batch, a stage not yet started from its start).
+    max_epochs: _Setting[int | None] = _Setting()
+    min_epochs: _Setting[int] = _Setting()
+    max_steps: _Setting[int] = _Setting()
+    min_steps: _Setting[int] = _Setting()
+    max_time: _Setting[str | timedelta | dict[str, int] | None] = _Setting()
+    limit_train_batches: _Setting[int | float | None] = _Setting()
+    limit_val_batches: _Setting[int | float | None] = _Setting()
+    limit_test_batches: _Setting[int | float | None] = _Setting()
+    limit_predict_batches: _Setting[int | float | None] = _Setting()
+    fast_dev_run: _Setting[int] = _Setting()
+    num_sanity_val_steps: _Setting[int] = _Setting()
+    detect_anomaly: _Setting[bool] = _Setting()
+    inference_mode: _Setting[bool] = _Setting()
+    use_distributed_sampler: _Setting[bool] = _Setting()
+    reload_dataloaders_every_n_epochs: _Setting[int] = _Setting()
+    val_check_interval: _Setting[int | float | None] = _Setting()
+    check_val_every_n_epoch: _Setting[int | None] = _Setting()
+    accumulate_grad_batches: _Setting[int] = _Setting()
+    gradient_clip_val: _Setting[float | None] = _Setting()
+    gradient_clip_algorithm: _Setting[str] = _Setting()
+    log_every_n_steps: _Setting[int] = _Setting()
+    default_root_dir: _Setting[str] = _Setting()
+    seed: _Setting[int] = _Setting()
+    compile: _Setting[bool | dict[str, Any]] = _Setting()
+    sync_batchnorm: _Setting[bool] = _Setting()
+    on_nonfinite_loss: _Setting[str] = _Setting()
+    precision: _Setting[str] = _Setting()
+    barebones: _Setting[bool] = _Setting()
+
     # ================================================================== set-up helpers
-    @staticmethod
-    def _check_choices(accelerator: Any, strategy: Any, precision: Any, clip: str, nonfinite: str) -> None:
-        from dltrain._refusals import refuse
-
-        if accelerator in ("tpu", "hpu", "ipu"):
-            refuse('Trainer(accelerator="tpu"/"hpu"/"ipu")')
-        if isinstance(strategy, str) and strategy.startswith(("deepspeed", "xla", "hpu")):
-            refuse('Trainer(strategy="deepspeed"/"fsdp"/"xla"/"hpu_*")')
-        if isinstance(accelerator, str) and accelerator not in _ACCELERATORS:
-            raise ConfigurationError(f"unknown accelerator {accelerator!r}; use one of {_ACCELERATORS}")
-        from lightning.fabric.strategies import FSDPStrategy
-
-        if strategy == "fsdp" or isinstance(strategy, FSDPStrategy):
-            # FSDP1's checkpoints would need their own path (its optimizer state is per rank); FSDP2's go through
-            # torch.distributed.checkpoint and reshard.
-            raise ConfigurationError(
-                'strategy="fsdp" (FSDP1) is not supported: use strategy="fsdp2" (FSDP2, same sharding of '
-                "parameters, gradients and optimizer state; checkpoints resume at any world size)"
-            )
-        if isinstance(strategy, str) and strategy not in _STRATEGIES:
-            raise ConfigurationError(
-                f"unknown strategy {strategy!r}; use one of {_STRATEGIES}, dltrain.FSDP2(...) or a lightning.fabric "
-                "Strategy instance"
-            )
-        if precision not in _PRECISIONS:
-            raise ConfigurationError(f"unknown precision {precision!r}; use one of {_PRECISIONS}")
-        if clip not in ("norm", "value"):
-            raise ConfigurationError(f"gradient_clip_algorithm={clip!r}: use 'norm' or 'value'")
-        if nonfinite not in ("raise", "skip", "ignore"):
-            raise ConfigurationError(f"on_nonfinite_loss={nonfinite!r}: use 'raise', 'skip' or 'ignore'")
-
-    def _check_precision_supported(self, precision: str) -> None:
-        device = self.fabric.device
-        if device.type == "cpu" and precision == "16-mixed":
-            raise ConfigurationError(
-                "precision='16-mixed' needs a GPU (float16 autocast with a gradient scaler); on CPU use "
-                "'bf16-mixed' or '32-true'"
-            )
-        if device.type == "cuda" and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
-            raise ConfigurationError(
-                f"precision={precision!r}: {torch.cuda.get_device_name(device)} does not support bfloat16; "
-                "use '16-mixed'"
-            )
-        if device.type == "mps" and precision in ("16-mixed", "bf16-true", "64-true"):
-            raise ConfigurationError(f"precision={precision!r} is not supported on MPS; use '32-true' or 'bf16-mixed'")
-
     def _default_callbacks(self, callbacks: Any, *, progress: bool, checkpointing: bool, summary: bool,
                            profiler: Any, max_time: Any, compile: bool | dict[str, Any]) -> list[Callback]:
         """The user's callbacks plus the ones the Trainer's switches ask for. Features are callbacks."""
@@ -532,10 +613,10 @@ class Trainer(LightningTrainerMembers):
             raise ConfigurationError(_not_a_task(task))
         self._task = task
         self._hooks.task = task
-        task._trainer = self
-        self.stage = stage
+        attach(task, self, self._engine, self._hooks)
+        self._run.stage = stage
+        self._run.datamodule = datamodule
         self._status = "running"
-        self.datamodule = datamodule
 
     def _configure_task(self, task: Task) -> None:
         """The task's own callbacks (``configure_callbacks``) and layers (``configure_model``), once per task."""
@@ -552,279 +633,10 @@ class Trainer(LightningTrainerMembers):
         self.callbacks = _checkpoints_last([c for c in self.callbacks if type(c) not in types] + extra)
         task.configure_model()
 
-    def _setup_task(self, task: Task, with_optimizer: bool) -> None:
-        """Place the task (and its optimizers) with Fabric. Done once per Trainer and task."""
-        if self._placed_task is task and (self._fabric_optimizers or not with_optimizer):
-            return
-        if self.sync_batchnorm and self.world_size > 1:
-            task = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)  # type: ignore[assignment]
-        # FSDP2 replaces the parameters with sharded ones: the task is placed (once) before configure_optimizers.
-        sharded = _sharded.is_fsdp2(self)
-        if not sharded:
-            _sharded.check_no_dtensors(task, self.strategy)
-        if sharded and self._placed_task is not task:
-            self._fabric_module = self.fabric.setup_module(task)
-            _sharded.register_step_methods(task)  # also when a ModelParallelStrategy's own function sharded it
-        if with_optimizer:
-            optimizers, schedulers = parse_optimizers(task.configure_optimizers())
-            if len(optimizers) > 1 and task.automatic_optimization:
-                raise ConfigurationError(
-                    f"configure_optimizers() returned {len(optimizers)} optimizers: several optimizers need manual "
-                    "optimization (set self.automatic_optimization = False in __init__ and step them in "
-                    "training_step, as in Lightning), or put several parameter groups in one optimizer"
-                )
-            if sharded:
-                placed_optimizers = self.fabric.setup_optimizers(*optimizers) if optimizers else ()
-                self._fabric_optimizers = list(placed_optimizers if isinstance(placed_optimizers, tuple)
-                                               else (placed_optimizers,))
-            else:
-                placed = self.fabric.setup(task, *optimizers)
-                self._fabric_module = placed[0] if optimizers else placed
-                self._fabric_optimizers = list(placed[1:]) if optimizers else []
-            self.optimizers = optimizers
-            self.lr_scheduler_configs = schedulers
-            self._manual_optimizers = [ManualOptimizer(self._hooks, self.loop_state, o, f)
-                                       for o, f in zip(optimizers, self._fabric_optimizers)]
-        elif not sharded:
-            self._fabric_module = self.fabric.setup_module(task)
-        self._placed_task = task
-        full_precision = type(self.strategy.precision) is Precision
-        # An overridden Task.backward is called through _backward (not the plain path's loss.backward()).
-        self._plain = (full_precision and isinstance(self.strategy, SingleDeviceStrategy)
-                       and not overrides(task, Task, "backward"))
-        self._strategy_wraps_module = strategy_wraps_module(self._fabric_module)
-        self._strategy_shards_module = self._strategy_wraps_module and not isinstance(self.strategy, DDPStrategy)
-        self._sharded_in_place = _sharded.is_fsdp2(self)
-        self._syncs_gradients = (self._strategy_wraps_module or self._sharded_in_place) and self.world_size > 1
-        if self._strategy_wraps_module:
-            self._fabric_module.mark_forward_method("_zero_grad_loss")
-        self._check_loss_on_host = self.device.type == "cpu" or self.on_nonfinite_loss == "skip"
-
-    # ================================================================== hooks and metrics
-    @property
-    def callback_metrics(self) -> dict[str, Tensor]:
-        """The newest value of every logged metric: epoch aggregates and logging-step values as published, and
-        the latest step values logged since (read on demand: logging costs nothing more per step)."""
-        loop = self._fit_loop
-        if loop is None or self.sanity_checking:
-            return dict(self._callback_metrics)
-        return {**self._callback_metrics, **loop.results.latest()}
-
-    @property
-    def progress_bar_metrics(self) -> dict[str, float]:
-        """The ``prog_bar`` values as numbers: as published, and the newest step values logged since. Reading it
-        copies those from the device (one transfer): the progress bar reads it only when it redraws."""
-        values = dict(self._progress_bar_metrics)
-        loop = self._fit_loop
-        if loop is not None and not self.sanity_checking:
-            values.update(_as_floats(loop.results.latest(prog_bar=True)))
-        return values
-
-    def _publish(self, values: dict[str, Tensor], bar: dict[str, Tensor], results: LoggedValues) -> None:
-        """Metrics read from a store: into ``callback_metrics`` and the progress bar, and to the loggers (global
-        rank zero). Nothing leaves the sanity check."""
-        if self.sanity_checking:
-            return
-        floats = {k: float(v) for k, v in values.items()}
-        self._callback_metrics.update(values)
-        self.logged_metrics.update(floats)
-        self._progress_bar_metrics.update({k: floats[k] for k in bar})
-        for_loggers = {k: v for k, v in floats.items() if k not in results.not_for_loggers}
-        if for_loggers and self.is_global_zero:
-            metrics = {**for_loggers, "epoch": float(self.current_epoch)}
-            for lg in self.loggers:
-                lg.log_metrics(metrics, self.global_step)
-
-    def _epoch_end_callbacks(self, hook: str, results: LoggedValues) -> dict[str, Tensor]:
-        """Reduce the epoch's values, run the callbacks' epoch-end hook, then send everything to the loggers.
-
-        Callbacks see the epoch aggregates (in ``callback_metrics``) and what they log in the hook is reported with
-        the same epoch, as in Lightning.
-        """
-        metrics, bar = results.read_epoch()
-        if not self.sanity_checking:
-            self._callback_metrics.update(metrics)
-        from dltrain.callbacks.base import Callback, Checkpoint
-
-        found = [cb for cb in self.callbacks if overrides(cb, Callback, hook)]
-        for cb in found:
-            if not isinstance(cb, Checkpoint):
-                getattr(cb, hook)(self, self._hooks.task)
-        more, more_bar = results.read_epoch()
-        metrics.update(more)
-        bar.update(more_bar)
-        # Sent before the checkpoint callbacks run: an epoch-end checkpoint finds the epoch's values in the
-        # loggers' files (a resume from it continues after them).
-        self._publish(metrics, bar, results)
-        for cb in found:
-            if isinstance(cb, Checkpoint):
-                getattr(cb, hook)(self, self._hooks.task)
-        return metrics
-
-    @staticmethod
-    def _log_skipped(loader: Any, results: LoggedValues, stage: str) -> None:
-        """Bad samples a loader skipped (``on_error="skip"``) this epoch, summed over ranks, as a metric."""
-        report = getattr(loader, "epoch_report", None)
-        skipped = report()["skipped"] if report is not None else 0
-        if skipped:
-            results.log(f"data/{stage}_skipped_samples", float(skipped), on_step=False, on_epoch=True,
-                        prog_bar=False, sync_dist=False, batch_size=1, reduce_fx="sum")
-
-    # ================================================================== what a step needs of the strategy
-    def _run_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Backward with the ``on_before_backward``/``on_after_backward`` hooks (``Task.manual_backward``)."""
-        for hook in self._hooks.hooks("on_before_backward"):
-            hook(loss)
-        if self._plain:
-            loss.backward(*args, **kwargs)
-        else:
-            self._backward(loss, *args, **kwargs)
-        if self._strategy_wraps_module and not self._strategy_shards_module and self.world_size > 1:
-            self._average_gradients()
-        for hook in self._hooks.hooks("on_after_backward"):
-            hook()
-
-    def _average_gradients(self) -> None:
-        """Manual optimization under DDP: the task's steps bypass DDP's forward (its reducer allows one backward
-        per forward), so each ``manual_backward`` averages the gradients over the ranks itself, in one
-        all-reduce. Every rank must produce gradients for the same parameters (true of the same code on every
-        rank; a mismatch fails in the all-reduce rather than training on unsynced gradients)."""
-        assert self._task is not None
-        grads = [p.grad for p in self._task.parameters() if p.requires_grad and p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    def _backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Fabric's backward (precision scaling, strategy hooks); the plain path calls ``loss.backward()``.
-
-        A task that overrides ``backward`` gets the loss scaled as the precision needs (``16-mixed``), as Lightning
-        calls it."""
-        task_backward = self._hooks.task_hook("backward")
-        if task_backward is not None:
-            scaler = getattr(self.strategy.precision, "scaler", None)
-            task_backward(scaler.scale(loss) if scaler is not None else loss, *args, **kwargs)
-            return
-        try:
-            self.fabric.backward(loss, *args, model=self._fabric_module, **kwargs)
-        except RuntimeError as err:
-            raise_if_unused_parameters(err)
-            raise
-
-    def _fabric_optimizer_of(self, optimizer: torch.optim.Optimizer) -> Any:
-        for raw, wrapped in zip(self.optimizers, self._fabric_optimizers):
-            if raw is optimizer:
-                return wrapped
-        return optimizer
-
-    def _clip(self, optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> None:
-        fabric_optimizer = self._fabric_optimizer_of(optimizer)
-        if algorithm == "norm":
-            self.fabric.clip_gradients(self._fabric_module, fabric_optimizer, max_norm=value)
-        elif algorithm == "value":
-            self.fabric.clip_gradients(self._fabric_module, fabric_optimizer, clip_val=value)
-        else:
-            raise ConfigurationError(f"gradient_clip_algorithm={algorithm!r}: use 'norm' or 'value'")
-
-    def _zero_loss(self, batch: Any, batch_idx: int, forward_done: bool) -> Tensor:
-        """A loss whose gradient is zero for every parameter, for a rank with nothing to contribute to a step."""
-        assert self._task is not None
-        if self._sharded_in_place:
-            # FSDP2 reduces each module's gradients as its backward reaches it, so a rank must run the same modules
-            # forward and backward as the others: a loss made of the parameters alone would not.
-            raise DistributedError(
-                f"rank {self.global_rank} has no loss for batch {batch_idx} ("
-                f"{'the batch was None' if batch is None else 'training_step returned None, or on_nonfinite_loss skipped it'}"
-                "): with strategy=\"fsdp2\" every rank must compute a loss for every batch. Return loss * 0 from "
-                "training_step to contribute nothing, or use strategy=\"ddp\""
-            )
-        if forward_done:  # DDP's forward already ran for this step: it now expects one backward
-            return self._task._zero_grad_loss(batch, batch_idx)
-        return self._fabric_module._zero_grad_loss(batch, batch_idx)  # through the wrapper's forward
-
-    def _step_scheduler(self, config: SchedulerConfig) -> None:
-        metric = None
-        if config.is_plateau:
-            assert config.monitor is not None
-            value = self.callback_metrics.get(config.monitor)
-            if value is None:
-                if config.interval == "step":
-                    return
-                raise ConfigurationError(
-                    f"ReduceLROnPlateau monitors {config.monitor!r}, which was not logged; logged metrics: "
-                    f"{sorted(self.callback_metrics)}"
-                )
-            metric = float(value)
-        step = self._hooks.task_hook("lr_scheduler_step")
-        if step is not None:
-            step(config.scheduler, metric)
-        elif metric is None:
-            config.scheduler.step()
-        else:
-            config.scheduler.step(metric)
-
-    # ================================================================== batch counts and ranks
-    @staticmethod
-    def _count_batches(loader: Any, limit: int | float | None) -> float:
-        try:
-            n: float = len(loader)
-        except TypeError:
-            n = float("inf")
-        if limit is None:
-            return n
-        if isinstance(limit, float):
-            if not math.isfinite(n):
-                raise ConfigurationError(
-                    f"a fractional batch limit ({limit}) needs a loader with a length; give an int instead"
-                )
-            return max(int(n * limit), 1) if limit > 0 else 0
-        return min(n, int(limit))
-
-    def _val_batches_interval(self, val: bool) -> int | None:
-        """Validate every this many training batches (None: only at epoch ends)."""
-        v = self.val_check_interval
-        if v is None or not val:
-            return None
-        if isinstance(v, float) and v <= 1.0:
-            if not math.isfinite(self.num_training_batches):
-                raise ConfigurationError("val_check_interval as a fraction needs a training loader with a length")
-            return max(int(self.num_training_batches * v), 1)
-        return int(v)
-
-    def _validate_after_epoch(self, epoch: int) -> bool:
-        n = self.check_val_every_n_epoch
-        return n is not None and (epoch + 1) % n == 0
-
-    def _check_equal_lengths(self, remaining: int) -> None:
-        """Every rank must run as many batches as the others, or DDP hangs: check once per epoch."""
-        if self.world_size < 2 or not math.isfinite(self.num_training_batches):
-            return
-        from dltrain.distributed import gather_ints
-
-        lengths = gather_ints(remaining, self.device)
-        if len(set(lengths)) > 1:
-            raise DistributedError(
-                f"the ranks have different numbers of training batches this epoch ({dict(enumerate(lengths))}): "
-                "DDP would hang at the end of the shortest. Use a plain DataLoader (dltrain distributes it evenly), "
-                "dltrain.data.StreamingDataset, or make your sampler give every rank the same count."
-            )
-
-    def _report_exhausted(self, batches: int) -> None:
-        if self.world_size > 1 and not math.isfinite(self.num_training_batches) and self._watchdog is not None:
-            self._watchdog.report_exhausted(self.current_epoch, batches)
-
-    def _any_rank(self, flag: bool) -> bool:
-        if self.world_size < 2:
-            return flag
-        total = self.fabric.all_reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum")
-        assert isinstance(total, Tensor)
-        return bool(total > 0)
+    def _place(self, task: Task, with_optimizer: bool) -> None:
+        """Place the task (and its optimizers) with Fabric: `Engine.place`."""
+        self._engine.place(task, with_optimizer=with_optimizer, sync_batchnorm=self.sync_batchnorm,
+                           on_nonfinite_loss=self.on_nonfinite_loss, hooks=self._hooks, progress=self.loop_state)
 
     # ================================================================== fit
     def fit(
@@ -906,30 +718,35 @@ class Trainer(LightningTrainerMembers):
         self._watchdog = None
         loop: FitLoop | None = None
         try:
-            _data.prepare_and_setup(self, "fit")
+            self._prepare_and_setup("fit")
             self._configure_task(task)
             _checks.check_removed_hooks(task, "fit")
             _checks.check_manual_optimization(self, task)
-            train_source = _data.source(self, "train", train_dataloaders)
+            train_source = self._source("train", train_dataloaders)
             _checks.check_loader(self, train_source, "train")
-            val_source = _data.source(self, "val", val_dataloaders, required=False)
+            val_source = self._source("val", val_dataloaders, required=False)
             if not _checks.validation_runs(self, task, val_source is not None and self.limit_val_batches != 0):
                 val_source = None
             if val_source is not None:
                 _checks.check_loader(self, val_source, "val")
-            train_loader = _data.wrap(self, train_source, training=True)
-            val_loaders = None if val_source is None else _data.wrap_all(self, val_source)
+            train_loader = self._wrap(train_source, training=True)
+            val_loaders = None if val_source is None else self._wrap_all(val_source)
             self.train_dataloader = train_loader
             self.val_dataloaders = val_loaders if val_loaders is None or len(val_loaders) > 1 else val_loaders[0]
-            self.num_training_batches = self._count_batches(train_loader, self.limit_train_batches)
+            self.num_training_batches = self._settings.count_batches(train_loader, self.limit_train_batches)
             self._check_fit_inputs(task, val_loaders)
             # After the loaders: configure_optimizers may read trainer.estimated_stepping_batches.
-            self._setup_task(task, with_optimizer=True)
+            self._place(task, with_optimizer=True)
             if self.max_epochs is None and self.max_steps < 0:
-                self.max_epochs = _checks.default_max_epochs(self, self.max_time is not None)
-            loop = FitLoop(self, task, train_loader, val_loaders)
+                max_epochs = _checks.default_max_epochs(self, self.max_time is not None)
+                self._settings = self._settings.replace(max_epochs=max_epochs)
+            loop = FitLoop(self._settings, self._engine, self._hooks, self._run, task, train_loader, val_loaders,
+                           reload_loader=self._reload_train_loader)
             self._fit_loop = loop
-            restored = _checkpointing.restore(self, loop, ckpt_path) if ckpt_path is not None else None
+            self._run.training_values = loop.results
+            restored = None
+            if ckpt_path is not None:
+                restored = _checkpointing.restore(self, self._engine, self._hooks, self._run, loop, ckpt_path)
             self._ckpt_path = restored["_path"] if restored is not None else None
             if restored is not None and self.is_global_zero:
                 sys.stderr.write(f"[dltrain] restored from {restored['_path']} at {loop.position()}\n")
@@ -938,13 +755,14 @@ class Trainer(LightningTrainerMembers):
                                      "stopped early): nothing to train; raise max_epochs to train further\n")
             self._watchdog = Watchdog(self.global_rank, self.world_size,
                                       lambda: (self.current_epoch, loop.batch_idx, loop.in_batches))
+            loop.watchdog = self._watchdog
             if self.is_global_zero:
                 for lg in self.loggers:
                     lg.log_hyperparams({**task.hparams, **self._trainer_hparams()})
             self._watchdog.start()
             self._hooks.call("on_fit_start")
             if restored is not None:  # after on_fit_start, as in Lightning (BaseFinetuning rebuilds groups there)
-                _checkpointing.restore_training_state(self, restored)
+                _checkpointing.restore_training_state(self._engine, restored)
             with torch.autograd.set_detect_anomaly(self.detect_anomaly):
                 loop.run()
             self._hooks.call("on_fit_end")
@@ -961,6 +779,25 @@ class Trainer(LightningTrainerMembers):
                 loop.in_batches = False
                 release_workers([loop.loader, *(loop.val_loaders or [])])
             self._teardown("fit")
+
+    # Where a stage's data comes from (dltrain._data_sources), with this run's settings and split.
+    def _source(self, kind: str, given: Any, required: bool = True) -> Any:
+        return _data.source(kind, given, self.datamodule, self._task, required=required)
+
+    def _wrap(self, loader: Any, training: bool) -> Any:
+        return _data.wrap(loader, training, self._settings, self._engine.layout)
+
+    def _wrap_all(self, loaders: Any) -> list[Any]:
+        return _data.wrap_all(loaders, self._settings, self._engine.layout)
+
+    def _reload_train_loader(self) -> Any:
+        """``reload_dataloaders_every_n_epochs``: a new training loader from the datamodule or task."""
+        loader = self._wrap(self._source("train", None), training=True)
+        self.train_dataloader = loader
+        return loader
+
+    def _prepare_and_setup(self, stage: str) -> None:
+        _data.prepare_and_setup(self, self._engine, self._hooks, self.datamodule, self._task, stage)
 
     def _check_fit_inputs(self, task: Task, val_loaders: list[Any] | None) -> None:
         """Mistakes that would otherwise show only after an epoch, or never."""
@@ -994,7 +831,7 @@ class Trainer(LightningTrainerMembers):
 
             # A batch-size trial (dltrain.tuner) expects out-of-memory errors: every rank meets them at the same
             # step and the tuner agrees on them; telling the watchdog would stop the other ranks.
-            if self.world_size > 1 and not (self._oom_expected and is_oom_error(exc)):
+            if self.world_size > 1 and not (self._run.oom_expected and is_oom_error(exc)):
                 sys.stderr.write(f"[dltrain] {where} failed: {type(exc).__name__}: {exc}\n")
                 if self._watchdog is not None:
                     self._watchdog.report_error(self.global_step, exc)
@@ -1018,7 +855,7 @@ class Trainer(LightningTrainerMembers):
         self._hooks.call_callbacks("teardown", stage)
         if self._task is not None:
             self._task.teardown(stage)
-            self._task._results = None
+            log_into(self._task, None)
 
     # ================================================================== evaluation and prediction
     def validate(self, model: Task | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
@@ -1048,26 +885,29 @@ class Trainer(LightningTrainerMembers):
         self._attach(task, stage, datamodule if datamodule is not None else self.datamodule)
         loaders: list[Any] = []
         try:
-            _data.prepare_and_setup(self, stage)
+            self._prepare_and_setup(stage)
             self._configure_task(task)
             kind = {"validate": "val", "test": "test", "predict": "predict"}[stage]
             _checks.check_removed_hooks(task, stage)
-            given = _data.source(self, kind, dataloaders)
+            given = self._source(kind, dataloaders)
             _checks.check_loader(self, given, kind)
-            loaders = _data.wrap_all(self, given)
-            self._setup_task(task, with_optimizer=False)
+            loaders = self._wrap_all(given)
+            self._place(task, with_optimizer=False)
             self._ckpt_path = None
             if ckpt_path is not None:
-                self._ckpt_path = str(_checkpointing.load_weights(self, ckpt_path))
+                self._ckpt_path = str(_checkpointing.load_weights(self, self._engine, ckpt_path))
+            parts = (self._settings, self._engine, self._hooks, self._run)
             current = loaders[0] if len(loaders) == 1 else loaders
             if stage == "predict":
                 self.predict_dataloaders = current
-                return predict(self, task, loaders, self.limit_predict_batches)
+                return predict(*parts, task, loaders, self.limit_predict_batches)
             if stage == "test":
                 self.test_dataloaders = current
-            self._fit_loop = None
+            self._fit_loop = None  # callback_metrics and is_last_batch no longer read a fit's loop
+            self._run.training_values = None
+            self._run.is_last_batch = False
             limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
-            results = evaluate(self, task, loaders, "validation" if stage == "validate" else "test", limit)
+            results = evaluate(*parts, task, loaders, "validation" if stage == "validate" else "test", limit)
             if verbose and self.is_global_zero:
                 _print_results(stage, results)
             return results
@@ -1091,7 +931,10 @@ class Trainer(LightningTrainerMembers):
         if storage_options is not None:
             raise ConfigurationError("save_checkpoint(storage_options=...): dltrain has no CheckpointIO plugins; "
                                      "write to a local path")
-        _checkpointing.save(self, filepath, weights_only=weights_only)
+        if self._task is None:
+            raise DltrainError("save_checkpoint() needs a task: call it during or after fit/validate/test")
+        _checkpointing.save(self._engine, self._hooks, self._run, self._task, self._fit_loop, filepath,
+                            weights_only=weights_only)
 
 
 def _checkpoints_last(callbacks: list[Callback]) -> list[Callback]:
@@ -1107,6 +950,19 @@ def _not_a_callback(obj: Any) -> str:
         return (f"{type(obj).__name__} is a Lightning callback: use dltrain's (dltrain.callbacks.{type(obj).__name__} "
                 "where it exists), or subclass dltrain.Callback; the hooks have the same names and arguments")
     return f"callbacks must be dltrain.Callback instances, got {type(obj).__name__}"
+
+
+# ================================================================== for dltrain.tuner
+# A search (dltrain.tuner) runs short fits of the user's Trainer and then puts it back as it was: these give it the
+# parts it restores, as functions of this module so that no other module reaches into the Trainer.
+def run_state_of(trainer: Trainer) -> RunState:
+    """The Trainer's `RunState` (loop state, published metrics, ``oom_expected``)."""
+    return trainer._run  # noqa: SLF001  the Trainer's own module
+
+
+def engine_of(trainer: Trainer) -> Engine:
+    """The Trainer's `Engine` (its placed optimizers: `Engine.forget_optimizers`)."""
+    return trainer._engine  # noqa: SLF001  the Trainer's own module
 
 
 def _not_a_task(obj: Any) -> str:

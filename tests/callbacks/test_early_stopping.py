@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.helpers.fake_trainer import FakeTrainer
 
 from dltrain._hooks import overrides
 from dltrain.callbacks import Callback
@@ -25,7 +25,7 @@ def _trainer(**kw):
         sanity_checking=False,
     )
     base.update(kw)
-    return SimpleNamespace(**base)
+    return FakeTrainer(**base)
 
 
 def _run(cb, trainer, values, hook=None):

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
+from tests.helpers.fake_trainer import FakeTrainer
 
 from dltrain.callbacks.lr_monitor import LearningRateMonitor
 from dltrain.errors import ConfigurationError
@@ -48,7 +47,7 @@ def test_names_as_lightning():
 def test_step_interval_logs_rate_used_by_the_step():
     opt = torch.optim.SGD(_params(), lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
-    trainer = SimpleNamespace(global_step=0, log_every_n_steps=2, optimizers=[opt])
+    trainer = FakeTrainer(global_step=0, log_every_n_steps=2, optimizers=[opt])
     task = FakeTask()
     cb = LearningRateMonitor()
     for _ in range(6):  # the Trainer's order: hook, optimizer step, global_step += 1, scheduler, logging
@@ -62,7 +61,7 @@ def test_step_interval_logs_rate_used_by_the_step():
 
 def test_epoch_interval():
     opt = torch.optim.SGD(_params(), lr=0.1)
-    trainer = SimpleNamespace(global_step=0, log_every_n_steps=1, optimizers=[opt])
+    trainer = FakeTrainer(global_step=0, log_every_n_steps=1, optimizers=[opt])
     task = FakeTask()
     cb = LearningRateMonitor(logging_interval="epoch")
     for _epoch in range(2):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from tests.callbacks.test_throughput import Clock, FakeTask, _epoch
+from tests.helpers.fake_trainer import FakeTrainer
 from tests.helpers.tasks import RecordingLogger, TinyTask, loader, quiet_trainer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -87,7 +87,7 @@ def _fake_trainer(**kw):
                 device=torch.device("cpu"), precision="32-true")
     base.update(kw)
     base.setdefault("data_parallel_size", base["world_size"])  # no tensor parallelism
-    return SimpleNamespace(**base)
+    return FakeTrainer(**base)
 
 
 def test_mfu_from_the_tasks_flops_per_batch(monkeypatch):

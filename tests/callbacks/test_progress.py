@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.helpers.fake_trainer import FakeTrainer
 
 from dltrain.callbacks import progress as pb
 from dltrain.callbacks.progress import ProgressBar
@@ -34,7 +35,7 @@ def _trainer(**kw):
         global_step=0,
     )
     base.update(kw)
-    return SimpleNamespace(**base)
+    return FakeTrainer(**base)
 
 
 def _train_epoch(bar, trainer, clock, n=10, dt=0.1):

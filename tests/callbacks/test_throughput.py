@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import timeit
-from types import SimpleNamespace
 
 import pytest
 import torch
+from tests.helpers.fake_trainer import FakeTrainer
 
 from dltrain.callbacks import throughput as tp
 from dltrain.callbacks.throughput import ThroughputMonitor, batch_size_of
@@ -34,7 +34,7 @@ def _trainer(**kw):
     base = dict(global_step=0, log_every_n_steps=2, num_training_batches=float("inf"), world_size=1)
     base.update(kw)
     base.setdefault("data_parallel_size", base["world_size"])  # no tensor parallelism
-    return SimpleNamespace(**base)
+    return FakeTrainer(**base)
 
 
 def _epoch(cb, trainer, task, clock, n, wait=0.1, step=0.3, batch=None, accumulate=1, validate_at=None):

@@ -58,7 +58,7 @@ def _fit_counting_reads(monkeypatch, trainer) -> list[tuple[str, int, bool]]:
 
         return wrapper
 
-    monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
+    monkeypatch.setattr(trainer, "_place", _accelerator_like(trainer._place, trainer))
     for name in _READS:
         monkeypatch.setattr(torch.Tensor, name, counting(name))
     trainer.fit(TinyTask(), loader(n=96, batch_size=8))
@@ -69,7 +69,7 @@ def _fit_counting_reads(monkeypatch, trainer) -> list[tuple[str, int, bool]]:
 def _accelerator_like(setup, trainer):
     def wrapped(*args, **kwargs):
         setup(*args, **kwargs)
-        trainer._check_loss_on_host = False  # what the Trainer decides on an accelerator
+        trainer._engine.check_loss_on_host = False  # what the engine decides on an accelerator
 
     return wrapped
 
@@ -85,7 +85,7 @@ def test_nonfinite_loss_on_the_accelerator_path_names_the_first_bad_step(tmp_pat
             return loss * math.nan if self.trainer.global_step >= 7 else loss
 
     trainer = quiet_trainer(tmp_path, max_epochs=1, log_every_n_steps=5)
-    monkeypatch.setattr(trainer, "_setup_task", _accelerator_like(trainer._setup_task, trainer))
+    monkeypatch.setattr(trainer, "_place", _accelerator_like(trainer._place, trainer))
     with pytest.raises(dltrain.StepError, match="NaN or infinite at global step 7"):
         trainer.fit(NanFrom(), loader(n=96, batch_size=8))
 

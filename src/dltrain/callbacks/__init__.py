@@ -1,7 +1,7 @@
 """Built-in callbacks. Features are callbacks: the Trainer does not grow a flag per feature."""
 
 from dltrain.callbacks.accumulation import GradientAccumulationScheduler
-from dltrain.callbacks.base import Callback, Checkpoint
+from dltrain.callbacks.base import Callback, Checkpoint, TrainerView
 from dltrain.callbacks.checkpoint import ModelCheckpoint
 from dltrain.callbacks.compile import Compile
 from dltrain.callbacks.device_stats import DeviceStatsMonitor
@@ -56,6 +56,7 @@ __all__ = [
     "TQDMProgressBar",
     "ThroughputMonitor",
     "Timer",
+    "TrainerView",
     "TrainingSpikeException",
     "WeightAveraging",
 ]

@@ -10,8 +10,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["GradientAccumulationScheduler"]
 
@@ -48,7 +48,7 @@ class GradientAccumulationScheduler(Callback):
         return self.scheduling[max(e for e in self.epochs if e <= epoch)]
 
     @override
-    def on_train_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_start(self, trainer: TrainerView, task: Task) -> None:
         if not task.automatic_optimization:
             raise ConfigurationError("GradientAccumulationScheduler needs automatic optimization: with "
                                      "automatic_optimization = False, accumulate in training_step yourself")
@@ -57,6 +57,6 @@ class GradientAccumulationScheduler(Callback):
                 "Trainer(accumulate_grad_batches=...) and a GradientAccumulationScheduler: keep one of them")
 
     @override
-    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._scheduled = self.get_accumulate_grad_batches(trainer.current_epoch)
         trainer.accumulate_grad_batches = self._scheduled

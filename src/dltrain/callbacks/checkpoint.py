@@ -21,8 +21,8 @@ from dltrain.callbacks.base import Checkpoint
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["ModelCheckpoint"]
 
@@ -228,7 +228,7 @@ class ModelCheckpoint(Checkpoint):
         name += self.FILE_EXTENSION
         return str(self.dirpath / name) if self.dirpath is not None else name
 
-    def _candidates(self, trainer: Trainer) -> dict[str, Any]:
+    def _candidates(self, trainer: TrainerView) -> dict[str, Any]:
         """The values a name is made of: logged metrics, ``epoch`` and ``step`` as ints (Lightning's rule: a logged
         ``epoch``/``step`` wins, cast to int)."""
         values: dict[str, Any] = {}
@@ -240,21 +240,21 @@ class ModelCheckpoint(Checkpoint):
         return values
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if stage == "fit":
             self._resolved = False
             self._defer_to_validation = False
             self._validated_epoch = None
             self._validation_ran = False
 
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         # After a resume has restored the loggers (their version: the run's folder) and this callback's state.
         self._resolve(trainer)
 
-    def on_train_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_start(self, trainer: TrainerView, task: Task) -> None:
         self._last_time_checked = time.monotonic()
 
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not trainer.loop_state.stepped or trainer.global_step == self._last_saved_step:
             return  # only right after an optimizer step (not inside an accumulation window), once per step
         n = self.every_n_train_steps
@@ -275,13 +275,13 @@ class ModelCheckpoint(Checkpoint):
             return
         self._save(trainer)
 
-    def on_validation_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_start(self, trainer: TrainerView, task: Task) -> None:
         if self._in_fit(trainer) and not trainer.is_last_batch:
             # The fit loop restores this RNG state after a validation inside an epoch; a checkpoint taken at its
             # end must hold it, so that a resume continues the training stream the uninterrupted run continued.
             self._rng_before_validation = ckpt_io.rng_state()
 
-    def on_validation_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_end(self, trainer: TrainerView, task: Task) -> None:
         if not self._in_fit(trainer):
             return
         self._validation_ran = True
@@ -301,7 +301,7 @@ class ModelCheckpoint(Checkpoint):
             finally:
                 ckpt_io.set_rng_state(after)
 
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if trainer.global_step == self._last_saved_step:
             return
         if self._defer_to_validation and self._validated_epoch == trainer.current_epoch:
@@ -312,12 +312,12 @@ class ModelCheckpoint(Checkpoint):
         ):
             self._save(trainer)
 
-    def on_fit_end(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_end(self, trainer: TrainerView, task: Task) -> None:
         # The state a fit ends in is always in "last", whatever the schedule: it is what a resume continues from.
         if self.save_last and trainer.global_step != self._last_saved_step and trainer.global_step > 0:
             self._save(trainer, top_k=False)
 
-    def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
         if not self.save_on_exception or trainer.sanity_checking or trainer.global_step == self._last_saved_step:
             return
         if trainer.stage != "fit":
@@ -332,14 +332,14 @@ class ModelCheckpoint(Checkpoint):
             sys.stderr.write(f"[dltrain] {type(exception).__name__} raised ({exception}); saved checkpoint to "
                              f"{path}\n")
 
-    def _in_fit(self, trainer: Trainer) -> bool:
+    def _in_fit(self, trainer: TrainerView) -> bool:
         return trainer.stage == "fit" and not trainer.sanity_checking
 
-    def _epoch_due(self, trainer: Trainer) -> bool:
+    def _epoch_due(self, trainer: TrainerView) -> bool:
         n = self.every_n_epochs
         return bool(n) and (trainer.current_epoch + 1) % n == 0
 
-    def _on_train_epoch_end(self, trainer: Trainer) -> bool:
+    def _on_train_epoch_end(self, trainer: TrainerView) -> bool:
         """Whether the epoch's checkpoint is taken at the training epoch end (else after validation)."""
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
@@ -351,7 +351,7 @@ class ModelCheckpoint(Checkpoint):
         return interval is None or (isinstance(interval, float) and interval == 1.0)
 
     # ------------------------------------------------------------------ the run's folder
-    def _resolve(self, trainer: Trainer) -> None:
+    def _resolve(self, trainer: TrainerView) -> None:
         """Decide the folder (global rank zero decides, every rank learns it) and keep only the restored entries
         that are this callback's own files in it; remove stale temporaries there."""
         decision: tuple[str, list[tuple[float, str]], str | None] | None = None
@@ -372,13 +372,13 @@ class ModelCheckpoint(Checkpoint):
         self._restored_dirpath = None
         self._resolved = True
 
-    def _default_dirpath(self, trainer: Trainer) -> Path:
+    def _default_dirpath(self, trainer: TrainerView) -> Path:
         run = _logger_run_dir(trainer)
         if run is not None:
             return run / "checkpoints"
         return Path(trainer.default_root_dir) / "checkpoints"  # no logger: Lightning's folder
 
-    def last_folders(self, trainer: Trainer) -> list[Path]:
+    def last_folders(self, trainer: TrainerView) -> list[Path]:
         """Where ``fit(ckpt_path="last")`` looks: the folder when given or known, else every run folder."""
         if self.dirpath is not None:
             return [self.dirpath]
@@ -387,7 +387,7 @@ class ModelCheckpoint(Checkpoint):
     def _mine(self, path: str | os.PathLike[str]) -> bool:
         return _norm(path) in self._written
 
-    def _free_name(self, trainer: Trainer, metrics: dict[str, Any], template: str | None) -> Path:
+    def _free_name(self, trainer: TrainerView, metrics: dict[str, Any], template: str | None) -> Path:
         """The template's path, or ``<name>-v<N>.ckpt`` while that names a file this callback did not write."""
         path = Path(self.format_checkpoint_name(metrics, template))
         if not self._enable_version_counter:
@@ -409,7 +409,7 @@ class ModelCheckpoint(Checkpoint):
         self._written.discard(_norm(path))
 
     # ------------------------------------------------------------------ saving
-    def _score(self, trainer: Trainer) -> float | None:
+    def _score(self, trainer: TrainerView) -> float | None:
         """The ranking score (higher is better); None: the monitored metric is missing (warned, not ranked)."""
         if self.monitor is None:
             return float(trainer.global_step)  # newest is "best" when nothing is monitored
@@ -427,7 +427,7 @@ class ModelCheckpoint(Checkpoint):
             return -math.inf
         return -score if self.mode == "min" else score
 
-    def _save(self, trainer: Trainer, top_k: bool | None = True) -> str | None:
+    def _save(self, trainer: TrainerView, top_k: bool | None = True) -> str | None:
         """Save a checkpoint: a top-k candidate (``top_k=True``), only ``last`` (``False``), or the template's name
         unconditionally without ranking it (``None``, on exception). Returns the path written (None: nothing)."""
         if not self._resolved:
@@ -496,7 +496,7 @@ class ModelCheckpoint(Checkpoint):
             self._remove(previous_last)  # "last" got a new name (a template in CHECKPOINT_NAME_LAST)
         return target
 
-    def save(self, trainer: Trainer) -> None:
+    def save(self, trainer: TrainerView) -> None:
         """Write a checkpoint now, as a scheduled one would be (every rank calls it): named, kept or rotated by the
         same rules, ``last`` updated. Used by `Preemption`."""
         self._save(trainer)
@@ -552,7 +552,7 @@ def _fill(template: str, metrics: dict[str, Any], equals: str | None) -> str:
 
 
 # ---------------------------------------------------------------------- run folders
-def _logger_run_dir(trainer: Trainer) -> Path | None:
+def _logger_run_dir(trainer: TrainerView) -> Path | None:
     """The first logger's folder of this run, ``<save_dir>/<name>/<version>`` (Lightning's rule); None without a
     logger, or when the logger has no version."""
     if not trainer.loggers:
@@ -567,7 +567,7 @@ def _logger_run_dir(trainer: Trainer) -> Path | None:
     return Path(save_dir, *([str(name)] if name else []), folder)
 
 
-def run_folder_patterns(trainer: Trainer) -> list[Path]:
+def run_folder_patterns(trainer: TrainerView) -> list[Path]:
     """Glob patterns of the folders where a default ModelCheckpoint of this Trainer's runs writes: the first
     logger's ``<save_dir>/<name>/*/checkpoints`` (else ``<default_root_dir>/checkpoints``, as Lightning) and ``<default_root_dir>/checkpoints/version_*`` (dltrain's earlier layout of runs without a
     logger). What `run_folders` searches and what a resume that finds nothing names."""
@@ -583,7 +583,7 @@ def run_folder_patterns(trainer: Trainer) -> list[Path]:
     return patterns
 
 
-def run_folders(trainer: Trainer) -> list[Path]:
+def run_folders(trainer: TrainerView) -> list[Path]:
     """Every folder where a default ModelCheckpoint of this Trainer's runs may have written (without resolving
     the logger's version, which would claim a new one): those of `run_folder_patterns` that exist, and
     ``<default_root_dir>/checkpoints`` (where runs without a logger write)."""

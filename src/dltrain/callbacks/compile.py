@@ -16,8 +16,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["Compile"]
 
@@ -85,16 +85,16 @@ class Compile(Callback):
         self._logged: tuple[float, int] | None = None  # (compile_seconds, recompiles) as last logged
 
     # ------------------------------------------------------------------ compiling
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         self._start(task)
 
-    def on_validation_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_start(self, trainer: TrainerView, task: Task) -> None:
         self._start(task)
 
-    def on_test_start(self, trainer: Trainer, task: Task) -> None:
+    def on_test_start(self, trainer: TrainerView, task: Task) -> None:
         self._start(task)
 
-    def on_predict_start(self, trainer: Trainer, task: Task) -> None:
+    def on_predict_start(self, trainer: TrainerView, task: Task) -> None:
         self._start(task)
 
     def _start(self, task: Task) -> None:
@@ -130,7 +130,7 @@ class Compile(Callback):
         # A module you compiled yourself, or inside one, is left as it is.
         return [(n, m) for n, m in chosen if not any(n == c or n.startswith(c + ".") for c in compiled)]
 
-    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if self._remove is not None:
             self._remove()
             self._remove = None
@@ -169,22 +169,22 @@ class Compile(Callback):
             self._pending.append((reasons, now - began))
 
     # ------------------------------------------------------------------ reporting (between batches)
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._report(trainer, task, log=True)
 
-    def on_validation_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._report(trainer, task, log=False, once=trainer.stage != "fit")
 
-    def on_test_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
+    def on_test_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._report(trainer, task, log=False)
 
-    def on_predict_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         self._report(trainer, task, log=False)
 
-    def _report(self, trainer: Trainer, task: Task, log: bool, once: bool = True) -> None:
+    def _report(self, trainer: TrainerView, task: Task, log: bool, once: bool = True) -> None:
         if self._compiling_modes:
             self._warm |= self._compiling_modes
             self._compiling_modes.clear()

@@ -11,8 +11,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["DeviceStatsMonitor", "cpu_stats", "device_stats"]
 
@@ -60,7 +60,7 @@ class DeviceStatsMonitor(Callback):
         self._cpu_stats = cpu_stats
 
     @override
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if stage != "fit":
             return
         if not trainer.loggers:
@@ -71,7 +71,7 @@ class DeviceStatsMonitor(Callback):
             if importlib.util.find_spec("psutil") is None:
                 raise ConfigurationError("DeviceStatsMonitor's CPU statistics need psutil: pip install dltrain[devicestats]")
 
-    def _log(self, trainer: Trainer, hook: str) -> None:
+    def _log(self, trainer: TrainerView, hook: str) -> None:
         if not trainer.is_global_zero or (trainer.global_step + 1) % trainer.log_every_n_steps:
             return
         stats: dict[str, Any] = device_stats(trainer.device)
@@ -82,9 +82,9 @@ class DeviceStatsMonitor(Callback):
             logger.log_metrics(named, trainer.global_step)
 
     @override
-    def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: TrainerView, task: Task, batch: Any, batch_idx: int) -> None:
         self._log(trainer, "on_train_batch_start")
 
     @override
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._log(trainer, "on_train_batch_end")

@@ -12,8 +12,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError, DltrainError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["EarlyStopping"]
 
@@ -105,24 +105,24 @@ class EarlyStopping(Callback):
         return f"EarlyStopping{{monitor={self.monitor},mode={self.mode}}}"
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if self._check_on_train_epoch_end_given is None:
             interval = trainer.val_check_interval
             once_per_epoch = interval is None or (not isinstance(interval, bool) and interval == 1.0)
-            self._check_on_train_epoch_end = once_per_epoch and getattr(trainer, "check_val_every_n_epoch", 1) == 1
+            self._check_on_train_epoch_end = once_per_epoch and trainer.check_val_every_n_epoch == 1
 
-    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         # After the validation's metrics are reduced (Lightning checks in on_validation_end, right after).
         if self._check_on_train_epoch_end or trainer.stage != "fit":
             return  # trainer.validate() on its own does not stop anything
         self._check(trainer)
 
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self._check_on_train_epoch_end or not _has_validation(trainer):
             self._check(trainer)  # without validation in this fit: on the training epoch's metrics
 
     # ------------------------------------------------------------------ logic
-    def _check(self, trainer: Trainer) -> None:
+    def _check(self, trainer: TrainerView) -> None:
         if trainer.sanity_checking:
             return
         epoch = int(trainer.current_epoch)
@@ -200,6 +200,6 @@ class EarlyStopping(Callback):
         self.stopped_epoch = int(state_dict.get("stopped_epoch") or 0)
 
 
-def _has_validation(trainer: Trainer) -> bool:
+def _has_validation(trainer: TrainerView) -> bool:
     """Whether this fit runs validation (``trainer.val_dataloaders`` is ``None`` when it does not)."""
     return trainer.val_dataloaders is not None

@@ -15,8 +15,8 @@ from typing_extensions import override
 from dltrain.callbacks.base import Callback
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
     from dltrain.tuner.lr_finder import LRFinder
 
 __all__ = ["BatchSizeFinder", "LearningRateFinder"]
@@ -63,18 +63,19 @@ class LearningRateFinder(Callback):
         self._attr_name = attr_name
         self.optimal_lr: LRFinder | None = None
 
-    def lr_find(self, trainer: Trainer, task: Task, train_dataloaders: Any = None, val_dataloaders: Any = None,
+    def lr_find(self, trainer: TrainerView, task: Task, train_dataloaders: Any = None, val_dataloaders: Any = None,
                 datamodule: Any = None) -> None:
         """Run the test (called by ``on_before_fit``; override to run it at another time)."""
+        from dltrain.tuner._search import as_trainer
         from dltrain.tuner.lr_finder import lr_find
 
-        self.optimal_lr = lr_find(trainer, task, train_dataloaders, val_dataloaders, datamodule,
+        self.optimal_lr = lr_find(as_trainer(trainer, "LearningRateFinder"), task, train_dataloaders, val_dataloaders, datamodule,
                                   min_lr=self._min_lr, max_lr=self._max_lr, num_training=self._num_training_steps,
                                   mode=self._mode, early_stop_threshold=self._early_stop_threshold,
                                   update_attr=self._update_attr, attr_name=self._attr_name)
 
     @override
-    def on_before_fit(self, trainer: Trainer, task: Task, train_dataloaders: Any, val_dataloaders: Any,
+    def on_before_fit(self, trainer: TrainerView, task: Task, train_dataloaders: Any, val_dataloaders: Any,
                       datamodule: Any) -> None:
         self.lr_find(trainer, task, train_dataloaders, val_dataloaders, datamodule)
 
@@ -111,17 +112,18 @@ class BatchSizeFinder(Callback):
         self._max_val = max_val
         self.optimal_batch_size: int | None = init_val
 
-    def scale_batch_size(self, trainer: Trainer, task: Task, datamodule: Any = None) -> None:
+    def scale_batch_size(self, trainer: TrainerView, task: Task, datamodule: Any = None) -> None:
         """Run the search (called by ``on_before_fit``)."""
+        from dltrain.tuner._search import as_trainer
         from dltrain.tuner.batch_size_scaling import scale_batch_size
 
         self.optimal_batch_size = scale_batch_size(
-            trainer, task, method="fit", datamodule=datamodule, mode=self._mode,
+            as_trainer(trainer, "BatchSizeFinder"), task, method="fit", datamodule=datamodule, mode=self._mode,
             steps_per_trial=self._steps_per_trial, init_val=self._init_val, max_trials=self._max_trials,
             batch_arg_name=self._batch_arg_name, margin=self._margin, max_val=self._max_val)
 
     @override
-    def on_before_fit(self, trainer: Trainer, task: Task, train_dataloaders: Any, val_dataloaders: Any,
+    def on_before_fit(self, trainer: TrainerView, task: Task, train_dataloaders: Any, val_dataloaders: Any,
                       datamodule: Any) -> None:
         from dltrain.errors import ConfigurationError
 

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import Module, ModuleDict
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from dltrain._compat import is_batch_norm
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
 
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["BackboneFinetuning", "BaseFinetuning"]
 
@@ -86,7 +86,8 @@ class BaseFinetuning(Callback, ABC):
                 for child in item.values():
                     visit(child)
             elif isinstance(item, Module):
-                found.extend(m for m in item.modules() if next(m.children(), None) is None or m._parameters)
+                found.extend(m for m in item.modules()
+                             if next(m.children(), None) is None or next(m.parameters(recurse=False), None) is not None)
             elif isinstance(item, Iterable):
                 for child in item:
                     visit(child)
@@ -104,7 +105,7 @@ class BaseFinetuning(Callback, ABC):
         ``train_bn``); each parameter once."""
         seen: set[int] = set()
         for module in BaseFinetuning.flatten_modules(modules):
-            if isinstance(module, _BatchNorm) and not train_bn:
+            if is_batch_norm(module) and not train_bn:
                 continue
             for param in module.parameters(recurse=False):
                 if param.requires_grad == requires_grad and id(param) not in seen:
@@ -115,7 +116,7 @@ class BaseFinetuning(Callback, ABC):
     def make_trainable(modules: Modules) -> None:
         """Set ``requires_grad`` on every parameter of ``modules``; BatchNorm layers track running stats again."""
         for module in BaseFinetuning.flatten_modules(modules):
-            if isinstance(module, _BatchNorm):
+            if is_batch_norm(module):
                 module.track_running_stats = True
             for param in module.parameters(recurse=False):
                 param.requires_grad = True
@@ -123,7 +124,7 @@ class BaseFinetuning(Callback, ABC):
     @staticmethod
     def freeze_module(module: Module) -> None:
         """Freeze the direct parameters of ``module``; a BatchNorm layer also stops tracking running stats."""
-        if isinstance(module, _BatchNorm):
+        if is_batch_norm(module):
             module.track_running_stats = False
         for param in module.parameters(recurse=False):
             param.requires_grad = False
@@ -132,7 +133,7 @@ class BaseFinetuning(Callback, ABC):
     def freeze(modules: Modules, train_bn: bool = True) -> None:
         """Freeze every parameter of ``modules``; with ``train_bn`` the BatchNorm layers stay trainable."""
         for module in BaseFinetuning.flatten_modules(modules):
-            if train_bn and isinstance(module, _BatchNorm):
+            if train_bn and is_batch_norm(module):
                 BaseFinetuning.make_trainable(module)
             else:
                 BaseFinetuning.freeze_module(module)
@@ -192,16 +193,16 @@ class BaseFinetuning(Callback, ABC):
         Both methods are abstract: a subclass that leaves one out cannot be built (a TypeError naming it)."""
 
     # ------------------------------------------------------------------ hooks
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._task = task
         self.freeze_before_training(task)
 
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if self._restarting:
             self._restore_param_groups(trainer, task)
             self._restarting = False
 
-    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         names = {id(p): name for name, p in task.named_parameters()}
         for index, optimizer in enumerate(trainer.optimizers):
             groups_before = len(optimizer.param_groups)
@@ -218,7 +219,7 @@ class BaseFinetuning(Callback, ABC):
         elif len(groups) != groups_before:
             self._internal_optimizer_metadata[index].extend(_named_group(g, names) for g in groups[groups_before:])
 
-    def _restore_param_groups(self, trainer: Trainer, task: Task) -> None:
+    def _restore_param_groups(self, trainer: TrainerView, task: Task) -> None:
         params = dict(task.named_parameters())
         for index, optimizer in enumerate(trainer.optimizers):
             saved = self._internal_optimizer_metadata.get(index)
@@ -308,7 +309,7 @@ class BackboneFinetuning(BaseFinetuning):
             )
         return backbone
 
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._backbone(task)
         super().setup(trainer, task, stage)
 

@@ -38,8 +38,8 @@ from dltrain.data.mixture import Mixture
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["LEDGER_VERSION", "SampleLedger"]
 
@@ -152,10 +152,10 @@ class SampleLedger(Callback):
     def state_key(self) -> str:
         return "SampleLedger"
 
-    def on_load_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: TrainerView, task: Task, checkpoint: dict[str, Any]) -> None:
         self._resumed_from = dict(checkpoint.get("loops") or {})
 
-    def on_train_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_start(self, trainer: TrainerView, task: Task) -> None:
         loader = trainer.train_dataloader
         if not hasattr(loader, "last_batch_samples"):
             raise ConfigurationError(
@@ -165,7 +165,7 @@ class SampleLedger(Callback):
             )
         # Every rank's file of this round carries the same round name: rank 0's launch time.
         round_id = int(trainer.fabric.broadcast(time.time_ns(), src=0))
-        if trainer._layout.tensor_parallel_rank != 0:
+        if trainer.tensor_parallel_rank != 0:
             return  # a tensor-parallel peer trains on the same samples as its group's first rank, which writes them
         self._loader = loader
         loader.record_samples = True  # workers send each batch's sample ids from the next iter() on
@@ -189,7 +189,7 @@ class SampleLedger(Callback):
         })
         self._planned_epoch = None
 
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         writer, loader = self._writer, self._loader
         if writer is None:
             return
@@ -201,7 +201,7 @@ class SampleLedger(Callback):
         writer.put({"kind": "batch", "epoch": epoch, "batch": batch_idx, "step": trainer.global_step,
                     "held": loader.last_batch_samples})
 
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self._writer is not None:
             # Whether this rank trained its whole plan: an epoch cut short (limit_train_batches, max_steps, a
             # stop) is not one whose unseen samples are missing.
@@ -209,16 +209,16 @@ class SampleLedger(Callback):
             self._writer.put({"kind": "epoch_end", "epoch": trainer.current_epoch, "batches": done,
                               "planned_batches": planned})
 
-    def on_save_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: TrainerView, task: Task, checkpoint: dict[str, Any]) -> None:
         if self._writer is not None:
             self._writer.put({"kind": "checkpoint", "loops": dict(checkpoint["loops"])})
             self._writer.flush()
 
-    def on_fit_end(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_end(self, trainer: TrainerView, task: Task) -> None:
         if self._writer is not None:
             self._writer.put({"kind": "end", "loops": trainer.loop_state.state_dict()})
 
-    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -11,8 +11,8 @@ from dltrain.errors import ConfigurationError
 if TYPE_CHECKING:
     import torch
 
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["LearningRateMonitor"]
 
@@ -51,7 +51,7 @@ class LearningRateMonitor(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_before_optimizer_step(
-        self, trainer: Trainer, task: Task, optimizer: torch.optim.Optimizer
+        self, trainer: TrainerView, task: Task, optimizer: torch.optim.Optimizer
     ) -> None:
         if self.logging_interval != "step":
             return
@@ -65,7 +65,7 @@ class LearningRateMonitor(Callback):
         for name, value in self.read(trainer.optimizers).items():
             task.log(name, value, on_step=True, on_epoch=False)
 
-    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         if self.logging_interval == "epoch":
             # Logged now as an epoch value: the rate at the start of the epoch is the one the epoch uses (epoch
             # schedulers step after the epoch), and a value logged here is part of this epoch's aggregates.

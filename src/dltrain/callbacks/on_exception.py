@@ -11,8 +11,8 @@ from dltrain.callbacks.base import Checkpoint
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["OnExceptionCheckpoint"]
 
@@ -60,7 +60,7 @@ class OnExceptionCheckpoint(Checkpoint):
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
     @override
-    def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
         if trainer.stage != "fit":
             return
         try:
@@ -71,7 +71,7 @@ class OnExceptionCheckpoint(Checkpoint):
             sys.stderr.write(f"[dltrain] OnExceptionCheckpoint could not save {self.ckpt_path}: {err}\n")
 
     @override
-    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         # A run that ended normally leaves no stale exception checkpoint behind (as Lightning's).
         if stage == "fit" and not trainer.interrupted and trainer.is_global_zero and os.path.isfile(self.ckpt_path):
             os.remove(self.ckpt_path)

@@ -11,8 +11,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["BasePredictionWriter"]
 
@@ -49,13 +49,13 @@ class BasePredictionWriter(Callback):
         self._indices: list[list[Any]] = []
         self._loader_indices: list[list[list[int]] | None] = []
 
-    def write_on_batch_end(self, trainer: Trainer, task: Task, prediction: Any,
+    def write_on_batch_end(self, trainer: TrainerView, task: Task, prediction: Any,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int) -> None:
         """Write one batch's prediction."""
         raise NotImplementedError(f"{type(self).__name__} writes per batch: override write_on_batch_end")
 
-    def write_on_epoch_end(self, trainer: Trainer, task: Task, predictions: Sequence[Any],
+    def write_on_epoch_end(self, trainer: TrainerView, task: Task, predictions: Sequence[Any],
                            batch_indices: Sequence[Any]) -> None:
         """Write every prediction of the run.
 
@@ -65,7 +65,7 @@ class BasePredictionWriter(Callback):
         raise NotImplementedError(f"{type(self).__name__} writes per run: override write_on_epoch_end")
 
     @override
-    def on_predict_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_predict_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         loaders = trainer.predict_dataloaders
         loaders = loaders if isinstance(loaders, list) else [loaders]
         self._loader_indices = [_index_batches(loader) for loader in loaders]
@@ -73,7 +73,7 @@ class BasePredictionWriter(Callback):
         self._indices = [[] for _ in loaders]
 
     @override
-    def on_predict_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         known = self._loader_indices[dataloader_idx] if dataloader_idx < len(self._loader_indices) else None
         indices = known[batch_idx] if known is not None and batch_idx < len(known) else None
@@ -84,7 +84,7 @@ class BasePredictionWriter(Callback):
             self.write_on_batch_end(trainer, task, outputs, indices, batch, batch_idx, dataloader_idx)
 
     @override
-    def on_predict_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_predict_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self.interval in ("epoch", "batch_and_epoch"):
             # As Lightning's: with one loader the predictions are a flat list; the indices are one list per loader.
             one = len(self._predictions) == 1

@@ -15,8 +15,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["Preempted", "Preemption"]
 
@@ -66,7 +66,7 @@ class Preemption(Callback):
         self._distributed = False
 
     # ------------------------------------------------------------------ handlers
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         self.received = None
@@ -75,7 +75,7 @@ class Preemption(Callback):
             signum = getattr(signal, name)
             self._previous[signum] = signal.signal(signum, self._handle)
 
-    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}
@@ -90,7 +90,7 @@ class Preemption(Callback):
                              "(Ctrl-C again to abort without a checkpoint)\n")
 
     # ------------------------------------------------------------------ acting on it
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Per step, one process: two attribute reads. Only at an optimizer-step boundary: a checkpoint inside an
         # accumulation window is not exact.
         if not (self._distributed or self.received) or not trainer.loop_state.stepped:
@@ -99,7 +99,7 @@ class Preemption(Callback):
             if trainer.global_step % self.check_every_n_steps:
                 return
             # Every rank reaches this step; they agree on the signal of the lowest rank that got one.
-            agreed = trainer._any_rank(self.received is not None)
+            agreed = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
             signum = self._agree_on_signal(trainer) if agreed else None
         else:
             signum = self.received
@@ -113,13 +113,13 @@ class Preemption(Callback):
                              f"; checkpoint: {path}. Resume with fit(..., ckpt_path='last')\n")
         raise Preempted(signum, path)
 
-    def _agree_on_signal(self, trainer: Trainer) -> int:
+    def _agree_on_signal(self, trainer: TrainerView) -> int:
         from dltrain.distributed import gather_ints
 
         return next(v for v in gather_ints(self.received or 0, trainer.device) if v)
 
     @staticmethod
-    def _checkpoint(trainer: Trainer) -> str | None:
+    def _checkpoint(trainer: TrainerView) -> str | None:
         cb = trainer.checkpoint_callback
         if cb is None:
             path = os.path.join(trainer.default_root_dir, f"preempted-step={trainer.global_step}.ckpt")

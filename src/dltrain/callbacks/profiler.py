@@ -15,8 +15,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["AdvancedProfiler", "PassThroughProfiler", "Profiler", "PyTorchProfiler", "SimpleProfiler", "make_profiler"]
 
@@ -53,7 +53,7 @@ class Profiler(Callback):
         self.dirpath = dirpath
         self.filename = filename
 
-    def _report(self, trainer: Trainer, stage: str, text: str, file: TextIO | None = None) -> None:
+    def _report(self, trainer: TrainerView, stage: str, text: str, file: TextIO | None = None) -> None:
         """Print ``text`` (global rank zero), or write it to ``<dirpath>/<stage>-<filename>.txt``."""
         if not trainer.is_global_zero:
             return
@@ -150,43 +150,43 @@ class SimpleProfiler(Profiler):
         if start is not None:
             self.timings[name].append(perf_counter() - start)
 
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._start(stage)
 
-    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._stop(stage)
         self._report(trainer, stage, self.summary(), self.file)
 
-    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._start("run_training_epoch")
 
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._stop("run_training_epoch")
 
-    def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: TrainerView, task: Task, batch: Any, batch_idx: int) -> None:
         self._stop("data_wait")
         self._start("run_training_batch")
 
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._stop("run_training_batch")
         self._start("data_wait")
 
-    def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._start("run_validation")
 
-    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._stop("run_validation")
 
-    def on_test_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_test_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._start("run_test")
 
-    def on_test_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_test_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._stop("run_test")
 
-    def on_predict_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_predict_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._start("run_predict")
 
-    def on_predict_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_predict_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._stop("run_predict")
 
     def summary(self) -> str:
@@ -253,7 +253,7 @@ class PyTorchProfiler(Profiler):
         if opened is not None:
             opened.__exit__(None, None, None)
 
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         import torch.profiler
 
         if self.emit_nvtx:
@@ -279,7 +279,7 @@ class PyTorchProfiler(Profiler):
             self._module_hooks.append(module.register_forward_hook(
                 lambda _m, _i, _o, label=label: self.stop(label)))
 
-    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         for handle in self._module_hooks:
             handle.remove()
         self._module_hooks = []

@@ -13,8 +13,8 @@ from tqdm import tqdm
 from dltrain.callbacks.base import Callback
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["ProgressBar", "TQDMProgressBar"]
 
@@ -109,18 +109,18 @@ class ProgressBar(Callback):
         self._enabled = True
 
     # ------------------------------------------------------------------ lifecycle
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._enabled = self.is_enabled and bool(getattr(trainer, "is_global_zero", True))
 
-    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         for kind in list(self._bars):
             self._close(kind, trainer, final=False)
 
-    def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
         self.teardown(trainer, task, "")
 
     # ------------------------------------------------------------------ training
-    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         max_epochs = getattr(trainer, "max_epochs", None)
         desc = f"Epoch {trainer.current_epoch + 1}" + (
             f"/{max_epochs}" if max_epochs and max_epochs > 0 else ""
@@ -128,49 +128,49 @@ class ProgressBar(Callback):
         self._open("train", desc, trainer.num_training_batches, self.leave, trainer)
 
     def on_train_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         # The hot path: keep it to a store, a clock read and a comparison.
         self._n["train"] = batch_idx + 1
         if monotonic() >= self._next["train"]:
             self._maybe_refresh("train", trainer)
 
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("train", trainer, final=True)
 
     # ------------------------------------------------------------------ evaluation
-    def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         # During fit the validation bar goes away when done (the epoch bar stays); trainer.validate() keeps it.
         during_fit = getattr(trainer, "stage", None) == "fit"
         self._open("validation", "Validation", _eval_total(trainer, "val"), not during_fit, trainer)
 
     def on_validation_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         # Counted, not batch_idx + 1: with several loaders batch_idx starts again at each loader.
         self._n["validation"] += 1
         if monotonic() >= self._next["validation"]:
             self._maybe_refresh("validation", trainer)
 
-    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("validation", trainer, final=True)
 
-    def on_test_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_test_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._open("test", "Test", _eval_total(trainer, "test"), True, trainer)
 
     def on_test_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         # Counted, not batch_idx + 1: with several loaders batch_idx starts again at each loader.
         self._n["test"] += 1
         if monotonic() >= self._next["test"]:
             self._maybe_refresh("test", trainer)
 
-    def on_test_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_test_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("test", trainer, final=True)
 
     def on_predict_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         # No predict epoch hooks: the bar opens on the first batch and closes in teardown.
         if "predict" not in self._bars:
@@ -180,7 +180,7 @@ class ProgressBar(Callback):
             self._maybe_refresh("predict", trainer)
 
     # ------------------------------------------------------------------ drawing
-    def _open(self, kind: str, desc: str, total: float | None, leave: bool, trainer: Trainer) -> None:
+    def _open(self, kind: str, desc: str, total: float | None, leave: bool, trainer: TrainerView) -> None:
         self._close(kind, trainer, final=False)
         self._n[kind] = 0
         self._drawn[kind] = 0
@@ -197,12 +197,12 @@ class ProgressBar(Callback):
         self._intervals[kind] = interval
         self._next[kind] = monotonic() + interval
 
-    def _maybe_refresh(self, kind: str, trainer: Trainer) -> None:
+    def _maybe_refresh(self, kind: str, trainer: TrainerView) -> None:
         """Time for a redraw: draw if ``refresh_rate`` batches have passed since the last one."""
         if self._n[kind] - self._drawn[kind] >= self.refresh_rate:
             self._refresh(kind, trainer)
 
-    def _refresh(self, kind: str, trainer: Trainer) -> None:
+    def _refresh(self, kind: str, trainer: TrainerView) -> None:
         bar = self._bars.get(kind)
         if bar is None:
             self._next[kind] = math.inf
@@ -211,7 +211,7 @@ class ProgressBar(Callback):
         self._drawn[kind] = self._n[kind]
         self._next[kind] = monotonic() + self._intervals[kind]
 
-    def _close(self, kind: str, trainer: Trainer, final: bool) -> None:
+    def _close(self, kind: str, trainer: TrainerView, final: bool) -> None:
         bar = self._bars.pop(kind, None)
         self._next[kind] = math.inf
         if bar is not None:

@@ -18,8 +18,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["ModelPruning"]
 
@@ -133,7 +133,7 @@ class ModelPruning(Callback):
         return list(parameters_to_prune)
 
     @override
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if stage != "fit":
             return
         from dltrain.task import Task
@@ -196,30 +196,32 @@ class ModelPruning(Callback):
             self.apply_lottery_ticket_hypothesis()
 
     @override
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self._on_train_epoch_end:
             self._run(trainer.current_epoch)
 
     @override
-    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if not trainer.sanity_checking and not self._on_train_epoch_end:
             self._run(trainer.current_epoch)
 
     @override
-    def on_train_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_end(self, trainer: TrainerView, task: Task) -> None:
         if self._make_permanent:
             self.make_pruning_permanent(task)
 
     def make_pruning_permanent(self, module: nn.Module) -> None:
         """Remove the pruning reparametrisation: the weights become plain parameters with zeros where pruned."""
         for m in module.modules():
-            for key, hook in list(m._forward_pre_hooks.items()):
-                if isinstance(hook, prune.BasePruningMethod):
-                    hook.remove(m)
-                    del m._forward_pre_hooks[key]
+            # A pruned parameter `name` is `name_orig` (a parameter) times `name_mask` (a buffer); prune.remove
+            # takes the pruning method's forward pre-hook off and makes `name` a parameter again.
+            buffers = dict(m.named_buffers(recurse=False))
+            for key, _ in list(m.named_parameters(recurse=False)):
+                if key.endswith("_orig") and f"{key[:-5]}_mask" in buffers:
+                    prune.remove(m, key[:-5])
 
     @override
-    def on_save_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: TrainerView, task: Task, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
         if not self._make_permanent or not isinstance(state, dict):
             return

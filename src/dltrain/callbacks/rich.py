@@ -18,8 +18,8 @@ from dltrain.callbacks.summary import ModelSummary, summary_rows
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["RichModelSummary", "RichProgressBar"]
 
@@ -80,7 +80,7 @@ class RichProgressBar(Callback):
 
     # ------------------------------------------------------------------ lifecycle
     @override
-    def setup(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._enabled = self._enabled and trainer.is_global_zero
         if not self.is_enabled:
             return
@@ -102,7 +102,7 @@ class RichProgressBar(Callback):
         self._progress.start()
 
     @override
-    def teardown(self, trainer: Trainer, task: Task, stage: str) -> None:
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if self._progress is not None:
             self._progress.refresh()
             self._progress.stop()
@@ -110,11 +110,11 @@ class RichProgressBar(Callback):
         self._tasks = {}
 
     @override
-    def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
         self.teardown(trainer, task, "")
 
     # ------------------------------------------------------------------ bars
-    def _open(self, kind: str, description: str, total: float | None, trainer: Trainer) -> None:
+    def _open(self, kind: str, description: str, total: float | None, trainer: TrainerView) -> None:
         if self._progress is None:
             return
         self._close(kind, trainer)
@@ -122,7 +122,7 @@ class RichProgressBar(Callback):
         self._tasks[kind] = self._progress.add_task(
             description, total=count, total_text=str(count) if count is not None else "?", metrics="")
 
-    def _advance(self, kind: str, done: int, trainer: Trainer) -> None:
+    def _advance(self, kind: str, done: int, trainer: TrainerView) -> None:
         if self._progress is None or kind not in self._tasks or done % self.refresh_rate:
             return
         self._progress.update(self._tasks[kind], completed=done, metrics=_metrics_text(trainer))
@@ -131,7 +131,7 @@ class RichProgressBar(Callback):
             self._last_draw = now
             self._progress.refresh()
 
-    def _close(self, kind: str, trainer: Trainer) -> None:
+    def _close(self, kind: str, trainer: TrainerView) -> None:
         if self._progress is None or kind not in self._tasks:
             return
         task_id = self._tasks.pop(kind)
@@ -141,57 +141,57 @@ class RichProgressBar(Callback):
             self._progress.remove_task(task_id)
 
     @override
-    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs else ""
         self._open("train", f"Epoch {trainer.current_epoch}{epochs}", trainer.num_training_batches, trainer)
 
     @override
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._advance("train", batch_idx + 1, trainer)
 
     @override
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("train", trainer)
 
     @override
-    def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         name = "Sanity Checking" if trainer.sanity_checking else "Validation"
         self._open("validation", name, sum(trainer.num_val_batches) if trainer.num_val_batches else None, trainer)
 
     @override
-    def on_validation_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._advance("validation", batch_idx + 1, trainer)
 
     @override
-    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("validation", trainer)
 
     @override
-    def on_test_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_test_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._open("test", "Testing", sum(trainer.num_test_batches) if trainer.num_test_batches else None, trainer)
 
     @override
-    def on_test_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
+    def on_test_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._advance("test", batch_idx + 1, trainer)
 
     @override
-    def on_test_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_test_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("test", trainer)
 
     @override
-    def on_predict_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_predict_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         counts = trainer.num_predict_batches
         self._open("predict", "Predicting", sum(counts) if counts else None, trainer)
 
     @override
-    def on_predict_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         self._advance("predict", batch_idx + 1, trainer)
 
     @override
-    def on_predict_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_predict_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("predict", trainer)
 
 
@@ -220,7 +220,7 @@ class RichModelSummary(ModelSummary):
         self.header_style = header_style
 
     @override
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if not trainer.is_global_zero:
             return
         from rich.console import Console

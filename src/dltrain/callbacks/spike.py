@@ -16,8 +16,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError, DltrainError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["SpikeDetection", "TrainingSpikeException"]
 
@@ -84,12 +84,12 @@ class SpikeDetection(Callback):
         self.values: deque[float] = deque(maxlen=window)
         self.bad_batches: list[int] = []
 
-    def _path(self, trainer: Trainer) -> str:
+    def _path(self, trainer: TrainerView) -> str:
         path = str(self.exclude_batches_path or trainer.default_root_dir)
         return path if path.endswith(".json") else os.path.join(path, "skip_batches.json")
 
     @override
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         if isinstance(outputs, torch.Tensor):
             loss = float(outputs.detach())
         elif isinstance(outputs, Mapping) and "loss" in outputs:

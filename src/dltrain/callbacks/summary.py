@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from dltrain.callbacks.base import Callback
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["ModelSummary", "summarize"]
 
@@ -33,7 +33,7 @@ class ModelSummary(Callback):
         self.file = file
         self.summarize_kwargs = summarize_kwargs
 
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if trainer.is_global_zero:
             print(summarize(task, self.max_depth), file=self.file or sys.stdout)
 

@@ -19,8 +19,8 @@ from dltrain.errors import ConfigurationError
 if TYPE_CHECKING:
     from torch.utils.flop_counter import FlopCounterMode
 
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["ThroughputMonitor", "device_peak_flops"]
 
@@ -131,7 +131,7 @@ class ThroughputMonitor(Callback):
         self._epoch_logged = False
 
     # ------------------------------------------------------------------ what the task says
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         self._tokens_fn = self.length_fn or _per_batch(task, "tokens_per_batch")  # type: ignore[assignment]
         self._flops_fn = _per_batch(task, "flops_per_batch")
         knows_flops = self._flops_fn is not None or self.measure_flops
@@ -152,12 +152,12 @@ class ThroughputMonitor(Callback):
             )
 
     # ------------------------------------------------------------------ timing hooks
-    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         # The first batch's wait is measured from here: creating the loader iterator (worker start-up) is data
         # wait the user pays every epoch.
         self._reset(perf_counter(), trainer.global_step)
 
-    def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: TrainerView, task: Task, batch: Any, batch_idx: int) -> None:
         now = perf_counter() - self._paused
         self._cum_wait += now - self._prev_end
         if self.measure_flops and self._flops_fn is None and self.flops_per_sample is None:
@@ -167,7 +167,7 @@ class ThroughputMonitor(Callback):
             self._counter.__enter__()  # left in on_train_batch_end: forward, backward and the optimizer step
 
     def on_train_batch_end(
-        self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self._counter is not None:
             self._stop_counting(batch)
@@ -209,22 +209,22 @@ class ThroughputMonitor(Callback):
             return
         self.flops_per_sample = flops / samples
 
-    def on_exception(self, trainer: Trainer, task: Task, exception: BaseException) -> None:
+    def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
         if self._counter is not None:  # the first batch failed while counting: leave the dispatch mode
             self._counter.__exit__(None, None, None)
             self._counter = None
 
-    def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._pause_start = perf_counter()
 
-    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self._pause_start is not None:
             self._paused += perf_counter() - self._pause_start
             self._pause_start = None
 
     # ------------------------------------------------------------------ reporting
     def on_before_optimizer_step(
-        self, trainer: Trainer, task: Task, optimizer: torch.optim.Optimizer
+        self, trainer: TrainerView, task: Task, optimizer: torch.optim.Optimizer
     ) -> None:
         # Runs just before the step that brings global_step to global_step + 1; the Trainer sends step values to
         # the loggers right after the steps where that is a multiple of log_every_n_steps. The window ends at the
@@ -245,10 +245,10 @@ class ThroughputMonitor(Callback):
                 PREFIX + name, value, on_step=True, on_epoch=False, prog_bar=self.prog_bar and name in _BAR
             )
 
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._log_epoch(trainer, task)
 
-    def _log_epoch(self, trainer: Trainer, task: Task) -> None:
+    def _log_epoch(self, trainer: TrainerView, task: Task) -> None:
         if self._epoch_logged or self._n == 0:
             return
         self._epoch_logged = True

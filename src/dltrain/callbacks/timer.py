@@ -11,8 +11,8 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["Timer"]
 
@@ -39,21 +39,21 @@ class Timer(Callback):
         self.elapsed_before = 0.0  # seconds of earlier runs (restored from a checkpoint)
         self._start: float | None = None
 
-    def on_train_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_start(self, trainer: TrainerView, task: Task) -> None:
         self._start = monotonic()
 
     def time_elapsed(self) -> float:
         return self.elapsed_before + (monotonic() - self._start if self._start is not None else 0.0)
 
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.interval == "step":
             self._check(trainer)
 
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self.interval == "epoch":
             self._check(trainer)
 
-    def _check(self, trainer: Trainer) -> None:
+    def _check(self, trainer: TrainerView) -> None:
         if self.duration is None or self.time_elapsed() < self.duration.total_seconds():
             return
         if self.verbose and trainer.is_global_zero and not trainer.should_stop:

@@ -26,12 +26,13 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import get_ema_avg_fn, get_swa_avg_fn, get_swa_multi_avg_fn
 from typing_extensions import override
 
+from dltrain._compat import is_batch_norm
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
-    from dltrain.trainer import Trainer
 
 __all__ = ["EMAWeightAveraging", "StochasticWeightAveraging", "WeightAveraging"]
 
@@ -152,34 +153,34 @@ class WeightAveraging(Callback):
 
     # ------------------------------------------------------------------ hooks
     @override
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         self._ensure_average(task)  # after placement: the copy has the layout (shards) of the trained weights
 
     @override
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step > self._latest_update_step and self.should_update(step_idx=step - 1):
             self._update(task)
             self._latest_update_step = step
 
     @override
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         epoch = trainer.current_epoch
         if epoch > self._latest_update_epoch and self.should_update(epoch_idx=epoch):
             self._update(task)
             self._latest_update_epoch = epoch
 
     @override
-    def on_train_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_end(self, trainer: TrainerView, task: Task) -> None:
         self._copy_average_to(task)
 
     @override
-    def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         if trainer.stage == "fit":
             self._swap(task)
 
     @override
-    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if trainer.stage == "fit":
             self._swap(task)
 
@@ -196,7 +197,7 @@ class WeightAveraging(Callback):
         self._n_averaged = state_dict.get("n_averaged", 0)
 
     @override
-    def on_save_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: TrainerView, task: Task, checkpoint: dict[str, Any]) -> None:
         if self._average is None:
             return
         # Every rank takes part (a sharded tensor is gathered whole); rank zero's copy is the one written.
@@ -210,7 +211,7 @@ class WeightAveraging(Callback):
 
     @torch.no_grad()
     @override
-    def on_load_checkpoint(self, trainer: Trainer, task: Task, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: TrainerView, task: Task, checkpoint: dict[str, Any]) -> None:
         average = self._ensure_average(task)  # from the weights just restored into the task
         saved = checkpoint.get("averaged_state_dict")
         if saved is None:
@@ -330,7 +331,7 @@ class StochasticWeightAveraging(WeightAveraging):
         self._end: float = math.inf
 
     @override
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if len(trainer.optimizers) != 1:
             raise ConfigurationError("StochasticWeightAveraging works with one optimizer")
         if len(trainer.lr_scheduler_configs) > 1:
@@ -350,7 +351,7 @@ class StochasticWeightAveraging(WeightAveraging):
         return False  # the average is updated at epoch starts (below), never after steps or at epoch ends
 
     @override
-    def on_train_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         epoch = trainer.current_epoch
         if self._start <= epoch <= self._end and self._swa_scheduler is None:
             self._install_scheduler(trainer)
@@ -358,7 +359,7 @@ class StochasticWeightAveraging(WeightAveraging):
             self._update(task)
             self._latest_update_epoch = epoch
 
-    def _install_scheduler(self, trainer: Trainer) -> None:
+    def _install_scheduler(self, trainer: TrainerView) -> None:
         from torch.optim.swa_utils import SWALR
 
         from dltrain._optim import SchedulerConfig
@@ -380,23 +381,23 @@ class StochasticWeightAveraging(WeightAveraging):
             trainer.lr_scheduler_configs.append(config)
 
     @override
-    def on_train_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         pass  # no update at epoch ends (see on_train_epoch_start)
 
     @override
-    def on_validation_epoch_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         pass  # Lightning's SWA validates the weights being trained
 
     @override
-    def on_validation_epoch_end(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         pass
 
     @override
-    def on_train_end(self, trainer: Trainer, task: Task) -> None:
+    def on_train_end(self, trainer: TrainerView, task: Task) -> None:
         if trainer.current_epoch - 1 < self._start and not trainer.should_stop and self._end != math.inf:
             return  # training ended before SWA started: nothing averaged
         self._copy_average_to(task)
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in task.modules()):
+        if any(is_batch_norm(m) for m in task.modules()):
             _recompute_batchnorm(trainer, task)
 
     @override
@@ -412,13 +413,13 @@ class StochasticWeightAveraging(WeightAveraging):
 
 
 @torch.no_grad()
-def _recompute_batchnorm(trainer: Trainer, task: Task) -> None:
+def _recompute_batchnorm(trainer: TrainerView, task: Task) -> None:
     """BatchNorm statistics of the averaged weights.
 
     A cumulative average over one pass of the training data in train mode
     (``torch.optim.swa_utils.update_bn``), running ``training_step`` as the loop would.
     """
-    norms = [m for m in task.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in task.modules() if is_batch_norm(m)]
     momenta = {m: m.momentum for m in norms}
     for m in norms:
         m.reset_running_stats()

@@ -13,6 +13,7 @@ from dltrain.callbacks.base import Callback, Checkpoint
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
     from dltrain.trainer import Trainer
 
@@ -32,7 +33,7 @@ class Snapshot(Callback):
     def __init__(self) -> None:
         self.weights: dict[str, torch.Tensor] | None = None
 
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if self.weights is None:
             self.weights = {k: v.detach().clone() for k, v in task.state_dict().items()}
 
@@ -44,15 +45,24 @@ class Snapshot(Callback):
             task.load_state_dict(self.weights)
 
 
+def as_trainer(trainer: TrainerView, who: str) -> Trainer:
+    """The `dltrain.Trainer` behind a callback's view: a search runs fits of its own, which only the real Trainer
+    can (a test's stand-in cannot)."""
+    from dltrain.trainer import Trainer
+
+    if not isinstance(trainer, Trainer):
+        raise ConfigurationError(f"{who} runs fits of its own: it needs a dltrain.Trainer, got {type(trainer).__name__}")
+    return trainer
+
+
 def forget_optimizers(trainer: Trainer) -> None:
     """Make the next fit call ``configure_optimizers`` again, with the value a search found.
 
     Otherwise it would reuse the optimizers, and their state, of a search fit.
     """
-    trainer.optimizers = []
-    trainer.lr_scheduler_configs = []
-    trainer._fabric_optimizers = []
-    trainer._manual_optimizers = []
+    from dltrain.trainer import engine_of
+
+    engine_of(trainer).forget_optimizers()
 
 
 @contextlib.contextmanager
@@ -63,18 +73,20 @@ def search_fits(trainer: Trainer, task: Task, callbacks: Sequence[Callback], **s
     Then put back the task's weights, the Trainer's settings, callbacks, loggers, loop state and metrics, and
     the random number generators.
     """
-    from dltrain.loop import LoopState
+    from dltrain._run_state import LoopState
+    from dltrain.trainer import run_state_of
 
+    run = run_state_of(trainer)
     snapshot = Snapshot()
     saved_settings = {name: getattr(trainer, name) for name in _SETTINGS}
     saved_callbacks, saved_loggers = list(trainer.callbacks), list(trainer.loggers)
-    saved_loop = trainer.loop_state
-    saved_metrics = (dict(trainer._callback_metrics), dict(trainer.logged_metrics), dict(trainer._progress_bar_metrics))
+    saved_loop = run.loop_state
+    saved_metrics = (dict(run.published), dict(run.logged_metrics), dict(run.published_bar))
     rng = ckpt_io.rng_state()
     own = [*callbacks, snapshot]
     trainer.callbacks = own
     trainer.loggers = []
-    trainer.loop_state = LoopState()
+    run.loop_state = LoopState()
     for name, value in settings.items():
         if name not in _SETTINGS:
             raise ConfigurationError(f"a search cannot set {name}")
@@ -93,10 +105,9 @@ def search_fits(trainer: Trainer, task: Task, callbacks: Sequence[Callback], **s
         trainer.loggers = saved_loggers
         for name, value in saved_settings.items():
             setattr(trainer, name, value)
-        trainer.loop_state = saved_loop
-        trainer._callback_metrics, trainer.logged_metrics, trainer._progress_bar_metrics = (
-            saved_metrics[0], saved_metrics[1], saved_metrics[2])
-        trainer._oom_expected = False
+        run.loop_state = saved_loop
+        run.published, run.logged_metrics, run.published_bar = saved_metrics
+        run.oom_expected = False
         ckpt_io.set_rng_state(rng)
 
 
@@ -131,7 +142,7 @@ def set_attr(where: tuple[Any, str], value: Any) -> None:
         setattr(owner, name, value)
 
 
-def agree_max(trainer: Trainer, value: float) -> float:
+def agree_max(trainer: TrainerView, value: float) -> float:
     """The largest ``value`` over the ranks (the same answer on every rank)."""
     if trainer.world_size < 2:
         return value
@@ -140,7 +151,7 @@ def agree_max(trainer: Trainer, value: float) -> float:
     return float(reduced)  # type: ignore[arg-type]
 
 
-def agree_mean(trainer: Trainer, value: float) -> float:
+def agree_mean(trainer: TrainerView, value: float) -> float:
     """The mean of ``value`` over the ranks."""
     if trainer.world_size < 2:
         return value

@@ -21,6 +21,7 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
     from dltrain.trainer import Trainer
 
@@ -57,17 +58,17 @@ class _DatasetLength(Callback):
         except (AttributeError, TypeError):
             self.length = None  # no dataset with a length (an iterable stream): no limit from it
 
-    def on_train_start(self, trainer: Trainer, task: Task) -> None:
+    def on_train_start(self, trainer: TrainerView, task: Task) -> None:
         self._read(trainer.train_dataloader)
 
-    def on_validation_start(self, trainer: Trainer, task: Task) -> None:
+    def on_validation_start(self, trainer: TrainerView, task: Task) -> None:
         if self.method == "validate":
             self._read(trainer.val_dataloaders)
 
-    def on_test_start(self, trainer: Trainer, task: Task) -> None:
+    def on_test_start(self, trainer: TrainerView, task: Task) -> None:
         self._read(trainer.test_dataloaders)
 
-    def on_predict_start(self, trainer: Trainer, task: Task) -> None:
+    def on_predict_start(self, trainer: TrainerView, task: Task) -> None:
         self._read(trainer.predict_dataloaders)
 
 
@@ -79,6 +80,7 @@ def scale_batch_size(trainer: Trainer, task: Task, method: str = "fit", datamodu
     Returns ``None`` under ``fast_dev_run``.
     """
     from dltrain.loop import LoopState
+    from dltrain.trainer import run_state_of
     from dltrain.tuner._search import agree_max, find_attr, forget_optimizers, get_attr, search_fits, set_attr
 
     if mode not in ("power", "binsearch"):
@@ -107,7 +109,7 @@ def scale_batch_size(trainer: Trainer, task: Task, method: str = "fit", datamodu
 
         def trial() -> bool:
             """One run at the current size; True when it ran out of memory on any rank."""
-            trainer._oom_expected = True
+            run_state_of(trainer).oom_expected = True
             oom = False
             try:
                 if method == "fit":
@@ -120,10 +122,10 @@ def scale_batch_size(trainer: Trainer, task: Task, method: str = "fit", datamodu
                     raise
                 oom = True
             finally:
-                trainer._oom_expected = False
+                run_state_of(trainer).oom_expected = False
                 snapshot.restore(task)  # each trial starts from the same weights, with new optimizers
                 forget_optimizers(trainer)
-                trainer.loop_state = LoopState()
+                run_state_of(trainer).loop_state = LoopState()
             _free_memory()
             return agree_max(trainer, float(oom)) > 0
 

@@ -19,6 +19,7 @@ from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
     from dltrain.trainer import Trainer
 
@@ -132,7 +133,7 @@ class _RangeTest(Callback):
         self.best_loss = 0.0
         self.schedule: _RangeSchedule | None = None
 
-    def on_fit_start(self, trainer: Trainer, task: Task) -> None:
+    def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if len(trainer.optimizers) != 1:
             raise ConfigurationError(f"lr_find works with one optimizer; configure_optimizers() returned "
                                      f"{len(trainer.optimizers)}")
@@ -145,14 +146,14 @@ class _RangeTest(Callback):
                                        exponential=self.finder.mode == "exponential")
         trainer.lr_scheduler_configs[:] = [SchedulerConfig(self.schedule, interval="step")]
 
-    def _window_end(self, trainer: Trainer, batch_idx: int) -> bool:
+    def _window_end(self, trainer: TrainerView, batch_idx: int) -> bool:
         return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
 
-    def on_train_batch_start(self, trainer: Trainer, task: Task, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: TrainerView, task: Task, batch: Any, batch_idx: int) -> None:
         if self._window_end(trainer, batch_idx) and self.schedule is not None:
             self.finder.results["lr"].append(self.schedule.current[0])
 
-    def on_train_batch_end(self, trainer: Trainer, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self._window_end(trainer, batch_idx):
             return
         if outputs is None:
