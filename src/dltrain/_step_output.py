@@ -48,8 +48,7 @@ def loss_of(output: Any, batch_idx: int) -> Tensor | None:
 
 def check_nonfinite(value: float, policy: str, rank: int, progress: LoopState, batch_idx: int | None,
                     step: int | None = None) -> bool:
-    """``False`` for a finite loss; ``True`` (skip the step) for a bad one with ``on_nonfinite_loss="skip"``
-    (``policy``).
+    """Whether to skip the step: ``False`` for a finite loss, ``True`` for a bad one under ``policy="skip"``.
 
     Raises:
         StepError: a bad loss with ``on_nonfinite_loss="raise"``, naming the step, epoch, batch and rank (``step``

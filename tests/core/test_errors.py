@@ -80,17 +80,32 @@ def test_bad_trainer_arguments(tmp_path, kwargs, match):
         dltrain.Trainer(default_root_dir=str(tmp_path), logger=False, **kwargs)
 
 
-def test_no_stopping_condition_with_unknown_length(tmp_path):
+def test_no_stopping_condition_with_unknown_length_warns_as_lightning(tmp_path):
+    """Neither max_epochs nor max_steps with a loader of unknown length: Lightning sets max_epochs=1000 and warns
+    (dltrain raised a ConfigurationError until 7c95e6c made it Lightning's; this test still expected the error)."""
+
     class Stream(torch.utils.data.IterableDataset):
         def __iter__(self):
             yield from loader(n=16)
 
-    with pytest.raises(ConfigurationError, match="neither max_epochs nor max_steps"):
-        quiet_trainer(tmp_path).fit(TinyTask(), Stream())
-    # With max_steps it runs (an iterable of batches is a valid loader).
+    class StopAfterThree(dltrain.Callback):
+        epochs: list[int] = []
+
+        def on_train_epoch_start(self, trainer, task):
+            self.epochs.append(trainer.current_epoch)
+
+        def on_train_epoch_end(self, trainer, task):
+            if trainer.current_epoch == 2:
+                trainer.should_stop = True
+
+    trainer = quiet_trainer(tmp_path, callbacks=[StopAfterThree()])
+    with pytest.warns(UserWarning, match="max_epochs was not set. Setting it to 1000 epochs"):
+        trainer.fit(TinyTask(), Stream())
+    assert trainer.max_epochs == 1000 and StopAfterThree.epochs == [0, 1, 2]
+    # With max_steps it runs without the warning (an iterable of batches is a valid loader).
     trainer = quiet_trainer(tmp_path, max_steps=3)
     trainer.fit(TinyTask(), Stream())
-    assert trainer.global_step == 2 or trainer.global_step == 3
+    assert trainer.global_step == 3
 
 
 def test_nonfinite_loss_raises_naming_the_step_or_is_skipped(tmp_path):

@@ -46,8 +46,10 @@ class Snapshot(Callback):
 
 
 def as_trainer(trainer: TrainerView, who: str) -> Trainer:
-    """The `dltrain.Trainer` behind a callback's view: a search runs fits of its own, which only the real Trainer
-    can (a test's stand-in cannot)."""
+    """The `dltrain.Trainer` behind a callback's view.
+
+    A search runs fits of its own, which only the real Trainer can (a test's stand-in cannot).
+    """
     from dltrain.trainer import Trainer
 
     if not isinstance(trainer, Trainer):
