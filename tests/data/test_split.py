@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -33,10 +34,11 @@ def _env_keys(shards: ShardSet, monkeypatch: pytest.MonkeyPatch, rank: int, worl
         return epoch_keys(_ds(shards, **kw).loader(num_workers=0), epoch)
 
 
-def _fake_trainer(rank: int, size: int, tensor_parallel_size: int = 1, sampler: bool = True) -> SimpleNamespace:
-    """What `_data_sources.wrap` reads of a Trainer (a real one in one process is always rank 0 of 1)."""
-    return SimpleNamespace(use_distributed_sampler=sampler, data_parallel_rank=rank, data_parallel_size=size,
-                           seed=0, _layout=Layout(rank, size, None, 0, tensor_parallel_size))
+def _split(rank: int, size: int, tensor_parallel_size: int = 1, sampler: bool = True) -> tuple[Any, Layout]:
+    """The settings and data-parallel layout `_data_sources.wrap` takes (a real Trainer in one process is always
+    rank 0 of 1)."""
+    return (SimpleNamespace(use_distributed_sampler=sampler, seed=0),
+            Layout(rank, size, None, 0, tensor_parallel_size))
 
 
 def test_a_given_split_is_used_instead_of_the_environment(shard_set: ShardSet,
@@ -95,30 +97,30 @@ def test_each_trainer_gives_its_own_loaders_their_split(shard_set: ShardSet, mon
     """Two Trainers in one process (data-parallel rank 1 of 2 and 2 of 3) preparing their loaders: each loader
     reads its own Trainer's part, and a loader used afterwards without a Trainer resolves its own (env: all)."""
     want = {(r, w): _env_keys(shard_set, monkeypatch, r, w) for r, w in [(1, 2), (2, 3), (0, 1)]}
-    a = _data_sources.wrap(_fake_trainer(1, 2), _ds(shard_set), training=True)  # a dataset: made a loader
+    a = _data_sources.wrap(_ds(shard_set), True, *_split(1, 2))  # a dataset: made a loader
     given = _ds(shard_set).loader(num_workers=0, rank=0, world_size=1)
-    b = _data_sources.wrap(_fake_trainer(2, 3), given, training=True)  # a loader: its split replaced
+    b = _data_sources.wrap(given, True, *_split(2, 3))  # a loader: its split replaced
     assert isinstance(a, StreamingDataLoader) and b is given
     assert (a.split, b.split) == ((1, 2), (2, 3))
     assert epoch_keys(b, 0) == want[(2, 3)] and epoch_keys(a, 0) == want[(1, 2)]
     assert epoch_keys(_ds(shard_set).loader(num_workers=0), 0) == want[(0, 1)]
     # Loaders inside a CombinedLoader and a LengthBucketLoader get it too.
-    combined = _data_sources.wrap(_fake_trainer(1, 2), {"s": _ds(shard_set).loader(num_workers=0)}, training=True)
+    combined = _data_sources.wrap({"s": _ds(shard_set).loader(num_workers=0)}, True, *_split(1, 2))
     assert isinstance(combined, CombinedLoader) and combined.loaders[0].split == (1, 2)
     inner = _ds(shard_set).loader(num_workers=0)
-    bucketed = _data_sources.wrap(_fake_trainer(2, 3), LengthBucketLoader(inner, 2), training=True)
+    bucketed = _data_sources.wrap(LengthBucketLoader(inner, 2), True, *_split(2, 3))
     assert bucketed.split == inner.split == (2, 3)
 
 
 def test_without_distributed_sampler_an_unsplit_stream_is_refused_only_under_tp(shard_set: ShardSet) -> None:
-    tp = _fake_trainer(1, 2, tensor_parallel_size=2, sampler=False)
+    tp = _split(1, 2, tensor_parallel_size=2, sampler=False)
     for unsplit in (_ds(shard_set), _ds(shard_set).loader(num_workers=0)):
         with pytest.raises(ConfigurationError, match="tensor-parallel peers would read different batches"):
-            _data_sources.wrap(tp, unsplit, training=True)
+            _data_sources.wrap(unsplit, True, *tp)
     own = _ds(shard_set).loader(num_workers=0, rank=0, world_size=3)
-    assert _data_sources.wrap(tp, own, training=True) is own and own.split == (0, 3)  # left as the user built it
+    assert _data_sources.wrap(own, True, *tp) is own and own.split == (0, 3)  # left as the user built it
     plain = _ds(shard_set).loader(num_workers=0)
-    assert _data_sources.wrap(_fake_trainer(0, 1, sampler=False), plain, training=True).split is None
+    assert _data_sources.wrap(plain, True, *_split(0, 1, sampler=False)).split is None
 
 
 class _KeyTask(dltrain.Task):
