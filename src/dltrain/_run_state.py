@@ -65,6 +65,9 @@ class RunState:
         self.datamodule: Any = None
         self.sanity_checking = False  # True while the sanity check (num_sanity_val_steps batches) runs
         self.is_last_batch = False  # whether the training batch being run is its epoch's last
+        # Set when fit's training ends inside an epoch (max_steps, should_stop): as in Lightning, that epoch then
+        # counts in current_epoch (LoopState.epoch stays where a resume continues from).
+        self.stopped_in_epoch = False
         self.num_training_batches: float = float("inf")
         self.num_val_batches: list[float] = []  # one count per loader, as in Lightning
         self.num_test_batches: list[float] = []

@@ -131,6 +131,9 @@ class FitLoop:
             if max_epochs is not None and state.epoch >= max_epochs:
                 break
             self._train_epoch()
+        # Lightning counts the epoch training stopped in (by max_steps or should_stop) as done: from
+        # on_train_end on, current_epoch is one more than that epoch's index, as after a full last epoch.
+        self.run_state.stopped_in_epoch = state.phase == "epoch_end" or state.batches_done > 0
         self.hooks.call("on_train_end")
 
     def finished(self) -> bool:

@@ -294,7 +294,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def current_epoch(self) -> int:
-        return self._run.loop_state.epoch
+        return self._run.loop_state.epoch + self._run.stopped_in_epoch
 
     @property
     def should_stop(self) -> bool:
@@ -712,6 +712,7 @@ class Trainer(LightningTrainerMembers):
         if datamodule is None and _data.is_datamodule(train_dataloaders):
             datamodule, train_dataloaders = train_dataloaders, None
         self._attach(task, "fit", datamodule)
+        self._run.stopped_in_epoch = False  # a new fit: the loop state decides current_epoch again
         if ckpt_path is None:  # dltrain's hook before set-up: the finders run their searches (fits of their own)
             self._hooks.call_callbacks("on_before_fit", train_dataloaders, val_dataloaders, datamodule)
             self._attach(task, "fit", datamodule)

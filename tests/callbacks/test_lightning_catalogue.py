@@ -204,7 +204,7 @@ def test_timer_interval_epoch_and_throughput_length_fn(tmp_path):
     timer = Timer({"seconds": 0}, interval="epoch", verbose=False)
     trainer = trainer_for(tmp_path, callbacks=[timer], max_epochs=3)
     trainer.fit(TinyTask(), loader(32))
-    assert trainer.current_epoch == 0 and trainer.global_step == 4  # the whole first epoch, then stopped
+    assert trainer.current_epoch == 1 and trainer.global_step == 4  # the whole first epoch, then stopped (counted)
     monitor = ThroughputMonitor(window=2, length_fn=lambda batch: 3 * len(batch[0]))
     logger = RecordingLogger()
     trainer_for(tmp_path, callbacks=[monitor], logger=logger).fit(TinyTask(), loader(64))

@@ -101,7 +101,7 @@ def test_no_stopping_condition_with_unknown_length_warns_as_lightning(tmp_path):
     trainer = quiet_trainer(tmp_path, callbacks=[StopAfterThree()])
     with pytest.warns(UserWarning, match="max_epochs was not set. Setting it to 1000 epochs"):
         trainer.fit(TinyTask(), Stream())
-    assert trainer.max_epochs == 1000 and StopAfterThree.epochs == [0, 1, 2]
+    assert trainer.max_epochs == 1000 and StopAfterThree.epochs == [0, 1, 2] and trainer.current_epoch == 3
     # With max_steps it runs without the warning (an iterable of batches is a valid loader).
     trainer = quiet_trainer(tmp_path, max_steps=3)
     trainer.fit(TinyTask(), Stream())

@@ -100,5 +100,5 @@ def test_early_stopping_and_plateau_scheduler(tmp_path):
 
     trainer = quiet_trainer(tmp_path, max_epochs=20, callbacks=[EarlyStopping("val/loss", patience=2)])
     trainer.fit(Plateau(), loader(n=32), loader(n=16))
-    assert trainer.current_epoch == 2  # epochs 0, 1, 2: no improvement after the first
+    assert trainer.current_epoch == 3  # epochs 0, 1, 2 ran (no improvement after the first); 2 counts as done
     assert trainer.should_stop

@@ -127,6 +127,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "m_mlflow": ([], []),
     "n_cli_lightning_classes": ([], []),
     "o_warnings": ([], []),
+    "p_stop_epochs": ([], []),
 }
 # Scripts run on several processes (torchrun), and environment variables for one side only.
 NPROC: dict[str, int] = {"ema_fsdp2": 2}
