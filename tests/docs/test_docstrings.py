@@ -27,11 +27,7 @@ _EXAMPLE = re.compile(r"^\s*Examples?:\s*$", re.M)
 # building one raises an error that says what to use instead).
 WITHOUT_EXAMPLE_YET = {
     "dltrain._config_cli.CLI", "dltrain.batch_path.BatchPath", "dltrain.callbacks.base.Checkpoint",
-    "dltrain.callbacks.finders.BatchSizeFinder", "dltrain.callbacks.finetuning.BackboneFinetuning",
-    "dltrain.callbacks.preemption.Preemption", "dltrain.callbacks.profiler.AdvancedProfiler",
-    "dltrain.callbacks.profiler.PassThroughProfiler", "dltrain.callbacks.profiler.Profiler",
-    "dltrain.callbacks.profiler.PyTorchProfiler", "dltrain.callbacks.profiler.SimpleProfiler",
-    "dltrain.callbacks.summary.ModelSummary", "dltrain.callbacks.timer.Timer", "dltrain.distributed.Watchdog",
+    "dltrain.callbacks.finders.BatchSizeFinder", "dltrain.distributed.Watchdog",
     "dltrain.loggers.base.FolderLogger", "dltrain.loggers.base.Logger", "dltrain.loggers.base.ResumeFilter",
     "dltrain.loop.FitLoop", "dltrain.loop.LoopState", "dltrain.tuner.lr_finder.LRFinder",
 }

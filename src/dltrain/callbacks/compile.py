@@ -10,6 +10,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override
 
 from dltrain import _compat
 from dltrain.callbacks.base import Callback
@@ -23,8 +24,9 @@ __all__ = ["Compile"]
 
 
 class Compile(Callback):
-    """Compile the task's modules with ``torch.compile`` (in place: parameter names and checkpoints are unchanged),
-    measure the compile time and count recompilations.
+    """Compile the task's modules with ``torch.compile``, measure the compile time and count recompilations.
+
+    Compiled in place: parameter names and checkpoints are unchanged.
 
     ``Trainer(compile=True)`` or ``Trainer(compile={...})`` adds this callback with those arguments; a task can
     choose its own in ``configure_callbacks`` (``return Compile(modules="blocks.*")``). Modules you compiled
@@ -85,15 +87,19 @@ class Compile(Callback):
         self._logged: tuple[float, int] | None = None  # (compile_seconds, recompiles) as last logged
 
     # ------------------------------------------------------------------ compiling
+    @override
     def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         self._start(task)
 
+    @override
     def on_validation_start(self, trainer: TrainerView, task: Task) -> None:
         self._start(task)
 
+    @override
     def on_test_start(self, trainer: TrainerView, task: Task) -> None:
         self._start(task)
 
+    @override
     def on_predict_start(self, trainer: TrainerView, task: Task) -> None:
         self._start(task)
 
@@ -130,6 +136,7 @@ class Compile(Callback):
         # A module you compiled yourself, or inside one, is left as it is.
         return [(n, m) for n, m in chosen if not any(n == c or n.startswith(c + ".") for c in compiled)]
 
+    @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if self._remove is not None:
             self._remove()
@@ -169,17 +176,21 @@ class Compile(Callback):
             self._pending.append((reasons, now - began))
 
     # ------------------------------------------------------------------ reporting (between batches)
+    @override
     def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._report(trainer, task, log=True)
 
+    @override
     def on_validation_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._report(trainer, task, log=False, once=trainer.stage != "fit")
 
+    @override
     def on_test_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._report(trainer, task, log=False)
 
+    @override
     def on_predict_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         self._report(trainer, task, log=False)

@@ -8,6 +8,8 @@ import sys
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError, DltrainError
 
@@ -21,8 +23,9 @@ log = logging.getLogger(__name__)
 
 
 class EarlyStopping(Callback):
-    """Set ``trainer.should_stop`` once ``monitor`` has not improved for ``patience`` checks (Lightning's callback,
-    with its arguments in its order).
+    """Set ``trainer.should_stop`` once ``monitor`` has not improved for ``patience`` checks.
+
+    Lightning's callback, with its arguments in its order.
 
     When it checks: at the end of every training epoch when validation runs once at every epoch end (or not at
     all), else at the end of every validation during ``fit`` (``check_on_train_epoch_end=None`` decides as
@@ -93,6 +96,7 @@ class EarlyStopping(Callback):
 
     @property
     def check_on(self) -> str:
+        """When it checks, in dltrain's earlier spelling: ``"train"`` (epoch end) or ``"validation"``."""
         return "train" if self._check_on_train_epoch_end else "validation"
 
     @property
@@ -101,22 +105,26 @@ class EarlyStopping(Callback):
         return self.stop_reason
 
     @property
+    @override
     def state_key(self) -> str:
         return f"EarlyStopping{{monitor={self.monitor},mode={self.mode}}}"
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if self._check_on_train_epoch_end_given is None:
             interval = trainer.val_check_interval
             once_per_epoch = interval is None or (not isinstance(interval, bool) and interval == 1.0)
             self._check_on_train_epoch_end = once_per_epoch and trainer.check_val_every_n_epoch == 1
 
+    @override
     def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         # After the validation's metrics are reduced (Lightning checks in on_validation_end, right after).
         if self._check_on_train_epoch_end or trainer.stage != "fit":
             return  # trainer.validate() on its own does not stop anything
         self._check(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self._check_on_train_epoch_end or not _has_validation(trainer):
             self._check(trainer)  # without validation in this fit: on the training epoch's metrics
@@ -186,6 +194,7 @@ class EarlyStopping(Callback):
         return False, None
 
     # ------------------------------------------------------------------ state
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "wait_count": self.wait_count,
@@ -194,6 +203,7 @@ class EarlyStopping(Callback):
             "patience": self.patience,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.wait_count = int(state_dict["wait_count"])
         self.best_score = float(state_dict["best_score"])

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import Module, ModuleDict
+from typing_extensions import override
 
 from dltrain._compat import is_batch_norm
 from dltrain.callbacks.base import Callback
@@ -61,6 +62,7 @@ class BaseFinetuning(Callback, ABC):
         self._task: Any = None
 
     # ------------------------------------------------------------------ state (resume)
+    @override
     def state_dict(self) -> dict[str, Any]:
         trainable = [] if self._task is None else [n for n, p in self._task.named_parameters() if p.requires_grad]
         return {"internal_optimizer_metadata": self._internal_optimizer_metadata, "trainable": trainable}
@@ -101,8 +103,10 @@ class BaseFinetuning(Callback, ABC):
     def filter_params(
         modules: Modules, train_bn: bool = True, requires_grad: bool = True
     ) -> Generator[torch.nn.Parameter, None, None]:
-        """The parameters of ``modules`` whose ``requires_grad`` is ``requires_grad`` (BatchNorm left out unless
-        ``train_bn``); each parameter once."""
+        """The parameters of ``modules`` whose ``requires_grad`` is ``requires_grad``, each once.
+
+        BatchNorm parameters are left out unless ``train_bn``.
+        """
         seen: set[int] = set()
         for module in BaseFinetuning.flatten_modules(modules):
             if is_batch_norm(module) and not train_bn:
@@ -190,18 +194,22 @@ class BaseFinetuning(Callback, ABC):
     def finetune_function(self, pl_module: Task, current_epoch: int, optimizer: Optimizer) -> None:
         """Unfreeze what should train from ``current_epoch`` on (called at each epoch start, per optimizer).
 
-        Both methods are abstract: a subclass that leaves one out cannot be built (a TypeError naming it)."""
+        Both methods are abstract: a subclass that leaves one out cannot be built (a TypeError naming it).
+        """
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._task = task
         self.freeze_before_training(task)
 
+    @override
     def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if self._restarting:
             self._restore_param_groups(trainer, task)
             self._restarting = False
 
+    @override
     def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         names = {id(p): name for name, p in task.named_parameters()}
         for index, optimizer in enumerate(trainer.optimizers):
@@ -266,6 +274,28 @@ class BackboneFinetuning(BaseFinetuning):
         train_bn: BatchNorm layers of the backbone train while it is frozen.
         verbose: log the learning rates at each change.
         rounding: digits of the logged learning rates.
+
+    Example:
+        The task's ``configure_optimizers`` gives the optimizer only the parameters that train at first:
+
+        >>> class Finetune(dltrain.Task):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.backbone = torch.nn.Linear(8, 8)  # pretrained, in a real task
+        ...         self.head = torch.nn.Linear(8, 1)
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return torch.nn.functional.mse_loss(self.head(self.backbone(x)), y)
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.1)
+        >>> finetuning = BackboneFinetuning(unfreeze_backbone_at_epoch=1, lambda_func=lambda epoch: 2.0)
+        >>> trainer = dltrain.Trainer(max_epochs=3, callbacks=[finetuning], log_every_n_steps=1,
+        ...                           enable_progress_bar=False, enable_model_summary=False)
+        >>> model = Finetune()
+        >>> trainer.fit(model, train_loader)
+        >>> # the head's LR; the backbone's: 0.1 * 0.1 from epoch 1, doubled at epoch 2
+        >>> [round(group["lr"], 6) for group in trainer.optimizers[0].param_groups]
+        [0.1, 0.02]
     """
 
     def __init__(
@@ -292,9 +322,11 @@ class BackboneFinetuning(BaseFinetuning):
         self.rounding = rounding
         self.previous_backbone_lr: float | None = None
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "previous_backbone_lr": self.previous_backbone_lr}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.previous_backbone_lr = state_dict.get("previous_backbone_lr")
         super().load_state_dict(state_dict)
@@ -309,13 +341,16 @@ class BackboneFinetuning(BaseFinetuning):
             )
         return backbone
 
+    @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._backbone(task)
         super().setup(trainer, task, stage)
 
+    @override
     def freeze_before_training(self, pl_module: Task) -> None:
         self.freeze(self._backbone(pl_module), train_bn=self.train_bn)
 
+    @override
     def finetune_function(self, pl_module: Task, current_epoch: int, optimizer: Optimizer) -> None:
         main_lr = optimizer.param_groups[0]["lr"]
         if current_epoch == self.unfreeze_backbone_at_epoch:

@@ -33,6 +33,8 @@ from itertools import accumulate, pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 from dltrain.data.mixture import Mixture
 from dltrain.errors import ConfigurationError
@@ -121,8 +123,9 @@ def _line(record: dict[str, Any]) -> str:
 
 
 class SampleLedger(Callback):
-    """Record, on every rank, the samples of every training batch (see the module docstring); check a run with
-    ``dltrain audit RUN_DIR``.
+    """Record, on every rank, the samples of every training batch; check a run with ``dltrain audit RUN_DIR``.
+
+    The module docstring describes the files.
 
     Needs a training loader that says which samples each batch holds: a `dltrain.data.StreamingDataLoader` (or a
     `StreamingDataset` given to ``fit``).
@@ -149,12 +152,15 @@ class SampleLedger(Callback):
         self._loader: Any = None
 
     @property
+    @override
     def state_key(self) -> str:
         return "SampleLedger"
 
+    @override
     def on_load_checkpoint(self, trainer: TrainerView, task: Task, checkpoint: dict[str, Any]) -> None:
         self._resumed_from = dict(checkpoint.get("loops") or {})
 
+    @override
     def on_train_start(self, trainer: TrainerView, task: Task) -> None:
         loader = trainer.train_dataloader
         if not hasattr(loader, "last_batch_samples"):
@@ -189,6 +195,7 @@ class SampleLedger(Callback):
         })
         self._planned_epoch = None
 
+    @override
     def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         writer, loader = self._writer, self._loader
         if writer is None:
@@ -201,6 +208,7 @@ class SampleLedger(Callback):
         writer.put({"kind": "batch", "epoch": epoch, "batch": batch_idx, "step": trainer.global_step,
                     "held": loader.last_batch_samples})
 
+    @override
     def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self._writer is not None:
             # Whether this rank trained its whole plan: an epoch cut short (limit_train_batches, max_steps, a
@@ -209,15 +217,18 @@ class SampleLedger(Callback):
             self._writer.put({"kind": "epoch_end", "epoch": trainer.current_epoch, "batches": done,
                               "planned_batches": planned})
 
+    @override
     def on_save_checkpoint(self, trainer: TrainerView, task: Task, checkpoint: dict[str, Any]) -> None:
         if self._writer is not None:
             self._writer.put({"kind": "checkpoint", "loops": dict(checkpoint["loops"])})
             self._writer.flush()
 
+    @override
     def on_fit_end(self, trainer: TrainerView, task: Task) -> None:
         if self._writer is not None:
             self._writer.put({"kind": "end", "loops": trainer.loop_state.state_dict()})
 
+    @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
@@ -50,6 +52,7 @@ class LearningRateMonitor(Callback):
         self._last_logged_step = -1
 
     # ------------------------------------------------------------------ hooks
+    @override
     def on_before_optimizer_step(
         self, trainer: TrainerView, task: Task, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -65,6 +68,7 @@ class LearningRateMonitor(Callback):
         for name, value in self.read(trainer.optimizers).items():
             task.log(name, value, on_step=True, on_epoch=False)
 
+    @override
     def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         if self.logging_interval == "epoch":
             # Logged now as an epoch value: the rate at the start of the epoch is the one the epoch uses (epoch

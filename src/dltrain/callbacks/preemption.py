@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
@@ -22,8 +24,10 @@ __all__ = ["Preempted", "Preemption"]
 
 
 class Preempted(SystemExit):
-    """Raised after the preemption checkpoint is written; the process exits with ``128 + signal number``
-    (143 for SIGTERM, 138 for SIGUSR1, 130 for SIGINT), as a process killed by that signal would report."""
+    """Raised after the preemption checkpoint is written; the process exits with ``128 + signal number``.
+
+    That is 143 for SIGTERM, 138 for SIGUSR1, 130 for SIGINT, as a process killed by that signal would report.
+    """
 
     def __init__(self, signum: int, checkpoint: str | None) -> None:
         super().__init__(128 + signum)
@@ -49,6 +53,33 @@ class Preemption(Callback):
         signals: signal names to handle (default SIGTERM, SIGUSR1 and SIGINT).
         requeue: requeue the Slurm job after the checkpoint.
         check_every_n_steps: how often ranks agree on a stop when distributed.
+
+    Example:
+        A callback stands for the scheduler here: it sends SIGTERM before the third batch. The fit ends with a
+        checkpoint at step 3, and the next fit resumes from it:
+
+        >>> import os, signal
+        >>> class Scheduler(dltrain.Callback):
+        ...     def on_train_batch_start(self, trainer, task, batch, batch_idx):
+        ...         if trainer.global_step == 2:
+        ...             os.kill(os.getpid(), signal.SIGTERM)
+        >>> trainer = dltrain.Trainer(max_epochs=3, callbacks=[Scheduler()], log_every_n_steps=1,
+        ...                           enable_progress_bar=False, enable_model_summary=False)
+        >>> [type(c).__name__ for c in trainer.callbacks]  # added by default
+        ['Scheduler', 'Preemption', 'ModelCheckpoint']
+        >>> trainer.fit(task, train_loader, val_loader)
+        Traceback (most recent call last):
+        ...
+        dltrain.callbacks.preemption.Preempted: 143
+        >>> trainer.global_step
+        3
+        >>> trainer = dltrain.Trainer(max_epochs=3, log_every_n_steps=1, enable_progress_bar=False,
+        ...                           enable_model_summary=False)
+        >>> trainer.fit(task, train_loader, val_loader, ckpt_path="last")
+        >>> trainer.global_step  # 3 epochs of 4 batches
+        12
+
+        In a Slurm job, ``Trainer(callbacks=[Preemption(requeue=True)])`` also requeues the job.
     """
 
     def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT"), requeue: bool = False,
@@ -66,6 +97,7 @@ class Preemption(Callback):
         self._distributed = False
 
     # ------------------------------------------------------------------ handlers
+    @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
@@ -75,6 +107,7 @@ class Preemption(Callback):
             signum = getattr(signal, name)
             self._previous[signum] = signal.signal(signum, self._handle)
 
+    @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
@@ -90,6 +123,7 @@ class Preemption(Callback):
                              "(Ctrl-C again to abort without a checkpoint)\n")
 
     # ------------------------------------------------------------------ acting on it
+    @override
     def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Per step, one process: two attribute reads. Only at an optimizer-step boundary: a checkpoint inside an
         # accumulation window is not exact.

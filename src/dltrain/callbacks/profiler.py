@@ -1,5 +1,8 @@
-"""Profilers as callbacks: ``Trainer(profiler="simple")`` (time per stage of the loop) and ``"pytorch"``
-(``torch.profiler``, a Chrome trace file)."""
+"""Profilers as callbacks: ``Trainer(profiler="simple")``, ``"advanced"`` and ``"pytorch"``.
+
+``"simple"`` times each stage of the loop, ``"advanced"`` runs ``cProfile`` over them, ``"pytorch"`` runs
+``torch.profiler`` and writes a Chrome trace file.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TextIO
+
+from typing_extensions import override
 
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
@@ -40,13 +45,35 @@ def make_profiler(profiler: Any) -> Callback:
 
 
 class Profiler(Callback):
-    """Base class of the profilers (Lightning's ``Profiler``): ``start``/``stop`` an action by name, ``profile``
-    a block, ``summary`` as text; ``describe`` prints it. As callbacks, profilers time the loop's stages
-    themselves (``Trainer(profiler=...)`` adds one).
+    """Base class of the profilers (Lightning's ``Profiler``).
+
+    ``start``/``stop`` an action by name, ``profile`` a block, ``summary`` as text; ``describe`` prints it. As
+    callbacks, profilers time the loop's stages themselves (``Trainer(profiler=...)`` adds one).
 
     Args:
-        dirpath, filename: with ``filename``, each stage's report is written to
-            ``<dirpath>/<stage>-<filename>.txt`` (``dirpath`` default: ``trainer.log_dir``) instead of printed.
+        dirpath: where the reports go with ``filename`` (default: ``trainer.log_dir``).
+        filename: with it, each stage's report is written to ``<dirpath>/<stage>-<filename>.txt`` instead of
+            printed.
+
+    Example:
+        A profiler of your own implements ``start``, ``stop`` and ``summary``:
+
+        >>> class Counting(Profiler):
+        ...     def __init__(self) -> None:
+        ...         super().__init__()
+        ...         self.calls: dict[str, int] = {}
+        ...     def start(self, action_name: str) -> None:
+        ...         self.calls[action_name] = self.calls.get(action_name, 0) + 1
+        ...     def stop(self, action_name: str) -> None:
+        ...         pass
+        ...     def summary(self) -> str:
+        ...         return ", ".join(f"{k}: {v}" for k, v in self.calls.items())
+        >>> profiler = Counting()
+        >>> for _ in range(3):
+        ...     with profiler.profile("decode"):
+        ...         pass
+        >>> profiler.describe()
+        decode: 3
     """
 
     def __init__(self, dirpath: str | Path | None = None, filename: str | None = None) -> None:
@@ -73,6 +100,7 @@ class Profiler(Callback):
         raise NotImplementedError(f"{type(self).__name__} does not implement stop()")
 
     def summary(self) -> str:
+        """The report as text (empty in this base class)."""
         return ""
 
     @contextmanager
@@ -85,20 +113,34 @@ class Profiler(Callback):
             self.stop(action_name)
 
     def describe(self) -> None:
+        """Print `summary` to stdout."""
         print(self.summary(), file=sys.stdout)
 
 
 class PassThroughProfiler(Profiler):
     """``trainer.profiler`` when no profiler was asked for: ``profile(action)`` measures nothing (Lightning's).
-    ``dirpath``/``filename`` are accepted as Lightning's; nothing is written."""
 
+    ``dirpath``/``filename`` are accepted as Lightning's; nothing is written.
+
+    Example:
+        >>> trainer = dltrain.Trainer(max_epochs=1)
+        >>> type(trainer.profiler).__name__
+        'PassThroughProfiler'
+        >>> with trainer.profiler.profile("decode"):  # your code, profiled when a profiler is chosen
+        ...     pass
+    """
+
+    @override
     def start(self, action_name: str) -> None: ...
+    @override
     def stop(self, action_name: str) -> None: ...
 
     @contextmanager
+    @override
     def profile(self, action_name: str) -> Iterator[None]:
         yield
 
+    @override
     def describe(self) -> None: ...
 
 
@@ -106,7 +148,8 @@ class SimpleProfiler(Profiler):
     """Wall time spent in each stage of the loop, printed as a table when the stage ends (on global rank zero).
 
     Args:
-        dirpath, filename: write each stage's report to ``<dirpath>/<stage>-<filename>.txt`` (see `Profiler`).
+        dirpath: where the reports go with ``filename`` (default: ``trainer.log_dir``).
+        filename: write each stage's report to ``<dirpath>/<stage>-<filename>.txt`` instead of printing it.
         extended: Lightning's switch for the calls/mean/total/percent columns, which dltrain's table always has.
         file: where to print the report when no ``filename`` is given (default ``sys.stdout``).
 
@@ -114,6 +157,20 @@ class SimpleProfiler(Profiler):
     forward, backward, optimizer step), ``data_wait`` (from one batch's end to the next one's start: fetching,
     moving to the device, other callbacks), ``run_training_epoch``, ``run_validation``, ``run_test``,
     ``run_predict`` and ``fit``. ``summary()`` returns the table; ``timings`` holds the raw durations.
+
+    Example:
+        >>> profiler = SimpleProfiler(filename="perf")
+        >>> trainer = dltrain.Trainer(max_epochs=1, profiler=profiler, log_every_n_steps=2,
+        ...                           enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(task, train_loader, val_loader)
+        >>> sorted(profiler.timings)
+        ['data_wait', 'fit', 'run_training_batch', 'run_training_epoch', 'run_validation']
+        >>> len(profiler.timings["run_training_batch"])  # 64 samples in batches of 16
+        4
+        >>> print(open(f"{trainer.log_dir}/fit-perf.txt").read())
+        Profiler report
+        Action                 |   Calls |   Mean (s) |  Total (s) |      %
+        fit                    |       1 | ...
     """
 
     def __init__(self, dirpath: str | Path | None = None, filename: str | None = None, extended: bool = True,
@@ -133,12 +190,15 @@ class SimpleProfiler(Profiler):
         finally:
             self.timings[action_name].append(perf_counter() - start)
 
+    @override
     def describe(self) -> None:
         print(self.summary(), file=self.file or sys.stdout)
 
+    @override
     def start(self, action_name: str) -> None:
         self._start(action_name)
 
+    @override
     def stop(self, action_name: str) -> None:
         self._stop(action_name)
 
@@ -150,45 +210,58 @@ class SimpleProfiler(Profiler):
         if start is not None:
             self.timings[name].append(perf_counter() - start)
 
+    @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._start(stage)
 
+    @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._stop(stage)
         self._report(trainer, stage, self.summary(), self.file)
 
+    @override
     def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._start("run_training_epoch")
 
+    @override
     def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._stop("run_training_epoch")
 
+    @override
     def on_train_batch_start(self, trainer: TrainerView, task: Task, batch: Any, batch_idx: int) -> None:
         self._stop("data_wait")
         self._start("run_training_batch")
 
+    @override
     def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._stop("run_training_batch")
         self._start("data_wait")
 
+    @override
     def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._start("run_validation")
 
+    @override
     def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._stop("run_validation")
 
+    @override
     def on_test_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._start("run_test")
 
+    @override
     def on_test_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._stop("run_test")
 
+    @override
     def on_predict_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._start("run_predict")
 
+    @override
     def on_predict_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._stop("run_predict")
 
+    @override
     def summary(self) -> str:
         rows = [(name, len(d), sum(d) / len(d), sum(d)) for name, d in self.timings.items() if d]
         rows.sort(key=lambda r: -r[3])
@@ -199,8 +272,10 @@ class SimpleProfiler(Profiler):
 
 
 class PyTorchProfiler(Profiler):
-    """``torch.profiler`` around each stage; writes a Chrome trace (``chrome://tracing``, Perfetto) per stage to
-    ``dirpath`` (default ``<default_root_dir>/profiler``) and prints the top operators on global rank zero.
+    """``torch.profiler`` around each stage: a Chrome trace per stage, and a table of the top operators.
+
+    The traces (for ``chrome://tracing`` or Perfetto) go to ``dirpath`` (default ``<default_root_dir>/profiler``);
+    global rank zero prints the table.
 
     Args:
         dirpath: where the traces (and, with ``filename``, the tables) go.
@@ -214,6 +289,17 @@ class PyTorchProfiler(Profiler):
         record_module_names: a named range for each submodule's forward (``<Type>: <name>``) in the trace.
         table_kwargs: more arguments of ``key_averages().table()``.
         **profiler_kwargs: passed to ``torch.profiler.profile`` (``record_shapes``, ``profile_memory``, ...).
+
+    Example:
+        >>> profiler = PyTorchProfiler(filename="ops", row_limit=5)
+        >>> trainer = dltrain.Trainer(max_epochs=1, profiler=profiler, log_every_n_steps=2,
+        ...                           enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(task, train_loader, val_loader)
+        [dltrain] profiler trace: .../profiler/fit-ops-rank0.pt.trace.json
+        >>> [path.name for path in profiler.trace_paths]
+        ['fit-ops-rank0.pt.trace.json']
+        >>> "Self CPU time total" in open(f"{trainer.log_dir}/fit-ops.txt").read()
+        True
     """
 
     def __init__(self, dirpath: str | Path | None = None, filename: str | None = None,
@@ -242,17 +328,20 @@ class PyTorchProfiler(Profiler):
         with torch.profiler.record_function(action_name):
             yield
 
+    @override
     def start(self, action_name: str) -> None:
         import torch.profiler
 
         self._ranges[action_name] = torch.profiler.record_function(action_name)
         self._ranges[action_name].__enter__()
 
+    @override
     def stop(self, action_name: str) -> None:
         opened = self._ranges.pop(action_name, None)
         if opened is not None:
             opened.__exit__(None, None, None)
 
+    @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         import torch.profiler
 
@@ -279,6 +368,7 @@ class PyTorchProfiler(Profiler):
             self._module_hooks.append(module.register_forward_hook(
                 lambda _m, _i, _o, label=label: self.stop(label)))
 
+    @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         for handle in self._module_hooks:
             handle.remove()
@@ -305,13 +395,28 @@ class PyTorchProfiler(Profiler):
 
 
 class AdvancedProfiler(SimpleProfiler):
-    """``cProfile`` statistics of each stage of the loop (training batches, validation, test, predict), printed
-    per stage as ``pstats`` tables (cumulative time) when the stage ends, on global rank zero.
+    """``cProfile`` statistics of each stage of the loop (training batches, validation, test, predict).
+
+    Printed per stage as ``pstats`` tables (cumulative time) when the stage ends, on global rank zero.
 
     Args:
-        dirpath, filename: write each stage's report to ``<dirpath>/<stage>-<filename>.txt`` (see `Profiler`).
+        dirpath: where the reports go with ``filename`` (default: ``trainer.log_dir``).
+        filename: write each stage's report to ``<dirpath>/<stage>-<filename>.txt`` instead of printing it.
         line_count_restriction: lines of each table (an int) or a fraction of them.
         dump_stats: also write each action's raw statistics (``<dirpath>/<filename>_<action>.prof``).
+
+    Example:
+        >>> profiler = AdvancedProfiler(filename="stats", line_count_restriction=5)
+        >>> trainer = dltrain.Trainer(max_epochs=1, profiler=profiler, log_every_n_steps=2,
+        ...                           enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(task, train_loader, val_loader)
+        >>> sorted(profiler.profiled_actions)
+        ['run_training_batch', 'run_validation']
+        >>> report = open(f"{trainer.log_dir}/fit-stats.txt").read()
+        >>> sorted(line for line in report.splitlines() if line.startswith("Profile stats"))
+        ['Profile stats for: run_training_batch', 'Profile stats for: run_validation']
+        >>> "List reduced from" in report and "due to restriction <5>" in report  # 5 lines per table
+        True
     """
 
     _PROFILED = ("run_training_batch", "run_validation", "run_test", "run_predict")  # never nested in each other
@@ -342,6 +447,7 @@ class AdvancedProfiler(SimpleProfiler):
         return {"fit", "validate", "test", "predict", "run_training_epoch", "data_wait",
                 *AdvancedProfiler._PROFILED}
 
+    @override
     def summary(self) -> str:
         import io
         import pstats

@@ -9,6 +9,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
+from typing_extensions import override
 
 from dltrain.callbacks.base import Callback
 
@@ -83,10 +84,12 @@ class ProgressBar(Callback):
 
     @property
     def file(self) -> TextIO:
+        """Where the bar is drawn (default ``sys.stderr``)."""
         return self._file_arg if self._file_arg is not None else sys.stderr
 
     @property
     def is_tty(self) -> bool:
+        """Whether `file` is a terminal (a bar redrawn in place; otherwise one log line per refresh)."""
         isatty = getattr(self.file, "isatty", None)
         return bool(isatty and isatty())
 
@@ -109,17 +112,21 @@ class ProgressBar(Callback):
         self._enabled = True
 
     # ------------------------------------------------------------------ lifecycle
+    @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self._enabled = self.is_enabled and bool(getattr(trainer, "is_global_zero", True))
 
+    @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         for kind in list(self._bars):
             self._close(kind, trainer, final=False)
 
+    @override
     def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
         self.teardown(trainer, task, "")
 
     # ------------------------------------------------------------------ training
+    @override
     def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         max_epochs = getattr(trainer, "max_epochs", None)
         desc = f"Epoch {trainer.current_epoch + 1}" + (
@@ -127,6 +134,7 @@ class ProgressBar(Callback):
         )
         self._open("train", desc, trainer.num_training_batches, self.leave, trainer)
 
+    @override
     def on_train_batch_end(
         self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -135,15 +143,18 @@ class ProgressBar(Callback):
         if monotonic() >= self._next["train"]:
             self._maybe_refresh("train", trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("train", trainer, final=True)
 
     # ------------------------------------------------------------------ evaluation
+    @override
     def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         # During fit the validation bar goes away when done (the epoch bar stays); trainer.validate() keeps it.
         during_fit = getattr(trainer, "stage", None) == "fit"
         self._open("validation", "Validation", _eval_total(trainer, "val"), not during_fit, trainer)
 
+    @override
     def on_validation_batch_end(
         self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
@@ -152,12 +163,15 @@ class ProgressBar(Callback):
         if monotonic() >= self._next["validation"]:
             self._maybe_refresh("validation", trainer)
 
+    @override
     def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("validation", trainer, final=True)
 
+    @override
     def on_test_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._open("test", "Test", _eval_total(trainer, "test"), True, trainer)
 
+    @override
     def on_test_batch_end(
         self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
@@ -166,9 +180,11 @@ class ProgressBar(Callback):
         if monotonic() >= self._next["test"]:
             self._maybe_refresh("test", trainer)
 
+    @override
     def on_test_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._close("test", trainer, final=True)
 
+    @override
     def on_predict_batch_end(
         self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:

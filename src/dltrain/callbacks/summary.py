@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -26,6 +28,22 @@ class ModelSummary(Callback):
         max_depth: how deep to list submodules (1: the task's direct children).
         file: where to print (default ``sys.stdout``).
         **summarize_kwargs: Lightning's extra summary options; none changes dltrain's table.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> trainer = dltrain.Trainer(max_epochs=1, callbacks=[ModelSummary(max_depth=2, file=out)],
+        ...                           log_every_n_steps=2, enable_progress_bar=False)
+        >>> trainer.fit(task, train_loader, val_loader)
+        >>> print(out.getvalue())
+          | Name | Type   | Params | Mode
+        ----------------------------------
+        0 | net  | Linear | 9      | train
+        ----------------------------------
+        9 trainable params
+        0 non-trainable params
+        9 total params
+        0.000 total estimated model params size (MB)
     """
 
     def __init__(self, max_depth: int = 1, file: TextIO | None = None, **summarize_kwargs: Any) -> None:
@@ -33,6 +51,7 @@ class ModelSummary(Callback):
         self.file = file
         self.summarize_kwargs = summarize_kwargs
 
+    @override
     def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         if trainer.is_global_zero:
             print(summarize(task, self.max_depth), file=self.file or sys.stdout)
@@ -42,7 +61,8 @@ def summary_rows(task: Task, max_depth: int = 1) -> tuple[list[tuple[str, ...]],
     """The table (a header row, then one row per layer down to ``max_depth``) and the lines of totals.
 
     Columns: index, name, type, parameters, mode, and with ``task.example_input_array`` set the input and output
-    sizes of each layer in one forward pass on it."""
+    sizes of each layer in one forward pass on it.
+    """
     from torchmetrics import Metric
 
     modules = [(n, m) for n, m in task.named_modules() if n and n.count(".") < max_depth and not isinstance(m, Metric)]
@@ -70,8 +90,11 @@ def summary_rows(task: Task, max_depth: int = 1) -> tuple[list[tuple[str, ...]],
 
 
 def summarize(task: Task, max_depth: int = 1) -> str:
-    """The summary table as text: name, type, parameters and whether they train (and in/out sizes with an
-    ``example_input_array``), then totals and size."""
+    """The summary table as text: one row per layer, then the totals and the size.
+
+    A row holds the name, type, parameters and whether they train (and in/out sizes with an
+    ``example_input_array``).
+    """
     rows, totals = summary_rows(task, max_depth)
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]

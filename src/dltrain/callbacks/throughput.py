@@ -1,5 +1,4 @@
-"""`ThroughputMonitor`: samples/s, tokens/s, steps/s, model FLOPs utilisation and the share of time spent waiting
-for data."""
+"""`ThroughputMonitor`: samples/s, tokens/s, steps/s, model FLOPs utilisation and the time spent waiting for data."""
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import torch
+from typing_extensions import override
 
 from dltrain._batch import batch_size_of
 from dltrain.callbacks.base import Callback
@@ -131,6 +131,7 @@ class ThroughputMonitor(Callback):
         self._epoch_logged = False
 
     # ------------------------------------------------------------------ what the task says
+    @override
     def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         self._tokens_fn = self.length_fn or _per_batch(task, "tokens_per_batch")  # type: ignore[assignment]
         self._flops_fn = _per_batch(task, "flops_per_batch")
@@ -152,11 +153,13 @@ class ThroughputMonitor(Callback):
             )
 
     # ------------------------------------------------------------------ timing hooks
+    @override
     def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         # The first batch's wait is measured from here: creating the loader iterator (worker start-up) is data
         # wait the user pays every epoch.
         self._reset(perf_counter(), trainer.global_step)
 
+    @override
     def on_train_batch_start(self, trainer: TrainerView, task: Task, batch: Any, batch_idx: int) -> None:
         now = perf_counter() - self._paused
         self._cum_wait += now - self._prev_end
@@ -166,6 +169,7 @@ class ThroughputMonitor(Callback):
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()  # left in on_train_batch_end: forward, backward and the optimizer step
 
+    @override
     def on_train_batch_end(
         self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -209,20 +213,24 @@ class ThroughputMonitor(Callback):
             return
         self.flops_per_sample = flops / samples
 
+    @override
     def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
         if self._counter is not None:  # the first batch failed while counting: leave the dispatch mode
             self._counter.__exit__(None, None, None)
             self._counter = None
 
+    @override
     def on_validation_epoch_start(self, trainer: TrainerView, task: Task) -> None:
         self._pause_start = perf_counter()
 
+    @override
     def on_validation_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self._pause_start is not None:
             self._paused += perf_counter() - self._pause_start
             self._pause_start = None
 
     # ------------------------------------------------------------------ reporting
+    @override
     def on_before_optimizer_step(
         self, trainer: TrainerView, task: Task, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -245,6 +253,7 @@ class ThroughputMonitor(Callback):
                 PREFIX + name, value, on_step=True, on_epoch=False, prog_bar=self.prog_bar and name in _BAR
             )
 
+    @override
     def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         self._log_epoch(trainer, task)
 
@@ -289,8 +298,10 @@ class _Counts:
 
 
 def _rates_from(c: _Counts, replicas: int, peak: float | None) -> dict[str, float]:
-    """Rates of this rank; the global ones count each data-parallel replica once (tensor-parallel peers share
-    their samples)."""
+    """Rates of this rank; the global ones count each data-parallel replica once.
+
+    Tensor-parallel peers share their samples, so they count as one replica.
+    """
     if c.dt <= 0:
         return {}
     values: dict[str, float] = {}

@@ -7,6 +7,8 @@ from datetime import timedelta
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from dltrain.callbacks.base import Callback
 from dltrain.errors import ConfigurationError
 
@@ -27,6 +29,18 @@ class Timer(Callback):
         verbose: say on stderr (global rank zero) when the time is up.
 
     The time already spent is part of the checkpoint, so a resumed run keeps counting.
+
+    Example:
+        >>> Timer(duration="00:12:00:00").duration  # 12 hours, as Trainer(max_time="00:12:00:00")
+        datetime.timedelta(seconds=43200)
+        >>> Timer(duration={"minutes": 90}).duration
+        datetime.timedelta(seconds=5400)
+        >>> timer = Timer(duration={"seconds": 0}, verbose=False)  # time is up after the first batch
+        >>> trainer = dltrain.Trainer(max_epochs=5, callbacks=[timer], log_every_n_steps=1,
+        ...                           enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(task, train_loader, val_loader)
+        >>> trainer.global_step, timer.time_elapsed() > 0
+        (1, True)
     """
 
     def __init__(self, duration: str | timedelta | dict[str, int] | None = None, interval: str = "step",
@@ -39,16 +53,20 @@ class Timer(Callback):
         self.elapsed_before = 0.0  # seconds of earlier runs (restored from a checkpoint)
         self._start: float | None = None
 
+    @override
     def on_train_start(self, trainer: TrainerView, task: Task) -> None:
         self._start = monotonic()
 
     def time_elapsed(self) -> float:
+        """Seconds of training so far, those of the runs this one resumed included."""
         return self.elapsed_before + (monotonic() - self._start if self._start is not None else 0.0)
 
+    @override
     def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.interval == "step":
             self._check(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if self.interval == "epoch":
             self._check(trainer)
@@ -63,9 +81,11 @@ class Timer(Callback):
             sys.stderr.write(f"[dltrain] time limit reached ({self.duration}): elapsed {elapsed}; stopping\n")
         trainer.should_stop = True
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"elapsed": self.time_elapsed()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.elapsed_before = float(state_dict.get("elapsed", 0.0))
 
