@@ -1,5 +1,7 @@
-"""Checks of a run's configuration that warn where Lightning warns (its ``configuration_validator`` and data
-connector): a mistake that does not stop the run is said once, on global rank zero, and the run goes on.
+"""Checks of a run's configuration that warn where Lightning warns.
+
+As Lightning's ``configuration_validator`` and data connector: a mistake that does not stop the run is said
+once, on global rank zero, and the run goes on.
 
 The warning classes are Lightning's own (``PossibleUserWarning`` from ``lightning.fabric``), so that a filter a
 Lightning user already has (``warnings.filterwarnings("ignore", category=PossibleUserWarning)``) works unchanged.
@@ -31,8 +33,11 @@ def _warn(trainer: TrainerView, message: str, category: type[Warning] = UserWarn
 
 
 def validation_runs(trainer: Trainer, task: Task, has_val_data: bool) -> bool:
-    """Whether the fit validates: it needs both validation data and ``validation_step``; either one alone is
-    skipped with Lightning's warning (a GAN template passes a val loader and has no validation step)."""
+    """Whether the fit validates: it needs both validation data and ``validation_step``.
+
+    Either one alone is skipped with Lightning's warning (a GAN template passes a val loader and has no
+    validation step).
+    """
     from dltrain._hooks import overrides
     from dltrain.task import Task
 
@@ -48,8 +53,10 @@ def validation_runs(trainer: Trainer, task: Task, has_val_data: bool) -> bool:
 
 
 def default_max_epochs(trainer: Trainer, has_timer: bool) -> int | None:
-    """Lightning's default when neither ``max_epochs`` nor ``max_steps`` is set: 1000 epochs, with a warning
-    (``max_time`` alone bounds the run: no epoch limit)."""
+    """Lightning's default when neither ``max_epochs`` nor ``max_steps`` is set: 1000 epochs, with a warning.
+
+    ``max_time`` alone bounds the run: no epoch limit then.
+    """
     if has_timer:
         return None
     finite = math.isfinite(trainer.num_training_batches)
@@ -90,8 +97,7 @@ def check_loader(trainer: Trainer, loader: Any, kind: str) -> None:
 
 
 def check_restored_callbacks(trainer: TrainerView, saved: dict[str, Any]) -> None:
-    """A checkpoint holds state for callbacks this Trainer does not have: their state is not restored (Lightning
-    warns the same way)."""
+    """Warn, as Lightning, that a checkpoint holds state of callbacks this Trainer lacks (not restored)."""
     present = {cb.state_key for cb in trainer.callbacks}
     missing = sorted(k for k, v in saved.items() if k not in present and v)
     if missing:

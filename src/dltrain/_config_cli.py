@@ -71,7 +71,7 @@ _RENAMED = {"LightningModule": "Task", "LightningDataModule": "DataModule", "Lig
 
 
 def dltrain_class_path(path: str) -> str:
-    """dltrain's class path for a Lightning class path (``path`` itself when dltrain has no such class)."""
+    """The dltrain class path for a Lightning class path (``path`` itself when dltrain has no such class)."""
     parts = path.split(".")
     parts = parts[2:] if parts[0] == "lightning" else parts[1:]
     if not parts:
@@ -107,8 +107,10 @@ def _register_loader() -> None:
 
 
 def argument_parser_class() -> type:
-    """dltrain's parser: jsonargparse's with Lightning's ``add_lightning_class_args`` (built on first use, since
-    jsonargparse is an optional dependency)."""
+    """The dltrain parser: jsonargparse's with Lightning's ``add_lightning_class_args``.
+
+    Built on first use, since jsonargparse is an optional dependency.
+    """
     global _PARSER_CLASS
     if _PARSER_CLASS is not None:
         return _PARSER_CLASS

@@ -62,8 +62,10 @@ class HookDispatcher:
         self._resolved.clear()
 
     def hooks(self, name: str) -> list[Callable[..., Any]]:
-        """``name`` of the callbacks that override it, then of the task if it does, bound to their leading
-        arguments (callbacks: ``view, task``)."""
+        """Hook ``name`` of the callbacks that override it, then of the task if it does.
+
+        Each is bound to its leading arguments (callbacks: ``view, task``).
+        """
         found = self._resolved.get(name)
         if found is None:
             from dltrain.callbacks.base import Callback
@@ -78,10 +80,12 @@ class HookDispatcher:
         return found
 
     def checkpoint_last(self, name: str) -> tuple[list[Callable[..., Any]], list[Callable[..., Any]]]:
-        """`hooks` of ``name`` split in two: those of every callback but the checkpoint callbacks, and the task's;
-        then the checkpoint callbacks'. The loop sends a step's (an epoch's) values to the loggers in between, so
-        that what a checkpoint covers is in the loggers' files before it is written (a resume after a kill then
-        logs nothing twice and loses nothing)."""
+        """`hooks` of ``name`` in two parts: the task's and the non-checkpoint callbacks'; then the others.
+
+        The loop sends a step's (an epoch's) values to the loggers in between, so that what a checkpoint
+        covers is in the loggers' files before it is written (a resume after a kill then logs nothing twice
+        and loses nothing).
+        """
         from dltrain.callbacks.base import Checkpoint
 
         def owner(hook: Callable[..., Any]) -> Any:
@@ -97,8 +101,11 @@ class HookDispatcher:
             hook(*args)
 
     def call_callbacks(self, name: str, *args: Any, checkpoints: bool | None = None) -> None:
-        """Call hook ``name`` on the callbacks only (the caller runs the task's own at its place); ``checkpoints``
-        ``False``: all but the checkpoint callbacks, ``True``: only those (`checkpoint_last`'s split)."""
+        """Call hook ``name`` on the callbacks only (the caller runs the task's own at its place).
+
+        ``checkpoints``: ``False``: all but the checkpoint callbacks, ``True``: only those
+        (`checkpoint_last`'s split).
+        """
         from dltrain.callbacks.base import Callback, Checkpoint
 
         for cb in self._callbacks:

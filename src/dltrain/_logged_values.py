@@ -89,8 +89,10 @@ def _as_tensor(value: Any) -> Tensor:
 
 
 def _caller_hook() -> str:
-    """The hook (``training_step``, ``on_train_epoch_end``, ...) that called ``self.log``, for error messages only:
-    the nearest frame named like a Task or Callback hook, else the function that called ``self.log``."""
+    """The hook (``training_step``, ``on_train_epoch_end``, ...) that called ``self.log``, for error messages.
+
+    That is the nearest frame named like a Task or Callback hook, else the function that called ``self.log``.
+    """
     from dltrain.callbacks.base import Callback
     from dltrain.task import Task
 
@@ -240,10 +242,12 @@ class LoggedValues:
         return values, bar
 
     def latest(self, prog_bar: bool = False) -> dict[str, Tensor]:
-        """The newest value of every step-level entry logged since the last logging step (not copied to the host):
-        what ``trainer.callback_metrics`` shows between logging intervals (``prog_bar=True``: only the progress
-        bar's entries, under their bar names). ``sync_dist`` values under several ranks are left to the logging
-        steps, where they are reduced."""
+        """The newest value of every step-level entry logged since the last logging step, left on the device.
+
+        That is what ``trainer.callback_metrics`` shows between logging intervals (``prog_bar=True``: only the
+        progress bar's entries, under their bar names). ``sync_dist`` values under several ranks are left to
+        the logging steps, where they are reduced.
+        """
         values: dict[str, Tensor] = {}
         distributed = self._trainer.world_size > 1
         for entry in self._entries.values():
@@ -263,10 +267,10 @@ class LoggedValues:
         return values
 
     def read_epoch(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Epoch aggregates over every data-parallel rank (exact: weighted by batch sizes; tensor-parallel peers,
-        which saw the same samples, count once), then reset for the next epoch.
+        """Epoch aggregates over every data-parallel rank, then reset for the next epoch.
 
-        Epoch aggregates are always reduced across ranks: it costs a few collectives per epoch and makes
+        Exact: weighted by batch sizes; tensor-parallel peers, which saw the same samples, count once. Epoch
+        aggregates are always reduced across ranks: it costs a few collectives per epoch and makes
         distributed evaluation exact whatever the number of batches each rank ran.
         """
         trainer = self._trainer

@@ -128,8 +128,9 @@ def gather_ints(value: int, device: torch.device | str) -> list[int]:
 
 
 def all_gather_tensor(tensor: torch.Tensor, group: Any = None, sync_grads: bool = False) -> torch.Tensor:
-    """Every rank's ``tensor`` (same shape on every rank) stacked along a new first dimension of size
-    ``world_size``; the tensor itself when no process group is initialized.
+    """Every rank's ``tensor`` stacked along a new first dimension of size ``world_size``.
+
+    ``tensor`` has the same shape on every rank. The tensor itself when no process group is initialized.
 
     ``sync_grads``: the result is differentiable, and the gradient reaching rank ``r``'s ``tensor`` is the sum
     over ranks of the gradients of their results' row ``r`` (each rank's loss depends on every rank's input):
@@ -172,7 +173,16 @@ class _AllGather(torch.autograd.Function):
 
 
 class Watchdog:
-    """Stops this rank when another rank failed or left the training loop early (see the module docstring)."""
+    """Stops this rank when another rank failed or left the training loop early (see the module docstring).
+
+    The Trainer runs one per process under several processes; they talk through torch.distributed's store.
+
+    Args:
+        rank: this process's global rank.
+        world_size: the number of processes.
+        position: a callable returning ``(epoch, batch_idx, in_training_loop)`` of this rank now.
+        poll_s: seconds between two looks at the store.
+    """
 
     def __init__(self, rank: int, world_size: int, position: Any, poll_s: float = 1.0) -> None:
         self.rank = rank
@@ -184,12 +194,14 @@ class Watchdog:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start watching in a daemon thread (nothing to watch with one process or without a store)."""
         if self._store is None or self.world_size < 2:
             return
         self._thread = threading.Thread(target=self._run, name="dltrain-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop watching (the thread ends at its next poll)."""
         self._stop.set()
 
     def report_error(self, step: int, exc: BaseException) -> None:
@@ -201,6 +213,7 @@ class Watchdog:
             self._store.set(_ERROR_KEY, msg)
 
     def report_exhausted(self, epoch: int, batches: int) -> None:
+        """Tell the other ranks that this one's training data of ``epoch`` ended after ``batches`` batches."""
         if self._store is None:
             return
         with contextlib.suppress(Exception):

@@ -90,8 +90,10 @@ def _for_loader(values: dict[str, float], idx: int, several: bool) -> dict[str, 
 
 def predict(settings: Settings, engine: Engine, hooks: HookDispatcher, run: RunState, task: Task,
             loaders: list[Any], limit: int | float | None) -> list[Any]:
-    """``predict_step`` on every batch of every loader: this rank's outputs in order (``None`` for a ``None``
-    batch); with several loaders, one list per loader."""
+    """``predict_step`` on every batch of every loader: this rank's outputs in order.
+
+    ``None`` for a ``None`` batch; with several loaders, one list per loader.
+    """
     hooks.refresh()
     model_eval = hooks.task_hook("on_predict_model_eval")
     model_eval() if model_eval is not None else task.eval()

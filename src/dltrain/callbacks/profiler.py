@@ -274,8 +274,8 @@ class SimpleProfiler(Profiler):
 class PyTorchProfiler(Profiler):
     """``torch.profiler`` around each stage: a Chrome trace per stage, and a table of the top operators.
 
-    The traces (for ``chrome://tracing`` or Perfetto) go to ``dirpath`` (default ``<default_root_dir>/profiler``);
-    global rank zero prints the table.
+    The traces (for ``chrome://tracing`` or Perfetto) go to ``dirpath`` (default
+    ``<default_root_dir>/profiler``); global rank zero prints the table.
 
     Args:
         dirpath: where the traces (and, with ``filename``, the tables) go.

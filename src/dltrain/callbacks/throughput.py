@@ -1,4 +1,4 @@
-"""`ThroughputMonitor`: samples/s, tokens/s, steps/s, model FLOPs utilisation and the time spent waiting for data."""
+"""`ThroughputMonitor`: samples/s, tokens/s, steps/s, model FLOPs utilisation and the time spent on data."""
 
 from __future__ import annotations
 
