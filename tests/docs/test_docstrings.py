@@ -26,10 +26,10 @@ _EXAMPLE = re.compile(r"^\s*Examples?:\s*$", re.M)
 # needs none (the function that raises it shows it), nor a Lightning name that dltrain refuses (dltrain._refusals:
 # building one raises an error that says what to use instead).
 WITHOUT_EXAMPLE_YET = {
-    "dltrain._config_cli.CLI", "dltrain.batch_path.BatchPath", "dltrain.callbacks.base.Checkpoint",
-    "dltrain.callbacks.finders.BatchSizeFinder", "dltrain.distributed.Watchdog",
-    "dltrain.loggers.base.FolderLogger", "dltrain.loggers.base.Logger", "dltrain.loggers.base.ResumeFilter",
-    "dltrain.loop.FitLoop", "dltrain.loop.LoopState", "dltrain.tuner.lr_finder.LRFinder",
+    "dltrain._config_cli.CLI", "dltrain.batch_path.BatchPath", "dltrain.callbacks.finders.BatchSizeFinder",
+    "dltrain.distributed.Watchdog", "dltrain.loggers.base.FolderLogger", "dltrain.loggers.base.Logger",
+    "dltrain.loggers.base.ResumeFilter", "dltrain.loop.FitLoop", "dltrain.loop.LoopState",
+    "dltrain.tuner.lr_finder.LRFinder",
 }
 
 
