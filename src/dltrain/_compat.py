@@ -80,8 +80,9 @@ def tar_next_offset(tar: Any) -> int:
 
 
 def tar_read_member_at(tar: Any, pos: int | None) -> Any:
-    """Parse the member (with its PAX/GNU extension headers) whose header starts at byte ``pos`` of ``tar``'s file
-    (``None``: where the file is now), as ``TarInfo.fromtarfile`` does in ``TarFile.next``; sets
+    """Parse the member (with its PAX/GNU extension headers) whose header starts at byte ``pos`` of ``tar``'s file.
+
+    ``pos`` ``None``: where the file is now. Parsed as ``TarInfo.fromtarfile`` does in ``TarFile.next``; sets
     `tar_next_offset`.
 
     Why: reading one sample at its indexed offset, and walking a damaged shard strictly, need a parse at a known
@@ -94,9 +95,10 @@ def tar_read_member_at(tar: Any, pos: int | None) -> Any:
 
 
 def wds_split_name(name: str) -> tuple[str | None, str]:
-    """(sample key, field) of a tar member name as webdataset groups it (``webdataset.tariterators.base_plus_ext``,
-    not documented API): the key is the name up to the first dot of its file name; ``(None, ...)`` when the file
-    name has no dot.
+    """``(sample key, field)`` of a tar member name, as webdataset groups it.
+
+    As ``webdataset.tariterators.base_plus_ext`` (not documented API): the key is the name up to the first dot
+    of its file name; ``(None, ...)`` when the file name has no dot.
 
     Why: dltrain's readers and counters must form exactly the samples webdataset forms from the same shards.
     """
@@ -107,8 +109,9 @@ def wds_split_name(name: str) -> tuple[str | None, str]:
 
 
 def wds_drops_meta_member(name: str) -> bool:
-    """Whether webdataset drops this member as a meta file (``tariterators.meta_prefix``/``meta_suffix``: names
-    such as ``__key__`` at the top level) instead of grouping it into a sample.
+    """Whether webdataset drops this member as a meta file instead of grouping it into a sample.
+
+    As ``tariterators.meta_prefix``/``meta_suffix``: names such as ``__key__`` at the top level.
 
     Why: counting samples must drop the same members webdataset's tar iteration drops.
     """
@@ -129,8 +132,9 @@ def shutdown_loader_workers(iterator: Any) -> None:
 
 
 def release_loader_iterator(loader: Any) -> None:
-    """Stop the workers of the iterator a ``DataLoader`` keeps for persistent workers (``DataLoader._iterator``)
-    and forget it, so that the next ``iter()`` starts workers afresh.
+    """Stop the workers of the iterator a ``DataLoader`` keeps for persistent workers, and forget it.
+
+    That iterator is ``DataLoader._iterator``; the next ``iter()`` starts workers afresh.
 
     Why: garbage collection finalizes such an iterator after its queues (a reference cycle), the stop message
     never reaches the workers, and ``_shutdown_workers`` waits 5 s per worker before killing them.
@@ -209,13 +213,14 @@ def compiled_in_place(module: Any) -> Any:
 def on_dynamo_compile(
     start: Callable[[str, int | None, int | None], None], end: Callable[[str, int | None, int | None], None]
 ) -> Callable[[], None]:
-    """Call ``start(kind, frame, index)`` and ``end(kind, frame, index)`` around every compilation torch.compile
-    runs; returns the function that stops it.
+    """Call ``start(kind, frame, index)`` and ``end(kind, frame, index)`` around every torch.compile compilation.
 
-    ``kind`` is ``"frame"`` (dynamo compiling a Python frame: the forward graph, and the backend's compile of it),
-    ``"backward"`` (the backward graph, compiled at the first backward) or another trigger's name; ``frame`` numbers
-    the compiled code and ``index`` counts its compilations (0: the first, 1 or more: a recompilation); ``None``
-    when unknown.
+    Returns the function that stops it.
+
+    ``kind`` is ``"frame"`` (dynamo compiling a Python frame: the forward graph, and the backend's compile of
+    it), ``"backward"`` (the backward graph, compiled at the first backward) or another trigger's name;
+    ``frame`` numbers the compiled code and ``index`` counts its compilations (0: the first, 1 or more: a
+    recompilation); ``None`` when unknown.
 
     Why: compile time and recompilations are reported as they happen. Dynamo's compile callbacks
     (``torch._dynamo.callback.callback_handler``) are the only hook; their argument's ``compile_id`` ("frame/count",
@@ -263,21 +268,25 @@ def dynamo_guard_failures() -> dict[str, list[str]]:
 
 
 def model_parallel_sizes(strategy: Any) -> tuple[Any, Any]:
-    """(data_parallel_size, tensor_parallel_size) a Fabric ``ModelParallelStrategy`` was built with (an int or
-    ``"auto"``), from ``_data_parallel_size``/``_tensor_parallel_size``.
+    """``(data_parallel_size, tensor_parallel_size)`` a Fabric ``ModelParallelStrategy`` was built with.
 
-    Why: Fabric checks that they multiply to the world size only inside ``launch`` (a RuntimeError from the spawned
-    processes); dltrain checks before, with a message that says what to do. The device mesh, the public view of
-    the sizes, exists only after launch. A rename fails here with an AttributeError (tests/test_compat.py).
+    Each an int or ``"auto"``, read from ``_data_parallel_size``/``_tensor_parallel_size``.
+
+    Why: Fabric checks that they multiply to the world size only inside ``launch`` (a RuntimeError from the
+        spawned
+    processes); dltrain checks before, with a message that says what to do. The device mesh, the public view
+    of the sizes, exists only after launch. A rename fails here with an AttributeError (tests/test_compat.py).
     """
     return strategy._data_parallel_size, strategy._tensor_parallel_size
 
 
 def wandb_offline_steps(path: str) -> list[tuple[int, list[str]]]:
-    """``(step, keys)`` of every history row in an offline wandb run file (``run-<id>.wandb``), in file order; a
-    file cut short by a kill is read up to its last complete record.
+    """``(step, keys)`` of every history row in an offline wandb run file (``run-<id>.wandb``), in file order.
 
-    Why: after a ``kill -9`` the rows of an offline run that are on disk are what a resumed run must not log again,
+    A file cut short by a kill is read up to its last complete record.
+
+    Why: after a ``kill -9`` the rows of an offline run that are on disk are what a resumed run must not log
+        again,
     and what is missing must be logged again; wandb has no public reader of its run files (0.19+ dropped
     ``wandb.sdk.internal.datastore``). The file is a leveldb-style log: a 7-byte header (``:W&B``, magic,
     version), then 32 KiB blocks of records ``crc32:u32 length:u16 type:u8 data`` (type FULL=1, FIRST=2,
@@ -328,11 +337,13 @@ def wandb_offline_steps(path: str) -> list[tuple[int, list[str]]]:
 
 
 def process_group_settings(strategy: Any) -> tuple[str, Any] | None:
-    """(backend, timeout) a Lightning strategy would create its process group with, from its
-    ``_get_process_group_backend()`` and ``_timeout``; ``None`` for a strategy that creates none (not one of the
-    DDP/FSDP/model-parallel family). The timeout is ``None`` when the strategy has none.
+    """``(backend, timeout)`` a Lightning strategy would create its process group with.
 
-    Why: `dltrain.distributed.isolate_restart_round` creates the process group itself (under torchrun restarts) and
+    Read from its ``_get_process_group_backend()`` and ``_timeout``; ``None`` for a strategy that creates none
+    (not one of the DDP/FSDP/model-parallel family). The timeout is ``None`` when the strategy has none.
+
+    Why: `dltrain.distributed.isolate_restart_round` creates the process group itself (under torchrun
+        restarts) and
     must use exactly what the strategy would have used; Fabric has no public getter for either. A rename turns
     this into ``None`` (the strategy then creates its group as usual) and fails tests/test_compat.py.
     """
@@ -343,10 +354,13 @@ def process_group_settings(strategy: Any) -> tuple[str, Any] | None:
 
 
 def is_batch_norm(module: Any) -> TypeGuard[_BatchNorm]:
-    """Whether ``module`` is a batch-norm layer of any dimension (``torch.nn.modules.batchnorm._BatchNorm``:
-    ``BatchNorm1d/2d/3d``, their lazy forms, ``SyncBatchNorm``).
+    """Whether ``module`` is a batch-norm layer of any dimension.
 
-    Why: `dltrain.callbacks.BaseFinetuning` keeps frozen batch-norm layers in eval mode (their running statistics
+    That is a ``torch.nn.modules.batchnorm._BatchNorm``: ``BatchNorm1d/2d/3d``, their lazy forms,
+    ``SyncBatchNorm``.
+
+    Why: `dltrain.callbacks.BaseFinetuning` keeps frozen batch-norm layers in eval mode (their running
+        statistics
     would otherwise move), as Lightning's does; torch has no public base class of the batch-norm layers that
     excludes instance norm.
     """

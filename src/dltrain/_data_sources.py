@@ -1,5 +1,8 @@
-"""Where a stage's data comes from: loaders given to the Trainer, a DataModule, or the task's ``*_dataloader()``;
-wrapping map-style loaders for distributed, resumable sampling; ``prepare_data`` and ``setup``."""
+"""Where a stage's data comes from, how it is wrapped, and ``prepare_data``/``setup``.
+
+The data: loaders given to the Trainer, a DataModule, or the task's ``*_dataloader()``; map-style loaders are
+wrapped for distributed, resumable sampling.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,10 @@ __all__ = ["is_datamodule", "prepare_and_setup", "source", "wrap", "wrap_all"]
 
 
 def source(kind: str, given: Any, datamodule: Any, task: Task | None, required: bool = True) -> Any:
-    """The loader(s) of ``kind`` ("train", "val", "test", "predict"): given, else the datamodule's, else the
-    task's ``<kind>_dataloader()``."""
+    """The loader(s) of ``kind``: given, else the datamodule's, else the task's ``<kind>_dataloader()``.
+
+    ``kind``: ``"train"``, ``"val"``, ``"test"`` or ``"predict"``.
+    """
     if given is not None:
         refuse_datasets(given, kind)
         return given
@@ -48,8 +53,11 @@ def source(kind: str, given: Any, datamodule: Any, task: Task | None, required: 
 
 
 def wrap(loader: Any, training: bool, settings: Settings, split: Layout) -> Any:
-    """What the loop iterates: map-style loaders made distributed and resumable; several training loaders (a dict
-    or a list of loaders) combined by `dltrain.data.CombinedLoader`, each wrapped."""
+    """What the loop iterates: map-style loaders made distributed and resumable.
+
+    Several training loaders (a dict or a list of loaders) are combined by `dltrain.data.CombinedLoader`, each
+    wrapped.
+    """
     from dltrain.data.combined import CombinedLoader
 
     several = isinstance(loader, Mapping) or (isinstance(loader, (list, tuple)) and not _is_batch_list(loader))
@@ -70,8 +78,11 @@ def wrap(loader: Any, training: bool, settings: Settings, split: Layout) -> Any:
 
 
 def _refuse_unsplit_under_tp(split: Layout, loader: Any) -> None:
-    """``use_distributed_sampler=False`` leaves the split to the loader; a streaming one given none splits by
-    global rank, so under tensor parallelism the peers of a group would train on different batches."""
+    """Refuse ``use_distributed_sampler=False`` with a streaming loader under tensor parallelism.
+
+    ``use_distributed_sampler=False`` leaves the split to the loader; a streaming one given none splits by
+    global rank, so under tensor parallelism the peers of a group would train on different batches.
+    """
     from dltrain.data.streaming import StreamingDataLoader, StreamingDataset
 
     if split.tensor_parallel_size == 1:
@@ -97,8 +108,10 @@ def wrap_all(loaders: Any, settings: Settings, split: Layout) -> list[Any]:
 
 def prepare_and_setup(view: TrainerView, engine: Engine, hooks: HookDispatcher, dm: Any, task: Task | None,
                       stage: str) -> None:
-    """``prepare_data`` (one process per machine, or per job), then ``setup(stage)`` on every rank (the datamodule
-    gets ``view``, the Trainer, as its ``trainer``)."""
+    """``prepare_data`` (one process per machine, or per job), then ``setup(stage)`` on every rank.
+
+    The datamodule gets ``view``, the Trainer, as its ``trainer``.
+    """
     for owner in (dm, task):
         if owner is None or not hasattr(owner, "prepare_data"):
             continue

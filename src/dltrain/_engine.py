@@ -93,8 +93,10 @@ class Engine:
     # ------------------------------------------------------------------ placing the task
     def place(self, task: Task, *, with_optimizer: bool, sync_batchnorm: bool, on_nonfinite_loss: str,
               hooks: HookDispatcher, progress: LoopState) -> None:
-        """Place the task (and its optimizers) with Fabric; once per task (again when optimizers are first
-        needed). Decides how steps, backward and optimizer steps run from here on."""
+        """Place the task (and its optimizers) with Fabric; once per task, again when optimizers are first needed.
+
+        Decides how steps, backward and optimizer steps run from here on.
+        """
         if self.task is task and (self.fabric_optimizers or not with_optimizer):
             return
         if sync_batchnorm and self.world_size > 1:
@@ -143,8 +145,11 @@ class Engine:
         self.check_loss_on_host = self.device.type == "cpu" or on_nonfinite_loss == "skip"
 
     def forget_optimizers(self) -> None:
-        """Drop the placed optimizers: the next `place` with optimizers calls ``configure_optimizers`` again
-        (`dltrain.tuner`: a fit after a search gets new optimizers, with the value found, and no search state)."""
+        """Drop the placed optimizers: the next `place` with optimizers calls ``configure_optimizers`` again.
+
+        For `dltrain.tuner`: a fit after a search gets new optimizers, with the value found, and no search
+        state.
+        """
         self.optimizers = []
         self.lr_scheduler_configs = []
         self.fabric_optimizers = []
@@ -153,9 +158,12 @@ class Engine:
     # ------------------------------------------------------------------ steps
     def step_method(self, task: Task, name: str, through_wrapper: bool,
                     dataloader_idx: int | None = None) -> Callable[[Any, int], Any]:
-        """``(batch, batch_idx) -> output`` for the task's step method ``name``: the method itself on the plain
-        path; through the strategy's wrapper (DDP's gradient sync, FSDP's all-gather) or inside the precision
-        context otherwise. ``dataloader_idx`` is passed on with several loaders (as in Lightning)."""
+        """``(batch, batch_idx) -> output`` for the task's step method ``name``.
+
+        The method itself on the plain path; through the strategy's wrapper (DDP's gradient sync, FSDP's
+        all-gather) or inside the precision context otherwise. ``dataloader_idx`` is passed on with several
+        loaders (as in Lightning).
+        """
         # Fabric sends a call through the wrapper's forward, under the precision context.
         method = getattr(self.module, name) if through_wrapper else getattr(task, name)
         extra = () if dataloader_idx is None else (dataloader_idx,)
@@ -184,8 +192,10 @@ class Engine:
         return self.fabric.no_backward_sync(self.module, enabled=True)
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """The one backward: ``loss.backward()`` on the plain path, else Fabric's (precision scaling, strategy
-        hooks); DDP's unused-parameter error is said plainly."""
+        """The one backward: ``loss.backward()`` on the plain path, else Fabric's.
+
+        Fabric's applies precision scaling and strategy hooks; DDP's unused-parameter error is said plainly.
+        """
         if self.plain:
             loss.backward(*args, **kwargs)
             return
@@ -201,15 +211,20 @@ class Engine:
             raise
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """`backward` for manual optimization: under DDP the task's steps bypass DDP's forward (its reducer allows
-        one backward per forward), so the gradients are averaged over the ranks here."""
+        """`backward` for manual optimization, averaging the gradients over the ranks under DDP.
+
+        There the task's steps bypass DDP's forward (its reducer allows one backward per forward).
+        """
         self.backward(loss, *args, **kwargs)
         if self.wraps_module and not self.shards_module and self.world_size > 1:
             self._average_gradients()
 
     def _average_gradients(self) -> None:
-        """One all-reduce of every gradient. Every rank must produce gradients for the same parameters (true of the
-        same code on every rank; a mismatch fails in the all-reduce rather than training on unsynced gradients)."""
+        """One all-reduce of every gradient.
+
+        Every rank must produce gradients for the same parameters (true of the same code on every rank; a
+        mismatch fails in the all-reduce rather than training on unsynced gradients).
+        """
         assert self.task is not None
         grads = [p.grad for p in self.task.parameters() if p.requires_grad and p.grad is not None]
         if not grads:
@@ -223,8 +238,11 @@ class Engine:
             offset += g.numel()
 
     def stepping_optimizer(self, index: int = 0) -> Any:
-        """The object whose ``step()`` steps optimizer ``index``: the optimizer itself on the plain path, else
-        Fabric's wrapper (precision: the gradient scaler; strategy: its optimizer step)."""
+        """The object whose ``step()`` steps optimizer ``index``.
+
+        The optimizer itself on the plain path, else Fabric's wrapper (precision: the gradient scaler;
+        strategy: its optimizer step).
+        """
         return self.optimizers[index] if self.plain else self.fabric_optimizers[index]
 
     def clip(self, optimizer: torch.optim.Optimizer, value: float, algorithm: str) -> None:
@@ -257,9 +275,12 @@ class Engine:
         return loss
 
     def evaluation_grad_mode(self, inference_mode: bool) -> contextlib.AbstractContextManager[Any]:
-        """Evaluation without gradients. FSDP2 keeps its all-gather buffers between steps: made under inference
-        mode, training could not write them again ("Inplace update to inference tensor"), so sharded models
-        evaluate under no_grad (as Lightning does)."""
+        """Evaluation without gradients.
+
+        FSDP2 keeps its all-gather buffers between steps: made under inference mode, training could not write
+        them again ("Inplace update to inference tensor"), so sharded models evaluate under no_grad (as
+        Lightning does).
+        """
         return torch.inference_mode() if inference_mode and not self.sharded_in_place else torch.no_grad()
 
     # ------------------------------------------------------------------ collectives
@@ -286,8 +307,10 @@ class Engine:
         return out
 
     def check_equal_batch_counts(self, remaining: int, per_epoch: float) -> None:
-        """Every rank must run as many batches as the others, or DDP hangs: checked once per epoch (one
-        all-gather; nothing when the count is unknown or there is one process)."""
+        """Check that every rank runs as many batches as the others, or DDP hangs.
+
+        Checked once per epoch: one all-gather; nothing when the count is unknown or there is one process.
+        """
         if self.world_size < 2 or not math.isfinite(per_epoch):
             return
         lengths = self.all_gather_ints(remaining)

@@ -198,8 +198,10 @@ class ResumableLoader:
         return self.loader.dataset
 
     def index_batches(self) -> list[list[int]] | None:
-        """The dataset indices of each batch this rank reads in an evaluation or prediction run, in order
-        (``BasePredictionWriter``'s ``batch_indices``); ``None`` for training loaders and custom samplers."""
+        """The dataset indices of each batch this rank reads in an evaluation or prediction run, in order.
+
+        ``BasePredictionWriter``'s ``batch_indices``; ``None`` for training loaders and custom samplers.
+        """
         if self.training or self.sampler is None:
             return None
         return [list(b) for b in self._loader.batch_sampler]  # type: ignore[union-attr]
@@ -259,8 +261,11 @@ def release_workers(loaders: Iterable[Any]) -> None:
 
 
 def wrap_loader(loader: Any, *, rank: int, world_size: int, seed: int, training: bool) -> Any:
-    """What the Trainer iterates: map-style DataLoaders get :class:`ResumableLoader`, a dataset that knows how to
-    make its own loader (``dltrain.data.StreamingDataset``) gets that loader, others are used as they are."""
+    """What the Trainer iterates for ``loader``.
+
+    Map-style DataLoaders get `ResumableLoader`, a dataset that knows how to make its own loader
+    (``dltrain.data.StreamingDataset``) gets that loader, others are used as they are.
+    """
     make_loader = getattr(loader, "loader", None)
     if isinstance(loader, IterableDataset) and callable(make_loader):
         return make_loader()

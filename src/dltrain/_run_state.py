@@ -1,5 +1,7 @@
-"""What a run has done so far: `LoopState` (where fit is; what a checkpoint saves of the loop) and `RunState`
-(the stage, its data counts and loaders, and the metrics published so far: what the trainer view shows).
+"""What a run has done so far: `LoopState` and `RunState`.
+
+`LoopState` is where fit is (what a checkpoint saves of the loop); `RunState` the stage, its data counts and
+loaders, and the metrics published so far: what the trainer view shows.
 
 The loops write these; the Trainer's view reads them; callbacks read them through the view.
 """
@@ -32,6 +34,18 @@ class LoopState:
     - ``"epoch_end"``: in the epoch-end callbacks (after validation and ``on_train_epoch_end`` hooks up to the
       checkpoint callback, which runs last). A resume does what follows them: agree on ``should_stop`` over the
       ranks, step the epoch-interval schedulers, start the next epoch.
+
+    Example:
+        >>> trainer = dltrain.Trainer(max_epochs=2, log_every_n_steps=2, enable_progress_bar=False,
+        ...                           enable_model_summary=False)
+        >>> trainer.fit(task, train_loader, val_loader)
+        >>> trainer.loop_state  # 2 epochs of 4 batches done: the next epoch would be 2
+        LoopState(epoch=2, global_step=8, batches_done=0, phase='train', should_stop=False, stepped=True,
+                  skipped_nonfinite_steps=0)
+        >>> from dltrain.checkpoint import load
+        >>> load(trainer.checkpoint_callback.last_model_path)["loops"]  # taken at the end of epoch 1
+        {'epoch': 1, 'global_step': 8, 'batches_done': 4, 'phase': 'epoch_end', 'should_stop': False,
+         'stepped': True, 'skipped_nonfinite_steps': 0}
     """
 
     epoch: int = 0
@@ -92,8 +106,10 @@ class RunState:
         return {**self.published, **live.latest()}
 
     def progress_bar_metrics(self) -> dict[str, float]:
-        """The ``prog_bar`` values as numbers: as published, and the newest step values logged since (one copy
-        from the device)."""
+        """The ``prog_bar`` values as numbers: as published, and the newest step values logged since.
+
+        Reading them copies from the device once.
+        """
         values = dict(self.published_bar)
         live = self.training_values
         if live is not None and not self.sanity_checking:
@@ -101,8 +117,10 @@ class RunState:
         return values
 
     def publish(self, values: dict[str, Tensor], bar: dict[str, Tensor], results: LoggedValues) -> None:
-        """Metrics read from a store: into ``callback_metrics`` and the progress bar, and to the loggers (global
-        rank zero). Nothing leaves the sanity check."""
+        """Publish metrics read from a store: into ``callback_metrics`` and the progress bar, and to the loggers.
+
+        The loggers get them on global rank zero. Nothing leaves the sanity check.
+        """
         if self.sanity_checking:
             return
         floats = {k: float(v) for k, v in values.items()}

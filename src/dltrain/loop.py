@@ -50,8 +50,11 @@ __all__ = ["FitLoop", "LoopState"]
 
 @dataclass
 class _TrainHooks:
-    """What each training batch of an epoch calls, resolved once per epoch: the hooks, to what overrides them
-    (callbacks first, then the task), and the optimizer (automatic optimization steps the first)."""
+    """What each training batch of an epoch calls, resolved once per epoch.
+
+    The hooks, to what overrides them (callbacks first, then the task), and the optimizer (automatic
+    optimization steps the first).
+    """
 
     optimizer: Any = None  # the torch optimizer (None: configure_optimizers returned none)
     stepper: Any = None  # what steps it: the optimizer itself on the plain path, else Fabric's wrapper
@@ -114,8 +117,10 @@ class FitLoop:
 
     # ------------------------------------------------------------------ epochs
     def run(self) -> None:
-        """Sanity check, ``on_train_start``, epochs until ``max_epochs``/``max_steps``/``should_stop``,
-        ``on_train_end``."""
+        """Train: sanity check, ``on_train_start``, the epochs, ``on_train_end``.
+
+        Epochs run until ``max_epochs``, ``max_steps`` or ``should_stop``.
+        """
         state, max_epochs = self.state, self.settings.max_epochs
         self._sanity_check()
         self.hooks.call("on_train_start")
@@ -163,8 +168,10 @@ class FitLoop:
         return state.should_stop and state.epoch + 1 >= s.min_epochs and state.global_step >= s.min_steps
 
     def _sanity_check(self) -> None:
-        """A few validation batches before training, so that a broken validation_step fails now, not after an
-        epoch; nothing it logs reaches the loggers or callback_metrics."""
+        """A few validation batches before training, so that a broken validation_step fails now, not after an epoch.
+
+        Nothing it logs reaches the loggers or callback_metrics.
+        """
         steps = self.settings.num_sanity_val_steps
         if not self.val_loaders or not steps or self.resumed is not None:
             return
@@ -273,8 +280,11 @@ class FitLoop:
             self.pending_rng = None
 
     def _end_epoch(self, complete: bool) -> None:
-        """Validation and the epoch-end hooks. An epoch cut short keeps ``phase="train"``: a checkpoint taken
-        now, resumed with a larger max_steps or max_time, trains the rest of this epoch."""
+        """Validation and the epoch-end hooks.
+
+        An epoch cut short keeps ``phase="train"``: a checkpoint taken now, resumed with a larger max_steps or
+        max_time, trains the rest of this epoch.
+        """
         task, state = self.task, self.state
         self.results.batch = None
         log_skipped_samples(self.loader, self.results, "train")

@@ -1,8 +1,9 @@
-"""Strategy specifications for ``Trainer(strategy=...)``, next to the strings (``"ddp"``, ``"fsdp2"``) and
-Lightning Fabric ``Strategy`` instances.
+"""Strategy specifications for ``Trainer(strategy=...)``.
 
-A specification says *what* parallelism a run wants and is turned into a Fabric strategy once the Trainer knows the
-number of processes. It imports nothing heavy: ``import dltrain`` stays quick.
+They stand next to the strings (``"ddp"``, ``"fsdp2"``) and Lightning Fabric ``Strategy`` instances.
+
+A specification says *what* parallelism a run wants and is turned into a Fabric strategy once the Trainer
+knows the number of processes. It imports nothing heavy: ``import dltrain`` stays quick.
 """
 
 from __future__ import annotations

@@ -27,9 +27,7 @@ _EXAMPLE = re.compile(r"^\s*Examples?:\s*$", re.M)
 # building one raises an error that says what to use instead).
 WITHOUT_EXAMPLE_YET = {
     "dltrain._config_cli.CLI", "dltrain.batch_path.BatchPath", "dltrain.callbacks.finders.BatchSizeFinder",
-    "dltrain.distributed.Watchdog", "dltrain.loggers.base.FolderLogger", "dltrain.loggers.base.Logger",
-    "dltrain.loggers.base.ResumeFilter", "dltrain.loop.FitLoop", "dltrain.loop.LoopState",
-    "dltrain.tuner.lr_finder.LRFinder",
+    "dltrain.distributed.Watchdog", "dltrain.loop.FitLoop", "dltrain.tuner.lr_finder.LRFinder",
 }
 
 

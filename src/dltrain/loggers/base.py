@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from typing_extensions import override
+
 from dltrain.loggers._versions import claim_next_version, next_version
 
 __all__ = ["FolderLogger", "Logger", "ResumeFilter", "checkpoint_metadata", "checkpoints_to_log"]
@@ -25,16 +27,32 @@ class Logger(ABC):
     A logger keeps what it needs to continue the same run after a restart in ``state_dict`` (saved in checkpoints).
 
     Identity, as Lightning's: ``name`` and ``version`` place a run's default checkpoint folder,
-    ``<save_dir>/<name>/<version>/checkpoints`` (``version_<N>`` for an int version; ``<default_root_dir>`` when
-    ``save_dir`` is None).
+    ``<save_dir>/<name>/<version>/checkpoints`` (``version_<N>`` for an int version; ``<default_root_dir>``
+    when ``save_dir`` is None).
+
+    Example:
+        A logger implements ``log_metrics`` at the least:
+
+        >>> class PrintLogger(Logger):
+        ...     def log_metrics(self, metrics, step):
+        ...         print(step, sorted(metrics))
+        >>> trainer = dltrain.Trainer(max_epochs=1, logger=PrintLogger(), log_every_n_steps=2,
+        ...                           enable_progress_bar=False, enable_model_summary=False,
+        ...                           enable_checkpointing=False)
+        >>> trainer.fit(task, train_loader, val_loader)
+        2 ['epoch', 'train/loss']
+        4 ['epoch', 'train/loss']
+        4 ['epoch', 'val/loss']
     """
 
     @property
     def name(self) -> str | None:
+        """The experiment's name (the class name unless a logger says otherwise)."""
         return type(self).__name__
 
     @property
     def version(self) -> str | int | None:
+        """The run's version within the experiment (``None``: the logger has none)."""
         return None
 
     @property
@@ -54,8 +72,11 @@ class Logger(ABC):
 
     @property
     def experiment(self) -> Any:
-        """The object behind the logger, for what dltrain does not wrap (Lightning's name): wandb's run,
-        TensorBoard's ``SummaryWriter``, MLflow's ``MlflowClient``; loggers without one (CSV) return themselves."""
+        """The object behind the logger, for what dltrain does not wrap (Lightning's name).
+
+        That is wandb's run, TensorBoard's ``SummaryWriter``, MLflow's ``MlflowClient``; loggers without one
+        (CSV) return themselves.
+        """
         return self
 
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
@@ -69,14 +90,18 @@ class Logger(ABC):
         """Called by `ModelCheckpoint` after each checkpoint it writes (Lightning's hook; MLflow logs the files)."""
 
     def save(self) -> None:
-        """Put everything logged so far on disk (called on global rank zero right after every checkpoint is
-        written): what a checkpoint covers must survive a ``kill -9`` that comes after it."""
+        """Put everything logged so far on disk.
+
+        Called on global rank zero right after every checkpoint is written: what a checkpoint covers must
+        survive a ``kill -9`` that comes after it.
+        """
 
     def finalize(self, status: str) -> None:
         """Close the run; ``status`` is ``"success"``, ``"failed"`` or ``"interrupted"``."""
         self.save()
 
     def state_dict(self) -> dict[str, Any]:
+        """What the logger needs to continue the same run after a restart (saved in checkpoints)."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -98,8 +123,12 @@ def checkpoints_to_log(callback: Any, logged: dict[str, float]) -> list[str]:
 
 
 def checkpoint_metadata(callback: Any, path: str) -> tuple[dict[str, Any], list[str]]:
-    """The metadata and aliases a logger attaches to an uploaded checkpoint (Lightning's): its monitored score,
-    file name and the callback's settings; aliases ``latest``, plus ``best`` for the best checkpoint."""
+    """The metadata and aliases a logger attaches to an uploaded checkpoint, as Lightning's.
+
+    Metadata: its monitored score, file name and the callback's settings; aliases: ``latest``, plus ``best``
+        for
+    the best checkpoint.
+    """
     score = callback.best_k_models.get(path)
     metadata = {"score": float(score) if score is not None else None, "original_filename": os.path.basename(path),
                 type(callback).__name__: {k: getattr(callback, k, None) for k in (
@@ -112,12 +141,27 @@ def checkpoint_metadata(callback: Any, path: str) -> tuple[dict[str, Any], list[
 class ResumeFilter:
     """What a resumed run must not log again: the rows its killed predecessor already put on disk.
 
-    A resumed run restarts at its checkpoint and logs again every step after it. The killed run may have written
-    some of those steps already (after the checkpoint, before the kill), and a step's values come in several calls
-    (the step's training values, then validation values and epoch aggregates at the same step), each one row. So a
-    row is dropped when its step is before the last step on disk, or is that step and holds a value already
-    written at it; every other row is logged whole. Then the history of a killed and resumed run equals the
-    uninterrupted run's: each row once, none missing.
+    A resumed run restarts at its checkpoint and logs again every step after it. The killed run may have
+    written some of those steps already (after the checkpoint, before the kill), and a step's values come in
+    several calls (the step's training values, then validation values and epoch aggregates at the same step),
+    each one row. So a row is dropped when its step is before the last step on disk, or is that step and holds
+    a value already written at it; every other row is logged whole. Then the history of a killed and resumed
+    run equals the uninterrupted run's: each row once, none missing.
+
+    Args:
+        last_step: the last step on disk (``None``: nothing is).
+        keys_at_last: the keys written at that step.
+
+    Example:
+        >>> on_disk = ResumeFilter.from_rows([(10, ["train/loss"]), (20, ["train/loss"]), (20, ["val/loss"])])
+        >>> on_disk.keep(10, {"train/loss": 0.5})  # before the last step on disk
+        False
+        >>> on_disk.keep(20, {"val/loss": 0.4})  # at the last step, already written there
+        False
+        >>> on_disk.keep(20, {"epoch": 1, "lr": 0.1})  # at the last step, not written there yet
+        True
+        >>> on_disk.keep(30, {"train/loss": 0.3})
+        True
     """
 
     def __init__(self, last_step: int | None = None, keys_at_last: Iterable[str] = ()) -> None:
@@ -146,11 +190,29 @@ class ResumeFilter:
 
 
 class FolderLogger(Logger):
-    """A logger that writes files in ``<save_dir>/<name>/<version folder>`` (CSV, TensorBoard): Lightning's
-    layout. ``version``: an ``int`` (folder ``version_<version>``), a ``str`` (the folder name), or ``None`` for
-    the next free number, resolved without creating anything and claimed (an exclusive ``mkdir``, so two runs
-    started at once differ) on the first write: a logger built on every rank creates nothing on the ranks that
-    never write."""
+    """A logger that writes files in ``<save_dir>/<name>/<version folder>`` (CSV, TensorBoard): Lightning's layout.
+
+    The next free version is resolved without creating anything and claimed (an exclusive ``mkdir``, so two
+    runs started at once differ) on the first write: a logger built on every rank creates nothing on the ranks
+    that never write.
+
+    Args:
+        save_dir: the root folder.
+        name: the experiment's folder under it (``None`` or ``""``: none).
+        version: an ``int`` (folder ``version_<version>``), a ``str`` (the folder name), or ``None`` for the
+            next free number.
+
+    Example:
+        >>> import os
+        >>> from dltrain.loggers import CSVLogger
+        >>> logger = CSVLogger("logs", name="exp")  # a FolderLogger
+        >>> logger.version, logger.log_dir, os.path.exists("logs")  # nothing created yet
+        (0, 'logs/exp/version_0', False)
+        >>> logger.log_metrics({"loss": 1.0}, step=0)
+        >>> logger.save()
+        >>> os.listdir(logger.log_dir), CSVLogger("logs", name="exp").version
+        (['metrics.csv'], 1)
+    """
 
     def __init__(self, save_dir: str | os.PathLike[str], name: str | None, version: int | str | None) -> None:
         self._save_dir = os.fspath(save_dir)
@@ -159,10 +221,12 @@ class FolderLogger(Logger):
         self._claimed = False
 
     @property
+    @override
     def name(self) -> str:
         return self._name
 
     @property
+    @override
     def save_dir(self) -> str:
         return self._save_dir
 
@@ -179,6 +243,7 @@ class FolderLogger(Logger):
         return self._version
 
     @property
+    @override
     def log_dir(self) -> str:
         version = self.version
         return os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")

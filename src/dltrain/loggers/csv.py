@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from typing_extensions import override
+
 from dltrain.loggers.base import FolderLogger, ResumeFilter
 
 __all__ = ["CSVLogger"]
@@ -65,6 +67,7 @@ class CSVLogger(FolderLogger):
 
     @property
     def metrics_file(self) -> str:
+        """The path of the run's ``metrics.csv``."""
         return os.path.join(self.log_dir, self.METRICS_FILE)
 
     # ------------------------------------------------------------------ logging
@@ -82,6 +85,7 @@ class CSVLogger(FolderLogger):
             json.dump(current, f, indent=2, sort_keys=True, default=repr)
         os.replace(tmp, path)
 
+    @override
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self._resume.keep(int(step), metrics):
             return  # written by the run this one resumes
@@ -126,10 +130,12 @@ class CSVLogger(FolderLogger):
                 _sync(f, sync)
         self._rows.clear()
 
+    @override
     def finalize(self, status: str) -> None:
         self.save()
 
     # ------------------------------------------------------------------ resume
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"version": self.version}
 
