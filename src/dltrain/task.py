@@ -112,30 +112,37 @@ class Task(HyperparametersMixin, nn.Module):
 
     @property
     def on_gpu(self) -> bool:
+        """Whether the task runs on a CUDA device."""
         return self.device.type == "cuda"
 
     @property
     def global_rank(self) -> int:
+        """This process's rank among all processes (0 outside a run)."""
         return 0 if self._trainer is None else self._trainer.global_rank
 
     @property
     def local_rank(self) -> int:
+        """This process's rank on its machine (0 outside a run)."""
         return 0 if self._trainer is None else self._trainer.local_rank
 
     @property
     def current_epoch(self) -> int:
+        """The Trainer's current epoch (0 outside a run)."""
         return 0 if self._trainer is None else self._trainer.current_epoch
 
     @property
     def global_step(self) -> int:
+        """Optimizer steps taken so far (0 outside a run)."""
         return 0 if self._trainer is None else self._trainer.global_step
 
     @property
     def logger(self) -> Logger | None:
+        """The Trainer's first logger (``None`` without one, or outside a run)."""
         return None if self._trainer is None else self._trainer.logger
 
     @property
     def loggers(self) -> list[Logger]:
+        """The Trainer's loggers (none outside a run)."""
         return [] if self._trainer is None else self._trainer.loggers
 
     def print(self, *args: Any, **kwargs: Any) -> None:
@@ -145,14 +152,19 @@ class Task(HyperparametersMixin, nn.Module):
 
     @property
     def fabric(self) -> None:
-        """``None``: Lightning's ``LightningModule.fabric`` is set only when a ``Fabric`` runs the module, never
-        under a Trainer. The Trainer's Fabric is ``self.trainer.fabric``."""
+        """``None``: Lightning's ``LightningModule.fabric`` is set only when a ``Fabric`` runs the module.
+
+        That is never the case under a Trainer. The Trainer's Fabric is ``self.trainer.fabric``.
+        """
         return None
 
     @property
     def example_input_array(self) -> Any:
-        """An input for ``self(...)`` (a tensor, a tuple of positional arguments or a dict of keyword arguments):
-        the model summary shows each layer's input and output sizes for it; ``to_onnx``/``to_torchscript`` use it."""
+        """An input for ``self(...)``: a tensor, a tuple of positional arguments or a dict of keyword ones.
+
+        The model summary shows each layer's input and output sizes for it; ``to_onnx``/``to_torchscript`` use
+        it.
+        """
         return self._example_input_array
 
     @example_input_array.setter
@@ -161,8 +173,10 @@ class Task(HyperparametersMixin, nn.Module):
 
     @property
     def strict_loading(self) -> bool:
-        """Whether loading a checkpoint into this task requires its keys to match the task's exactly (default
-        ``True``; set ``False`` for a task that saves only some weights)."""
+        """Whether loading a checkpoint into this task requires its keys to match the task's exactly.
+
+        Default ``True``; set ``False`` for a task that saves only some weights.
+        """
         return self._strict_loading in (None, True)
 
     @strict_loading.setter
@@ -183,8 +197,10 @@ class Task(HyperparametersMixin, nn.Module):
         self.train()
 
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
-        """Gather ``data`` (a tensor, a number, or a collection of them) from every rank: each tensor gets a new
-        first dimension of size ``world_size`` (on one process it is returned as it is).
+        """Gather ``data`` (a tensor, a number, or a collection of them) from every rank.
+
+        Each tensor gets a new first dimension of size ``world_size`` (on one process it is returned as it
+        is).
 
         Args:
             data: what to gather; every rank must pass the same structure and shapes.
@@ -224,10 +240,13 @@ class Task(HyperparametersMixin, nn.Module):
     @torch.no_grad()
     def to_torchscript(self, file_path: str | os.PathLike[str] | None = None, method: str = "script",
                        example_inputs: Any = None, **kwargs: Any) -> Any:
-        """The task as TorchScript (``torch.jit.script``, or ``torch.jit.trace`` with ``method="trace"`` on
-        ``example_inputs``/``example_input_array``), in ``eval()`` mode; saved to ``file_path`` when given.
+        """The task as TorchScript, in ``eval()`` mode; saved to ``file_path`` when given.
 
-        ``**kwargs`` go to ``torch.jit.script``/``torch.jit.trace``.
+        Args:
+            file_path: where to save it (``None``: not saved).
+            method: ``"script"`` (``torch.jit.script``) or ``"trace"`` (``torch.jit.trace``).
+            example_inputs: the input to trace with (default: ``example_input_array``).
+            **kwargs: passed to ``torch.jit.script``/``torch.jit.trace``.
         """
         mode = self.training
         self.eval()
@@ -267,7 +286,8 @@ class Task(HyperparametersMixin, nn.Module):
     def validation_step(self, batch: Any, batch_idx: int) -> Any:
         """Evaluate one validation batch; log metrics with ``self.log`` (epoch means by default).
 
-        With several validation loaders it is called with a third argument, ``dataloader_idx``."""
+        With several validation loaders it is called with a third argument, ``dataloader_idx``.
+        """
 
     def test_step(self, batch: Any, batch_idx: int) -> Any:
         """Evaluate one test batch; log metrics with ``self.log``."""
@@ -277,12 +297,12 @@ class Task(HyperparametersMixin, nn.Module):
         return self(batch)
 
     def configure_optimizers(self) -> Any:
-        """Return an optimizer, several, ``(optimizers, schedulers)``, ``{"optimizer": ..., "lr_scheduler": ...}``
-        or a list of such dicts.
+        """Return the optimizers and LR schedulers to train with, in one of Lightning's forms.
 
-        A scheduler may be a scheduler or a dict ``{"scheduler": s, "interval": "step"|"epoch", "frequency": n,
-        "monitor": "val/loss"}`` (``monitor`` for ``ReduceLROnPlateau``). Several optimizers need
-        ``automatic_optimization = False``, as in Lightning.
+        That is an optimizer, several, ``(optimizers, schedulers)``, ``{"optimizer": ..., "lr_scheduler":
+        ...}`` or a list of such dicts. A scheduler may be a scheduler or a dict ``{"scheduler": s,
+        "interval": "step"|"epoch", "frequency": n, "monitor": "val/loss"}`` (``monitor`` for
+        ``ReduceLROnPlateau``). Several optimizers need ``automatic_optimization = False``, as in Lightning.
         """
         raise DltrainError(f"{type(self).__name__} must override configure_optimizers() to be trained")
 
@@ -321,15 +341,20 @@ class Task(HyperparametersMixin, nn.Module):
 
     @property
     def device_mesh(self) -> Any:
-        """The strategy's device mesh (``"data_parallel"``, ``"tensor_parallel"`` dimensions) under
-        ``strategy="fsdp2"`` or a ``ModelParallelStrategy``; ``None`` otherwise."""
+        """The strategy's device mesh (``"data_parallel"``, ``"tensor_parallel"`` dimensions), or ``None``.
+
+        There is one under ``strategy="fsdp2"`` or a ``ModelParallelStrategy``.
+        """
         trainer = self._trainer
         return getattr(trainer.strategy, "device_mesh", None) if trainer is not None else None
 
     # ------------------------------------------------------------------ manual optimization
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
-        """The optimizer (several: a list) from ``configure_optimizers``, for manual optimization: its ``step()``
-        counts a training step and runs the ``on_before_optimizer_step`` hooks, as in Lightning."""
+        """The optimizer (several: a list) from ``configure_optimizers``, for manual optimization.
+
+        Its ``step()`` counts a training step and runs the ``on_before_optimizer_step`` hooks, as in
+        Lightning.
+        """
         engine, _ = self._run_parts()
         opts = engine.manual_optimizers if use_pl_optimizer else engine.optimizers
         return opts[0] if len(opts) == 1 else list(opts)
@@ -377,9 +402,12 @@ class Task(HyperparametersMixin, nn.Module):
             self.untoggle_optimizer(optimizer)
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        """Compute the gradients of ``loss``; override it to change how (the loss is already scaled for mixed
-        precision and divided for gradient accumulation). The Trainer calls it for automatic optimization and
-        ``manual_backward``, with the ``on_before_backward``/``on_after_backward`` hooks around it."""
+        """Compute the gradients of ``loss``; override it to change how.
+
+        The loss is already scaled for mixed precision and divided for gradient accumulation. The Trainer
+        calls it for automatic optimization and ``manual_backward``, with the
+        ``on_before_backward``/``on_after_backward`` hooks around it.
+        """
         loss.backward(*args, **kwargs)
 
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
@@ -426,7 +454,9 @@ class Task(HyperparametersMixin, nn.Module):
             add_dataloader_idx: with several evaluation loaders, suffix the name with ``/dataloader_idx_<i>``.
             batch_size: weight of this value in the epoch mean; inferred from the batch when not given.
             rank_zero_only: accepted for Lightning compatibility (only rank zero writes to loggers anyway).
-            enable_graph, sync_dist_group, metric_attribute: accepted for Lightning compatibility; ignored.
+            enable_graph: accepted for Lightning compatibility; ignored (logged values are detached).
+            sync_dist_group: accepted for Lightning compatibility; ignored.
+            metric_attribute: accepted for Lightning compatibility; ignored.
         """
         if self._results is None:
             raise DltrainError(
@@ -454,8 +484,11 @@ class Task(HyperparametersMixin, nn.Module):
         batch_size: int | None = None,
         rank_zero_only: bool = False,
     ) -> None:
-        """``self.log`` for every item of ``dictionary`` (a mapping, or a torchmetrics ``MetricCollection``) with
-        the same options."""
+        """``self.log`` for every item of ``dictionary``, with the same options.
+
+        ``dictionary`` is a mapping of names to values, or a torchmetrics ``MetricCollection``; the other
+        arguments are `log`'s.
+        """
         for name, value in dictionary.items():
             self.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
                      reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
@@ -463,75 +496,229 @@ class Task(HyperparametersMixin, nn.Module):
                      rank_zero_only=rank_zero_only)
 
     # ------------------------------------------------------------------ hooks (Lightning's names and arguments)
+    # Each runs after the callbacks' hook of the same name (`dltrain.Callback` says when, in more detail),
+    # except the epoch-end hooks, which run before theirs.
     def prepare_data(self) -> None:
         """Download data (once per machine), when the task makes its own loaders."""
 
     def setup(self, stage: str) -> None:
-        """Called at the start of ``fit``/``validate``/``test``/``predict`` on every rank, before ``configure_model``
-        and ``configure_optimizers``."""
+        """Called at the start of ``fit``/``validate``/``test``/``predict`` on every rank.
 
-    def teardown(self, stage: str) -> None: ...
-    def on_fit_start(self) -> None: ...
-    def on_fit_end(self) -> None: ...
-    def on_train_start(self) -> None: ...
-    def on_train_end(self) -> None: ...
-    def on_validation_start(self) -> None: ...
-    def on_validation_end(self) -> None: ...
-    def on_test_start(self) -> None: ...
-    def on_test_end(self) -> None: ...
-    def on_predict_start(self) -> None: ...
-    def on_predict_end(self) -> None: ...
-    def on_train_epoch_start(self) -> None: ...
-    def on_train_epoch_end(self) -> None: ...
-    def on_validation_epoch_start(self) -> None: ...
-    def on_validation_epoch_end(self) -> None: ...
-    def on_test_epoch_start(self) -> None: ...
-    def on_test_epoch_end(self) -> None: ...
-    def on_predict_epoch_start(self) -> None: ...
-    def on_predict_epoch_end(self) -> None: ...
+        It runs after the callbacks' ``setup``, before ``configure_model``, the data loaders and
+        ``configure_optimizers``: build what depends on the data or the rank here.
+
+        Args:
+            stage: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
+        """
+
+    def teardown(self, stage: str) -> None:
+        """Called at the end of every stage, also after an exception, after the callbacks' ``teardown``.
+
+        Args:
+            stage: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
+        """
+
+    def on_fit_start(self) -> None:
+        """Called in ``fit`` once all is set up, before the sanity check and the first epoch."""
+
+    def on_fit_end(self) -> None:
+        """Called at the end of a ``fit`` that raised nothing."""
+
+    def on_train_start(self) -> None:
+        """Called after the sanity check, before the first training epoch."""
+
+    def on_train_end(self) -> None:
+        """Called when training stops without an exception, before ``on_fit_end``."""
+
+    def on_validation_start(self) -> None:
+        """Called when a validation starts (in ``fit`` and in ``validate``), in ``eval()`` mode."""
+
+    def on_validation_end(self) -> None:
+        """Called when a validation ends, after ``on_validation_epoch_end``."""
+
+    def on_test_start(self) -> None:
+        """Called when ``test`` starts, in ``eval()`` mode."""
+
+    def on_test_end(self) -> None:
+        """Called when ``test`` ends, after ``on_test_epoch_end``."""
+
+    def on_predict_start(self) -> None:
+        """Called when ``predict`` starts, in ``eval()`` mode."""
+
+    def on_predict_end(self) -> None:
+        """Called when ``predict`` ends, after ``on_predict_epoch_end``."""
+
+    def on_train_epoch_start(self) -> None:
+        """Called at the start of every training epoch, before its first batch."""
+
+    def on_train_epoch_end(self) -> None:
+        """Called at the end of every training epoch, after its epoch-end validation.
+
+        It runs before the epoch's values are reduced and before the callbacks' hook, so what it logs is part
+        of the epoch's values.
+        """
+
+    def on_validation_epoch_start(self) -> None:
+        """Called before the first batch of a validation."""
+
+    def on_validation_epoch_end(self) -> None:
+        """Called after the last batch of a validation, before its values are reduced and callbacks' hooks."""
+
+    def on_test_epoch_start(self) -> None:
+        """Called before the first test batch."""
+
+    def on_test_epoch_end(self) -> None:
+        """Called after the last test batch, before the values are reduced and the callbacks' hook."""
+
+    def on_predict_epoch_start(self) -> None:
+        """Called before the first prediction batch."""
+
+    def on_predict_epoch_end(self) -> None:
+        """Called after the last prediction batch."""
+
     def on_validation_model_eval(self) -> None:
+        """Put the task in evaluation mode for a validation (default: ``self.eval()``)."""
         self.eval()
 
     def on_validation_model_train(self) -> None:
+        """Put the task back in training mode after a validation in ``fit`` (default: ``self.train()``)."""
         self.train()
 
     def on_validation_model_zero_grad(self) -> None:
-        """Called at the start of a validation run when overridden (Lightning zeroes gradients there by default;
-        dltrain leaves a running accumulation window's gradients alone)."""
+        """Called at the start of a validation run when overridden.
+
+        Lightning zeroes gradients there by default; dltrain leaves a running accumulation window's gradients
+        alone.
+        """
 
     def on_test_model_eval(self) -> None:
+        """Put the task in evaluation mode for ``test`` (default: ``self.eval()``)."""
         self.eval()
 
     def on_test_model_train(self) -> None:
+        """Lightning's hook to put the task back in training mode after a test; dltrain does not call it."""
         self.train()
 
     def on_predict_model_eval(self) -> None:
+        """Put the task in evaluation mode for ``predict`` (default: ``self.eval()``)."""
         self.eval()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        """Return ``-1`` to end the epoch here (as in Lightning)."""
+        """Called before ``training_step``; return ``-1`` to end the epoch here (as in Lightning).
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None: ...
-    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None: ...
-    def on_before_backward(self, loss: Tensor) -> None: ...
-    def on_after_backward(self) -> None: ...
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
-    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None: ...
+        Args:
+            batch: the batch, on the device.
+            batch_idx: its index in the epoch.
+        """
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Called after every training batch (its step, backward and, when due, optimizer step).
+
+        Args:
+            outputs: what ``training_step`` returned.
+            batch: the batch.
+            batch_idx: its index in the epoch.
+        """
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Called before ``validation_step``.
+
+        Args:
+            batch: the batch, on the device.
+            batch_idx: its index in its loader.
+            dataloader_idx: which validation loader (with several).
+        """
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Called after ``validation_step``.
+
+        Args:
+            outputs: what ``validation_step`` returned.
+            batch: the batch.
+            batch_idx: its index in its loader.
+            dataloader_idx: which validation loader (with several).
+        """
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Called before ``test_step``.
+
+        Args:
+            batch: the batch, on the device.
+            batch_idx: its index in its loader.
+            dataloader_idx: which test loader (with several).
+        """
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Called after ``test_step``.
+
+        Args:
+            outputs: what ``test_step`` returned.
+            batch: the batch.
+            batch_idx: its index in its loader.
+            dataloader_idx: which test loader (with several).
+        """
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Called before ``predict_step``.
+
+        Args:
+            batch: the batch, on the device.
+            batch_idx: its index in its loader.
+            dataloader_idx: which prediction loader (with several).
+        """
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Called after ``predict_step``.
+
+        Args:
+            outputs: what ``predict_step`` returned.
+            batch: the batch.
+            batch_idx: its index in its loader.
+            dataloader_idx: which prediction loader (with several).
+        """
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Called before the backward pass (``manual_backward`` too).
+
+        Args:
+            loss: the loss about to be backpropagated (divided by ``accumulate_grad_batches`` when
+                accumulating).
+        """
+
+    def on_after_backward(self) -> None:
+        """Called after the backward pass, before gradient clipping and the optimizer step."""
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called before each optimizer step, with the accumulation window's gradients complete.
+
+        Args:
+            optimizer: the optimizer about to step.
+        """
+
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called before the gradients are zeroed (at the first batch of each accumulation window).
+
+        Args:
+            optimizer: the optimizer whose gradients are zeroed.
+        """
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
                        optimizer_closure: Callable[[], Any] | None = None) -> None:
         """Step ``optimizer`` (override for warm-up and the like; call ``optimizer.step(closure=optimizer_closure)``).
 
         The closure returns the batch's loss: training_step and backward have run before it (LBFGS-style
-        optimizers that re-evaluate the loss need manual optimization)."""
+        optimizers that re-evaluate the loss need manual optimization).
+        """
         optimizer.step(closure=optimizer_closure)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Zero ``optimizer``'s gradients; called at the first batch of each accumulation window.
+
+        Args:
+            epoch: the current epoch.
+            batch_idx: the batch's index in the epoch.
+            optimizer: the optimizer whose gradients to zero.
+        """
         optimizer.zero_grad()
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
@@ -547,6 +734,12 @@ class Task(HyperparametersMixin, nn.Module):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Transform a batch before it moves to the device; return the batch to move (default: as it is).
+
+        Args:
+            batch: the batch, as the loader made it.
+            dataloader_idx: which loader it comes from (0 with one).
+        """
         return batch
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -647,8 +840,10 @@ def _inner(optimizer: Any) -> torch.optim.Optimizer:
 # private to it (the one place outside Task's methods that writes them).
 def attach(task: Task, trainer: Trainer | None, engine: Engine | None = None,
            hooks: HookDispatcher | None = None) -> None:
-    """Link ``task`` to the Trainer running it (its engine and hooks serve manual optimization); ``None``:
-    detach."""
+    """Link ``task`` to the Trainer running it (``None``: detach).
+
+    Its engine and hooks serve manual optimization.
+    """
     task._trainer = trainer  # noqa: SLF001  Task's own module
     task._engine = engine  # noqa: SLF001  Task's own module
     task._hooks = hooks  # noqa: SLF001  Task's own module
@@ -660,6 +855,8 @@ def log_into(task: Task, store: Any) -> None:
 
 
 def logging_into(task: Task) -> Any:
-    """The store ``task.log`` writes to now (`log_into`; ``None``: nowhere): ``trainer.state`` reads whether it
-    is a training store."""
+    """The store ``task.log`` writes to now (`log_into`; ``None``: nowhere).
+
+    ``trainer.state`` reads whether it is a training store.
+    """
     return task._results  # noqa: SLF001  Task's own module
