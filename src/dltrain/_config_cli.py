@@ -286,7 +286,8 @@ class CLI:
             config), ``False`` (no seeding) or a seed. The seed also seeds the Trainer's data order.
         parser_kwargs: keyword arguments of the jsonargparse parser (e.g. ``default_config_files``), or a dict of
             them per subcommand (``{"fit": {...}}``).
-        subclass_mode_model / subclass_mode_data: take any subclass of the given class, by class path.
+        subclass_mode_model: take any subclass of the model class, by class path.
+        subclass_mode_data: take any subclass of the datamodule class, by class path.
         args: the arguments to parse (a list of strings or a dict); ``None`` reads ``sys.argv``.
         run: ``True``: a subcommand (``fit``, ``validate``, ``test``, ``predict``) is expected and run. ``False``:
             only build ``cli.model``, ``cli.datamodule`` and ``cli.trainer``.

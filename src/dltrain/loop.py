@@ -79,7 +79,8 @@ class FitLoop:
         hooks: the hook dispatcher.
         run: what the trainer view shows; the loop writes its counts and publishes metrics there.
         task: the task being trained.
-        loader, val_loaders: the training loader and the validation loaders (``None``: no validation).
+        loader: the training loader.
+        val_loaders: the validation loaders (``None``: no validation).
         reload_loader: a fresh training loader (``reload_dataloaders_every_n_epochs``).
     """
 

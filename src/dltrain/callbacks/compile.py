@@ -46,7 +46,11 @@ class Compile(Callback):
         modules: which modules to compile: ``None`` (default) compiles each direct child of the task that is not a
             torchmetrics ``Metric``; a pattern or list of patterns (``fnmatch``, e.g. ``"blocks.*"``) over the
             names of ``task.named_modules()`` compiles each matching module (the outermost of nested matches).
-        fullgraph, dynamic, backend, mode, options: ``torch.compile``'s arguments.
+        fullgraph: ``torch.compile``'s argument: fail on a graph break instead of splitting the graph.
+        dynamic: ``torch.compile``'s argument: compile for dynamic shapes (``None``: after a shape changes).
+        backend: ``torch.compile``'s argument: the compiler backend.
+        mode: ``torch.compile``'s argument (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``, ...).
+        options: ``torch.compile``'s argument: a dict of backend options.
         warn_recompiles: warn at each recompilation (they are counted either way).
 
     Example:
