@@ -297,6 +297,14 @@ class CLI:
     Override ``add_arguments_to_parser(parser)`` (e.g. ``parser.link_arguments("data.num_classes",
     "model.num_classes", apply_on="instantiate")``), ``before_instantiate_classes()``, ``before_fit()`` /
     ``after_fit()`` (and the same for the other subcommands) as in Lightning.
+
+    Example:
+        In a script, ``CLI(MyTask)`` reads ``sys.argv`` (``python train.py fit --config config.yaml``); here the
+        arguments are given, with the examples' task class (its ``__init__`` takes ``lr``), and nothing runs:
+
+        >>> cli = CLI(type(task), args=["--trainer.max_epochs=2", "--model.lr=0.1"], run=False)
+        >>> cli.trainer.max_epochs, cli.model.hparams.lr
+        (2, 0.1)
     """
 
     def __init__(

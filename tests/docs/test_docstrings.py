@@ -26,8 +26,7 @@ _EXAMPLE = re.compile(r"^\s*Examples?:\s*$", re.M)
 # needs none (the function that raises it shows it), nor a Lightning name that dltrain refuses (dltrain._refusals:
 # building one raises an error that says what to use instead).
 WITHOUT_EXAMPLE_YET = {
-    "dltrain._config_cli.CLI", "dltrain.batch_path.BatchPath", "dltrain.callbacks.finders.BatchSizeFinder",
-    "dltrain.distributed.Watchdog", "dltrain.loop.FitLoop", "dltrain.tuner.lr_finder.LRFinder",
+    "dltrain.batch_path.BatchPath", "dltrain.distributed.Watchdog", "dltrain.loop.FitLoop",
 }
 
 

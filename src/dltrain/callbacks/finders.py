@@ -93,6 +93,26 @@ class BatchSizeFinder(Callback):
         batch_arg_name: the task's (or its hparams', or the datamodule's) attribute holding the batch size.
         margin: (binsearch) the fraction taken off the size found.
         max_val: the largest batch size tried.
+
+    Example:
+        The task makes its loaders from ``self.batch_size``, so that each trial can make them again:
+
+        >>> from torch.utils.data import DataLoader
+        >>> class Batched(type(task)):  # the examples' regression task
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.batch_size = 2
+        ...     def train_dataloader(self):
+        ...         return DataLoader(train_loader.dataset, batch_size=self.batch_size)
+        ...     def val_dataloader(self):
+        ...         return val_loader
+        >>> finder = BatchSizeFinder(mode="power", steps_per_trial=1, max_val=32)
+        >>> trainer = dltrain.Trainer(max_epochs=1, callbacks=[finder], logger=False, enable_progress_bar=False,
+        ...                           enable_model_summary=False)
+        >>> model = Batched()
+        >>> trainer.fit(model)  # on the CPU nothing runs out of memory: the search stops at max_val
+        >>> finder.optimal_batch_size, model.batch_size, trainer.num_training_batches  # 64 samples
+        (32, 32, 2)
     """
 
     SUPPORTED_MODES = ("power", "binsearch")

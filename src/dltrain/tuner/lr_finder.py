@@ -37,6 +37,16 @@ class LRFinder:
         lr_min: the first learning rate.
         lr_max: the last learning rate.
         num_training: optimizer steps of the test.
+
+    Example:
+        >>> from dltrain.tuner import Tuner
+        >>> trainer = dltrain.Trainer(max_epochs=5, logger=False, enable_progress_bar=False)
+        >>> finder = Tuner(trainer).lr_find(task, train_loader, min_lr=1e-4, max_lr=0.1, num_training=20)
+        >>> finder.mode, len(finder.results["lr"]), finder.results["lr"][0]
+        ('exponential', 20, 0.0001)
+        >>> lr = finder.suggestion(skip_begin=2)  # finder.plot(suggest=True) draws the curve and the point
+        >>> finder.lr_min <= lr <= finder.lr_max
+        True
     """
 
     def __init__(self, mode: str, lr_min: float, lr_max: float, num_training: int) -> None:
