@@ -188,3 +188,24 @@ def test_wandb_offline_steps_reads_an_offline_run_file(tmp_path, monkeypatch):
     torn = tmp_path / "torn.wandb"
     torn.write_bytes(data[: len(data) - 5])
     assert [s for s, _ in wandb_offline_steps(str(torn))][:2] == [1, 2]
+
+
+def test_lighthouse_server_starts_answers_and_stops():
+    """torchft's in-process lighthouse (``torchft._torchft.LighthouseServer``): an address, a quorum for a client
+    that asks, and a shutdown."""
+    from datetime import timedelta
+
+    pytest = __import__("pytest")
+    torchft = pytest.importorskip("torchft")
+    from torchft._torchft import LighthouseClient
+
+    server = _compat.lighthouse_server("[::]:0", 1, join_timeout_ms=100, quorum_tick_ms=10, heartbeat_timeout_ms=5000)
+    try:
+        address = server.address()
+        assert address.startswith("http://")
+        quorum = LighthouseClient(address, connect_timeout=timedelta(seconds=10)).quorum(
+            replica_id="probe", timeout=timedelta(seconds=10))
+        assert [p.replica_id for p in quorum.participants] == ["probe"]
+    finally:
+        server.shutdown()
+    assert torchft is not None

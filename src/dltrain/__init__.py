@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dltrain.callbacks.base import Callback
 from dltrain.datamodule import DataModule
 from dltrain.errors import CheckpointError, ConfigurationError, DataError, DltrainError, StepError
-from dltrain.strategies import FSDP2
+from dltrain.strategies import FSDP2, FaultTolerant
 from dltrain.task import Task
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ __all__ = [
     "DataError",
     "DataModule",
     "DltrainError",
+    "FaultTolerant",
     "StepError",
     "Task",
     "Trainer",

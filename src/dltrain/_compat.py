@@ -22,6 +22,7 @@ __all__ = [
     "dynamo_guard_failures",
     "is_batch_norm",
     "is_compiled",
+    "lighthouse_server",
     "metric_forward_value",
     "model_parallel_sizes",
     "on_dynamo_compile",
@@ -367,3 +368,19 @@ def is_batch_norm(module: Any) -> TypeGuard[_BatchNorm]:
     from torch.nn.modules.batchnorm import _BatchNorm
 
     return isinstance(module, _BatchNorm)
+
+
+def lighthouse_server(bind: str, min_replicas: int, *, join_timeout_ms: int, quorum_tick_ms: int,
+                      heartbeat_timeout_ms: int) -> Any:
+    """torchft's quorum server (``torchft._torchft.LighthouseServer``, the Rust lighthouse), started in this
+    process; ``.address()`` is its URL, ``.shutdown()`` stops it.
+
+    Why: torchft 0.2 has no public Python name for it: its public way is the ``torchft_lighthouse`` executable,
+    which the ``dltrain lighthouse`` command and the tests would have to start and kill as a child process
+    (and parse its address from the log). The class is in torchft's own stub (``_torchft.pyi``); a rename fails
+    here with ImportError and in ``tests/test_compat.py``.
+    """
+    from torchft._torchft import LighthouseServer
+
+    return LighthouseServer(bind=bind, min_replicas=min_replicas, join_timeout_ms=join_timeout_ms,
+                            quorum_tick_ms=quorum_tick_ms, heartbeat_timeout_ms=heartbeat_timeout_ms)

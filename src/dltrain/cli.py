@@ -5,6 +5,7 @@ Example:
     wrote data/train.index.json: 128 shards, 160000 samples, with sample offsets
     $ dltrain ckpt consolidate runs/exp1/checkpoints/last.ckpt model.ckpt   # a sharded (fsdp2) checkpoint as one file
     $ dltrain audit runs/exp1                    # what the run trained on (needs callbacks=[SampleLedger()])
+    $ dltrain lighthouse --min-replicas 1        # the quorum server of a FaultTolerant job (needs dltrain[ft])
     $ dltrain fit --config config.yaml          # LightningCLI's subcommands, through dltrain.CLI
     $ dltrain fit --model mymodule.MyTask --data mymodule.MyData --trainer.max_epochs 3
 """
@@ -70,6 +71,25 @@ def _ckpt_consolidate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lighthouse(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from dltrain.lighthouse import Lighthouse
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Lighthouse(args.min_replicas, port=args.port, host=args.host, join_timeout=args.join_timeout,
+                    heartbeat_timeout=args.heartbeat_timeout) as lighthouse:
+        print(f"[dltrain] lighthouse at {lighthouse.address} (min {args.min_replicas} replica groups); "
+              f"export TORCHFT_LIGHTHOUSE={lighthouse.address}", flush=True)
+        while not stop.wait(1.0):
+            pass
+    print("[dltrain] lighthouse stopped", flush=True)
+    return 0
+
+
 _RUN_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -114,6 +134,21 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("run_dir", help="the run's default_root_dir, or its ledger folder")
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
     audit.set_defaults(func=_audit)
+    lighthouse = sub.add_parser(
+        "lighthouse",
+        help="the quorum server of a fault-tolerant job (dltrain.FaultTolerant; needs dltrain[ft])",
+        description="Run torchft's lighthouse until SIGINT/SIGTERM. Give every replica group its address in "
+        "TORCHFT_LIGHTHOUSE. It is a single point of failure: if it stops, the groups wait for it.",
+    )
+    lighthouse.add_argument("--min-replicas", type=int, required=True,
+                            help="the fewest replica groups a quorum needs (a majority of the job's groups)")
+    lighthouse.add_argument("--port", type=int, default=29510, help="port to listen on (0: any; default 29510)")
+    lighthouse.add_argument("--host", default="::", help="interface to listen on (default: every interface)")
+    lighthouse.add_argument("--join-timeout", type=float, default=60.0,
+                            help="seconds a new quorum waits for live groups that have not joined yet (default 60)")
+    lighthouse.add_argument("--heartbeat-timeout", type=float, default=5.0,
+                            help="seconds without a heartbeat before a group counts as dead (default 5)")
+    lighthouse.set_defaults(func=_lighthouse)
     ckpt = sub.add_parser("ckpt", help="work with checkpoints")
     ckpt_sub = ckpt.add_subparsers(dest="ckpt_command", required=True)
     consolidate = ckpt_sub.add_parser(

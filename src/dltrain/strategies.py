@@ -8,11 +8,12 @@ knows the number of processes. It imports nothing heavy: ``import dltrain`` stay
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from dltrain.errors import ConfigurationError
 
-__all__ = ["FSDP2"]
+__all__ = ["FSDP2", "FaultTolerant"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,93 @@ def data_parallel_size(world_size: int, tensor_parallel_size: int, asked: str) -
             f"size must be a multiple of it. Use tensor_parallel_size in {fits}, or launch {more} processes"
         )
     return world_size // tensor_parallel_size
+
+
+#: Environment variables a fault-tolerant launch reads (the names torchft's own examples use).
+REPLICA_GROUP_ENV, REPLICA_GROUPS_ENV, LIGHTHOUSE_ENV = "REPLICA_GROUP_ID", "NUM_REPLICA_GROUPS", "TORCHFT_LIGHTHOUSE"
+
+
+@dataclass(frozen=True)
+class FaultTolerant:
+    """Several replica groups that train one model and survive each other's failures (torchft).
+
+    Each replica group is one launch (``torchrun --max-restarts=...``) of ``N`` processes that train with DDP among
+    themselves; the groups average their gradients through torchft's managed gloo process group, and a step counts
+    only when the quorum of live groups commits it. When a process dies, its group's torchrun restarts the group,
+    the other groups train on (a step that the failure interrupted is not committed), and the restarted group
+    receives the current model, optimizer and loop state from a live group over the network (not from disk).
+    See the README, "Surviving failures without a restart".
+
+    Every field left ``None`` is read from the environment: ``replica_group`` from ``REPLICA_GROUP_ID``,
+    ``replica_groups`` from ``NUM_REPLICA_GROUPS``, ``lighthouse`` from ``TORCHFT_LIGHTHOUSE`` (as torchft does).
+
+    Args:
+        replica_groups: how many replica groups the job has; the training data is split over all their ranks.
+        replica_group: this launch's group, ``0 .. replica_groups - 1``. Group 0 writes checkpoints and logs.
+        min_replicas: the fewest live groups that may commit a step (torchft's ``min_replica_size``); the others
+            wait below it. Keep the lighthouse's ``--min-replicas`` the same.
+        lighthouse: the lighthouse's address (``http://host:port``, printed by ``dltrain lighthouse``).
+        timeout: seconds a gradient all-reduce, a commit vote or a state transfer may take before the step is
+            abandoned (not committed).
+        quorum_timeout: seconds a step may wait for a quorum (at the start: for every group to arrive) before
+            the run fails with an error naming the lighthouse.
+
+    Example:
+        >>> import dltrain
+        >>> trainer = dltrain.Trainer(strategy=dltrain.FaultTolerant(min_replicas=1))  # doctest: +SKIP
+    """
+
+    replica_groups: int | None = None
+    replica_group: int | None = None
+    min_replicas: int = 1
+    lighthouse: str | None = None
+    timeout: float = 60.0
+    quorum_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("replica_groups", "replica_group", "min_replicas"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigurationError(f"FaultTolerant({name}={value!r}): use a whole number")
+        for name in ("timeout", "quorum_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"FaultTolerant({name}={value!r}): use a number of seconds above 0")
+
+    def resolved(self, environ: dict[str, str] | None = None) -> FaultTolerant:
+        """This specification with every field known: ``None`` fields read from the environment, then checked.
+
+        Raises:
+            ConfigurationError: a field is neither given nor in the environment, or out of range.
+        """
+        env = dict(os.environ if environ is None else environ)
+
+        def read(value: int | str | None, var: str, what: str) -> str:
+            if value is not None:
+                return str(value)
+            if not env.get(var):
+                raise ConfigurationError(
+                    f"FaultTolerant: {what} is not known: pass it or set {var} in every launch of the job "
+                    f"(README, 'Surviving failures without a restart')")
+            return env[var]
+
+        def whole(text: str, var: str) -> int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ConfigurationError(f"FaultTolerant: {var}={text!r} is not a whole number") from None
+
+        groups = whole(read(self.replica_groups, REPLICA_GROUPS_ENV, "the number of replica groups"),
+                       REPLICA_GROUPS_ENV)
+        group = whole(read(self.replica_group, REPLICA_GROUP_ENV, "this launch's replica group"), REPLICA_GROUP_ENV)
+        lighthouse = read(self.lighthouse, LIGHTHOUSE_ENV, "the lighthouse's address (dltrain lighthouse prints it)")
+        if groups < 1 or not 0 <= group < groups:
+            raise ConfigurationError(
+                f"FaultTolerant: replica group {group} of {groups}: the groups are numbered 0 to {groups - 1} "
+                f"({REPLICA_GROUP_ENV}, {REPLICA_GROUPS_ENV})")
+        if not 1 <= self.min_replicas <= groups:
+            raise ConfigurationError(
+                f"FaultTolerant(min_replicas={self.min_replicas}): use 1 to {groups} (the job has {groups} replica "
+                "groups); a majority of them keeps a split network from training two models")
+        return FaultTolerant(replica_groups=groups, replica_group=group, min_replicas=self.min_replicas,
+                             lighthouse=lighthouse, timeout=self.timeout, quorum_timeout=self.quorum_timeout)
