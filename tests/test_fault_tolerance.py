@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import dltrain
+from dltrain.callbacks import GradientAccumulationScheduler
 from dltrain.errors import ConfigurationError
 from dltrain.strategies import FaultTolerant
+from tests.helpers.tasks import TinyTask, loader, quiet_trainer
 
 
 def test_spec_reads_the_environment_and_checks_ranges():
@@ -57,3 +60,42 @@ def test_lighthouse_in_process_and_its_command():
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "lighthouse stopped" in out, out
+
+
+class _Manual(TinyTask):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        loss = super().training_step(batch, batch_idx)
+        self.manual_backward(loss)
+        opt.step()
+        opt.zero_grad()
+
+
+class _TwoOptimizers(TinyTask):
+    def configure_optimizers(self):
+        half = len(list(self.parameters())) // 2
+        params = list(self.parameters())
+        return [torch.optim.SGD(params[:half], lr=0.1), torch.optim.SGD(params[half:], lr=0.1)]
+
+
+@pytest.mark.filterwarnings("ignore:.*no val_dataloader")
+def test_what_replica_groups_do_not_support_is_refused_before_training(tmp_path):
+    """Manual optimization, several optimizers, gradient accumulation (also scheduled), FSDP2 inside a group:
+    each refused with what to do, before the lighthouse is contacted (the address below serves nothing) or a
+    batch is trained."""
+    pytest.importorskip("torchft")
+    with pytest.raises(ConfigurationError, match="only 'ddp' inside a replica group"):
+        FaultTolerant(strategy="fsdp2")
+    spec = FaultTolerant(replica_groups=1, replica_group=0, lighthouse="http://127.0.0.1:9")
+    cases = [(_Manual(), {}, "manual optimization"), (_TwoOptimizers(), {}, "several optimizers need manual"),
+             (TinyTask(), {"accumulate_grad_batches": 2}, "accumulate_grad_batches=2"),
+             (TinyTask(), {"callbacks": [GradientAccumulationScheduler({1: 2})]}, "GradientAccumulationScheduler")]
+    for task, kwargs, message in cases:
+        trainer = quiet_trainer(tmp_path, strategy=spec, max_steps=2, **kwargs)
+        with pytest.raises(ConfigurationError, match=message):
+            trainer.fit(task, loader())
+        assert trainer.global_step == 0 and trainer.fault_tolerance is None

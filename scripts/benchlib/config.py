@@ -22,6 +22,8 @@ FULL = {
     "resume": {"samples": 100_000, "shards": 20, "batch": 64, "workers": 2, "repeats": 9},
     "ledger": {"steps": 600, "batch": 64, "workers": 2, "repeats": 7},
     "plugins": {"seconds": 5.0},
+    # issue 24: replica groups (torchft) vs DDP, fresh processes per run; then one run with a group killed
+    "ft": {"steps": 200, "warmup": 20, "batch": 64, "width": 1024, "repeats": 3, "kill_step": 100},
     "resnet": {"steps": 50, "batch": 64, "size": 224},
     "gpt": {"steps": 50, "batch": 16, "context": 512, "layers": 6, "d_model": 512, "heads": 8, "vocab": 8192},
 }
@@ -36,6 +38,7 @@ QUICK = {
     "resume": {"samples": 20_000, "shards": 8, "batch": 64, "workers": 2, "repeats": 3},
     "ledger": {"steps": 150, "batch": 64, "workers": 2, "repeats": 3},
     "plugins": {"seconds": 1.0},
+    "ft": {"steps": 60, "warmup": 10, "batch": 64, "width": 256, "repeats": 1, "kill_step": 30},
     "resnet": {"steps": 10, "batch": 32, "size": 224},
     "gpt": {"steps": 10, "batch": 8, "context": 256, "layers": 4, "d_model": 256, "heads": 4, "vocab": 8192},
 }
@@ -44,13 +47,14 @@ QUICK = {
 # 0.996x the hand loop in the held-out overhead check.
 BASELINE = "5715e48"
 
-CPU_CASES = ["loop", "cnn", "data", "ddp", "resume", "plugins", "ledger"]
+CPU_CASES = ["loop", "cnn", "data", "ddp", "resume", "plugins", "ledger", "ft"]
 CUDA_CASES = ["resnet", "gpt"]
 
 TARGETS = {
     "loop": 1.03,  # dltrain time / hand-loop time
     "cnn": 1.01,
     "ddp": 1.05,
+    "ft": 1.10,  # FaultTolerant (2 replica groups x 1 process) median step / DDP on 2 processes
     "data_ratio": 0.95,  # StreamingDataset samples/s / WebLoader samples/s
     "mixture_ratio": 0.95,  # Mixture of the same shards / one StreamingDataset, samples/s
     "data_gap_ms": 100.0,

@@ -626,6 +626,36 @@ class Bench:
                   "DDP step's cost and is not CPU time.", ""]
         self.sections.append("\n".join(lines))
 
+    # ------------------------------------------------------------------ case 8
+    def case_ft(self) -> None:
+        """Case 8 (benchlib.fault_tolerance, issue 24): replica groups vs DDP, and the time lost per failure."""
+        from benchlib import fault_tolerance
+
+        c = self.cfg["ft"]
+        title = "### 8. FaultTolerant: 2 replica groups x 1 process (torchft, gloo) vs DDP on 2 processes, CPU"
+        out = os.path.join(self.tmp, "ft.json")
+        log_path = os.path.join(self.logdir, "ft.log")
+        cmd = [sys.executable, "-m", "benchlib.fault_tolerance", "--json", out,
+               *[f"--{k.replace('_', '-')}={v}" for k, v in c.items()]]
+        _log("ft: " + " ".join(cmd[1:4]) + " ...")
+        with open(log_path, "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), cwd=str(ROOT),
+                                  timeout=1800)
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = Path(log_path).read_text()[-1500:]
+            self.sections.append(f"{title}\n\nrun failed (exit {proc.returncode}); log tail:\n\n```\n{tail}\n```\n")
+            self._headline("ft", "8. FaultTolerant 2x1: step time / DDP", "failed", "-", f"<= {TARGETS['ft']}x",
+                           "MISS")
+            return
+        res = json.loads(Path(out).read_text())
+        self.results["ft"] = res
+        lines, ratio = fault_tolerance.report(res, TARGETS["ft"])
+        self.verdicts.append(("8. FaultTolerant 2x1 / DDP, median step", f"{ratio:.3f}", f"<= {TARGETS['ft']}",
+                              _verdict(ratio <= TARGETS["ft"])))
+        self._headline("ft", "8. FaultTolerant, 2 groups x 1 process: step time / DDP (median step)",
+                       f"{ratio:.3f}x", "-", f"<= {TARGETS['ft']}x", _verdict(ratio <= TARGETS["ft"]))
+        self.sections.append("\n".join([title, "", *lines, ""]))
+
     # ------------------------------------------------------------------ case 5
     def case_resume(self, urls: list[str]) -> None:
         c = self.cfg["resume"]
@@ -932,6 +962,9 @@ class Bench:
                 self.case_plugins()
             if "ledger" in cases:
                 self.case_ledger(shards["resume"])
+            if "ft" in cases:
+                self._sample_load()
+                self.case_ft()
             cuda_cases = [c for c in cases if c in CUDA_CASES]
             if cuda_cases:
                 self.case_cuda(cuda_cases)

@@ -194,6 +194,13 @@ def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: Ru
         return None
     checkpoint = ckpt_io.load(path)
     checkpoint["_path"] = str(path)
+    return restore_from(trainer, engine, hooks, run, loop, checkpoint, path)
+
+
+def restore_from(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: RunState, loop: FitLoop,
+                 checkpoint: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """`restore` from a checkpoint already in memory: read from ``path``, or (``path=None``) the state a live
+    replica group sent this one (`replica_state`), whose weights are a full state dict."""
     if checkpoint.get("weights_only"):
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds only weights (ModelCheckpoint(save_weights_only=True)): there is no "
@@ -201,7 +208,10 @@ def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: Ru
             "validate/test/predict(ckpt_path=...), or save full checkpoints to resume"
         )
     task = loop.task
-    _load_model(engine, path, checkpoint)
+    if path is None:
+        engine.load_module_state_dict(checkpoint["state_dict"])
+    else:
+        _load_model(engine, path, checkpoint)
     run.loop_state.load_state_dict(checkpoint["loops"])
     run.published.update({k: torch.tensor(v) for k, v in checkpoint.get("callback_metrics", {}).items()})
     states = checkpoint.get("callbacks", {})
@@ -246,6 +256,56 @@ def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: Ru
     # RNG states are per rank; with another world size there is no matching state: keep the fresh seed.
     loop.pending_rng = mine["rng"] if mine is not None else None
     return checkpoint
+
+
+def replica_state(engine: Engine, hooks: HookDispatcher, run: RunState, loop: FitLoop) -> dict[str, Any]:
+    """What rank ``r`` of a live replica group sends rank ``r`` of a group that joins (dltrain.FaultTolerant): a
+    checkpoint of this moment (a step's start) in memory, with this rank's loader position and RNG state as the
+    joining rank's own (rank ``r`` of every group is at the same batch of its own share of the epoch). Made on
+    torchft's quorum thread while the training thread waits: no collective, no hook. The tensors are the live
+    ones (torchft serves them until this step's commit vote, before any optimizer step changes them)."""
+    rank_state: dict[str, Any] = {"rng": ckpt_io.rng_state()}
+    if loop.replica_position is not None:  # after the batches done: the step's batch is read already
+        rank_state["train_loader"] = loop.replica_position
+    ranks: list[dict[str, Any]] = [{} for _ in range(engine.world_size)]
+    ranks[engine.global_rank] = rank_state
+    return {
+        "format": ckpt_io.FORMAT_VERSION,
+        "_path": f"<the state of a live replica group at step {run.loop_state.global_step}>",
+        "loops": run.loop_state.state_dict(),
+        "callback_metrics": {k: float(v) for k, v in run.callback_metrics().items()},
+        "callbacks": {cb.state_key: cb.state_dict() for cb in hooks.callbacks},
+        "train_metrics": loop.results.state_dict(),
+        "world_size": engine.world_size,
+        "data_parallel_size": engine.layout.size,
+        "ranks": ranks,
+        "replica_heal": True,
+        "state_dict": engine.module_state_dict(),
+        "optimizer_states": engine.optimizer_states(),
+        "lr_schedulers": [c.scheduler.state_dict() for c in engine.lr_scheduler_configs],
+        "precision": engine.strategy.precision.state_dict(),
+    }
+
+
+def load_replica_state_in_loop(engine: Engine, run: RunState, state: dict[str, Any]) -> None:
+    """A live group that fell behind (it did not commit a step the others committed) takes the others' weights,
+    optimizer and scheduler states and step count, at the start of a step; it is at the same batch already."""
+    from dltrain.errors import DistributedError
+
+    mine, theirs = run.loop_state, state["loops"]
+    if (mine.epoch, mine.batches_done) != (theirs["epoch"], theirs["batches_done"]):
+        raise DistributedError(
+            f"replica groups out of step: this group is at epoch {mine.epoch}, batch {mine.batches_done}, the group "
+            f"it heals from at epoch {theirs['epoch']}, batch {theirs['batches_done']} (global step "
+            f"{theirs['global_step']}); every group must run the same number of batches per epoch")
+    engine.load_module_state_dict(state["state_dict"])
+    for optimizer, optimizer_state in zip(engine.fabric_optimizers, state["optimizer_states"]):
+        optimizer.load_state_dict(optimizer_state)
+    for config, scheduler_state in zip(engine.lr_scheduler_configs, state["lr_schedulers"]):
+        config.scheduler.load_state_dict(scheduler_state)
+    if state.get("precision"):
+        engine.strategy.precision.load_state_dict(state["precision"])
+    mine.global_step = int(theirs["global_step"])
 
 
 def restore_training_state(engine: Engine, checkpoint: dict[str, Any]) -> None:

@@ -30,8 +30,10 @@ from dltrain.errors import ConfigurationError, DistributedError
 from dltrain.task import Task
 
 if TYPE_CHECKING:
+    from dltrain._fault_tolerance import ReplicaGroups
     from dltrain._hooks import HookDispatcher
     from dltrain._run_state import LoopState
+    from dltrain.strategies import FaultTolerant
 
 __all__ = ["ZERO_LOSS_METHOD", "Engine"]
 
@@ -43,9 +45,19 @@ ZERO_LOSS_METHOD = "_zero_grad_loss"
 class Engine:
     """Fabric, the placed task and its optimizers, and how steps, backward, clipping and collectives run."""
 
-    def __init__(self, fabric: Fabric) -> None:
+    def __init__(self, fabric: Fabric, fault_tolerant: FaultTolerant | None = None) -> None:
         self.fabric = fabric
         self.layout = _sharded.layout_of(fabric.strategy, fabric.global_rank, fabric.world_size)
+        # strategy=dltrain.FaultTolerant: this process's replica group (`layout` is inside the group; the training
+        # data is split over every group's ranks, `train_layout`); `replicas` runs torchft once fit starts.
+        self.fault_tolerant = fault_tolerant
+        self.replicas: ReplicaGroups | None = None
+        self.train_layout = self.layout
+        if fault_tolerant is not None:
+            assert fault_tolerant.replica_group is not None and fault_tolerant.replica_groups is not None
+            size = self.layout.size
+            self.train_layout = self.layout._replace(rank=fault_tolerant.replica_group * size + self.layout.rank,
+                                                     size=fault_tolerant.replica_groups * size)
         # Set by `place`: what Fabric returned and how steps run on this strategy.
         self.task: Task | None = None  # the placed task
         self.module: Any = None  # Fabric's wrapper of the task (a _FabricModule)
@@ -84,7 +96,8 @@ class Engine:
 
     @property
     def is_global_zero(self) -> bool:
-        return self.fabric.is_global_zero
+        """Rank 0 of the job: with replica groups, rank 0 of group 0 (the one writer of checkpoints and logs)."""
+        return self.fabric.is_global_zero and (self.fault_tolerant is None or self.fault_tolerant.replica_group == 0)
 
     @property
     def is_fsdp2(self) -> bool:
@@ -282,6 +295,45 @@ class Engine:
         Lightning does).
         """
         return torch.inference_mode() if inference_mode and not self.sharded_in_place else torch.no_grad()
+
+    # ------------------------------------------------------------------ replica groups (FaultTolerant)
+    def start_replicas(self, state_dict: Callable[[], dict[str, Any]],
+                       load_in_loop: Callable[[dict[str, Any]], None], step: int) -> dict[str, Any] | None:
+        """Join the job's replica groups (strategy=dltrain.FaultTolerant): torchft's manager, the first quorum.
+        Returns the state a live group sent when this group was behind (a restart), to restore the fit from;
+        ``state_dict`` makes what this group sends a joining one, ``load_in_loop`` applies what it receives when it
+        falls behind while training."""
+        from dltrain._fault_tolerance import ReplicaGroups
+
+        assert self.fault_tolerant is not None and self.task is not None
+        if self.replicas is None:
+            self.replicas = ReplicaGroups(
+                self.fault_tolerant, self.global_rank, self.world_size,
+                broadcast=lambda value: self.fabric.broadcast(value, src=0),
+                state_dict=state_dict, load_in_loop=load_in_loop)
+        return self.replicas.join(step)
+
+    def stop_replicas(self) -> None:
+        if self.replicas is not None:
+            self.replicas.shutdown()
+            self.replicas = None
+
+    def start_replica_step(self, step: int, accumulate_grad_batches: int) -> None:
+        """The quorum of the coming optimizer step (replica groups only)."""
+        if self.replicas is not None:
+            from dltrain._fault_tolerance import check_accumulation
+
+            check_accumulation(accumulate_grad_batches)  # a callback may have changed it at this epoch's start
+            self.replicas.start_step(step)
+
+    def replica_gradients_and_vote(self) -> bool:
+        """The gradients averaged over the replica groups, then torchft's vote: True when the step may be taken.
+        No replica groups: True."""
+        if self.replicas is None:
+            return True
+        assert self.task is not None
+        self.replicas.average_gradients(self.task.parameters())
+        return self.replicas.commit()
 
     # ------------------------------------------------------------------ collectives
     def any_rank(self, flag: bool) -> bool:

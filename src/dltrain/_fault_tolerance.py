@@ -36,11 +36,65 @@ from dltrain.errors import ConfigurationError, DistributedError
 if TYPE_CHECKING:
     from dltrain.strategies import FaultTolerant
 
-__all__ = ["ReplicaGroups", "import_torchft"]
+__all__ = ["ReplicaGroups", "check_accumulation", "check_fault_tolerant_fit", "fault_tolerant_spec",
+           "import_torchft"]
+
+
+def fault_tolerant_spec(strategy: Any) -> FaultTolerant | None:
+    """The `dltrain.FaultTolerant` given as ``Trainer(strategy=...)``, resolved.
+
+    Returns:
+        The specification with the environment read (torchft importable), or ``None`` for any other strategy.
+    """
+    from dltrain.strategies import FaultTolerant
+
+    if not isinstance(strategy, FaultTolerant):
+        return None
+    import_torchft()
+    return strategy.resolved()
+
+
+def check_fault_tolerant_fit(task: Any, accumulate_grad_batches: int, callbacks: Iterable[Any] = ()) -> None:
+    """Refuse, before training, what replica groups do not support yet (each error says why).
+
+    `check_accumulation` runs again at every step's quorum: a callback may change ``accumulate_grad_batches``
+    during the fit.
+
+    Raises:
+        ConfigurationError: manual optimization, gradient accumulation (also scheduled by a callback).
+    """
+    if not task.automatic_optimization:
+        raise ConfigurationError(
+            "strategy=dltrain.FaultTolerant does not support manual optimization (automatic_optimization=False) "
+            "yet: each optimizer step must be agreed by the quorum of replica groups (torchft's commit vote) "
+            "before it is taken, and dltrain only places that vote around the steps it takes itself. Use automatic "
+            "optimization (one optimizer; several parameter groups are fine)")
+    for callback in callbacks:  # GradientAccumulationScheduler (duck-typed: the callbacks are not imported here)
+        scheduled = getattr(callback, "going_to_accumulate_grad_batches", None)
+        if callable(scheduled) and scheduled():
+            raise ConfigurationError(
+                f"strategy=dltrain.FaultTolerant with {type(callback).__name__} (accumulation from some epoch on) "
+                "is not supported yet: " + _ACCUMULATION)
+    check_accumulation(accumulate_grad_batches)
+
+
+_ACCUMULATION = ("the ledger records a batch only when its step is committed, and the batches of a window would "
+                 "need their commit decided together. Use a larger batch per step, or accumulate_grad_batches=1")
+
+
+def check_accumulation(accumulate_grad_batches: int) -> None:
+    """Replica groups take one optimizer step per batch."""
+    if accumulate_grad_batches != 1:
+        raise ConfigurationError(
+            f"strategy=dltrain.FaultTolerant with accumulate_grad_batches={accumulate_grad_batches} is not supported "
+            "yet: " + _ACCUMULATION)
 
 
 def import_torchft() -> Any:
     """torchft, or a ConfigurationError naming the extra that installs it."""
+    # torchft's Rust side logs every quorum and commit at INFO; dltrain logs the quorum changes itself.
+    # RUST_LOG=info in the environment shows torchft's lines again.
+    os.environ.setdefault("RUST_LOG", "warn")
     try:
         import torchft
     except ImportError as exn:
@@ -58,11 +112,12 @@ class ReplicaGroups:
         broadcast: ``value -> rank 0's value`` inside the group (the group's own process group).
         state_dict: what this rank sends a group that joins (called on torchft's quorum thread while the
             training thread waits for the quorum).
-        load_state_dict: applies what a live group sent (called on the training thread, inside `start_step`).
+        load_in_loop: applies what a live group sent to a group that fell behind while training (called on the
+            training thread, inside `start_step`); at `join` the state is returned instead.
     """
 
     def __init__(self, spec: FaultTolerant, group_rank: int, group_size: int, broadcast: Callable[[Any], Any],
-                 state_dict: Callable[[], dict[str, Any]], load_state_dict: Callable[[dict[str, Any]], None]) -> None:
+                 state_dict: Callable[[], dict[str, Any]], load_in_loop: Callable[[dict[str, Any]], None]) -> None:
         torchft = import_torchft()
         from torchft.manager import Manager
 
@@ -72,7 +127,7 @@ class ReplicaGroups:
         self.groups = spec.replica_groups
         self.group_rank = group_rank
         self._state_dict = state_dict
-        self._load_state_dict = load_state_dict
+        self._load_in_loop = load_in_loop
         # torchft keeps its own keys in the group's store. A store of this launch's own (not torchrun's, which
         # outlives a restart of the group with the dead manager's address in it), hosted by the group's rank 0 at
         # an address the other groups can reach: they meet in it to build the cross-group process group.
@@ -92,11 +147,12 @@ class ReplicaGroups:
         )
         self.replicas = 0  # groups in the last quorum
         self.quorum_changes = 0
-        self.healed = False  # this launch received its state from a live group
+        self.healed = False  # this launch joined a running job: it received the state of a group ahead of it
         self.joined_at_ns = 0  # wall clock (ns) just before this launch's first quorum (the ledger records it)
         self.sent = 0  # states sent to joining groups since the last quorum
         self._in_loop = False
         self._received: dict[str, Any] | None = None
+        self._quorum_ready = False  # `join`'s quorum is the first step's: the live groups are already in it
 
     # ------------------------------------------------------------------ the state a joining group receives
     def _send(self) -> dict[str, Any]:
@@ -104,20 +160,31 @@ class ReplicaGroups:
         return self._state_dict()
 
     def _apply(self, state: dict[str, Any]) -> None:
-        self.healed = True
         self._received = state
-        self._load_state_dict(state)
+        if self._in_loop:
+            self._load_in_loop(state)
 
     # ------------------------------------------------------------------ one step
     def join(self, step: int) -> dict[str, Any] | None:
-        """The first quorum of this launch, before training: a group that is behind the others (restarted)
-        receives their state (returned; ``None`` when none came). At a fresh start (step 0 everywhere) it waits
-        until every group has joined, so that no group trains steps the others miss."""
+        """Join the first quorum of this launch, before training.
+
+        A group that is behind the others (restarted) receives their state. When no group is ahead (a fresh
+        start, or every group restarted from the same checkpoint) it waits until every group has joined, so that
+        no group trains steps the others miss: the run stays that of one data-parallel job. At step 0 the groups
+        that join take the weights of one of them (torchft's initial sync), which is not a rejoin (``healed``
+        stays False).
+
+        Returns:
+            The state a live group sent (to restore the fit from), or ``None`` when none came.
+        """
         self.joined_at_ns = time.time_ns()
+        # torchft counts committed steps itself and heals the groups whose count is behind: start it where this
+        # launch starts (0, or the step of the checkpoint it resumed from).
+        self.manager.load_state_dict({"step": step, "batches_committed": 0})
         deadline = time.monotonic() + self.spec.quorum_timeout
         while True:
             self._quorum(step)
-            if self.replicas >= self.groups or self.manager.current_step() > 0:
+            if self.replicas >= self.groups or self.manager.current_step() > step:
                 break
             if time.monotonic() > deadline:
                 raise DistributedError(
@@ -127,11 +194,17 @@ class ReplicaGroups:
                     ", or lower NUM_REPLICA_GROUPS")
             time.sleep(0.2)
         received, self._received = self._received, None
+        self.healed = received is not None and self.manager.current_step() > step
         self._in_loop = True
+        self._quorum_ready = True
         return received
 
     def start_step(self, step: int) -> None:
         """The quorum of the coming step (a group that fell behind receives the current state here)."""
+        if self._quorum_ready:  # the live groups met this group in `join` and wait for this step's all-reduce
+            self._quorum_ready = False
+            return
+        self._received = None
         self._quorum(step)
 
     def _quorum(self, step: int) -> None:
@@ -149,7 +222,7 @@ class ReplicaGroups:
                 "--min-replicas?") from exn
         waited = time.monotonic() - started
         self.replicas = replicas
-        if replicas != before or self.sent or (self.healed and self._received is not None):
+        if replicas != before or self.sent or self._received is not None:
             if before:
                 self.quorum_changes += 1
             self._log_change(before, replicas, step, waited)
@@ -164,8 +237,10 @@ class ReplicaGroups:
             what.append(f"{after - before} group(s) joined")
         if self.sent:
             what.append("sent the current state to a joining group")
-        if self._received is not None:
+        if self._received is not None and self.manager.current_step() > step:
             what.append(f"rejoined: received the state of step {self.manager.current_step()} from a live group")
+        elif self._received is not None:  # torchft's initial sync at step 0: every group starts from one's weights
+            what.append("took the initial state of a live group")
         if not before and not self._received:
             what.append("joined")
         sys.stderr.write(
@@ -173,8 +248,11 @@ class ReplicaGroups:
             f"{self.manager.current_step()} ({'; '.join(what) or 'reconfigured'}); waited {waited:.2f} s\n")
 
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
-        """Average the gradients over the quorum's groups in place (a parameter without a gradient counts as
-        zero, so that every group sends the same buffer). Errors are recorded by torchft; `commit` then says no."""
+        """Average the gradients over the quorum's groups in place.
+
+        A parameter without a gradient counts as zero, so that every group sends the same buffer. Errors are
+        recorded by torchft; `commit` then says no.
+        """
         params = [p for p in params if p.requires_grad]
         if not params:
             return
@@ -190,8 +268,12 @@ class ReplicaGroups:
             offset += n
 
     def commit(self) -> bool:
-        """torchft's vote on this step: True when every rank of this group has its gradients averaged over a
-        quorum of at least ``min_replicas`` groups."""
+        """Vote on this step (torchft's ``should_commit``).
+
+        Returns:
+            True when every rank of this group has its gradients averaged over a quorum of at least
+            ``min_replicas`` groups.
+        """
         return bool(self.manager.should_commit())
 
     def shutdown(self) -> None:

@@ -55,6 +55,9 @@ class LoopState:
     should_stop: bool = False
     stepped: bool = False  # whether the last training batch ended with an optimizer step
     skipped_nonfinite_steps: int = 0  # steps skipped with on_nonfinite_loss="skip", over the whole fit
+    # Replica groups (dltrain.FaultTolerant): steps the quorum did not commit (a group failed during them); their
+    # batches were not trained (``stepped`` is False after such a batch).
+    uncommitted_steps: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,6 +21,18 @@ plan drops; the plan's per-source counts are within 1 of ``weight * positions``)
 Problems (exit code 1): duplicates, missing samples, a round that resumed from a point where no earlier round
 recorded a checkpoint (its ledger before that point is not in the files), ranks of a round that disagree, and
 damaged ledger lines (a last line cut by a kill is expected and skipped).
+
+**Replica groups** (``dltrain.FaultTolerant``; start lines carry ``replicas``). Every group's launch is a round of
+its own, rounds of different groups run at the same time, and a ledger holds only the batches of committed steps
+(with the step number and the wall clock). A round that *joined* a running job by receiving a live group's state
+(``healed``) discards nothing. A round that did not (a fresh start, or every group restarted from a checkpoint at
+step S) discards the batches of other rounds with a step above S recorded before it joined its first quorum: the
+model it trains never saw them. The samples of steps that were not committed, and the shares of a group while it
+was dead, were never trained: the audit lists each of them by key (``not_trained``; ``--json`` has all), and they
+are not problems; a sample trained twice still is. An epoch cut short (``max_steps``) lists what was dealt out up
+to the last batch any group trained. Caveat: a group killed right after a committed step may not have recorded
+that step (a line not yet written), and a group whose all-reduce failed may still have contributed to a step the
+others committed; such samples are listed as not trained: the list can only err on the side of listing.
 """
 
 from __future__ import annotations
@@ -30,20 +42,21 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dltrain.data.mixture import mixture_locator
-from dltrain.data.plan import locate, planned_positions, root_of, shard_order
+from dltrain.data.plan import locate, planned_positions, rank_positions, root_of, shard_order
 
 __all__ = ["AuditReport", "EpochAudit", "RoundAudit", "SourceAudit", "audit", "render"]
 
 _FILE = re.compile(r"round-(\d+)-rank(\d+)\.jsonl$")
 _END = (math.inf, math.inf)
 _EXAMPLES = 5
+_LISTED = 50  # samples not trained listed in the text report (--json: all)
 
 
 @dataclass
@@ -62,6 +75,10 @@ class RoundAudit:
     kept_until: tuple[float, float]
     batches_kept: int = 0
     batches_discarded: int = 0
+    replica_group: int | None = None  # replica groups: this round's group
+    healed: bool = False  # replica groups: joined by receiving a live group's state
+    start_step: int = 0  # replica groups: the global step it started at
+    joined_ns: int = 0  # replica groups: wall clock before its first quorum
 
 
 @dataclass
@@ -114,6 +131,8 @@ class EpochAudit:
     duplicate_examples: list[str] = field(default_factory=list)
     missing_examples: list[str] = field(default_factory=list)
     sources: list[SourceAudit] = field(default_factory=list)  # a mixture's sources; empty for one dataset
+    # Replica groups: every sample dealt out and not trained (failures), by name; not problems.
+    not_trained: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -219,13 +238,15 @@ def audit(path: str | Path) -> AuditReport:
             continue
         head = next(iter(starts.values()))
         world = int(head["world_size"])
-        if len(ranks) != world:
+        replicas = head.get("replicas")
+        if replicas is None and len(ranks) != world:
             problems.append(f"round {rid}: ledgers of {len(ranks)} rank(s) found for a world size of {world}")
         begin = {_bound(s.get("resume")) for s in starts.values()}
         if len(begin) != 1:
             problems.append(f"round {rid}: ranks disagree on where the round resumed: {sorted(begin)}")
         start = min(begin)
-        if start not in checkpoints:
+        healed = bool(replicas and replicas.get("healed"))
+        if not healed and start not in checkpoints:
             problems.append(f"round {rid} resumed at epoch {start[0]}, batch {start[1]}, where no earlier round's "
                             "ledger recorded a checkpoint: what was trained before it is not in the ledger")
         if source is None:
@@ -234,11 +255,15 @@ def audit(path: str | Path) -> AuditReport:
             problems.append(f"round {rid} trained on other data than the first round (shard list or counts differ)")
         for recs in ranks.values():
             checkpoints |= {_bound(r["loops"]) for r in recs if r.get("kind") == "checkpoint"}
-        rounds.append(RoundAudit(round=rid, world_size=world, ranks_found=len(ranks), start=start, kept_until=_END))
+        resume = head.get("resume") or {}
+        rounds.append(RoundAudit(round=rid, world_size=world, ranks_found=len(ranks), start=start, kept_until=_END,
+                                 replica_group=None if replicas is None else int(replicas["group"]), healed=healed,
+                                 start_step=int(resume.get("global_step", 0)),
+                                 joined_ns=0 if replicas is None else int(replicas["joined_ns"])))
 
     # Walk back: the last round is kept to its end (or its last checkpoint); each earlier one up to where the next
-    # one started.
-    if rounds:
+    # one started. Replica groups: rounds run side by side, see `_discarded`.
+    if rounds and not any(r.replica_group is not None for r in rounds):
         last = by_round[rounds[-1].round]
         finished = all(any(r.get("kind") == "end" for r in recs) for recs in last.values())
         if not finished:
@@ -262,6 +287,8 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
     plans: dict[int, Mapping[str, Any]] = {}
     ended: set[int] = set()
     cut: set[int] = set()  # ended before the plan was trained through on some rank
+    reached: dict[int, int] = {}  # replica groups: per epoch, the batches any group trained (kept or not)
+    replica_groups = any(r.replica_group is not None for r in rounds)
     for rnd in rounds:
         for recs in by_round[rnd.round].values():
             for rec in recs:
@@ -270,7 +297,12 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
                     plans[int(rec["epoch"])] = rec["level"]  # a later round's plan (a re-split) replaces it
                 if kind not in ("batch", "epoch_end"):
                     continue
-                kept = rnd.start <= _position(rec) < rnd.kept_until
+                if rnd.replica_group is None:
+                    kept = rnd.start <= _position(rec) < rnd.kept_until
+                else:
+                    kept = not _discarded(rec, rnd, rounds)
+                    if kind == "batch":
+                        reached[int(rec["epoch"])] = max(reached.get(int(rec["epoch"]), 0), int(rec["batch"]) + 1)
                 if kind == "epoch_end":
                     if kept:
                         epoch = int(rec["epoch"])
@@ -287,9 +319,25 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
                 for k, key in zip(flat.tolist(), rec.get("keys", [])):
                     keys.setdefault(k, key)
 
+    index_keys: list[list[str] | None] | None = None
+
     def name(flat: int) -> str:
+        nonlocal index_keys
         shard = int(np.searchsorted(offsets, flat, side="right") - 1)
-        return f"{source['urls'][shard]}#{flat - int(offsets[shard])}" + (f" ({keys[flat]})" if flat in keys else "")
+        key = keys.get(flat)
+        if key is None:  # a sample no ledger line names (never trained): its key from the shard index
+            if index_keys is None:
+                index_keys = _index_keys(source["urls"])
+            in_shard = index_keys[shard] if shard < len(index_keys) else None
+            key = in_shard[flat - int(offsets[shard])] if in_shard else None
+        return f"{source['urls'][shard]}#{flat - int(offsets[shard])}" + (f" ({key})" if key is not None else "")
+
+    def _rank_ids(level: Mapping[str, Any], rank: int, upto: int) -> np.ndarray:
+        """The samples of the first ``upto`` positions ``rank`` reads in ``level`` (one dataset)."""
+        root = root_of(level)
+        order = shard_order(len(counts), int(root["seed"]), int(root["epoch"]), bool(root["shuffle"]))
+        shards, indices = locate(rank_positions(level, rank, total)[:upto], order, counts.tolist())
+        return offsets[shards] + indices
 
     def planned_ids(level: Mapping[str, Any]) -> np.ndarray:
         root = root_of(level)
@@ -317,7 +365,17 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
         if e.duplicates:
             e.duplicate_examples = [name(k) for k in np.flatnonzero(seen_counts > allowed)[:_EXAMPLES].tolist()]
             problems.append(f"epoch {epoch}: {e.duplicates} duplicate trainings, e.g. {e.duplicate_examples[0]}")
-        if e.finished:
+        if replica_groups and plan is not None:
+            # Failures leave samples untrained: each is listed, none is a problem. A finished epoch dealt its
+            # whole plan; one cut short, what every rank's plan holds up to the last batch a group trained.
+            if not e.finished:
+                batch = int(root_of(plan)["batch_size"])
+                upto = reached.get(epoch, 0) * batch
+                dealt_now = np.concatenate([_rank_ids(plan, r, upto) for r in range(int(plan["world_size"]))])
+                planned_counts = np.bincount(dealt_now, minlength=total)
+            untrained = np.flatnonzero(np.maximum(planned_counts - seen_counts, 0))
+            e.not_trained = [name(k) for k in untrained.tolist()]
+        elif e.finished:
             short = np.maximum(planned_counts - seen_counts, 0)
             never = np.flatnonzero(short)
             e.missing = int(short.sum())
@@ -329,6 +387,31 @@ def _count_epochs(rounds: list[RoundAudit], by_round: Mapping[int, Mapping[int, 
             e.sources = _source_audits(e, plan, source["sources"], offsets, seen_counts, planned_counts, problems)
         out.append(e)
     return out
+
+
+def _index_keys(urls: list[str]) -> list[list[str] | None]:
+    """Each shard's sample keys from the shards' index, where it has them (none: an empty list)."""
+    from dltrain.data.index import default_index_path, load_index
+    from dltrain.errors import DataError
+
+    try:
+        index = load_index(default_index_path(urls))
+    except (DataError, OSError):
+        return []
+    return [shard.get("keys") for shard in index.get("shards", [])]
+
+
+def _discarded(record: Mapping[str, Any], rnd: RoundAudit, rounds: list[RoundAudit]) -> bool:
+    """Whether a later start of the job from step S discards this line (replica groups).
+
+    A later start is a round that did not join by receiving a live group's state; it discards a step above S
+    recorded before that round joined its first quorum.
+    """
+    if "step" not in record or "t" not in record:
+        return False
+    step, when = int(record["step"]), int(record["t"])
+    return any(other is not rnd and not other.healed and step > other.start_step and when < other.joined_ns
+               for other in rounds)
 
 
 def _source_audits(e: EpochAudit, plan: Mapping[str, Any] | None, ranges: list[list[int]], offsets: np.ndarray,
@@ -368,13 +451,23 @@ def render(report: AuditReport) -> str:
     """The report as text: rounds, then one line per epoch, then the verdict."""
     lines = [f"sample ledger of {report.path}", "", "rounds (launches of fit), oldest first:"]
     for r in report.rounds:
+        if r.replica_group is not None:
+            how = "joined from a live group's state" if r.healed else f"started at step {r.start_step}"
+            lines.append(f"  round {r.round}: replica group {r.replica_group}, {how}: {r.batches_kept} batches kept"
+                         + (f", {r.batches_discarded} discarded (a later start of the job redid them)"
+                            if r.batches_discarded else ""))
+            continue
         lines.append(f"  round {r.round}: world size {r.world_size}, from {_fmt(r.start)} to {_fmt(r.kept_until)}: "
                      f"{r.batches_kept} batches kept, {r.batches_discarded} discarded (after the checkpoint the "
                      "next round resumed from)" if r.batches_discarded else
                      f"  round {r.round}: world size {r.world_size}, from {_fmt(r.start)} to {_fmt(r.kept_until)}: "
                      f"{r.batches_kept} batches kept")
-    lines += ["", f"{'epoch':>5} {'samples':>8} {'planned':>8} {'seen':>8} {'dup':>5} {'missing':>8}  state"]
+    replicas = any(r.replica_group is not None for r in report.rounds)
+    lines += ["", f"{'epoch':>5} {'samples':>8} {'planned':>8} {'seen':>8} {'dup':>5} "
+                  f"{'untrained' if replicas else 'missing':>8}  state"]
     for e in report.epochs:
+        if replicas:
+            e = replace(e, missing=len(e.not_trained))
         planned = "?" if e.planned is None else str(e.planned)
         state = ("finished" if e.finished else "cut short (limit_train_batches, max_steps or a stop)"
                  if e.cut_short else "partial (not finished in the chain)")
@@ -386,6 +479,14 @@ def render(report: AuditReport) -> str:
             lines.append(f"      source {src.source} (shards {src.shards[0]}..{src.shards[1] - 1}): weight {weight}, "
                          f"trained {src.trained} ({share}), planned {src.planned}, dup {src.duplicates}, "
                          f"missing {src.missing}")
+    untrained = [(e.epoch, name) for e in report.epochs for name in e.not_trained]
+    if replicas:
+        lines += ["", f"not trained (steps not committed, shares of groups while they were down): {len(untrained)} "
+                  "sample(s)" + (":" if untrained else "")]
+        shown = untrained[:_LISTED]
+        lines += [f"  epoch {epoch}: {name}" for epoch, name in shown]
+        if len(untrained) > len(shown):
+            lines.append(f"  ... and {len(untrained) - len(shown)} more (dltrain audit --json lists every one)")
     if report.skipped_lines:
         lines += ["", f"skipped, cut short by a kill ({len(report.skipped_lines)}): "
                   f"{', '.join(report.skipped_lines)}"]

@@ -46,6 +46,9 @@ class Lighthouse:
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"Lighthouse({name}={value!r}): use a number of seconds, 0 or more")
         from dltrain._compat import lighthouse_server
+        from dltrain._fault_tolerance import import_torchft
+
+        import_torchft()  # its log level, and the error naming the extra when it is missing
 
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.min_replicas = min_replicas

@@ -108,6 +108,9 @@ class FitLoop:
         self.watchdog: Watchdog | None = None  # told when a loader without a length runs out (several ranks)
         self.nonfinite = NonfiniteLosses(settings.on_nonfinite_loss, engine, self.state)
         self._published_skips = 0
+        self._published_replicas: tuple[int, int] | None = None
+        # Replica groups: the training loader's position after the batches done (None at an epoch's start).
+        self.replica_position: dict[str, Any] | None = None
         self._last_loss: Tensor | None = None  # what an overridden optimizer_step's closure returns
         self._batches_with_loss = 0  # this epoch: batches whose training_step returned a loss
 
@@ -201,6 +204,7 @@ class FitLoop:
         self.engine.check_equal_batch_counts(int(n) - start if math.isfinite(n) else 0, n)
         for optimizer in self.engine.optimizers:  # nothing from an interrupted window crosses into the epoch
             optimizer.zero_grad(set_to_none=True)
+        self.replica_position = None
         self._batches_with_loss = 0
         self.hooks.refresh()  # hooks are resolved once per epoch (callbacks may have been added in place)
         self.hooks.call("on_train_epoch_start")
@@ -350,6 +354,8 @@ class FitLoop:
         else:
             is_step = is_last or (batch_idx + 1) % accumulate == 0
             window_start = batch_idx % accumulate == 0
+            if window_start:  # replica groups: the step's quorum, before the forward (a group behind heals here)
+                self.engine.start_replica_step(state.global_step, accumulate)
             if is_step or not self.engine.wraps_module:
                 output = self._forward_backward(batch, batch_idx, hooks, window_start)
             else:  # inside an accumulation window: no gradient all-reduce
@@ -359,6 +365,10 @@ class FitLoop:
             if is_step and hooks.optimizer is not None:
                 self._optimizer_step(batch_idx, hooks)
         state.batches_done = batch_idx + 1
+        if self.engine.replicas is not None:
+            # What a joining replica group receives at the next step's quorum, when this loader has already read
+            # that step's batch (and one ahead).
+            self.replica_position = self.loader_position()
         for hook in hooks.batch_end:
             hook(output, batch, batch_idx)
         # After the batch-end hooks, so that what callbacks log for this step is sent with it; before the
@@ -401,6 +411,13 @@ class FitLoop:
     def _optimizer_step(self, batch_idx: int, hooks: _TrainHooks) -> None:
         engine, settings, state = self.engine, self.settings, self.state
         optimizer = hooks.optimizer
+        if engine.replicas is not None:
+            committed = engine.replica_gradients_and_vote()
+            self._publish_replicas()
+            if not committed:  # the quorum did not commit it: this step did not happen
+                optimizer.zero_grad(set_to_none=True)
+                state.uncommitted_steps += 1
+                return
         for hook in hooks.before_optimizer_step:
             hook(optimizer)
         if hooks.configure_gradient_clipping is not None:
@@ -424,6 +441,17 @@ class FitLoop:
         values, bar = self.results.read_step()
         if values:
             self.run_state.publish(values, bar, self.results)
+
+    def _publish_replicas(self) -> None:
+        """``ft/replicas`` and ``ft/quorum_changes`` to the loggers, when they change."""
+        replicas = self.engine.replicas
+        assert replicas is not None
+        now = (replicas.replicas, replicas.quorum_changes)
+        if now != self._published_replicas:
+            self._published_replicas = now
+            for name, value in (("ft/replicas", now[0]), ("ft/quorum_changes", now[1])):
+                self.results.log(name, float(value), on_step=True, on_epoch=False, prog_bar=False,
+                                 sync_dist=False, batch_size=1, reduce_fx="max")
 
     def _publish_skips(self) -> None:
         skipped = self.nonfinite.skipped

@@ -85,7 +85,7 @@ class FaultTolerant:
     only when the quorum of live groups commits it. When a process dies, its group's torchrun restarts the group,
     the other groups train on (a step that the failure interrupted is not committed), and the restarted group
     receives the current model, optimizer and loop state from a live group over the network (not from disk).
-    See the README, "Surviving failures without a restart".
+    See docs/guides/fault-tolerance.md, "Surviving failures without a restart".
 
     Every field left ``None`` is read from the environment: ``replica_group`` from ``REPLICA_GROUP_ID``,
     ``replica_groups`` from ``NUM_REPLICA_GROUPS``, ``lighthouse`` from ``TORCHFT_LIGHTHOUSE`` (as torchft does).
@@ -100,6 +100,7 @@ class FaultTolerant:
             abandoned (not committed).
         quorum_timeout: seconds a step may wait for a quorum (at the start: for every group to arrive) before
             the run fails with an error naming the lighthouse.
+        strategy: the strategy inside a group: ``"ddp"`` (FSDP2 inside a group is refused: not built yet).
 
     Example:
         >>> import dltrain
@@ -112,8 +113,15 @@ class FaultTolerant:
     lighthouse: str | None = None
     timeout: float = 60.0
     quorum_timeout: float = 600.0
+    strategy: str = "ddp"
 
     def __post_init__(self) -> None:
+        if self.strategy != "ddp":
+            raise ConfigurationError(
+                f"FaultTolerant(strategy={self.strategy!r}): only 'ddp' inside a replica group is supported; FSDP2 "
+                "inside a group (HSDP over the groups) is not built yet: its gradient reduction across groups would "
+                "go through FSDP2's all-reduce hook on torchft's managed process group, and a joining group would "
+                "need the sharded state of the peer rank with the same shard")
         for name in ("replica_groups", "replica_group", "min_replicas"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -137,7 +145,7 @@ class FaultTolerant:
             if not env.get(var):
                 raise ConfigurationError(
                     f"FaultTolerant: {what} is not known: pass it or set {var} in every launch of the job "
-                    f"(README, 'Surviving failures without a restart')")
+                    f"(docs/guides/fault-tolerance.md)")
             return env[var]
 
         def whole(text: str, var: str) -> int:
@@ -159,4 +167,5 @@ class FaultTolerant:
                 f"FaultTolerant(min_replicas={self.min_replicas}): use 1 to {groups} (the job has {groups} replica "
                 "groups); a majority of them keeps a split network from training two models")
         return FaultTolerant(replica_groups=groups, replica_group=group, min_replicas=self.min_replicas,
-                             lighthouse=lighthouse, timeout=self.timeout, quorum_timeout=self.quorum_timeout)
+                             lighthouse=lighthouse, timeout=self.timeout, quorum_timeout=self.quorum_timeout,
+                             strategy=self.strategy)

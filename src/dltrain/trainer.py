@@ -29,6 +29,7 @@ from dltrain import _config_checks as _checks
 from dltrain import _data_sources as _data
 from dltrain._compat import compiled_in_place
 from dltrain._engine import Engine
+from dltrain._fault_tolerance import check_fault_tolerant_fit, fault_tolerant_spec
 from dltrain._hooks import HookDispatcher, overrides
 from dltrain._optim import SchedulerConfig
 from dltrain._resumable_loader import release_workers
@@ -244,6 +245,10 @@ class Trainer(LightningTrainerMembers):
             torch.backends.cudnn.benchmark = False
         accelerator, devices, strategy, precision = (settings.accelerator, settings.devices, settings.strategy,
                                                      settings.precision)
+        # Replica groups (dltrain.FaultTolerant): each launch is one group, DDP among its own processes.
+        fault_tolerant = fault_tolerant_spec(strategy)
+        if fault_tolerant is not None:
+            strategy = "auto"
         fabric_strategy = _sharded.resolve_strategy(strategy, accelerator, devices, settings.num_nodes, precision)
         try:
             fabric = Fabric(
@@ -267,12 +272,12 @@ class Trainer(LightningTrainerMembers):
 
         # The parts (module docstring). The fit's settings may differ in max_epochs (see fit).
         self._settings = settings
-        self._engine = Engine(fabric)
+        self._engine = Engine(fabric, fault_tolerant)
         self._hooks = HookDispatcher(self, self._default_callbacks(
             callbacks, progress=settings.enable_progress_bar, checkpointing=settings.enable_checkpointing,
             summary=settings.enable_model_summary, profiler=profiler, max_time=max_time, compile=compile,
         ))
-        self._run = RunState(self._make_loggers(settings.logger), fabric.is_global_zero)
+        self._run = RunState(self._make_loggers(settings.logger), self._engine.is_global_zero)
         self._task: Task | None = None  # the task of the running (or last) stage
         self._configured_task: Task | None = None  # configure_callbacks/configure_model ran for this task
         self._fit_loop: FitLoop | None = None
@@ -464,14 +469,23 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def data_parallel_rank(self) -> int:
-        """This rank's index among the data-parallel replicas (what data it reads); ``global_rank`` without
-        tensor parallelism. Tensor-parallel peers share it."""
-        return self._engine.layout.rank
+        """This rank's index among the data-parallel replicas (what training data it reads); ``global_rank``
+        without tensor parallelism. Tensor-parallel peers share it. With replica groups (`dltrain.FaultTolerant`)
+        it counts over every group's ranks: ``replica_group * group size + rank in the group``."""
+        return self._engine.train_layout.rank
 
     @property
     def data_parallel_size(self) -> int:
-        """How many replicas read different data (``world_size // tensor_parallel_size``)."""
-        return self._engine.layout.size
+        """How many replicas read different training data (``world_size // tensor_parallel_size``; with replica
+        groups, over all groups)."""
+        return self._engine.train_layout.size
+
+    @property
+    def fault_tolerance(self) -> Any:
+        """With ``strategy=dltrain.FaultTolerant(...)`` during fit: this group's replica state (``group``,
+        ``groups``, ``replicas`` in the last quorum, ``quorum_changes``, ``healed``: this launch received its
+        state from a live group; ``joined_at_ns``); ``None`` otherwise."""
+        return self._engine.replicas
 
     @property
     def data_parallel_group(self) -> Any:
@@ -723,6 +737,8 @@ class Trainer(LightningTrainerMembers):
             self._configure_task(task)
             _checks.check_removed_hooks(task, "fit")
             _checks.check_manual_optimization(self, task)
+            if self._engine.fault_tolerant is not None:
+                check_fault_tolerant_fit(task, self.accumulate_grad_batches, self.callbacks)
             train_source = self._source("train", train_dataloaders)
             _checks.check_loader(self, train_source, "train")
             val_source = self._source("val", val_dataloaders, required=False)
@@ -749,6 +765,16 @@ class Trainer(LightningTrainerMembers):
             if ckpt_path is not None:
                 restored = _checkpointing.restore(self, self._engine, self._hooks, self._run, loop, ckpt_path)
             self._ckpt_path = restored["_path"] if restored is not None else None
+            if self._engine.fault_tolerant is not None:
+                # Join the other replica groups; a group that is behind (restarted) resumes from their state.
+                received = self._engine.start_replicas(
+                    lambda: _checkpointing.replica_state(self._engine, self._hooks, self._run, loop),
+                    lambda state: _checkpointing.load_replica_state_in_loop(self._engine, self._run, state),
+                    step=self.global_step)
+                if received is not None:
+                    restored = _checkpointing.restore_from(self, self._engine, self._hooks, self._run, loop,
+                                                           received, None)
+                    loop.replica_position = received["ranks"][self.global_rank].get("train_loader")
             if restored is not None and self.is_global_zero:
                 sys.stderr.write(f"[dltrain] restored from {restored['_path']} at {loop.position()}\n")
                 if loop.finished():
@@ -779,6 +805,7 @@ class Trainer(LightningTrainerMembers):
             if loop is not None:
                 loop.in_batches = False
                 release_workers([loop.loader, *(loop.val_loaders or [])])
+            self._engine.stop_replicas()
             self._teardown("fit")
 
     # Where a stage's data comes from (dltrain._data_sources), with this run's settings and split.
@@ -786,7 +813,9 @@ class Trainer(LightningTrainerMembers):
         return _data.source(kind, given, self.datamodule, self._task, required=required)
 
     def _wrap(self, loader: Any, training: bool) -> Any:
-        return _data.wrap(loader, training, self._settings, self._engine.layout)
+        # Training data is split over every replica group's ranks; evaluation inside each group.
+        layout = self._engine.train_layout if training else self._engine.layout
+        return _data.wrap(loader, training, self._settings, layout)
 
     def _wrap_all(self, loaders: Any) -> list[Any]:
         return _data.wrap_all(loaders, self._settings, self._engine.layout)

@@ -65,6 +65,7 @@ class FakeTrainer:
     data_parallel_rank: int = 0
     data_parallel_size: int = 1
     data_parallel_group: Any = None
+    fault_tolerance: Any = None
     tensor_parallel_rank: int = 0
     loggers: list[Logger] = field(default_factory=list)
     logger: Logger | None = None

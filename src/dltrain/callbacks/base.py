@@ -571,6 +571,9 @@ class TrainerView(Protocol):
     def data_parallel_group(self) -> Any:
         """The process group of the data-parallel replicas (``None``: every rank)."""
     @property
+    def fault_tolerance(self) -> Any:
+        """The replica groups' figures under ``strategy=dltrain.FaultTolerant`` (``None`` otherwise)."""
+    @property
     def tensor_parallel_rank(self) -> int:
         """This rank's index in its tensor-parallel group (0 without tensor parallelism)."""
 

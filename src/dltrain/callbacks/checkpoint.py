@@ -355,10 +355,13 @@ class ModelCheckpoint(Checkpoint):
         """Decide the folder (global rank zero decides, every rank learns it) and keep only the restored entries
         that are this callback's own files in it; remove stale temporaries there."""
         decision: tuple[str, list[tuple[float, str]], str | None] | None = None
-        if trainer.is_global_zero:
+        # Rank zero of this process group decides; only the job's rank zero writes (with replica groups the
+        # other groups' rank zero decides for its group, and group 0 writes the checkpoints).
+        if trainer.global_rank == 0:
             folder = self._dirpath_given if self._dirpath_given is not None else self._default_dirpath(trainer)
-            folder.mkdir(parents=True, exist_ok=True)
-            ckpt_io.remove_stale_temporaries(folder)
+            if trainer.is_global_zero:
+                folder.mkdir(parents=True, exist_ok=True)
+                ckpt_io.remove_stale_temporaries(folder)
             # A checkpoint is a file, or a directory (sharded, strategy="fsdp2").
             kept = [(float(s), str(p)) for s, p in self.kept if _inside(p, folder) and os.path.exists(p)]
             last = self.last_path if self.last_path and _inside(self.last_path, folder) else None
@@ -435,10 +438,11 @@ class ModelCheckpoint(Checkpoint):
         assert self.dirpath is not None
         score = self._score(trainer) if top_k else None  # on every rank: a missing metric raises everywhere
         metrics = self._candidates(trainer)
-        # Global rank zero decides (it alone sees the files); every rank joins the save (it gathers their RNG
-        # states and data positions) and keeps the same state, so that best_model_path is the same everywhere.
+        # Rank zero decides (it alone sees the files); every rank joins the save (it gathers their RNG states and
+        # data positions) and keeps the same state, so that best_model_path is the same everywhere. With replica
+        # groups each group's rank zero decides the same (group 0 writes the files).
         decision: tuple[bool, str | None, str | None] | None = None
-        if trainer.is_global_zero:
+        if trainer.global_rank == 0:
             keep = top_k is None or (score is not None and (self.save_top_k == -1 or (
                 self.save_top_k > 0 and (len(self.kept) < self.save_top_k or score > self._kth()[0]))))
             path = str(self._free_name(trainer, metrics, None)) if keep else None

@@ -58,7 +58,11 @@ class _Writer:
 
     _CHUNK = 128
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, immediate: bool = False) -> None:
+        # immediate: every record goes to the file (the OS's page cache) as it comes, so that a kill -9 of the
+        # process loses at most the line being written (replica groups: a killed group's committed batches stay
+        # on record; the others train on, and no checkpoint flush is coming for it).
+        self._immediate = immediate
         self._file = path.open("a", encoding="utf-8")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._buffer: list[dict[str, Any]] = []
@@ -67,6 +71,10 @@ class _Writer:
         self._thread.start()
 
     def put(self, record: dict[str, Any]) -> None:
+        if self._immediate:
+            self._file.write(_line(record))
+            self._file.flush()
+            return
         self._buffer.append(record)
         if len(self._buffer) >= self._CHUNK:
             self._queue.put(self._buffer)
@@ -150,6 +158,7 @@ class SampleLedger(Callback):
         self._resumed_from: dict[str, Any] | None = None
         self._planned_epoch: int | None = None
         self._loader: Any = None
+        self._replicas = False  # replica groups (dltrain.FaultTolerant): only committed steps are recorded
 
     @property
     @override
@@ -179,7 +188,8 @@ class SampleLedger(Callback):
         directory.mkdir(parents=True, exist_ok=True)
         # Named by data-parallel rank: the audit checks that the data-parallel ranks saw every sample once.
         rank = trainer.data_parallel_rank
-        self._writer = _Writer(directory / f"round-{round_id}-rank{rank}.jsonl")
+        replicas = trainer.fault_tolerance
+        self._writer = _Writer(directory / f"round-{round_id}-rank{rank}.jsonl", immediate=replicas is not None)
         stream = loader.stream
         source: dict[str, Any] = {"urls": list(stream.urls), "counts": [int(c) for c in stream.counts]}
         start: dict[str, Any] = {}
@@ -189,6 +199,13 @@ class SampleLedger(Callback):
             bounds = list(accumulate([len(src.urls) for src in stream.sources], initial=0))
             source["sources"] = [[lo, hi] for lo, hi in pairwise(bounds)]
             start["weights"] = list(stream.weights)
+        if replicas is not None:
+            # Replica groups: this launch's group, whether it joined by receiving a live group's state (then
+            # "resume" is where that state was), and the wall clock just before its first quorum (the audit
+            # tells a restart of the whole job from a checkpoint from a group that joined a running job by it).
+            start["replicas"] = {"group": replicas.group, "groups": replicas.groups, "healed": replicas.healed,
+                                 "joined_ns": replicas.joined_at_ns}
+        self._replicas = replicas is not None
         self._writer.put({
             "kind": "start", "version": LEDGER_VERSION, "round": round_id, "rank": rank,
             "world_size": trainer.data_parallel_size, "resume": self._resumed_from, "source": source, **start,
@@ -205,6 +222,13 @@ class SampleLedger(Callback):
             state = loader.state_dict()
             writer.put({"kind": "plan", "epoch": epoch, "level": state})
             self._planned_epoch = epoch
+        if self._replicas:
+            # A step the quorum of replica groups did not commit did not happen: its batch is not recorded. The
+            # wall clock orders the lines against a restart of the whole job (see the audit).
+            if trainer.loop_state.stepped:
+                writer.put({"kind": "batch", "epoch": epoch, "batch": batch_idx, "step": trainer.global_step,
+                            "t": time.time_ns(), "held": loader.last_batch_samples})
+            return
         writer.put({"kind": "batch", "epoch": epoch, "batch": batch_idx, "step": trainer.global_step,
                     "held": loader.last_batch_samples})
 
@@ -214,8 +238,10 @@ class SampleLedger(Callback):
             # Whether this rank trained its whole plan: an epoch cut short (limit_train_batches, max_steps, a
             # stop) is not one whose unseen samples are missing.
             done, planned = int(self._loader.state_dict()["batches"]), len(self._loader)
-            self._writer.put({"kind": "epoch_end", "epoch": trainer.current_epoch, "batches": done,
-                              "planned_batches": planned})
+            record = {"kind": "epoch_end", "epoch": trainer.current_epoch, "batches": done, "planned_batches": planned}
+            if self._replicas:
+                record.update(step=trainer.global_step, t=time.time_ns())
+            self._writer.put(record)
 
     @override
     def on_save_checkpoint(self, trainer: TrainerView, task: Task, checkpoint: dict[str, Any]) -> None:
