@@ -35,7 +35,9 @@ from tests.distributed._ft_train import DIM, N, Regression, write_data
 from tests.helpers.distributed import run_distributed
 from tests.helpers.replicas import run_replica_groups
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.xdist_group("fault_tolerance")]
+# pytest's 300 s would cut a launch short on a loaded machine before its own TIMEOUT names the group that hangs
+pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.xdist_group("fault_tolerance"),
+              pytest.mark.timeout(2 * 900 + 300)]
 os.environ.setdefault("RUST_LOG", "warn")  # before torchft is imported: its in-process lighthouse logs every tick
 pytest.importorskip("torchft")
 SCRIPT = Path(__file__).parent / "_ft_train.py"
