@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--kill-all-step", type=int, default=None)
     parser.add_argument("--pace", type=float, default=0.3)
     parser.add_argument("--ckpt-every", type=int, default=0)
+    parser.add_argument("--quorum-timeout", type=float, default=400)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     root = Path(args.root)
@@ -127,7 +128,8 @@ def main() -> None:
     if args.ckpt_every:
         callbacks.append(ModelCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=args.ckpt_every,
                                          save_last=True, save_top_k=0))
-    strategy = dltrain.FaultTolerant(min_replicas=args.min_replicas, timeout=30, quorum_timeout=400) if args.ft \
+    strategy = dltrain.FaultTolerant(min_replicas=args.min_replicas, timeout=30,
+                                                                 quorum_timeout=args.quorum_timeout) if args.ft \
         else "auto"
     trainer = dltrain.Trainer(strategy=strategy, max_steps=args.max_steps, default_root_dir=root,
                               callbacks=callbacks, log_every_n_steps=4, accelerator="cpu")

@@ -24,6 +24,8 @@ import csv
 import json
 import os
 import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,40 @@ def test_every_group_killed_resumes_exactly_from_last(tmp_path, lighthouse, ddp_
         assert e.duplicates == 0 and not e.not_trained, f"{where}\n{text}"
         if e.finished:
             assert e.seen == e.planned, f"{where}\n{text}"
+
+
+def test_a_lost_lighthouse_stops_every_group_with_a_clear_error(tmp_path):
+    """The lighthouse is a single point of failure (the guide says so): stopped while 2 groups train, every group
+    fails within its quorum timeout with an error that names the lighthouse and what to do, instead of hanging."""
+    from dltrain.lighthouse import Lighthouse
+
+    root = _prepare(tmp_path)
+    server = Lighthouse(min_replicas=1, heartbeat_timeout=2.0, join_timeout=5.0)
+    args = ["--root", str(root), "--ft", "--batch", str(BATCH), "--max-steps", "100000", "--quorum-timeout", "20"]
+    result: dict[str, object] = {}
+
+    def launch() -> None:
+        try:
+            result["outputs"] = run_replica_groups(SCRIPT, args, groups=2, nproc=1, lighthouse=server.address,
+                                                   timeout=TIMEOUT, max_restarts=0, check=False)
+        except BaseException as exn:  # reported below, on the test's thread
+            result["error"] = exn
+
+    runner = threading.Thread(target=launch)
+    runner.start()
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not all((root / f"trace-g{g}-r0.jsonl").exists() and len(_trace(root, g)) >= 3 for g in (0, 1)):
+            assert runner.is_alive() and time.monotonic() < deadline, result
+            time.sleep(0.2)
+    finally:
+        server.shutdown()
+    runner.join(TIMEOUT + 60)
+    assert "error" not in result, result.get("error")
+    outputs = result["outputs"]
+    assert isinstance(outputs, list)
+    for g in (0, 1):
+        steps = [r["step"] for r in _trace(root, g)]
+        assert steps[-1] < 100000 and not (root / f"final-g{g}.pt").exists(), f"group {g} finished: {steps[-5:]}"
+        assert f"replica group {g} (rank 0) at step" in outputs[g] and "no quorum from the lighthouse" in outputs[g] \
+            and "Is the lighthouse running (dltrain lighthouse)" in outputs[g], outputs[g][-4000:]
