@@ -626,13 +626,13 @@ class Bench:
                   "DDP step's cost and is not CPU time.", ""]
         self.sections.append("\n".join(lines))
 
-    # ------------------------------------------------------------------ case 8
+    # ------------------------------------------------------------------ case 9
     def case_ft(self) -> None:
-        """Case 8 (benchlib.fault_tolerance, issue 24): replica groups vs DDP, and the time lost per failure."""
+        """Case 9 (benchlib.fault_tolerance, issue 24): replica groups vs DDP, and the time lost per failure."""
         from benchlib import fault_tolerance
 
         c = self.cfg["ft"]
-        title = "### 8. FaultTolerant: 2 replica groups x 1 process (torchft, gloo) vs DDP on 2 processes, CPU"
+        title = "### 9. FaultTolerant: 2 replica groups x 1 process (torchft, gloo) vs DDP on 2 processes, CPU"
         out = os.path.join(self.tmp, "ft.json")
         log_path = os.path.join(self.logdir, "ft.log")
         cmd = [sys.executable, "-m", "benchlib.fault_tolerance", "--json", out,
@@ -644,15 +644,15 @@ class Bench:
         if proc.returncode != 0 or not os.path.exists(out):
             tail = Path(log_path).read_text()[-1500:]
             self.sections.append(f"{title}\n\nrun failed (exit {proc.returncode}); log tail:\n\n```\n{tail}\n```\n")
-            self._headline("ft", "8. FaultTolerant 2x1: step time / DDP", "failed", "-", f"<= {TARGETS['ft']}x",
+            self._headline("ft", "9. FaultTolerant 2x1: step time / DDP", "failed", "-", f"<= {TARGETS['ft']}x",
                            "MISS")
             return
         res = json.loads(Path(out).read_text())
         self.results["ft"] = res
         lines, ratio = fault_tolerance.report(res, TARGETS["ft"])
-        self.verdicts.append(("8. FaultTolerant 2x1 / DDP, median step", f"{ratio:.3f}", f"<= {TARGETS['ft']}",
+        self.verdicts.append(("9. FaultTolerant 2x1 / DDP, median step", f"{ratio:.3f}", f"<= {TARGETS['ft']}",
                               _verdict(ratio <= TARGETS["ft"])))
-        self._headline("ft", "8. FaultTolerant, 2 groups x 1 process: step time / DDP (median step)",
+        self._headline("ft", "9. FaultTolerant, 2 groups x 1 process: step time / DDP (median step)",
                        f"{ratio:.3f}x", "-", f"<= {TARGETS['ft']}x", _verdict(ratio <= TARGETS["ft"]))
         self.sections.append("\n".join([title, "", *lines, ""]))
 

@@ -1,4 +1,4 @@
-"""Case 8 of scripts/bench (``benchlib.fault_tolerance``, issue 24) runs end to end at a small setting.
+"""Case 9 of scripts/bench (``benchlib.fault_tolerance``, issue 24) runs end to end at a small setting.
 
 Not a measurement (the figures of a loaded test machine mean nothing): the same launches as the benchmark (DDP on 2
 processes, 2 replica groups x 1 process with a lighthouse, then a run where group 1 dies), 12 steps of a width-16
