@@ -69,7 +69,9 @@ class Regression(dltrain.Task):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        # Stable at the half batch a lone group trains with (momentum 0.9 diverged there now and then), so that the
+        # final loss of a run with a failure can be held to that of an uninterrupted run.
+        opt = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.5)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 10, 0.8)}
 
 

@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.xdist_group
 os.environ.setdefault("RUST_LOG", "warn")  # before torchft is imported: its in-process lighthouse logs every tick
 pytest.importorskip("torchft")
 SCRIPT = Path(__file__).parent / "_ft_train.py"
-BATCH, STEPS, SHARD = 4, 40, 13
+BATCH, STEPS, SHARD = 4, 80, 13
 TIMEOUT = 900
 
 
@@ -158,10 +158,14 @@ def test_a_killed_group_rejoins(tmp_path, lighthouse, ddp_reference, random_seed
         if e.finished:
             assert e.seen + len(e.not_trained) == e.planned, f"epoch {e.epoch}: not every sample accounted\n{text}"
     assert "not trained (steps not committed" in text
-    # The same loss as an uninterrupted run with the same total batch, within noise (fewer samples were trained).
+    # The same loss as an uninterrupted run with the same total batch, within noise. The noise, from this training
+    # in plain PyTorch over 20 data orders: 80 steps end between 0.023 and 0.030 (from 2.44), and between 0.025 and
+    # 0.036 when every step but the first 3 and last 5 trains at half batch (one group alone). The first setting
+    # (40 steps, momentum 0.9) was far from converged: 0.10 to 0.75 for the same run, 0.16 to 1.7 with a lone group
+    # at steps 4-15, and failed with DLTRAIN_TEST_SEED=325942 (1.31 against 0.42).
     initial = _loss(None)
     loss, reference = _loss(root / "final-g0.pt"), _loss(ddp_reference / "final-g0.pt")
-    assert loss < 0.5 * initial and abs(loss - reference) < 0.25 * initial, (loss, reference, initial, where)
+    assert loss < 0.05 * initial and abs(loss - reference) < 0.02 * initial, (loss, reference, initial, where)
     # What the user sees: the quorum changes logged by the live group, the rejoin by the restarted one, the counts
     # in group 0's logger.
     assert "group(s) left" in outputs[live] and "sent the current state to a joining group" in outputs[live], where
