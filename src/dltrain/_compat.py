@@ -372,8 +372,9 @@ def is_batch_norm(module: Any) -> TypeGuard[_BatchNorm]:
 
 def lighthouse_server(bind: str, min_replicas: int, *, join_timeout_ms: int, quorum_tick_ms: int,
                       heartbeat_timeout_ms: int) -> Any:
-    """torchft's quorum server (``torchft._torchft.LighthouseServer``, the Rust lighthouse), started in this
-    process; ``.address()`` is its URL, ``.shutdown()`` stops it.
+    """The quorum server of torchft (``torchft._torchft.LighthouseServer``, in Rust), started in this process.
+
+    ``.address()`` is its URL, ``.shutdown()`` stops it.
 
     Why: torchft 0.2 has no public Python name for it: its public way is the ``torchft_lighthouse`` executable,
     which the ``dltrain lighthouse`` command and the tests would have to start and kill as a child process

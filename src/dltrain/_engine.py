@@ -300,9 +300,13 @@ class Engine:
     def start_replicas(self, state_dict: Callable[[], dict[str, Any]],
                        load_in_loop: Callable[[dict[str, Any]], None], step: int) -> dict[str, Any] | None:
         """Join the job's replica groups (strategy=dltrain.FaultTolerant): torchft's manager, the first quorum.
-        Returns the state a live group sent when this group was behind (a restart), to restore the fit from;
+
         ``state_dict`` makes what this group sends a joining one, ``load_in_loop`` applies what it receives when it
-        falls behind while training."""
+        falls behind while training.
+
+        Returns:
+            The state a live group sent when this group was behind (a restart), to restore the fit from.
+        """
         from dltrain._fault_tolerance import ReplicaGroups
 
         assert self.fault_tolerant is not None and self.task is not None
@@ -314,6 +318,7 @@ class Engine:
         return self.replicas.join(step)
 
     def stop_replicas(self) -> None:
+        """Leave the replica groups (torchft's manager shut down)."""
         if self.replicas is not None:
             self.replicas.shutdown()
             self.replicas = None
@@ -327,8 +332,11 @@ class Engine:
             self.replicas.start_step(step)
 
     def replica_gradients_and_vote(self) -> bool:
-        """The gradients averaged over the replica groups, then torchft's vote: True when the step may be taken.
-        No replica groups: True."""
+        """The gradients averaged over the replica groups, then torchft's vote.
+
+        Returns:
+            True when the step may be taken (always, without replica groups).
+        """
         if self.replicas is None:
             return True
         assert self.task is not None

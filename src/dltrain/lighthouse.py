@@ -36,6 +36,12 @@ class Lighthouse:
         join_timeout: seconds a new quorum waits for groups that are alive but have not asked to join yet.
         heartbeat_timeout: seconds without a heartbeat after which a group counts as dead: how long the live groups
             wait before training on without a group that died between two steps.
+
+    Example:
+        >>> from dltrain.lighthouse import Lighthouse
+        >>> with Lighthouse(min_replicas=1, port=0) as lighthouse:  # any free port
+        ...     print(lighthouse.address.startswith("http://"))  # what TORCHFT_LIGHTHOUSE must hold
+        True
     """
 
     def __init__(self, min_replicas: int = 1, *, port: int = 0, host: str = "::", join_timeout: float = 60.0,
