@@ -177,8 +177,10 @@ def test_a_killed_group_rejoins(tmp_path, lighthouse, ddp_reference, random_seed
     replicas = {float(row["ft/replicas"]) for row in rows if row.get("ft/replicas")}
     changes = [float(row["ft/quorum_changes"]) for row in rows if row.get("ft/quorum_changes")]
     assert 2.0 in replicas and changes, (replicas, changes, where)
-    if live == 0:  # group 0 saw group 1 leave (1 replica) and come back: at least 2 changes counted
-        assert 1.0 in replicas and max(changes) >= 2, (replicas, changes, where)
+    if live == 0:  # group 0 saw group 1 leave and come back
+        assert max(changes) >= 1, (replicas, changes, where)
+        if min_replicas == 1:  # it trained alone meanwhile (with 2 it waited: no quorum of 1 group)
+            assert 1.0 in replicas and max(changes) >= 2, (replicas, changes, where)
 
 
 def test_every_group_killed_resumes_exactly_from_last(tmp_path, lighthouse, ddp_reference, random_seed):
