@@ -108,7 +108,8 @@ class ReplicaGroups:
 
     Args:
         spec: the resolved `dltrain.FaultTolerant` (every field known).
-        group_rank, group_size: this process's rank in its replica group and the group's size.
+        group_rank: this process's rank in its replica group.
+        group_size: the number of processes of the group.
         broadcast: ``value -> rank 0's value`` inside the group (the group's own process group).
         state_dict: what this rank sends a group that joins (called on torchft's quorum thread while the
             training thread waits for the quorum).
