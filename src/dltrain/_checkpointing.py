@@ -153,8 +153,11 @@ def _resolve_best(trainer: TrainerView) -> Path:
     return Path(best)
 
 
-def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathLike[str]) -> Path:
+def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathLike[str],
+                 weights_only: bool | None = None) -> Path:
     """Load only the model weights (validate/test/predict with ``ckpt_path``); returns the checkpoint's path.
+
+    ``weights_only=False`` unpickles any object (`dltrain.checkpoint.load`): for trusted files only.
 
     A checkpoint written with weight averaging gives its averaged weights (``averaged_state_dict``), as
     Lightning's, whose ``state_dict`` holds them.
@@ -162,7 +165,7 @@ def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathL
     path = resolve(trainer, ckpt_path)
     if path is None:
         raise CheckpointError(f"ckpt_path={str(ckpt_path)!r}: no checkpoint found")
-    checkpoint = ckpt_io.load(path)
+    checkpoint = ckpt_io.load(path, weights_only=weights_only)
     if "averaged_state_dict" in checkpoint:
         checkpoint = {**checkpoint, "state_dict": checkpoint["averaged_state_dict"], "sharded": False}
     _load_model(engine, path, checkpoint)
@@ -183,8 +186,10 @@ def _load_model(engine: Engine, path: Path, checkpoint: dict[str, Any]) -> None:
 
 
 def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: RunState, loop: FitLoop,
-            ckpt_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+            ckpt_path: str | os.PathLike[str], weights_only: bool | None = None) -> dict[str, Any] | None:
     """Restore a fit, but for the optimizers: weights, loop state, callbacks, loggers, loader position, RNG.
+
+    ``weights_only=False`` unpickles any object (`dltrain.checkpoint.load`): for trusted files only.
 
     Returns the checkpoint for `restore_training_state`, which runs after ``on_fit_start`` (as in Lightning), so
     that callbacks restored here can first rebuild optimizer parameter groups (``BaseFinetuning``).
@@ -192,7 +197,7 @@ def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: Ru
     path = resolve(trainer, ckpt_path)
     if path is None:
         return None
-    checkpoint = ckpt_io.load(path)
+    checkpoint = ckpt_io.load(path, weights_only=weights_only)
     checkpoint["_path"] = str(path)
     return restore_from(trainer, engine, hooks, run, loop, checkpoint, path)
 

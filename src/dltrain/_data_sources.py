@@ -6,13 +6,14 @@ wrapped for distributed, resumable sampling.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from dltrain._hooks import overrides
-from dltrain._resumable_loader import wrap_loader
+from dltrain._resumable_loader import in_order, wrap_loader
 from dltrain.errors import ConfigurationError
 from dltrain.task import Task
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from dltrain._sharded import Layout
     from dltrain.callbacks.base import TrainerView
 
-__all__ = ["is_datamodule", "prepare_and_setup", "source", "wrap", "wrap_all"]
+__all__ = ["in_order_to_overfit", "is_datamodule", "prepare_and_setup", "source", "wrap", "wrap_all"]
 
 
 def source(kind: str, given: Any, datamodule: Any, task: Task | None, required: bool = True) -> Any:
@@ -50,6 +51,27 @@ def source(kind: str, given: Any, datamodule: Any, task: Task | None, required: 
             f"{name}(), or define {name}() on {type(task).__name__}"
         )
     return None
+
+
+def in_order_to_overfit(loaders: Any, kind: str, view: TrainerView) -> Any:
+    """``overfit_batches``: a fit's ``kind`` ("train" or "val") loaders, read the same batches every epoch.
+
+    A map-style loader that does not read in order (a shuffled one) is rebuilt to, with Lightning's warning (on
+    global rank 0); others are left as they are.
+    """
+    if isinstance(loaders, Mapping):
+        rebuilt: Any = {name: in_order(one) for name, one in loaders.items()}
+        changed = any(rebuilt[name] is not loaders[name] for name in loaders)
+    elif isinstance(loaders, (list, tuple)) and not _is_batch_list(loaders):
+        rebuilt = type(loaders)(in_order(one) for one in loaders)
+        changed = any(a is not b for a, b in zip(rebuilt, loaders))
+    else:
+        rebuilt = in_order(loaders)
+        changed = rebuilt is not loaders
+    if changed and view.is_global_zero:
+        warnings.warn(f"You requested to overfit but enabled {kind} dataloader shuffling. We are turning off the "
+                      f"{kind} dataloader shuffling for you.", UserWarning, stacklevel=4)
+    return rebuilt
 
 
 def wrap(loader: Any, training: bool, settings: Settings, split: Layout) -> Any:

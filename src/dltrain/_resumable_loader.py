@@ -101,6 +101,18 @@ _LOADER_ARGS = (
 )
 
 
+def in_order(loader: Any) -> Any:
+    """``loader`` reading its dataset in order: a shuffled map-style ``DataLoader`` rebuilt, others as they are.
+
+    The rebuilt loader has a ``SequentialSampler`` and the same batch size and ``drop_last``.
+    """
+    if (not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset)
+            or isinstance(loader.sampler, SequentialSampler) or loader.batch_size is None):
+        return loader
+    return _rebuild(loader, BatchSampler(SequentialSampler(loader.dataset),  # type: ignore[arg-type]
+                                         loader.batch_size, loader.drop_last))
+
+
 def _rebuild(loader: DataLoader, batch_sampler: Any) -> DataLoader:
     kwargs = {name: getattr(loader, name) for name in _LOADER_ARGS if hasattr(loader, name)}
     if loader.num_workers > 0:

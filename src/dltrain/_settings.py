@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from dltrain._trainer_plugins import resolve_plugins
 from dltrain.errors import ConfigurationError
 
 __all__ = ["Settings"]
@@ -38,6 +39,7 @@ class Settings:
     num_nodes: int
     strategy: Any  # a name, a dltrain.FSDP2 or a lightning.fabric Strategy
     precision: str
+    precision_plugin: bool  # ``precision`` is a precision plugin's (in ``plugins``; Fabric checks it)
     max_epochs: int | None
     min_epochs: int
     max_steps: int  # -1: no limit
@@ -48,6 +50,7 @@ class Settings:
     limit_test_batches: int | float | None
     limit_predict_batches: int | float | None
     fast_dev_run: int
+    overfit_batches: int | float  # 0: off; else both limit_train_batches and limit_val_batches are set to it
     val_check_interval: int | float | None
     check_val_every_n_epoch: int | None
     num_sanity_val_steps: int
@@ -73,11 +76,14 @@ class Settings:
     compile: bool | dict[str, Any]
     sync_batchnorm: bool
     on_nonfinite_loss: str
+    plugins: tuple[Any, ...]  # what Fabric gets of ``plugins=`` (dltrain._trainer_plugins)
+    enable_autolog_hparams: bool
 
     def __post_init__(self) -> None:
         """The checks every value must pass, here so that `resolve` and `replace` both run them."""
-        _check_choices(self.accelerator, self.strategy, self.precision, self.gradient_clip_algorithm,
-                       self.on_nonfinite_loss)
+        _check_choices(self.accelerator, self.strategy, None if self.precision_plugin else self.precision,
+                       self.gradient_clip_algorithm, self.on_nonfinite_loss)
+        _check_overfit_batches(self.overfit_batches)
         if self.accumulate_grad_batches < 1:
             raise ConfigurationError(f"accumulate_grad_batches={self.accumulate_grad_batches}: use 1 or more")
         if self.log_every_n_steps < 1:
@@ -95,7 +101,7 @@ class Settings:
         devices: int | str | list[int] = "auto",
         num_nodes: int | str = "auto",
         strategy: Any = "auto",
-        precision: str | int = "32-true",
+        precision: str | int | None = None,
         max_epochs: int | None = None,
         min_epochs: int | None = None,
         max_steps: int | None = None,
@@ -106,6 +112,7 @@ class Settings:
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
         fast_dev_run: int | bool = False,
+        overfit_batches: int | float = 0.0,
         val_check_interval: int | float | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
@@ -130,13 +137,18 @@ class Settings:
         compile: bool | dict[str, Any] = False,
         sync_batchnorm: bool = False,
         on_nonfinite_loss: str = "raise",
+        plugins: Any = None,
+        enable_autolog_hparams: bool = True,
     ) -> Settings:
         """The settings for these ``Trainer`` arguments (same names and defaults).
 
         Raises:
             ConfigurationError: a value that cannot work, naming the argument and what to use.
         """
-        precision = _PRECISION_ALIASES.get(precision, precision)
+        given_plugins = resolve_plugins(plugins, precision, sync_batchnorm)
+        if given_plugins.precision is not None:  # the plugin's (refused with precision= as well)
+            precision = given_plugins.precision
+        precision = _PRECISION_ALIASES.get(precision, precision) if precision is not None else "32-true"
         gradient_clip_algorithm = gradient_clip_algorithm or "norm"
         log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
         fast_dev_run = int(fast_dev_run)
@@ -158,6 +170,11 @@ class Settings:
             max_epochs, max_steps = 1, fast_dev_run
             limit_train_batches = limit_val_batches = limit_test_batches = limit_predict_batches = fast_dev_run
             val_check_interval = None
+        _check_overfit_batches(overfit_batches)
+        if overfit_batches > 1:
+            overfit_batches = int(overfit_batches)  # a whole float (4.0) is a number of batches, as in Lightning
+        if overfit_batches:  # Lightning's: both limits, whatever fast_dev_run or limit_*_batches said
+            limit_train_batches = limit_val_batches = overfit_batches
         env = _env_world()
         if devices == "auto" and env is not None:
             devices = env[0]
@@ -165,11 +182,12 @@ class Settings:
             num_nodes = env[1] if env is not None else 1
         return cls(
             accelerator=accelerator, devices=devices, num_nodes=int(num_nodes), strategy=strategy,
-            precision=str(precision), max_epochs=max_epochs, min_epochs=min_epochs or 0,
+            precision=str(precision), precision_plugin=given_plugins.precision is not None,
+            max_epochs=max_epochs, min_epochs=min_epochs or 0,
             max_steps=max_steps if max_steps is not None else -1, min_steps=min_steps or 0, max_time=max_time,
             limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
             limit_test_batches=limit_test_batches, limit_predict_batches=limit_predict_batches,
-            fast_dev_run=fast_dev_run, val_check_interval=val_check_interval,
+            fast_dev_run=fast_dev_run, overfit_batches=overfit_batches, val_check_interval=val_check_interval,
             check_val_every_n_epoch=check_val_every_n_epoch, num_sanity_val_steps=num_sanity_val_steps,
             accumulate_grad_batches=accumulate_grad_batches, gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm, log_every_n_steps=log_every_n_steps, logger=logger,
@@ -180,7 +198,8 @@ class Settings:
             use_distributed_sampler=use_distributed_sampler,
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
             seed=seed if seed is not None else 0, seed_given=seed is not None, compile=compile,
-            sync_batchnorm=sync_batchnorm, on_nonfinite_loss=on_nonfinite_loss,
+            sync_batchnorm=given_plugins.sync_batchnorm, on_nonfinite_loss=on_nonfinite_loss,
+            plugins=tuple(given_plugins.fabric), enable_autolog_hparams=bool(enable_autolog_hparams),
         )
 
     def check_device(self, device: torch.device) -> None:
@@ -237,6 +256,14 @@ class Settings:
         return n is not None and (epoch + 1) % n == 0
 
 
+def _check_overfit_batches(value: Any) -> None:
+    """``overfit_batches`` as Lightning checks it: a fraction in [0, 1] or a whole number of batches."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value > 1 and value % 1 != 0):
+        raise ConfigurationError(
+            f"overfit_batches={value!r}: use a fraction of the loaders in [0.0, 1.0] or a whole number of batches "
+            "(0: off)")
+
+
 def _check_choices(accelerator: Any, strategy: Any, precision: Any, clip: str, nonfinite: str) -> None:
     from dltrain._refusals import refuse
 
@@ -260,7 +287,7 @@ def _check_choices(accelerator: Any, strategy: Any, precision: Any, clip: str, n
             f"unknown strategy {strategy!r}; use one of {_STRATEGIES}, dltrain.FSDP2(...) or a lightning.fabric "
             "Strategy instance"
         )
-    if precision not in _PRECISIONS:
+    if precision is not None and precision not in _PRECISIONS:
         raise ConfigurationError(f"unknown precision {precision!r}; use one of {_PRECISIONS}")
     if clip not in ("norm", "value"):
         raise ConfigurationError(f"gradient_clip_algorithm={clip!r}: use 'norm' or 'value'")

@@ -197,8 +197,11 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load(path: str | os.PathLike[str], weights_only: bool | None = None) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``, onto the CPU).
+
+    ``weights_only=False`` (the Trainer's argument, Lightning's meaning) unpickles any object: only for a trusted
+    file that holds more than tensors and plain types.
 
     Raises:
         CheckpointError: the file is missing, truncated or not a dltrain checkpoint.
@@ -211,7 +214,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=weights_only is not False)
     except Exception as err:
         others = [str(p) for p in sorted(path.parent.glob("*.ckpt")) if p.resolve() != path.resolve()]
         hint = f" Other checkpoints in that folder: {', '.join(others)}." if others else ""

@@ -105,38 +105,69 @@ class _Setting(Generic[T]):
 class Trainer(LightningTrainerMembers):
     """Runs a :class:`~dltrain.Task`'s loops on CPU, CUDA or MPS, on one device or many (DDP/FSDP via torchrun).
 
+    The arguments are Lightning's, in its order, then dltrain's own (``seed``, ``compile``, ``on_nonfinite_loss``).
+
     Args:
         accelerator: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
-        devices: number of devices (or ``"auto"``: under ``torchrun``, its processes per node; else 1).
-        num_nodes: number of machines (``"auto"`` reads it from torchrun's environment).
         strategy: ``"auto"``, ``"ddp"``, ``"fsdp2"`` (FSDP2: parameters, gradients and optimizer state sharded
             over the ranks; checkpoints are sharded directories), :class:`dltrain.FSDP2` (``"fsdp2"`` with
             options: ``FSDP2(tensor_parallel_size=2)`` adds tensor parallelism on a 2-D mesh), or a
             ``lightning.fabric`` ``Strategy`` instance — e.g. ``DDPStrategy(timeout=timedelta(minutes=5),
             find_unused_parameters=True)`` to set the collective timeout or find unused parameters,
             ``ModelParallelStrategy`` for your own parallelism.
-        precision: ``"32-true"``, ``"16-mixed"``, ``"bf16-mixed"`` or ``"bf16-true"``.
+        devices: number of devices (or ``"auto"``: under ``torchrun``, its processes per node; else 1).
+        num_nodes: number of machines (``"auto"`` reads it from torchrun's environment).
+        precision: ``"32-true"`` (the default), ``"16-mixed"``, ``"bf16-mixed"``, ``"bf16-true"``, ``"16-true"``
+            or ``"64-true"`` (Lightning's short spellings ``32``, ``16``, ``"bf16"``, ``64`` too); not with a
+            precision plugin in ``plugins``.
+        logger: ``True`` (a CSVLogger), ``False``, a :class:`~dltrain.loggers.Logger` or a list of them.
+        callbacks: extra :class:`~dltrain.Callback` objects.
+        fast_dev_run: run this many batches (``True``: 1) of each stage once, without loggers, checkpoints or the
+            model summary, to find bugs.
         max_epochs: stop after this many epochs (default 1000 when ``max_steps`` is not set either).
+        min_epochs: train at least this many epochs, even when asked to stop earlier.
         max_steps: stop after this many optimizer steps.
-        limit_train_batches / limit_val_batches: an int (batches) or a float (fraction of the epoch).
+        min_steps: train at least this many optimizer steps.
+        max_time: stop after this long (``"DD:HH:MM:SS"``, a ``timedelta`` or a dict of its arguments).
+        limit_train_batches: an int (batches) or a float (fraction of the epoch).
+        limit_val_batches: the same, for each validation loader.
+        limit_test_batches: the same, for each test loader.
+        limit_predict_batches: the same, for each prediction loader.
+        overfit_batches: train and validate on this many batches (int) or this fraction (float) of each loader,
+            the same ones every epoch: both limits are set to it (over ``fast_dev_run`` and ``limit_*_batches``)
+            and a shuffled training or validation loader is read in order instead (with Lightning's warning). For
+            debugging a model that should reach ~0 loss. ``0`` (the default): off.
         val_check_interval: validate every n training batches (int) or fraction of an epoch (float).
         check_val_every_n_epoch: validate at the end of every n epochs (``None``: only by ``val_check_interval``).
-        accumulate_grad_batches: batches per optimizer step.
-        gradient_clip_val / gradient_clip_algorithm: clip gradients (``"norm"`` or ``"value"``) before each step.
+        num_sanity_val_steps: validation batches run before training (default 2; ``-1``: all).
         log_every_n_steps: how often step values are read from the device and sent to the loggers.
-        callbacks: extra :class:`~dltrain.Callback` objects.
-        logger: ``True`` (a CSVLogger), ``False``, a :class:`~dltrain.loggers.Logger` or a list of them.
-        default_root_dir: where logs and checkpoints go (default: the working directory, as in Lightning).
-        enable_progress_bar / enable_checkpointing: add the default progress bar / ``ModelCheckpoint``.
+        enable_checkpointing: add the default ``ModelCheckpoint`` (and ``Preemption``).
+        enable_progress_bar: add the default progress bar.
+        enable_model_summary: print the model summary when a fit starts.
+        accumulate_grad_batches: batches per optimizer step.
+        gradient_clip_val: clip gradients to this before each optimizer step.
+        gradient_clip_algorithm: ``"norm"`` (the default) or ``"value"``.
         deterministic: use deterministic algorithms only.
+        benchmark: ``torch.backends.cudnn.benchmark`` (``None``: left as it is).
+        inference_mode: evaluate under ``torch.inference_mode`` (``False``: ``torch.no_grad``).
+        use_distributed_sampler: split the data by data-parallel rank: map-style loaders get a distributed,
+            resumable sampler, streaming loaders their split (``StreamingDataLoader.set_split``). ``False``: loaders
+            are used as given (a streaming loader without a split of its own is refused under tensor parallelism).
+        profiler: ``"simple"``, ``"advanced"``, ``"pytorch"`` or a profiler callback.
+        detect_anomaly: run the fit under ``torch.autograd.set_detect_anomaly``.
+        barebones: switch off everything that costs time per step (loggers, checkpoints, progress bar, summary).
+        plugins: Lightning's plugins that make sense on Fabric (a precision plugin, a cluster environment,
+            ``TorchCheckpointIO``, ``TorchSyncBatchNorm``), one or a list; others are refused with the reason
+            (``dltrain._trainer_plugins``).
+        sync_batchnorm: convert BatchNorm layers to SyncBatchNorm when distributed.
+        reload_dataloaders_every_n_epochs: get a new training loader from the datamodule or task every n epochs.
+        default_root_dir: where logs and checkpoints go (default: the working directory, as in Lightning).
+        enable_autolog_hparams: send the task's ``hparams`` and the Trainer's settings to the loggers when a fit
+            starts (``False``: log them yourself with ``logger.log_hyperparams``).
         seed: seed everything at construction, and seed the data order (default 0 for the data order).
         compile: ``True`` or a dict of :class:`~dltrain.callbacks.Compile` arguments (``modules``, ``backend``,
             ``mode``, ``dynamic``, ``fullgraph``, ``options``): adds that callback, which compiles the task's modules
             and reports compile time and recompilations. ``trainer.fit(torch.compile(task))`` works too.
-        sync_batchnorm: convert BatchNorm layers to SyncBatchNorm when distributed.
-        use_distributed_sampler: split the data by data-parallel rank: map-style loaders get a distributed,
-            resumable sampler, streaming loaders their split (``StreamingDataLoader.set_split``). ``False``: loaders
-            are used as given (a streaming loader without a split of its own is refused under tensor parallelism).
         on_nonfinite_loss: ``"raise"`` (default: error naming the step), ``"skip"`` (skip that step; on CUDA
             this reads the loss every step) or ``"ignore"``.
 
@@ -153,10 +184,13 @@ class Trainer(LightningTrainerMembers):
         self,
         *,
         accelerator: str = "auto",
+        strategy: str | FSDP2 | Strategy = "auto",
         devices: int | str | list[int] = "auto",
         num_nodes: int | str = "auto",
-        strategy: str | FSDP2 | Strategy = "auto",
-        precision: str | int = "32-true",
+        precision: str | int | None = None,
+        logger: bool | Logger | Iterable[Logger] | None = None,
+        callbacks: Iterable[Callback] | Callback | None = None,
+        fast_dev_run: int | bool = False,
         max_epochs: int | None = None,
         min_epochs: int | None = None,
         max_steps: int | None = None,
@@ -166,31 +200,31 @@ class Trainer(LightningTrainerMembers):
         limit_val_batches: int | float | None = None,
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
-        fast_dev_run: int | bool = False,
+        overfit_batches: int | float = 0.0,
         val_check_interval: int | float | None = None,
         check_val_every_n_epoch: int | None = 1,
         num_sanity_val_steps: int | None = None,
+        log_every_n_steps: int | None = None,
+        enable_checkpointing: bool | None = None,
+        enable_progress_bar: bool | None = None,
+        enable_model_summary: bool | None = None,
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
-        log_every_n_steps: int | None = None,
-        callbacks: Iterable[Callback] | Callback | None = None,
-        logger: bool | Logger | Iterable[Logger] | None = None,
-        default_root_dir: str | os.PathLike[str] | None = None,
-        enable_progress_bar: bool | None = None,
-        enable_checkpointing: bool | None = None,
-        enable_model_summary: bool | None = None,
-        barebones: bool = False,
-        profiler: str | Callback | None = None,
         deterministic: bool = False,
         benchmark: bool | None = None,
-        detect_anomaly: bool = False,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
+        profiler: str | Callback | None = None,
+        detect_anomaly: bool = False,
+        barebones: bool = False,
+        plugins: Any = None,
+        sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,
+        default_root_dir: str | os.PathLike[str] | None = None,
+        enable_autolog_hparams: bool = True,
         seed: int | None = None,
         compile: bool | dict[str, Any] = False,
-        sync_batchnorm: bool = False,
         on_nonfinite_loss: str = "raise",
         **unknown: Any,
     ) -> None:
@@ -198,10 +232,12 @@ class Trainer(LightningTrainerMembers):
             _refuse_unknown_arguments(unknown)
         settings = Settings.resolve(
             accelerator=accelerator,
+            strategy=strategy,
             devices=devices,
             num_nodes=num_nodes,
-            strategy=strategy,
             precision=precision,
+            logger=logger,
+            fast_dev_run=fast_dev_run,
             max_epochs=max_epochs,
             min_epochs=min_epochs,
             max_steps=max_steps,
@@ -211,30 +247,31 @@ class Trainer(LightningTrainerMembers):
             limit_val_batches=limit_val_batches,
             limit_test_batches=limit_test_batches,
             limit_predict_batches=limit_predict_batches,
-            fast_dev_run=fast_dev_run,
+            overfit_batches=overfit_batches,
             val_check_interval=val_check_interval,
             check_val_every_n_epoch=check_val_every_n_epoch,
             num_sanity_val_steps=num_sanity_val_steps,
+            log_every_n_steps=log_every_n_steps,
+            enable_checkpointing=enable_checkpointing,
+            enable_progress_bar=enable_progress_bar,
+            enable_model_summary=enable_model_summary,
             accumulate_grad_batches=accumulate_grad_batches,
             gradient_clip_val=gradient_clip_val,
             gradient_clip_algorithm=gradient_clip_algorithm,
-            log_every_n_steps=log_every_n_steps,
-            logger=logger,
-            default_root_dir=default_root_dir,
-            enable_progress_bar=enable_progress_bar,
-            enable_checkpointing=enable_checkpointing,
-            enable_model_summary=enable_model_summary,
-            barebones=barebones,
-            profiler=profiler,
             deterministic=deterministic,
             benchmark=benchmark,
-            detect_anomaly=detect_anomaly,
             inference_mode=inference_mode,
             use_distributed_sampler=use_distributed_sampler,
+            profiler=profiler,
+            detect_anomaly=detect_anomaly,
+            barebones=barebones,
+            plugins=plugins,
+            sync_batchnorm=sync_batchnorm,
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
+            default_root_dir=default_root_dir,
+            enable_autolog_hparams=enable_autolog_hparams,
             seed=seed,
             compile=compile,
-            sync_batchnorm=sync_batchnorm,
             on_nonfinite_loss=on_nonfinite_loss,
         )
         if seed is not None:
@@ -256,7 +293,9 @@ class Trainer(LightningTrainerMembers):
                 devices=devices,
                 num_nodes=settings.num_nodes,
                 strategy=fabric_strategy,
-                precision=precision,  # type: ignore[arg-type]
+                # A precision plugin decides the precision itself (Fabric refuses both).
+                precision=None if settings.precision_plugin else precision,  # type: ignore[arg-type]
+                plugins=list(settings.plugins) or None,
             )
         except (ValueError, RuntimeError, TypeError) as err:
             raise ConfigurationError(
@@ -551,6 +590,8 @@ class Trainer(LightningTrainerMembers):
     limit_test_batches: _Setting[int | float | None] = _Setting()
     limit_predict_batches: _Setting[int | float | None] = _Setting()
     fast_dev_run: _Setting[int] = _Setting()
+    overfit_batches: _Setting[int | float] = _Setting()
+    enable_autolog_hparams: _Setting[bool] = _Setting()
     num_sanity_val_steps: _Setting[int] = _Setting()
     detect_anomaly: _Setting[bool] = _Setting()
     inference_mode: _Setting[bool] = _Setting()
@@ -660,9 +701,15 @@ class Trainer(LightningTrainerMembers):
         val_dataloaders: Any = None,
         datamodule: Any = None,
         ckpt_path: str | os.PathLike[str] | None = None,
+        weights_only: bool | None = None,
     ) -> None:
         """Train ``model`` (a `Task`); resume from ``ckpt_path`` (a file, ``"last"``: the newest complete
         checkpoint, or ``"best"``).
+
+        ``weights_only`` (Lightning's, on fit/validate/test/predict): how ``ckpt_path`` is unpickled. ``None``
+        or ``True``: ``torch.load(weights_only=True)``, tensors and plain types only (what dltrain writes; safe
+        for untrusted files). ``False``: any pickled object, for a trusted checkpoint that holds others (a
+        Lightning checkpoint with custom objects in its hyperparameters); never for a file you do not trust.
 
         Data comes from ``train_dataloaders``/``val_dataloaders`` (a loader, or a list of validation loaders), or a
         ``datamodule`` (also accepted in place of ``train_dataloaders``), or the task's own ``train_dataloader()``
@@ -739,12 +786,13 @@ class Trainer(LightningTrainerMembers):
             _checks.check_manual_optimization(self, task)
             if self._engine.fault_tolerant is not None:
                 check_fault_tolerant_fit(task, self.accumulate_grad_batches, self.callbacks)
-            train_source = self._source("train", train_dataloaders)
+            train_source = self._fit_source("train", train_dataloaders)
             _checks.check_loader(self, train_source, "train")
             val_source = self._source("val", val_dataloaders, required=False)
             if not _checks.validation_runs(self, task, val_source is not None and self.limit_val_batches != 0):
                 val_source = None
             if val_source is not None:
+                val_source = self._fit_source("val", val_source)
                 _checks.check_loader(self, val_source, "val")
             train_loader = self._wrap(train_source, training=True)
             val_loaders = None if val_source is None else self._wrap_all(val_source)
@@ -763,7 +811,8 @@ class Trainer(LightningTrainerMembers):
             self._run.training_values = loop.results
             restored = None
             if ckpt_path is not None:
-                restored = _checkpointing.restore(self, self._engine, self._hooks, self._run, loop, ckpt_path)
+                restored = _checkpointing.restore(self, self._engine, self._hooks, self._run, loop, ckpt_path,
+                                                  weights_only=weights_only)
             self._ckpt_path = restored["_path"] if restored is not None else None
             if self._engine.fault_tolerant is not None:
                 # Join the other replica groups; a group that is behind (restarted) resumes from their state.
@@ -783,7 +832,7 @@ class Trainer(LightningTrainerMembers):
             self._watchdog = Watchdog(self.global_rank, self.world_size,
                                       lambda: (self.current_epoch, loop.batch_idx, loop.in_batches))
             loop.watchdog = self._watchdog
-            if self.is_global_zero:
+            if self.is_global_zero and self.enable_autolog_hparams:
                 for lg in self.loggers:
                     lg.log_hyperparams({**task.hparams, **self._trainer_hparams()})
             self._watchdog.start()
@@ -812,6 +861,13 @@ class Trainer(LightningTrainerMembers):
     def _source(self, kind: str, given: Any, required: bool = True) -> Any:
         return _data.source(kind, given, self.datamodule, self._task, required=required)
 
+    def _fit_source(self, kind: str, given: Any) -> Any:
+        """A fit's training or validation data; with ``overfit_batches``, shuffled loaders read in order."""
+        loaders = self._source(kind, given)
+        if self.overfit_batches:
+            loaders = _data.in_order_to_overfit(loaders, kind, self)
+        return loaders
+
     def _wrap(self, loader: Any, training: bool) -> Any:
         # Training data is split over every replica group's ranks; evaluation inside each group.
         layout = self._engine.train_layout if training else self._engine.layout
@@ -822,7 +878,7 @@ class Trainer(LightningTrainerMembers):
 
     def _reload_train_loader(self) -> Any:
         """``reload_dataloaders_every_n_epochs``: a new training loader from the datamodule or task."""
-        loader = self._wrap(self._source("train", None), training=True)
+        loader = self._wrap(self._fit_source("train", None), training=True)
         self.train_dataloader = loader
         return loader
 
@@ -889,24 +945,28 @@ class Trainer(LightningTrainerMembers):
 
     # ================================================================== evaluation and prediction
     def validate(self, model: Task | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
-                 verbose: bool = True, datamodule: Any = None) -> list[dict[str, float]]:
-        """Run the validation loop once; one dict of epoch metrics (reduced over all ranks) per loader."""
-        return self._run_stage("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+                 verbose: bool = True, datamodule: Any = None,
+                 weights_only: bool | None = None) -> list[dict[str, float]]:
+        """Run the validation loop once; one dict of epoch metrics (reduced over all ranks) per loader
+        (``weights_only``: see `fit`)."""
+        return self._run_stage("validate", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(self, model: Task | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
-             verbose: bool = True, datamodule: Any = None) -> list[dict[str, float]]:
-        """Run the test loop once; one dict of epoch metrics (reduced over all ranks) per loader."""
-        return self._run_stage("test", model, dataloaders, ckpt_path, verbose, datamodule)
+             verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None) -> list[dict[str, float]]:
+        """Run the test loop once; one dict of epoch metrics (reduced over all ranks) per loader
+        (``weights_only``: see `fit`)."""
+        return self._run_stage("test", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(self, model: Task | None = None, dataloaders: Any = None, datamodule: Any = None,
-                return_predictions: bool | None = None, ckpt_path: str | None = None) -> Any:
+                return_predictions: bool | None = None, ckpt_path: str | None = None,
+                weights_only: bool | None = None) -> Any:
         """Run ``predict_step`` on every batch; this rank's outputs, one per batch in order (``None`` for a batch
-        the loader skipped whole); with several loaders, one list per loader."""
-        outputs = self._run_stage("predict", model, dataloaders, ckpt_path, False, datamodule)
+        the loader skipped whole); with several loaders, one list per loader (``weights_only``: see `fit`)."""
+        outputs = self._run_stage("predict", model, dataloaders, ckpt_path, False, datamodule, weights_only)
         return None if return_predictions is False else outputs
 
     def _run_stage(self, stage: str, model: Task | None, dataloaders: Any, ckpt_path: str | None, verbose: bool,
-                   datamodule: Any) -> Any:
+                   datamodule: Any, weights_only: bool | None = None) -> Any:
         task = compiled_in_place(model) if model is not None else self._task
         if task is None:
             raise ConfigurationError(f"trainer.{stage}() needs a task: pass model=... (or call fit first)")
@@ -925,7 +985,8 @@ class Trainer(LightningTrainerMembers):
             self._place(task, with_optimizer=False)
             self._ckpt_path = None
             if ckpt_path is not None:
-                self._ckpt_path = str(_checkpointing.load_weights(self, self._engine, ckpt_path))
+                self._ckpt_path = str(_checkpointing.load_weights(self, self._engine, ckpt_path,
+                                                                  weights_only=weights_only))
             parts = (self._settings, self._engine, self._hooks, self._run)
             current = loaders[0] if len(loaders) == 1 else loaders
             if stage == "predict":

@@ -39,18 +39,7 @@ CLASSES = {"LightningModule": "Task", "LightningDataModule": "DataModule", "Ligh
 
 # Names another engineer is building right now (issue 22): each must still be missing (the test below fails once
 # it exists, so that it leaves this set), and the set must reach zero.
-_B10 = "lightning-b (issue 22 item 10)"
-PENDING: dict[str, str] = {
-    "lightning.pytorch.Trainer.overfit_batches": _B10,
-    "lightning.pytorch.Trainer.enable_autolog_hparams": _B10,
-    "lightning.pytorch.Trainer(overfit_batches=)": _B10,
-    "lightning.pytorch.Trainer(enable_autolog_hparams=)": _B10,
-    "lightning.pytorch.Trainer(plugins=)": _B10,
-    "lightning.pytorch.Trainer.fit(weights_only=)": _B10,
-    "lightning.pytorch.Trainer.validate(weights_only=)": _B10,
-    "lightning.pytorch.Trainer.test(weights_only=)": _B10,
-    "lightning.pytorch.Trainer.predict(weights_only=)": _B10,
-}
+PENDING: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------------------------------- enumeration

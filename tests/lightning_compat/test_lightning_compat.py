@@ -128,6 +128,8 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "n_cli_lightning_classes": ([], []),
     "o_warnings": ([], []),
     "p_stop_epochs": ([], []),
+    # issue 22 item 10: the Trainer's arguments
+    "trainer_arguments": ([], []),
 }
 # Scripts run on several processes (torchrun), and environment variables for one side only.
 NPROC: dict[str, int] = {"ema_fsdp2": 2}
