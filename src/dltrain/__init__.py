@@ -23,6 +23,8 @@ from dltrain.strategies import FSDP2, FaultTolerant
 from dltrain.task import Task
 
 if TYPE_CHECKING:
+    from lightning.fabric.utilities.warnings import disable_possible_user_warnings
+
     from dltrain._config_cli import CLI
     from dltrain.trainer import Trainer, seed_everything
 
@@ -34,6 +36,7 @@ except PackageNotFoundError:  # a source tree put on sys.path without installing
 __all__ = [
     "CLI",
     "FSDP2",
+    "LIGHTNING_LOGO",
     "Callback",
     "CheckpointError",
     "ConfigurationError",
@@ -45,8 +48,25 @@ __all__ = [
     "Task",
     "Trainer",
     "__version__",
+    "cli_lightning_logo",
+    "disable_possible_user_warnings",
     "seed_everything",
 ]
+
+# Lightning's names for its banner, kept so that a script renamed from Lightning runs (every example of Lightning's
+# starts with ``cli_lightning_logo()``); the banner is dltrain's.
+LIGHTNING_LOGO = """
+     _ _ _             _
+  __| | | |_ _ __ __ _(_)_ __
+ / _` | | __| '__/ _` | | '_ \\
+| (_| | | |_| | | (_| | | | | |
+ \\__,_|_|\\__|_|  \\__,_|_|_| |_|
+"""
+
+
+def cli_lightning_logo() -> None:
+    """Print dltrain's banner (Lightning's function of that name prints Lightning's)."""
+    print(f"\n{LIGHTNING_LOGO}\n")
 
 
 def __getattr__(name: str) -> Any:
@@ -54,6 +74,10 @@ def __getattr__(name: str) -> Any:
         from dltrain._config_cli import CLI
 
         return CLI
+    if name == "disable_possible_user_warnings":  # Lightning's: dltrain warns with its PossibleUserWarning class
+        from lightning.fabric.utilities.warnings import disable_possible_user_warnings
+
+        return disable_possible_user_warnings
     if name in ("Trainer", "seed_everything"):
         from dltrain import trainer
 

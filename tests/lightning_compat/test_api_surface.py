@@ -44,10 +44,39 @@ PENDING: dict[str, str] = {}
 
 # ---------------------------------------------------------------------------------------------------- enumeration
 def _public_names(module: types.ModuleType) -> list[str]:
-    names = getattr(module, "__all__", None)
-    if names is None:  # no __all__ (lightning.pytorch.tuner): its public attributes that are not submodules
-        names = [n for n, v in vars(module).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)]
+    """``__all__`` and the public attributes Lightning defines there but leaves out of it (``cli_lightning_logo``,
+    which every example of Lightning's imports from ``lightning.pytorch``); not submodules, nor what the module
+    imported from other packages."""
+    listed = getattr(module, "__all__", None)
+    names = set(listed or [])
+    for name, value in vars(module).items():
+        if name.startswith("_") or isinstance(value, types.ModuleType):
+            continue
+        defined_in = getattr(value, "__module__", None) if callable(value) else module.__name__
+        if listed is None or (defined_in or "").startswith("lightning."):
+            names.add(name)
     return sorted(names)
+
+
+def test_the_enumeration_sees_public_names_left_out_of_all():
+    import lightning.pytorch as pl
+
+    names = _public_names(pl)
+    assert {"cli_lightning_logo", "LIGHTNING_LOGO", "disable_possible_user_warnings", "Trainer"} <= set(names)
+    assert "module_available" not in names and "os" not in names  # imported from elsewhere
+
+
+def test_lightning_banner_and_warning_filter(capsys):
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    dltrain.cli_lightning_logo()
+    assert dltrain.LIGHTNING_LOGO in capsys.readouterr().out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dltrain.disable_possible_user_warnings()
+        warnings.warn("possibly wrong", PossibleUserWarning, stacklevel=1)
+        warnings.warn("wrong", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["wrong"]
 
 
 def _lightning_trainer() -> Any:
