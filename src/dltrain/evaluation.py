@@ -28,8 +28,11 @@ __all__ = ["evaluate", "predict"]
 
 
 def evaluate(settings: Settings, engine: Engine, hooks: HookDispatcher, run: RunState, task: Task,
-             loaders: list[Any], stage: str, limit: int | float | None) -> list[dict[str, float]]:
+             loaders: list[Any], stage: str, limit: int | float | None,
+             cap: int | None = None) -> list[dict[str, float]]:
     """Run ``validation_step`` or ``test_step`` over every loader; one dict of metrics per loader.
+
+    Each loader runs its batches under ``limit`` (a ``limit_*_batches`` value), and at most ``cap`` of them.
 
     Hook order: ``on_<stage>_model_eval``, ``on_<stage>_start``, ``on_<stage>_epoch_start``, per batch
     ``on_<stage>_batch_start``, the step, ``on_<stage>_batch_end``; then the task's ``on_<stage>_epoch_end``, the
@@ -48,6 +51,8 @@ def evaluate(settings: Settings, engine: Engine, hooks: HookDispatcher, run: Run
     model_eval() if model_eval is not None else task.eval()
     hooks.call(f"on_{stage}_start")
     counts = [settings.count_batches(loader, limit) for loader in loaders]
+    if cap is not None:
+        counts = [min(n, cap) for n in counts]
     if stage == "validation":
         run.num_val_batches = counts
     else:

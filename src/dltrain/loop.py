@@ -182,7 +182,7 @@ class FitLoop:
         self.run_state.sanity_checking = True
         try:
             self.hooks.call_callbacks("on_sanity_check_start")
-            self._validate(None if steps < 0 else steps)
+            self._validate(cap=None if steps < 0 else steps)
             self.hooks.call_callbacks("on_sanity_check_end")
         finally:
             self.run_state.sanity_checking = False
@@ -460,14 +460,18 @@ class FitLoop:
             self.results.log("train/skipped_nonfinite_steps", float(skipped), on_step=True, on_epoch=False,
                              prog_bar=False, sync_dist=True, batch_size=1, reduce_fx="max")
 
-    def _validate(self, limit: int | float | None = None) -> None:
-        """Validation inside fit: it leaves the training RNG stream and the train/eval mode as it found them."""
+    def _validate(self, cap: int | None = None) -> None:
+        """Validation inside fit: it leaves the training RNG stream and the train/eval mode as it found them.
+
+        ``cap``: at most this many batches of each loader, within ``limit_val_batches`` (the sanity check's
+        ``num_sanity_val_steps``, as in Lightning).
+        """
         assert self.val_loaders is not None
         s = self.settings
         rng = ckpt_io.rng_state()
         try:
             evaluate(s, self.engine, self.hooks, self.run_state, self.task, self.val_loaders, "validation",
-                     s.limit_val_batches if limit is None else limit)
+                     s.limit_val_batches, cap=cap)
         finally:
             ckpt_io.set_rng_state(rng)
             model_train = self.hooks.task_hook("on_validation_model_train")

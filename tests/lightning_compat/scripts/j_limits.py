@@ -1,4 +1,4 @@
-"""fast_dev_run, limit_train/val/test_batches and max_time."""
+"""fast_dev_run, limit_train/val/test_batches (the sanity check within limit_val_batches) and max_time."""
 import json
 
 import torch
@@ -41,6 +41,11 @@ t = Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0.5, limit_te
 t.fit(limited, loader, loader)
 t.test(limited, loader)
 out["limited"] = limited.batches
+for name, limit_val, sanity in (("sanity_capped", 1, 2), ("sanity_all", 3, -1), ("sanity_fraction", 0.125, 4)):
+    capped = Model()  # Lightning's sanity check runs min(num_sanity_val_steps, the limited validation batches)
+    Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=limit_val, num_sanity_val_steps=sanity,
+            enable_checkpointing=False, **common).fit(capped, loader, loader)
+    out[name] = capped.batches
 timed = Model()
 t = Trainer(max_time={"seconds": 0}, max_epochs=5, enable_checkpointing=False, **common)
 t.fit(timed, loader)
