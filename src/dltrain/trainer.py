@@ -76,8 +76,11 @@ def _refuse_unknown_arguments(unknown: dict[str, Any]) -> None:
 
 
 class _Setting(Generic[T]):
-    """A `Trainer` attribute that reads one field of the Trainer's frozen `Settings`; assigning it replaces the
-    settings with a checked copy (as Lightning lets ``trainer.limit_train_batches = 3`` be set)."""
+    """A `Trainer` attribute that reads one field of the Trainer's frozen `Settings`.
+
+    Assigning it replaces the settings with a checked copy (as Lightning lets ``trainer.limit_train_batches = 3``
+    be set).
+    """
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -329,6 +332,7 @@ class Trainer(LightningTrainerMembers):
     # `loop_state`; the settings are read-only.
     @property
     def loop_state(self) -> LoopState:
+        """Where ``fit`` is (epoch, global step, batches done, phase): what a checkpoint saves of the loop."""
         return self._run.loop_state
 
     @property
@@ -338,6 +342,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def current_epoch(self) -> int:
+        """The training epoch being run, from 0 (after a fit: the number of epochs trained)."""
         return self._run.loop_state.epoch + self._run.stopped_in_epoch
 
     @property
@@ -356,6 +361,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def stage(self) -> str | None:
+        """The running (or last) stage: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"``; else ``None``."""
         return self._run.stage
 
     @stage.setter
@@ -364,6 +370,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def datamodule(self) -> Any:
+        """The datamodule of the stage, if it has one."""
         return self._run.datamodule
 
     @datamodule.setter
@@ -372,6 +379,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def sanity_checking(self) -> bool:
+        """Whether the validation running is the sanity check before training."""
         return self._run.sanity_checking
 
     @sanity_checking.setter
@@ -380,6 +388,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def num_training_batches(self) -> float:
+        """Training batches per epoch, after ``limit_train_batches`` (``inf``: a loader without a length)."""
         return self._run.num_training_batches
 
     @num_training_batches.setter
@@ -388,6 +397,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def num_val_batches(self) -> list[float]:
+        """Batches of each validation loader (after ``limit_val_batches``)."""
         return self._run.num_val_batches
 
     @num_val_batches.setter
@@ -396,6 +406,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def num_test_batches(self) -> list[float]:
+        """Batches of each test loader (after ``limit_test_batches``)."""
         return self._run.num_test_batches
 
     @num_test_batches.setter
@@ -404,6 +415,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def num_predict_batches(self) -> list[float]:
+        """Batches of each prediction loader (after ``limit_predict_batches``)."""
         return self._run.num_predict_batches
 
     @num_predict_batches.setter
@@ -412,6 +424,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def train_dataloader(self) -> Any:
+        """The training loader of the fit, as the Trainer wrapped it."""
         return self._run.train_dataloader
 
     @train_dataloader.setter
@@ -420,6 +433,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def val_dataloaders(self) -> Any:
+        """The validation loader, or the list of them when there are several."""
         return self._run.val_dataloaders
 
     @val_dataloaders.setter
@@ -428,6 +442,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def test_dataloaders(self) -> Any:
+        """The test loader, or the list of them when there are several."""
         return self._run.test_dataloaders
 
     @test_dataloaders.setter
@@ -436,6 +451,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def predict_dataloaders(self) -> Any:
+        """The prediction loader, or the list of them when there are several."""
         return self._run.predict_dataloaders
 
     @predict_dataloaders.setter
@@ -444,6 +460,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def loggers(self) -> list[Logger]:
+        """The run's loggers."""
         return self._run.loggers
 
     @loggers.setter
@@ -452,6 +469,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def logged_metrics(self) -> dict[str, float]:
+        """The newest value of each metric sent to the loggers, as numbers."""
         return self._run.logged_metrics
 
     @logged_metrics.setter
@@ -460,18 +478,24 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def callback_metrics(self) -> dict[str, Tensor]:
-        """The newest value of every logged metric: epoch aggregates and logging-step values as published, and
-        the latest step values logged since (read on demand: logging costs nothing more per step)."""
+        """The newest value of every logged metric, as tensors.
+
+        Epoch aggregates and logging-step values as published, and the latest step values logged since (read on
+        demand: logging costs nothing more per step).
+        """
         return self._run.callback_metrics()
 
     @property
     def progress_bar_metrics(self) -> dict[str, float]:
-        """The ``prog_bar`` values as numbers: as published, and the newest step values logged since. Reading it
-        copies those from the device (one transfer): the progress bar reads it only when it redraws."""
+        """The ``prog_bar`` values as numbers: as published, and the newest step values logged since.
+
+        Reading it copies those from the device (one transfer): the progress bar reads it only when it redraws.
+        """
         return self._run.progress_bar_metrics()
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimizers ``configure_optimizers`` returned (placed by the strategy)."""
         return self._engine.optimizers
 
     @optimizers.setter
@@ -480,6 +504,7 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def lr_scheduler_configs(self) -> list[SchedulerConfig]:
+        """The LR schedulers ``configure_optimizers`` returned, with their interval and frequency."""
         return self._engine.lr_scheduler_configs
 
     @lr_scheduler_configs.setter
@@ -488,42 +513,54 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def fabric(self) -> Fabric:
+        """The ``lightning.fabric.Fabric`` the Trainer runs on."""
         return self._engine.fabric
 
     @property
     def global_rank(self) -> int:
+        """This process's rank among all processes."""
         return self._engine.global_rank
 
     @property
     def local_rank(self) -> int:
+        """This process's rank on its machine."""
         return self._engine.local_rank
 
     @property
     def world_size(self) -> int:
+        """The number of processes of the run."""
         return self._engine.world_size
 
     @property
     def is_global_zero(self) -> bool:
+        """Whether this process is global rank zero (the one that prints and writes shared files)."""
         return self._engine.is_global_zero
 
     @property
     def data_parallel_rank(self) -> int:
-        """This rank's index among the data-parallel replicas (what training data it reads); ``global_rank``
-        without tensor parallelism. Tensor-parallel peers share it. With replica groups (`dltrain.FaultTolerant`)
-        it counts over every group's ranks: ``replica_group * group size + rank in the group``."""
+        """This rank's index among the data-parallel replicas (what training data it reads).
+
+        ``global_rank`` without tensor parallelism. Tensor-parallel peers share it. With replica groups
+        (`dltrain.FaultTolerant`) it counts over every group's ranks: ``replica_group * group size + rank in the
+        group``.
+        """
         return self._engine.train_layout.rank
 
     @property
     def data_parallel_size(self) -> int:
-        """How many replicas read different training data (``world_size // tensor_parallel_size``; with replica
-        groups, over all groups)."""
+        """How many replicas read different training data.
+
+        That is ``world_size // tensor_parallel_size``; with replica groups, over all groups.
+        """
         return self._engine.train_layout.size
 
     @property
     def fault_tolerance(self) -> Any:
-        """With ``strategy=dltrain.FaultTolerant(...)`` during fit: this group's replica state (``group``,
-        ``groups``, ``replicas`` in the last quorum, ``quorum_changes``, ``healed``: this launch received its
-        state from a live group; ``joined_at_ns``); ``None`` otherwise."""
+        """With ``strategy=dltrain.FaultTolerant(...)`` during fit: this group's replica state; else ``None``.
+
+        The state has ``group``, ``groups``, ``replicas`` in the last quorum, ``quorum_changes``, ``healed`` (this
+        launch received its state from a live group) and ``joined_at_ns``.
+        """
         return self._engine.replicas
 
     @property
@@ -538,14 +575,17 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def device(self) -> torch.device:
+        """The device this process trains on."""
         return self._engine.device
 
     @property
     def strategy(self) -> Strategy:
+        """Lightning Fabric's strategy object that runs the model (DDP, FSDP, single device, ...)."""
         return self._engine.strategy
 
     @property
     def callbacks(self) -> list[Callback]:
+        """The run's callbacks, in the order their hooks run (checkpoint callbacks last)."""
         return self._hooks.callbacks
 
     @callbacks.setter
@@ -554,18 +594,22 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def logger(self) -> Logger | None:
+        """The first logger, or ``None``."""
         return self.loggers[0] if self.loggers else None
 
     @property
     def checkpoint_callback(self) -> Any:
+        """The first ``ModelCheckpoint``, or ``None``."""
         from dltrain.callbacks.checkpoint import ModelCheckpoint
 
         return next((c for c in self.callbacks if isinstance(c, ModelCheckpoint)), None)
 
     @property
     def profiler(self) -> Any:
-        """The profiler callback (``Trainer(profiler=...)``), or one that measures nothing: ``with
-        trainer.profiler.profile("name"):`` works either way."""
+        """The profiler callback (``Trainer(profiler=...)``), or one that measures nothing.
+
+        ``with trainer.profiler.profile("name"):`` works either way.
+        """
         from dltrain.callbacks.profiler import PassThroughProfiler, Profiler
 
         found = next((c for c in self.callbacks if isinstance(c, Profiler)), None)
@@ -703,8 +747,9 @@ class Trainer(LightningTrainerMembers):
         ckpt_path: str | os.PathLike[str] | None = None,
         weights_only: bool | None = None,
     ) -> None:
-        """Train ``model`` (a `Task`); resume from ``ckpt_path`` (a file, ``"last"``: the newest complete
-        checkpoint, or ``"best"``).
+        """Train ``model`` (a `Task`); resume from ``ckpt_path`` when given.
+
+        ``ckpt_path``: a file, ``"last"`` (the newest complete checkpoint) or ``"best"``.
 
         ``weights_only`` (Lightning's, on fit/validate/test/predict): how ``ckpt_path`` is unpickled. ``None``
         or ``True``: ``torch.load(weights_only=True)``, tensors and plain types only (what dltrain writes; safe
@@ -947,21 +992,28 @@ class Trainer(LightningTrainerMembers):
     def validate(self, model: Task | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
                  verbose: bool = True, datamodule: Any = None,
                  weights_only: bool | None = None) -> list[dict[str, float]]:
-        """Run the validation loop once; one dict of epoch metrics (reduced over all ranks) per loader
-        (``weights_only``: see `fit`)."""
+        """Run the validation loop once; one dict of epoch metrics (reduced over all ranks) per loader.
+
+        ``weights_only``: see `fit`.
+        """
         return self._run_stage("validate", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(self, model: Task | None = None, dataloaders: Any = None, ckpt_path: str | None = None,
              verbose: bool = True, datamodule: Any = None, weights_only: bool | None = None) -> list[dict[str, float]]:
-        """Run the test loop once; one dict of epoch metrics (reduced over all ranks) per loader
-        (``weights_only``: see `fit`)."""
+        """Run the test loop once; one dict of epoch metrics (reduced over all ranks) per loader.
+
+        ``weights_only``: see `fit`.
+        """
         return self._run_stage("test", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(self, model: Task | None = None, dataloaders: Any = None, datamodule: Any = None,
                 return_predictions: bool | None = None, ckpt_path: str | None = None,
                 weights_only: bool | None = None) -> Any:
-        """Run ``predict_step`` on every batch; this rank's outputs, one per batch in order (``None`` for a batch
-        the loader skipped whole); with several loaders, one list per loader (``weights_only``: see `fit`)."""
+        """Run ``predict_step`` on every batch; this rank's outputs, one per batch in order.
+
+        ``None`` for a batch the loader skipped whole; with several loaders, one list per loader.
+        ``weights_only``: see `fit`.
+        """
         outputs = self._run_stage("predict", model, dataloaders, ckpt_path, False, datamodule, weights_only)
         return None if return_predictions is False else outputs
 
@@ -1029,8 +1081,11 @@ class Trainer(LightningTrainerMembers):
 
 
 def _checkpoints_last(callbacks: list[Callback]) -> list[Callback]:
-    """Checkpoint callbacks run after the others (as in Lightning): an epoch-end checkpoint then holds what every
-    other callback decided at that epoch end (EarlyStopping's should_stop, its wait count)."""
+    """``callbacks`` with the checkpoint callbacks last, so that their hooks run after the others' (as Lightning).
+
+    An epoch-end checkpoint then holds what every other callback decided at that epoch end (EarlyStopping's
+    should_stop, its wait count).
+    """
     from dltrain.callbacks.base import Checkpoint
 
     return [c for c in callbacks if not isinstance(c, Checkpoint)] + [c for c in callbacks if isinstance(c, Checkpoint)]
