@@ -185,16 +185,17 @@ class LoggedValues:
             self._entries[name] = entry
             if not logger:
                 self.not_for_loggers.update({name, self._key(entry, "step"), self._key(entry, "epoch")})
-        if isinstance(value, Metric):
-            cached = metric_forward_value(value) if entry.on_step else None
-            if cached is not None:
-                _check(name, cached, self._trainer)
-            entry.fresh = True
-            entry.epoch_fresh = True
-            entry.metric = value
-            entry.last = value
-            return
-        value = _check(name, value, self._trainer)  # before anything is stored
+        if type(value) is not Tensor or value.numel() != 1:  # else a scalar tensor (the usual case): checked
+            if isinstance(value, Metric):
+                cached = metric_forward_value(value) if entry.on_step else None
+                if cached is not None:
+                    _check(name, cached, self._trainer)
+                entry.fresh = True
+                entry.epoch_fresh = True
+                entry.metric = value
+                entry.last = value
+                return
+            value = _check(name, value, self._trainer)  # before anything is stored
         entry.fresh = True
         entry.epoch_fresh = True
         entry.last = value

@@ -101,11 +101,19 @@ class BatchPath:
         try:
             return self.step(batch, batch_idx)
         except Exception as err:
-            raise_if_unused_parameters(err)
-            progress = self.progress
-            add_note(
-                err,
-                f"[dltrain] {self.step_name} failed on batch {batch_idx} (epoch {progress.epoch}, global step "
-                f"{progress.global_step}, rank {self.engine.global_rank}); the batch was {describe_batch(batch)}",
-            )
+            self.failed(err, batch, batch_idx)
             raise
+
+    def failed(self, err: Exception, batch: Any, batch_idx: int) -> None:
+        """Say where the step raised ``err`` (the caller re-raises it), as `run` does.
+
+        DDP's unused-parameter error is said plainly, any other error gains a note naming the batch, epoch, step and
+        rank. The training loop calls ``step`` itself, and this on an error (one call less per batch).
+        """
+        raise_if_unused_parameters(err)
+        progress = self.progress
+        add_note(
+            err,
+            f"[dltrain] {self.step_name} failed on batch {batch_idx} (epoch {progress.epoch}, global step "
+            f"{progress.global_step}, rank {self.engine.global_rank}); the batch was {describe_batch(batch)}",
+        )

@@ -380,8 +380,12 @@ class FitLoop:
         return False
 
     def _forward_backward(self, batch: Any, batch_idx: int, hooks: _TrainHooks, window_start: bool) -> Any:
-        engine, settings = self.engine, self.settings
-        output = self.path.run(batch, batch_idx)
+        engine, settings, path = self.engine, self.settings, self.path
+        try:  # path.run(batch, batch_idx), one call less per batch
+            output = None if batch is None else path.step(batch, batch_idx)
+        except Exception as err:
+            path.failed(err, batch, batch_idx)
+            raise
         loss = loss_of(output, batch_idx)
         optimizer = hooks.optimizer
         if window_start and optimizer is not None:  # Lightning zeroes the gradients here: after the step, before backward

@@ -134,3 +134,72 @@ def test_progress_bar_reads_the_device_only_when_it_redraws(tmp_path, monkeypatc
     for step in off_interval:
         assert [name for name, s, _ in reads if s == step] == ["tolist"], (step, reads)
     assert "train/loss=" in bar.file.getvalue()
+
+
+# ------------------------------------------------------------------ Python calls per training batch (issue 25 item 5)
+def _dltrain_calls_per_batch(tmp_path, monkeypatch) -> list[list[str]]:
+    """The dltrain functions (``module.function``, generators counted at each resumption) each training batch runs
+    between two batches of a default fit (progress bar on, CSV logger, checkpointing, preemption), counted with
+    ``sys.setprofile``. The bar's clock is frozen so that it redraws only once, at the start."""
+    import io
+    from pathlib import Path
+
+    from dltrain.callbacks import progress as pb
+
+    monkeypatch.setattr(pb, "monotonic", lambda: 0.0)
+    src = str(Path(dltrain.__file__).parent)
+    marks: list[int] = []
+    events: list[tuple[int, str]] = []
+
+    class Mark(dltrain.Callback):
+        def on_train_batch_start(self, trainer, task, batch, batch_idx):
+            marks.append(batch_idx)
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(src):
+            module = Path(frame.f_code.co_filename).relative_to(src).with_suffix("").as_posix().replace("/", ".")
+            events.append((len(marks), f"{module}.{frame.f_code.co_name}"))
+
+    trainer = dltrain.Trainer(accelerator="cpu", default_root_dir=str(tmp_path), max_epochs=1, log_every_n_steps=1000,
+                              callbacks=[pb.ProgressBar(file=io.StringIO()), Mark()])
+    torch.manual_seed(0)
+    task, data = TinyTask(lr=0.01), loader(n=8 * 40, batch_size=8)  # a loss that stays finite over 40 steps
+    sys.setprofile(profile)
+    try:
+        trainer.fit(task, data)
+    finally:
+        sys.setprofile(None)
+    assert trainer.global_step == 40
+    # From one batch's on_train_batch_start to the next one's: its step, backward, optimizer step, batch-end hooks,
+    # then fetching the next batch. 30 batches from the middle of the 40-batch epoch.
+    return [[name for mark, name in events if mark == i] for i in range(6, 36)]
+
+
+# What one training batch of a default fit runs in dltrain's own code, in order. A new entry here costs every step of
+# every run: add one only when the feature needs it per batch (see BENCHMARKS.md case 1 and
+# scripts/calls_per_step.py).
+_PER_BATCH = [
+    "loop._forward_backward",
+    "task.log",  # the task's self.log("train/loss", ...)
+    "_logged_values.log",
+    "_step_output.loss_of",
+    "_step_output.skip",  # the non-finite loss check (one .item() on the CPU)
+    "_engine.backward",
+    "loop._optimizer_step",
+    "callbacks.progress.on_train_batch_end",
+    "callbacks.preemption.on_train_batch_end",
+    "callbacks.checkpoint.on_train_batch_end",
+    "batch_path.batches",  # the next batch
+    "_resumable_loader._count",
+    "loop._train_batch",  # the next batch's (its on_train_batch_start starts the next count)
+]
+
+
+def test_python_calls_per_training_batch_are_pinned(tmp_path, monkeypatch):
+    """Issue 25 item 5: a batch of a default fit calls the loop, the task's log, the loss checks, backward, the
+    optimizer step and the three default callbacks' batch-end hooks, nothing else of dltrain's: no trainer property
+    read, no value check call for a scalar tensor, no batch_path.run wrapper. Counted, so exact on any machine."""
+    per_batch = _dltrain_calls_per_batch(tmp_path, monkeypatch)
+    for calls in per_batch:
+        assert calls == _PER_BATCH, "\n".join(calls)
+

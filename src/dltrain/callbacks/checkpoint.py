@@ -255,9 +255,11 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked = time.monotonic()
 
     def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
+        n = self.every_n_train_steps
+        if not n and self.train_time_interval is None:
+            return  # saves at epoch (and validation) ends only: nothing to decide per batch
         if not trainer.loop_state.stepped or trainer.global_step == self._last_saved_step:
             return  # only right after an optimizer step (not inside an accumulation window), once per step
-        n = self.every_n_train_steps
         due = bool(n) and trainer.global_step % n == 0
         if self.train_time_interval is not None:
             now = time.monotonic()
