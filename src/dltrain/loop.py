@@ -354,7 +354,8 @@ class FitLoop:
         else:
             is_step = is_last or (batch_idx + 1) % accumulate == 0
             window_start = batch_idx % accumulate == 0
-            if window_start:  # replica groups: the step's quorum, before the forward (a group behind heals here)
+            if window_start and self.engine.replicas is not None:
+                # Replica groups: the step's quorum, before the forward (a group behind heals here).
                 self.engine.start_replica_step(state.global_step, accumulate)
             if is_step or not self.engine.wraps_module:
                 output = self._forward_backward(batch, batch_idx, hooks, window_start)
