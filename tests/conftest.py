@@ -12,6 +12,9 @@ import torch
 
 from tests.helpers import seeds
 
+# The S3 test server (moto on 127.0.0.1) and its fault-injecting proxy: fixtures s3_server, s3, s3_faults.
+pytest_plugins = ["tests.helpers.s3"]
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -24,6 +27,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 _GROUPS = {
     "tests/distributed/test_kill_random.py": "kill_random",
     "tests/distributed/test_fsdp2.py": "fsdp2_references",
+    "tests/storage/test_remote_sharded.py": "fsdp2_references",  # compares with test_fsdp2's reference run
     "tests/distributed/test_tensor_parallel.py": "tp_references",
     "tests/distributed/test_preemption.py": "preemption_references",
     "tests/distributed/test_resume.py": "resume_references",

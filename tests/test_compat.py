@@ -209,3 +209,13 @@ def test_lighthouse_server_starts_answers_and_stops():
     finally:
         server.shutdown()
     assert torchft is not None
+
+
+def test_dcp_fsspec_storage_reads_what_it_wrote(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    url = f"file://{tmp_path}/dcp"
+    dcp.save({"w": torch.arange(4.0)}, storage_writer=_compat.dcp_fsspec_storage(url, {}, reader=False), no_dist=True)
+    state = {"w": torch.zeros(4)}
+    dcp.load(state, storage_reader=_compat.dcp_fsspec_storage(url, None, reader=True), no_dist=True)
+    assert torch.equal(state["w"], torch.arange(4.0))

@@ -22,6 +22,7 @@ FULL = {
     "resume": {"samples": 100_000, "shards": 20, "batch": 64, "workers": 2, "repeats": 9},
     "ledger": {"steps": 600, "batch": 64, "workers": 2, "repeats": 7},
     "plugins": {"seconds": 5.0},
+    "storage": {"params": 100, "saves": 3, "every": 4, "samples": 20_000, "repeats": 3},
     # issue 24: replica groups (torchft) vs DDP, fresh processes per run; then one run with a group killed
     "ft": {"steps": 200, "warmup": 20, "batch": 64, "width": 1024, "repeats": 3, "kill_step": 100},
     "resnet": {"steps": 50, "batch": 64, "size": 224},
@@ -38,6 +39,7 @@ QUICK = {
     "resume": {"samples": 20_000, "shards": 8, "batch": 64, "workers": 2, "repeats": 3},
     "ledger": {"steps": 150, "batch": 64, "workers": 2, "repeats": 3},
     "plugins": {"seconds": 1.0},
+    "storage": {"params": 5, "saves": 2, "every": 2, "samples": 2_000, "repeats": 1},
     "ft": {"steps": 60, "warmup": 10, "batch": 64, "width": 256, "repeats": 1, "kill_step": 30},
     "resnet": {"steps": 10, "batch": 32, "size": 224},
     "gpt": {"steps": 10, "batch": 8, "context": 256, "layers": 4, "d_model": 256, "heads": 4, "vocab": 8192},
@@ -47,7 +49,7 @@ QUICK = {
 # 0.996x the hand loop in the held-out overhead check.
 BASELINE = "5715e48"
 
-CPU_CASES = ["loop", "cnn", "data", "ddp", "resume", "plugins", "ledger", "ft"]
+CPU_CASES = ["loop", "cnn", "data", "ddp", "resume", "plugins", "ledger", "storage", "ft"]
 CUDA_CASES = ["resnet", "gpt"]
 
 TARGETS = {
@@ -64,4 +66,5 @@ TARGETS = {
     "litdata_parity": 0.95,  # ... where the decode is (jpeg): parity within the noise of paired rounds
     "quiet_load": 1.5,  # a verdict is "noisy", not PASS/MISS, when the load average exceeded this during the run
     "cuda": 1.03,
+    "storage_async": 0.10,  # async / sync time a checkpoint blocks training (issue 23)
 }

@@ -810,6 +810,33 @@ class Bench:
         self._collect_notes("ledger", res)
         self.sections.append("\n".join(lines))
 
+    # ------------------------------------------------------------------ case 8
+    def case_storage(self) -> None:
+        """Case 8 (benchlib.storage): checkpoints and shards on a local S3 server vs local disk, in its own process
+        (it starts the server)."""
+        from benchlib import storage
+
+        c = self.cfg["storage"]
+        out = Path(self.tmp) / "storage.json"
+        cmd = [sys.executable, "-m", "benchlib.storage", "--params", str(c["params"]), "--saves", str(c["saves"]),
+               "--every", str(c["every"]), "--samples", str(c["samples"]), "--repeats", str(c["repeats"]),
+               "--json", str(out)]
+        _log("storage: " + " ".join(cmd[2:]))
+        with open(Path(self.logdir) / "storage.log", "w") as log:
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), check=False)
+        if done.returncode != 0 or not out.exists():
+            self.verdicts.append(("8. object storage", "failed", "-", "MISS"))
+            self.sections.append(f"### 8. Object storage\n\nfailed (exit {done.returncode}); see "
+                                 f"{Path(self.logdir) / 'storage.log'}\n")
+            return
+        res = json.loads(out.read_text())
+        self.results["storage"] = res
+        lines, verdicts = storage.report(res)
+        self.verdicts += [(f, v, t, _verdict(ok)) for f, v, t, ok in verdicts]
+        for f, v, t, ok in verdicts:
+            self._headline("storage", f, f"{v}x", "-", t, _verdict(ok))
+        self.sections.append("\n".join(lines))
+
     # ------------------------------------------------------------------ case 6
     def case_plugins(self) -> None:
         domains = ["vision", "text", "audio"]
@@ -962,6 +989,8 @@ class Bench:
                 self.case_plugins()
             if "ledger" in cases:
                 self.case_ledger(shards["resume"])
+            if "storage" in cases:
+                self.case_storage()
             if "ft" in cases:
                 self._sample_load()
                 self.case_ft()

@@ -8,16 +8,18 @@ the run's parts (engine, hook dispatcher, run state); the callbacks' own APIs ge
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dltrain import _sharded
+from dltrain import _sharded, _storage
 from dltrain import checkpoint as ckpt_io
 from dltrain.errors import CheckpointError, ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain._async_checkpoint import AsyncSave
     from dltrain._engine import Engine
     from dltrain._hooks import HookDispatcher
     from dltrain._run_state import RunState
@@ -27,12 +29,20 @@ if TYPE_CHECKING:
 
 
 def save(engine: Engine, hooks: HookDispatcher, run: RunState, task: Task, loop: FitLoop | None,
-         path: str | os.PathLike[str], weights_only: bool = False) -> None:
-    """Write a checkpoint of everything needed to resume exactly; every rank must call it. ``loop``: the fit's
-    loop (``None`` outside fit: no loader position or training metrics).
+         path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None, *,
+         weights_only: bool = False, background: AsyncSave | None = None,
+         after: Callable[[], None] | None = None) -> None:
+    """Write a checkpoint of everything needed to resume exactly; every rank must call it.
+
+    ``loop``: the fit's loop (``None`` outside fit: no loader position or training metrics). ``path`` may be a URL
+    of an object store (``storage_options`` for fsspec).
 
     ``weights_only`` (``ModelCheckpoint(save_weights_only=True)``): the weights, hparams and loop counters only, as
     Lightning's; such a checkpoint loads for evaluation and ``load_from_checkpoint``, not to resume a fit.
+
+    With ``background``, the state is copied off the device (DCP's ``async_save`` stages sharded checkpoints) and
+    written on the writer thread; ``after`` runs there on global rank zero once the checkpoint is complete (the
+    caller has waited for the previous save in flight). Without, ``after`` runs here once it is written.
     """
     rank_state: dict[str, Any] = {"rng": ckpt_io.rng_state()}
     position = loop.loader_position() if loop is not None else None
@@ -73,29 +83,55 @@ def save(engine: Engine, hooks: HookDispatcher, run: RunState, task: Task, loop:
     # wrote out (SampleLedger flushes its file) is on disk before rank 0 writes the checkpoint that commits it.
     checkpoint["ranks"] = engine.gather_objects(rank_state)
     if sharded:  # every rank writes its shards; the rest is written by rank zero
-        _sharded.save(engine, path, checkpoint, optimizers=not weights_only)
         if engine.is_global_zero:
             for lg in run.loggers:
                 lg.save()
+        _sharded.save(engine, path, checkpoint, storage_options, optimizers=not weights_only, background=background,
+                      after=after)
         return
     if engine.optimizers and not weights_only:
         checkpoint["optimizer_states"] = engine.optimizer_states()
+    if background is not None:
+        if engine.is_global_zero:
+            for lg in run.loggers:
+                lg.save()
+            staged = background.staging.stage(checkpoint)  # training may go on once this returns
+
+            def write() -> None:
+                ckpt_io.save_atomic(staged, path, storage_options)
+                if after is not None:
+                    after()
+
+            background.writer.submit(write, str(path))
+        return
     if engine.is_global_zero:
-        ckpt_io.save_atomic(checkpoint, path)
+        ckpt_io.save_atomic(checkpoint, path, storage_options)
         for lg in run.loggers:
             lg.save()
+        if after is not None:
+            after()
     engine.barrier()
 
 
-def resolve(trainer: TrainerView, ckpt_path: str | os.PathLike[str]) -> Path | None:
-    """A checkpoint file for ``ckpt_path``: a path as given; ``"last"``: the newest complete checkpoint of the most
-    recent run (None: there is none, start from scratch); ``"best"``: the checkpoint callback's best."""
+def storage_options(trainer: TrainerView) -> Mapping[str, Any] | None:
+    """The fsspec options of the run's checkpoints (the first ModelCheckpoint's ``storage_options``)."""
+    from dltrain.callbacks.checkpoint import ModelCheckpoint
+
+    return next((cb.storage_options for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
+
+
+def resolve(trainer: TrainerView, ckpt_path: str | os.PathLike[str]) -> Path | str | None:
+    """A checkpoint file for ``ckpt_path``.
+
+    A path (or URL) as given; ``"last"``: the newest complete checkpoint of the most recent run (None: there is
+    none, start from scratch); ``"best"``: the checkpoint callback's best.
+    """
     if str(ckpt_path) == "best":
         return _resolve_best(trainer)
     if str(ckpt_path) != "last":
-        return Path(ckpt_path)
+        return str(ckpt_path) if _storage.is_remote(ckpt_path) else Path(_storage.local_path(ckpt_path))
     folders = _last_folders(trainer)
-    found = ckpt_io.find_newest_last(folders)
+    found = ckpt_io.find_newest_last(folders, storage_options(trainer))
     if found is None and trainer.is_global_zero:
         import sys
 
@@ -104,7 +140,7 @@ def resolve(trainer: TrainerView, ckpt_path: str | os.PathLike[str]) -> Path | N
     return found
 
 
-def _last_places(trainer: TrainerView) -> list[Path]:
+def _last_places(trainer: TrainerView) -> list[Path | str]:
     """What `_last_folders` searches, as a user would look for it: the checkpoint callbacks' folders when known,
     else the run folders' patterns (``<root>/<logger name>/*/checkpoints``), and the old layout's folder only when
     it exists."""
@@ -112,12 +148,14 @@ def _last_places(trainer: TrainerView) -> list[Path]:
 
     callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
     if callbacks and all(cb.dirpath is not None for cb in callbacks):
-        return list(dict.fromkeys(Path(cb.dirpath) for cb in callbacks if cb.dirpath is not None))
+        return list(dict.fromkeys(cb.dirpath for cb in callbacks if cb.dirpath is not None))
+    if _storage.is_remote(trainer.default_root_dir):
+        return list(run_folder_patterns(trainer))
     old = Path(trainer.default_root_dir) / "checkpoints"
     return [*run_folder_patterns(trainer), *([old] if any(old.glob("*.ckpt")) else [])]
 
 
-def _last_folders(trainer: TrainerView) -> list[Path]:
+def _last_folders(trainer: TrainerView) -> list[Path | str]:
     """Where "last" is looked for: the checkpoint callbacks' folders, or (not decided yet) every run folder."""
     from dltrain.callbacks.checkpoint import ModelCheckpoint, run_folders
 
@@ -127,7 +165,7 @@ def _last_folders(trainer: TrainerView) -> list[Path]:
     return list(dict.fromkeys(folder for cb in callbacks for folder in cb.last_folders(trainer)))
 
 
-def _resolve_best(trainer: TrainerView) -> Path:
+def _resolve_best(trainer: TrainerView) -> Path | str:
     """``trainer.checkpoint_callback.best_model_path``; in a new process (nothing saved yet), the best checkpoint
     named by the state of the run's newest checkpoint."""
     from dltrain.callbacks.checkpoint import ModelCheckpoint
@@ -138,23 +176,28 @@ def _resolve_best(trainer: TrainerView) -> Path:
             'ckpt_path="best" needs a ModelCheckpoint callback (enable_checkpointing=True or one in callbacks); '
             'pass a checkpoint path instead'
         )
+    options = cb.storage_options
     best = cb.best_model_path
     if not best:
-        last = ckpt_io.find_newest_last(cb.last_folders(trainer))
-        state = ckpt_io.load(last).get("callbacks", {}).get(cb.state_key) if last is not None else None
+        last = ckpt_io.find_newest_last(cb.last_folders(trainer), options)
+        state = ckpt_io.load(last, options).get("callbacks", {}).get(cb.state_key) if last is not None else None
         kept = sorted((float(s), str(p)) for s, p in (state or {}).get("kept", []))
-        best = next((p for _, p in reversed(kept) if os.path.exists(p)), "")
-    if not best or not os.path.exists(best):
+        best = next((p for _, p in reversed(kept) if _exists(p, options)), "")
+    if not best or not _exists(best, options):
         raise ConfigurationError(
             f'ckpt_path="best": the ModelCheckpoint {cb.state_key} has no best checkpoint'
             f"{f' ({best!r} does not exist)' if best else ''}; it keeps one once it has saved (save_top_k >= 1). "
             'Pass a checkpoint path, or "last"'
         )
-    return Path(best)
+    return best if _storage.is_remote(best) else Path(best)
+
+
+def _exists(path: str, options: Mapping[str, Any] | None) -> bool:
+    return _storage.exists(path, options) if _storage.is_remote(path) else os.path.exists(path)
 
 
 def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathLike[str],
-                 weights_only: bool | None = None) -> Path:
+                 weights_only: bool | None = None) -> Path | str:
     """Load only the model weights (validate/test/predict with ``ckpt_path``); returns the checkpoint's path.
 
     ``weights_only=False`` unpickles any object (`dltrain.checkpoint.load`): for trusted files only.
@@ -165,18 +208,18 @@ def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathL
     path = resolve(trainer, ckpt_path)
     if path is None:
         raise CheckpointError(f"ckpt_path={str(ckpt_path)!r}: no checkpoint found")
-    checkpoint = ckpt_io.load(path, weights_only=weights_only)
+    checkpoint = ckpt_io.load(path, storage_options(trainer), weights_only=weights_only)
     if "averaged_state_dict" in checkpoint:
         checkpoint = {**checkpoint, "state_dict": checkpoint["averaged_state_dict"], "sharded": False}
     _load_model(engine, path, checkpoint)
     return path
 
 
-def _load_model(engine: Engine, path: Path, checkpoint: dict[str, Any]) -> None:
+def _load_model(engine: Engine, path: Path | str, checkpoint: dict[str, Any]) -> None:
     """The weights of a checkpoint into the placed task: from shards (resharded), or from a full state dict."""
     assert engine.task is not None
     if checkpoint.get("sharded"):
-        _sharded.load_model(engine, path)
+        _sharded.load_model(engine, checkpoint.get("_shards", path))
         return
     ckpt_io.check_state_dict(engine.task, checkpoint["state_dict"], str(path))
     if engine.is_fsdp2:
@@ -197,7 +240,7 @@ def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: Ru
     path = resolve(trainer, ckpt_path)
     if path is None:
         return None
-    checkpoint = ckpt_io.load(path, weights_only=weights_only)
+    checkpoint = ckpt_io.load(path, storage_options(trainer), weights_only=weights_only)
     checkpoint["_path"] = str(path)
     return restore_from(trainer, engine, hooks, run, loop, checkpoint, path)
 
@@ -317,7 +360,7 @@ def restore_training_state(engine: Engine, checkpoint: dict[str, Any]) -> None:
     """Optimizer, scheduler and precision (grad scaler) states: the second half of a resume."""
     path = checkpoint["_path"]
     if checkpoint.get("sharded"):
-        _sharded.load_optimizers(engine, Path(path))
+        _sharded.load_optimizers(engine, checkpoint.get("_shards", path))
         states = []
     else:
         states = _full_optimizer_states(engine, checkpoint, path)

@@ -19,12 +19,14 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
+from dltrain import _storage
 from dltrain.checkpoint import fsync_path
 from dltrain.errors import CheckpointError, ConfigurationError
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from lightning.fabric.strategies import ModelParallelStrategy
     from torch.distributed.device_mesh import DeviceMesh
 
+    from dltrain._async_checkpoint import AsyncSave
     from dltrain._engine import Engine
 
 META_FILE = "meta.pt"  # Fabric's name for the non-tensor part of a distributed checkpoint
@@ -230,28 +233,129 @@ def world_size_of(accelerator: str, devices: Any, num_nodes: int) -> int:
 
 
 # ---------------------------------------------------------------------- saving
-def save(engine: Engine, path: str | os.PathLike[str], metadata: dict[str, Any], optimizers: bool = True) -> None:
+def save(engine: Engine, path: str | os.PathLike[str], metadata: dict[str, Any],
+         storage_options: Mapping[str, Any] | None = None, *, optimizers: bool = True,
+         background: AsyncSave | None = None, after: Callable[[], None] | None = None) -> None:
     """Write the sharded checkpoint directory ``path`` (every rank calls it): shards of the model and optimizers
-    (``optimizers=False``: weights only) from every rank, ``metadata`` from rank zero. ``path`` appears only once all
-    of it is on disk."""
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    tmp = Path(engine.fabric.broadcast(str(tmp), src=0))  # rank zero's name on every rank
+    (``optimizers=False``: weights only) from every rank, ``metadata`` from rank zero. ``path`` appears only once all of it is on disk (on an object
+    store: the parts, then the commit object ``path`` naming them). ``after`` runs on rank zero once it has.
+
+    With ``background``: DCP's ``async_save`` copies this rank's shards to host memory and returns; the write, the
+    publication and ``after`` run on the writer thread (DCP's collectives on a process group of their own).
+    """
+    remote = _storage.is_remote(path)
+    if remote:
+        from dltrain import _remote_checkpoint
+
+        location: str = engine.fabric.broadcast(
+            _remote_checkpoint.new_parts(str(path)) if engine.is_global_zero else "", src=0)
+    else:
+        final = Path(path)
+        tmp = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+        location = engine.fabric.broadcast(str(tmp), src=0)  # rank zero's name on every rank
+        if engine.is_global_zero:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(location, ignore_errors=True)
+            os.mkdir(location)  # meta.pt may be written before DCP's background write has made it
+        engine.fabric.barrier()
+
+    def publish_all() -> None:  # on rank zero, once every rank's shards are written
+        if remote:
+            commit_shards(str(path), location, metadata, storage_options)
+        else:
+            tmp = Path(location)
+            for file in tmp.iterdir():
+                fsync_path(file)
+            fsync_path(tmp)
+            publish(tmp, Path(path))
+        if after is not None:
+            after()
+
+    if background is None:
+        write_shards(engine, location, metadata, storage_options, optimizers)  # DCP: each rank its shards
+        engine.fabric.barrier()  # every rank's shards are written
+        if engine.is_global_zero:
+            publish_all()
+        engine.fabric.barrier()  # no rank goes on (and may be killed) before the checkpoint is in place
+        return
+    import torch.distributed.checkpoint as dcp  # looked up at each call (the kill tests wrap it)
+
+    group = background.process_group()
+    if remote:
+        from dltrain._compat import dcp_fsspec_storage
+
+        future = dcp.async_save(shard_state(engine, optimizers), storage_writer=dcp_fsspec_storage(
+            location, storage_options, reader=False), process_group=group)
+    else:
+        future = dcp.async_save(shard_state(engine, optimizers), checkpoint_id=location, process_group=group)
     if engine.is_global_zero:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    engine.fabric.barrier()
-    state: dict[str, Any] = {"model": engine.module.module, **metadata}
+        write_meta(location, metadata, storage_options)
+    rank_zero = engine.is_global_zero
+    upload: Any = getattr(future, "upload_completion", future)  # an AsyncSaveResponse with asynchronous staging
+
+    def finish() -> None:
+        upload.result()  # on rank zero: DCP's coordinator has gathered every rank's write results
+        if rank_zero:
+            publish_all()
+
+    background.writer.submit(finish, str(path))
+
+
+def shard_state(engine: Engine, optimizers: bool = True) -> dict[str, Any]:
+    """This rank's shards of the model (``model``) and of every optimizer (``optimizer_<i>``), on the CPU: the
+    layout Fabric's ``ModelParallelStrategy.save_checkpoint`` writes, so that either reads the other's."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    module = engine.module.module
+    options = StateDictOptions(cpu_offload=True)
+    state: dict[str, Any] = {"model": get_model_state_dict(module, options=options)}
     for i, optimizer in enumerate(engine.optimizers if optimizers else []):
-        state[f"optimizer_{i}"] = optimizer
-    engine.strategy.save_checkpoint(tmp, state)  # torch.distributed.checkpoint: each rank writes its shards
-    engine.fabric.barrier()  # every rank's shards are written
+        state[f"optimizer_{i}"] = get_optimizer_state_dict(module, optimizer, options=options)
+    return state
+
+
+def write_shards(engine: Engine, location: str, metadata: dict[str, Any],
+                 storage_options: Mapping[str, Any] | None = None, optimizers: bool = True) -> None:
+    """Every rank's shards into ``location`` (a directory or a URL prefix), then ``meta.pt`` from rank zero."""
+    import torch.distributed.checkpoint as dcp  # looked up at each call (the kill tests wrap dcp.save)
+
+    state = shard_state(engine, optimizers)
+    if _storage.is_remote(location):
+        from dltrain._compat import dcp_fsspec_storage
+
+        dcp.save(state, storage_writer=dcp_fsspec_storage(location, storage_options, reader=False))
+    else:
+        dcp.save(state, checkpoint_id=location)
     if engine.is_global_zero:
-        for file in tmp.iterdir():
-            fsync_path(file)
-        fsync_path(tmp)
-        publish(tmp, final)
-    engine.fabric.barrier()  # no rank goes on (and may be killed) before the directory is in place
+        write_meta(location, metadata, storage_options)
+
+
+def write_meta(location: str, metadata: dict[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
+    if _storage.is_remote(location):
+        from dltrain import _remote_checkpoint
+
+        _storage.write_bytes(_storage.join(location, META_FILE), _remote_checkpoint.to_bytes(metadata),
+                             storage_options)
+    else:
+        torch.save(metadata, Path(location) / META_FILE)
+
+
+def commit_shards(url: str, parts: str, metadata: dict[str, Any],
+                  storage_options: Mapping[str, Any] | None = None) -> None:
+    """The commit object ``url`` of the complete sharded ``parts`` (every file listed with its size)."""
+    from dltrain import _remote_checkpoint
+
+    files = {_storage.basename(e["name"]): int(e["size"]) for e in _storage.listing(parts, storage_options)
+             if e.get("type") != "directory"}
+    missing = {META_FILE, _DCP_METADATA} - set(files)
+    if missing:
+        raise CheckpointError(f"sharded checkpoint {_storage.redact(url)!r}: {sorted(missing)} not found under "
+                              f"{_storage.redact(parts)} after every rank wrote its shards")
+    _remote_checkpoint.commit(url, parts, files, metadata, sharded=True, storage_options=storage_options)
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -306,6 +410,7 @@ def load_metadata(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or "loops" not in meta:
         raise CheckpointError(f"{str(path)!r} is not a dltrain sharded checkpoint ({META_FILE} holds no loop state)")
     meta["sharded"] = True
+    meta["_shards"] = str(path)  # where the shards are (a URL on an object store: the commit's parts)
     return meta
 
 
@@ -328,17 +433,26 @@ def _check_complete(path: Path) -> None:
         )
 
 
-def _read_dcp_metadata(path: Path) -> Any:
+def _reader(location: str | Path) -> Any:
+    """torch.distributed.checkpoint's reader of a directory, or of a URL prefix (fsspec)."""
+    if _storage.is_remote(location):
+        from dltrain._compat import dcp_fsspec_storage
+
+        return dcp_fsspec_storage(str(location), None, reader=True)
     from torch.distributed.checkpoint import FileSystemReader
 
+    return FileSystemReader(str(location))
+
+
+def _read_dcp_metadata(path: str | Path) -> Any:
     try:
-        return FileSystemReader(str(path)).read_metadata()
+        return _reader(path).read_metadata()
     except Exception as err:
         raise CheckpointError(f"sharded checkpoint {str(path)!r}: {_DCP_METADATA} cannot be read "
                               f"({type(err).__name__}: {str(err)[:200]})") from err
 
 
-def check_model(module: nn.Module, path: Path) -> None:
+def check_model(module: nn.Module, path: str | Path) -> None:
     """A CheckpointError naming missing/unexpected keys and shape mismatches between the model and the shards."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -350,7 +464,7 @@ def check_model(module: nn.Module, path: Path) -> None:
     ckpt_io.check_state_dict(module, shapes, str(path))
 
 
-def load_model(engine: Engine, path: Path) -> None:
+def load_model(engine: Engine, path: str | Path) -> None:
     """Load the model's weights from the shards, resharded to this run's world size (or into a plain model)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
@@ -361,16 +475,16 @@ def load_model(engine: Engine, path: Path) -> None:
     set_model_state_dict(module, state["model"])
 
 
-def read_model(module: nn.Module, path: Path) -> dict[str, Any]:
+def read_model(module: nn.Module, path: str | Path) -> dict[str, Any]:
     """The whole model state of the shards in ``path``, in the layout of ``module``'s own (unsharded) state dict,
     read by this process alone (no collective, whatever process group exists)."""
     import torch.distributed.checkpoint as dcp
 
     state = {"model": {k: v.clone() for k, v in module.state_dict().items()}}
     try:
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        dcp.load(state, storage_reader=_reader(path), no_dist=True)
     except Exception as err:
-        raise CheckpointError(f"sharded checkpoint {str(path)!r} cannot be read: {type(err).__name__}: "
+        raise CheckpointError(f"sharded checkpoint {_storage.redact(str(path))!r} cannot be read: {type(err).__name__}: "
                               f"{str(err)[:500]}") from err
     return state["model"]
 
@@ -382,7 +496,7 @@ def load_full_model(engine: Engine, state_dict: dict[str, Any]) -> None:
     set_model_state_dict(engine.module.module, state_dict, options=StateDictOptions(full_state_dict=True))
 
 
-def load_optimizers(engine: Engine, path: Path) -> None:
+def load_optimizers(engine: Engine, path: str | Path) -> None:
     """Load every optimizer's state from the shards (``optimizer_<i>``), resharded to this run's world size."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
@@ -400,12 +514,12 @@ def load_optimizers(engine: Engine, path: Path) -> None:
         set_optimizer_state_dict(module, optimizer, optim_state_dict=state[key])
 
 
-def _dcp_load(state: dict[str, Any], path: Path) -> None:
+def _dcp_load(state: dict[str, Any], path: str | Path) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
     try:  # without a process group (one process, a plain model) DCP reads every shard itself
-        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+        dcp.load(state, storage_reader=_reader(path), no_dist=not dist.is_initialized())
     except Exception as err:
-        raise CheckpointError(f"sharded checkpoint {str(path)!r} cannot be loaded: {type(err).__name__}: "
+        raise CheckpointError(f"sharded checkpoint {_storage.redact(str(path))!r} cannot be loaded: {type(err).__name__}: "
                               f"{str(err)[:500]}") from err

@@ -205,7 +205,28 @@ def _read(path: Path, problems: list[str], skipped: list[str]) -> list[dict[str,
 
 
 def audit(path: str | Path) -> AuditReport:
-    """Audit the ledgers under ``path`` (a ``ledger`` folder, or a folder holding one, e.g. the run's root)."""
+    """Audit the ledgers under ``path`` (a ``ledger`` folder, or a folder holding one, e.g. the run's root; a URL
+    of an object store too: its ledger files are read into a temporary folder first)."""
+    from dltrain import _storage
+
+    if _storage.is_remote(path):
+        import shutil
+        import tempfile
+
+        url = str(path).rstrip("/")
+        names = {_storage.basename(e["name"]) for e in _storage.listing(url)}
+        prefix = _storage.join(url, "ledger") if "ledger" in names else url
+        scratch = Path(tempfile.mkdtemp(prefix="dltrain-audit-"))
+        try:
+            for entry in _storage.listing(prefix):
+                name = _storage.basename(entry["name"])
+                if _FILE.search(name):
+                    (scratch / name).write_bytes(_storage.read_bytes(_storage.join(prefix, name)))
+            report = audit(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        report.path = url
+        return report
     root = Path(path)
     folder = root / "ledger" if (root / "ledger").is_dir() else root
     files = sorted(p for p in folder.glob("round-*-rank*.jsonl") if _FILE.search(p.name))

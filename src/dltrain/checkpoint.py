@@ -17,6 +17,10 @@ Under ``strategy="fsdp2"`` a checkpoint is a directory instead: the model and op
 ``optimizer_<i>.*``) and ``meta.pt``, the dict above without ``state_dict`` and ``optimizer_states``. `load`
 returns that dict (with ``"sharded": True``) after checking that every shard file is there; `consolidate` writes the
 directory as one file of the layout above.
+
+A path may be a URL of an object store (``s3://bucket/run/last.ckpt``, any fsspec URL): there a checkpoint is a
+commit object naming its parts, written last (see ``dltrain._remote_checkpoint``). ``storage_options`` are passed to
+fsspec for such URLs; credentials otherwise come from the environment, never from the checkpoint.
 """
 
 from __future__ import annotations
@@ -27,26 +31,34 @@ import os
 import random
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from dltrain import _storage
 from dltrain.errors import CheckpointError
 
 FORMAT_VERSION = 2
+StorageOptions = Mapping[str, Any] | None  # passed to fsspec for URLs
 _STEP_RE = re.compile(r"step=(\d+)")
 
 
-def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+def save_atomic(obj: Any, path: str | os.PathLike[str], storage_options: StorageOptions = None) -> None:
     """Write ``obj`` to ``path`` so that ``path`` is either the old file or the complete new one, never partial.
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, then renamed over ``path``;
-    the folder is fsynced so that the rename itself survives a power loss.
+    the folder is fsynced so that the rename itself survives a power loss. On an object store: the parts, then the
+    commit object.
     """
-    path = Path(path)
+    if _storage.is_remote(path):
+        from dltrain import _remote_checkpoint
+
+        _remote_checkpoint.save(obj, str(path), storage_options)
+        return
+    path = Path(_storage.local_path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
     try:
@@ -61,12 +73,18 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
     fsync_path(path.parent)
 
 
-def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str]) -> None:
-    """Make ``link`` name the same file as ``target`` (a hard link, a copy where links are not supported.
+def link_atomic(target: str | os.PathLike[str], link: str | os.PathLike[str],
+                storage_options: StorageOptions = None) -> None:
+    """Make ``link`` name the same file as ``target``, replacing ``link`` atomically.
 
-    For a sharded checkpoint directory, a symbolic link), replacing ``link`` atomically: it always names a
-    complete checkpoint.
+    A hard link, a copy where links are not supported; for a sharded checkpoint directory, a symbolic link; on an
+    object store, a second commit object naming the same parts. ``link`` always names a complete checkpoint.
     """
+    if _storage.is_remote(target):
+        from dltrain import _remote_checkpoint
+
+        _remote_checkpoint.copy_commit(str(target), str(link), storage_options)
+        return
     target, link = Path(target), Path(link)
     if target.is_dir():  # a sharded checkpoint: a directory cannot be hard-linked
         from dltrain import _sharded
@@ -197,8 +215,11 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def load(path: str | os.PathLike[str], weights_only: bool | None = None) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``, onto the CPU).
+def load(path: str | os.PathLike[str], storage_options: StorageOptions = None,
+         weights_only: bool | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``, onto the CPU); ``path`` may be a URL of an object store.
+
+    A sharded checkpoint returns its metadata with ``"sharded": True`` and ``"_shards"``: where its shards are.
 
     ``weights_only=False`` (the Trainer's argument, Lightning's meaning) unpickles any object: only for a trusted
     file that holds more than tensors and plain types.
@@ -206,7 +227,11 @@ def load(path: str | os.PathLike[str], weights_only: bool | None = None) -> dict
     Raises:
         CheckpointError: the file is missing, truncated or not a dltrain checkpoint.
     """
-    path = Path(path)
+    if _storage.is_remote(path):
+        from dltrain import _remote_checkpoint
+
+        return _remote_checkpoint.load(str(path), storage_options, weights_only)
+    path = Path(_storage.local_path(path))
     if path.is_dir():  # a sharded checkpoint: its metadata (the shards are read into a live model)
         from dltrain import _sharded
 
@@ -228,8 +253,12 @@ def load(path: str | os.PathLike[str], weights_only: bool | None = None) -> dict
     return ckpt
 
 
-def is_loadable(path: Path) -> bool:
-    """Whether ``path`` is a checkpoint that `load` reads (complete, not damaged)."""
+def is_loadable(path: str | os.PathLike[str], storage_options: StorageOptions = None) -> bool:
+    """Whether ``path`` is a checkpoint that `load` reads (complete, not damaged; on a store: a complete commit)."""
+    if _storage.is_remote(path):
+        from dltrain import _remote_checkpoint
+
+        return _remote_checkpoint.is_loadable(str(path), storage_options)
     try:
         load(path)
     except CheckpointError:
@@ -237,12 +266,17 @@ def is_loadable(path: Path) -> bool:
     return True
 
 
-def find_last(folder: str | os.PathLike[str]) -> Path | None:
+def find_last(folder: str | os.PathLike[str], storage_options: StorageOptions = None) -> Path | str | None:
     """The newest complete checkpoint in ``folder``.
 
     The newest ``last.ckpt`` (or ``last-v<N>.ckpt``, written when another run's ``last.ckpt`` was already
-    there) that loads, else the highest step that loads.
+    there) that loads, else the highest step that loads. A URL folder gives a URL (read from its commit objects
+    only).
     """
+    if _storage.is_remote(folder):
+        from dltrain import _remote_checkpoint
+
+        return _remote_checkpoint.find_last(str(folder), storage_options)
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -264,19 +298,29 @@ def find_last(folder: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def find_newest_last(folders: Iterable[str | os.PathLike[str]]) -> Path | None:
+def find_newest_last(folders: Iterable[str | os.PathLike[str]],
+                     storage_options: StorageOptions = None) -> Path | str | None:
     """The newest complete checkpoint in any of ``folders``.
 
     That is `find_last` of the folder whose checkpoints were written most recently, or of an older folder when
     that one holds none that loads.
     """
-    newest: list[tuple[float, Path]] = []
-    for folder in dict.fromkeys(Path(f) for f in folders):
+    newest: list[tuple[float, Path | str]] = []
+    unique: dict[Path | str, None] = dict.fromkeys(
+        str(f) if _storage.is_remote(f) else Path(_storage.local_path(f)) for f in folders)
+    for folder in unique:
+        if isinstance(folder, str):
+            from dltrain import _remote_checkpoint
+
+            written = _remote_checkpoint.newest_write(folder, storage_options)
+            if written is not None:
+                newest.append((written, folder))
+            continue
         times = [_mtime(p) for p in folder.glob("*.ckpt")] if folder.is_dir() else []
         if times:
             newest.append((max(times), folder))
     for _, folder in sorted(newest, key=lambda tf: tf[0], reverse=True):
-        found = find_last(folder)
+        found = find_last(folder, storage_options)
         if found is not None:
             return found
     return None
@@ -292,35 +336,46 @@ def _mtime(path: Path) -> float:
         return -math.inf
 
 
-def consolidate(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Write the sharded checkpoint directory ``path`` as one full dltrain ``.ckpt`` file ``out``.
+def consolidate(path: str | os.PathLike[str], out: str | os.PathLike[str],
+                storage_options: StorageOptions = None) -> Path | str:
+    """Write the sharded checkpoint ``path`` as one full dltrain ``.ckpt`` file ``out``.
 
-    Runs in one process, with no process group: ``state_dict`` holds the whole model, ``optimizer_states`` the
-    optimizers' states keyed by parameter name. ``Task.load_from_checkpoint(out)`` and
-    ``validate/test/predict(ckpt_path=out)`` read it.
+    ``path`` is a directory, or its commit on an object store; either may be a URL. Runs in one process, with no
+    process group: ``state_dict`` holds the whole model, ``optimizer_states`` the optimizers' states keyed by
+    parameter name. ``Task.load_from_checkpoint(out)`` and ``validate/test/predict(ckpt_path=out)`` read it.
     """
+    import shutil
+    import tempfile
+
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    from dltrain import _sharded
-
-    source, target = Path(path), Path(out)
-    if not source.is_dir():
-        raise CheckpointError(f"{str(source)!r} is not a sharded checkpoint directory (nothing to consolidate)")
-    meta = _sharded.load_metadata(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(f".{target.name}.dcp-{os.getpid()}")
-    try:
-        dcp_to_torch_save(str(source), str(scratch))
-        full = torch.load(scratch, map_location="cpu", weights_only=True)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            scratch.unlink()
+    if not _storage.is_remote(path) and not Path(_storage.local_path(path)).is_dir():
+        raise CheckpointError(f"{str(path)!r} is not a sharded checkpoint directory (nothing to consolidate)")
+    meta = load(path, storage_options)
+    if not meta.get("sharded"):
+        raise CheckpointError(f"{_storage.redact(str(path))!r} is not a sharded checkpoint (nothing to consolidate)")
+    shards = str(meta.pop("_shards"))
     meta.pop("sharded", None)
+    remote_out = _storage.is_remote(out)
+    target: Path | str = str(out) if remote_out else Path(_storage.local_path(out))
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".consolidate-", dir=None if remote_out else str(Path(target).parent)))
+    try:
+        if _storage.is_remote(shards):  # DCP's own reader of a directory: the parts, downloaded
+            fs = _storage.filesystem(shards, storage_options)
+            _storage.retry(lambda: fs.get(shards.rstrip("/") + "/", str(scratch / "shards") + "/", recursive=True),
+                           shards)
+            shards = str(scratch / "shards")
+        dcp_to_torch_save(shards, str(scratch / "full.pt"))
+        full = torch.load(scratch / "full.pt", map_location="cpu", weights_only=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     meta["state_dict"] = full.pop("model")
     optimizers = sorted((k for k in full if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
     if optimizers:
         meta["optimizer_states"] = [full[k] for k in optimizers]
-    save_atomic(meta, target)
+    save_atomic(meta, target, storage_options)
     return target
 
 

@@ -6,7 +6,6 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Callable, Generator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -765,9 +764,11 @@ class Task(HyperparametersMixin, nn.Module):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], map_location: Any = None,
                              hparams_file: str | os.PathLike[str] | None = None, strict: bool | None = None,
-                             weights_only: bool | None = None, **kwargs: Any) -> Task:
+                             weights_only: bool | None = None, storage_options: dict[str, Any] | None = None,
+                             **kwargs: Any) -> Task:
         """A task built from a checkpoint's hyperparameters (``kwargs`` override them) with its weights.
 
+        ``checkpoint_path`` may be a URL of an object store (``s3://...``; ``storage_options`` go to fsspec).
         Loading is safe (``weights_only=True``): hyperparameters that were not plain values were stored as their
         ``repr`` and must be passed again in ``kwargs``. ``hparams_file`` (YAML) replaces the checkpoint's
         hyperparameters. ``strict=None`` follows the task's ``strict_loading``. A checkpoint written with weight
@@ -781,7 +782,7 @@ class Task(HyperparametersMixin, nn.Module):
                 "load_from_checkpoint(weights_only=False): dltrain checkpoints hold plain types only and are always "
                 "loaded with weights_only=True (no pickled code runs); pass non-plain hyperparameters as keywords"
             )
-        checkpoint = ckpt_io.load(checkpoint_path)
+        checkpoint = ckpt_io.load(checkpoint_path, storage_options)
         stored = checkpoint.get("hparams", {})
         if hparams_file is not None:
             import yaml
@@ -802,9 +803,10 @@ class Task(HyperparametersMixin, nn.Module):
         elif checkpoint.get("sharded"):  # a directory of shards (strategy="fsdp2"): read whole, in this process
             from dltrain import _sharded
 
+            shards = checkpoint.pop("_shards", str(checkpoint_path))
             if strict:
-                _sharded.check_model(task, Path(checkpoint_path))
-            checkpoint["state_dict"] = _sharded.read_model(task, Path(checkpoint_path))
+                _sharded.check_model(task, shards)
+            checkpoint["state_dict"] = _sharded.read_model(task, shards)
         task.on_load_checkpoint(checkpoint)
         if strict:
             ckpt_io.check_state_dict(task, checkpoint["state_dict"], str(checkpoint_path))

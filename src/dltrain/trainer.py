@@ -15,9 +15,9 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import torch
 from lightning.fabric import Fabric
@@ -45,6 +45,9 @@ from dltrain.loggers.base import Logger
 from dltrain.loop import FitLoop
 from dltrain.strategies import FSDP2
 from dltrain.task import Task, attach, log_into
+
+if TYPE_CHECKING:
+    from dltrain._async_checkpoint import AsyncSave
 
 __all__ = ["Trainer", "seed_everything"]
 
@@ -1063,21 +1066,31 @@ class Trainer(LightningTrainerMembers):
 
     # ================================================================== checkpoints
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False,
-                        storage_options: Any = None) -> None:
-        """Write a checkpoint of everything needed to resume exactly (every rank must call it); ``weights_only``:
-        the weights, hparams and loop counters only (for evaluation and ``load_from_checkpoint``).
+                        storage_options: dict[str, Any] | None = None, *, background: AsyncSave | None = None,
+                        after: Callable[[], None] | None = None) -> None:
+        """Write a checkpoint of everything needed to resume exactly (every rank must call it).
 
         Taken between optimizer steps of an accumulation window, the partial gradients are not saved.
-        ``storage_options`` is Lightning's ``CheckpointIO`` argument: dltrain writes local paths itself and refuses
-        it.
+
+        Args:
+            filepath: a file, or a URL of an object store (``s3://bucket/run/model.ckpt``).
+            weights_only: the weights, hparams and loop counters only (for evaluation and ``load_from_checkpoint``).
+            storage_options: fsspec options for a URL (Lightning's ``CheckpointIO`` argument); never saved.
+            background: write it on this writer thread (`ModelCheckpoint(async_save=True)`): the state is copied off
+                the device first, and this returns before it is written.
+            after: called on global rank zero once the checkpoint is complete (on the writer thread with
+                ``background``).
         """
-        if storage_options is not None:
-            raise ConfigurationError("save_checkpoint(storage_options=...): dltrain has no CheckpointIO plugins; "
-                                     "write to a local path")
+        from dltrain import _storage
+
+        if storage_options is not None and not _storage.is_remote(filepath):
+            # Lightning refuses them for a local file too (TorchCheckpointIO takes none).
+            raise ConfigurationError(f"save_checkpoint(storage_options=...): {str(filepath)!r} is a local path; "
+                                     "storage_options are for object-store URLs (s3://..., gs://...)")
         if self._task is None:
             raise DltrainError("save_checkpoint() needs a task: call it during or after fit/validate/test")
         _checkpointing.save(self._engine, self._hooks, self._run, self._task, self._fit_loop, filepath,
-                            weights_only=weights_only)
+                            storage_options, weights_only=weights_only, background=background, after=after)
 
 
 def _checkpoints_last(callbacks: list[Callback]) -> list[Callback]:

@@ -115,6 +115,24 @@ def kill_in_shard_write(nth: int, marker: Path) -> None:
     dcp.save = save  # Fabric imports it from the module at each save
 
 
+def kill_before_commit(nth: int, marker: Path) -> None:
+    """On an object store: SIGKILL global rank zero at its ``nth`` save after every part is written, before the
+    commit object that names them."""
+    from dltrain import _remote_checkpoint
+
+    real = _remote_checkpoint.commit
+    count = {"n": 0}
+
+    def commit(url, parts, *args, **kwargs):
+        count["n"] += 1
+        if count["n"] == nth and not marker.exists():
+            marker.write_text(f"killed before committing {url} (parts {parts})")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(url, parts, *args, **kwargs)
+
+    _remote_checkpoint.commit = commit  # type: ignore[assignment]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -131,6 +149,9 @@ def main() -> None:
     p.add_argument("--kill-rank", type=int, default=0)
     p.add_argument("--kill-before-publish", type=int, default=None)
     p.add_argument("--kill-in-shard-write", type=int, default=None)
+    p.add_argument("--kill-before-commit", type=int, default=None)
+    p.add_argument("--ckpt-dir", default=None, help="ModelCheckpoint's dirpath (default: OUT/ckpt; may be s3://...)")
+    p.add_argument("--async-save", action="store_true", help="ModelCheckpoint(async_save=True)")
     p.add_argument("--resume", default=None, help="'last' or a checkpoint path")
     p.add_argument("--dump-restored", action="store_true")
     p.add_argument("--validate-last", action="store_true",
@@ -147,7 +168,8 @@ def main() -> None:
     # --keep-best: keep only the best by train/loss; a save that is not kept is written straight to last.ckpt
     # (a sharded directory replacing an existing name: the link swap).
     keep = {"monitor": "train/loss", "save_top_k": 1} if args.keep_best else {"save_top_k": 2}
-    callbacks: list[dltrain.Callback] = [ModelCheckpoint(dirpath=out / "ckpt", every_n_epochs=1, every_n_train_steps=args.every,
+    callbacks: list[dltrain.Callback] = [ModelCheckpoint(dirpath=args.ckpt_dir or out / "ckpt", every_n_epochs=1,
+                                                         every_n_train_steps=args.every, async_save=args.async_save,
                                                          **keep)]
     if args.kill_step is not None:
         callbacks.append(KillAt(args.kill_step, args.kill_rank, out / "killed.marker"))
@@ -157,6 +179,8 @@ def main() -> None:
         callbacks.append(DumpRestored(out))
     if args.kill_before_publish is not None:
         kill_before_publish(args.kill_before_publish, out / "killed-in-save.marker")
+    if args.kill_before_commit is not None:
+        kill_before_commit(args.kill_before_commit, out / "killed-in-save.marker")
     if args.kill_in_shard_write is not None:
         kill_in_shard_write(args.kill_in_shard_write, out / "killed-in-save.marker")
     trainer = dltrain.Trainer(accelerator="cpu", strategy=args.strategy, precision=args.precision,

@@ -40,16 +40,18 @@ class Keyed(Dataset):
 
 def stream_loader(args, batch_size, training):
     from dltrain.data import StreamingDataset, write_shards
+    from dltrain.data.index import index_exists, load_index
 
-    folder = Path(args.out) / "shards"
-    if not (folder / "train.index.json").exists() and int(os.environ.get("RANK", "0")) == 0:
+    folder = args.shards_url or str(Path(args.out) / "shards")  # a folder, or a prefix on an object store
+    if not index_exists(f"{folder}/train.index.json") and int(os.environ.get("RANK", "0")) == 0:
         ds = Keyed(args.n)
         samples = ({"__key__": f"{i:05d}", "npy": ds.x[i].numpy(), "y.npy": ds.y[i].numpy(), "cls": i}
                    for i in range(args.n))
-        write_shards(samples, str(folder / "train-%06d.tar"), max_count=args.shard_size)
+        write_shards(samples, f"{folder}/train-%06d.tar", max_count=args.shard_size)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-    shards = sorted(str(p) for p in folder.glob("train-*.tar"))
+    count = len(load_index(f"{folder}/train.index.json")["shards"])
+    shards = f"{folder}/train-{{000000..{count - 1:06d}}}.tar"  # a brace pattern, on disk or on the store
     ds = StreamingDataset(shards, batch_size=batch_size, shuffle=training, seed=3, training=training,
                           shuffle_buffer=16, map=lambda s: (torch.from_numpy(s["npy"]), torch.from_numpy(s["y.npy"]),
                                                             s["cls"]))
@@ -155,7 +157,7 @@ def kill_during_save(nth: int, marker: Path) -> None:
     real_save = ckpt_io.save_atomic
     count = {"n": 0}
 
-    def save_atomic(obj, path):
+    def save_atomic(obj, path, *args):
         count["n"] += 1
         if count["n"] == nth and not marker.exists():
             import io
@@ -168,7 +170,7 @@ def kill_during_save(nth: int, marker: Path) -> None:
                 f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
                 f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        return real_save(obj, path)
+        return real_save(obj, path, *args)
 
     ckpt_io.save_atomic = save_atomic  # type: ignore[assignment]
 
@@ -202,9 +204,9 @@ def kill_during_sharded_save(nth: int, phase: str, rank: int, marker: Path) -> N
         marker.write_text(f"killed in sharded save #{nth} ({phase}): {what}")
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def save(trainer, path, metadata, **kwargs):
+    def save(trainer, path, metadata, *args, **kwargs):
         count["n"] += 1
-        return real_save(trainer, path, metadata, **kwargs)
+        return real_save(trainer, path, metadata, *args, **kwargs)
 
     def dcp_save(state_dict, *, checkpoint_id=None, **kwargs):
         me = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -212,6 +214,15 @@ def kill_during_sharded_save(nth: int, phase: str, rank: int, marker: Path) -> N
             Path(checkpoint_id, f"__{me}_0.distcp").write_bytes(bytes(range(256)))  # a shard file cut short (fixed bytes: replayable)
             die(f"rank {me} writing its shards into {checkpoint_id}")
         return real_dcp_save(state_dict, checkpoint_id=checkpoint_id, **kwargs)
+
+    real_async_save = dcp.async_save
+
+    def dcp_async_save(state_dict, *, checkpoint_id=None, **kwargs):  # async_save=True: the same kill, its write
+        me = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if phase == "write" and me == rank and armed():
+            Path(checkpoint_id, f"__{me}_0.distcp").write_bytes(os.urandom(256))
+            die(f"rank {me} writing its shards into {checkpoint_id} (async_save)")
+        return real_async_save(state_dict, checkpoint_id=checkpoint_id, **kwargs)
 
     def publish(tmp, final):
         if phase == "publish" and armed():
@@ -227,7 +238,8 @@ def kill_during_sharded_save(nth: int, phase: str, rank: int, marker: Path) -> N
         return real_link(target, link)
 
     _sharded.save, _sharded.publish, _sharded.link_atomic = save, publish, link_atomic  # type: ignore[assignment]
-    dcp.save = dcp_save  # Fabric looks it up in the module at each save
+    dcp.save = dcp_save  # dltrain looks it up in the module at each save
+    dcp.async_save = dcp_async_save
 
 
 def main() -> None:
@@ -250,6 +262,10 @@ def main() -> None:
                    help="sharded saves (fsdp2): where in the save (see kill_during_sharded_save)")
     p.add_argument("--kill-in-save-rank", type=int, default=0, help="sharded saves, phase 'write': which rank")
     p.add_argument("--strategy", choices=["auto", "ddp", "fsdp2"], default="auto")
+    p.add_argument("--async-save", action="store_true", help="ModelCheckpoint(async_save=True)")
+    p.add_argument("--ckpt-dir", default=None, help="ModelCheckpoint's dirpath (default OUT/ckpt; may be s3://...)")
+    p.add_argument("--shards-url", default=None,
+                   help="stream data: read (and, rank 0, first write) the shards there (a folder or s3://...)")
     p.add_argument("--kill-steps", default="",
                    help="more step kills, 'STEP:RANK,STEP:RANK': each once (marker killed-step<STEP>.marker)")
     p.add_argument("--kill-epoch-end", type=int, default=None,
@@ -278,7 +294,8 @@ def main() -> None:
         # by then: this makes a restarted round that would pick up the killed round's addresses do so every time.
         time.sleep(args.restart_skew)
 
-    saving = {"dirpath": out / "ckpt", "every_n_train_steps": args.every, "every_n_epochs": 1, "save_top_k": 2}
+    saving = {"dirpath": args.ckpt_dir or out / "ckpt", "every_n_train_steps": args.every, "every_n_epochs": 1,
+              "save_top_k": 2, "async_save": args.async_save}
     if args.kill_epoch_end is None:
         callbacks: list[dltrain.Callback] = [ModelCheckpoint(**saving)]
     else:  # kills right after the epoch-end checkpoint

@@ -22,6 +22,12 @@ Weight averaging: half the configurations train with ``EMAWeightAveraging(decay=
 checkpoint holds the average (gathered whole under fsdp2), validation runs on the averaged weights and ``final.pt``
 is the averaged weights that training ends with, so a resume must restore the average exactly too.
 
+Asynchronous saves: half the configurations of a pool draw ``ModelCheckpoint(async_save=True)`` (the state copied
+off the device, written by a background thread while training goes on; DCP's ``async_save`` under fsdp2), so that a
+kill lands while a checkpoint is being written in the background: the kill "in the middle of writing" fires on the
+writer thread (ddp; fsdp2's publish and link phases), a step or timer kill may find the newest save not yet
+complete, and the resumed run must still end bitwise equal.
+
 Kill points: after a random optimizer step (on a random rank; before that step's own checkpoint, which the Trainer
 writes after the other callbacks); two steps of the same epoch, so that the epoch is resumed twice; in ``on_train_epoch_end`` right after the epoch-end checkpoint; in the middle of writing a
 checkpoint (ddp: rank zero with half the file on disk; fsdp2: at a drawn phase of the sharded save, see
@@ -92,6 +98,7 @@ class Config:
     shard_size: int | None  # stream data only
     strategy: str = "ddp"  # ddp | fsdp2 (sharded checkpoint directories)
     ema: bool = False  # EMAWeightAveraging: its average is in every checkpoint; final.pt is the averaged weights
+    async_save: bool = False  # ModelCheckpoint(async_save=True): written in the background while training goes on
 
     def args(self) -> list[str]:
         # "--samples" is _train.py's "--n": torchrun would take a bare "--n" for one of its own options.
@@ -104,6 +111,8 @@ class Config:
             args += ["--strategy", "fsdp2"]
         if self.ema:
             args += ["--ema"]
+        if self.async_save:
+            args += ["--async-save"]
         return args
 
 
@@ -134,7 +143,8 @@ class Plan:
         c = self.config
         shards = f" shard_size={c.shard_size}" if c.shard_size else ""
         return (f"seed={self.seed} [strategy={c.strategy} world={c.world} workers={c.workers} data={c.data}{shards} "
-                f"scheduler={c.scheduler} ema={c.ema}] kills: {', '.join(map(str, self.kills))}")
+                f"scheduler={c.scheduler} ema={c.ema} async_save={c.async_save}] kills: "
+                f"{', '.join(map(str, self.kills))}")
 
 
 def _ckpt_before(step: int) -> int:
@@ -157,9 +167,10 @@ def config_pool(pool_seed: int) -> list[Config]:
         ["step", "epoch"])
     strategies = column(["ddp", "fsdp2"])
     emas = column([False, True])
+    asyncs = column([False, True])
     return [Config(world=worlds[i], workers=workers[i], data=datas[i], scheduler=schedulers[i],
                    shard_size=rng.choice(SHARD_SIZES) if datas[i] == "stream" else None, strategy=strategies[i],
-                   ema=emas[i])
+                   ema=emas[i], async_save=asyncs[i])
             for i in range(POOL_SIZE)]
 
 
@@ -333,7 +344,8 @@ class Runner:
         return run_distributed(TRAIN, args, nproc=world, timeout=LAUNCH_TIMEOUT, check=False)
 
     def _reference(self, c: Config) -> Path:
-        out = self.basetemp / f"ref-{c.strategy}-w{c.world}-j{c.workers}-{c.data}{c.shard_size or ''}-{c.scheduler}"
+        out = self.basetemp / (f"ref-{c.strategy}-w{c.world}-j{c.workers}-{c.data}{c.shard_size or ''}-{c.scheduler}"
+                               f"{'-ema' if c.ema else ''}{'-async' if c.async_save else ''}")
         done = self.launch(["--out", str(out), *c.args()], c.world)
         if done.returncode != 0:
             raise AssertionError(f"the uninterrupted run {out.name} failed:\n{done.stdout[-6000:]}")
@@ -417,7 +429,8 @@ def test_draws_cover_every_option_and_kill_point():
     for pool_seed in range(BASE_SEED // POOL_SPAN, BASE_SEED // POOL_SPAN + 50):
         pool = config_pool(pool_seed)
         for dim, values in [("world", {1, 2}), ("workers", {0, 2}), ("data", {"map", "stream"}),
-                            ("scheduler", {"step", "epoch"}), ("strategy", {"ddp", "fsdp2"})]:
+                            ("scheduler", {"step", "epoch"}), ("strategy", {"ddp", "fsdp2"}),
+                            ("async_save", {False, True})]:
             assert {getattr(c, dim) for c in pool} == values
     plans = [draw(seed) for seed in range(BASE_SEED, BASE_SEED + 80 * POOL_SPAN, 7)]
     assert {(p.config.strategy, p.config.world, p.config.workers, p.config.data, p.config.scheduler)
@@ -426,6 +439,8 @@ def test_draws_cover_every_option_and_kill_point():
     for strategy in ("ddp", "fsdp2"):
         kinds = {k.kind for p in plans if p.config.strategy == strategy for k in p.kills}
         assert kinds == {"step", "epoch", "save", "timer"}, strategy
+        kinds = {k.kind for p in plans if p.config.strategy == strategy and p.config.async_save for k in p.kills}
+        assert kinds == {"step", "epoch", "save", "timer"}, f"{strategy}, async_save"
     assert all(1 <= len(p.kills) <= 3 for p in plans)
     phases = {(p.config.world, k.args[3], k.args[5]) for p in plans for k in p.kills
               if k.kind == "save" and p.config.strategy == "fsdp2"}

@@ -9,11 +9,13 @@ following fails the type check, and ``tests/test_layers.py`` checks the same at 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from dltrain._async_checkpoint import AsyncSave
 from dltrain._optim import SchedulerConfig
 from dltrain.callbacks.base import Callback, TrainerView
 from dltrain.loggers.base import Logger
@@ -75,8 +77,12 @@ class FakeTrainer:
     log_dir: str = "runs"
     saved: list[str] = field(default_factory=list)  # what save_checkpoint was asked to write
 
-    def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
+    def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False,
+                        storage_options: dict[str, Any] | None = None, *, background: AsyncSave | None = None,
+                        after: Callable[[], None] | None = None) -> None:
         self.saved.append(str(filepath))
+        if after is not None:  # the checkpoint is "complete" at once
+            after()
 
 
 def view_members() -> set[str]:

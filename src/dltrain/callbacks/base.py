@@ -6,10 +6,13 @@ import os
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import Strategy
 
+    from dltrain._async_checkpoint import AsyncSave
     from dltrain._optim import SchedulerConfig
     from dltrain._run_state import LoopState
     from dltrain.loggers.base import Logger
@@ -597,10 +600,17 @@ class TrainerView(Protocol):
     def log_dir(self) -> str:
         """The first logger's folder (its version folder for CSV/TensorBoard), else ``default_root_dir``."""
 
-    def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
+    def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False,
+                        storage_options: dict[str, Any] | None = None, *, background: AsyncSave | None = None,
+                        after: Callable[[], None] | None = None) -> None:
         """Write a checkpoint to ``filepath``; every rank calls it.
 
         Args:
-            filepath: the checkpoint's path.
+            filepath: the checkpoint's path, or a URL of an object store (``s3://bucket/run/last.ckpt``).
             weights_only: write the weights, hparams and loop counters only (no optimizer or callback state).
+            storage_options: fsspec options for a URL (never saved).
+            background: write it on this writer thread (``ModelCheckpoint(async_save=True)``): the state is staged
+                in host memory and this returns before it is written.
+            after: called on global rank zero once the checkpoint is complete (on the writer thread with
+                ``background``).
         """

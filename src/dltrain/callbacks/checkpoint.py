@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from dltrain import _storage
 from dltrain import checkpoint as ckpt_io
 from dltrain.callbacks.base import Checkpoint
 from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from dltrain._async_checkpoint import AsyncSave
     from dltrain.callbacks.base import TrainerView
     from dltrain.task import Task
 
@@ -90,6 +92,11 @@ class ModelCheckpoint(Checkpoint):
         save_on_train_epoch_end: save the epoch's checkpoint at the training epoch end (``True``) or after
             validation (``False``); ``None``: as above.
         enable_version_counter: add ``-v<N>`` to a name taken by another file instead of replacing it.
+        storage_options: fsspec options when ``dirpath`` (or ``default_root_dir``) is a URL of an object store
+            (``s3://bucket/run``), for what the environment's credentials and endpoint do not cover. Never saved.
+        async_save: copy the state off the device and write it in the background while training continues (at
+            most one save in flight; the end of ``fit``, a preemption and an exception wait for it). Lightning's
+            ``Trainer(plugins=[AsyncCheckpointIO()])`` turns it on for every ModelCheckpoint.
 
     Example:
         >>> ckpt = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=2, filename="{epoch:02d}-{val/acc:.3f}",
@@ -119,6 +126,8 @@ class ModelCheckpoint(Checkpoint):
         every_n_epochs: int | None = None,
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
+        storage_options: dict[str, Any] | None = None,
+        async_save: bool = False,
     ) -> None:
         if mode not in ("min", "max"):
             raise ConfigurationError(f"ModelCheckpoint(mode={mode!r}): use 'min' or 'max'")
@@ -129,8 +138,12 @@ class ModelCheckpoint(Checkpoint):
                 raise ConfigurationError(f"ModelCheckpoint({arg}={value}): use a number >= 0")
         if save_last not in (True, False, None, "link"):
             raise ConfigurationError(f"ModelCheckpoint(save_last={save_last!r}): use True, False or 'link'")
-        self._dirpath_given = Path(os.path.expanduser(dirpath)) if dirpath is not None else None
-        self.dirpath = self._dirpath_given
+        self._dirpath_given = _folder(dirpath) if dirpath is not None else None
+        self.dirpath: Path | str | None = self._dirpath_given
+        self.storage_options = storage_options
+        self.async_save = async_save
+        self._async: AsyncSave | None = None  # the writer thread of asynchronous saves, made at the first
+        self._unannounced: list[Any] = []  # loggers to tell of the save in flight once it is complete
         self.filename = filename
         self.monitor = monitor
         self.verbose = verbose
@@ -226,7 +239,7 @@ class ModelCheckpoint(Checkpoint):
         if ver is not None:
             name = self.CHECKPOINT_JOIN_CHAR.join([name, f"v{ver}"])
         name += self.FILE_EXTENSION
-        return str(self.dirpath / name) if self.dirpath is not None else name
+        return str(_join(self.dirpath, name)) if self.dirpath is not None else name
 
     def _candidates(self, trainer: TrainerView) -> dict[str, Any]:
         """The values a name is made of: logged metrics, ``epoch`` and ``step`` as ints (Lightning's rule: a logged
@@ -318,8 +331,11 @@ class ModelCheckpoint(Checkpoint):
         # The state a fit ends in is always in "last", whatever the schedule: it is what a resume continues from.
         if self.save_last and trainer.global_step != self._last_saved_step and trainer.global_step > 0:
             self._save(trainer, top_k=False)
+        self.wait(trainer, "the end of fit")
 
     def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
+        # The checkpoint in flight (async_save) is still written; its own failure is logged, the exception goes on.
+        self.wait(trainer, f"handling {type(exception).__name__}", raise_error=False)
         if not self.save_on_exception or trainer.sanity_checking or trainer.global_step == self._last_saved_step:
             return
         if trainer.stage != "fit":
@@ -330,6 +346,7 @@ class ModelCheckpoint(Checkpoint):
                              f"{type(exception).__name__} on rank {trainer.global_rank}: a save needs every rank\n")
             return
         path = self._save(trainer, top_k=None)
+        self.wait(trainer, f"handling {type(exception).__name__}", raise_error=False)
         if trainer.is_global_zero and path is not None:
             sys.stderr.write(f"[dltrain] {type(exception).__name__} raised ({exception}); saved checkpoint to "
                              f"{path}\n")
@@ -362,28 +379,33 @@ class ModelCheckpoint(Checkpoint):
         if trainer.global_rank == 0:
             folder = self._dirpath_given if self._dirpath_given is not None else self._default_dirpath(trainer)
             if trainer.is_global_zero:
-                folder.mkdir(parents=True, exist_ok=True)
-                ckpt_io.remove_stale_temporaries(folder)
-            # A checkpoint is a file, or a directory (sharded, strategy="fsdp2").
-            kept = [(float(s), str(p)) for s, p in self.kept if _inside(p, folder) and os.path.exists(p)]
+                if isinstance(folder, str):  # an object store: no folders; parts no commit names of killed saves
+                    from dltrain import _remote_checkpoint
+
+                    _remote_checkpoint.remove_stale_parts(folder, self.storage_options)
+                else:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    ckpt_io.remove_stale_temporaries(folder)
+            # A checkpoint is a file, or a directory (sharded, strategy="fsdp2"), or a commit object.
+            kept = [(float(s), str(p)) for s, p in self.kept if _inside(p, folder) and self._exists(p)]
             last = self.last_path if self.last_path and _inside(self.last_path, folder) else None
-            decision = (str(folder), kept, last if last is not None and os.path.exists(last) else None)
+            decision = (str(folder), kept, last if last is not None and self._exists(last) else None)
         if trainer.world_size > 1:
             decision = trainer.fabric.broadcast(decision, src=0)
         assert decision is not None
         folder_name, self.kept, self.last_path = decision
-        self.dirpath = Path(folder_name)
+        self.dirpath = _folder(folder_name)
         self._written = {_norm(p) for _, p in self.kept} | ({_norm(self.last_path)} if self.last_path else set())
         self._restored_dirpath = None
         self._resolved = True
 
-    def _default_dirpath(self, trainer: TrainerView) -> Path:
+    def _default_dirpath(self, trainer: TrainerView) -> Path | str:
         run = _logger_run_dir(trainer)
         if run is not None:
-            return run / "checkpoints"
-        return Path(trainer.default_root_dir) / "checkpoints"  # no logger: Lightning's folder
+            return _join(run, "checkpoints")
+        return _join(_folder(trainer.default_root_dir), "checkpoints")  # no logger: Lightning's folder
 
-    def last_folders(self, trainer: TrainerView) -> list[Path]:
+    def last_folders(self, trainer: TrainerView) -> list[Path | str]:
         """Where ``fit(ckpt_path="last")`` looks: the folder when given or known, else every run folder."""
         if self.dirpath is not None:
             return [self.dirpath]
@@ -392,20 +414,31 @@ class ModelCheckpoint(Checkpoint):
     def _mine(self, path: str | os.PathLike[str]) -> bool:
         return _norm(path) in self._written
 
-    def _free_name(self, trainer: TrainerView, metrics: dict[str, Any], template: str | None) -> Path:
+    def _exists(self, path: str | os.PathLike[str]) -> bool:
+        if _storage.is_remote(path):
+            return _storage.exists(str(path), self.storage_options)
+        return os.path.exists(path)
+
+    def _free_name(self, trainer: TrainerView, metrics: dict[str, Any], template: str | None) -> str:
         """The template's path, or ``<name>-v<N>.ckpt`` while that names a file this callback did not write."""
-        path = Path(self.format_checkpoint_name(metrics, template))
+        path = self.format_checkpoint_name(metrics, template)
         if not self._enable_version_counter:
             return path
         candidate, n = path, self.STARTING_VERSION
-        while candidate.exists() and not self._mine(candidate):
-            candidate = Path(self.format_checkpoint_name(metrics, template, ver=n))
+        while self._exists(candidate) and not self._mine(candidate):
+            candidate = self.format_checkpoint_name(metrics, template, ver=n)
             n += 1
         return candidate
 
-    def _remove(self, path: str) -> None:
+    def _remove(self, path: str, keep_parts: set[str] | None = None) -> None:
         if self.dirpath is None or not _inside(path, self.dirpath) or not self._mine(path):
             return  # never a file of another run, nor one outside this callback's folder
+        if _storage.is_remote(path):  # the commit first (gone in one step), then its parts if nothing names them
+            from dltrain import _remote_checkpoint
+
+            _remote_checkpoint.remove(path, keep_parts or set(), self.storage_options)
+            self._written.discard(_norm(path))
+            return
         with contextlib.suppress(FileNotFoundError):
             if os.path.isdir(path) and not os.path.islink(path):  # a sharded checkpoint
                 shutil.rmtree(path)
@@ -435,6 +468,9 @@ class ModelCheckpoint(Checkpoint):
     def _save(self, trainer: TrainerView, top_k: bool | None = True) -> str | None:
         """Save a checkpoint: a top-k candidate (``top_k=True``), only ``last`` (``False``), or the template's name
         unconditionally without ranking it (``None``, on exception). Returns the path written (None: nothing)."""
+        background = self._background(trainer)
+        if background is not None:  # at most one save in flight: this one waits (and says so) for the last
+            self.wait(trainer, f"the save at global step {trainer.global_step}")
         if not self._resolved:
             self._resolve(trainer)
         assert self.dirpath is not None
@@ -484,28 +520,82 @@ class ModelCheckpoint(Checkpoint):
         target = path if keep else last
         assert target is not None
         self._written.update(_norm(p) for p in (path, last) if p is not None)
+        remote = _storage.is_remote(target)
+        # On an object store, the parts the previous last.ckpt named: removed once nothing names them any more.
+        old_last_parts = self._parts_of(last) if remote and last is not None and trainer.is_global_zero else None
+        kept_now = [p for _, p in self.kept]
+
+        def after() -> None:  # on global rank zero, once the checkpoint is complete (on the writer thread: async)
+            if keep and last is not None:
+                ckpt_io.link_atomic(target, last, self.storage_options)
+            named = {self._parts_of(p) for p in [*kept_now, last] if p is not None} if remote else set()
+            for old in evicted:
+                self._remove(old, keep_parts={p for p in named if p is not None})
+            if previous_last is not None and last is not None and _norm(previous_last) != _norm(last) and not any(
+                    _norm(p) == _norm(previous_last) for p in kept_now):
+                # "last" got a new name (a template in CHECKPOINT_NAME_LAST)
+                self._remove(previous_last, keep_parts={p for p in named if p is not None})
+            if old_last_parts is not None and old_last_parts not in named:
+                from dltrain import _remote_checkpoint
+
+                _remote_checkpoint.remove_parts(old_last_parts, self.storage_options)
+
         # Not kept: written straight to last.ckpt (atomically), so "last" never names a file removed later.
-        trainer.save_checkpoint(target, weights_only=self.save_weights_only)
+        trainer.save_checkpoint(target, self.save_weights_only, self.storage_options if remote else None,
+                                background=background, after=after)
         self._last_saved_step = trainer.global_step
         if self.verbose and trainer.is_global_zero and (self.monitor is None or not top_k):
             sys.stderr.write(f"[dltrain] Epoch {metrics['epoch']}, global step {metrics['step']}: saved {target!r}\n")
-        if not trainer.is_global_zero:
-            return target
-        if keep and last is not None:
-            ckpt_io.link_atomic(target, last)
-        for old in evicted:
-            self._remove(old)
-        for logger in trainer.loggers:
-            logger.after_save_checkpoint(self)
-        if previous_last is not None and last is not None and _norm(previous_last) != _norm(last) and not any(
-                _norm(p) == _norm(previous_last) for _, p in self.kept):
-            self._remove(previous_last)  # "last" got a new name (a template in CHECKPOINT_NAME_LAST)
+        if trainer.is_global_zero:
+            # The loggers hear of a save once it is complete, on the training thread: now, or (async_save) when the
+            # save in flight is next waited for (the next save, the end of fit, teardown), if it succeeded.
+            self._unannounced = list(trainer.loggers)
+            if background is None:
+                self._announce()
         return target
+
+    def _parts_of(self, path: str) -> str | None:
+        from dltrain import _remote_checkpoint
+
+        return _remote_checkpoint.parts_of(path, self.storage_options)
 
     def save(self, trainer: TrainerView) -> None:
         """Write a checkpoint now, as a scheduled one would be (every rank calls it): named, kept or rotated by the
-        same rules, ``last`` updated. Used by `Preemption`."""
+        same rules, ``last`` updated; complete when this returns (also with ``async_save``). Used by `Preemption`."""
         self._save(trainer)
+        self.wait(trainer, "the preemption's exit")
+
+    # ------------------------------------------------------------------ asynchronous saves
+    def _background(self, trainer: TrainerView) -> AsyncSave | None:
+        """The writer of asynchronous saves (``async_save=True``), made at the first save; None: synchronous."""
+        if not self.async_save:
+            return None
+        if self._async is None:
+            from dltrain._async_checkpoint import AsyncSave
+
+            self._async = AsyncSave()
+        return self._async
+
+    def wait(self, trainer: TrainerView | None = None, reason: str = "going on", *, raise_error: bool = True) -> None:
+        """Block until the asynchronous save in flight (if any) is complete; raise the error of a failed one."""
+        if self._async is not None:
+            try:
+                ok = self._async.writer.wait(reason, raise_error=raise_error)
+            except BaseException:
+                self._unannounced = []  # it failed: no logger hears of it
+                raise
+            if not ok:
+                self._unannounced = []
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell the loggers of the last complete save (``after_save_checkpoint``; global rank zero)."""
+        loggers, self._unannounced = self._unannounced, []
+        for logger in loggers:
+            logger.after_save_checkpoint(self)
+
+    def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
+        self.wait(trainer, f"the end of {stage}")
 
     def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
         """Write ``best_k_models`` (path -> monitored value) as YAML (default ``<dirpath>/best_k_models.yaml``)."""
@@ -514,7 +604,7 @@ class ModelCheckpoint(Checkpoint):
         if filepath is None:
             if self.dirpath is None:
                 raise ConfigurationError("ModelCheckpoint.to_yaml(): the folder is not known before fit; pass filepath")
-            filepath = self.dirpath / "best_k_models.yaml"
+            filepath = _join(self.dirpath, "best_k_models.yaml")
         with open(filepath, "w", encoding="utf-8") as f:
             yaml.safe_dump({k: float(v) for k, v in self.best_k_models.items()}, f)
 
@@ -558,7 +648,19 @@ def _fill(template: str, metrics: dict[str, Any], equals: str | None) -> str:
 
 
 # ---------------------------------------------------------------------- run folders
-def _logger_run_dir(trainer: TrainerView) -> Path | None:
+def _folder(path: str | os.PathLike[str]) -> Path | str:
+    """A folder as dltrain handles it: a ``Path``, or a URL string for an object store (never a ``Path``: it
+    would turn ``s3://`` into ``s3:/``)."""
+    if _storage.is_remote(path):
+        return str(path).rstrip("/")
+    return Path(os.path.expanduser(_storage.local_path(path)))
+
+
+def _join(folder: Path | str, name: str) -> Path | str:
+    return _storage.join(folder, name) if isinstance(folder, str) else folder / name
+
+
+def _logger_run_dir(trainer: TrainerView) -> Path | str | None:
     """The first logger's folder of this run, ``<save_dir>/<name>/<version>`` (Lightning's rule); None without a
     logger, or when the logger has no version."""
     if not trainer.loggers:
@@ -570,14 +672,27 @@ def _logger_run_dir(trainer: TrainerView) -> Path | None:
     save_dir = getattr(logger, "save_dir", None) or trainer.default_root_dir
     name = getattr(logger, "name", None)
     folder = version if isinstance(version, str) else f"version_{version}"
+    if _storage.is_remote(save_dir):
+        return _storage.join(str(save_dir), *([str(name)] if name else []), folder)
     return Path(save_dir, *([str(name)] if name else []), folder)
 
 
-def run_folder_patterns(trainer: TrainerView) -> list[Path]:
+def run_folder_patterns(trainer: TrainerView) -> list[Path | str]:
     """Glob patterns of the folders where a default ModelCheckpoint of this Trainer's runs writes: the first
     logger's ``<save_dir>/<name>/*/checkpoints`` (else ``<default_root_dir>/checkpoints``, as Lightning) and ``<default_root_dir>/checkpoints/version_*`` (dltrain's earlier layout of runs without a
     logger). What `run_folders` searches and what a resume that finds nothing names."""
-    patterns: list[Path] = []
+    patterns: list[Path | str] = []
+    if _storage.is_remote(trainer.default_root_dir):  # URLs (an object store's "folders" are key prefixes)
+        root = str(trainer.default_root_dir)
+        if trainer.loggers:
+            logger = trainer.loggers[0]
+            save_dir = str(getattr(logger, "save_dir", None) or root)
+            name = getattr(logger, "name", None)
+            patterns.append(_storage.join(save_dir, *([str(name)] if name else []), "*", "checkpoints"))
+        else:
+            patterns.append(_storage.join(root, "checkpoints"))
+        patterns.append(_storage.join(root, "checkpoints", "version_*"))
+        return patterns
     if trainer.loggers:
         logger = trainer.loggers[0]
         save_dir = getattr(logger, "save_dir", None) or trainer.default_root_dir
@@ -589,24 +704,47 @@ def run_folder_patterns(trainer: TrainerView) -> list[Path]:
     return patterns
 
 
-def run_folders(trainer: TrainerView) -> list[Path]:
+def run_folders(trainer: TrainerView) -> list[Path | str]:
     """Every folder where a default ModelCheckpoint of this Trainer's runs may have written (without resolving
     the logger's version, which would claim a new one): those of `run_folder_patterns` that exist, and
     ``<default_root_dir>/checkpoints`` (where runs without a logger write)."""
-    folders: list[Path] = []
+    if _storage.is_remote(trainer.default_root_dir):
+        return _remote_run_folders(trainer)
+    folders: list[Path | str] = []
     for pattern in run_folder_patterns(trainer):
+        assert isinstance(pattern, Path)
         found = (p for p in Path(pattern.anchor).glob(str(pattern.relative_to(pattern.anchor))) if p.is_dir())
         folders += sorted(p for p in found if pattern.name != "version_*" or _VERSION_RE.match(p.name))
     root = Path(trainer.default_root_dir) / "checkpoints"
     return folders if root in folders else [*folders, root]
 
 
+def _remote_run_folders(trainer: TrainerView) -> list[Path | str]:
+    """`run_folders` under an object store's ``default_root_dir`` (fresh listings)."""
+    folders: list[Path | str] = []
+    root = str(trainer.default_root_dir).rstrip("/")
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        save_dir = str(getattr(logger, "save_dir", None) or root)
+        name = getattr(logger, "name", None)
+        base = _storage.join(save_dir, *([str(name)] if name else []))
+        folders += sorted(_storage.join(base, _storage.basename(e["name"]), "checkpoints")
+                          for e in _storage.listing(base) if e.get("type") == "directory")
+    checkpoints = _storage.join(root, "checkpoints")
+    folders += sorted(_storage.join(checkpoints, _storage.basename(e["name"])) for e in _storage.listing(checkpoints)
+                      if e.get("type") == "directory" and _VERSION_RE.match(_storage.basename(e["name"])))
+    return [*folders, checkpoints]
+
+
 def _norm(path: str | os.PathLike[str]) -> str:
-    return os.path.abspath(os.fspath(path))
+    return str(path) if _storage.is_remote(path) else os.path.abspath(os.fspath(path))
 
 
 def _inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
     """Whether ``path`` lies under ``folder`` (directly, or in a sub-folder a name with ``/`` made)."""
+    if _storage.is_remote(path) or _storage.is_remote(folder):
+        top = str(folder).rstrip("/")
+        return _storage.is_remote(path) and str(path).startswith(top + "/")
     parent = os.path.realpath(os.path.dirname(os.path.abspath(os.fspath(path))))
     top = os.path.realpath(folder)
     return parent == top or parent.startswith(top + os.sep)

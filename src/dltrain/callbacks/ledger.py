@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
+from dltrain import _storage
 from dltrain.callbacks.base import Callback
 from dltrain.data.mixture import Mixture
 from dltrain.errors import ConfigurationError
@@ -58,12 +59,15 @@ class _Writer:
 
     _CHUNK = 128
 
-    def __init__(self, path: Path, immediate: bool = False) -> None:
+    def __init__(self, path: Path, immediate: bool = False, upload_to: str | None = None) -> None:
         # immediate: every record goes to the file (the OS's page cache) as it comes, so that a kill -9 of the
         # process loses at most the line being written (replica groups: a killed group's committed batches stay
         # on record; the others train on, and no checkpoint flush is coming for it).
         self._immediate = immediate
         self._file = path.open("a", encoding="utf-8")
+        self._path = path
+        # An object store cannot be appended to: after each flush the whole file replaces the object (one PUT).
+        self._upload_to = upload_to
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._buffer: list[dict[str, Any]] = []
         self._error: BaseException | None = None
@@ -108,6 +112,10 @@ class _Writer:
                 if isinstance(item, threading.Event):
                     self._file.flush()
                     os.fsync(self._file.fileno())
+                    if self._upload_to is not None:
+                        from dltrain import _storage
+
+                        _storage.write_bytes(self._upload_to, self._path.read_bytes())
                     item.set()
                     continue
                 self._file.write("".join(_line(r) for r in item))
@@ -153,7 +161,9 @@ class SampleLedger(Callback):
     """
 
     def __init__(self, dirpath: str | os.PathLike[str] | None = None) -> None:
-        self.dirpath = None if dirpath is None else Path(dirpath)
+        # A folder, or a URL of an object store (kept a string: a Path would turn s3:// into s3:/).
+        self.dirpath: Path | str | None = None if dirpath is None else (
+            str(dirpath) if _storage.is_remote(dirpath) else Path(dirpath))
         self._writer: _Writer | None = None
         self._resumed_from: dict[str, Any] | None = None
         self._planned_epoch: int | None = None
@@ -184,12 +194,21 @@ class SampleLedger(Callback):
             return  # a tensor-parallel peer trains on the same samples as its group's first rank, which writes them
         self._loader = loader
         loader.record_samples = True  # workers send each batch's sample ids from the next iter() on
-        directory = self.dirpath if self.dirpath is not None else Path(trainer.default_root_dir) / "ledger"
-        directory.mkdir(parents=True, exist_ok=True)
+        folder = str(self.dirpath) if self.dirpath is not None else f"{trainer.default_root_dir}/ledger"
         # Named by data-parallel rank: the audit checks that the data-parallel ranks saw every sample once.
         rank = trainer.data_parallel_rank
         replicas = trainer.fault_tolerance
-        self._writer = _Writer(directory / f"round-{round_id}-rank{rank}.jsonl", immediate=replicas is not None)
+        name = f"round-{round_id}-rank{rank}.jsonl"
+        if _storage.is_remote(folder):  # written here, uploaded whole at each flush (a checkpoint) and at the end
+            import tempfile
+
+            scratch = Path(tempfile.mkdtemp(prefix="dltrain-ledger-"))
+            self._writer = _Writer(scratch / name, immediate=replicas is not None,
+                                   upload_to=_storage.join(folder, name))
+        else:
+            directory = Path(folder)
+            directory.mkdir(parents=True, exist_ok=True)
+            self._writer = _Writer(directory / name, immediate=replicas is not None)
         stream = loader.stream
         source: dict[str, Any] = {"urls": list(stream.urls), "counts": [int(c) for c in stream.counts]}
         start: dict[str, Any] = {}

@@ -39,8 +39,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from dltrain import _storage
 from dltrain.data.tar import REWRITE, SampleTable, ShardScan, scan_shard
-from dltrain.data.urls import dirname, expand_urls, is_local, local_path, open_url
+from dltrain.data.urls import dirname, expand_urls, is_local, is_object_store, local_path, open_url
 from dltrain.errors import DataError
 
 __all__ = [
@@ -184,6 +185,8 @@ def load_index(path: str) -> dict[str, Any]:
 def index_exists(path: str) -> bool:
     if is_local(path):
         return os.path.isfile(local_path(path))
+    if is_object_store(path):  # a store that does not answer raises (StorageError naming the URL)
+        return _storage.exists(path)
     if urlparse(path).scheme in ("http", "https"):
         try:
             with open_url(path, "rb") as f:
@@ -257,6 +260,12 @@ def _refuse_missing(urls: Sequence[str], missing_ok: bool) -> None:
     With ``missing_ok`` the scan warns about each one instead.
     """
     missing = [url for url in urls if is_local(url) and not os.path.exists(local_path(url))]
+    remote = [url for url in urls if is_object_store(url)]
+    if remote:  # one listing per folder of the store, not a request per shard
+        found: set[str] = set()
+        for folder in dict.fromkeys(posixpath.dirname(url) for url in remote):
+            found.update(posixpath.basename(e["name"]) for e in _storage.listing(folder))
+        missing += [url for url in remote if posixpath.basename(url) not in found]
     if not missing or missing_ok:
         return
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

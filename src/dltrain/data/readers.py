@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from dltrain._compat import tar_next_offset, tar_read_member_at, wds_split_name
+from dltrain._storage import StorageError
 from dltrain.data.tar import (
     Mismatch,
     SampleTable,
@@ -89,6 +90,8 @@ class ShardReader:
             walker, self._stream = TarWalker.open(self.url)
         except TarDamage:
             raise
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:
             raise DataError(
                 f"cannot open the shard ({type(exn).__name__}: {exn}); check that it exists and is readable, "
@@ -132,6 +135,8 @@ class ShardReader:
             self._failed = exn
             self.close()
             raise
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:
             self._failed = self._read_error(exn, index)
             self.close()
@@ -173,6 +178,8 @@ class ShardReader:
                 elif idx > index:
                     self._pending = (idx, f)
                     break
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:
             if not sample or self._idx <= index:
                 raise
@@ -280,6 +287,8 @@ class IndexedShardReader:
     def _open(self, index: int) -> tarfile.TarFile:
         try:
             self._file, size = open_shard(self.url, positioned=True)
+        except StorageError:  # a store that did not answer: not a missing shard, never skipped
+            raise
         except OSError as exn:
             raise DataError(
                 f"cannot open the shard ({type(exn).__name__}: {exn}); check that it exists and is readable, "
@@ -290,6 +299,8 @@ class IndexedShardReader:
         try:
             self._size = int(size or 0)
             return tarfile.TarFile(fileobj=self._file, mode="r")  # parses the first header: a non-tar fails here
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:
             self.close()
             raise self._read_error(exn, f"#{index}") from exn
@@ -403,6 +414,8 @@ class IndexedShardReader:
                 url=self.url,
                 key=sample.get("__key__") or self._where(index),
             ) from exn
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:
             raise self._read_error(exn, sample.get("__key__") or self._where(index)) from exn
         sample["__url__"] = self.url

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from dltrain._compat import tar_next_offset, tar_read_member_at, wds_drops_meta_member, wds_split_name
+from dltrain._storage import StorageError
 from dltrain.data.urls import open_shard, read_at, seekable
 from dltrain.errors import DataError
 
@@ -161,6 +162,8 @@ class TarWalker:
         self.file = file
         try:  # TarFile parses the first header here
             self.tar = tarfile.TarFile(fileobj=file, mode="r")
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:
             raise TarDamage(0, f"no tar header at the start of the file ({type(exn).__name__}: {exn})") from exn
         self._first = True
@@ -198,6 +201,8 @@ class TarWalker:
             if "unexpected end of data" in str(exn):
                 raise cut_short(info, self.file.tell()) from exn
             raise TarDamage(info.offset, f"cannot read the data of member {info.name!r} ({exn})") from exn
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:
             raise TarDamage(info.offset, f"cannot read the data of member {info.name!r} ({type(exn).__name__}: "
                              f"{exn})") from exn
@@ -239,6 +244,8 @@ class TarWalker:
             if block is not None and len(block) < tarfile.BLOCKSIZE:
                 raise TarDamage(pos, "the data ends inside this tar header: the shard was cut short") from exn
             raise TarDamage(pos, f"no valid tar header here ({exn})", resume=pos + tarfile.BLOCKSIZE) from exn
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:  # a header extension that does not parse, a decompression error
             raise TarDamage(pos, f"cannot read a tar header here ({type(exn).__name__}: {exn})",
                              resume=pos + tarfile.BLOCKSIZE) from exn
@@ -267,6 +274,8 @@ class TarWalker:
                                           f"more data follows at byte {more}", resume=more - more % tarfile.BLOCKSIZE)
                 at += len(chunk)
         except TarDamage:
+            raise
+        except StorageError:  # a store that did not answer: not damage, never skipped
             raise
         except Exception as exn:
             raise TarDamage(at, f"cannot read the data here ({type(exn).__name__}: {exn})") from exn
@@ -503,6 +512,8 @@ def scan_shard(
         scan.damage = TarDamage(exn.offset, exn.what)
     except FileNotFoundError as exn:
         raise DataError("shard not found; check the path and the brace range of the URL pattern", url=url) from exn
+    except StorageError:  # a store that did not answer: not damage, never skipped
+        raise
     except Exception as exn:
         raise DataError(
             f"cannot count the samples of the shard ({type(exn).__name__}: {exn}); is it missing, corrupt or "
@@ -514,6 +525,8 @@ def scan_shard(
             scan.run(walker, resync=skip_damaged)
             if scan.damage is None:
                 table = _table(scan, stream)
+        except StorageError:  # a store that did not answer: not damage, never skipped
+            raise
         except Exception as exn:
             raise DataError(
                 f"cannot count the samples of the shard ({type(exn).__name__}: {exn}); rewrite the shard or leave "

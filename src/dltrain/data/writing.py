@@ -11,7 +11,7 @@ from webdataset.writer import ShardWriter
 from dltrain._compat import tar_writer_offset
 from dltrain.data.index import default_index_path, make_index, write_index
 from dltrain.data.tar import scan_shard
-from dltrain.data.urls import is_local, local_path, seekable
+from dltrain.data.urls import is_local, is_object_store, local_path, seekable
 from dltrain.errors import DataError
 
 __all__ = ["write_shards"]
@@ -51,6 +51,8 @@ def write_shards(
     """
     if "%" not in pattern:
         raise DataError(f"shard pattern {pattern!r} needs a printf field for the shard number, e.g. 'train-%06d.tar'")
+    if is_object_store(pattern):
+        return _write_to_store(samples, pattern, max_count=max_count, max_size=max_size, index=index)
     directory = os.path.dirname(local_path(pattern)) if is_local(pattern) else ""
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -107,3 +109,35 @@ def write_shards(
                   for path, offs in zip(paths, offsets)]
         write_index(make_index(paths, counts, offsets, index_path, tables), index_path)
     return paths
+
+
+def _write_to_store(samples: Iterable[Mapping[str, Any]], pattern: str, **kwargs: Any) -> list[str]:
+    """`write_shards` to an object store: each shard is written in a local scratch folder, then uploaded as one
+    object (retried; visible only once complete), the index last, so that a reader that finds the index finds
+    every shard it names. The scratch folder holds the shards until the upload (the system's temporary folder,
+    ``TMPDIR``)."""
+    import posixpath
+    import shutil
+    import tempfile
+
+    from dltrain import _storage
+
+    folder, name = posixpath.split(pattern)
+    scratch = tempfile.mkdtemp(prefix="dltrain-shards-")
+    try:
+        local = write_shards(samples, os.path.join(scratch, name), **kwargs)
+        fs = _storage.filesystem(pattern)
+        urls = [f"{folder}/{os.path.basename(path)}" for path in local]
+        for path, url in zip(local, urls):
+            def put(path: str = path, url: str = url) -> None:
+                fs.put_file(path, url)
+
+            _storage.retry(put, url)
+        if kwargs.get("index", True) and local:
+            # The index names shards relative to itself: the same file is right on the store.
+            index_local, index_url = default_index_path(local), default_index_path(urls)
+            with open(index_local, "rb") as f:
+                _storage.write_bytes(index_url, f.read())
+        return urls
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

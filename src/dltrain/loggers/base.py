@@ -14,6 +14,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from dltrain import _storage
 from dltrain.loggers._versions import claim_next_version, next_version
 
 __all__ = ["FolderLogger", "Logger", "ResumeFilter", "checkpoint_metadata", "checkpoints_to_log"]
@@ -196,8 +197,12 @@ class FolderLogger(Logger):
     runs started at once differ) on the first write: a logger built on every rank creates nothing on the ranks
     that never write.
 
+    ``save_dir`` may be a URL of an object store (``s3://bucket/runs``): the folders are then key prefixes, joined
+    as URLs; the version is the next free number among the store's ``version_*`` prefixes (nothing to claim there,
+    see `dltrain.loggers._versions`), and a subclass writes whole objects (`remote`).
+
     Args:
-        save_dir: the root folder.
+        save_dir: the root folder, or a URL of an object store.
         name: the experiment's folder under it (``None`` or ``""``: none).
         version: an ``int`` (folder ``version_<version>``), a ``str`` (the folder name), or ``None`` for the
             next free number.
@@ -233,7 +238,15 @@ class FolderLogger(Logger):
     @property
     def root_dir(self) -> str:
         """``<save_dir>/<name>`` (``save_dir`` when ``name`` is empty)."""
-        return os.path.join(self._save_dir, self._name) if self._name else self._save_dir
+        return self._join(self._save_dir, self._name) if self._name else self._save_dir
+
+    @property
+    def remote(self) -> bool:
+        """Whether the folder is on an object store (no appends, no renames: whole objects are written)."""
+        return _storage.is_remote(self._save_dir)
+
+    def _join(self, folder: str, name: str) -> str:
+        return _storage.join(folder, name) if self.remote else os.path.join(folder, name)
 
     @property
     def version(self) -> int | str:
@@ -246,7 +259,7 @@ class FolderLogger(Logger):
     @override
     def log_dir(self) -> str:
         version = self.version
-        return os.path.join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
+        return self._join(self.root_dir, version if isinstance(version, str) else f"version_{version}")
 
     def _claim_dir(self) -> None:
         """Create the run folder, claiming the next free version when none was given, resolved or restored."""
@@ -254,7 +267,8 @@ class FolderLogger(Logger):
             return
         if self._version is None:
             self._version = claim_next_version(self.root_dir)
-        os.makedirs(self.log_dir, exist_ok=True)
+        if not self.remote:  # a store's prefix exists once an object is written under it
+            os.makedirs(self.log_dir, exist_ok=True)
         self._claimed = True
 
     def _use_version(self, version: int | str) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from dltrain import _storage
 from dltrain.loggers.base import FolderLogger, ResumeFilter
 
 __all__ = ["CSVLogger"]
@@ -30,6 +31,11 @@ class CSVLogger(FolderLogger):
     not write again what its ``metrics.csv`` already holds (`ResumeFilter`: the steps a killed run re-trains after
     restarting from its last checkpoint keep their first rows, and the rows it had not written yet are written),
     so the file of a killed and resumed run equals the uninterrupted run's.
+
+    On an object store (``save_dir="s3://bucket/runs"``, as with ``Trainer(default_root_dir="s3://...")``) a file
+    cannot be appended to: every write replaces ``metrics.csv`` with the whole file (one PUT, so a reader sees the
+    old or the new one), its rows kept in memory; the version is the next free number among the store's
+    ``version_*`` prefixes (`FolderLogger`).
 
     Args:
         save_dir: root folder of the logs (usually the Trainer's ``default_root_dir``).
@@ -64,17 +70,23 @@ class CSVLogger(FolderLogger):
         self._columns: list[str] = []  # metric columns, without "step"
         self._rows: list[dict[str, Any]] = []  # buffered, not yet on disk
         self._resume = ResumeFilter()  # what the run this one resumes already wrote
+        self._written: list[dict[str, Any]] = []  # on an object store: every row written (each write is whole)
+        self._hparams: dict[str, Any] = {}  # on an object store: hparams.json as written
 
     @property
     def metrics_file(self) -> str:
         """The path of the run's ``metrics.csv``."""
-        return os.path.join(self.log_dir, self.METRICS_FILE)
+        return self._join(self.log_dir, self.METRICS_FILE)
 
     # ------------------------------------------------------------------ logging
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
         """Merge ``params`` into ``hparams.json`` (values JSON cannot hold are written as their ``repr``)."""
         self._claim_dir()
-        path = os.path.join(self.log_dir, self.HPARAMS_FILE)
+        path = self._join(self.log_dir, self.HPARAMS_FILE)
+        if self.remote:
+            self._hparams.update(params)
+            _storage.write_bytes(path, json.dumps(self._hparams, indent=2, sort_keys=True, default=repr).encode())
+            return
         current: dict[str, Any] = {}
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
@@ -107,6 +119,9 @@ class CSVLogger(FolderLogger):
             return
         self._claim_dir()
         path = self.metrics_file
+        if self.remote:
+            self._write_whole(path)
+            return
         if not self._columns and os.path.exists(path):
             # Continuing a folder whose header this instance has not read yet (resume or a fixed version).
             self._columns = _read_header(path)
@@ -130,6 +145,20 @@ class CSVLogger(FolderLogger):
                 _sync(f, sync)
         self._rows.clear()
 
+    def _write_whole(self, path: str) -> None:
+        """Replace the object ``metrics.csv`` with every row (the earlier ones kept in memory) in one PUT."""
+        import io
+
+        new = [k for row in self._rows for k in row if k != "step" and k not in self._columns]
+        self._columns.extend(dict.fromkeys(new))
+        self._written.extend(self._rows)
+        out = io.StringIO(newline="")
+        writer = csv.DictWriter(out, fieldnames=["step", *self._columns])
+        writer.writeheader()
+        writer.writerows(self._written)
+        _storage.write_bytes(path, out.getvalue().encode("utf-8"))
+        self._rows.clear()
+
     @override
     def finalize(self, status: str) -> None:
         self.save()
@@ -146,11 +175,29 @@ class CSVLogger(FolderLogger):
         self._rows.clear()
         path = self.metrics_file
         self._resume = ResumeFilter()
-        if os.path.exists(path):
+        self._written = []
+        if self.remote:
+            try:
+                text = _storage.read_bytes(path).decode("utf-8")
+            except FileNotFoundError:
+                return
+            lines = text.splitlines()
+            self._columns = [c for c in next(csv.reader(lines[:1]), []) if c != "step"]
+            rows = list(csv.DictReader(lines))
+            self._written = [{k: v for k, v in r.items() if v not in (None, "")} for r in rows]
+            hparams_path = _storage.join(self.log_dir, self.HPARAMS_FILE)
+            try:
+                self._hparams = json.loads(_storage.read_bytes(hparams_path))
+            except FileNotFoundError:
+                self._hparams = {}
+        elif os.path.exists(path):
             self._columns = _read_header(path)
-            self._resume = ResumeFilter.from_rows(
-                (int(r["step"]), [k for k, v in r.items() if k != "step" and v not in (None, "")])
-                for r in _read_rows(path) if r.get("step") not in (None, ""))
+            rows = _read_rows(path)
+        else:
+            return
+        self._resume = ResumeFilter.from_rows(
+            (int(r["step"]), [k for k, v in r.items() if k != "step" and v not in (None, "")])
+            for r in rows if r.get("step") not in (None, ""))
 
 
 def _sync(f: Any, sync: bool) -> None:

@@ -94,8 +94,8 @@ class _TokenizerMixin(Task):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | os.PathLike[str], map_location: Any = None,
                              hparams_file: str | os.PathLike[str] | None = None, strict: bool | None = None,
-                             weights_only: bool | None = None, *, tokenizer: TextTokenizer | None = None,
-                             **overrides: Any) -> Self:
+                             weights_only: bool | None = None, storage_options: dict[str, Any] | None = None, *,
+                             tokenizer: TextTokenizer | None = None, **overrides: Any) -> Self:
         """Rebuild a trained task from a checkpoint.
 
         Hyperparameters, weights and the tokenizer it was trained with.
@@ -106,6 +106,7 @@ class _TokenizerMixin(Task):
             hparams_file: as for `dltrain.Task.load_from_checkpoint`.
             strict: as for `dltrain.Task.load_from_checkpoint`.
             weights_only: as for `dltrain.Task.load_from_checkpoint`.
+            storage_options: as for `dltrain.Task.load_from_checkpoint`.
             tokenizer: optional; must be the checkpoint's tokenizer (else ``CheckpointError``). Default: the
                 tokenizer stored in the checkpoint.
             overrides: constructor arguments to change (e.g. ``encoder=`` for a custom encoder, ``dropout=0``).
@@ -124,7 +125,7 @@ class _TokenizerMixin(Task):
         """
         from dltrain import checkpoint as ckpt_io
 
-        state = ckpt_io.load(checkpoint_path).get(CHECKPOINT_KEY)
+        state = ckpt_io.load(checkpoint_path, storage_options).get(CHECKPOINT_KEY)
         if state is not None:
             if tokenizer is None:
                 tokenizer = TextTokenizer.from_state_dict(state)
@@ -132,6 +133,7 @@ class _TokenizerMixin(Task):
                 tokenizer.check_matches(state, where=f"checkpoint {str(checkpoint_path)!r}")
         # Subclasses take tokenizer=; the base class builds the task, checks and loads the weights.
         task = super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only,
+                                            storage_options,
                                             tokenizer=tokenizer, **overrides)
         return cast(Self, task)
 
