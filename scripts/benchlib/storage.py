@@ -138,8 +138,12 @@ def checkpoints(params_m: float, saves: int, every: int, tmp: str) -> dict[str, 
     for where, async_save in variants:
         name = f"{where}-{'async' if async_save else 'sync'}"
         folder = os.path.join(tmp, name) if where == "local" else f"s3://bench/{name}"
+        # moto completes a multipart upload of hundreds of MiB in Python: on a loaded machine that takes longer
+        # than botocore's 60 s read timeout, so the S3 variants wait up to 10 min (dltrain's own retries kept).
+        options = None if where == "local" else {"config_kwargs": {"retries": {"total_max_attempts": 1},
+                                                                   "read_timeout": 600}}
         ckpt = Timed(dirpath=folder, every_n_train_steps=every, save_top_k=1, async_save=async_save,
-                     every_n_epochs=0)
+                     every_n_epochs=0, storage_options=options)
         timer = Steps(ckpt)
         trainer = dltrain.Trainer(accelerator="cpu", max_steps=steps, logger=False, callbacks=[timer, ckpt],
                                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp)

@@ -138,3 +138,13 @@ class BackgroundWriter:
             raise CheckpointError(f"the background checkpoint save of {self._what} failed: "
                                   f"{type(error).__name__}: {error}") from error
         return True
+
+
+def is_async_checkpoint_io(plugin: Any) -> bool:
+    """Whether ``plugin`` (an item of ``Trainer(plugins=[...])``) asks for asynchronous checkpoints: Lightning's
+    own ``AsyncCheckpointIO`` (``lightning.pytorch.plugins.io`` or ``pytorch_lightning.plugins.io``), which dltrain
+    recognises and maps onto ``ModelCheckpoint(async_save=True)`` (its ``checkpoint_io`` argument, a wrapped
+    CheckpointIO, is not used: dltrain writes checkpoints itself)."""
+    return any(cls.__name__ == "AsyncCheckpointIO" and cls.__module__.split(".")[0] in ("lightning",
+                                                                                         "pytorch_lightning")
+               for cls in type(plugin).__mro__)

@@ -139,3 +139,13 @@ def test_async_saves_to_s3_resume_bitwise(s3, tmp_path):
     _, ref = _fit(tmp_path / "c", ModelCheckpoint(dirpath=tmp_path / "ref", every_n_train_steps=3), epochs=3)
     for x, y in zip(resumed.state_dict().values(), ref.state_dict().values()):
         assert torch.equal(x, y)
+
+
+def test_lightnings_async_checkpoint_io_is_recognised():
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+
+    from dltrain._async_checkpoint import is_async_checkpoint_io
+
+    assert is_async_checkpoint_io(AsyncCheckpointIO())
+    assert not is_async_checkpoint_io(TorchCheckpointIO())
+    assert not is_async_checkpoint_io(object())
