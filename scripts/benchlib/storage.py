@@ -184,7 +184,7 @@ def _shards(samples: int, tmp: str) -> tuple[str, str]:
     per_shard = -(-samples // 10)
     local = write_shards(gen(), os.path.join(tmp, "shards", "train-%06d.tar"), max_count=per_shard)
     rng = np.random.default_rng(0)
-    remote = write_shards(gen(), "s3://bench/shards/train-%06d.tar", max_count=per_shard)
+    write_shards(gen(), "s3://bench/shards/train-%06d.tar", max_count=per_shard)  # the same bytes
     n = len(local)
     pattern = f"train-{{000000..{n - 1:06d}}}.tar"
     return os.path.join(tmp, "shards", pattern), f"s3://bench/shards/{pattern}"
