@@ -150,7 +150,11 @@ def checkpoints(params_m: float, saves: int, every: int, tmp: str) -> dict[str, 
         torch.manual_seed(0)
         task = Stack()
         out["params"] = sum(p.numel() for p in task.parameters())
-        trainer.fit(task, data)
+        try:
+            trainer.fit(task, data)
+        except Exception as err:  # reported, and the other variants still measured
+            out["variants"][name] = {"failed": f"{type(err).__name__}: {str(err)[:300]}"}
+            continue
         free = [t for t, busy in timer.times[1:] if not busy]
         busy = [t for t, b in timer.times[1:] if b]
         out["variants"][name] = {
@@ -257,6 +261,9 @@ def report(res: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str, bo
              "| variant | blocked per save, median (all) | final wait | step | step during a background write |",
              "|---|---|---|---|---|"]
     for name, r in v.items():
+        if "failed" in r:
+            lines.append(f"| {name} | failed: {r['failed']} | | | |")
+            continue
         allb = ", ".join(f"{b:.2f}" for b in r["blocked_s"])
         step = f"{r['step_s']:.2f} s" if r["step_s"] else "-"
         during = (f"{r['step_during_write_s']:.2f} s ({r['steps_during_write']} steps)"
@@ -265,6 +272,10 @@ def report(res: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, str, bo
                      f"{during} |")
     verdicts = []
     for where in ("local", "s3"):
+        if "failed" in v[f"{where}-async"] or "failed" in v[f"{where}-sync"]:
+            verdicts.append((f"8. async / sync checkpoint time blocking training ({where})", "failed",
+                             f"<= {TARGET}", False))
+            continue
         ratio = _med(v[f"{where}-async"]["blocked_s"]) / _med(v[f"{where}-sync"]["blocked_s"])
         verdicts.append((f"8. async / sync checkpoint time blocking training ({where})", f"{ratio:.3f}",
                          f"<= {TARGET}", ratio <= TARGET))

@@ -55,13 +55,13 @@ class SlowWrites:
     """Makes every checkpoint write take ``seconds`` and records, per write, how many training batches ended while
     it was writing."""
 
-    def __init__(self, monkeypatch, seconds: float) -> None:
+    def __init__(self, monkeypatch, seconds: float, first: float | None = None) -> None:
         self.seconds, self.batches, self.during = seconds, 0, []
         real = ckpt_io.save_atomic
 
         def slow(obj, path, storage_options=None):
             start = self.batches
-            time.sleep(self.seconds)
+            time.sleep(first if first is not None and not self.during else self.seconds)
             real(obj, path, storage_options)
             self.during.append(self.batches - start)
 
@@ -78,12 +78,15 @@ class CountBatches(dltrain.Callback):
 
 
 def test_training_goes_on_during_a_write_and_the_next_save_waits_and_says_so(tmp_path, monkeypatch, caplog):
-    slow = SlowWrites(monkeypatch, 0.4)
-    cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=2, save_top_k=-1, async_save=True)
+    # Steps of 0.3 s, writes of 0.6 s and a first one of 3 s: batches end while it writes, and the second save
+    # (2 steps later) waits for it.
+    slow = SlowWrites(monkeypatch, 0.6, first=3.0)
+    cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=2, every_n_epochs=1, save_top_k=-1,
+                         async_save=True)
     with caplog.at_level(logging.WARNING, logger="dltrain.checkpoint"):
-        trainer, _ = _fit(tmp_path, cb, callbacks=[CountBatches(slow, sleep=0.05)])
+        trainer, _ = _fit(tmp_path, cb, callbacks=[CountBatches(slow, sleep=0.3)])
     assert trainer.global_step == 8
-    assert any(n > 0 for n in slow.during), slow.during  # batches trained while a checkpoint was being written
+    assert any(n > 0 for n in slow.during), (slow.during, slow.batches)  # trained while a checkpoint was written
     waits = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
     assert waits and all("for the checkpoint save in flight" in m for m in waits), waits
     assert any("before the save at global step" in m for m in waits) and "the end of fit" in waits[-1]
@@ -129,14 +132,15 @@ def test_preemption_save_is_complete_when_it_returns(tmp_path, monkeypatch):
 
 def test_async_saves_to_s3_resume_bitwise(s3, tmp_path):
     run = s3.url("async")
-    cb = ModelCheckpoint(dirpath=run, every_n_train_steps=3, save_top_k=1, async_save=True)
+    cb = ModelCheckpoint(dirpath=run, every_n_train_steps=3, every_n_epochs=1, save_top_k=1, async_save=True)
     _fit(tmp_path / "a", cb, epochs=2)
     assert sorted(k for k in s3.objects("async") if k.endswith(".ckpt")) == ["async/epoch=1-step=8.ckpt",
                                                                               "async/last.ckpt"]
     assert len({k.split("/")[2] for k in s3.objects("async/.parts")}) == 1
-    _, resumed = _fit(tmp_path / "b", ModelCheckpoint(dirpath=run, every_n_train_steps=3, save_top_k=1,
-                                                      async_save=True), epochs=3, ckpt_path="last")
-    _, ref = _fit(tmp_path / "c", ModelCheckpoint(dirpath=tmp_path / "ref", every_n_train_steps=3), epochs=3)
+    _, resumed = _fit(tmp_path / "b", ModelCheckpoint(dirpath=run, every_n_train_steps=3, every_n_epochs=1,
+                                                      save_top_k=1, async_save=True), epochs=3, ckpt_path="last")
+    _, ref = _fit(tmp_path / "c", ModelCheckpoint(dirpath=tmp_path / "ref", every_n_train_steps=3, every_n_epochs=1),
+                  epochs=3)
     for x, y in zip(resumed.state_dict().values(), ref.state_dict().values()):
         assert torch.equal(x, y)
 

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(1200)
 def test_object_storage_example_runs_and_resumes(s3, tmp_path):
     text = (REPO / "README.md").read_text()
     block = re.search(r"<!-- object-storage-example -->\n```python\n(.*?)```", text, re.S)
@@ -33,7 +34,8 @@ def test_object_storage_example_runs_and_resumes(s3, tmp_path):
     last = f"s3://{s3.name}/runs/demo/lightning_logs/version_0/checkpoints/last.ckpt"
     assert outputs == [f"{last} 32", f"{last} 32"], outputs  # the second run resumed the finished fit
     objects = s3.objects()
-    assert "data/train.index.json" in objects and "runs/demo/lightning_logs/version_0/metrics.csv" in objects
+    assert "data/train.index.json" in objects
+    assert any(k.startswith("runs/demo/") and k.endswith("/metrics.csv") for k in objects), objects  # the CSV log
     assert not list(tmp_path.glob("s3*")), "something was written to a local folder named after the URL"
     for key in objects:
         assert SECRET.encode() not in s3.read(key), key

@@ -34,7 +34,7 @@ def _weights(task) -> dict[str, torch.Tensor]:
 
 def test_checkpoints_on_s3_are_commits_and_resume_is_exact(s3, tmp_path):
     run = s3.url("runs/a")
-    cb = ModelCheckpoint(dirpath=run, save_top_k=2, every_n_train_steps=3)
+    cb = ModelCheckpoint(dirpath=run, save_top_k=2, every_n_train_steps=3, every_n_epochs=1)
     trainer = _fit(tmp_path / "r1", epochs=2, callbacks=[cb])
     assert trainer.global_step == 8
     keys = s3.objects("runs/a")
@@ -49,12 +49,13 @@ def test_checkpoints_on_s3_are_commits_and_resume_is_exact(s3, tmp_path):
     assert cb.last_model_path == f"{run}/last.ckpt" and cb.best_model_path == f"{run}/epoch=1-step=8.ckpt"
 
     # Resume from "last" on the store: bitwise what the uninterrupted run of 3 epochs gives.
-    resumed_cb = ModelCheckpoint(dirpath=run, save_top_k=2, every_n_train_steps=3)
+    resumed_cb = ModelCheckpoint(dirpath=run, save_top_k=2, every_n_train_steps=3, every_n_epochs=1)
     task = TinyTask(dropout=0.1)
     resumed = _fit(tmp_path / "r2", epochs=3, callbacks=[resumed_cb], ckpt_path="last", task=task)
     assert resumed.global_step == 12
     ref_task = _fit(tmp_path / "ref", epochs=3, callbacks=[
-        ModelCheckpoint(dirpath=tmp_path / "ref-ckpt", save_top_k=2, every_n_train_steps=3)]).task_
+        ModelCheckpoint(dirpath=tmp_path / "ref-ckpt", save_top_k=2, every_n_train_steps=3,
+                        every_n_epochs=1)]).task_
     for (name, a), b in zip(_weights(task).items(), _weights(ref_task).values()):
         assert torch.equal(a, b), name
 
@@ -121,7 +122,7 @@ def test_default_root_dir_on_s3_and_best(s3, tmp_path):
     torch.manual_seed(0)
     trainer.fit(TinyTask(), loader(n=32), loader(n=16))
     folder = trainer.checkpoint_callback.dirpath
-    assert folder == f"{root}/checkpoints/version_0"
+    assert folder == f"{root}/checkpoints"  # no logger: Lightning's folder
     best = trainer.checkpoint_callback.best_model_path
     assert best.startswith(folder + "/") and ckpt_io.is_loadable(best)
     assert trainer.validate(TinyTask(), loader(n=16), ckpt_path="best", verbose=False)
