@@ -97,6 +97,9 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> An
     if protocol in ("s3", "s3a"):
         # Several processes write the same folders (ranks, runs): a cached listing would be stale.
         options.setdefault("use_listings_cache", False)
+        # The parts of one multipart upload in flight at once: no more than the pool has connections (more would
+        # wait for one and fail with a connect timeout on a slow store).
+        options.setdefault("max_concurrency", CONNECTIONS)
     try:
         fs = fsspec.filesystem(protocol, **options)
     except ImportError as err:
