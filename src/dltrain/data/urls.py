@@ -148,6 +148,9 @@ class ObjectFile(io.RawIOBase):
         read_ahead: a GET fetches at least this many bytes from where a read starts.
     """
 
+    # No descriptor: readers that pread a local file's descriptor read through `read_at` instead.
+    fileno = None  # type: ignore[assignment]
+
     def __init__(self, url: str, size: int, read_ahead: int, fs: Any) -> None:
         super().__init__()
         self.url, self.size, self.read_ahead = url, size, max(1, read_ahead)
