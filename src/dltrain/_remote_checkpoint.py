@@ -63,7 +63,11 @@ def save(checkpoint: dict[str, Any], url: str, storage_options: Options = None, 
     """Write a one-file checkpoint at ``url``: its bytes as a part, then the commit object."""
     parts = new_parts(url)
     data = to_bytes(checkpoint) if data is None else data
-    _storage.write_bytes(_storage.join(parts, FILE_PART), data, storage_options)
+    try:
+        _storage.write_bytes(_storage.join(parts, FILE_PART), data, storage_options)
+    except _storage.StorageError as err:  # name the checkpoint the user asked for, not only its part
+        raise _storage.StorageError(f"saving the checkpoint {_storage.redact(url)} failed (nothing was committed; "
+                                    f"the previous checkpoints are intact): {err}") from err
     commit(url, parts, {FILE_PART: len(data)}, checkpoint, sharded=False, storage_options=storage_options)
 
 

@@ -227,6 +227,28 @@ def write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None
     retry(lambda: fs.pipe_file(url, data), url)
 
 
+def create(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Write ``data`` as the object ``url`` only if there is none (S3's conditional PUT, ``If-None-Match: *``): True
+    when this call created it, False when it was there. Stores without conditional writes: a check, then a write
+    (two writers at the same moment may both succeed)."""
+    fs = filesystem(url, storage_options)
+
+    def put() -> bool:
+        if protocol_of(url) in ("s3", "s3a"):
+            try:
+                fs.pipe_file(url, data, mode="create")
+            except FileExistsError:  # s3fs's translation of 412 PreconditionFailed
+                return False
+            return True
+        fs.invalidate_cache(parent(url))
+        if fs.exists(url):
+            return False
+        fs.pipe_file(url, data)
+        return True
+
+    return retry(put, url)
+
+
 def exists(url: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     fs = filesystem(url, storage_options)
 

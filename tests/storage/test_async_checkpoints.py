@@ -94,6 +94,31 @@ def test_training_goes_on_during_a_write_and_the_next_save_waits_and_says_so(tmp
     assert len(list((tmp_path / "c").glob("*.ckpt"))) == 5
 
 
+class Notified(dltrain.loggers.CSVLogger):
+    """A logger that records, at each ``after_save_checkpoint``, the thread and what ``last`` holds then."""
+
+    def __init__(self, save_dir) -> None:
+        super().__init__(save_dir)
+        self.seen: list[tuple[str, int]] = []
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        path = checkpoint_callback.last_model_path
+        self.seen.append((threading.current_thread().name, ckpt_io.load(path)["loops"]["global_step"]))
+
+
+def test_loggers_hear_of_a_save_once_it_is_complete_on_the_training_thread(tmp_path, monkeypatch):
+    SlowWrites(monkeypatch, 0.3)
+    logger = Notified(tmp_path / "logs")
+    cb = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=2, every_n_epochs=0, save_top_k=-1,
+                         async_save=True)
+    torch.manual_seed(0)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[cb], enable_checkpointing=True, logger=logger)
+    trainer.fit(TinyTask(), loader(n=32, shuffle=True))
+    main = threading.current_thread().name
+    # Every save (steps 2, 4, 6, 8) once, after it was complete (last.ckpt already names it), never on the writer.
+    assert logger.seen == [(main, 2), (main, 4), (main, 6), (main, 8)], logger.seen
+
+
 class Boom(dltrain.Callback):
     def on_train_batch_end(self, trainer, task, outputs, batch, batch_idx):
         if trainer.global_step == 3:

@@ -1,7 +1,7 @@
 """Run folders ``<root>/version_<N>`` as Lightning's loggers name them: the next free number, claimed atomically
 on a local disk. ``root`` may be a URL of an object store (``s3://bucket/runs/name``): its "folders" are key
-prefixes, listed fresh; nothing can be claimed there (no exclusive create), so two runs that start at the same
-moment under one store prefix may pick the same number (give them different ``name``s or ``version``s)."""
+prefixes, listed fresh, claimed by a conditional PUT of a marker object (on stores without one, two runs that start
+at the same moment may pick the same number: give them different ``name``s or ``version``s)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,15 @@ def next_version(root: str) -> int:
 def claim_next_version(root: str) -> int:
     """Create ``root/version_<N>`` for the next free ``N`` and return ``N``.
 
-    An exclusive ``mkdir``: two runs started at once get different versions. On an object store nothing is
-    created (a prefix exists once an object is written under it): the next free number.
+    An exclusive ``mkdir``: two runs started at once get different versions. On an object store (a prefix exists
+    once an object is written under it) the marker object ``version_<N>/.dltrain-run``, written with a conditional
+    PUT (`dltrain._storage.create`), which only one run wins on S3.
     """
     if _storage.is_remote(root):
-        return next_version(root)
+        while True:
+            candidate = next_version(root)
+            if _storage.create(_storage.join(root, f"version_{candidate}", ".dltrain-run"), b""):
+                return candidate
     os.makedirs(root, exist_ok=True)
     while True:
         candidate = next_version(root)
