@@ -32,8 +32,10 @@ class Staging:
         self._buffers: dict[tuple[Any, ...], torch.Tensor] = {}
 
     def stage(self, obj: Any) -> Any:
-        """A copy of ``obj`` whose tensors live in this staging's host buffers. On CUDA the copies are queued on
-        the current stream and waited for before returning."""
+        """A copy of ``obj`` whose tensors live in this staging's host buffers.
+
+        On CUDA the copies are queued on the current stream and waited for before returning.
+        """
         seen: dict[tuple[Any, ...], None] = {}
         out = self._copy(obj, (), seen)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -71,16 +73,22 @@ class Staging:
 
 @dataclass
 class AsyncSave:
-    """What an asynchronous save needs: the writer thread, the host buffers, and (sharded checkpoints) the process
-    group DCP's background write runs its collectives on, apart from training's."""
+    """What an asynchronous save needs.
+
+    The writer thread, the host buffers, and (sharded checkpoints) the process group DCP's background write
+    runs its collectives on, apart from training's.
+    """
 
     writer: BackgroundWriter = field(default_factory=lambda: BackgroundWriter())
     staging: Staging = field(default_factory=Staging)
     group: Any = None
 
     def process_group(self) -> Any:
-        """A gloo group of every rank for DCP's ``async_save`` (created at the first sharded save: every rank is
-        there). Its planning collectives run on the writer thread and must not interleave with training's."""
+        """A gloo group of every rank for DCP's ``async_save``.
+
+        Created at the first sharded save (every rank is there). Its planning collectives run on the writer
+        thread and must not interleave with training's.
+        """
         import torch.distributed as dist
 
         if self.group is None and dist.is_initialized():
@@ -117,9 +125,12 @@ class BackgroundWriter:
             self._error = err
 
     def wait(self, reason: str, *, raise_error: bool = True) -> bool:
-        """Block until the save in flight is written; log how long when it was still writing. Raises the error of a
-        failed background write (as a `CheckpointError` naming the checkpoint); with ``raise_error=False`` logs it
-        and returns False. True: no write failed."""
+        """Block until the save in flight is written.
+
+        Log how long when it was still writing. Raises the error of a failed background write (as a
+        `CheckpointError` naming the checkpoint); with ``raise_error=False`` logs it and returns False. True:
+        no write failed.
+        """
         thread = self._thread
         if thread is not None and thread.is_alive():
             started = time.perf_counter()
@@ -141,10 +152,13 @@ class BackgroundWriter:
 
 
 def is_async_checkpoint_io(plugin: Any) -> bool:
-    """Whether ``plugin`` (an item of ``Trainer(plugins=[...])``) asks for asynchronous checkpoints: Lightning's
-    own ``AsyncCheckpointIO`` (``lightning.pytorch.plugins.io`` or ``pytorch_lightning.plugins.io``), which dltrain
-    recognises and maps onto ``ModelCheckpoint(async_save=True)`` (its ``checkpoint_io`` argument, a wrapped
-    CheckpointIO, is not used: dltrain writes checkpoints itself)."""
+    """Whether ``plugin`` (an item of ``Trainer(plugins=[...])``) asks for asynchronous checkpoints.
+
+    Lightning's own ``AsyncCheckpointIO`` (``lightning.pytorch.plugins.io`` or
+    ``pytorch_lightning.plugins.io``), which dltrain recognises and maps onto
+    ``ModelCheckpoint(async_save=True)`` (its ``checkpoint_io`` argument, a wrapped CheckpointIO, is not used:
+    dltrain writes checkpoints itself).
+    """
     return any(cls.__name__ == "AsyncCheckpointIO" and cls.__module__.split(".")[0] in ("lightning",
                                                                                          "pytorch_lightning")
                for cls in type(plugin).__mro__)

@@ -194,8 +194,11 @@ def checkpoints(folder: str, storage_options: Options = None) -> list[dict[str, 
 
 
 def find_last(folder: str, storage_options: Options = None) -> str | None:
-    """The newest complete checkpoint in ``folder``: of the ``last*.ckpt`` commits the newest (by the time its
-    commit records) whose parts are complete; else the highest step that is complete."""
+    """The newest complete checkpoint in ``folder``.
+
+    Of the ``last*.ckpt`` commits the newest (by the time its commit records) whose parts are complete; else
+    the highest step that is complete.
+    """
     entries = checkpoints(folder, storage_options)
     lasts = []
     for e in entries:
@@ -236,8 +239,10 @@ def _mtime(entry: Mapping[str, Any]) -> float:
 
 
 def copy_commit(target: str, link: str, storage_options: Options = None) -> None:
-    """Make ``link`` (``last.ckpt``) name the parts ``target`` names: its commit, written again under ``link``
-    (one PUT: replaces the old ``link`` in one step)."""
+    """Make ``link`` (``last.ckpt``) name the parts ``target`` names.
+
+    Its commit, written again under ``link`` (one PUT: replaces the old ``link`` in one step).
+    """
     record = read_commit(target, storage_options)
     if record is None:
         raise CheckpointError(f"{_storage.redact(target)!r} is not a commit object: cannot name it from {link!r}")
@@ -256,8 +261,11 @@ def parts_of(url: str, storage_options: Options = None) -> str | None:
 
 
 def remove(url: str, keep_parts: set[str], storage_options: Options = None) -> None:
-    """Remove the checkpoint ``url``: its commit object first (the checkpoint disappears in one step), then its
-    parts unless another commit (``keep_parts``: the parts URLs still named, e.g. by ``last.ckpt``) names them."""
+    """Remove the checkpoint ``url``.
+
+    Its commit object first (the checkpoint disappears in one step), then its parts unless another commit
+    (``keep_parts``: the parts URLs still named, e.g. by ``last.ckpt``) names them.
+    """
     parts = parts_of(url, storage_options)
     _storage.remove(url, storage_options)
     if parts is not None and parts not in keep_parts:
@@ -269,8 +277,11 @@ def remove_parts(parts: str, storage_options: Options = None) -> None:
 
 
 def remove_stale_parts(folder: str, storage_options: Options = None) -> list[str]:
-    """Remove the parts in ``folder/.parts`` that no commit in ``folder`` names and whose writer, a process of this
-    host, is gone (a save killed before its commit). Parts of other hosts are left alone. Returns what was removed."""
+    """Remove the orphaned parts in ``folder/.parts``; returns what was removed.
+
+    Orphaned: no commit in ``folder`` names them and their writer, a process of this host, is gone (a save killed
+    before its commit). Parts of other hosts are left alone.
+    """
     from dltrain.checkpoint import _process_alive_since
 
     parts_folder = _storage.join(folder, PARTS_DIR)

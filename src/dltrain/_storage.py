@@ -1,5 +1,6 @@
-"""Remote URLs (``s3://``, ``gs://``, ``az://``, any fsspec protocol): one place that opens a store, retries what
-is transient, and keeps credentials out of every message.
+"""Remote URLs (``s3://``, ``gs://``, ``az://``, any fsspec protocol).
+
+One place that opens a store, retries what is transient, and keeps credentials out of every message.
 
 Credentials and the endpoint come from where the store's own client looks for them (for S3: the standard
 ``AWS_*`` variables, ``AWS_ENDPOINT_URL`` included, ``~/.aws``, instance roles); ``storage_options`` adds what a
@@ -84,8 +85,10 @@ def basename(url: str) -> str:
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> Any:
-    """The fsspec filesystem of ``url`` with ``storage_options`` (fsspec caches one instance per options and process;
-    a forked loader worker gets its own)."""
+    """The fsspec filesystem of ``url`` with ``storage_options``.
+
+    fsspec caches one instance per options and process; a forked loader worker gets its own.
+    """
     import fsspec
 
     protocol = protocol_of(url) or "file"
@@ -123,8 +126,10 @@ def retry_count() -> int:
 
 
 def is_transient(err: BaseException) -> bool:
-    """HTTP 5xx, throttling, timeouts and broken connections: worth another try. Missing objects, denied access,
-    bad requests are not."""
+    """HTTP 5xx, throttling, timeouts and broken connections.
+
+    Worth another try. Missing objects, denied access, bad requests are not.
+    """
     if isinstance(err, FileNotFoundError):
         # s3fs aborts a multipart upload whose part failed; an abort that finds the upload gone raises this, with
         # the part's (transient) error as its context. A plain missing object has none.
@@ -160,9 +165,10 @@ def _http_status(err: BaseException) -> int | None:
 
 
 def retry(fn: Callable[[], T], what: str, *, attempts: int | None = None) -> T:
-    """``fn()``, tried up to ``attempts`` times while it fails with a transient error (`is_transient`), waiting
-    ``BACKOFF_S * 2**i`` (with jitter, at most ``BACKOFF_MAX_S``) between tries. Each retry is counted and logged
-    (``what`` names the URL).
+    """``fn()``, tried up to ``attempts`` times while it fails with a transient error (`is_transient`).
+
+    The tries are ``BACKOFF_S * 2**i`` apart (with jitter, at most ``BACKOFF_MAX_S``). Each retry is counted and
+    logged (``what`` names the URL).
 
     Raises:
         StorageError: still failing after the last attempt (the message names ``what`` and the last error).
@@ -200,8 +206,11 @@ _SIGNED_RE = re.compile(r"(?i)(X-Amz-(?:Credential|Signature|Security-Token)|Sig
 
 
 def redact(text: str, extra_secrets: Mapping[str, Any] | None = None) -> str:
-    """``text`` without credentials: ``user:password@`` of URLs, signed query parameters, and the values of the
-    credential variables of the environment (and of ``extra_secrets``' string values) wherever they appear."""
+    """``text`` without credentials.
+
+    ``user:password@`` of URLs, signed query parameters, and the values of the credential variables of the
+    environment (and of ``extra_secrets``' string values) wherever they appear.
+    """
     text = _USERINFO_RE.sub(r"\g<scheme>***@", str(text))
     text = _SIGNED_RE.sub(r"\1=***", text)
     secrets = [os.environ.get(name, "") for name in _SECRET_ENV]
@@ -221,16 +230,21 @@ def read_bytes(url: str, storage_options: Mapping[str, Any] | None = None, start
 
 
 def write_bytes(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Write ``data`` as the object ``url``, retried as a whole. On an object store (S3, GCS, Azure Blob) the new
-    object becomes visible only once complete, replacing any old one in one step."""
+    """Write ``data`` as the object ``url``, retried as a whole.
+
+    On an object store (S3, GCS, Azure Blob) the new object becomes visible only once complete, replacing any
+    old one in one step.
+    """
     fs = filesystem(url, storage_options)
     retry(lambda: fs.pipe_file(url, data), url)
 
 
 def create(url: str, data: bytes, storage_options: Mapping[str, Any] | None = None) -> bool:
-    """Write ``data`` as the object ``url`` only if there is none (S3's conditional PUT, ``If-None-Match: *``): True
-    when this call created it, False when it was there. Stores without conditional writes: a check, then a write
-    (two writers at the same moment may both succeed)."""
+    """Write ``data`` as the object ``url`` only if there is none; True when this call created it.
+
+    S3's conditional PUT (``If-None-Match: *``): of two writers at the same moment one wins. Stores without
+    conditional writes: a check, then a write (two writers at the same moment may both succeed).
+    """
     fs = filesystem(url, storage_options)
 
     def put() -> bool:

@@ -205,8 +205,11 @@ def _read(path: Path, problems: list[str], skipped: list[str]) -> list[dict[str,
 
 
 def audit(path: str | Path) -> AuditReport:
-    """Audit the ledgers under ``path`` (a ``ledger`` folder, or a folder holding one, e.g. the run's root; a URL
-    of an object store too: its ledger files are read into a temporary folder first)."""
+    """Audit the ledgers under ``path``.
+
+    ``path`` is a ``ledger`` folder, or a folder holding one (e.g. the run's root); a URL of an object store too:
+    its ledger files are read into a temporary folder first.
+    """
     from dltrain import _storage
 
     if _storage.is_remote(path):

@@ -67,8 +67,10 @@ def local_path(url: str) -> str:
 
 
 def is_object_store(url: str) -> bool:
-    """Whether ``url`` names an object on a store dltrain opens through fsspec (``s3://``, ``gs://``, ...; not
-    http(s), which webdataset streams)."""
+    """Whether ``url`` names an object on a store that dltrain opens through fsspec.
+
+    ``s3://``, ``gs://``, ...; not http(s), which webdataset streams.
+    """
     return _storage.protocol_of(url) not in (None, "http", "https")
 
 
@@ -139,8 +141,9 @@ def read_at(file: Any, offset: int, size: int) -> bytes:
 
 
 class ObjectFile(io.RawIOBase):
-    """An object of a store, read through ranged GETs (each retried, see ``dltrain._storage.retry``) and a read-ahead
-    buffer: a seekable binary file for `tarfile` and `read_at`.
+    """An object of a store as a seekable binary file, for `tarfile` and `read_at`.
+
+    Read through ranged GETs (each retried, see ``dltrain._storage.retry``) and a read-ahead buffer.
 
     Args:
         url: the object's URL.
@@ -161,8 +164,12 @@ class ObjectFile(io.RawIOBase):
 
     @classmethod
     def open(cls, url: str, read_ahead: int, storage_options: Mapping[str, Any] | None = None) -> ObjectFile:
-        """Raises FileNotFoundError for a missing object, `dltrain._storage.StorageError` for a store that does not
-        answer after the retries."""
+        """Open the object ``url`` (its size read first).
+
+        Raises:
+            FileNotFoundError: a missing object.
+            dltrain._storage.StorageError: a store that does not answer after the retries.
+        """
         fs = _storage.filesystem(url, storage_options)
 
         def info() -> dict[str, Any]:
@@ -192,6 +199,7 @@ class ObjectFile(io.RawIOBase):
         return self._buffer[: stop - offset]
 
     def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes from the current position (all that is left: ``-1`` or None)."""
         if size is None or size < 0:
             size = self.size - self._pos
         data = self.read_at(self._pos, size)
@@ -199,25 +207,31 @@ class ObjectFile(io.RawIOBase):
         return data
 
     def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` from the current position; the number of bytes read."""
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move the position (no request is made)."""
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
     def tell(self) -> int:
+        """The current position."""
         return self._pos
 
     def readable(self) -> bool:
+        """True: an object is read."""
         return True
 
     def seekable(self) -> bool:
+        """True: any position is one ranged GET away."""
         return True
 
     def close(self) -> None:
+        """Drop the read-ahead buffer."""
         self._buffer = b""
         super().close()
 

@@ -112,10 +112,12 @@ def write_shards(
 
 
 def _write_to_store(samples: Iterable[Mapping[str, Any]], pattern: str, **kwargs: Any) -> list[str]:
-    """`write_shards` to an object store: each shard is written in a local scratch folder, then uploaded as one
-    object (retried; visible only once complete), the index last, so that a reader that finds the index finds
-    every shard it names. The scratch folder holds the shards until the upload (the system's temporary folder,
-    ``TMPDIR``)."""
+    """`write_shards` to an object store.
+
+    Each shard is written in a local scratch folder, then uploaded as one object (retried; visible only once
+    complete), the index last, so that a reader that finds the index finds every shard it names. The scratch
+    folder holds the shards until the upload (the system's temporary folder, ``TMPDIR``).
+    """
     import posixpath
     import shutil
     import tempfile

@@ -1,7 +1,10 @@
-"""Run folders ``<root>/version_<N>`` as Lightning's loggers name them: the next free number, claimed atomically
-on a local disk. ``root`` may be a URL of an object store (``s3://bucket/runs/name``): its "folders" are key
-prefixes, listed fresh, claimed by a conditional PUT of a marker object (on stores without one, two runs that start
-at the same moment may pick the same number: give them different ``name``s or ``version``s)."""
+"""Run folders ``<root>/version_<N>`` as Lightning's loggers name them.
+
+The next free number, claimed atomically on a local disk. ``root`` may be a URL of an object store
+(``s3://bucket/runs/name``): its "folders" are key prefixes, listed fresh, claimed by a conditional PUT of a
+marker object (on stores without one, two runs that start at the same moment may pick the same number: give
+them different ``name``s or ``version``s).
+"""
 
 from __future__ import annotations
 
