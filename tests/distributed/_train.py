@@ -250,6 +250,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="global batch size")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--ledger", action="store_true", help="add a SampleLedger (stream data): out/ledger")
+    p.add_argument("--ledger-dir", default=None, help="the SampleLedger's folder (default out/ledger; may be s3://...)")
     p.add_argument("--data", choices=["map", "stream"], default="map")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--accumulate", type=int, default=1)
@@ -304,7 +305,7 @@ def main() -> None:
     if args.ledger:
         from dltrain.callbacks import SampleLedger
 
-        callbacks.append(SampleLedger())
+        callbacks.append(SampleLedger(args.ledger_dir))
     if args.ema:
         from dltrain.callbacks import EMAWeightAveraging
 
