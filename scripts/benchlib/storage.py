@@ -10,8 +10,8 @@ An S3 server (moto's, ``python -m moto.server``) runs in its own process on 127.
 
 **Checkpoints.** A stack of square Linear layers with ~``--params`` million float32 parameters, SGD with momentum
 (the optimizer state is as large as the model: a checkpoint of ~8 bytes per parameter), trained on one process
-with ``ModelCheckpoint(every_n_train_steps=...)``. Four variants, interleaved save by save in one process: local
-disk sync / async, S3 sync / async. *Blocked* is the wall time the training thread spends inside the checkpoint
+with ``ModelCheckpoint(every_n_train_steps=...)``. Four variants, one fit each, one after the other in one
+process: local disk sync / async, S3 sync / async. *Blocked* is the wall time the training thread spends inside the checkpoint
 callback's save (for async: waiting for the previous save if it is still in flight, copying the state off the
 device, handing it to the writer thread), per save; the end-of-fit wait for the last write is reported apart.
 The step time of the steps trained while a background write ran is reported too (2 cores: the writer competes
@@ -106,10 +106,11 @@ def checkpoints(params_m: float, saves: int, every: int, tmp: str) -> dict[str, 
             self.blocked: list[float] = []
             self.final_wait = 0.0
 
-        def _save(self, trainer: Any) -> None:
+        def _save(self, trainer: Any, *args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
-            super()._save(trainer)
+            path = super()._save(trainer, *args, **kwargs)
             self.blocked.append(time.perf_counter() - start)
+            return path
 
         def on_fit_end(self, trainer: Any, task: Any) -> None:
             start = time.perf_counter()
