@@ -149,6 +149,15 @@ class ObjectFile(io.RawIOBase):
         url: the object's URL.
         size: its size in bytes.
         read_ahead: a GET fetches at least this many bytes from where a read starts.
+
+    Example:
+        >>> import fsspec
+        >>> fsspec.filesystem("memory").pipe_file("memory://bucket/shard.tar", b"0123456789")
+        >>> f = ObjectFile.open("memory://bucket/shard.tar", read_ahead=4)
+        >>> f.read_at(2, 3), f.requests  # one ranged GET of bytes 2..5
+        (b'234', 1)
+        >>> f.read_at(4, 1), f.requests  # in the read-ahead buffer: no request
+        (b'4', 1)
     """
 
     # No descriptor: readers that pread a local file's descriptor read through `read_at` instead.
