@@ -282,7 +282,7 @@ def remove_stale_parts(folder: str, storage_options: Options = None) -> list[str
     Orphaned: no commit in ``folder`` names them and their writer, a process of this host, is gone (a save killed
     before its commit). Parts of other hosts are left alone.
     """
-    from dltrain.checkpoint import _process_alive_since
+    from dltrain.checkpoint import process_alive_since
 
     parts_folder = _storage.join(folder, PARTS_DIR)
     entries = _storage.listing(parts_folder, storage_options)
@@ -297,7 +297,7 @@ def remove_stale_parts(folder: str, storage_options: Options = None) -> list[str
         if url in named or match is None or match.group("host") != host:
             continue
         pid = int(match.group("pid"))
-        if pid != os.getpid() and _process_alive_since(pid, time.time()):
+        if pid != os.getpid() and process_alive_since(pid, time.time()):
             continue
         _storage.remove(url, storage_options, recursive=True)
         removed.append(url)

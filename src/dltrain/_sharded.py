@@ -236,9 +236,11 @@ def world_size_of(accelerator: str, devices: Any, num_nodes: int) -> int:
 def save(engine: Engine, path: str | os.PathLike[str], metadata: dict[str, Any],
          storage_options: Mapping[str, Any] | None = None, *, optimizers: bool = True,
          background: AsyncSave | None = None, after: Callable[[], None] | None = None) -> None:
-    """Write the sharded checkpoint directory ``path`` (every rank calls it): shards of the model and optimizers
-    (``optimizers=False``: weights only) from every rank, ``metadata`` from rank zero. ``path`` appears only once all of it is on disk (on an object
-    store: the parts, then the commit object ``path`` naming them). ``after`` runs on rank zero once it has.
+    """Write the sharded checkpoint directory ``path`` (every rank calls it).
+
+    Shards of the model and optimizers (``optimizers=False``: weights only) from every rank, ``metadata`` from rank
+    zero. ``path`` appears only once all of it is on disk (on an object store: the parts, then the commit object
+    ``path`` naming them). ``after`` runs on rank zero once it has.
 
     With ``background``: DCP's ``async_save`` copies this rank's shards to host memory and returns; the write, the
     publication and ``after`` run on the writer thread (DCP's collectives on a process group of their own).
@@ -302,8 +304,10 @@ def save(engine: Engine, path: str | os.PathLike[str], metadata: dict[str, Any],
 
 
 def shard_state(engine: Engine, optimizers: bool = True) -> dict[str, Any]:
-    """This rank's shards of the model (``model``) and of every optimizer (``optimizer_<i>``), on the CPU: the
-    layout Fabric's ``ModelParallelStrategy.save_checkpoint`` writes, so that either reads the other's."""
+    """This rank's shards of the model (``model``) and of every optimizer (``optimizer_<i>``), on the CPU.
+
+    The layout Fabric's ``ModelParallelStrategy.save_checkpoint`` writes, so that either reads the other's.
+    """
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -335,6 +339,7 @@ def write_shards(engine: Engine, location: str, metadata: dict[str, Any],
 
 
 def write_meta(location: str, metadata: dict[str, Any], storage_options: Mapping[str, Any] | None = None) -> None:
+    """``meta.pt`` (the non-tensor part of the checkpoint) into ``location``, a directory or a URL prefix."""
     if _storage.is_remote(location):
         from dltrain import _remote_checkpoint
 

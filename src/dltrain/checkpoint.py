@@ -142,7 +142,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
             written = p.stat().st_mtime
         except FileNotFoundError:
             continue
-        if pid != os.getpid() and _process_alive_since(pid, written):
+        if pid != os.getpid() and process_alive_since(pid, written):
             continue
         with contextlib.suppress(FileNotFoundError):
             if p.is_dir() and not p.is_symlink():  # a sharded checkpoint's directory
@@ -175,7 +175,7 @@ def _remove_unlinked_directories(entries: list[Path]) -> list[Path]:
     return removed
 
 
-def _process_alive_since(pid: int, written: float) -> bool:
+def process_alive_since(pid: int, written: float) -> bool:
     """Whether process ``pid`` is running and may have written a file at time ``written`` (it started before)."""
     try:
         os.kill(pid, 0)

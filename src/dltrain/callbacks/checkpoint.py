@@ -95,8 +95,8 @@ class ModelCheckpoint(Checkpoint):
         storage_options: fsspec options when ``dirpath`` (or ``default_root_dir``) is a URL of an object store
             (``s3://bucket/run``), for what the environment's credentials and endpoint do not cover. Never saved.
         async_save: copy the state off the device and write it in the background while training continues (at
-            most one save in flight; the end of ``fit``, a preemption and an exception wait for it). Lightning's
-            ``Trainer(plugins=[AsyncCheckpointIO()])`` turns it on for every ModelCheckpoint.
+            most one save in flight; the end of ``fit``, a preemption and an exception wait for it). Lightning
+            spells it ``Trainer(plugins=[AsyncCheckpointIO()])``; dltrain's Trainer takes no ``plugins`` yet.
 
     Example:
         >>> ckpt = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=2, filename="{epoch:02d}-{val/acc:.3f}",
@@ -649,8 +649,10 @@ def _fill(template: str, metrics: dict[str, Any], equals: str | None) -> str:
 
 # ---------------------------------------------------------------------- run folders
 def _folder(path: str | os.PathLike[str]) -> Path | str:
-    """A folder as dltrain handles it: a ``Path``, or a URL string for an object store (never a ``Path``: it
-    would turn ``s3://`` into ``s3:/``)."""
+    """A folder as dltrain handles it: a ``Path``, or a URL string for an object store.
+
+    Never a ``Path`` for a URL: it would turn ``s3://`` into ``s3:/``.
+    """
     if _storage.is_remote(path):
         return str(path).rstrip("/")
     return Path(os.path.expanduser(_storage.local_path(path)))

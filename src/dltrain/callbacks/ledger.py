@@ -113,8 +113,6 @@ class _Writer:
                     self._file.flush()
                     os.fsync(self._file.fileno())
                     if self._upload_to is not None:
-                        from dltrain import _storage
-
                         _storage.write_bytes(self._upload_to, self._path.read_bytes())
                     item.set()
                     continue
