@@ -51,3 +51,43 @@ def test_csv_logger_on_the_store_claims_versions_and_resumes_without_repeating_r
                     ("3", "", "9.0", ""), ("4", "4.0", "", ""), ("4", "", "", "1.0")], rows
     assert json.loads(s3.read("runs/lightning_logs/version_0/hparams.json")) == {"batch": 8, "lr": 0.1}
     assert CSVLogger(s3.url("runs")).version == 2
+
+
+def test_sample_ledger_on_the_store_uploads_its_file_and_leaves_no_local_copy(s3, tmp_path, monkeypatch):
+    """The ledger is written locally and uploaded whole; once the fit is over, the local copy is gone."""
+    import tempfile
+
+    import torch
+
+    import dltrain
+    from dltrain.audit import audit
+    from dltrain.callbacks import SampleLedger
+    from dltrain.data import StreamingDataset
+    from tests.helpers.shards import make_shards
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the ledger's local copy goes
+
+    class Task(dltrain.Task):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch["x"]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    shards = make_shards(tmp_path / "shards", num_shards=3, min_size=4, max_size=6, seed=3)
+    data = StreamingDataset(shards.pattern, batch_size=4, seed=5,
+                            map=lambda s: {"x": torch.tensor(s["npy"], dtype=torch.float32)})
+    trainer = dltrain.Trainer(accelerator="cpu", max_epochs=2, default_root_dir=str(tmp_path / "run"), logger=False,
+                              enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                              callbacks=[SampleLedger(dirpath=s3.url("ledger"))])
+    trainer.fit(Task(), data)
+    assert [k for k in s3.objects("ledger") if k.endswith(".jsonl")], s3.objects("ledger")
+    assert audit(s3.url("ledger")).ok
+    left = sorted(p.name for p in scratch.glob("dltrain-ledger-*"))
+    assert left == [], f"the ledger's local copy was left behind: {left}"

@@ -102,6 +102,10 @@ class _Writer:
         self._queue.put(None)
         self._thread.join()
         self._file.close()
+        if self._upload_to is not None:  # uploaded whole by the flush: the local copy and its folder go
+            import shutil
+
+            shutil.rmtree(self._path.parent, ignore_errors=True)
 
     def _run(self) -> None:
         try:

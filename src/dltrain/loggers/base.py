@@ -198,8 +198,9 @@ class FolderLogger(Logger):
     that never write.
 
     ``save_dir`` may be a URL of an object store (``s3://bucket/runs``): the folders are then key prefixes, joined
-    as URLs; the version is the next free number among the store's ``version_*`` prefixes (nothing to claim there,
-    see `dltrain.loggers._versions`), and a subclass writes whole objects (`remote`).
+    as URLs; the version is the next free number among the store's ``version_*`` prefixes, claimed by a conditional
+    PUT of the marker object ``version_<N>/.dltrain-run`` (`dltrain.loggers._versions`), and a subclass writes whole
+    objects (`remote`).
 
     Args:
         save_dir: the root folder, or a URL of an object store.
