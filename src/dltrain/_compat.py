@@ -389,8 +389,9 @@ def lighthouse_server(bind: str, min_replicas: int, *, join_timeout_ms: int, quo
 
 
 def dcp_fsspec_storage(location: str, options: Mapping[str, Any] | None, *, reader: bool) -> Any:
-    """torch.distributed.checkpoint's ``FsspecReader``/``FsspecWriter`` of the URL prefix ``location``, with fsspec
-    ``options``, from ``torch.distributed.checkpoint._fsspec_filesystem``.
+    """torch.distributed.checkpoint's ``FsspecReader``/``FsspecWriter`` of the URL prefix ``location``.
+
+    With the fsspec ``options``; from ``torch.distributed.checkpoint._fsspec_filesystem``.
 
     Why: DCP picks them by itself for ``checkpoint_id="s3://..."`` (public), but then with no options: a user's
     ``storage_options`` (an endpoint, a profile) reach fsspec only through their constructors, which the package
