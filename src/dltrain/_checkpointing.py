@@ -246,7 +246,7 @@ def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: Ru
 
 
 def restore_from(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: RunState, loop: FitLoop,
-                 checkpoint: dict[str, Any], path: Path | None) -> dict[str, Any]:
+                 checkpoint: dict[str, Any], path: Path | str | None) -> dict[str, Any]:
     """`restore` from a checkpoint already in memory: read from ``path``, or (``path=None``) the state a live
     replica group sent this one (`replica_state`), whose weights are a full state dict."""
     if checkpoint.get("weights_only"):
