@@ -61,6 +61,13 @@ def resolve_plugins(plugins: Any, precision: Any, sync_batchnorm: bool) -> Resol
             out.fabric.append(plugin)
         elif isinstance(plugin, CheckpointIO):
             kinds["CheckpointIO"] += 1
+            from dltrain._async_checkpoint import is_async_checkpoint_io
+
+            if is_async_checkpoint_io(plugin):
+                raise ConfigurationError(
+                    f"Trainer(plugins=[{name}(...)]): dltrain writes checkpoints itself; for asynchronous saves "
+                    "(the state copied off the device, written in the background) use "
+                    "ModelCheckpoint(async_save=True) and remove the plugin")
             if type(plugin) is not TorchCheckpointIO:
                 raise ConfigurationError(
                     f"Trainer(plugins=[{name}(...)]): dltrain writes and reads checkpoints itself (atomic writes, "

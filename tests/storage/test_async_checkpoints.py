@@ -178,3 +178,12 @@ def test_lightnings_async_checkpoint_io_is_recognised():
     assert is_async_checkpoint_io(AsyncCheckpointIO())
     assert not is_async_checkpoint_io(TorchCheckpointIO())
     assert not is_async_checkpoint_io(object())
+
+
+def test_lightnings_async_checkpoint_io_plugin_points_to_async_save():
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+    from dltrain.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"AsyncCheckpointIO.*ModelCheckpoint\(async_save=True\)"):
+        dltrain.Trainer(accelerator="cpu", logger=False, plugins=[AsyncCheckpointIO()])

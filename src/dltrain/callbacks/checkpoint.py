@@ -95,8 +95,8 @@ class ModelCheckpoint(Checkpoint):
         storage_options: fsspec options when ``dirpath`` (or ``default_root_dir``) is a URL of an object store
             (``s3://bucket/run``), for what the environment's credentials and endpoint do not cover. Never saved.
         async_save: copy the state off the device and write it in the background while training continues (at
-            most one save in flight; the end of ``fit``, a preemption and an exception wait for it). Lightning
-            spells it ``Trainer(plugins=[AsyncCheckpointIO()])``; dltrain's Trainer takes no ``plugins`` yet.
+            most one save in flight; the end of ``fit``, a preemption and an exception wait for it). Lightning's
+            ``Trainer(plugins=[AsyncCheckpointIO()])`` is refused with an error that points here.
 
     Example:
         >>> ckpt = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=2, filename="{epoch:02d}-{val/acc:.3f}",
