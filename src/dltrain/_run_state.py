@@ -41,11 +41,11 @@ class LoopState:
         >>> trainer.fit(task, train_loader, val_loader)
         >>> trainer.loop_state  # 2 epochs of 4 batches done: the next epoch would be 2
         LoopState(epoch=2, global_step=8, batches_done=0, phase='train', should_stop=False, stepped=True,
-                  skipped_nonfinite_steps=0)
+                  skipped_nonfinite_steps=0, uncommitted_steps=0)
         >>> from dltrain.checkpoint import load
         >>> load(trainer.checkpoint_callback.last_model_path)["loops"]  # taken at the end of epoch 1
         {'epoch': 1, 'global_step': 8, 'batches_done': 4, 'phase': 'epoch_end', 'should_stop': False,
-         'stepped': True, 'skipped_nonfinite_steps': 0}
+         'stepped': True, 'skipped_nonfinite_steps': 0, 'uncommitted_steps': 0}
     """
 
     epoch: int = 0

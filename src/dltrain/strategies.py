@@ -104,6 +104,7 @@ class FaultTolerant:
 
     Example:
         >>> import dltrain
+        >>> # not run: a replica group needs a running lighthouse (TORCHFT_LIGHTHOUSE) and torchrun's variables
         >>> trainer = dltrain.Trainer(strategy=dltrain.FaultTolerant(min_replicas=1))  # doctest: +SKIP
     """
 

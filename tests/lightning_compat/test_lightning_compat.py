@@ -24,6 +24,10 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 # The rename, applied to the whole text (whole words; the longer names first).
 RENAMES: list[tuple[str, str]] = [
+    (r"\bpytorch_lightning\b", "lightning.pytorch"),  # the package's older name, same modules
+    (r"\bimport lightning\.pytorch as\b", "import dltrain as"),  # import lightning.pytorch as pl; pl.Trainer
+    # where LightningModule and Trainer are defined (Lightning's own templates import them from there)
+    (r"\blightning\.pytorch\.(core|trainer)(\.\w+)*\b", "dltrain"),
     (r"\bfrom lightning\.pytorch\.cli import\b", "from dltrain import"),
     # lightning.pytorch.<m>[.<sub>] -> dltrain.<m>
     (r"\blightning\.pytorch\.(callbacks|loggers|profilers|tuner)(\.\w+)*\b", r"dltrain.\1"),
@@ -50,6 +54,9 @@ def test_rename():
         "class M(LightningModule): pass\n"
         "from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging\n"
         "from lightning.pytorch.tuner import Tuner\nfrom lightning.pytorch.profilers import AdvancedProfiler\n"
+        "import lightning.pytorch as pl\nimport pytorch_lightning as pl2\nclass N(pl.LightningModule): pass\n"
+        "from lightning.pytorch.core import LightningModule\nfrom lightning.pytorch.trainer.trainer import Trainer\n"
+        "from pytorch_lightning.callbacks import EarlyStopping\n"
     )
     assert rename(src) == (
         "from dltrain import Task, DataModule, Trainer\n"
@@ -58,6 +65,9 @@ def test_rename():
         "class M(Task): pass\n"
         "from dltrain.callbacks import EMAWeightAveraging\n"
         "from dltrain.tuner import Tuner\nfrom dltrain.profilers import AdvancedProfiler\n"
+        "import dltrain as pl\nimport dltrain as pl2\nclass N(pl.Task): pass\n"
+        "from dltrain import Task\nfrom dltrain import Trainer\n"
+        "from dltrain.callbacks import EarlyStopping\n"
     )
 
 
@@ -128,6 +138,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "n_cli_lightning_classes": ([], []),
     "o_warnings": ([], []),
     "p_stop_epochs": ([], []),
+    "q_import_spellings": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }
