@@ -34,15 +34,22 @@ def save(engine: Engine, hooks: HookDispatcher, run: RunState, task: Task, loop:
          after: Callable[[], None] | None = None) -> None:
     """Write a checkpoint of everything needed to resume exactly; every rank must call it.
 
-    ``loop``: the fit's loop (``None`` outside fit: no loader position or training metrics). ``path`` may be a URL
-    of an object store (``storage_options`` for fsspec).
-
-    ``weights_only`` (``ModelCheckpoint(save_weights_only=True)``): the weights, hparams and loop counters only, as
-    Lightning's; such a checkpoint loads for evaluation and ``load_from_checkpoint``, not to resume a fit.
-
-    With ``background``, the state is copied off the device (DCP's ``async_save`` stages sharded checkpoints) and
-    written on the writer thread; ``after`` runs there on global rank zero once the checkpoint is complete (the
-    caller has waited for the previous save in flight). Without, ``after`` runs here once it is written.
+    Args:
+        engine: the run's engine: the weights, optimizers, schedulers and precision state come from it, and its
+            collectives gather every rank's RNG state and loader position.
+        hooks: the callback dispatcher: each callback's ``state_dict`` is saved and its ``on_save_checkpoint`` runs.
+        run: the run's state: loop counters, callback metrics, datamodule and loggers.
+        task: the task whose class and hparams are recorded; its ``on_save_checkpoint`` runs.
+        loop: the fit's loop (``None`` outside fit: no loader position or training metrics).
+        path: the checkpoint file (a directory under ``strategy="fsdp2"``), or a URL of an object store.
+        storage_options: fsspec options for a URL; never saved.
+        weights_only: the weights, hparams and loop counters only (``ModelCheckpoint(save_weights_only=True)``,
+            as Lightning's): such a checkpoint loads for evaluation and ``load_from_checkpoint``, not to resume a
+            fit.
+        background: the state is copied off the device (DCP's ``async_save`` stages sharded checkpoints) and
+            written on this writer thread; the caller has waited for the previous save in flight.
+        after: runs on global rank zero once the checkpoint is complete: on the writer thread with
+            ``background``, else here once it is written.
     """
     rank_state: dict[str, Any] = {"rng": ckpt_io.rng_state()}
     position = loop.loader_position() if loop is not None else None
@@ -121,10 +128,12 @@ def storage_options(trainer: TrainerView) -> Mapping[str, Any] | None:
 
 
 def resolve(trainer: TrainerView, ckpt_path: str | os.PathLike[str]) -> Path | str | None:
-    """A checkpoint file for ``ckpt_path``.
+    """The checkpoint that ``ckpt_path`` names.
 
-    A path (or URL) as given; ``"last"``: the newest complete checkpoint of the most recent run (None: there is
-    none, start from scratch); ``"best"``: the checkpoint callback's best.
+    Args:
+        trainer: the trainer whose checkpoint callbacks and run folders ``"last"`` and ``"best"`` refer to.
+        ckpt_path: a path (or URL), returned as it is; ``"last"``: the newest complete checkpoint of the most recent
+            run (``None``: there is none, start from scratch); ``"best"``: the checkpoint callback's best.
     """
     if str(ckpt_path) == "best":
         return _resolve_best(trainer)
@@ -141,9 +150,11 @@ def resolve(trainer: TrainerView, ckpt_path: str | os.PathLike[str]) -> Path | s
 
 
 def _last_places(trainer: TrainerView) -> list[Path | str]:
-    """What `_last_folders` searches, as a user would look for it: the checkpoint callbacks' folders when known,
-    else the run folders' patterns (``<root>/<logger name>/*/checkpoints``), and the old layout's folder only when
-    it exists."""
+    """What `_last_folders` searches, as a user would look for it (for the message when nothing is found).
+
+    The checkpoint callbacks' folders when known, else the run folders' patterns
+    (``<root>/<logger name>/*/checkpoints``), and the old layout's folder only when it exists.
+    """
     from dltrain.callbacks.checkpoint import ModelCheckpoint, run_folder_patterns
 
     callbacks = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
@@ -166,8 +177,11 @@ def _last_folders(trainer: TrainerView) -> list[Path | str]:
 
 
 def _resolve_best(trainer: TrainerView) -> Path | str:
-    """``trainer.checkpoint_callback.best_model_path``; in a new process (nothing saved yet), the best checkpoint
-    named by the state of the run's newest checkpoint."""
+    """``trainer.checkpoint_callback.best_model_path``, or the best one its newest checkpoint names.
+
+    The latter in a new process (nothing saved yet): the best checkpoint named by the state of the run's newest
+    checkpoint.
+    """
     from dltrain.callbacks.checkpoint import ModelCheckpoint
 
     cb = trainer.checkpoint_callback
@@ -200,10 +214,17 @@ def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathL
                  weights_only: bool | None = None) -> Path | str:
     """Load only the model weights (validate/test/predict with ``ckpt_path``); returns the checkpoint's path.
 
-    ``weights_only=False`` unpickles any object (`dltrain.checkpoint.load`): for trusted files only.
-
     A checkpoint written with weight averaging gives its averaged weights (``averaged_state_dict``), as
     Lightning's, whose ``state_dict`` holds them.
+
+    Args:
+        trainer: the trainer ``ckpt_path`` is resolved against (`resolve`).
+        engine: the engine of the placed task that receives the weights.
+        ckpt_path: a path or URL, ``"last"`` or ``"best"`` (`resolve`).
+        weights_only: passed to `dltrain.checkpoint.load`; ``False`` unpickles any object: for trusted files only.
+
+    Raises:
+        CheckpointError: ``ckpt_path="last"`` found no checkpoint.
     """
     path = resolve(trainer, ckpt_path)
     if path is None:
@@ -232,10 +253,19 @@ def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: Ru
             ckpt_path: str | os.PathLike[str], weights_only: bool | None = None) -> dict[str, Any] | None:
     """Restore a fit, but for the optimizers: weights, loop state, callbacks, loggers, loader position, RNG.
 
-    ``weights_only=False`` unpickles any object (`dltrain.checkpoint.load`): for trusted files only.
+    Args:
+        trainer: the trainer ``ckpt_path`` is resolved against (`resolve`).
+        engine: the engine of the placed task.
+        hooks: the callback dispatcher: each callback gets its saved state and ``on_load_checkpoint``.
+        run: the run's state that receives the loop counters, callback metrics, datamodule and logger states.
+        loop: the fit's loop: its loader position, training metrics and RNG state to restore.
+        ckpt_path: a path or URL, ``"last"`` or ``"best"`` (`resolve`).
+        weights_only: passed to `dltrain.checkpoint.load`; ``False`` unpickles any object: for trusted files only.
 
-    Returns the checkpoint for `restore_training_state`, which runs after ``on_fit_start`` (as in Lightning), so
-    that callbacks restored here can first rebuild optimizer parameter groups (``BaseFinetuning``).
+    Returns:
+        The checkpoint, for `restore_training_state`, which runs after ``on_fit_start`` (as in Lightning), so that
+        callbacks restored here can first rebuild optimizer parameter groups (``BaseFinetuning``); ``None`` when
+        ``ckpt_path="last"`` found no checkpoint (a fresh start).
     """
     path = resolve(trainer, ckpt_path)
     if path is None:
@@ -247,8 +277,25 @@ def restore(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: Ru
 
 def restore_from(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, run: RunState, loop: FitLoop,
                  checkpoint: dict[str, Any], path: Path | str | None) -> dict[str, Any]:
-    """`restore` from a checkpoint already in memory: read from ``path``, or (``path=None``) the state a live
-    replica group sent this one (`replica_state`), whose weights are a full state dict."""
+    """`restore` from a checkpoint already in memory.
+
+    Args:
+        trainer: the trainer whose restored callbacks are checked against its configuration.
+        engine: the engine of the placed task.
+        hooks: the callback dispatcher: each callback gets its saved state and ``on_load_checkpoint``.
+        run: the run's state that receives the loop counters, callback metrics, datamodule and logger states.
+        loop: the fit's loop: its loader position, training metrics and RNG state to restore.
+        checkpoint: the checkpoint's contents.
+        path: where it was read from; ``None``: the state a live replica group sent this one (`replica_state`),
+            whose weights are a full state dict.
+
+    Returns:
+        The checkpoint, for `restore_training_state`.
+
+    Raises:
+        CheckpointError: it holds weights only, or it was taken mid-epoch and the training loader cannot restore
+            its position.
+    """
     if checkpoint.get("weights_only"):
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds only weights (ModelCheckpoint(save_weights_only=True)): there is no "
@@ -307,11 +354,13 @@ def restore_from(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, ru
 
 
 def replica_state(engine: Engine, hooks: HookDispatcher, run: RunState, loop: FitLoop) -> dict[str, Any]:
-    """What rank ``r`` of a live replica group sends rank ``r`` of a group that joins (dltrain.FaultTolerant): a
-    checkpoint of this moment (a step's start) in memory, with this rank's loader position and RNG state as the
+    """What rank ``r`` of a live replica group sends rank ``r`` of a group that joins (dltrain.FaultTolerant).
+
+    A checkpoint of this moment (a step's start) in memory, with this rank's loader position and RNG state as the
     joining rank's own (rank ``r`` of every group is at the same batch of its own share of the epoch). Made on
     torchft's quorum thread while the training thread waits: no collective, no hook. The tensors are the live
-    ones (torchft serves them until this step's commit vote, before any optimizer step changes them)."""
+    ones (torchft serves them until this step's commit vote, before any optimizer step changes them).
+    """
     rank_state: dict[str, Any] = {"rng": ckpt_io.rng_state()}
     if loop.replica_position is not None:  # after the batches done: the step's batch is read already
         rank_state["train_loader"] = loop.replica_position
@@ -336,8 +385,14 @@ def replica_state(engine: Engine, hooks: HookDispatcher, run: RunState, loop: Fi
 
 
 def load_replica_state_in_loop(engine: Engine, run: RunState, state: dict[str, Any]) -> None:
-    """A live group that fell behind (it did not commit a step the others committed) takes the others' weights,
-    optimizer and scheduler states and step count, at the start of a step; it is at the same batch already."""
+    """Catch a live replica group that fell behind up with the others, at the start of a step.
+
+    A group that did not commit a step the others committed takes their weights, optimizer and scheduler states
+    and step count (`replica_state`); it is at the same batch already.
+
+    Raises:
+        DistributedError: the groups are not at the same epoch and batch.
+    """
     from dltrain.errors import DistributedError
 
     mine, theirs = run.loop_state, state["loops"]

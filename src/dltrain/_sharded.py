@@ -55,9 +55,17 @@ class Layout(NamedTuple):
 
 
 def resolve_strategy(strategy: Any, accelerator: str, devices: Any, num_nodes: int, precision: str) -> Any:
-    """What Fabric gets for ``Trainer(strategy=...)``: ``"fsdp2"`` and :class:`dltrain.FSDP2` become a
-    ``ModelParallelStrategy``; a ``ModelParallelStrategy`` given whole is checked against the world size; anything
-    else is passed on as it is.
+    """What Fabric gets for ``Trainer(strategy=...)``.
+
+    ``"fsdp2"`` and :class:`dltrain.FSDP2` become a ``ModelParallelStrategy``; a ``ModelParallelStrategy`` given
+    whole is checked against the world size; anything else is passed on as it is.
+
+    Args:
+        strategy: the Trainer's ``strategy`` argument.
+        accelerator: the Trainer's ``accelerator`` (with ``devices="auto"``, it decides how many devices count).
+        devices: the Trainer's ``devices`` per node.
+        num_nodes: the Trainer's ``num_nodes``.
+        precision: the Trainer's ``precision`` (``"bf16-mixed"`` gives FSDP2 a mixed-precision policy).
 
     Raises:
         ConfigurationError: the tensor-parallel size does not divide the world size (or the sizes given do not
@@ -98,8 +106,15 @@ def _check_model_parallel_sizes(strategy: ModelParallelStrategy, accelerator: st
 
 def fsdp2_strategy(world_size: int, precision: str, tensor_parallel_size: int = 1, *,
                    cpu_offload: bool = False) -> ModelParallelStrategy:
-    """Fabric's ``ModelParallelStrategy`` on a (``world_size // tensor_parallel_size``) x ``tensor_parallel_size``
-    mesh, sharding the task as :func:`_parallelize` does."""
+    """Fabric's ``ModelParallelStrategy`` that shards the task as :func:`_parallelize` does.
+
+    Args:
+        world_size: processes of the run; the mesh is (``world_size // tensor_parallel_size``) x
+            ``tensor_parallel_size``.
+        precision: the Trainer's ``precision`` (``"bf16-mixed"``: compute in bfloat16, reduce in float32).
+        tensor_parallel_size: the tensor-parallel dimension of the mesh.
+        cpu_offload: keep the shards of parameters, gradients and optimizer states in host memory.
+    """
     from lightning.fabric.strategies import ModelParallelStrategy
 
     from dltrain.strategies import data_parallel_size
@@ -115,8 +130,10 @@ def fsdp2_strategy(world_size: int, precision: str, tensor_parallel_size: int = 
 
 
 def layout_of(strategy: Any, global_rank: int, world_size: int) -> Layout:
-    """This rank's `Layout` under ``strategy`` (after launch): from the device mesh of a ``ModelParallelStrategy``,
-    else every rank is its own data-parallel replica."""
+    """This rank's `Layout` under ``strategy`` (after launch).
+
+    From the device mesh of a ``ModelParallelStrategy``, else every rank is its own data-parallel replica.
+    """
     from lightning.fabric.strategies import ModelParallelStrategy
 
     if not isinstance(strategy, ModelParallelStrategy):
@@ -129,8 +146,14 @@ def layout_of(strategy: Any, global_rank: int, world_size: int) -> Layout:
 
 
 def check_no_dtensors(module: nn.Module, strategy: Any) -> None:
-    """Parameters already distributed (tensor parallelism in ``configure_model``) need the strategy that owns the
-    mesh; DDP or one device would train them wrongly or fail deep inside torch."""
+    """Refuse parameters already distributed when ``strategy`` does not own a mesh.
+
+    Parameters made DTensors in ``configure_model`` (tensor parallelism) need the strategy that owns the mesh; DDP
+    or one device would train them wrongly or fail deep inside torch.
+
+    Raises:
+        ConfigurationError: a parameter of ``module`` is a DTensor (the message names it).
+    """
     from torch.distributed.tensor import DTensor
 
     name = next((n for n, p in module.named_parameters() if isinstance(p, DTensor)), None)
@@ -144,9 +167,11 @@ def check_no_dtensors(module: nn.Module, strategy: Any) -> None:
 
 
 def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str, cpu_offload: bool = False) -> nn.Module:
-    """``fully_shard`` each of `sharding_units`, then the root, over the data-parallel mesh (on top of the task's
-    own tensor parallelism, if any); the step methods become forward methods of the root, so that its own
-    parameters are gathered around them as around ``forward``."""
+    """``fully_shard`` each of `sharding_units`, then the root, over the data-parallel mesh.
+
+    On top of the task's own tensor parallelism, if any; the step methods become forward methods of the root, so
+    that its own parameters are gathered around them as around ``forward``.
+    """
     from torch.distributed.fsdp import (
         CPUOffloadPolicy,
         FSDPModule,
@@ -187,8 +212,11 @@ def _parallelize(module: nn.Module, mesh: DeviceMesh, precision: str, cpu_offloa
 
 
 def register_step_methods(module: nn.Module) -> None:
-    """Make the step methods of an ``fully_shard``-ed root forward methods (its parameters gathered, its root hooks
-    run around them as around ``forward``); also for a root sharded by a user's own ``parallelize_fn``."""
+    """Make the step methods of a ``fully_shard``-ed root forward methods of FSDP2.
+
+    Its parameters are gathered and its root hooks run around them as around ``forward``; also for a root sharded
+    by a user's own ``parallelize_fn``. A module that is not sharded is left as it is.
+    """
     from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
     if isinstance(module, FSDPModule):
@@ -198,8 +226,11 @@ def register_step_methods(module: nn.Module) -> None:
 
 
 def sharding_units(module: nn.Module) -> list[nn.Module]:
-    """What the default plan shards one by one: each child holding parameters; the members of a ``ModuleList`` or
-    ``ModuleDict`` child (containers have no ``forward`` for FSDP2 to hook; a transformer's blocks live there)."""
+    """What the default plan shards one by one.
+
+    Each child holding parameters; instead of a ``ModuleList`` or ``ModuleDict`` child, its members (containers
+    have no ``forward`` for FSDP2 to hook; a transformer's blocks live there).
+    """
     units: list[nn.Module] = []
     for child in module.children():
         if not any(True for _ in child.parameters()):
@@ -379,9 +410,11 @@ def publish(tmp: Path, final: Path) -> None:
 
 
 def link_atomic(target: Path, link: Path) -> None:
-    """Point ``link`` (a symbolic link, relative: the folder can move) at the directory ``target`` in the same
-    folder, replacing what ``link`` named in one rename; a hidden directory it named before (see `publish`) is
-    removed then."""
+    """Point ``link`` at the directory ``target`` in the same folder, in one rename.
+
+    ``link`` is a relative symbolic link (the folder can move); a hidden directory it named before (see
+    `publish`) is removed then.
+    """
     previous = os.readlink(link) if link.is_symlink() else None
     tmp = link.with_name(f".{link.name}.tmp-{socket.gethostname()}-{os.getpid()}")  # a stale one is removed at start
     with contextlib.suppress(FileNotFoundError):
@@ -397,6 +430,7 @@ def link_atomic(target: Path, link: Path) -> None:
 
 # ---------------------------------------------------------------------- reading
 def is_sharded(path: str | os.PathLike[str]) -> bool:
+    """Whether the local checkpoint ``path`` is a sharded one (a directory)."""
     return Path(path).is_dir()
 
 
@@ -481,8 +515,13 @@ def load_model(engine: Engine, path: str | Path) -> None:
 
 
 def read_model(module: nn.Module, path: str | Path) -> dict[str, Any]:
-    """The whole model state of the shards in ``path``, in the layout of ``module``'s own (unsharded) state dict,
-    read by this process alone (no collective, whatever process group exists)."""
+    """The whole model state of the shards in ``path``, in the layout of ``module``'s own (unsharded) state dict.
+
+    Read by this process alone (no collective, whatever process group exists).
+
+    Raises:
+        CheckpointError: the shards cannot be read (the message names ``path`` and the error).
+    """
     import torch.distributed.checkpoint as dcp
 
     state = {"model": {k: v.clone() for k, v in module.state_dict().items()}}

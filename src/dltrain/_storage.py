@@ -168,11 +168,17 @@ def retry(fn: Callable[[], T], what: str, *, attempts: int | None = None) -> T:
     """``fn()``, tried up to ``attempts`` times while it fails with a transient error (`is_transient`).
 
     The tries are ``BACKOFF_S * 2**i`` apart (with jitter, at most ``BACKOFF_MAX_S``). Each retry is counted and
-    logged (``what`` names the URL).
+    logged.
+
+    Args:
+        fn: the operation.
+        what: what it acts on (the URL), for the log and the error; redacted there.
+        attempts: how many tries in all (default ``ATTEMPTS``, ``DLTRAIN_STORAGE_ATTEMPTS``).
 
     Raises:
         StorageError: still failing after the last attempt (the message names ``what`` and the last error).
-        The operation's own error when it is not transient (``FileNotFoundError`` for a missing object).
+        Exception: the operation's own error, at once, when it is not transient (``FileNotFoundError`` for a
+            missing object).
     """
     attempts = ATTEMPTS if attempts is None else attempts
     started = time.monotonic()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from typing_extensions import override
 
 from dltrain import _storage
 from dltrain import checkpoint as ckpt_io
@@ -34,9 +35,10 @@ _FIELD_RE = re.compile(r"\{([^{}:]+)(?::([^{}]*))?\}")
 
 
 class ModelCheckpoint(Checkpoint):
-    """Save checkpoints every ``every_n_epochs`` epochs, every ``every_n_train_steps`` optimizer steps and/or every
-    ``train_time_interval``; keep the ``save_top_k`` best and maintain ``last.ckpt``. Lightning's arguments, names
-    and folders.
+    """Save checkpoints on a schedule, keep the ``save_top_k`` best and maintain ``last.ckpt``, as Lightning's.
+
+    Every ``every_n_epochs`` epochs, every ``every_n_train_steps`` optimizer steps and/or every
+    ``train_time_interval``; Lightning's arguments, names and folders.
 
     **Names.** ``filename`` is a template of ``epoch``, ``step`` and any logged metric, with Python format specs:
     ``"digits-{epoch:02d}-{val_acc:.3f}"`` gives ``digits-epoch=03-val_acc=0.912.ckpt``
@@ -72,31 +74,42 @@ class ModelCheckpoint(Checkpoint):
         dirpath: the folder, once known (at the start of ``fit`` when not given).
 
     Args:
-        dirpath: folder (default: the run's folder, above).
-        filename: name template without extension (default ``"{epoch}-{step}"``).
-        monitor: metric to rank checkpoints by, e.g. ``"val/loss"``; ``None``: the newest is the best.
-        verbose: say on stderr what is saved and why.
-        save_last: maintain ``last.ckpt`` (what ``fit(ckpt_path="last")`` resumes from); ``"link"`` is accepted
-            (dltrain's ``last.ckpt`` is always a link to the newest checkpoint when that one is kept).
-        save_top_k: how many to keep (-1: all, 0: none but ``last``); without ``monitor``, the newest ones
-            (Lightning refuses k > 1 without ``monitor``).
-        save_on_exception: when the fit raises, save a checkpoint (and ``last``) of the state it stopped in.
-        save_weights_only: save only the weights (and hparams, loop counters): ``load_from_checkpoint`` and
-            ``validate/test(ckpt_path=...)`` read them; a fit cannot resume from them.
-        mode: ``"min"`` or ``"max"``.
-        auto_insert_metric_name: write ``name=`` before each field of the template.
-        every_n_train_steps: save after every n optimizer steps (mid-epoch checkpoints).
-        train_time_interval: save after the first training batch that ends this long after the previous save.
-        every_n_epochs: save at the end of every n epochs (0 disables; default 1 unless a step or time
-            interval is given).
-        save_on_train_epoch_end: save the epoch's checkpoint at the training epoch end (``True``) or after
-            validation (``False``); ``None``: as above.
-        enable_version_counter: add ``-v<N>`` to a name taken by another file instead of replacing it.
-        storage_options: fsspec options when ``dirpath`` (or ``default_root_dir``) is a URL of an object store
-            (``s3://bucket/run``), for what the environment's credentials and endpoint do not cover. Never saved.
+        dirpath: the folder of the checkpoints, a path or a URL of an object store (``s3://bucket/run``); default:
+            the run's folder (**Folders**, above).
+        filename: the name template, without extension (default ``"{epoch}-{step}"``; **Names**, above).
+        monitor: the logged metric that ranks the checkpoints, e.g. ``"val/loss"``; ``None``: the newest is the
+            best. As in Lightning, a metric not logged yet is warned about (only ``last`` is saved) until a
+            validation has run, then it is an error.
+        verbose: say what is saved and why (on stderr, from global rank zero).
+        save_last: maintain ``last.ckpt``, the state of the latest save (what ``fit(ckpt_path="last")`` resumes
+            from). Unlike Lightning, on by default (``True``); ``False`` or ``None`` (Lightning's default) writes
+            none. ``"link"`` is accepted: dltrain's ``last.ckpt`` always names the newest checkpoint (a link) when
+            that one is kept, and is a checkpoint of its own otherwise.
+        save_top_k: how many checkpoints to keep (-1: all, 0: none but ``last``), the best by ``monitor``.
+            Without ``monitor``, the newest k (Lightning refuses k > 1 without ``monitor``).
+        save_on_exception: when ``fit`` raises, save a checkpoint (and ``last``) of the state it stopped in, as
+            Lightning's; only on one process (a save needs every rank: with several, it says so and saves none).
+        save_weights_only: save only the weights (and hparams, loop counters), as Lightning's:
+            ``load_from_checkpoint`` and ``validate/test(ckpt_path=...)`` read them; a fit cannot resume from them.
+        mode: ``"min"`` (the lowest ``monitor`` is the best) or ``"max"``; anything else is an error.
+        auto_insert_metric_name: write ``name=`` before each field of the template, as Lightning.
+        every_n_train_steps: save after every n optimizer steps (mid-epoch checkpoints); 0 or ``None``: not by
+            steps. Unlike Lightning, it may be combined with ``every_n_epochs`` and ``train_time_interval``.
+        train_time_interval: save after the first optimizer step that ends at least this long after the start of
+            training or the previous save it made (global rank zero's clock decides for every rank).
+        every_n_epochs: save at the end of every n epochs (0 disables); default 1, or 0 when a step or time
+            interval is given, as Lightning.
+        save_on_train_epoch_end: take the epoch's checkpoint at the training epoch end (``True``) or after
+            validation (``False``); ``None``: decided as Lightning (**When**, above).
+        enable_version_counter: add ``-v<N>`` to a name taken by a file this callback did not write; ``False``:
+            replace that file, as Lightning.
+        storage_options: fsspec options when ``dirpath`` (or ``default_root_dir``) is a URL of an object store,
+            for what the environment's credentials and endpoint do not cover; never saved. Not a Lightning
+            argument here (Lightning passes them to ``CheckpointIO``).
         async_save: copy the state off the device and write it in the background while training continues (at
-            most one save in flight; the end of ``fit``, a preemption and an exception wait for it). Lightning's
-            ``Trainer(plugins=[AsyncCheckpointIO()])`` is refused with an error that points here.
+            most one save in flight; the end of ``fit``, a preemption and an exception wait for it). Not a
+            Lightning argument: Lightning's ``Trainer(plugins=[AsyncCheckpointIO()])`` is refused with an error
+            that points here.
 
     Example:
         >>> ckpt = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=2, filename="{epoch:02d}-{val/acc:.3f}",
@@ -177,38 +190,49 @@ class ModelCheckpoint(Checkpoint):
         self._written: set[str] = set()  # files this callback wrote (normalised paths)
 
     @property
+    @override
     def state_key(self) -> str:
         return f"ModelCheckpoint[{self.monitor or ''},{self.filename or '{epoch}-{step}'}]"
 
     # ------------------------------------------------------------------ Lightning's attributes
     @property
     def best_model_path(self) -> str:
+        """The best kept checkpoint (the newest when nothing is monitored); ``""`` before the first."""
         return self._best()[1] if self.kept else ""
 
     @property
     def best_model_score(self) -> torch.Tensor | None:
+        """The monitored value of ``best_model_path``; ``None`` without ``monitor`` or before the first save."""
         if self.monitor is None or not self.kept:
             return None
         return torch.tensor(self._value(self._best()[0]))
 
     @property
     def best_k_models(self) -> dict[str, torch.Tensor]:
+        """Each kept checkpoint's path and monitored value (empty without ``monitor``)."""
         if self.monitor is None:
             return {}
         return {p: torch.tensor(self._value(s)) for s, p in self.kept}
 
     @property
     def kth_best_model_path(self) -> str:
+        """The worst of the kept checkpoints, the next one evicted; ``""`` before the first."""
         return self._kth()[1] if self.kept else ""
 
     @property
     def kth_value(self) -> torch.Tensor:
+        """The monitored value a checkpoint must beat to be kept.
+
+        ``inf`` (``mode="min"``) or ``-inf`` (``"max"``) while fewer than ``save_top_k`` are kept, or without
+        ``monitor``.
+        """
         if self.monitor is None or not self.kept or (self.save_top_k != -1 and len(self.kept) < self.save_top_k):
             return torch.tensor(math.inf if self.mode == "min" else -math.inf)
         return torch.tensor(self._value(self._kth()[0]))
 
     @property
     def last_model_path(self) -> str:
+        """``last.ckpt`` (what ``fit(ckpt_path="last")`` resumes from); ``""`` before the first save."""
         return self.last_path or ""
 
     def _best(self) -> tuple[float, str]:
@@ -227,6 +251,12 @@ class ModelCheckpoint(Checkpoint):
     ) -> str:
         """The path (under ``dirpath`` when known) that the template gives for ``metrics`` (Lightning's method).
 
+        Args:
+            metrics: the values of the template's fields (a missing one is 0).
+            filename: a template to use instead of this callback's ``filename``.
+            ver: a version to append (``-v<ver>``), as for a name already taken.
+            prefix: text to put before the name, joined with ``-``.
+
         Example:
             >>> ModelCheckpoint(filename="{epoch:02d}-{val_loss:.2f}").format_checkpoint_name(
             ...     {"epoch": 3, "val_loss": 0.1234})
@@ -242,8 +272,10 @@ class ModelCheckpoint(Checkpoint):
         return str(_join(self.dirpath, name)) if self.dirpath is not None else name
 
     def _candidates(self, trainer: TrainerView) -> dict[str, Any]:
-        """The values a name is made of: logged metrics, ``epoch`` and ``step`` as ints (Lightning's rule: a logged
-        ``epoch``/``step`` wins, cast to int)."""
+        """The values a name is made of: logged metrics, ``epoch`` and ``step`` as ints.
+
+        Lightning's rule: a logged ``epoch``/``step`` wins, cast to int.
+        """
         values: dict[str, Any] = {}
         for key, value in trainer.callback_metrics.items():
             with contextlib.suppress(Exception):
@@ -253,6 +285,7 @@ class ModelCheckpoint(Checkpoint):
         return values
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
         if stage == "fit":
             self._resolved = False
@@ -260,13 +293,16 @@ class ModelCheckpoint(Checkpoint):
             self._validated_epoch = None
             self._validation_ran = False
 
+    @override
     def on_fit_start(self, trainer: TrainerView, task: Task) -> None:
         # After a resume has restored the loggers (their version: the run's folder) and this callback's state.
         self._resolve(trainer)
 
+    @override
     def on_train_start(self, trainer: TrainerView, task: Task) -> None:
         self._last_time_checked = time.monotonic()
 
+    @override
     def on_train_batch_end(self, trainer: TrainerView, task: Task, outputs: Any, batch: Any, batch_idx: int) -> None:
         n = self.every_n_train_steps
         if not n and self.train_time_interval is None:
@@ -290,12 +326,14 @@ class ModelCheckpoint(Checkpoint):
             return
         self._save(trainer)
 
+    @override
     def on_validation_start(self, trainer: TrainerView, task: Task) -> None:
         if self._in_fit(trainer) and not trainer.is_last_batch:
             # The fit loop restores this RNG state after a validation inside an epoch; a checkpoint taken at its
             # end must hold it, so that a resume continues the training stream the uninterrupted run continued.
             self._rng_before_validation = ckpt_io.rng_state()
 
+    @override
     def on_validation_end(self, trainer: TrainerView, task: Task) -> None:
         if not self._in_fit(trainer):
             return
@@ -316,6 +354,7 @@ class ModelCheckpoint(Checkpoint):
             finally:
                 ckpt_io.set_rng_state(after)
 
+    @override
     def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
         if trainer.global_step == self._last_saved_step:
             return
@@ -327,12 +366,14 @@ class ModelCheckpoint(Checkpoint):
         ):
             self._save(trainer)
 
+    @override
     def on_fit_end(self, trainer: TrainerView, task: Task) -> None:
         # The state a fit ends in is always in "last", whatever the schedule: it is what a resume continues from.
         if self.save_last and trainer.global_step != self._last_saved_step and trainer.global_step > 0:
             self._save(trainer, top_k=False)
         self.wait(trainer, "the end of fit")
 
+    @override
     def on_exception(self, trainer: TrainerView, task: Task, exception: BaseException) -> None:
         # The checkpoint in flight (async_save) is still written; its own failure is logged, the exception goes on.
         self.wait(trainer, f"handling {type(exception).__name__}", raise_error=False)
@@ -371,8 +412,10 @@ class ModelCheckpoint(Checkpoint):
 
     # ------------------------------------------------------------------ the run's folder
     def _resolve(self, trainer: TrainerView) -> None:
-        """Decide the folder (global rank zero decides, every rank learns it) and keep only the restored entries
-        that are this callback's own files in it; remove stale temporaries there."""
+        """Decide the folder (global rank zero decides, every rank learns it) for this fit.
+
+        Keep only the restored entries that are this callback's own files in it; remove stale temporaries there.
+        """
         decision: tuple[str, list[tuple[float, str]], str | None] | None = None
         # Rank zero of this process group decides; only the job's rank zero writes (with replica groups the
         # other groups' rank zero decides for its group, and group 0 writes the checkpoints).
@@ -406,7 +449,11 @@ class ModelCheckpoint(Checkpoint):
         return _join(_folder(trainer.default_root_dir), "checkpoints")  # no logger: Lightning's folder
 
     def last_folders(self, trainer: TrainerView) -> list[Path | str]:
-        """Where ``fit(ckpt_path="last")`` looks: the folder when given or known, else every run folder."""
+        """Where ``fit(ckpt_path="last")`` looks: the folder when given or known, else every run folder.
+
+        Args:
+            trainer: the trainer whose run folders (`run_folders`) are searched while the folder is not known.
+        """
         if self.dirpath is not None:
             return [self.dirpath]
         return run_folders(trainer)
@@ -466,8 +513,11 @@ class ModelCheckpoint(Checkpoint):
         return -score if self.mode == "min" else score
 
     def _save(self, trainer: TrainerView, top_k: bool | None = True) -> str | None:
-        """Save a checkpoint: a top-k candidate (``top_k=True``), only ``last`` (``False``), or the template's name
-        unconditionally without ranking it (``None``, on exception). Returns the path written (None: nothing)."""
+        """Save a checkpoint; returns the path written (None: nothing).
+
+        A top-k candidate (``top_k=True``), only ``last`` (``False``), or the template's name unconditionally
+        without ranking it (``None``, on exception).
+        """
         background = self._background(trainer)
         if background is not None:  # at most one save in flight: this one waits (and says so) for the last
             self.wait(trainer, f"the save at global step {trainer.global_step}")
@@ -560,8 +610,14 @@ class ModelCheckpoint(Checkpoint):
         return _remote_checkpoint.parts_of(path, self.storage_options)
 
     def save(self, trainer: TrainerView) -> None:
-        """Write a checkpoint now, as a scheduled one would be (every rank calls it): named, kept or rotated by the
-        same rules, ``last`` updated; complete when this returns (also with ``async_save``). Used by `Preemption`."""
+        """Write a checkpoint now, as a scheduled one would be (every rank calls it).
+
+        Named, kept or rotated by the same rules, ``last`` updated; complete when this returns (also with
+        ``async_save``). Used by `Preemption`.
+
+        Args:
+            trainer: the running trainer.
+        """
         self._save(trainer)
         self.wait(trainer, "the preemption's exit")
 
@@ -577,7 +633,14 @@ class ModelCheckpoint(Checkpoint):
         return self._async
 
     def wait(self, trainer: TrainerView | None = None, reason: str = "going on", *, raise_error: bool = True) -> None:
-        """Block until the asynchronous save in flight (if any) is complete; raise the error of a failed one."""
+        """Block until the asynchronous save in flight (if any) is complete; raise the error of a failed one.
+
+        Args:
+            trainer: the running trainer (unused; for the callers' symmetry).
+            reason: what is waiting, for the log line that says how long it waited.
+            raise_error: raise the error of a failed save; ``False``: log it only (while handling another
+                error).
+        """
         if self._async is not None:
             try:
                 ok = self._async.writer.wait(reason, raise_error=raise_error)
@@ -594,11 +657,19 @@ class ModelCheckpoint(Checkpoint):
         for logger in loggers:
             logger.after_save_checkpoint(self)
 
+    @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
         self.wait(trainer, f"the end of {stage}")
 
     def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
-        """Write ``best_k_models`` (path -> monitored value) as YAML (default ``<dirpath>/best_k_models.yaml``)."""
+        """Write ``best_k_models`` (path -> monitored value) as YAML, as Lightning's.
+
+        Args:
+            filepath: the file to write (default ``<dirpath>/best_k_models.yaml``).
+
+        Raises:
+            ConfigurationError: no ``filepath`` before ``fit`` has decided the folder.
+        """
         import yaml
 
         if filepath is None:
@@ -608,6 +679,7 @@ class ModelCheckpoint(Checkpoint):
         with open(filepath, "w", encoding="utf-8") as f:
             yaml.safe_dump({k: float(v) for k, v in self.best_k_models.items()}, f)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "kept": [[s, p] for s, p in self.kept],
@@ -618,6 +690,7 @@ class ModelCheckpoint(Checkpoint):
             "defer_to_validation": self._defer_to_validation,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Checked against this fit's folder at the start of the fit (_resolve): entries elsewhere are forgotten.
         self.kept = [(float(s), str(p)) for s, p in state_dict.get("kept", [])]
@@ -628,8 +701,10 @@ class ModelCheckpoint(Checkpoint):
 
 
 def _fill(template: str, metrics: dict[str, Any], equals: str | None) -> str:
-    """``template`` with every ``{name[:spec]}`` replaced by ``metrics[name]`` formatted with ``spec`` (a missing
-    name is 0), preceded by ``name<equals>`` when ``equals`` is given."""
+    """``template`` with every ``{name[:spec]}`` replaced by ``metrics[name]`` formatted with ``spec``.
+
+    A missing name is 0; the value is preceded by ``name<equals>`` when ``equals`` is given.
+    """
 
     def field(match: re.Match[str]) -> str:
         name, spec = match.group(1), match.group(2) or ""
@@ -663,8 +738,10 @@ def _join(folder: Path | str, name: str) -> Path | str:
 
 
 def _logger_run_dir(trainer: TrainerView) -> Path | str | None:
-    """The first logger's folder of this run, ``<save_dir>/<name>/<version>`` (Lightning's rule); None without a
-    logger, or when the logger has no version."""
+    """The first logger's folder of this run, ``<save_dir>/<name>/<version>`` (Lightning's rule).
+
+    None without a logger, or when the logger has no version.
+    """
     if not trainer.loggers:
         return None
     logger = trainer.loggers[0]
@@ -680,9 +757,12 @@ def _logger_run_dir(trainer: TrainerView) -> Path | str | None:
 
 
 def run_folder_patterns(trainer: TrainerView) -> list[Path | str]:
-    """Glob patterns of the folders where a default ModelCheckpoint of this Trainer's runs writes: the first
-    logger's ``<save_dir>/<name>/*/checkpoints`` (else ``<default_root_dir>/checkpoints``, as Lightning) and ``<default_root_dir>/checkpoints/version_*`` (dltrain's earlier layout of runs without a
-    logger). What `run_folders` searches and what a resume that finds nothing names."""
+    """Glob patterns of the folders where a default ModelCheckpoint of this Trainer's runs writes.
+
+    The first logger's ``<save_dir>/<name>/*/checkpoints`` (else ``<default_root_dir>/checkpoints``, as
+    Lightning) and ``<default_root_dir>/checkpoints/version_*`` (dltrain's earlier layout of runs without a
+    logger). What `run_folders` searches and what a resume that finds nothing names.
+    """
     patterns: list[Path | str] = []
     if _storage.is_remote(trainer.default_root_dir):  # URLs (an object store's "folders" are key prefixes)
         root = str(trainer.default_root_dir)
@@ -707,9 +787,11 @@ def run_folder_patterns(trainer: TrainerView) -> list[Path | str]:
 
 
 def run_folders(trainer: TrainerView) -> list[Path | str]:
-    """Every folder where a default ModelCheckpoint of this Trainer's runs may have written (without resolving
-    the logger's version, which would claim a new one): those of `run_folder_patterns` that exist, and
-    ``<default_root_dir>/checkpoints`` (where runs without a logger write)."""
+    """Every folder where a default ModelCheckpoint of this Trainer's runs may have written.
+
+    Those of `run_folder_patterns` that exist, and ``<default_root_dir>/checkpoints`` (where runs without a logger
+    write); without resolving the logger's version, which would claim a new one.
+    """
     if _storage.is_remote(trainer.default_root_dir):
         return _remote_run_folders(trainer)
     folders: list[Path | str] = []
