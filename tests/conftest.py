@@ -36,6 +36,10 @@ _GROUPS = {
     "tests/examples/test_flags.py": "example_helps",
     "tests/lightning_compat/test_lightning_compat.py": "lightning_compat_servers",
     "tests/plugins/text/test_text_tasks.py": "text_lm_data",
+    # replica groups, their lighthouses and torchrun launches: one at a time, in one worker
+    "tests/distributed/test_fault_tolerance.py": "fault_tolerance",
+    "tests/distributed/test_fault_tolerance_guide.py": "fault_tolerance",
+    "tests/scripts/test_bench_ft.py": "fault_tolerance",
 }
 
 

@@ -38,7 +38,7 @@ from tests.helpers.distributed import run_distributed
 from tests.helpers.replicas import run_replica_groups
 
 # pytest's 300 s would cut a launch short on a loaded machine before its own TIMEOUT names the group that hangs
-pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.xdist_group("fault_tolerance"),
+pytestmark = [pytest.mark.distributed, pytest.mark.slow,
               pytest.mark.timeout(2 * 900 + 300)]
 os.environ.setdefault("RUST_LOG", "warn")  # before torchft is imported: its in-process lighthouse logs every tick
 pytest.importorskip("torchft")

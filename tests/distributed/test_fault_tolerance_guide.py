@@ -54,7 +54,6 @@ def test_the_readme_shows_the_guide_commands():
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.xdist_group("fault_tolerance")
 @pytest.mark.timeout(900)
 def test_the_guide_commands_train_two_groups_and_the_audit_accounts_for_every_sample(tmp_path):
     pytest.importorskip("torchft")

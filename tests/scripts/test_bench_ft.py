@@ -19,7 +19,6 @@ os.environ.setdefault("RUST_LOG", "warn")  # before torchft is imported: its in-
 
 @pytest.mark.distributed
 @pytest.mark.slow
-@pytest.mark.xdist_group("fault_tolerance")
 @pytest.mark.timeout(900)
 def test_ft_bench_runs_at_a_small_setting():
     pytest.importorskip("torchft")
