@@ -169,7 +169,10 @@ def _render_in_chromium(server: str, tmp_path: Path) -> None:
             # The search box finds the Trainer (the search index loads in a web worker).
             page.goto(server + "index.html", wait_until="networkidle")
             page.locator("label.md-search__icon, .md-search__input").first.click()
-            page.locator("input.md-search__input").fill("Trainer")
+            # Typed key by key, as a reader does: Material runs a query on `keyup` (and once when its worker is
+            # ready), so `fill()`, which sends only an `input` event, finds nothing whenever the worker was ready
+            # before the fill: that race made this check fail on fast runs.
+            page.locator("input.md-search__input").press_sequentially("Trainer", delay=20)
             results = page.locator(".md-search-result__item")
             results.first.wait_for(timeout=20_000)
             assert results.count() >= 1
