@@ -33,10 +33,11 @@ def _warn(trainer: TrainerView, message: str, category: type[Warning] = UserWarn
 
 
 def validation_runs(trainer: Trainer, task: Task, has_val_data: bool) -> bool:
-    """Whether the fit validates: it needs both validation data and ``validation_step``.
+    """Whether the fit validates: validation data, ``validation_step`` and ``limit_val_batches`` not 0.
 
     Either one alone is skipped with Lightning's warning (a GAN template passes a val loader and has no
-    validation step).
+    validation step); ``limit_val_batches=0`` switches validation off without one (the warnings, as Lightning's,
+    look at the data and the step only).
     """
     from dltrain._hooks import overrides
     from dltrain.task import Task
@@ -49,16 +50,16 @@ def validation_runs(trainer: Trainer, task: Task, has_val_data: bool) -> bool:
     if has_step and not has_val_data:
         _warn(trainer, f"{type(task).__name__} defines a validation_step but there is no val_dataloader. Skipping "
                        "val loop.", PossibleUserWarning)
-    return has_val_data and has_step
+    return has_val_data and has_step and trainer.limit_val_batches != 0
 
 
-def default_max_epochs(trainer: Trainer, has_timer: bool) -> int | None:
-    """Lightning's default when neither ``max_epochs`` nor ``max_steps`` is set: 1000 epochs, with a warning.
+def default_max_epochs(trainer: Trainer, bounded: bool) -> int:
+    """Lightning's value for an unset ``max_epochs``: ``-1`` (no limit) or 1000 (with a warning).
 
-    ``max_time`` alone bounds the run: no epoch limit then.
+    ``-1`` when ``max_steps`` or ``max_time`` bound the fit (``bounded``).
     """
-    if has_timer:
-        return None
+    if bounded:
+        return -1
     finite = math.isfinite(trainer.num_training_batches)
     _warn(trainer, "max_epochs was not set. Setting it to 1000 epochs. To train without an epoch limit, set "
                    "max_epochs=-1" + ("" if finite else " (the training loader has no length: an endless loader "

@@ -88,6 +88,9 @@ class Settings:
             raise ConfigurationError(f"accumulate_grad_batches={self.accumulate_grad_batches}: use 1 or more")
         if self.log_every_n_steps < 1:
             raise ConfigurationError(f"log_every_n_steps={self.log_every_n_steps}: use 1 or more")
+        for name, value in (("max_epochs", self.max_epochs), ("max_steps", self.max_steps)):
+            if value is not None and value < -1:  # Lightning's error too
+                raise ConfigurationError(f"{name}={value}: use a number of {name[4:]} (0 or more), or -1 for no limit")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (setting names), checked like the original."""

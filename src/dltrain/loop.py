@@ -125,7 +125,7 @@ class FitLoop:
 
         Epochs run until ``max_epochs``, ``max_steps`` or ``should_stop``.
         """
-        state, max_epochs = self.state, self.settings.max_epochs
+        state, max_epochs = self.state, self._epoch_limit()
         self._sanity_check()
         self.hooks.call("on_train_start")
         if self.resumed in ("epoch_end", "epoch_start"):
@@ -147,10 +147,15 @@ class FitLoop:
 
     def finished(self) -> bool:
         """Whether there is nothing left to train (a resumed run that had completed)."""
-        state, max_epochs = self.state, self.settings.max_epochs
+        state, max_epochs = self.state, self._epoch_limit()
         epochs_done = state.epoch + (state.phase == "epoch_end")
         return (max_epochs is not None and epochs_done >= max_epochs) or self._max_steps_reached() or (
             self._stopping())
+
+    def _epoch_limit(self) -> int | None:
+        """``max_epochs``, or ``None`` for no limit (Lightning's ``-1``; ``None`` before a fit resolves it)."""
+        max_epochs = self.settings.max_epochs
+        return None if max_epochs is None or max_epochs == -1 else max_epochs
 
     def position(self) -> str:
         """Where the loop stands, in words (for the resume message)."""

@@ -130,7 +130,7 @@ class Trainer(LightningTrainerMembers):
         callbacks: extra :class:`~dltrain.Callback` objects.
         fast_dev_run: run this many batches (``True``: 1) of each stage once, without loggers, checkpoints or the
             model summary, to find bugs.
-        max_epochs: stop after this many epochs (default 1000 when ``max_steps`` is not set either).
+        max_epochs: stop after this many epochs; -1: no limit (unset: 1000, or -1 when ``max_steps``/``max_time`` is set).
         min_epochs: train at least this many epochs, even when asked to stop earlier.
         max_steps: stop after this many optimizer steps.
         min_steps: train at least this many optimizer steps.
@@ -621,6 +621,8 @@ class Trainer(LightningTrainerMembers):
     @property
     def estimated_stepping_batches(self) -> float:
         """Optimizer steps the whole fit will take (for schedulers such as OneCycleLR)."""
+        if self.max_epochs == -1:  # no epoch limit: max_steps, if any, is the answer (as in Lightning)
+            return float("inf") if self.max_steps == -1 else self.max_steps
         n = self.num_training_batches
         total = math.ceil(n / self.accumulate_grad_batches) * (self.max_epochs or 1000) if math.isfinite(n) else n
         return min(total, self.max_steps) if self.max_steps > 0 else total
@@ -837,7 +839,7 @@ class Trainer(LightningTrainerMembers):
             train_source = self._fit_source("train", train_dataloaders)
             _checks.check_loader(self, train_source, "train")
             val_source = self._source("val", val_dataloaders, required=False)
-            if not _checks.validation_runs(self, task, val_source is not None and self.limit_val_batches != 0):
+            if not _checks.validation_runs(self, task, val_source is not None):
                 val_source = None
             if val_source is not None:
                 val_source = self._fit_source("val", val_source)
@@ -850,8 +852,8 @@ class Trainer(LightningTrainerMembers):
             self._check_fit_inputs(task, val_loaders)
             # After the loaders: configure_optimizers may read trainer.estimated_stepping_batches.
             self._place(task, with_optimizer=True)
-            if self.max_epochs is None and self.max_steps < 0:
-                max_epochs = _checks.default_max_epochs(self, self.max_time is not None)
+            if self.max_epochs is None:
+                max_epochs = _checks.default_max_epochs(self, self.max_time is not None or self.max_steps != -1)
                 self._settings = self._settings.replace(max_epochs=max_epochs)
             loop = FitLoop(self._settings, self._engine, self._hooks, self._run, task, train_loader, val_loaders,
                            reload_loader=self._reload_train_loader)

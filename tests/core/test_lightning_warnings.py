@@ -64,6 +64,12 @@ def test_val_data_without_validation_step_warns_and_skips_validation(tmp_path):
 def test_validation_step_without_val_data_is_a_possible_user_warning(tmp_path):
     with pytest.warns(PossibleUserWarning, match="no val_dataloader. Skipping val loop"):
         _trainer(tmp_path).fit(TinyTask(), loader(n=32))
+    # Validation switched off by limit_val_batches=0 (what the Tuner's lr_find runs with): nothing is missing,
+    # so nothing to warn about (it said "no val_dataloader", wrongly).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _trainer(tmp_path, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                 enable_model_summary=False).fit(TinyTask(), loader(n=32), loader(n=16))
 
 
 class StopAfterOneEpoch(dltrain.Callback):
@@ -94,6 +100,24 @@ def test_no_max_epochs_warns_and_sets_1000(tmp_path):
         warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
         _trainer(tmp_path, max_epochs=None, max_time={"seconds": 1}, callbacks=[StopAfterOneEpoch()],
                  logger=False).fit(TinyTask(), loader(n=32))
+
+
+def test_max_epochs_minus_one_is_no_limit_and_is_what_an_unset_limit_becomes(tmp_path):
+    """Lightning: max_epochs=-1 trains without an epoch limit; unset, it becomes -1 when max_steps or max_time
+    bound the fit (1000 otherwise); below -1 is an error. Here -1 trained nothing, silently."""
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = _trainer(tmp_path, max_epochs=-1, max_steps=10, **quiet)
+    assert trainer.estimated_stepping_batches == 10
+    trainer.fit(TinyTask(), loader(n=32))  # 4 batches per epoch
+    assert (trainer.global_step, trainer.current_epoch, trainer.max_epochs) == (10, 3, -1)  # stopped in epoch 2
+    trainer = _trainer(tmp_path, max_epochs=None, max_steps=6, **quiet)
+    assert trainer.max_epochs is None  # as in Lightning: resolved when the fit starts
+    trainer.fit(TinyTask(), loader(n=32))
+    assert (trainer.global_step, trainer.max_epochs) == (6, -1)
+    assert _trainer(tmp_path, max_epochs=-1).estimated_stepping_batches == float("inf")
+    for name in ("max_epochs", "max_steps"):
+        with pytest.raises(ConfigurationError, match=f"{name}=-2: use a number of .* or -1 for no limit"):
+            _trainer(tmp_path, **{name: -2})
 
 
 def test_shuffled_val_loader_and_spawned_workers_warn(tmp_path, monkeypatch):

@@ -516,7 +516,10 @@ class TrainerView(Protocol):
     # settings
     @property
     def max_epochs(self) -> int | None:
-        """``Trainer(max_epochs=...)``: ``None`` when only ``max_steps``/``max_time`` bound the fit."""
+        """``Trainer(max_epochs=...)``; ``-1``: no limit.
+
+        An unset limit becomes ``-1`` when the fit starts if ``max_steps`` or ``max_time`` bound it, else 1000.
+        """
     @property
     def max_steps(self) -> int:
         """``Trainer(max_steps=...)``: ``-1`` for no limit."""

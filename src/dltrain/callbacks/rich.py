@@ -142,7 +142,7 @@ class RichProgressBar(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: TrainerView, task: Task) -> None:
-        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs else ""
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         self._open("train", f"Epoch {trainer.current_epoch}{epochs}", trainer.num_training_batches, trainer)
 
     @override
