@@ -77,6 +77,7 @@ class Settings:
     sync_batchnorm: bool
     on_nonfinite_loss: str
     plugins: tuple[Any, ...]  # what Fabric gets of ``plugins=`` (dltrain._trainer_plugins)
+    async_checkpoints: bool  # Lightning's AsyncCheckpointIO plugin was given: ModelCheckpoint(async_save=True)
     enable_autolog_hparams: bool
 
     def __post_init__(self) -> None:
@@ -202,7 +203,8 @@ class Settings:
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
             seed=seed if seed is not None else 0, seed_given=seed is not None, compile=compile,
             sync_batchnorm=given_plugins.sync_batchnorm, on_nonfinite_loss=on_nonfinite_loss,
-            plugins=tuple(given_plugins.fabric), enable_autolog_hparams=bool(enable_autolog_hparams),
+            plugins=tuple(given_plugins.fabric), async_checkpoints=given_plugins.async_checkpoints,
+            enable_autolog_hparams=bool(enable_autolog_hparams),
         )
 
     def check_device(self, device: torch.device) -> None:

@@ -36,6 +36,7 @@ class ResolvedPlugins:
     fabric: list[Any] = field(default_factory=list)
     precision: str | None = None  # from a precision plugin (None: none given)
     sync_batchnorm: bool = False
+    async_checkpoints: bool = False  # Lightning's AsyncCheckpointIO: every ModelCheckpoint saves in the background
 
 
 def resolve_plugins(plugins: Any, precision: Any, sync_batchnorm: bool) -> ResolvedPlugins:
@@ -64,10 +65,13 @@ def resolve_plugins(plugins: Any, precision: Any, sync_batchnorm: bool) -> Resol
             from dltrain._async_checkpoint import is_async_checkpoint_io
 
             if is_async_checkpoint_io(plugin):
-                raise ConfigurationError(
-                    f"Trainer(plugins=[{name}(...)]): dltrain writes checkpoints itself; for asynchronous saves "
-                    "(the state copied off the device, written in the background) use "
-                    "ModelCheckpoint(async_save=True) and remove the plugin")
+                # Mapped onto ModelCheckpoint(async_save=True) for every checkpoint callback (the Trainer does
+                # it); the IO it wraps, if any, must be what dltrain does anyway.
+                out.async_checkpoints = True
+                wrapped = getattr(plugin, "checkpoint_io", None)
+                if wrapped is None or type(wrapped) is TorchCheckpointIO:
+                    continue
+                name = f"{name}({type(wrapped).__name__}"
             if type(plugin) is not TorchCheckpointIO:
                 raise ConfigurationError(
                     f"Trainer(plugins=[{name}(...)]): dltrain writes and reads checkpoints itself (atomic writes, "

@@ -322,6 +322,7 @@ class Trainer(LightningTrainerMembers):
             callbacks, progress=settings.enable_progress_bar, checkpointing=settings.enable_checkpointing,
             summary=settings.enable_model_summary, profiler=profiler, max_time=max_time, compile=compile,
         ))
+        self._async_checkpoints()
         self._run = RunState(self._make_loggers(settings.logger), self._engine.is_global_zero)
         self._task: Task | None = None  # the task of the running (or last) stage
         self._configured_task: Task | None = None  # configure_callbacks/configure_model ran for this task
@@ -735,7 +736,17 @@ class Trainer(LightningTrainerMembers):
         # As in Lightning: the task's callbacks replace the Trainer's callbacks of the same types.
         types = {type(cb) for cb in extra}
         self.callbacks = _checkpoints_last([c for c in self.callbacks if type(c) not in types] + extra)
+        self._async_checkpoints()
         task.configure_model()
+
+    def _async_checkpoints(self) -> None:
+        """Lightning's ``plugins=[AsyncCheckpointIO()]``: every ModelCheckpoint saves in the background."""
+        if self._settings.async_checkpoints:
+            from dltrain.callbacks.checkpoint import ModelCheckpoint
+
+            for cb in self.callbacks:
+                if isinstance(cb, ModelCheckpoint):
+                    cb.async_save = True
 
     def _place(self, task: Task, with_optimizer: bool) -> None:
         """Place the task (and its optimizers) with Fabric: `Engine.place`."""

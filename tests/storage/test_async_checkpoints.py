@@ -180,10 +180,37 @@ def test_lightnings_async_checkpoint_io_is_recognised():
     assert not is_async_checkpoint_io(object())
 
 
-def test_lightnings_async_checkpoint_io_plugin_points_to_async_save():
-    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+def test_lightnings_async_checkpoint_io_plugin_makes_every_checkpoint_asynchronous(tmp_path):
+    """Lightning's Trainer(plugins=[AsyncCheckpointIO()]) runs after the rename: every ModelCheckpoint (the
+    default one and the task's own) saves in the background, and the checkpoints are the synchronous ones. A
+    wrapped CheckpointIO of the user's own would never be called: refused, as the plain plugin is."""
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
     from dltrain.errors import ConfigurationError
 
-    with pytest.raises(ConfigurationError, match=r"AsyncCheckpointIO.*ModelCheckpoint\(async_save=True\)"):
-        dltrain.Trainer(accelerator="cpu", logger=False, plugins=[AsyncCheckpointIO()])
+    class Task(TinyTask):
+        def configure_callbacks(self):
+            return [ModelCheckpoint(dirpath=tmp_path / "task", every_n_train_steps=2, save_top_k=-1)]
+
+    torch.manual_seed(0)
+    trainer = quiet_trainer(tmp_path / "run", max_epochs=2, enable_checkpointing=True, plugins=[AsyncCheckpointIO()])
+    assert all(cb.async_save for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint))
+    trainer.fit(Task(dropout=0.1), loader(n=32, shuffle=True), loader(n=16))
+    ours = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    assert len(ours) == 1 and ours[0].async_save and str(ours[0].dirpath) == str(tmp_path / "task")
+    saved = sorted(p.name for p in (tmp_path / "task").iterdir())
+    assert len(saved) == 5 and "last.ckpt" in saved, saved
+    # The same checkpoints as synchronous saves.
+    sync = ModelCheckpoint(dirpath=tmp_path / "sync", every_n_train_steps=2, save_top_k=-1)
+    _fit(tmp_path / "b", sync)
+    assert saved == sorted(p.name for p in (tmp_path / "sync").iterdir())
+    for name in saved:
+        _same_checkpoint(ckpt_io.load(tmp_path / "task" / name), ckpt_io.load(tmp_path / "sync" / name))
+
+    dltrain.Trainer(accelerator="cpu", logger=False, plugins=[AsyncCheckpointIO(TorchCheckpointIO())])
+
+    class MyIO(TorchCheckpointIO):
+        pass
+
+    with pytest.raises(ConfigurationError, match=r"AsyncCheckpointIO.*MyIO.*would never be called"):
+        dltrain.Trainer(accelerator="cpu", logger=False, plugins=[AsyncCheckpointIO(MyIO())])

@@ -108,8 +108,8 @@ class ModelCheckpoint(Checkpoint):
             argument here (Lightning passes them to ``CheckpointIO``).
         async_save: copy the state off the device and write it in the background while training continues (at
             most one save in flight; the end of ``fit``, a preemption and an exception wait for it). Not a
-            Lightning argument: Lightning's ``Trainer(plugins=[AsyncCheckpointIO()])`` is refused with an error
-            that points here.
+            Lightning argument: Lightning's ``Trainer(plugins=[AsyncCheckpointIO()])`` turns it on in every
+            ModelCheckpoint.
 
     Example:
         >>> ckpt = ModelCheckpoint(monitor="val/acc", mode="max", save_top_k=2, filename="{epoch:02d}-{val/acc:.3f}",
