@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 
+import pytest
 import torch
 import torchmetrics
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
@@ -180,7 +182,10 @@ def test_wandb_offline_steps_reads_an_offline_run_file(tmp_path, monkeypatch):
         run.log({"a": float(step), "b/c": 1.0}, step=step)
     run.finish()
     (path,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-compat1.wandb"))
-    rows = wandb_offline_steps(path)
+    # wandb's service process may still be writing the file when finish() returns (seen under load: no rows yet).
+    deadline = time.monotonic() + 30
+    while len(rows := wandb_offline_steps(path)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert [s for s, _ in rows] == [1, 2, 5]
     assert all(set(keys) == {"a", "b/c"} for _, keys in rows)
     # Cut short (a kill mid-write): the complete records before the cut.
@@ -219,3 +224,22 @@ def test_dcp_fsspec_storage_reads_what_it_wrote(tmp_path):
     state = {"w": torch.zeros(4)}
     dcp.load(state, storage_reader=_compat.dcp_fsspec_storage(url, None, reader=True), no_dist=True)
     assert torch.equal(state["w"], torch.arange(4.0))
+
+
+def test_loader_worker_socket_path_is_as_long_as_the_listener_multiprocessing_binds():
+    import os
+    import sys
+    from multiprocessing.connection import Listener
+
+    from dltrain._compat import loader_worker_socket_path
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the file_descriptor sharing strategy is Linux's default")
+    predicted = loader_worker_socket_path()
+    assert predicted is not None
+    listener = Listener(family="AF_UNIX")  # what the resource sharer of a loader worker binds
+    try:
+        assert os.path.dirname(listener.address) == os.path.dirname(predicted)
+        assert len(listener.address) == len(predicted)
+    finally:
+        listener.close()

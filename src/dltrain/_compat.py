@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
+    "check_loader_worker_sockets",
     "compiled_in_place",
     "dcp_fsspec_storage",
     "dcp_storage_files",
@@ -24,6 +25,7 @@ __all__ = [
     "is_batch_norm",
     "is_compiled",
     "lighthouse_server",
+    "loader_worker_socket_path",
     "metric_forward_value",
     "model_parallel_sizes",
     "on_dynamo_compile",
@@ -120,6 +122,52 @@ def wds_drops_meta_member(name: str) -> bool:
     from webdataset import tariterators
 
     return "/" not in name and name.startswith(tariterators.meta_prefix) and name.endswith(tariterators.meta_suffix)
+
+
+def loader_worker_socket_path() -> str | None:
+    """The longest UNIX socket path a DataLoader worker of this process binds to send a batch, or None if none.
+
+    torch's default sharing strategy on Linux (``file_descriptor``) hands each batch's storage to the main process
+    through multiprocessing's resource sharer, whose listener is a UNIX socket named
+    ``<multiprocessing.util.get_temp_dir()>/listener-XXXXXXXX`` (``connection.arbitrary_address``); that folder is
+    ``<tempfile.gettempdir()>/pymp-XXXXXXXX``, made once per process and inherited by forked workers (calling it
+    here makes it, so that the workers use the folder measured).
+
+    Why: Linux caps a socket path at 107 bytes. Past it the bind fails in the worker's queue feeder thread, which
+    prints the error and drops the batch, and the main process waits for it forever. If multiprocessing renames
+    its listener, this length is off by a few bytes; ``tests/test_compat.py`` binds a listener to check it.
+    """
+    import multiprocessing.util
+
+    import torch.multiprocessing
+
+    if not sys.platform.startswith("linux") or torch.multiprocessing.get_sharing_strategy() != "file_descriptor":
+        return None
+    return f"{multiprocessing.util.get_temp_dir()}/listener-{'X' * 8}"
+
+
+_MAX_SOCKET_PATH = 107  # Linux: sockaddr_un.sun_path is 108 bytes, the last one a NUL
+
+
+def check_loader_worker_sockets(num_workers: int) -> None:
+    """Raise `ConfigurationError` where DataLoader workers could not send a batch (see `loader_worker_socket_path`).
+
+    Called before a loader with workers starts them: the error names the folder and what to do, where torch would
+    wait forever for the first batch.
+    """
+    if num_workers <= 0:
+        return
+    path = loader_worker_socket_path()
+    if path is not None and len(path.encode()) > _MAX_SOCKET_PATH:
+        from dltrain.errors import ConfigurationError
+
+        folder = path.rsplit("/", 2)[0]
+        raise ConfigurationError(
+            f"DataLoader workers cannot send batches from this process: torch passes each batch through a socket "
+            f"under the temporary folder {folder!r}, and that socket's path would be {len(path.encode())} "
+            f"characters, over Linux's {_MAX_SOCKET_PATH} (torch would drop every batch and wait forever). Set "
+            "TMPDIR to a shorter folder (e.g. TMPDIR=/tmp), or use num_workers=0"
+        )
 
 
 def shutdown_loader_workers(iterator: Any) -> None:

@@ -27,7 +27,12 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from dltrain._compat import random_sampler_draws_fixed_count, release_loader_iterator, shutdown_loader_workers
+from dltrain._compat import (
+    check_loader_worker_sockets,
+    random_sampler_draws_fixed_count,
+    release_loader_iterator,
+    shutdown_loader_workers,
+)
 from dltrain.errors import ConfigurationError
 
 
@@ -184,6 +189,7 @@ class ResumableLoader:
     def __iter__(self) -> Iterator[Any]:
         if not self.training:
             self._consumed = 0  # an evaluation loader starts over at every run (it has no epochs to count)
+        check_loader_worker_sockets(self._loader.num_workers)
         # Create the DataLoader iterator now, not at the first next(): it draws its seed from the global RNG,
         # and the Trainer restores a checkpoint's RNG state right after calling iter().
         return self._count(iter(self._loader))

@@ -53,9 +53,11 @@ def test_csv_logger_on_the_store_claims_versions_and_resumes_without_repeating_r
     assert CSVLogger(s3.url("runs")).version == 2
 
 
-def test_sample_ledger_on_the_store_uploads_its_file_and_leaves_no_local_copy(s3, tmp_path, monkeypatch):
+def test_sample_ledger_on_the_store_uploads_its_file_and_leaves_no_local_copy(s3, tmp_path, monkeypatch, request):
     """The ledger is written locally and uploaded whole; once the fit is over, the local copy is gone."""
+    import shutil
     import tempfile
+    from pathlib import Path
 
     import torch
 
@@ -65,9 +67,11 @@ def test_sample_ledger_on_the_store_uploads_its_file_and_leaves_no_local_copy(s3
     from dltrain.data import StreamingDataset
     from tests.helpers.shards import make_shards
 
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the ledger's local copy goes
+    # Where the ledger's local copy goes. A short folder: the loader workers' sockets are made under it too, and a
+    # folder under tmp_path made them too long for Linux, which hung this test (tests/data/test_worker_sockets.py).
+    scratch = Path(tempfile.mkdtemp(prefix="ledger-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
     class Task(dltrain.Task):
         def __init__(self) -> None:

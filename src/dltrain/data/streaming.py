@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, default_convert, get_worker_info
 
-from dltrain._compat import shutdown_loader_workers
+from dltrain._compat import check_loader_worker_sockets, shutdown_loader_workers
 from dltrain.data import plan as _plan
 from dltrain.data.decoders import Decoder, SampleDecoder
 from dltrain.data.domain import DataPlugin, check_stage
@@ -932,6 +932,7 @@ class StreamingDataLoader(DataLoader):
                 f"on each of {world} ranks: this training epoch is empty (lower batch_size or add data)",
                 stacklevel=2,
             )
+        check_loader_worker_sockets(self.num_workers)
         # Workers resolve nothing themselves: torch.distributed is not initialised inside them.
         self._worker_spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
                                  "level": level, "record": self.record_samples,
