@@ -10,10 +10,8 @@ process waits for it forever (it hung the suite once: a test pointed ``tempfile`
 from __future__ import annotations
 
 import multiprocessing.process
-import shutil
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -85,11 +83,7 @@ def test_a_too_long_temporary_folder_is_an_error_not_a_hang(tmp_path, temp_folde
 
 
 @pytest.mark.timeout(120)
-def test_a_short_temporary_folder_trains_with_workers(tmp_path, temp_folder):
-    short = tempfile.mkdtemp(prefix="dl-", dir="/tmp")
-    try:
-        temp_folder(Path(short))
-        assert len(_compat.loader_worker_socket_path() or "") <= 107
-        assert _fit(tmp_path, DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4, num_workers=1)) == 2
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
+def test_the_usual_temporary_folder_trains_with_workers(tmp_path):
+    path = _compat.loader_worker_socket_path()
+    assert path is None or len(path.encode()) <= 107, path
+    assert _fit(tmp_path, DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4, num_workers=1)) == 2
