@@ -152,3 +152,14 @@ def _no_process_group_leaks():
         dist.destroy_process_group()
         pytest.fail("the test left a torch.distributed process group initialised: destroy it at its end "
                     "(later tests would read its rank and world size)")
+
+
+@pytest.fixture(autouse=True)
+def _own_wandb_service():
+    """Processes a test starts get their own wandb service, as separate jobs do.
+
+    An in-process wandb run (an earlier test in this worker) sets WANDB_SERVICE in this process; inherited, it
+    makes a test's child processes clients of that one service, which may still hold a killed child's run id.
+    """
+    os.environ.pop("WANDB_SERVICE", None)
+    yield

@@ -65,6 +65,10 @@ def _train(root: Path, kill_at: int, resume: bool, tmp_path: Path, every: int) -
         "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
         "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
     }
+    # Each run its own wandb service, as separate jobs have: WANDB_SERVICE, set in this process by any earlier
+    # in-process wandb run (another test in this worker), would make both runs clients of one service, which still
+    # holds the killed run's id ("run ID killrun is in use", seen once in the suite).
+    env.pop("WANDB_SERVICE", None)
     # Output to a file, not a pipe: wandb's service process outlives the killed one and would hold a pipe open.
     with open(tmp_path / "out.txt", "a") as out:
         proc = subprocess.run([sys.executable, "-c", _TRAIN, str(root), str(kill_at), "resume" if resume else "new",
