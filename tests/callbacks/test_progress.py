@@ -96,13 +96,21 @@ def test_tty_bar_with_validation_and_test(clock):
     assert not bar._bars
 
 
-def test_only_global_rank_zero(clock):
+def test_only_rank_zero_of_each_launch(clock):
     out = TTY()
     bar = ProgressBar(file=out)
-    trainer = _trainer(is_global_zero=False)
+    trainer = _trainer(is_global_zero=False, global_rank=1)
     bar.setup(trainer, None, "fit")
     _train_epoch(bar, trainer, clock, dt=10.0)
     assert out.getvalue() == ""
+    # Rank 0 of a replica group other than group 0 (dltrain.FaultTolerant): not the job's global zero, but its
+    # launch's console shows the bar.
+    out = TTY()
+    bar = ProgressBar(file=out)
+    trainer = _trainer(is_global_zero=False, global_rank=0)
+    bar.setup(trainer, None, "fit")
+    _train_epoch(bar, trainer, clock, dt=10.0)
+    assert "Epoch 1/2" in out.getvalue()
 
 
 def test_exception_closes_bars(clock):
@@ -298,5 +306,5 @@ def test_enable_disable_as_lightning():
     assert bar.is_enabled
     assert ProgressBar(refresh_rate=0).is_disabled
     other_rank = ProgressBar(file=TTY())
-    other_rank.setup(_trainer(is_global_zero=False), None, "fit")
+    other_rank.setup(_trainer(is_global_zero=False, global_rank=1), None, "fit")
     assert other_rank.is_disabled

@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -168,8 +169,19 @@ def test_a_killed_group_rejoins(tmp_path, lighthouse, ddp_reference, random_seed
     assert loss < 0.05 * initial and abs(loss - reference) < 0.02 * initial, (loss, reference, initial, where)
     # What the user sees: the quorum changes logged by the live group, the rejoin by the restarted one, the counts
     # in group 0's logger.
-    assert "group(s) left" in outputs[live] and "sent the current state to a joining group" in outputs[live], where
+    # "group(s) left" only when the lighthouse dropped the killed group before it was back: a group restarted
+    # within the heartbeat timeout rejoins the next quorum directly (seen with seed 1022137766).
+    assert "sent the current state to a joining group" in outputs[live], where
+    left = "group(s) left" in outputs[live]
     assert "rejoined: received the state of step" in outputs[kill["group"]], where
+    # The live group's progress bar (on, as users run; each group draws its own) kept drawing through the
+    # failure: bar updates come after the rejoin (the last epoch may end part-way, at max_steps).
+    # So does the restarted group's, from its rejoin on.
+    for group, marker in ((live, "sent the current state to a joining group"),
+                          (kill["group"], "rejoined: received the state of step")):
+        after = outputs[group].rsplit(marker, 1)[1]
+        assert re.search(r"Epoch \d+(?:/\d+)?: +\d+% +\d+/\d+", after), \
+            f"group {group} drew no progress bar after the failure {where}:\n{after[-2000:]}"
     # Group 0 logs. Killed before its first flush, its first launch leaves a version folder without metrics.csv
     # and the restarted launch writes its own: read every version.
     rows = [row for path in sorted(root.glob("lightning_logs/version_*/metrics.csv"))
@@ -179,7 +191,7 @@ def test_a_killed_group_rejoins(tmp_path, lighthouse, ddp_reference, random_seed
     assert 2.0 in replicas and changes, (replicas, changes, where)
     if live == 0:  # group 0 saw group 1 leave and come back
         assert max(changes) >= 1, (replicas, changes, where)
-        if min_replicas == 1:  # it trained alone meanwhile (with 2 it waited: no quorum of 1 group)
+        if min_replicas == 1 and left:  # it trained alone meanwhile (with 2 it waited: no quorum of 1 group)
             assert 1.0 in replicas and max(changes) >= 2, (replicas, changes, where)
 
 

@@ -114,7 +114,9 @@ class ProgressBar(Callback):
     # ------------------------------------------------------------------ lifecycle
     @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
-        self._enabled = self.is_enabled and bool(getattr(trainer, "is_global_zero", True))
+        # Rank 0 of each launch, where its console is: with replica groups every group draws its own bar, which
+        # keeps going when another group fails (is_global_zero is group 0's rank 0 alone).
+        self._enabled = self.is_enabled and getattr(trainer, "global_rank", 0) == 0
 
     @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:

@@ -81,7 +81,7 @@ class RichProgressBar(Callback):
     # ------------------------------------------------------------------ lifecycle
     @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
-        self._enabled = self._enabled and trainer.is_global_zero
+        self._enabled = self._enabled and trainer.global_rank == 0  # each launch's console (see ProgressBar)
         if not self.is_enabled:
             return
         from rich.console import Console
