@@ -53,11 +53,21 @@ __all__ = ["Trainer", "seed_everything"]
 
 T = TypeVar("T")
 
-def seed_everything(seed: int) -> int:
-    """Seed Python, NumPy and torch (all devices) and the DataLoader workers; returns the seed."""
+def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
+    """Seed Python, NumPy and torch (all devices) and the DataLoader workers; returns the seed.
+
+    Lightning's function, with its arguments.
+
+    Args:
+        seed: the seed; ``None``: the ``PL_GLOBAL_SEED`` environment variable, else a random one (with a warning).
+        workers: Lightning's switch for seeding the DataLoader workers. dltrain seeds them either way (a resumed
+            run must draw what the uninterrupted one drew), so ``False`` changes nothing.
+        verbose: log ``Seed set to N`` (Lightning's message).
+    """
     from lightning.fabric.utilities.seed import seed_everything as _seed
 
-    return _seed(seed, workers=True, verbose=False)
+    del workers  # accepted for Lightning's code; the workers are always seeded (see above)
+    return _seed(seed, workers=True, verbose=verbose)
 
 
 def _refuse_unknown_arguments(unknown: dict[str, Any]) -> None:
@@ -281,7 +291,7 @@ class Trainer(LightningTrainerMembers):
             on_nonfinite_loss=on_nonfinite_loss,
         )
         if seed is not None:
-            seed_everything(seed)
+            seed_everything(seed, verbose=False)
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
