@@ -242,6 +242,22 @@ class LoggedValues:
                     bar[key] = reduced[i]
         return values, bar
 
+    def under_own_names(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The values of entries logged on step and on epoch (``loss_step``, ``loss_epoch``) under their own name.
+
+        Lightning's ``callback_metrics`` hold ``loss`` too (the epoch value, or in training the newest step
+        value), so that ``ModelCheckpoint(monitor="loss")`` works; its loggers get the suffixed names only.
+        """
+        out: dict[str, Tensor] = {}
+        for entry in self._entries.values():
+            if not (entry.on_step and entry.on_epoch):
+                continue
+            if (epoch := values.get(f"{entry.name}_epoch")) is not None:
+                out[entry.name] = epoch
+            elif self.training and (step := values.get(f"{entry.name}_step")) is not None:
+                out[entry.name] = step
+        return out
+
     def latest(self, prog_bar: bool = False) -> dict[str, Tensor]:
         """The newest value of every step-level entry logged since the last logging step, left on the device.
 

@@ -128,6 +128,7 @@ class RunState:
             return
         floats = {k: float(v) for k, v in values.items()}
         self.published.update(values)
+        self.published.update(results.under_own_names(values))  # callbacks only, as in Lightning
         self.logged_metrics.update(floats)
         self.published_bar.update({k: floats[k] for k in bar})
         for_loggers = {k: v for k, v in floats.items() if k not in results.not_for_loggers}
@@ -145,6 +146,7 @@ class RunState:
         metrics, bar = results.read_epoch()
         if not self.sanity_checking:
             self.published.update(metrics)
+            self.published.update(results.under_own_names(metrics))
         hooks.call_callbacks(hook, checkpoints=False)
         more, more_bar = results.read_epoch()
         metrics.update(more)
