@@ -129,9 +129,9 @@ def loader_worker_socket_path() -> str | None:
 
     torch's default sharing strategy on Linux (``file_descriptor``) hands each batch's storage to the main process
     through multiprocessing's resource sharer, whose listener is a UNIX socket named
-    ``<multiprocessing.util.get_temp_dir()>/listener-XXXXXXXX`` (``connection.arbitrary_address``); that folder is
-    ``<tempfile.gettempdir()>/pymp-XXXXXXXX``, made once per process and inherited by forked workers (calling it
-    here makes it, so that the workers use the folder measured).
+    ``<multiprocessing.util.get_temp_dir()>/listener-<8 random characters>`` (``connection.arbitrary_address``);
+    that folder is ``<tempfile.gettempdir()>/pymp-<8 random characters>``, made once per process and inherited by
+    forked workers (calling it here makes it, so that the workers use the folder measured).
 
     Why: Linux caps a socket path at 107 bytes. Past it the bind fails in the worker's queue feeder thread, which
     prints the error and drops the batch, and the main process waits for it forever. If multiprocessing renames
