@@ -71,10 +71,12 @@ def resolve_plugins(plugins: Any, precision: Any, sync_batchnorm: bool) -> Resol
                 wrapped = getattr(plugin, "checkpoint_io", None)
                 if wrapped is None or type(wrapped) is TorchCheckpointIO:
                     continue
-                name = f"{name}({type(wrapped).__name__}"
+                shown = f"{name}({type(wrapped).__name__}(...))"
+            else:
+                shown = f"{name}(...)"
             if type(plugin) is not TorchCheckpointIO:
                 raise ConfigurationError(
-                    f"Trainer(plugins=[{name}(...)]): dltrain writes and reads checkpoints itself (atomic writes, "
+                    f"Trainer(plugins=[{shown}]): dltrain writes and reads checkpoints itself (atomic writes, "
                     "loading with weights_only, sharded checkpoints through torch.distributed.checkpoint), so a "
                     "CheckpointIO plugin would never be called; remove it (TorchCheckpointIO, torch.save/torch.load, "
                     "is what dltrain does and is accepted)")
