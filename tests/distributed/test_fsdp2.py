@@ -312,15 +312,22 @@ def test_elastic_torchrun_continues_at_the_smaller_size_when_a_node_dies(tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc_per_node=1", "--max-restarts=3",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=dltrain-elastic",
-           "--rdzv-conf=last_call_timeout=1,join_timeout=60", str(SCRIPT), "--out", str(out), "--samples", "480",
-           "--resume", "last", "--step-sleep", "0.1"]
+
+    def command(is_host: int) -> list[str]:
+        # The rendezvous store lives in one agent. Left to guess (both "nodes" are this host), whichever agent binds the
+        # port first hosts it, and when that is the node we kill, the survivor loses its rendezvous (CI failed so).
+        # Naming the host, as a real cluster does by its endpoint, fixes that; node 1 starts first to prove it.
+        return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc_per_node=1", "--max-restarts=3",
+                "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=dltrain-elastic",
+                f"--rdzv-conf=last_call_timeout=1,join_timeout=60,is_host={is_host}", str(SCRIPT), "--out", str(out),
+                "--samples", "480", "--resume", "last", "--step-sleep", "0.1"]
+
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
-    nodes = []
-    for log in logs:
-        with open(log, "w") as f:
-            nodes.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True))
+    nodes: list[subprocess.Popen[bytes]] = [None, None]  # type: ignore[list-item]
+    for i in (1, 0):
+        with open(logs[i], "w") as f:
+            nodes[i] = subprocess.Popen(command(is_host=int(i == 0)), env=env, stdout=f, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         time.sleep(0.5)
     try:
         start = time.monotonic()
