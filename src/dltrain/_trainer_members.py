@@ -49,10 +49,10 @@ class LightningTrainerMembers:
 
     if TYPE_CHECKING:  # what the Trainer defines
         from lightning.fabric import Fabric
-        from lightning.fabric.strategies import Strategy
 
         from dltrain.callbacks.base import Callback
         from dltrain.loggers.base import Logger
+        from dltrain.strategies import StrategyView
 
         @property
         def fabric(self) -> Fabric: ...
@@ -76,7 +76,7 @@ class LightningTrainerMembers:
         _ckpt_path: str | None
 
         @property
-        def strategy(self) -> Strategy: ...
+        def strategy(self) -> StrategyView: ...
         @property
         def is_global_zero(self) -> bool: ...
         @property

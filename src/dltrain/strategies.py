@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dltrain.errors import ConfigurationError
 
-__all__ = ["FSDP2", "FaultTolerant"]
+if TYPE_CHECKING:
+    from lightning.fabric import Fabric
+    from lightning.fabric.plugins import Precision
+    from lightning.fabric.strategies import Strategy
+
+__all__ = ["FSDP2", "FaultTolerant", "StrategyView"]
 
 
 @dataclass(frozen=True)
@@ -170,3 +176,90 @@ class FaultTolerant:
         return FaultTolerant(replica_groups=groups, replica_group=group, min_replicas=self.min_replicas,
                              lighthouse=lighthouse, timeout=self.timeout, quorum_timeout=self.quorum_timeout,
                              strategy=self.strategy)
+
+
+class _RunsOnFabric(Protocol):
+    """What :class:`StrategyView` reads of the Trainer (all public)."""
+
+    @property
+    def fabric(self) -> Fabric: ...
+    @property
+    def lightning_module(self) -> Any: ...
+    @property
+    def model(self) -> Any: ...
+    @property
+    def optimizers(self) -> list[Any]: ...
+
+
+class StrategyView:
+    """``trainer.strategy``: the Fabric strategy that runs the model, answering to Lightning's strategy names too.
+
+    Lightning code reaches the strategy from a task (``self.trainer.strategy.reduce(x, reduce_op="sum")``,
+    ``.barrier()``, ``.broadcast(obj)``, ``.root_device``). dltrain runs on Lightning Fabric's strategies, which
+    have most of those names but call the reduction ``all_reduce`` and the precision ``precision``; this view adds
+    Lightning's names and hands everything else to the Fabric strategy (``fabric_strategy``), so both spellings work.
+
+    Added here: ``reduce``, ``lightning_module``, ``model``, ``optimizers``, ``precision_plugin``,
+    ``remove_checkpoint``. Lightning's loop-internal strategy methods (``training_step``, ``setup``, ...) are not
+    offered: dltrain's loops do that work.
+
+    Example:
+        >>> import torch, dltrain
+        >>> trainer = dltrain.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        >>> trainer.strategy.reduce(torch.tensor(3.0), reduce_op="sum")  # one process: the value itself
+        tensor(3.)
+        >>> trainer.strategy.root_device
+        device(type='cpu')
+    """
+
+    __slots__ = ("_trainer",)
+
+    def __init__(self, trainer: _RunsOnFabric) -> None:
+        self._trainer = trainer
+
+    @property
+    def fabric_strategy(self) -> Strategy:
+        """Lightning Fabric's strategy object (``SingleDeviceStrategy``, ``DDPStrategy``, ``ModelParallelStrategy``...)."""
+        return self._trainer.fabric.strategy
+
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: str | None = "mean") -> Any:
+        """Reduce a tensor over the ranks (``"mean"``, ``"sum"``, ...); anything else is returned as it is.
+
+        Every rank must call it (a collective). One process: the tensor itself.
+        """
+        return self.fabric_strategy.all_reduce(tensor, group=group, reduce_op=reduce_op)
+
+    @property
+    def lightning_module(self) -> Any:
+        """The task being run."""
+        return self._trainer.lightning_module
+
+    @property
+    def model(self) -> Any:
+        """The task as the strategy placed it (its wrapper under DDP)."""
+        return self._trainer.model
+
+    @property
+    def optimizers(self) -> list[Any]:
+        """The task's optimizers."""
+        return self._trainer.optimizers
+
+    @property
+    def precision_plugin(self) -> Precision:
+        """The precision plugin (Fabric's ``strategy.precision``)."""
+        return self.fabric_strategy.precision
+
+    def remove_checkpoint(self, filepath: str) -> None:
+        """Delete a checkpoint through the strategy's checkpoint IO; only global rank zero deletes."""
+        if self.fabric_strategy.is_global_zero:
+            self.fabric_strategy.checkpoint_io.remove_checkpoint(filepath)
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names this class lacks: Fabric's strategy has them (barrier, broadcast, all_gather,
+        # reduce_boolean_decision, root_device, world_size, checkpoint_io, precision, ...) or the error is its own.
+        if name == "_trainer":  # not set yet (copy, unpickling): no recursion through fabric_strategy
+            raise AttributeError(name)
+        return getattr(self.fabric_strategy, name)
+
+    def __repr__(self) -> str:
+        return f"StrategyView({self.fabric_strategy!r})"

@@ -43,7 +43,7 @@ from dltrain.errors import ConfigurationError, DltrainError
 from dltrain.evaluation import evaluate, predict
 from dltrain.loggers.base import Logger
 from dltrain.loop import FitLoop
-from dltrain.strategies import FSDP2
+from dltrain.strategies import FSDP2, StrategyView
 from dltrain.task import Task, attach, log_into
 
 if TYPE_CHECKING:
@@ -328,6 +328,7 @@ class Trainer(LightningTrainerMembers):
         # The parts (module docstring). The fit's settings may differ in max_epochs (see fit).
         self._settings = settings
         self._engine = Engine(fabric, fault_tolerant)
+        self._strategy_view = StrategyView(self)
         self._hooks = HookDispatcher(self, self._default_callbacks(
             callbacks, progress=settings.enable_progress_bar, checkpointing=settings.enable_checkpointing,
             summary=settings.enable_model_summary, profiler=profiler, max_time=max_time, compile=compile,
@@ -593,9 +594,13 @@ class Trainer(LightningTrainerMembers):
         return self._engine.device
 
     @property
-    def strategy(self) -> Strategy:
-        """Lightning Fabric's strategy object that runs the model (DDP, FSDP, single device, ...)."""
-        return self._engine.strategy
+    def strategy(self) -> StrategyView:
+        """The strategy that runs the model (DDP, FSDP2, single device, ...) under Fabric's and Lightning's names.
+
+        Lightning Fabric's strategy object itself is ``trainer.strategy.fabric_strategy``; see
+        :class:`~dltrain.strategies.StrategyView`.
+        """
+        return self._strategy_view
 
     @property
     def callbacks(self) -> list[Callback]:

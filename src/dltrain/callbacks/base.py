@@ -10,12 +10,12 @@ if TYPE_CHECKING:
 
     import torch
     from lightning.fabric import Fabric
-    from lightning.fabric.strategies import Strategy
 
     from dltrain._async_checkpoint import AsyncSave
     from dltrain._optim import SchedulerConfig
     from dltrain._run_state import LoopState
     from dltrain.loggers.base import Logger
+    from dltrain.strategies import StrategyView
     from dltrain.task import Task
 
 __all__ = ["HOOKS", "Callback", "Checkpoint", "TrainerView"]
@@ -562,8 +562,8 @@ class TrainerView(Protocol):
     def device(self) -> torch.device:
         """The device this process trains on."""
     @property
-    def strategy(self) -> Strategy:
-        """Lightning Fabric's strategy object that runs the model (DDP, FSDP, single device, ...)."""
+    def strategy(self) -> StrategyView:
+        """The strategy that runs the model, under Fabric's and Lightning's names (``dltrain.strategies.StrategyView``)."""
     @property
     def fabric(self) -> Fabric:
         """The ``lightning.fabric.Fabric`` the Trainer runs on."""

@@ -2,7 +2,8 @@
 is the DDP reference; the renamed script runs under dltrain with COMPAT_STRATEGY=fsdp2 (the averaged copy kept
 shard by shard) and must give the same losses, averaged weights and checkpoint. Both read the data through the
 script's own DistributedSampler (use_distributed_sampler=False): Lightning's own sampler would shuffle the training
-data under DDP even for a loader that does not shuffle, and dltrain keeps the loader's order."""
+data under DDP even for a loader that does not shuffle, and dltrain keeps the loader's order. At each epoch's end
+the task also reaches the strategy by Lightning's names (reduce, broadcast, barrier, world_size, lightning_module)."""
 import json
 import os
 
@@ -18,6 +19,7 @@ class Model(LightningModule):
         super().__init__()
         self.body = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU())
         self.head = torch.nn.Linear(16, 1)
+        self.strategy_seen = []
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -32,6 +34,17 @@ class Model(LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    def on_train_epoch_end(self):
+        strategy = self.trainer.strategy
+        rank = self.global_rank
+        summed = strategy.reduce(torch.tensor([rank + 1.0, 10.0 * rank]), reduce_op="sum")
+        mean = strategy.reduce(torch.tensor(float(rank)))  # Lightning's default reduce_op is "mean"
+        sent = strategy.broadcast({"epoch": self.current_epoch, "from": rank}, src=0)
+        strategy.barrier("epoch_end")
+        self.strategy_seen.append([summed.tolist(), float(mean), sent, strategy.world_size,
+                                   strategy.is_global_zero == (rank == 0), strategy.lightning_module is self,
+                                   str(strategy.root_device)])
 
 
 torch.set_num_threads(1)
@@ -58,4 +71,4 @@ if trainer.is_global_zero:
     loaded = Model.load_from_checkpoint(checkpoints.best_model_path)
     print(json.dumps({"fit_val": fit_val, "train_loss": float(trainer.callback_metrics["train_loss"]),
                       "loaded_weights": float(sum(p.sum() for p in loaded.parameters())),
-                      "loaded_head": loaded.head.weight.flatten().tolist()}))
+                      "loaded_head": loaded.head.weight.flatten().tolist(), "strategy": model.strategy_seen}))
