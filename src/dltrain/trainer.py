@@ -1077,9 +1077,9 @@ class Trainer(LightningTrainerMembers):
                 return predict(*parts, task, loaders, self.limit_predict_batches)
             if stage == "test":
                 self.test_dataloaders = current
-            self._fit_loop = None  # callback_metrics and is_last_batch no longer read a fit's loop
+            self._fit_loop = None  # callback_metrics no longer read a fit's loop
             self._run.training_values = None
-            self._run.is_last_batch = False
+            # is_last_batch stays the fit's, as in Lightning (it belongs to the fit loop's batch progress).
             limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
             results = evaluate(*parts, task, loaders, "validation" if stage == "validate" else "test", limit)
             if verbose and self.is_global_zero:

@@ -355,3 +355,27 @@ def test_every_logger_has_an_experiment(tmp_path):
     tb = TensorBoardLogger(str(tmp_path))
     assert type(tb.experiment).__name__ == "SummaryWriter"
     tb.finalize("success")
+
+
+def test_is_last_batch_is_the_fit_loops_and_other_stages_leave_it():
+    """As in Lightning: ``trainer.is_last_batch`` belongs to the fit loop; validate, test and predict leave it as the
+    fit left it (it was reset to False by validate/test, which Lightning does not do)."""
+
+    class Task(TinyTask):
+        def predict_step(self, batch, batch_idx):
+            return self(batch[0])
+
+    def trainer():
+        return dltrain.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                               enable_checkpointing=False, enable_model_summary=False)
+
+    fresh = trainer()
+    fresh.predict(Task(), loader(n=16))
+    fresh.validate(Task(), loader(n=16))
+    assert fresh.is_last_batch is False  # no fit ran
+    fitted, task = trainer(), Task()
+    fitted.fit(task, loader(n=16))
+    assert fitted.is_last_batch is True
+    for stage in (fitted.validate, fitted.test, fitted.predict):
+        stage(task, loader(n=16))
+        assert fitted.is_last_batch is True, stage.__name__
