@@ -133,6 +133,10 @@ def test_the_site_builds_its_links_hold_and_its_pages_render(site: Path, server:
     # One test, not several sharing a module fixture: under pytest-xdist each worker would build the site again.
     pages = list(site.rglob("*.html"))
     assert len(pages) >= 40, f"only {len(pages)} pages were built"
+    # The Trainer's settings read as plain typed attributes, not as their private descriptor (_Setting[...]).
+    api = next(p for p in pages if 'id="dltrain.Trainer.fit"' in p.read_text(encoding="utf-8"))
+    api_html = api.read_text(encoding="utf-8")
+    assert 'id="dltrain.Trainer.max_epochs"' in api_html and "_Setting" not in api_html, api
     broken = broken_links(site)
     assert not broken, f"{len(broken)} broken links:\n" + "\n".join(broken[:50])
     _render_in_chromium(server, tmp_path)
