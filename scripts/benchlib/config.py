@@ -22,7 +22,9 @@ FULL = {
     "resume": {"samples": 100_000, "shards": 20, "batch": 64, "workers": 2, "repeats": 9},
     "ledger": {"steps": 600, "batch": 64, "workers": 2, "repeats": 7},
     "plugins": {"seconds": 5.0},
-    "storage": {"params": 100, "saves": 3, "every": 4, "samples": 20_000, "repeats": 3},
+    # A save every 32 steps (~14 s): longer than a write takes (2.5 s local, 9.6 s on moto's S3, 2026-12-07), as an
+    # async save needs; at a save every 4 steps (1.8 s) every save but the first waited for the previous write.
+    "storage": {"params": 100, "saves": 3, "every": 32, "samples": 20_000, "repeats": 3},
     # issue 24: replica groups (torchft) vs DDP, fresh processes per run; then one run with a group killed
     "ft": {"steps": 200, "warmup": 20, "batch": 64, "width": 1024, "repeats": 3, "kill_step": 100},
     "resnet": {"steps": 50, "batch": 64, "size": 224},

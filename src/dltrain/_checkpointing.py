@@ -211,17 +211,20 @@ def _exists(path: str, options: Mapping[str, Any] | None) -> bool:
 
 
 def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathLike[str],
-                 weights_only: bool | None = None) -> Path | str:
-    """Load only the model weights (validate/test/predict with ``ckpt_path``); returns the checkpoint's path.
+                 weights_only: bool | None = None, datamodule: Any = None) -> Path | str:
+    """Load the model weights (validate/test/predict with ``ckpt_path``); returns the checkpoint's path.
 
-    A checkpoint written with weight averaging gives its averaged weights (``averaged_state_dict``), as
-    Lightning's, whose ``state_dict`` holds them.
+    As Lightning does for these stages: the task's ``on_load_checkpoint`` first (it may rewrite
+    ``checkpoint["state_dict"]``), then the weights, then the datamodule's saved state. A checkpoint written with
+    weight averaging gives its averaged weights (``averaged_state_dict``), as Lightning's, whose ``state_dict``
+    holds them.
 
     Args:
         trainer: the trainer ``ckpt_path`` is resolved against (`resolve`).
         engine: the engine of the placed task that receives the weights.
         ckpt_path: a path or URL, ``"last"`` or ``"best"`` (`resolve`).
         weights_only: passed to `dltrain.checkpoint.load`; ``False`` unpickles any object: for trusted files only.
+        datamodule: the stage's datamodule, given its saved state (``load_state_dict``) if the checkpoint has one.
 
     Raises:
         CheckpointError: ``ckpt_path="last"`` found no checkpoint.
@@ -232,7 +235,11 @@ def load_weights(trainer: TrainerView, engine: Engine, ckpt_path: str | os.PathL
     checkpoint = ckpt_io.load(path, storage_options(trainer), weights_only=weights_only)
     if "averaged_state_dict" in checkpoint:
         checkpoint = {**checkpoint, "state_dict": checkpoint["averaged_state_dict"], "sharded": False}
+    assert engine.task is not None
+    engine.task.on_load_checkpoint(checkpoint)
     _load_model(engine, path, checkpoint)
+    if checkpoint.get("datamodule") and hasattr(datamodule, "load_state_dict"):
+        datamodule.load_state_dict(checkpoint["datamodule"])
     return path
 
 
@@ -303,6 +310,9 @@ def restore_from(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, ru
             "validate/test/predict(ckpt_path=...), or save full checkpoints to resume"
         )
     task = loop.task
+    # The task's hook before its weights, as in Lightning: it may rewrite checkpoint["state_dict"] (an older
+    # checkpoint's layer names); the callbacks' hooks come after the weights (weight averaging starts from them).
+    task.on_load_checkpoint(checkpoint)
     if path is None:
         engine.load_module_state_dict(checkpoint["state_dict"])
     else:
@@ -321,7 +331,6 @@ def restore_from(trainer: TrainerView, engine: Engine, hooks: HookDispatcher, ru
             lg.load_state_dict(state)
     if checkpoint.get("datamodule") and hasattr(run.datamodule, "load_state_dict"):
         run.datamodule.load_state_dict(checkpoint["datamodule"])
-    task.on_load_checkpoint(checkpoint)
     hooks.call_callbacks("on_load_checkpoint", checkpoint)
     ranks = checkpoint.get("ranks", [])
     # A rank's own state (RNG, loader position) is its own only on the same mesh: global rank r is the same

@@ -258,12 +258,13 @@ class LoggedValues:
                 out[entry.name] = step
         return out
 
-    def latest(self, prog_bar: bool = False) -> dict[str, Tensor]:
+    def latest(self, prog_bar: bool = False, for_loggers: bool = False) -> dict[str, Tensor]:
         """The newest value of every step-level entry logged since the last logging step, left on the device.
 
         That is what ``trainer.callback_metrics`` shows between logging intervals (``prog_bar=True``: only the
-        progress bar's entries, under their bar names). ``sync_dist`` values under several ranks are left to
-        the logging steps, where they are reduced.
+        progress bar's entries, under their bar names; ``for_loggers=True``: only what the loggers would get,
+        under the names they would get it, as ``trainer.logged_metrics`` shows). ``sync_dist`` values under
+        several ranks are left to the logging steps, where they are reduced.
         """
         values: dict[str, Tensor] = {}
         distributed = self._trainer.world_size > 1
@@ -278,7 +279,12 @@ class LoggedValues:
             if last is None or (isinstance(last, Tensor) and last.numel() != 1):
                 continue  # a Metric's non-scalar forward value: refused where it is read for the loggers
             value = last.detach() if isinstance(last, Tensor) else torch.tensor(float(last))
-            values[self._key(entry, "step")] = value
+            key = self._key(entry, "step")
+            if for_loggers:
+                if key not in self.not_for_loggers:
+                    values[key] = value
+                continue
+            values[key] = value
             if not prog_bar:
                 values[entry.name] = value
         return values

@@ -108,6 +108,22 @@ class RunState:
             return dict(self.published)
         return {**self.published, **live.latest()}
 
+    def logged_metrics_now(self) -> dict[str, float]:
+        """What the loggers got in this stage, and the newest step values logged since (``trainer.logged_metrics``).
+
+        As Lightning's: reading keeps those step values, so after the fit they are the last step's.
+        """
+        live = self.training_values
+        if live is not None and not self.sanity_checking:
+            self.logged_metrics.update(_as_floats(live.latest(for_loggers=True)))
+        return self.logged_metrics
+
+    def reset_metrics(self) -> None:
+        """A stage starts: ``callback_metrics``, ``logged_metrics`` and the progress bar's start empty (Lightning)."""
+        self.published = {}
+        self.published_bar = {}
+        self.logged_metrics = {}
+
     def progress_bar_metrics(self) -> dict[str, float]:
         """The ``prog_bar`` values as numbers: as published, and the newest step values logged since.
 

@@ -484,8 +484,11 @@ class Trainer(LightningTrainerMembers):
 
     @property
     def logged_metrics(self) -> dict[str, float]:
-        """The newest value of each metric sent to the loggers, as numbers."""
-        return self._run.logged_metrics
+        """The newest value of each metric of this stage for the loggers, as numbers.
+
+        What the loggers got, and the step values logged since the last logging step (as Lightning's).
+        """
+        return self._run.logged_metrics_now()
 
     @logged_metrics.setter
     def logged_metrics(self, value: dict[str, float]) -> None:
@@ -736,6 +739,7 @@ class Trainer(LightningTrainerMembers):
         attach(task, self, self._engine, self._hooks)
         self._run.stage = stage
         self._run.datamodule = datamodule
+        self._run.reset_metrics()  # as Lightning: each stage's callback/logged/progress-bar metrics start empty
         self._status = "running"
 
     def _configure_task(self, task: Task) -> None:
@@ -1069,7 +1073,8 @@ class Trainer(LightningTrainerMembers):
             self._ckpt_path = None
             if ckpt_path is not None:
                 self._ckpt_path = str(_checkpointing.load_weights(self, self._engine, ckpt_path,
-                                                                  weights_only=weights_only))
+                                                                  weights_only=weights_only,
+                                                                  datamodule=self._run.datamodule))
             parts = (self._settings, self._engine, self._hooks, self._run)
             current = loaders[0] if len(loaders) == 1 else loaders
             if stage == "predict":

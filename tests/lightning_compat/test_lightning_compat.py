@@ -139,6 +139,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "o_warnings": ([], []),
     "p_stop_epochs": ([], []),
     "q_import_spellings": ([], []),
+    "r_everyday": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }

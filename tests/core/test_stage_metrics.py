@@ -1,0 +1,68 @@
+"""``callback_metrics``, ``logged_metrics`` and ``progress_bar_metrics`` across stages, as Lightning's.
+
+Each stage (fit, validate, test, predict) starts them empty: after ``fit`` then ``validate`` they hold the validation's
+values only (they kept the fit's, a stale ``train_loss`` next to the new ``val_loss``). ``logged_metrics`` holds what
+the loggers got and the newest step values logged since (under their ``_step`` names), so after a short fit it has the
+last step's values, not only the epoch's. Found by running the same script under both libraries (issue 22).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import dltrain
+
+
+class Logs(dltrain.Task):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.layer(batch[0]).pow(2).mean()
+        self.log("a", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("b", float(batch_idx))
+        self.log("hidden", 1.0, logger=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("v", float(batch_idx), prog_bar=True)
+
+    def test_step(self, batch, batch_idx):
+        self.log("t", float(batch_idx))
+
+    def predict_step(self, batch, batch_idx):
+        return self.layer(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _data() -> DataLoader:
+    return DataLoader(TensorDataset(torch.randn(32, 2, generator=torch.Generator().manual_seed(0))), batch_size=4)
+
+
+def test_each_stage_starts_its_metrics_empty_and_logged_metrics_hold_the_last_step(tmp_path):
+    trainer = dltrain.Trainer(accelerator="cpu", max_epochs=2, default_root_dir=str(tmp_path),
+                              enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                              log_every_n_steps=50)  # 16 steps: no logging step, only the epoch ends
+    task = Logs()
+    trainer.fit(task, _data(), _data())
+    # The loggers got a_epoch and v at the epoch ends; a_step and b are the last step's, as in Lightning.
+    assert sorted(trainer.logged_metrics) == ["a_epoch", "a_step", "b", "v"]
+    assert trainer.logged_metrics["b"] == 7.0
+    assert {"a", "a_step", "a_epoch", "b", "v", "hidden"} <= set(trainer.callback_metrics)
+
+    trainer.validate(task, _data())
+    assert sorted(trainer.callback_metrics) == ["v"]
+    assert sorted(trainer.logged_metrics) == ["v"]
+    assert sorted(trainer.progress_bar_metrics) == ["v"]
+
+    trainer.test(task, _data())
+    assert sorted(trainer.callback_metrics) == ["t"]
+    assert sorted(trainer.logged_metrics) == ["t"]
+    assert trainer.progress_bar_metrics == {}
+
+    trainer.predict(task, _data())
+    assert trainer.callback_metrics == {} and trainer.logged_metrics == {}
