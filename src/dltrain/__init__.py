@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dltrain.callbacks.base import Callback
 from dltrain.datamodule import DataModule
 from dltrain.errors import CheckpointError, ConfigurationError, DataError, DltrainError, StepError
+from dltrain.states import RunningStage, TrainerFn, TrainerStatus
 from dltrain.strategies import FSDP2, FaultTolerant
 from dltrain.task import Task
 
@@ -44,9 +45,12 @@ __all__ = [
     "DataModule",
     "DltrainError",
     "FaultTolerant",
+    "RunningStage",
     "StepError",
     "Task",
     "Trainer",
+    "TrainerFn",
+    "TrainerStatus",
     "__version__",
     "cli_lightning_logo",
     "disable_possible_user_warnings",

@@ -67,6 +67,8 @@ def save(engine: Engine, hooks: HookDispatcher, run: RunState, task: Task, loop:
         "callback_metrics": {k: float(v) for k, v in run.callback_metrics().items()},
         "callbacks": {cb.state_key: cb.state_dict() for cb in hooks.callbacks},
         "datamodule": run.datamodule.state_dict() if hasattr(run.datamodule, "state_dict") else {},
+        # DataModule.load_from_checkpoint builds the data module again from these (Lightning's key).
+        "datamodule_hyper_parameters": ckpt_io.plain_hparams(getattr(run.datamodule, "hparams", None) or {}),
         "loggers": [lg.state_dict() for lg in run.loggers],
         "train_metrics": loop.results.state_dict() if loop is not None else {},
         "world_size": engine.world_size,

@@ -163,6 +163,8 @@ def _datamodule_default(dm: Any, name: str) -> bool:
     """Whether ``dm.<name>`` is the base class's (raising) default rather than the user's."""
     from dltrain.datamodule import DataModule
 
+    if name in getattr(dm, "__dict__", {}):  # set on the instance (DataModule.from_datasets)
+        return False
     return any(isinstance(dm, base) and not overrides(dm, base, name)
                for base in (DataModule, *_lightning_datamodule()))
 

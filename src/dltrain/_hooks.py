@@ -112,6 +112,24 @@ class HookDispatcher:
             if overrides(cb, Callback, name) and (checkpoints is None or isinstance(cb, Checkpoint) == checkpoints):
                 getattr(cb, name)(self.view, self._task, *args)
 
+    def data_hook(self, name: str, datamodule: Any) -> Callable[..., Any] | None:
+        """A batch-transfer hook: the datamodule's when its class overrides DataModule's default, else `task_hook`.
+
+        As Lightning: when both override it, the datamodule's runs, with a warning.
+        """
+        from dltrain.datamodule import DataModule
+
+        if datamodule is None or not isinstance(datamodule, DataModule) or not overrides(datamodule, DataModule,
+                                                                                           name):
+            return self.task_hook(name)
+        if self.task_hook(name) is not None:
+            import warnings
+
+            warnings.warn(f"{type(self._task).__name__} and {type(datamodule).__name__} both override {name}: "
+                          f"the data module's runs (as in Lightning); remove one of them", UserWarning, stacklevel=2)
+        hook: Callable[..., Any] = getattr(datamodule, name)
+        return hook
+
     def task_hook(self, name: str) -> Callable[..., Any] | None:
         """``task.<name>`` when the task's class overrides Task's default, else None (the caller does the default)."""
         from dltrain.task import Task

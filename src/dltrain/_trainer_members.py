@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dltrain._refusals import refuse
+from dltrain.states import RunningStage, TrainerFn, TrainerStatus
 
 if TYPE_CHECKING:
     from dltrain.task import Task
@@ -23,17 +24,20 @@ __all__ = ["LightningTrainerMembers", "TrainerState"]
 
 @dataclass(frozen=True)
 class TrainerState:
-    """What the Trainer is doing: Lightning's ``trainer.state`` with plain strings.
+    """What the Trainer is doing: Lightning's ``trainer.state``, string enums of `dltrain.states`.
 
     Attributes:
-        fn: the method running or run last: ``"fit"``, ``"validate"``, ``"test"``, ``"predict"`` (``None`` before).
-        stage: ``"train"``, ``"sanity_check"``, ``"validate"``, ``"test"``, ``"predict"`` (``None`` outside a run).
-        status: ``"initializing"``, ``"running"``, ``"finished"`` or ``"interrupted"`` (an exception stopped it).
+        fn: the method running or run last: `TrainerFn` ``"fit"``, ``"validate"``, ``"test"``, ``"predict"``
+            (``None`` before).
+        stage: `RunningStage` ``"train"``, ``"sanity_check"``, ``"validate"``, ``"test"``, ``"predict"``
+            (``None`` outside a run).
+        status: `TrainerStatus` ``"initializing"``, ``"running"``, ``"finished"`` or ``"interrupted"`` (an
+            exception stopped it).
     """
 
-    fn: str | None
-    stage: str | None
-    status: str
+    fn: TrainerFn | None
+    stage: RunningStage | None
+    status: TrainerStatus
 
     @property
     def finished(self) -> bool:
@@ -99,7 +103,10 @@ class LightningTrainerMembers:
     @property
     def state(self) -> TrainerState:
         """Which method runs, which part of it, and whether it finished (`TrainerState`)."""
-        return TrainerState(fn=self.stage, stage=self._running_stage(), status=self._status)
+        stage = self._running_stage()
+        return TrainerState(fn=TrainerFn(self.stage) if self.stage is not None else None,
+                            stage=RunningStage(stage) if stage is not None else None,
+                            status=TrainerStatus(self._status))
 
     def _running_stage(self) -> str | None:
         if self._status != "running" or self.stage is None:

@@ -30,16 +30,17 @@ class BatchPath:
     """Loader → device → transfer hooks → step, for one stage and loader (see the module docstring)."""
 
     def __init__(self, engine: Engine, hooks: HookDispatcher, progress: LoopState, task: Task, step_name: str,
-                 through_wrapper: bool, dataloader_idx: int | None = None) -> None:
+                 through_wrapper: bool, dataloader_idx: int | None = None, datamodule: Any = None) -> None:
         self.engine = engine
         self.progress = progress  # epoch and step, for error notes
         self.task = task
         self.step_name = step_name
         self.dataloader_idx = dataloader_idx  # passed to the step only with several loaders (as in Lightning)
         self.move = engine.device.type != "cpu"
-        self.before_transfer = hooks.task_hook("on_before_batch_transfer")
-        self.transfer = hooks.task_hook("transfer_batch_to_device")
-        self.after_transfer = hooks.task_hook("on_after_batch_transfer")
+        # The datamodule's transfer hooks when it overrides them, else the task's (Lightning's rule).
+        self.before_transfer = hooks.data_hook("on_before_batch_transfer", datamodule)
+        self.transfer = hooks.data_hook("transfer_batch_to_device", datamodule)
+        self.after_transfer = hooks.data_hook("on_after_batch_transfer", datamodule)
         self.needs_preparing = self.move or any((self.before_transfer, self.transfer, self.after_transfer))
         self.step = engine.step_method(task, step_name, through_wrapper, dataloader_idx)
         self.lookahead_position: dict[str, Any] | None = None  # the loader's position before the look-ahead

@@ -8,7 +8,8 @@ Layout (``FORMAT_VERSION`` 2; version 1 files load too) of a file::
     {"format": 2, "dltrain_version": str, "task_class": str, "hparams": dict,
      "state_dict": model weights, "optimizer_states": [state, ...], "lr_schedulers": [state, ...],
      "precision": state, "loops": dltrain.loop.LoopState.state_dict(), "callback_metrics": {name: float},
-     "callbacks": {state_key: state}, "datamodule": state, "loggers": [state, ...], "train_metrics": state,
+     "callbacks": {state_key: state}, "datamodule": state, "datamodule_hyper_parameters": dict,
+     "loggers": [state, ...], "train_metrics": state,
      "ranks": [{"rng": ..., "train_loader": ...}, ...]   # one entry per rank, index = global rank
      "world_size": int}
 

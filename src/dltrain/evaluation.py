@@ -67,7 +67,7 @@ def evaluate(settings: Settings, engine: Engine, hooks: HookDispatcher, run: Run
             # Evaluation runs no collective per step (ranks may have different numbers of batches, and DDP's
             # forward could sync): steps call the task directly; only sharded models (FSDP) use the wrapper.
             path = BatchPath(engine, hooks, run.loop_state, task, step_name, through_wrapper=engine.shards_module,
-                             dataloader_idx=idx if several else None)
+                             dataloader_idx=idx if several else None, datamodule=run.datamodule)
             with contextlib.closing(path.batches(loader, iter(loader), 0, n, lookahead=False)) as batches:
                 for batch_idx, batch, _ in batches:
                     results.batch = batch
@@ -113,7 +113,8 @@ def predict(settings: Settings, engine: Engine, hooks: HookDispatcher, run: RunS
         for idx, (loader, n) in enumerate(zip(loaders, counts)):
             extra = (idx,) if several else ()
             path = BatchPath(engine, hooks, run.loop_state, task, "predict_step",
-                             through_wrapper=engine.shards_module, dataloader_idx=idx if several else None)
+                             through_wrapper=engine.shards_module, dataloader_idx=idx if several else None,
+                             datamodule=run.datamodule)
             mine: list[Any] = []
             limit_n = n if math.isfinite(n) else math.inf
             with contextlib.closing(path.batches(loader, iter(loader), 0, limit_n, lookahead=False)) as batches:

@@ -99,7 +99,8 @@ class FitLoop:
         # With manual optimization under DDP the task runs as it is and manual_backward averages the gradients
         # (DDP's reducer expects one backward per forward; a GAN step has several).
         through = engine.wraps_module and (task.automatic_optimization or engine.shards_module)
-        self.path = BatchPath(engine, hooks, run.loop_state, task, "training_step", through_wrapper=through)
+        self.path = BatchPath(engine, hooks, run.loop_state, task, "training_step", through_wrapper=through,
+                              datamodule=run.datamodule)
         self.batch_idx = 0  # the batch being run (the watchdog reports it)
         self.in_batches = False
         # Where the restored checkpoint was taken ("epoch_end", "epoch_start" or "mid_epoch"), until the loop is there.

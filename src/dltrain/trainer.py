@@ -1007,6 +1007,10 @@ class Trainer(LightningTrainerMembers):
             if overrides(cb, Callback, "on_exception"):
                 with contextlib.suppress(Exception):
                     cb.on_exception(self, self._task, exc)  # type: ignore[arg-type]
+        datamodule = self._run.datamodule
+        if datamodule is not None and callable(getattr(datamodule, "on_exception", None)):
+            with contextlib.suppress(Exception):
+                datamodule.on_exception(exc)
         if self.is_global_zero:
             for lg in self.loggers:
                 with contextlib.suppress(Exception):

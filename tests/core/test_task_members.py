@@ -231,3 +231,27 @@ def test_save_checkpoint_weights_only(tmp_path):
     torch.testing.assert_close(loaded.model[0].weight, task.model[0].weight)
     with pytest.raises(ConfigurationError, match="storage_options"):
         trainer.save_checkpoint(tmp_path / "x.ckpt", storage_options={"a": 1})
+
+
+def test_trainer_state_holds_lightnings_string_enums(tmp_path):
+    """``from lightning.pytorch.trainer.states import TrainerFn`` renamed is ``from dltrain import TrainerFn``
+    (it was an ImportError); the members equal their strings, so comparisons with either spelling hold."""
+    from dltrain import RunningStage, TrainerFn, TrainerStatus
+
+    seen = []
+
+    class Probe(dltrain.Callback):
+        def on_train_batch_start(self, trainer, task, batch, batch_idx):
+            seen.append(trainer.state)
+
+    trainer = dltrain.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                              enable_checkpointing=False, callbacks=[Probe()], default_root_dir=str(tmp_path))
+    assert trainer.state.status is TrainerStatus.INITIALIZING and trainer.state.fn is None
+    trainer.fit(TinyTask(), loader(n=16))
+    during = seen[0]
+    assert during.fn is TrainerFn.FITTING and during.fn == "fit"
+    assert during.stage is RunningStage.TRAINING and not during.stage.evaluating
+    assert during.status is TrainerStatus.RUNNING and not during.status.stopped
+    assert trainer.state.status is TrainerStatus.FINISHED and trainer.state.status.stopped
+    assert str(trainer.state.fn) == "TrainerFn.FITTING"  # as Lightning's prints
+    assert RunningStage.SANITY_CHECKING.dataloader_prefix == "val" and RunningStage.TESTING.dataloader_prefix == "test"

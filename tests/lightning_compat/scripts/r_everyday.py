@@ -11,6 +11,7 @@ import torchmetrics
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn, TrainerStatus
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -59,6 +60,13 @@ class Model(LightningModule):
 
     def on_fit_start(self):
         self.seen_dm = type(self.trainer.datamodule).__name__
+        state = self.trainer.state
+        self.states = [state.fn == TrainerFn.FITTING, state.status == TrainerStatus.RUNNING, str(state.fn)]
+
+    def on_validation_start(self):
+        stage = self.trainer.state.stage
+        self.states.append([str(stage), stage == RunningStage.SANITY_CHECKING or stage == "validate",
+                            stage.evaluating, stage.dataloader_prefix])
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -104,7 +112,8 @@ trainer = Trainer(accelerator="cpu", max_epochs=4, logger=CSVLogger("logs"), cal
                   gradient_clip_val=0.5, enable_progress_bar=False, enable_model_summary=False, deterministic=True)
 trainer.fit(model, datamodule=dm)
 out = {
-    "dm_stages": dm.stages, "seen_dm": model.seen_dm,
+    "dm_stages": dm.stages, "seen_dm": model.seen_dm, "states": model.states,
+    "after": [str(trainer.state.fn), str(trainer.state.status), trainer.state.status.stopped, trainer.state.stage],
     "epoch": trainer.current_epoch, "step": trainer.global_step,
     "callback_metrics": sorted(trainer.callback_metrics), "logged": sorted(trainer.logged_metrics),
     "progress": sorted(trainer.progress_bar_metrics),

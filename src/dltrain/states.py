@@ -1,0 +1,76 @@
+"""What the Trainer is doing, under Lightning's names: `TrainerFn`, `RunningStage`, `TrainerStatus`.
+
+``trainer.state`` holds one of each (see `dltrain.Trainer.state`). They are string enums, so a member equals its
+string (``TrainerFn.FITTING == "fit"``), and Lightning code that compares with them, or with the strings, runs.
+
+Example:
+    >>> from dltrain import TrainerFn, RunningStage
+    >>> TrainerFn.FITTING == "fit", RunningStage.SANITY_CHECKING.evaluating
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["RunningStage", "TrainerFn", "TrainerStatus"]
+
+
+class TrainerFn(str, Enum):
+    """The Trainer method running (or run last): ``trainer.state.fn``.
+
+    Example:
+        >>> TrainerFn("fit") is TrainerFn.FITTING, TrainerFn.TESTING == "test"
+        (True, True)
+    """
+
+    FITTING = "fit"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+
+class RunningStage(str, Enum):
+    """The part of the method running now: ``trainer.state.stage`` (``None`` outside a run).
+
+    Example:
+        >>> RunningStage.VALIDATING.evaluating, RunningStage.VALIDATING.dataloader_prefix
+        (True, 'val')
+    """
+
+    TRAINING = "train"
+    SANITY_CHECKING = "sanity_check"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+    @property
+    def evaluating(self) -> bool:
+        """Whether this stage runs evaluation steps (sanity check, validation, test)."""
+        return self in (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
+
+    @property
+    def dataloader_prefix(self) -> str | None:
+        """The prefix of this stage's ``*_dataloader`` method (``"val"`` for validation and the sanity check)."""
+        if self in (RunningStage.VALIDATING, RunningStage.SANITY_CHECKING):
+            return "val"
+        return self.value
+
+
+class TrainerStatus(str, Enum):
+    """Whether the Trainer is starting, running, finished, or was interrupted: ``trainer.state.status``.
+
+    Example:
+        >>> TrainerStatus.INTERRUPTED.stopped, TrainerStatus.RUNNING.stopped
+        (True, False)
+    """
+
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def stopped(self) -> bool:
+        """Finished or interrupted."""
+        return self in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
