@@ -523,14 +523,19 @@ class StreamingDataset(IterableDataset):
         readers: dict[int, ShardReader | IndexedShardReader],
         wanted: Callable[[int], np.ndarray],
     ) -> dict[int, Any]:
-        """Raw samples (or their `DataError` with ``on_error="skip"``) at the sorted positions ``need``.
+        """Raw samples, or the `DataError` of each bad one, at the sorted positions ``need``.
 
         ``located`` holds their (shard ids, indices in shard).
 
         Samples of seekable shards are read shard by shard, all of a shard's in one `IndexedShardReader.get_many`
-        call; forward readers go through the positions in order (one open stream at a time).
+        call; forward readers go through the positions in order (one open stream at a time). A forward reader
+        stops at its first bad sample with ``on_error="raise"``: the positions after it get that sample's error.
+        Errors are raised (``"raise"``) or counted (``"skip"``) by the batch that holds the sample (`_make_batch`),
+        not here: a window is read before its first batch, and under loader workers an error raised here came out
+        of its worker ahead of the batches before it, so the error the user saw was not the first bad sample's.
         """
         raw: dict[int, Any] = {}
+        stopped_at: DataError | None = None  # a forward reader's first bad sample (on_error="raise")
         shard_ids, locals_ = located
         layout = self.layout
         seek: dict[int, tuple[list[int], list[int]]] = {}  # shard -> (positions, indices), for positioned reads
@@ -562,9 +567,10 @@ class StreamingDataset(IterableDataset):
             try:
                 raw[p] = reader.get(i)
             except DataError as exn:
-                if self.on_error == "raise":
-                    raise
                 raw[p] = exn
+                if self.on_error == "raise":
+                    stopped_at = exn
+                    break
         for s, (positions, indices) in seek.items():
             reader = readers.get(s)
             if not isinstance(reader, IndexedShardReader):
@@ -572,10 +578,9 @@ class StreamingDataset(IterableDataset):
                 assert offsets is not None
                 reader = readers[s] = IndexedShardReader(self.urls[s], offsets, counts[s], layout.tables[s])
             raw.update(zip(positions, reader.get_many(indices)))
-        if seek and self.on_error == "raise":
-            for p in need.tolist():  # the first bad sample in position order, as reading one by one would raise
-                if isinstance(raw[p], DataError):
-                    raise raw[p]
+        if stopped_at is not None:
+            for p in need.tolist():
+                raw.setdefault(p, stopped_at)
         return raw
 
     def _make_batch(self, plan: _plan.EpochPlan, positions: np.ndarray, raw: dict[int, Any],
@@ -586,6 +591,10 @@ class StreamingDataset(IterableDataset):
         sample ids are recorded (``record_samples``).
         """
         items = [raw.pop(p) for p in positions.tolist()]
+        if self.on_error == "raise":
+            failed = [(p, item) for p, item in zip(positions.tolist(), items) if isinstance(item, DataError)]
+            if failed:  # the first bad sample in position order, as reading one by one would raise
+                raise min(failed, key=lambda pair: pair[0])[1]
         ok = [n for n, item in enumerate(items) if not isinstance(item, DataError)]
         bad: list[DataError] = [items[n] for n in range(len(items)) if isinstance(items[n], DataError)] if len(
             ok) < len(items) else []
