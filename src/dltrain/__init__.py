@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from dltrain.callbacks.base import Callback
 from dltrain.datamodule import DataModule
 from dltrain.errors import CheckpointError, ConfigurationError, DataError, DltrainError, StepError
-from dltrain.states import RunningStage, TrainerFn, TrainerStatus
+from dltrain.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from dltrain.strategies import FSDP2, FaultTolerant
 from dltrain.task import Task
 
@@ -50,6 +50,7 @@ __all__ = [
     "Task",
     "Trainer",
     "TrainerFn",
+    "TrainerState",
     "TrainerStatus",
     "__version__",
     "cli_lightning_logo",

@@ -10,42 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dltrain._refusals import refuse
-from dltrain.states import RunningStage, TrainerFn, TrainerStatus
+from dltrain.states import RunningStage, TrainerFn, TrainerState, TrainerStatus
 
 if TYPE_CHECKING:
     from dltrain.task import Task
 
 __all__ = ["LightningTrainerMembers", "TrainerState"]
-
-
-@dataclass(frozen=True)
-class TrainerState:
-    """What the Trainer is doing: Lightning's ``trainer.state``, string enums of `dltrain.states`.
-
-    Attributes:
-        fn: the method running or run last: `TrainerFn` ``"fit"``, ``"validate"``, ``"test"``, ``"predict"``
-            (``None`` before).
-        stage: `RunningStage` ``"train"``, ``"sanity_check"``, ``"validate"``, ``"test"``, ``"predict"``
-            (``None`` outside a run).
-        status: `TrainerStatus` ``"initializing"``, ``"running"``, ``"finished"`` or ``"interrupted"`` (an
-            exception stopped it).
-    """
-
-    fn: TrainerFn | None
-    stage: RunningStage | None
-    status: TrainerStatus
-
-    @property
-    def finished(self) -> bool:
-        return self.status == "finished"
-
-    @property
-    def stopped(self) -> bool:
-        return self.status in ("finished", "interrupted")
 
 
 class LightningTrainerMembers:

@@ -1,4 +1,4 @@
-"""What the Trainer is doing, under Lightning's names: `TrainerFn`, `RunningStage`, `TrainerStatus`.
+"""What the Trainer is doing, under Lightning's names: `TrainerState`, `TrainerFn`, `RunningStage`, `TrainerStatus`.
 
 ``trainer.state`` holds one of each (see `dltrain.Trainer.state`). They are string enums, so a member equals its
 string (``TrainerFn.FITTING == "fit"``), and Lightning code that compares with them, or with the strings, runs.
@@ -11,9 +11,10 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["RunningStage", "TrainerFn", "TrainerStatus"]
+__all__ = ["RunningStage", "TrainerFn", "TrainerState", "TrainerStatus"]
 
 
 class TrainerFn(str, Enum):
@@ -74,3 +75,36 @@ class TrainerStatus(str, Enum):
     def stopped(self) -> bool:
         """Finished or interrupted."""
         return self in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """What the Trainer is doing: ``trainer.state`` (Lightning's), made of the string enums above.
+
+    Example:
+        >>> state = TrainerState(fn=TrainerFn.FITTING, stage=RunningStage.TRAINING, status=TrainerStatus.RUNNING)
+        >>> state.fn == "fit", state.stopped
+        (True, False)
+
+    Attributes:
+        fn: the method running or run last: `TrainerFn` ``"fit"``, ``"validate"``, ``"test"``, ``"predict"``
+            (``None`` before).
+        stage: `RunningStage` ``"train"``, ``"sanity_check"``, ``"validate"``, ``"test"``, ``"predict"``
+            (``None`` outside a run).
+        status: `TrainerStatus` ``"initializing"``, ``"running"``, ``"finished"`` or ``"interrupted"`` (an
+            exception stopped it).
+    """
+
+    fn: TrainerFn | None
+    stage: RunningStage | None
+    status: TrainerStatus
+
+    @property
+    def finished(self) -> bool:
+        """The method ran to its end."""
+        return self.status == "finished"
+
+    @property
+    def stopped(self) -> bool:
+        """The method ended, finished or interrupted."""
+        return self.status in ("finished", "interrupted")

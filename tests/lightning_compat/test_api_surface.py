@@ -116,6 +116,14 @@ def lightning_names() -> dict[str, tuple[Any, str]]:
     trainer = _dltrain_trainer()
     for name in _members(_lightning_trainer(), set()):
         names[f"lightning.pytorch.Trainer.{name}"] = (trainer, name)
+    datamodule = dltrain.DataModule()
+    for name in _members(pl.LightningDataModule, set()):
+        names[f"lightning.pytorch.LightningDataModule.{name}"] = (datamodule, name)
+    # trainer.state's types: renamed with the module (lightning.pytorch.trainer.states -> dltrain)
+    states = importlib.import_module("lightning.pytorch.trainer.states")
+    for name, value in vars(states).items():
+        if inspect.isclass(value) and value.__module__ == states.__name__:
+            names[f"{states.__name__}.{name}"] = ("dltrain", name)
     return names
 
 
