@@ -220,3 +220,18 @@ def test_callback_base_checkpoint_orders_last():
     trainer = dltrain.Trainer(accelerator="cpu", callbacks=[OnExceptionCheckpoint("x"), LambdaCallback()],
                               enable_progress_bar=False, logger=False)
     assert isinstance(trainer.callbacks[-1], Checkpoint) and isinstance(trainer.callbacks[-2], Checkpoint)
+
+
+def test_generate_state_key_names_the_class_and_its_arguments():
+    """Lightning's docs have a callback used twice return ``self._generate_state_key(...)`` as its state_key (it
+    was an AttributeError when the first checkpoint was written)."""
+
+    class Counter(dltrain.Callback):
+        def __init__(self, what: str) -> None:
+            self.what = what
+
+        @property
+        def state_key(self) -> str:
+            return self._generate_state_key(what=self.what)
+
+    assert Counter("a").state_key == Counter.__qualname__ + "{'what': 'a'}" != Counter("b").state_key

@@ -140,6 +140,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "p_stop_epochs": ([], []),
     "q_import_spellings": ([], []),
     "r_everyday": ([], []),
+    "s_callback_state": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }

@@ -46,8 +46,18 @@ class Callback:
 
     @property
     def state_key(self) -> str:
-        """Key of this callback's state in checkpoints; make it unique when a callback is used twice."""
+        """Key of this callback's state in checkpoints; make it unique when a callback is used twice.
+
+        Lightning's way: ``return self._generate_state_key(monitor=self.monitor)``.
+        """
         return type(self).__qualname__
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        """A `state_key` made of the class name and ``kwargs``: ``Name{'monitor': 'val_loss'}``.
+
+        Lightning's helper, which its docs tell callbacks used more than once to call.
+        """
+        return f"{type(self).__qualname__}{kwargs!r}"
 
     # ------------------------------------------------------------------ every stage
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
