@@ -142,11 +142,12 @@ def test_enable_autolog_hparams(tmp_path):
         trainer = _trainer(tmp_path, logger=logger, enable_autolog_hparams=autolog)
         assert trainer.enable_autolog_hparams is autolog
         trainer.fit(TinyTask(), loader(n=16))
-        import json
         import os
 
-        path = os.path.join(logger.log_dir, "hparams.json")
-        params = json.load(open(path)) if os.path.exists(path) else {}
+        import yaml
+
+        path = os.path.join(logger.log_dir, "hparams.yaml")
+        params = yaml.safe_load(open(path)) if os.path.exists(path) else {}
         assert ("lr" in params) is autolog, params
 
 

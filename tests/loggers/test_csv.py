@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
+
+import yaml
 
 from dltrain.loggers import CSVLogger, Logger
 
@@ -35,14 +36,27 @@ def test_columns_appear_later_and_hparams(tmp_path):
     logger.log_metrics({"val/acc": 0.5}, step=20)
     logger.finalize("success")
     rows = _rows(logger.metrics_file)
-    assert list(rows[0]) == ["step", "train/loss", "lr", "val/acc"]
+    assert list(rows[0]) == ["lr", "step", "train/loss", "val/acc"]  # sorted, "step" among them, as Lightning's
     assert rows == [
         {"step": "10", "train/loss": "1.5", "lr": "", "val/acc": ""},
         {"step": "20", "train/loss": "1.25", "lr": "0.1", "val/acc": ""},
         {"step": "20", "train/loss": "", "lr": "", "val/acc": "0.5"},
     ]
-    hparams = json.loads((tmp_path / "lightning_logs" / "version_0" / "hparams.json").read_text())
+    hparams = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text())
     assert hparams["lr"] == 0.1 and hparams["layers"] == [1, 2] and "object" in hparams["obj"]
+
+
+def test_a_file_of_an_older_dltrain_with_step_first_is_continued_in_its_own_column_order(tmp_path):
+    """metrics.csv of an older dltrain had "step" first and columns in order of appearance; a resumed run appends
+    to it under that header (a DictWriter with another order would put values under the wrong columns)."""
+    folder = tmp_path / "lightning_logs" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("step,train/loss,epoch\n1,0.5,0\n")
+    logger = CSVLogger(tmp_path)
+    logger.load_state_dict({"version": 0})
+    logger.log_metrics({"train/loss": 0.25, "epoch": 0.0}, step=2)
+    logger.finalize("success")
+    assert (folder / "metrics.csv").read_text().splitlines() == ["step,train/loss,epoch", "1,0.5,0", "2,0.25,0.0"]
 
 
 def test_buffering_flushes_on_save(tmp_path):

@@ -4,7 +4,8 @@ the whole file rewritten per flush, and a resumed logger that writes each row on
 from __future__ import annotations
 
 import csv
-import json
+
+import yaml
 
 from dltrain import _storage
 from dltrain.loggers import CSVLogger
@@ -49,7 +50,7 @@ def test_csv_logger_on_the_store_claims_versions_and_resumes_without_repeating_r
     rows = [(r["step"], r["loss"], r["val"], r["val2"]) for r in _rows(s3, key)]
     assert rows == [("0", "0.0", "", ""), ("1", "1.0", "", ""), ("2", "2.0", "", ""), ("3", "3.0", "", ""),
                     ("3", "", "9.0", ""), ("4", "4.0", "", ""), ("4", "", "", "1.0")], rows
-    assert json.loads(s3.read("runs/lightning_logs/version_0/hparams.json")) == {"batch": 8, "lr": 0.1}
+    assert yaml.safe_load(s3.read("runs/lightning_logs/version_0/hparams.yaml")) == {"batch": 8, "lr": 0.1}
     assert CSVLogger(s3.url("runs")).version == 2
 
 

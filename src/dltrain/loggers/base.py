@@ -17,7 +17,7 @@ from typing_extensions import override
 from dltrain import _storage
 from dltrain.loggers._versions import claim_next_version, next_version
 
-__all__ = ["FolderLogger", "Logger", "ResumeFilter", "checkpoint_metadata", "checkpoints_to_log"]
+__all__ = ["FolderLogger", "Logger", "ResumeFilter", "checkpoint_metadata", "checkpoints_to_log", "yaml_safe"]
 
 
 class Logger(ABC):
@@ -276,3 +276,18 @@ class FolderLogger(Logger):
         """Continue in ``version``'s folder (a resumed run)."""
         self._version = version
         self._claimed = False
+
+
+def yaml_safe(value: Any) -> Any:
+    """``value`` with what YAML's safe dumper cannot write turned into its ``repr`` (namespaces become dicts)."""
+    from argparse import Namespace
+
+    if isinstance(value, Namespace):
+        value = vars(value)
+    if isinstance(value, Mapping):
+        return {str(k): yaml_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [yaml_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)

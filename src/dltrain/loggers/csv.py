@@ -1,9 +1,8 @@
-"""`CSVLogger`: metrics in a CSV file, hyperparameters in JSON. The default logger; needs nothing installed."""
+"""`CSVLogger`: metrics in a CSV file, hyperparameters in YAML (as Lightning's). The default logger."""
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -11,17 +10,18 @@ from typing import Any
 from typing_extensions import override
 
 from dltrain import _storage
-from dltrain.loggers.base import FolderLogger, ResumeFilter
+from dltrain.loggers.base import FolderLogger, ResumeFilter, yaml_safe
 
 __all__ = ["CSVLogger"]
 
 class CSVLogger(FolderLogger):
-    """Write metrics to ``<save_dir>/<name>/version_<N>/metrics.csv`` and hparams to ``hparams.json`` there.
+    """Write metrics to ``<save_dir>/<name>/version_<N>/metrics.csv`` and hparams to ``hparams.yaml`` there.
 
-    File format: "wide" CSV, one row per ``log_metrics`` call: a ``step`` column, then one column per metric
-    name in order of first appearance; a cell is empty when the row did not log that metric. When a new metric
-    name appears, the file is rewritten once with the extended header (as Lightning's ``CSVLogger`` does), so
-    the file is always valid CSV that ``pandas.read_csv`` / ``csv.DictReader`` read directly.
+    File format: "wide" CSV, one row per ``log_metrics`` call, columns in sorted order (``step`` among them, as
+    Lightning's); a cell is empty when the row did not log that metric. When a new metric name appears, the file is
+    rewritten once with the extended header (as Lightning's ``CSVLogger`` does), so the file is always valid CSV that
+    ``pandas.read_csv`` / ``csv.DictReader`` read directly. ``hparams.yaml`` is the file Lightning's
+    ``load_from_checkpoint(hparams_file=...)`` reads (values YAML cannot hold are written as their ``repr``).
 
     ``N`` is the next free version number, chosen (and the folder created) on the first write, so a logger
     constructed on every rank creates nothing on the ranks that never write. Rows are buffered and written every
@@ -52,7 +52,8 @@ class CSVLogger(FolderLogger):
     """
 
     METRICS_FILE = "metrics.csv"
-    HPARAMS_FILE = "hparams.json"
+    HPARAMS_FILE = "hparams.yaml"
+    NAME_HPARAMS_FILE = HPARAMS_FILE  # Lightning's name
 
     def __init__(
         self,
@@ -68,10 +69,11 @@ class CSVLogger(FolderLogger):
         self._flush_every = max(1, int(flush_logs_every_n_steps if flush_logs_every_n_steps else flush_every))
         self._prefix = prefix
         self._columns: list[str] = []  # metric columns, without "step"
+        self._header: list[str] = []  # the header of metrics.csv on disk, in its order (older files: "step" first)
         self._rows: list[dict[str, Any]] = []  # buffered, not yet on disk
         self._resume = ResumeFilter()  # what the run this one resumes already wrote
         self._written: list[dict[str, Any]] = []  # on an object store: every row written (each write is whole)
-        self._hparams: dict[str, Any] = {}  # on an object store: hparams.json as written
+        self._hparams: dict[str, Any] = {}  # on an object store: hparams.yaml as written
 
     @property
     def metrics_file(self) -> str:
@@ -80,21 +82,23 @@ class CSVLogger(FolderLogger):
 
     # ------------------------------------------------------------------ logging
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
-        """Merge ``params`` into ``hparams.json`` (values JSON cannot hold are written as their ``repr``)."""
+        """Merge ``params`` into ``hparams.yaml`` (values YAML cannot hold are written as their ``repr``)."""
+        import yaml
+
         self._claim_dir()
         path = self._join(self.log_dir, self.HPARAMS_FILE)
         if self.remote:
-            self._hparams.update(params)
-            _storage.write_bytes(path, json.dumps(self._hparams, indent=2, sort_keys=True, default=repr).encode())
+            self._hparams.update(yaml_safe(params))
+            _storage.write_bytes(path, yaml.safe_dump(self._hparams, sort_keys=True).encode())
             return
         current: dict[str, Any] = {}
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
-                current = json.load(f)
-        current.update(params)
+                current = yaml.safe_load(f) or {}
+        current.update(yaml_safe(params))
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(current, f, indent=2, sort_keys=True, default=repr)
+            yaml.safe_dump(current, f, sort_keys=True)
         os.replace(tmp, path)
 
     @override
@@ -122,17 +126,19 @@ class CSVLogger(FolderLogger):
         if self.remote:
             self._write_whole(path)
             return
-        if not self._columns and os.path.exists(path):
+        if not self._header and os.path.exists(path):
             # Continuing a folder whose header this instance has not read yet (resume or a fixed version).
-            self._columns = _read_header(path)
+            self._header = _read_header(path)
+            self._columns = [c for c in self._header if c != "step"]
         new = [k for row in self._rows for k in row if k != "step" and k not in self._columns]
         new = list(dict.fromkeys(new))
         if new or not os.path.exists(path):
             old_rows = _read_rows(path) if os.path.exists(path) else []
             self._columns.extend(new)
+            self._header = sorted(["step", *self._columns])
             tmp = path + ".tmp"
             with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=["step", *self._columns])
+                writer = csv.DictWriter(f, fieldnames=self._header)
                 writer.writeheader()
                 writer.writerows(old_rows)
                 writer.writerows(self._rows)
@@ -140,7 +146,7 @@ class CSVLogger(FolderLogger):
             os.replace(tmp, path)  # a crash mid-rewrite leaves the old file, never a half-written one
         else:
             with open(path, "a", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=["step", *self._columns])
+                writer = csv.DictWriter(f, fieldnames=self._header)
                 writer.writerows(self._rows)
                 _sync(f, sync)
         self._rows.clear()
@@ -153,7 +159,7 @@ class CSVLogger(FolderLogger):
         self._columns.extend(dict.fromkeys(new))
         self._written.extend(self._rows)
         out = io.StringIO(newline="")
-        writer = csv.DictWriter(out, fieldnames=["step", *self._columns])
+        writer = csv.DictWriter(out, fieldnames=sorted(["step", *self._columns]))
         writer.writeheader()
         writer.writerows(self._written)
         _storage.write_bytes(path, out.getvalue().encode("utf-8"))
@@ -172,6 +178,7 @@ class CSVLogger(FolderLogger):
         """Continue in the folder of ``state_dict["version"]``, skipping what its ``metrics.csv`` already holds."""
         self._use_version(state_dict["version"])
         self._columns = []
+        self._header = []
         self._rows.clear()
         path = self.metrics_file
         self._resume = ResumeFilter()
@@ -187,11 +194,14 @@ class CSVLogger(FolderLogger):
             self._written = [{k: v for k, v in r.items() if v not in (None, "")} for r in rows]
             hparams_path = _storage.join(self.log_dir, self.HPARAMS_FILE)
             try:
-                self._hparams = json.loads(_storage.read_bytes(hparams_path))
+                import yaml
+
+                self._hparams = yaml.safe_load(_storage.read_bytes(hparams_path)) or {}
             except FileNotFoundError:
                 self._hparams = {}
         elif os.path.exists(path):
-            self._columns = _read_header(path)
+            self._header = _read_header(path)
+            self._columns = [c for c in self._header if c != "step"]
             rows = _read_rows(path)
         else:
             return
@@ -208,8 +218,7 @@ def _sync(f: Any, sync: bool) -> None:
 
 def _read_header(path: str) -> list[str]:
     with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), [])
-    return [c for c in header if c != "step"]
+        return next(csv.reader(f), [])
 
 
 def _read_rows(path: str) -> list[dict[str, str]]:

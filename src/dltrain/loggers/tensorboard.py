@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
-from dltrain.loggers.base import FolderLogger, ResumeFilter
+from dltrain.loggers.base import FolderLogger, ResumeFilter, yaml_safe
 
 if TYPE_CHECKING:
     import torch
@@ -135,7 +135,7 @@ class TensorBoardLogger(FolderLogger):
         path = os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            yaml.safe_dump(_yaml_safe(self.hparams), f, sort_keys=True)
+            yaml.safe_dump(yaml_safe(self.hparams), f, sort_keys=True)
         os.replace(tmp, path)
 
     @override
@@ -241,14 +241,3 @@ def _scalar_or_str(value: Any) -> Any:
         return value.item()
     return str(value)
 
-
-def _yaml_safe(value: Any) -> Any:
-    if isinstance(value, Namespace):
-        value = vars(value)
-    if isinstance(value, Mapping):
-        return {str(k): _yaml_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_yaml_safe(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return repr(value)
