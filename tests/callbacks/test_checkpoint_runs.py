@@ -3,6 +3,7 @@ checkpoints, resuming continues the run it resumes, no stale temporaries, and ``
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import signal
@@ -130,8 +131,8 @@ def test_resume_last_continues_the_newest_run_in_its_folder_and_log_version(tmp_
     assert t3.checkpoint_callback.dirpath == tmp_path / "lightning_logs" / "version_1" / "checkpoints"
     assert _ckpts(tmp_path / "lightning_logs" / "version_1") == ["checkpoints/epoch=2-step=12.ckpt", "checkpoints/last.ckpt"]
     assert _files(tmp_path / "lightning_logs" / "version_0") == v0
-    steps = [int(line.split(",")[0]) for line in
-             (tmp_path / "lightning_logs" / "version_1" / "metrics.csv").read_text().splitlines()[1:]]
+    with open(tmp_path / "lightning_logs" / "version_1" / "metrics.csv", newline="") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]  # by name: the columns are sorted, as Lightning's
     assert max(steps) == 12
 
 
