@@ -235,3 +235,36 @@ def test_generate_state_key_names_the_class_and_its_arguments():
             return self._generate_state_key(what=self.what)
 
     assert Counter("a").state_key == Counter.__qualname__ + "{'what': 'a'}" != Counter("b").state_key
+
+
+def test_timer_times_each_stage_as_lightning(tmp_path):
+    """Lightning's ``Timer.time_elapsed(stage)`` / ``start_time`` / ``end_time`` / ``time_remaining`` take a stage
+    (``"train"``, ``"validate"``, ``"test"``); ``time_elapsed("train")`` was a TypeError (a probe under both)."""
+    from dltrain.callbacks import Timer
+    from dltrain.states import RunningStage
+
+    timer = Timer(duration={"minutes": 5}, verbose=False)
+    assert timer.time_elapsed() == 0.0 and timer.start_time("train") is None and timer.end_time() is None
+    trainer = trainer_for(tmp_path, callbacks=[timer], max_epochs=1)
+    task = TinyTask()
+    trainer.fit(task, loader(32), loader(16))
+    train = timer.time_elapsed("train")
+    assert 0 < train == timer.time_elapsed(RunningStage.TRAINING) == timer.time_elapsed()
+    assert timer.end_time("train") >= timer.start_time("train") and timer.end_time("train") is not None
+    assert 0 < timer.time_elapsed("validate") <= train  # the validation inside fit
+    assert timer.start_time("test") is None and timer.time_elapsed("test") == 0.0
+    assert timer.time_remaining("train") == pytest.approx(300 - train)
+    trainer.test(task, loader(16))
+    assert timer.time_elapsed("test") > 0 and timer.time_elapsed("train") == train  # train stays as it ended
+    assert Timer().time_remaining() is None  # no duration: nothing remains to count
+    with pytest.raises(ValueError, match="stage"):
+        timer.time_elapsed("training")
+
+
+def test_lr_monitor_without_a_logger_is_an_error_as_in_lightning(tmp_path):
+    """Lightning raises when LearningRateMonitor has no logger to write to; dltrain logged into nothing."""
+    from dltrain.callbacks import LearningRateMonitor
+
+    trainer = trainer_for(tmp_path, callbacks=[LearningRateMonitor()], logger=False)
+    with pytest.raises(ConfigurationError, match=r"LearningRateMonitor.*no logger.*logger="):
+        trainer.fit(TinyTask(), loader(32))

@@ -53,6 +53,15 @@ class LearningRateMonitor(Callback):
 
     # ------------------------------------------------------------------ hooks
     @override
+    def on_train_start(self, trainer: TrainerView, task: Task) -> None:
+        if not trainer.loggers:  # as Lightning: the rates would be logged into nothing
+            raise ConfigurationError(
+                "LearningRateMonitor was given to a Trainer with no logger (logger=False), so the learning rates "
+                "it reads would go nowhere: pass a logger (logger=True for the default CSV logger, or e.g. "
+                "logger=dltrain.loggers.TensorBoardLogger(...)) or remove the callback"
+            )
+
+    @override
     def on_before_optimizer_step(
         self, trainer: TrainerView, task: Task, optimizer: torch.optim.Optimizer
     ) -> None:
