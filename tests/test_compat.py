@@ -32,6 +32,18 @@ def test_metric_forward_value_is_the_last_batch_value():
     assert float(_compat.metric_forward_value(metric)) == 5.0  # the batch value, not the running mean (3.0)
 
 
+def test_lightning_combined_loader_mode_is_read_from_lightnings_object_only():
+    from lightning.pytorch.utilities import CombinedLoader as LightningCombined
+
+    from dltrain.data import CombinedLoader
+
+    loaders = [[1, 2], [3]]
+    for mode in ("min_size", "max_size_cycle", "max_size", "sequential"):
+        assert _compat.lightning_combined_loader_mode(LightningCombined(loaders, mode)) == mode
+    assert _compat.lightning_combined_loader_mode(CombinedLoader(loaders)) is None
+    assert _compat.lightning_combined_loader_mode(loaders) is None
+
+
 def test_tar_writer_offset_follows_what_is_written(tmp_path):
     from webdataset.writer import ShardWriter
 

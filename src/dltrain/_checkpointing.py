@@ -63,6 +63,9 @@ def save(engine: Engine, hooks: HookDispatcher, run: RunState, task: Task, loop:
         "task_class": f"{type(task).__module__}.{type(task).__qualname__}",
         "hparams": ckpt_io.plain_hparams(task.hparams),
         "loops": run.loop_state.state_dict(),
+        # Lightning's top-level counters, which users read from a checkpoint (torch.load(path)["epoch"]).
+        "epoch": run.loop_state.epoch + run.stopped_in_epoch,
+        "global_step": run.loop_state.global_step,
         # Monitored values (ReduceLROnPlateau, ModelCheckpoint, EarlyStopping) as the loop saw them.
         "callback_metrics": {k: float(v) for k, v in run.callback_metrics().items()},
         "callbacks": {cb.state_key: cb.state_dict() for cb in hooks.callbacks},
@@ -381,6 +384,9 @@ def replica_state(engine: Engine, hooks: HookDispatcher, run: RunState, loop: Fi
         "format": ckpt_io.FORMAT_VERSION,
         "_path": f"<the state of a live replica group at step {run.loop_state.global_step}>",
         "loops": run.loop_state.state_dict(),
+        # Lightning's top-level counters, which users read from a checkpoint (torch.load(path)["epoch"]).
+        "epoch": run.loop_state.epoch + run.stopped_in_epoch,
+        "global_step": run.loop_state.global_step,
         "callback_metrics": {k: float(v) for k, v in run.callback_metrics().items()},
         "callbacks": {cb.state_key: cb.state_dict() for cb in hooks.callbacks},
         "train_metrics": loop.results.state_dict(),

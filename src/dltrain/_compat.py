@@ -25,6 +25,7 @@ __all__ = [
     "is_batch_norm",
     "is_compiled",
     "lighthouse_server",
+    "lightning_combined_loader_mode",
     "loader_worker_socket_path",
     "metric_forward_value",
     "model_parallel_sizes",
@@ -60,6 +61,19 @@ def metric_forward_value(metric: Any) -> Any:
     Lightning does; torchmetrics keeps that value only in this attribute. ``None`` until the first forward.
     """
     return getattr(metric, "_forward_cache")  # noqa: B009
+
+
+def lightning_combined_loader_mode(loader: Any) -> str | None:
+    """The mode of Lightning's ``CombinedLoader`` (``lightning.pytorch.utilities``; kept in ``_mode``), else None.
+
+    Why: a Lightning user's script passes Lightning's object (its import is a utility, not renamed) and dltrain
+    takes it as its own `dltrain.data.CombinedLoader`; Lightning exposes the loaders (``iterables``) but not the
+    mode. Detected by class, without importing ``lightning.pytorch``.
+    """
+    cls = type(loader)
+    if cls.__name__ != "CombinedLoader" or not cls.__module__.startswith(("lightning.pytorch.", "pytorch_lightning.")):
+        return None
+    return str(getattr(loader, "_mode"))  # noqa: B009  (fails loudly if Lightning renames it)
 
 
 def tar_writer_offset(writer: Any) -> int | None:

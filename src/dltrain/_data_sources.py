@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from dltrain import _compat
 from dltrain._hooks import overrides
 from dltrain._resumable_loader import in_order, wrap_loader
 from dltrain.errors import ConfigurationError
@@ -82,6 +83,7 @@ def wrap(loader: Any, training: bool, settings: Settings, split: Layout) -> Any:
     """
     from dltrain.data.combined import CombinedLoader
 
+    loader = _from_lightning_combined(loader, training)
     several = isinstance(loader, Mapping) or (isinstance(loader, (list, tuple)) and not _is_batch_list(loader))
     if training and several:
         loader = CombinedLoader(loader)
@@ -97,6 +99,35 @@ def wrap(loader: Any, training: bool, settings: Settings, split: Layout) -> Any:
     if callable(set_split):
         set_split(split.rank, split.size)
     return loader
+
+
+def _from_lightning_combined(loader: Any, training: bool) -> Any:
+    """Lightning's ``CombinedLoader`` as dltrain takes it; anything else as it is.
+
+    Training: its loaders and mode as a `dltrain.data.CombinedLoader` ('sequential' refused, as Lightning's fit
+    does). Evaluation: 'sequential' is several loaders, one after the other, as a list is.
+    """
+    from dltrain.data.combined import MODES, CombinedLoader
+
+    mode = _compat.lightning_combined_loader_mode(loader)
+    if mode is None:
+        return loader
+    iterables = loader.iterables
+    if not isinstance(iterables, (Mapping, list, tuple)):
+        iterables = [iterables]
+    if training:
+        if mode not in MODES:
+            raise ConfigurationError(
+                f"CombinedLoader(mode={mode!r}) cannot be used for training (Lightning's fit refuses it too): use "
+                f"one of {MODES}"
+            )
+        return CombinedLoader(iterables, mode=mode)
+    if mode != "sequential":
+        raise ConfigurationError(
+            f"CombinedLoader(mode={mode!r}) for evaluation: dltrain evaluates several loaders one after the other "
+            "(dataloader_idx tells them apart); pass them as a list or as CombinedLoader(..., mode='sequential')"
+        )
+    return list(iterables.values()) if isinstance(iterables, Mapping) else list(iterables)
 
 
 def _refuse_unsplit_under_tp(split: Layout, loader: Any) -> None:
@@ -121,6 +152,7 @@ def _refuse_unsplit_under_tp(split: Layout, loader: Any) -> None:
 
 def wrap_all(loaders: Any, settings: Settings, split: Layout) -> list[Any]:
     """Evaluation loaders as a list (a list/tuple of loaders, a dict of loaders by name, or one loader)."""
+    loaders = _from_lightning_combined(loaders, training=False)
     if isinstance(loaders, Mapping):
         loaders = list(loaders.values())
     if not isinstance(loaders, (list, tuple)) or _is_batch_list(loaders):

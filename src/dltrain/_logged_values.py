@@ -34,6 +34,7 @@ class _Entry:
         "fresh",
         "hook",
         "last",
+        "loader",
         "metric",
         "name",
         "on_epoch",
@@ -55,6 +56,7 @@ class _Entry:
         self.sync_dist = sync_dist
         self.reduce_fx = reduce_fx
         self.last: Any = None
+        self.loader: int | None = None  # the evaluation loader whose steps log it (None: outside the loaders)
         self.metric: Metric | None = None
         self.fresh = False  # logged since the last step read
         self.epoch_fresh = False  # logged since the last epoch read
@@ -182,9 +184,18 @@ class LoggedValues:
                 raise DltrainError(f"self.log({name!r}) with on_step=False and on_epoch=False logs nothing")
             if isinstance(value, Metric):
                 entry.hook = _caller_hook()  # once per name: a Metric's value is known only when computed
+            entry.loader = self.dataloader_idx
             self._entries[name] = entry
             if not logger:
                 self.not_for_loggers.update({name, self._key(entry, "step"), self._key(entry, "epoch")})
+        elif self.dataloader_idx is not None and entry.loader is not None and entry.loader != self.dataloader_idx:
+            # add_dataloader_idx=False from a second loader: its values would be averaged with the first one's.
+            raise DltrainError(
+                f"self.log({name!r}, add_dataloader_idx=False) was called while evaluation loader "
+                f"{entry.loader} ran and again while loader {self.dataloader_idx} ran: their values would be mixed "
+                "into one metric (Lightning refuses this too). Log a name per loader (e.g. with the dataloader_idx "
+                "in it), or leave add_dataloader_idx=True to get '/dataloader_idx_<i>' names"
+            )
         if type(value) is not Tensor or value.numel() != 1:  # else a scalar tensor (the usual case): checked
             if isinstance(value, Metric):
                 cached = metric_forward_value(value) if entry.on_step else None
@@ -208,6 +219,13 @@ class LoggedValues:
                 entry.fold()
 
     # ------------------------------------------------------------------ reading
+    def loaders_of_keys(self) -> dict[str, int | None]:
+        """The evaluation loader whose steps logged each name (epoch names too); None: outside the loaders."""
+        loaders: dict[str, int | None] = {}
+        for entry in self._entries.values():
+            loaders[entry.name] = loaders[self._key(entry, "epoch")] = entry.loader
+        return loaders
+
     def _key(self, entry: _Entry, suffix: str) -> str:
         return f"{entry.name}_{suffix}" if entry.on_step and entry.on_epoch else entry.name
 

@@ -83,14 +83,10 @@ def evaluate(settings: Settings, engine: Engine, hooks: HookDispatcher, run: Run
     metrics = run.end_epoch(results, hooks, f"on_{stage}_epoch_end")
     hooks.call(f"on_{stage}_end")
     values = {k: float(v) for k, v in metrics.items()}
-    return [_for_loader(values, i, several) for i in range(len(loaders))]
-
-
-def _for_loader(values: dict[str, float], idx: int, several: bool) -> dict[str, float]:
-    """Lightning's per-loader results: that loader's metrics (suffixed) and the ones of no loader in particular."""
     if not several:
-        return dict(values)
-    return {k: v for k, v in values.items() if "/dataloader_idx_" not in k or k.endswith(f"/dataloader_idx_{idx}")}
+        return [values]
+    loader_of = results.loaders_of_keys()
+    return [{k: v for k, v in values.items() if loader_of.get(k) in (None, i)} for i in range(len(loaders))]
 
 
 def predict(settings: Settings, engine: Engine, hooks: HookDispatcher, run: RunState, task: Task,

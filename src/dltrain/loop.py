@@ -153,6 +153,18 @@ class FitLoop:
         return (max_epochs is not None and epochs_done >= max_epochs) or self._max_steps_reached() or (
             self._stopping())
 
+    def finished_reason(self) -> str:
+        """Why `finished` is true, in words, with what to do to train further."""
+        state, max_epochs = self.state, self._epoch_limit()
+        if max_epochs is not None and state.epoch + (state.phase == "epoch_end") >= max_epochs:
+            return f"max_epochs={max_epochs} reached): nothing to train; raise max_epochs to train further"
+        if self._max_steps_reached():
+            return f"max_steps={self.settings.max_steps} reached): nothing to train; raise max_steps to train further"
+        return (f"it stopped early in epoch {state.epoch}: trainer.should_stop was set, e.g. by EarlyStopping): "
+                "nothing to train. A stopped run stays stopped, so that running the same command again is safe "
+                "(Lightning would train on). To train further, start a new fit from its weights: "
+                "YourTask.load_from_checkpoint(path), then trainer.fit(task) without ckpt_path")
+
     def _epoch_limit(self) -> int | None:
         """``max_epochs``, or ``None`` for no limit (Lightning's ``-1``; ``None`` before a fit resolves it)."""
         max_epochs = self.settings.max_epochs

@@ -907,8 +907,7 @@ class Trainer(LightningTrainerMembers):
             if restored is not None and self.is_global_zero:
                 sys.stderr.write(f"[dltrain] restored from {restored['_path']} at {loop.position()}\n")
                 if loop.finished():
-                    sys.stderr.write("[dltrain] that run is already complete (max_epochs/max_steps reached or "
-                                     "stopped early): nothing to train; raise max_epochs to train further\n")
+                    sys.stderr.write(f"[dltrain] that run is already complete ({loop.finished_reason()}\n")
             self._watchdog = Watchdog(self.global_rank, self.world_size,
                                       lambda: (self.current_epoch, loop.batch_idx, loop.in_batches))
             loop.watchdog = self._watchdog

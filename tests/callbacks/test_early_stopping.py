@@ -78,6 +78,10 @@ def test_check_on_train_and_fallback_without_validation():
     assert _run(cb, _trainer(val_dataloaders=None), [1.0, 2.0], hook="on_train_epoch_end") == 1
     with pytest.raises(DltrainError):
         EarlyStopping("nope").on_train_epoch_end(_trainer(val_dataloaders=None), None)
+    # ... unless the user said check_on_train_epoch_end=False: then it never checks, as Lightning's (it raised that
+    # val_loss was missing in a fit without validation; found by a probe under both libraries, issue 22).
+    cb = EarlyStopping("nope", check_on_train_epoch_end=False)
+    assert _run(cb, _trainer(val_dataloaders=None), [1.0, 2.0], hook="on_train_epoch_end") is None
 
     # Validation after the epoch's training: checked at the train epoch end by default (Lightning's rule, so that
     # an epoch-level training metric is the epoch's), after validation with check_on_train_epoch_end=False.

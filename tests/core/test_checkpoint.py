@@ -72,6 +72,12 @@ def test_checkpoint_contents_and_rotation(tmp_path):
     assert set(last["ranks"][0]) == {"rng", "train_loader"}
     assert set(last["ranks"][0]["rng"]) >= {"python", "numpy", "torch"}
     assert not list(folder.glob(".*tmp*"))
+    # Lightning's top-level counters, which users read from a checkpoint (they were missing; issue 22)
+    assert (last["epoch"], last["global_step"]) == (0, 10)
+    assert {(c["epoch"], c["global_step"]) for c in map(ckpt_io.load, folder.glob("epoch=*.ckpt"))} == {(0, 8), (0, 10)}
+    trainer.save_checkpoint(tmp_path / "after_fit.ckpt")  # after the fit: its number of epochs, as Lightning's
+    after = ckpt_io.load(tmp_path / "after_fit.ckpt")
+    assert (after["epoch"], after["global_step"]) == (trainer.current_epoch, trainer.global_step) == (1, 10)
 
 
 def test_last_falls_back_to_newest_complete_checkpoint(tmp_path):

@@ -66,3 +66,33 @@ def test_each_stage_starts_its_metrics_empty_and_logged_metrics_hold_the_last_st
 
     trainer.predict(task, _data())
     assert trainer.callback_metrics == {} and trainer.logged_metrics == {}
+
+
+def test_each_loaders_results_hold_what_its_steps_logged():
+    """With several test loaders, Lightning's per-loader results hold the values logged while that loader ran (also
+    under ``add_dataloader_idx=False`` names) and those logged outside the loaders (epoch end); dltrain gave every
+    loader every unsuffixed value. The same name logged from two loaders without the suffix would mix their values:
+    Lightning raises, and so does dltrain now (it averaged them). Found by a probe under both libraries (issue 22)."""
+    import pytest
+
+    class PerLoader(dltrain.Task):
+        def __init__(self, mixed: bool = False) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+            self.mixed = mixed
+
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            name = "t" if self.mixed else f"t{dataloader_idx}"
+            self.log(name, float(dataloader_idx + 1), add_dataloader_idx=False)
+            self.log("s", float(dataloader_idx + 10))
+
+        def on_test_epoch_end(self):
+            self.log("end", 5.0)
+
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    trainer = dltrain.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    results = trainer.test(PerLoader(), [data, data], verbose=False)
+    assert results == [{"t0": 1.0, "s/dataloader_idx_0": 10.0, "end": 5.0},
+                       {"t1": 2.0, "s/dataloader_idx_1": 11.0, "end": 5.0}]
+    with pytest.raises(dltrain.DltrainError, match=r"self\.log\('t'.*add_dataloader_idx=False.*loader 0.*loader 1"):
+        trainer.test(PerLoader(mixed=True), [data, data], verbose=False)

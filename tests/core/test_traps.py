@@ -72,4 +72,27 @@ def test_resume_says_where_it_restored_and_a_finished_run_says_so(tmp_path, caps
     again.fit(TinyTask(), loader(n=32), ckpt_path="last")
     err = capsys.readouterr().err
     assert "restored from" in err and "at the end of epoch 1, global step 8" in err
-    assert "already complete" in err and again.global_step == 8
+    assert "already complete (max_epochs=2 reached)" in err and again.global_step == 8
+
+
+def test_resuming_a_run_that_stopped_early_says_why_it_trains_no_more(tmp_path, capsys):
+    """A run stopped by should_stop (EarlyStopping) is complete: a resume with a larger max_epochs trains nothing
+    (Lightning would train on; dltrain keeps a rerun of the same command idempotent). The message said 'raise
+    max_epochs', which the user had done (found by a probe under both libraries, issue 22)."""
+    from dltrain.callbacks import ModelCheckpoint
+
+    class StopAfterFirstEpoch(dltrain.Callback):
+        def on_train_epoch_end(self, trainer, task):
+            trainer.should_stop = True
+
+    def trainer(max_epochs, *callbacks):
+        return quiet_trainer(tmp_path, max_epochs=max_epochs, enable_checkpointing=True,
+                             callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt"), *callbacks])
+
+    trainer(3, StopAfterFirstEpoch()).fit(TinyTask(), loader(n=32))
+    capsys.readouterr()
+    again = trainer(6)
+    again.fit(TinyTask(), loader(n=32), ckpt_path="last")
+    err = capsys.readouterr().err
+    assert "already complete (it stopped early in epoch 0: trainer.should_stop" in err
+    assert "load_from_checkpoint" in err and "raise max_epochs" not in err and again.global_step == 4

@@ -98,3 +98,32 @@ def test_resume_at_every_batch_is_bitwise_exact(tmp_path):
             assert torch.equal(x, y), f"{name} differs after a resume at step {crash_at}"
         for step, keys in resumed.seen.items():
             assert keys == reference.seen[step], f"step {step} after a resume at step {crash_at}"
+
+
+def test_lightnings_own_combined_loader_is_taken_as_dltrains(tmp_path):
+    """``from lightning.pytorch.utilities import CombinedLoader`` is not renamed (it is a utility): a Lightning
+    user's script passes Lightning's object. fit asked it for len() before iter() and failed with Lightning's
+    'Please call iter(combined_loader) first'. Now: its loaders and mode, as dltrain's CombinedLoader; its
+    'sequential' mode as several evaluation loaders; 'sequential' for training refused as Lightning does."""
+    from lightning.pytorch.utilities import CombinedLoader as LightningCombined
+
+    class Evaluated(TwoSources):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            x, k = batch
+            self.log("val", F.mse_loss(self.model(x), x[:, :1]))
+
+    for mode, steps in [("min_size", 3), ("max_size_cycle", 6)]:
+        torch.manual_seed(0)
+        task = Evaluated()
+        trainer = quiet_trainer(tmp_path / mode, max_epochs=1)
+        val = LightningCombined(list(loaders().values()), mode="sequential")
+        trainer.fit(task, LightningCombined(loaders(), mode=mode), val)
+        assert trainer.global_step == steps and trainer.num_training_batches == steps
+        assert trainer.num_val_batches == [6, 3]  # the sequential loaders, one after the other
+        assert sorted(trainer.callback_metrics) == ["val/dataloader_idx_0", "val/dataloader_idx_1"]
+    results = trainer.validate(task, LightningCombined({"x": loaders()["b"]}, mode="sequential"), verbose=False)
+    assert list(results[0]) == ["val"]
+    with pytest.raises(dltrain.ConfigurationError, match=r"CombinedLoader\(mode='sequential'\).*training"):
+        quiet_trainer(tmp_path / "seq", max_epochs=1).fit(Evaluated(), LightningCombined(loaders(), "sequential"))
+    with pytest.raises(dltrain.ConfigurationError, match=r"CombinedLoader\(mode='min_size'\).*evaluation"):
+        trainer.validate(task, LightningCombined(loaders(), "min_size"))

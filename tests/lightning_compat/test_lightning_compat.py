@@ -141,6 +141,9 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "q_import_spellings": ([], []),
     "r_everyday": ([], []),
     "s_callback_state": ([], []),
+    "t_training_extras": ([], []),
+    "u_loaders_and_loggers": ([], []),
+    "v_odds_and_ends": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }

@@ -126,8 +126,11 @@ class EarlyStopping(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: TrainerView, task: Task) -> None:
-        if self._check_on_train_epoch_end or not _has_validation(trainer):
-            self._check(trainer)  # without validation in this fit: on the training epoch's metrics
+        if self._check_on_train_epoch_end or (self._check_on_train_epoch_end_given is None
+                                              and not _has_validation(trainer)):
+            # Without validation in this fit: on the training epoch's metrics, unless the user asked for checks
+            # after validation only (then, as in Lightning, never).
+            self._check(trainer)
 
     # ------------------------------------------------------------------ logic
     def _check(self, trainer: TrainerView) -> None:
