@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
+from dltrain.errors import ConfigurationError
+
 __all__ = ["AttributeDict", "HyperparametersMixin"]
 
 
@@ -42,6 +44,7 @@ class HyperparametersMixin:
         super().__init__()
         self._hparams = AttributeDict()
         self._hparams_initial = AttributeDict()  # as save_hyperparameters stored them (hparams_initial)
+        self._hparams_to_loggers = False  # save_hyperparameters(logger=...): whether the Trainer sends them
 
     @property
     def hparams(self) -> AttributeDict:
@@ -64,10 +67,11 @@ class HyperparametersMixin:
 
         With no arguments, the arguments of the calling ``__init__``; with names, only those arguments; with one
         dict or ``argparse.Namespace``, its items. ``ignore`` leaves names out (modules, large objects).
-        ``logger`` is accepted for Lightning compatibility (hyperparameters are always sent to the loggers).
+        ``logger=False`` keeps them from the loggers (the Trainer sends ``hparams_initial`` at the start of fit).
         Keyword arguments are stored as given (``save_hyperparameters(model="resnet18")``).
         """
         ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
+        self._hparams_to_loggers = logger
         if values and not args:
             self._hparams.update(values)
             self._hparams_initial = copy.deepcopy(self._hparams)
@@ -102,6 +106,40 @@ class HyperparametersMixin:
         for name in ignore_list:
             self._hparams.pop(name, None)
             self._hparams_initial.pop(name, None)
+
+
+def hparams_for_loggers(task: HyperparametersMixin, datamodule: Any) -> dict[str, Any] | None:
+    """What the Trainer sends to the loggers, as Lightning: the task's and the datamodule's ``hparams_initial``.
+
+    Each only if saved with ``save_hyperparameters(logger=True)`` (the default); ``None`` when neither was.
+
+    Raises:
+        ConfigurationError: a name in both with different values.
+    """
+    sources = [(name, obj) for name, obj in (("task", task), ("datamodule", datamodule))
+               if isinstance(obj, HyperparametersMixin) and obj._hparams_to_loggers]  # noqa: SLF001  (this module's)
+    if not sources:
+        return None
+    merged: dict[str, Any] = {}
+    for _, obj in sources:
+        merged.update(obj.hparams_initial)
+    if len(sources) == 2:
+        task_hp, dm_hp = task.hparams_initial, datamodule.hparams_initial
+        clash = sorted(k for k in task_hp.keys() & dm_hp.keys() if not _same(task_hp[k], dm_hp[k]))
+        if clash:
+            raise ConfigurationError(
+                f"hyperparameters {', '.join(map(repr, clash))} are saved by both the task and the datamodule, with "
+                "different values: the loggers would get one of them. Rename one, or keep one side from the "
+                "loggers with save_hyperparameters(logger=False)"
+            )
+    return merged
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # tensors and other values without a plain truth value
+        return a is b
 
 
 def _init_args(frame: FrameType) -> dict[str, Any]:

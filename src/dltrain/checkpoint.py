@@ -432,6 +432,37 @@ def plain_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     return {str(k): plain(v) for k, v in hparams.items()}
 
 
+def build_from_hparams(cls: type, stored: Mapping[str, Any], kwargs: Mapping[str, Any],
+                       hparams_file: str | os.PathLike[str] | None, what: str) -> Any:
+    """``cls`` built from saved hyperparameters, as Lightning's ``load_from_checkpoint`` builds a class.
+
+    ``hparams_file`` (YAML, e.g. a logger's ``hparams.yaml``) replaces ``stored``; ``kwargs`` override both. Names
+    that ``cls.__init__`` does not take are left out, unless it takes ``**kwargs`` (a logger's file holds the task's
+    and the datamodule's hyperparameters together).
+
+    Raises:
+        CheckpointError: they do not build ``cls`` (naming ``what`` was read and the names given).
+    """
+    import inspect
+
+    if hparams_file is not None:
+        import yaml
+
+        with open(hparams_file, encoding="utf-8") as f:
+            stored = yaml.safe_load(f) or {}
+    hparams = {**stored, **kwargs}
+    parameters = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        hparams = {k: v for k, v in hparams.items() if k in parameters}
+    try:
+        return cls(**hparams)
+    except TypeError as err:
+        raise CheckpointError(
+            f"cannot build {cls.__name__} from {what} ({sorted(hparams)}): {err}. Pass the missing or non-plain "
+            "ones as keyword arguments"
+        ) from err
+
+
 def check_state_dict(model: torch.nn.Module, state_dict: dict[str, Any], path: str) -> None:
     """Raise a CheckpointError naming missing/unexpected keys and shape mismatches before loading."""
     own = model.state_dict()

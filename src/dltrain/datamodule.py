@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dltrain._hparams import HyperparametersMixin
-from dltrain.errors import CheckpointError, ConfigurationError
+from dltrain.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -126,19 +126,8 @@ class DataModule(HyperparametersMixin):
 
         checkpoint = ckpt_io.load(checkpoint_path, storage_options)
         stored = dict(checkpoint.get(cls.CHECKPOINT_HYPER_PARAMS_KEY) or {})
-        if hparams_file is not None:
-            import yaml
-
-            with open(hparams_file, encoding="utf-8") as f:
-                stored = yaml.safe_load(f) or {}
-        hparams = {**stored, **kwargs}
-        try:
-            datamodule = cls(**hparams)
-        except TypeError as err:
-            raise CheckpointError(
-                f"cannot build {cls.__name__} from the data module hyperparameters in {str(checkpoint_path)!r} "
-                f"({sorted(hparams)}): {err}. Pass the missing ones as keyword arguments"
-            ) from err
+        where = f"the data module hyperparameters in {str(hparams_file or checkpoint_path)!r}"
+        datamodule: DataModule = ckpt_io.build_from_hparams(cls, stored, kwargs, hparams_file, where)
         if checkpoint.get("datamodule"):
             datamodule.load_state_dict(checkpoint["datamodule"])
         return datamodule

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from dltrain._hparams import HyperparametersMixin
 from dltrain._refusals import refuse
-from dltrain.errors import CheckpointError, ConfigurationError, DltrainError
+from dltrain.errors import ConfigurationError, DltrainError
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
@@ -783,20 +783,8 @@ class Task(HyperparametersMixin, nn.Module):
                 "loaded with weights_only=True (no pickled code runs); pass non-plain hyperparameters as keywords"
             )
         checkpoint = ckpt_io.load(checkpoint_path, storage_options)
-        stored = checkpoint.get("hparams", {})
-        if hparams_file is not None:
-            import yaml
-
-            with open(hparams_file) as f:
-                stored = yaml.safe_load(f) or {}
-        hparams = {**stored, **kwargs}
-        try:
-            task = cls(**hparams)
-        except TypeError as err:
-            raise CheckpointError(
-                f"cannot build {cls.__name__} from the hyperparameters in {str(checkpoint_path)!r} "
-                f"({sorted(hparams)}): {err}. Pass the missing or non-plain ones as keyword arguments"
-            ) from err
+        where = f"the hyperparameters in {str(hparams_file or checkpoint_path)!r}"
+        task: Task = ckpt_io.build_from_hparams(cls, checkpoint.get("hparams", {}), kwargs, hparams_file, where)
         strict = task.strict_loading if strict is None else strict
         if "averaged_state_dict" in checkpoint:  # weight averaging: the averaged weights are the model's result
             checkpoint["state_dict"] = checkpoint["averaged_state_dict"]

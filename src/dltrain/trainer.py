@@ -31,6 +31,7 @@ from dltrain._compat import compiled_in_place
 from dltrain._engine import Engine
 from dltrain._fault_tolerance import check_fault_tolerant_fit, fault_tolerant_spec
 from dltrain._hooks import HookDispatcher, overrides
+from dltrain._hparams import hparams_for_loggers
 from dltrain._optim import SchedulerConfig
 from dltrain._resumable_loader import release_workers
 from dltrain._run_state import LoopState, RunState
@@ -911,9 +912,10 @@ class Trainer(LightningTrainerMembers):
             self._watchdog = Watchdog(self.global_rank, self.world_size,
                                       lambda: (self.current_epoch, loop.batch_idx, loop.in_batches))
             loop.watchdog = self._watchdog
-            if self.is_global_zero and self.enable_autolog_hparams:
+            hparams = hparams_for_loggers(task, self._run.datamodule) if self.enable_autolog_hparams else None
+            if self.is_global_zero and hparams is not None:
                 for lg in self.loggers:
-                    lg.log_hyperparams({**task.hparams, **self._trainer_hparams()})
+                    lg.log_hyperparams(hparams)
             self._watchdog.start()
             self._hooks.call("on_fit_start")
             if restored is not None:  # after on_fit_start, as in Lightning (BaseFinetuning rebuilds groups there)
@@ -974,16 +976,6 @@ class Trainer(LightningTrainerMembers):
                 f"Trainer(log_every_n_steps=...) to {int(n)} or less to see them every epoch",
                 UserWarning, stacklevel=3,
             )
-
-    def _trainer_hparams(self) -> dict[str, Any]:
-        return {
-            "trainer/max_epochs": self.max_epochs,
-            "trainer/max_steps": self.max_steps,
-            "trainer/precision": self.precision,
-            "trainer/world_size": self.world_size,
-            "trainer/accumulate_grad_batches": self.accumulate_grad_batches,
-            "trainer/seed": self.seed,
-        }
 
     def _handle_exception(self, exc: BaseException) -> None:
         where = f"rank {self.global_rank}, global step {self.global_step}, epoch {self.current_epoch}"

@@ -144,6 +144,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "t_training_extras": ([], []),
     "u_loaders_and_loggers": ([], []),
     "v_odds_and_ends": ([], []),
+    "x_hparams_loggers": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }

@@ -114,3 +114,50 @@ def test_csv_resume_continues_same_version(tmp_path):
         rows = list(csv.DictReader(f))
     step_rows = [int(r["step"]) for r in rows if r["train/loss"]]
     assert step_rows == list(range(2, 25, 2))  # epochs 0-2, every second step, each once
+
+
+def test_loggers_get_the_hparams_lightning_sends_and_the_yaml_reloads_the_task(tmp_path):
+    """The loggers get the task's saved hyperparameters merged with the datamodule's, as Lightning's (dltrain added
+    'trainer/...' keys, so that ``load_from_checkpoint(hparams_file=<the CSV logger's hparams.yaml>)`` failed on them;
+    found by a probe under both libraries, issue 22); ``save_hyperparameters(logger=False)`` keeps them out; a key
+    in both with different values is an error, as in Lightning."""
+    import yaml
+
+    class Net(dltrain.Task):
+        def __init__(self, backbone: torch.nn.Module, lr: float = 0.05, shared: int = 1, to_loggers: bool = True):
+            super().__init__()
+            self.save_hyperparameters(ignore=["backbone"], logger=to_loggers)
+            self.backbone = backbone
+            self.net = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(self.backbone(x)), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    class Data(dltrain.DataModule):
+        def __init__(self, batch_size: int = 8, shared: int = 1):
+            super().__init__()
+            self.save_hyperparameters()
+
+        def train_dataloader(self):
+            return _loaders()[0]
+
+    def fit(folder, task, data):
+        logger = CSVLogger(tmp_path / folder)
+        Trainer(accelerator="cpu", max_epochs=1, logger=logger, default_root_dir=tmp_path / folder,
+                enable_progress_bar=False, enable_model_summary=False).fit(task, datamodule=data)
+        return logger, yaml.safe_load((tmp_path / folder / "lightning_logs" / "version_0" / "hparams.yaml").read_text())
+
+    logger, hparams = fit("a", Net(torch.nn.Identity(), lr=0.1), Data())
+    assert hparams == {"lr": 0.1, "shared": 1, "to_loggers": True, "batch_size": 8}
+    ckpt = next((tmp_path / "a").rglob("*.ckpt"))
+    task = Net.load_from_checkpoint(ckpt, backbone=torch.nn.Identity(),
+                                    hparams_file=tmp_path / "a" / "lightning_logs" / "version_0" / "hparams.yaml")
+    assert task.hparams.lr == 0.1
+    _, hparams = fit("b", Net(torch.nn.Identity(), to_loggers=False), Data(batch_size=4))
+    assert hparams == {"batch_size": 4, "shared": 1}  # the datamodule's only
+    with pytest.raises(dltrain.ConfigurationError, match=r"'shared'.*task.*datamodule.*different values"):
+        fit("c", Net(torch.nn.Identity(), shared=2), Data())
