@@ -139,7 +139,7 @@ class Engine:
                 self.fabric_optimizers = list(placed[1:]) if optimizers else []
             self.optimizers = optimizers
             self.lr_scheduler_configs = schedulers
-            self.manual_optimizers = [ManualOptimizer(hooks, progress, o, f)
+            self.manual_optimizers = [ManualOptimizer.wrap(hooks, progress, o, f)
                                       for o, f in zip(optimizers, self.fabric_optimizers)]
         elif not sharded:
             self.module = self.fabric.setup_module(task)

@@ -123,9 +123,14 @@ class ManualOptimizer:
     """What ``Task.optimizers()`` returns under manual optimization (Lightning's ``LightningOptimizer``).
 
     ``step()`` runs the ``on_before_optimizer_step`` hooks, steps through the strategy and precision (Fabric's
-    optimizer) and counts a training step (``trainer.global_step``), as Lightning does. Anything else (``zero_grad``,
-    ``param_groups``, ``state``) is the optimizer's own.
+    optimizer) and counts a training step (``trainer.global_step``), as Lightning does. Anything else (``zero_grad``
+    after its hook, ``param_groups``, ``state``, ``state_dict``, ``add_param_group``) is the optimizer's own: every
+    other attribute is read from and written to it. Build one with `ManualOptimizer.wrap`: its class is also a
+    subclass of the optimizer's, so that ``isinstance(opt, torch.optim.Adam)`` holds, as Lightning's.
     """
+
+    _OWN = frozenset({"step", "zero_grad", "optimizer", "_hooks", "_progress", "_fabric_optimizer", "wrap",
+                      "_OWN"})
 
     def __init__(self, hooks: HookDispatcher, progress: LoopState, optimizer: Optimizer,
                  fabric_optimizer: Any) -> None:
@@ -133,6 +138,15 @@ class ManualOptimizer:
         self._progress = progress
         self.optimizer = optimizer
         self._fabric_optimizer = fabric_optimizer
+
+    @classmethod
+    def wrap(cls, hooks: HookDispatcher, progress: LoopState, optimizer: Optimizer,
+             fabric_optimizer: Any) -> ManualOptimizer:
+        """A wrapper of ``optimizer`` that is an instance of its class too (its ``__init__`` is not run again)."""
+        kind = _manual_class(type(optimizer))
+        wrapper: ManualOptimizer = object.__new__(kind)
+        ManualOptimizer.__init__(wrapper, hooks, progress, optimizer, fabric_optimizer)
+        return wrapper
 
     def step(self, closure: Any = None) -> Any:
         self._hooks.call("on_before_optimizer_step", self.optimizer)
@@ -144,5 +158,31 @@ class ManualOptimizer:
         self._hooks.call("on_before_zero_grad", self.optimizer)
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.optimizer, name)
+    def __getattribute__(self, name: str) -> Any:
+        # The optimizer class is a base of the wrapper's class: its methods and attributes must act on the wrapped
+        # optimizer (its param_groups and state), not on this object.
+        if name in ManualOptimizer._OWN or (name.startswith("__") and name.endswith("__")):
+            return object.__getattribute__(self, name)
+        return getattr(object.__getattribute__(self, "optimizer"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ManualOptimizer._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.optimizer, name, value)
+
+    def __repr__(self) -> str:
+        return repr(self.optimizer)
+
+
+# One class per optimizer class: a class made per wrapper would make isinstance(a, type(b)) false for two Adams.
+_MANUAL_CLASSES: dict[type, type] = {}
+
+
+def _manual_class(optimizer_class: type) -> type:
+    """``ManualOptimizer`` and ``optimizer_class`` as one class (`_MANUAL_CLASSES`)."""
+    kind = _MANUAL_CLASSES.get(optimizer_class)
+    if kind is None:
+        kind = _MANUAL_CLASSES[optimizer_class] = type(
+            f"Manual{optimizer_class.__name__}", (ManualOptimizer, optimizer_class), {})
+    return kind

@@ -15,6 +15,10 @@ class StepError(DltrainError):
     """A step returned or produced something the Trainer cannot use (wrong loss shape, NaN loss, ...)."""
 
 
+class NotAttachedError(DltrainError, RuntimeError):
+    """A task's Trainer was asked for (``task.trainer``, ``self.log``) before any Trainer ran it."""
+
+
 class CheckpointError(DltrainError):
     """A checkpoint that cannot be read or does not match the model."""
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from dltrain._hparams import HyperparametersMixin
 from dltrain._refusals import refuse
-from dltrain.errors import ConfigurationError, DltrainError
+from dltrain.errors import ConfigurationError, DltrainError, NotAttachedError
 
 if TYPE_CHECKING:
     from torchmetrics import Metric
@@ -83,13 +83,13 @@ class Task(HyperparametersMixin, nn.Module):
     def trainer(self) -> Trainer:
         """The Trainer running this task (raises outside ``fit``/``validate``/``test``/``predict``)."""
         if self._trainer is None and not self._jit_is_scripting:
-            raise DltrainError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(task, ...)")
+            raise NotAttachedError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(task, ...)")
         return self._trainer  # type: ignore[return-value]  # None only while to_torchscript scripts the task
 
     def _run_parts(self) -> tuple[Engine, HookDispatcher]:
         """The engine and hook dispatcher of the Trainer running this task (raises outside its stages)."""
         if self._trainer is None or self._engine is None or self._hooks is None:
-            raise DltrainError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(task, ...)")
+            raise NotAttachedError(f"{type(self).__name__} is not attached to a Trainer; call trainer.fit(task, ...)")
         return self._engine, self._hooks
 
     @property

@@ -255,3 +255,40 @@ def test_trainer_state_holds_lightnings_string_enums(tmp_path):
     assert trainer.state.status is TrainerStatus.FINISHED and trainer.state.status.stopped
     assert str(trainer.state.fn) == "TrainerFn.FITTING"  # as Lightning's prints
     assert RunningStage.SANITY_CHECKING.dataloader_prefix == "val" and RunningStage.TESTING.dataloader_prefix == "test"
+
+
+def test_manual_optimizers_are_instances_of_their_class_and_a_detached_trainer_is_a_runtime_error(tmp_path):
+    """Lightning's wrapped optimizers pass ``isinstance(opt, torch.optim.Adam)`` and act on the optimizer's own state;
+    ``task.trainer`` on a task given to no Trainer is a RuntimeError there (both differed; found by a probe under both
+    libraries, issue 22)."""
+
+    class Manual(TinyTask):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+            self.seen: list = []
+
+        def training_step(self, batch, batch_idx):
+            opt = self.optimizers()
+            inner = self.trainer.optimizers[0]
+            loss = super().training_step(batch, batch_idx)
+            self.manual_backward(loss)
+            opt.step()
+            opt.zero_grad()
+            state = opt.state_dict()  # the optimizer's own state, through the wrapper
+            self.seen.append((isinstance(opt, torch.optim.Adam), opt.param_groups is inner.param_groups,
+                              state["state"].keys() == inner.state_dict()["state"].keys(), len(state["state"]) > 0))
+            opt.param_groups[0]["lr"] = 0.5  # the same groups: the optimizer sees the change
+            assert inner.param_groups[0]["lr"] == 0.5
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    with pytest.raises(RuntimeError, match="not attached to a Trainer"):
+        Manual().trainer  # noqa: B018
+    task = Manual()
+    trainer_for(tmp_path, limit_train_batches=2, enable_checkpointing=False).fit(task, loader(32))
+    assert task.seen == [(True, True, True, True)] * 2
+    opt = task.optimizers()
+    assert isinstance(opt, torch.optim.Optimizer) and "Adam" in repr(opt) and trainer_for(tmp_path).global_step == 0

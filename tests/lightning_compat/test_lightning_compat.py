@@ -145,6 +145,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "u_loaders_and_loggers": ([], []),
     "v_odds_and_ends": ([], []),
     "x_hparams_loggers": ([], []),
+    "y_manual_and_properties": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }
