@@ -244,3 +244,17 @@ def test_readme_shows_the_refusal_list():
         short = name.removeprefix("lightning.pytorch.")
         assert short in rows, f"docs/guides/from-lightning.md lacks the refused name {short}"
         assert rows[short] == reason, f"docs/guides/from-lightning.md's reason for {short} differs from dltrain._refusals.REFUSED"
+
+
+def test_the_lightning_package_names_after_import_lightning_as_L():
+    """``import lightning as L`` (Lightning's README) is renamed to ``import dltrain as L``: every name the
+    ``lightning`` package exports for Trainer code exists in dltrain under its renamed name (``Fabric`` is
+    Lightning's own: a Fabric script stays on Lightning)."""
+    import lightning
+
+    renamed = {"LightningModule": "Task", "LightningDataModule": "DataModule"}
+    for name in lightning.__all__:
+        if name in ("Fabric", "__version__"):
+            continue
+        assert hasattr(dltrain, renamed.get(name, name)), name
+    assert isinstance(dltrain.__version__, str)

@@ -26,6 +26,8 @@ SCRIPTS = Path(__file__).parent / "scripts"
 RENAMES: list[tuple[str, str]] = [
     (r"\bpytorch_lightning\b", "lightning.pytorch"),  # the package's older name, same modules
     (r"\bimport lightning\.pytorch as\b", "import dltrain as"),  # import lightning.pytorch as pl; pl.Trainer
+    (r"\bimport lightning as\b", "import dltrain as"),  # Lightning's README: import lightning as L; L.Trainer
+    (r"\bfrom lightning import\b", "from dltrain import"),  # from lightning import LightningModule, Trainer
     # where LightningModule and Trainer are defined (Lightning's own templates import them from there)
     (r"\blightning\.pytorch\.(core|trainer)(\.\w+)*\b", "dltrain"),
     (r"\bfrom lightning\.pytorch\.cli import\b", "from dltrain import"),
@@ -57,6 +59,7 @@ def test_rename():
         "import lightning.pytorch as pl\nimport pytorch_lightning as pl2\nclass N(pl.LightningModule): pass\n"
         "from lightning.pytorch.core import LightningModule\nfrom lightning.pytorch.trainer.trainer import Trainer\n"
         "from pytorch_lightning.callbacks import EarlyStopping\n"
+        "import lightning as L\nclass O(L.LightningModule): pass\nfrom lightning import Trainer, seed_everything\n"
     )
     assert rename(src) == (
         "from dltrain import Task, DataModule, Trainer\n"
@@ -68,6 +71,7 @@ def test_rename():
         "import dltrain as pl\nimport dltrain as pl2\nclass N(pl.Task): pass\n"
         "from dltrain import Task\nfrom dltrain import Trainer\n"
         "from dltrain.callbacks import EarlyStopping\n"
+        "import dltrain as L\nclass O(L.Task): pass\nfrom dltrain import Trainer, seed_everything\n"
     )
 
 
@@ -146,6 +150,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "v_odds_and_ends": ([], []),
     "x_hparams_loggers": ([], []),
     "y_manual_and_properties": ([], []),
+    "z_readme_autoencoder": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }
