@@ -164,8 +164,12 @@ def prepare_and_setup(view: TrainerView, engine: Engine, hooks: HookDispatcher, 
                       stage: str) -> None:
     """``prepare_data`` (one process per machine, or per job), then ``setup(stage)`` on every rank.
 
-    The datamodule gets ``view``, the Trainer, as its ``trainer``.
+    The datamodule gets ``view``, the Trainer, as its ``trainer``. ``stage`` is passed as Lightning passes it, a
+    `dltrain.states.TrainerFn` (a ``str``: ``stage == "fit"``).
     """
+    from dltrain.states import TrainerFn
+
+    stage = TrainerFn(stage)
     for owner in (dm, task):
         if owner is None or not hasattr(owner, "prepare_data"):
             continue

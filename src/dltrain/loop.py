@@ -128,6 +128,7 @@ class FitLoop:
         """
         state, max_epochs = self.state, self._epoch_limit()
         self._sanity_check()
+        log_into(self.task, self.results)  # on_train_start may log (epoch values), as in Lightning
         self.hooks.call("on_train_start")
         if self.resumed in ("epoch_end", "epoch_start"):
             self._restore_rng()

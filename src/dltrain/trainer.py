@@ -44,6 +44,7 @@ from dltrain.errors import ConfigurationError, DltrainError
 from dltrain.evaluation import evaluate, predict
 from dltrain.loggers.base import Logger
 from dltrain.loop import FitLoop
+from dltrain.states import TrainerFn
 from dltrain.strategies import FSDP2, StrategyView
 from dltrain.task import Task, attach, log_into
 
@@ -1008,7 +1009,8 @@ class Trainer(LightningTrainerMembers):
                     lg.finalize(status)
 
     def _teardown(self, stage: str) -> None:
-        """``teardown(stage)``: datamodule, callbacks, task (Lightning's order)."""
+        """``teardown(stage)``: datamodule, callbacks, task (Lightning's order); ``stage`` as a `TrainerFn`."""
+        stage = TrainerFn(stage)
         if self._status == "running":
             self._status = "finished"
         if self.datamodule is not None:

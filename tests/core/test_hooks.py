@@ -10,7 +10,7 @@ from tests.helpers.tasks import TinyTask, loader, quiet_trainer
 
 def _recording(name, owner):
     def hook(self, *args, **kwargs):
-        stage = args[-1] if name in ("setup", "teardown") else None
+        stage = getattr(args[-1], "value", args[-1]) if name in ("setup", "teardown") else None  # TrainerFn -> "fit"
         self.calls.append(f"{owner}.{name}" + (f":{stage}" if stage else ""))
         if name in TRANSFORMS:
             return args[0]

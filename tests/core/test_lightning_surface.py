@@ -27,7 +27,7 @@ class Digits(dltrain.DataModule):
         self.calls.append("prepare_data")
 
     def setup(self, stage):
-        self.calls.append(f"setup:{stage}")
+        self.calls.append(f"setup:{stage.value}")  # a TrainerFn, as Lightning passes
         self.data = make_data(48)
 
     def train_dataloader(self):
@@ -43,7 +43,7 @@ class Digits(dltrain.DataModule):
         return DataLoader(self.data.tensors[0], batch_size=16)
 
     def teardown(self, stage):
-        self.calls.append(f"teardown:{stage}")
+        self.calls.append(f"teardown:{stage.value}")
 
     def state_dict(self):
         return {"seen_setups": len(self.calls)}

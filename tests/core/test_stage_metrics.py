@@ -96,3 +96,18 @@ def test_each_loaders_results_hold_what_its_steps_logged():
                        {"t1": 2.0, "s/dataloader_idx_1": 11.0, "end": 5.0}]
     with pytest.raises(dltrain.DltrainError, match=r"self\.log\('t'.*add_dataloader_idx=False.*loader 0.*loader 1"):
         trainer.test(PerLoader(mixed=True), [data, data], verbose=False)
+
+
+def test_on_train_start_may_log_without_a_sanity_check():
+    """Lightning lets ``on_train_start`` log (an epoch value); dltrain raised 'called outside a Trainer loop' unless a
+    sanity check had run just before (found by a probe under both libraries, issue 22)."""
+
+    class StartLogs(Logs):
+        def on_train_start(self):
+            self.log("start_marker", 1.0)
+
+    data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    trainer = dltrain.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                              enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer.fit(StartLogs(), data)
+    assert float(trainer.callback_metrics["start_marker"]) == 1.0

@@ -292,3 +292,41 @@ def test_manual_optimizers_are_instances_of_their_class_and_a_detached_trainer_i
     assert task.seen == [(True, True, True, True)] * 2
     opt = task.optimizers()
     assert isinstance(opt, torch.optim.Optimizer) and "Adam" in repr(opt) and trainer_for(tmp_path).global_step == 0
+
+
+def test_setup_and_teardown_get_lightnings_trainer_fn(tmp_path):
+    """Lightning passes ``TrainerFn.FITTING`` (a str enum: ``== "fit"``, printed as ``TrainerFn.FITTING``) to
+    ``setup``/``teardown`` of the task, the datamodule and the callbacks; dltrain passed the plain string, so
+    ``f"{stage}"`` differed (found by a probe under both libraries, issue 22)."""
+    from dltrain.states import TrainerFn
+
+    seen: list = []
+
+    class Record(dltrain.Callback):
+        def setup(self, trainer, task, stage):
+            seen.append(("callback", stage))
+
+        def teardown(self, trainer, task, stage):
+            seen.append(("callback-end", stage))
+
+    class Task(TinyTask):
+        def setup(self, stage):
+            seen.append(("task", stage))
+
+    class Data(dltrain.DataModule):
+        def setup(self, stage):
+            seen.append(("datamodule", stage))
+
+        def train_dataloader(self):
+            return loader(16)
+
+        def val_dataloader(self):
+            return loader(16)
+
+    trainer = trainer_for(tmp_path, callbacks=[Record()], enable_checkpointing=False)
+    trainer.fit(Task(), datamodule=Data())
+    trainer.validate(Task(), datamodule=Data(), verbose=False)
+    stages = [stage for _, stage in seen]
+    assert all(type(stage) is TrainerFn for stage in stages), seen
+    assert [f"{stage}" for _, stage in seen] == (["TrainerFn.FITTING"] * 4 + ["TrainerFn.VALIDATING"] * 4)
+    assert stages[0] == "fit" and [who for who, _ in seen][:4] == ["datamodule", "callback", "task", "callback-end"]

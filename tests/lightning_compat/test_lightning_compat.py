@@ -151,6 +151,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "x_hparams_loggers": ([], []),
     "y_manual_and_properties": ([], []),
     "z_readme_autoencoder": ([], []),
+    "aa_task_data_hooks": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }

@@ -659,7 +659,7 @@ class ModelCheckpoint(Checkpoint):
 
     @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
-        self.wait(trainer, f"the end of {stage}")
+        self.wait(trainer, f"the end of {getattr(stage, 'value', stage)}")
 
     def to_yaml(self, filepath: str | os.PathLike[str] | None = None) -> None:
         """Write ``best_k_models`` (path -> monitored value) as YAML, as Lightning's.

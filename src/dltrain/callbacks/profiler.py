@@ -89,7 +89,7 @@ class Profiler(Callback):
             return
         folder = Path(self.dirpath if self.dirpath is not None else trainer.log_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{stage}-{self.filename}.txt").write_text(text + "\n")
+        (folder / f"{_plain(stage)}-{self.filename}.txt").write_text(text + "\n")
 
     def start(self, action_name: str) -> None:
         """Start timing ``action_name``."""
@@ -382,7 +382,7 @@ class PyTorchProfiler(Profiler):
         folder = Path(self.dirpath or Path(trainer.default_root_dir) / "profiler")
         folder.mkdir(parents=True, exist_ok=True)
         if self.export_to_chrome:
-            name = f"{stage}-{self.filename}" if self.filename else stage
+            name = f"{_plain(stage)}-{self.filename}" if self.filename else _plain(stage)
             path = folder / f"{name}-rank{trainer.global_rank}.pt.trace.json"
             profiler.export_chrome_trace(str(path))
             self.trace_paths.append(path)
@@ -463,3 +463,7 @@ class AdvancedProfiler(SimpleProfiler):
                 stats.dump_stats(str(Path(self.dirpath) / f"{self.filename or 'profile'}_{name}.prof"))
         return "\n".join(parts)
 
+
+def _plain(stage: str) -> str:
+    """``"fit"`` for ``TrainerFn.FITTING`` (what setup/teardown get), for file names."""
+    return str(getattr(stage, "value", stage))
