@@ -29,10 +29,11 @@ RENAMES: list[tuple[str, str]] = [
     (r"\bimport lightning as\b", "import dltrain as"),  # Lightning's README: import lightning as L; L.Trainer
     (r"\bfrom lightning import\b", "from dltrain import"),  # from lightning import LightningModule, Trainer
     # where LightningModule and Trainer are defined (Lightning's own templates import them from there)
-    (r"\blightning\.pytorch\.(core|trainer)(\.\w+)*\b", "dltrain"),
+    (r"\blightning\.pytorch\.(core|trainer)(\.[a-z_][a-z0-9_]*)*\b", "dltrain"),
     (r"\bfrom lightning\.pytorch\.cli import\b", "from dltrain import"),
     # lightning.pytorch.<m>[.<sub>] -> dltrain.<m>
-    (r"\blightning\.pytorch\.(callbacks|loggers|profilers|tuner)(\.\w+)*\b", r"dltrain.\1"),
+    # (submodules only: a class path such as "lightning.pytorch.loggers.TensorBoardLogger" keeps its class name)
+    (r"\blightning\.pytorch\.(callbacks|loggers|profilers|tuner)(\.[a-z_][a-z0-9_]*)*\b", r"dltrain.\1"),
     (r"\bfrom lightning\.pytorch import\b", "from dltrain import"),
     (r"\bLightningDataModule\b", "DataModule"),
     (r"\bLightningModule\b", "Task"),
@@ -60,6 +61,7 @@ def test_rename():
         "from lightning.pytorch.core import LightningModule\nfrom lightning.pytorch.trainer.trainer import Trainer\n"
         "from pytorch_lightning.callbacks import EarlyStopping\n"
         "import lightning as L\nclass O(L.LightningModule): pass\nfrom lightning import Trainer, seed_everything\n"
+        "args = ['--trainer.logger', 'lightning.pytorch.loggers.TensorBoardLogger']\n"
     )
     assert rename(src) == (
         "from dltrain import Task, DataModule, Trainer\n"
@@ -72,6 +74,7 @@ def test_rename():
         "from dltrain import Task\nfrom dltrain import Trainer\n"
         "from dltrain.callbacks import EarlyStopping\n"
         "import dltrain as L\nclass O(L.Task): pass\nfrom dltrain import Trainer, seed_everything\n"
+        "args = ['--trainer.logger', 'dltrain.loggers.TensorBoardLogger']\n"
     )
 
 
@@ -152,6 +155,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "y_manual_and_properties": ([], []),
     "z_readme_autoencoder": ([], []),
     "aa_task_data_hooks": ([], []),
+    "ab_cli_autoencoder": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }
