@@ -1054,6 +1054,8 @@ class Trainer(LightningTrainerMembers):
         task = compiled_in_place(model) if model is not None else self._task
         if task is None:
             raise ConfigurationError(f"trainer.{stage}() needs a task: pass model=... (or call fit first)")
+        if model is None and ckpt_path is None:
+            ckpt_path = self._best_for_unnamed_model(stage)
         if datamodule is None and _data.is_datamodule(dataloaders):
             datamodule, dataloaders = dataloaders, None
         self._attach(task, stage, datamodule if datamodule is not None else self.datamodule)
@@ -1093,6 +1095,28 @@ class Trainer(LightningTrainerMembers):
         finally:
             release_workers(loaders)
             self._teardown(stage)
+
+    def _best_for_unnamed_model(self, stage: str) -> str:
+        """``"best"``, with a warning: Lightning's rule for ``validate/test/predict()`` without a model or ckpt_path.
+
+        The best checkpoint of the Trainer's ModelCheckpoint (an error without one).
+        """
+        from dltrain.callbacks.checkpoint import ModelCheckpoint
+
+        if not isinstance(self.checkpoint_callback, ModelCheckpoint):
+            raise ConfigurationError(
+                f'trainer.{stage}() was called without a model, which means ckpt_path="best" (as in Lightning), but '
+                "this Trainer has no ModelCheckpoint to name one: pass the model (trainer."
+                f"{stage}(task, ...)) to use its current weights, or a checkpoint path as ckpt_path"
+            )
+        if self.is_global_zero:
+            warnings.warn(
+                f"{stage}() was called without a model: the best checkpoint of the Trainer's ModelCheckpoint is loaded "
+                f"(ckpt_path=\"best\", as Lightning does). Pass ckpt_path=\"best\" or \"last\" to say which, or the "
+                "model to use its current weights; either silences this warning",
+                UserWarning, stacklevel=4,
+            )
+        return "best"
 
     # ================================================================== checkpoints
     def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False,

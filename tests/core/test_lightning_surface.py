@@ -57,7 +57,9 @@ def test_datamodule_drives_fit_validate_test_predict(tmp_path):
     assert trainer.global_step == 12 and trainer.datamodule is dm
     assert dm.calls == ["prepare_data", "setup:fit", "teardown:fit"]
     (val,) = trainer.validate(task, datamodule=dm)
-    (test,) = trainer.test(datamodule=dm)  # the fitted task is used when model is not given
+    # Without a model, test() means ckpt_path="best" as in Lightning (test_task_members.py checks it); this Trainer
+    # keeps no checkpoints, so the task is passed.
+    (test,) = trainer.test(task, datamodule=dm)
     assert set(val) == {"val/loss"} and set(test) == {"test/loss"}
     predictions = trainer.predict(task, dm)  # Lightning also accepts the datamodule in place of the loaders
     assert [p.shape for p in predictions] == [torch.Size([16, 1])] * 3

@@ -330,3 +330,31 @@ def test_setup_and_teardown_get_lightnings_trainer_fn(tmp_path):
     assert all(type(stage) is TrainerFn for stage in stages), seen
     assert [f"{stage}" for _, stage in seen] == (["TrainerFn.FITTING"] * 4 + ["TrainerFn.VALIDATING"] * 4)
     assert stages[0] == "fit" and [who for who, _ in seen][:4] == ["datamodule", "callback", "task", "callback-end"]
+
+
+def test_evaluating_after_fit_without_a_model_uses_the_best_checkpoint_as_lightning(tmp_path):
+    """``trainer.test()`` / ``validate()`` after ``fit`` with no model and no ``ckpt_path``: Lightning loads the best
+    checkpoint of that fit and warns so; dltrain tested the weights of the fit's end, so the reported test metric
+    was another model's (found by a probe under both libraries, issue 22). Without a checkpoint callback it is an
+    error there, as in Lightning; with the model passed, its current weights are used (no warning)."""
+
+    class Worse(TinyTask):
+        """Validation loss grows every epoch: the best checkpoint is the first epoch's."""
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", float(self.current_epoch))
+
+    task = Worse()
+    ckpt = ModelCheckpoint(monitor="val_loss", save_top_k=1)
+    trainer = trainer_for(tmp_path, max_epochs=3, callbacks=[ckpt])
+    trainer.fit(task, loader(32), loader(16))
+    assert "epoch=0" in ckpt.best_model_path
+    with pytest.warns(UserWarning, match=r"validate\(\) was called without a model.*best checkpoint"):
+        trainer.validate(dataloaders=loader(16), verbose=False)
+    assert trainer.ckpt_path == ckpt.best_model_path
+    trainer.validate(task, loader(16), verbose=False)  # the model given: its weights, nothing loaded
+    assert trainer.ckpt_path is None
+    plain = trainer_for(tmp_path / "plain", enable_checkpointing=False)
+    plain.fit(TinyTask(), loader(32))
+    with pytest.raises(ConfigurationError, match=r'ckpt_path="best".*ModelCheckpoint.*pass the model'):
+        plain.test(dataloaders=loader(16), verbose=False)

@@ -156,6 +156,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "z_readme_autoencoder": ([], []),
     "aa_task_data_hooks": ([], []),
     "ab_cli_autoencoder": ([], []),
+    "ac_eval_after_fit": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }
