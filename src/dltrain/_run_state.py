@@ -41,11 +41,11 @@ class LoopState:
         >>> trainer.fit(task, train_loader, val_loader)
         >>> trainer.loop_state  # 2 epochs of 4 batches done: the next epoch would be 2
         LoopState(epoch=2, global_step=8, batches_done=0, phase='train', should_stop=False, stepped=True,
-                  skipped_nonfinite_steps=0, uncommitted_steps=0)
+                  skipped_nonfinite_steps=0, uncommitted_steps=0, total_batches=8)
         >>> from dltrain.checkpoint import load
         >>> load(trainer.checkpoint_callback.last_model_path)["loops"]  # taken at the end of epoch 1
         {'epoch': 1, 'global_step': 8, 'batches_done': 4, 'phase': 'epoch_end', 'should_stop': False,
-         'stepped': True, 'skipped_nonfinite_steps': 0, 'uncommitted_steps': 0}
+         'stepped': True, 'skipped_nonfinite_steps': 0, 'uncommitted_steps': 0, 'total_batches': 8}
     """
 
     epoch: int = 0
@@ -58,6 +58,9 @@ class LoopState:
     # Replica groups (dltrain.FaultTolerant): steps the quorum did not commit (a group failed during them); their
     # batches were not trained (``stepped`` is False after such a batch).
     uncommitted_steps: int = 0
+    # Training batches finished over the whole fit: with check_val_every_n_epoch=None, an int val_check_interval
+    # counts these (Lightning's total_batch_idx + 1).
+    total_batches: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -245,20 +245,38 @@ class Settings:
             return max(int(n * limit), 1) if limit > 0 else 0
         return min(n, int(limit))
 
-    def val_batches_interval(self, num_training_batches: float, val: bool) -> int | None:
-        """Validate every this many training batches (None: only at epoch ends)."""
-        v = self.val_check_interval
-        if v is None or not val:
-            return None
-        if isinstance(v, float) and v <= 1.0:
-            if not math.isfinite(num_training_batches):
-                raise ConfigurationError("val_check_interval as a fraction needs a training loader with a length")
-            return max(int(num_training_batches * v), 1)
-        return int(v)
+    def val_check_batch(self, num_training_batches: float) -> float:
+        """Validate after every this many training batches (``inf``: at the end of a loader without a length).
 
-    def validates_after_epoch(self, epoch: int) -> bool:
+        Lightning's rule: an int ``val_check_interval`` is a number of batches (counted over the whole fit when
+        ``check_val_every_n_epoch=None``, else within each epoch, where it may not exceed the epoch's batches); a
+        fraction is that share of the epoch's batches (at least 1). Only batches whose count is a multiple of it
+        are followed by a validation, so ``val_check_interval=0.5`` over 5 batches validates after batches 2 and 4.
+        """
+        v = 1.0 if self.val_check_interval is None else self.val_check_interval
+        if isinstance(v, int) or v > 1.0:
+            every = int(v)
+            if self.check_val_every_n_epoch is not None and math.isfinite(num_training_batches) and (
+                    every > num_training_batches):
+                raise ConfigurationError(
+                    f"val_check_interval={every} is more than the {int(num_training_batches)} training batches of an "
+                    "epoch, so validation would never run: lower it, pass check_val_every_n_epoch=None to count "
+                    "batches over the whole fit (as Lightning), or limit_val_batches=0 to switch validation off"
+                )
+            return float(every)
+        if not math.isfinite(num_training_batches):
+            if v == 1.0:
+                return math.inf
+            raise ConfigurationError(
+                f"val_check_interval={v} (a fraction of an epoch) needs a training loader with a length; give a "
+                "number of batches instead"
+            )
+        return float(max(int(num_training_batches * v), 1))
+
+    def validates_in_epoch(self, epoch: int) -> bool:
+        """Whether ``epoch`` (from 0) is one of those ``check_val_every_n_epoch`` validates in (all when None)."""
         n = self.check_val_every_n_epoch
-        return n is not None and (epoch + 1) % n == 0
+        return n is None or (epoch + 1) % n == 0
 
 
 def _check_overfit_batches(value: Any) -> None:

@@ -136,9 +136,8 @@ class LightningTrainerMembers:
 
     @property
     def val_check_batch(self) -> float:
-        """Validation runs every this many training batches (the epoch's length when only at epoch ends)."""
-        every = self._settings.val_batches_interval(self.num_training_batches, val=True)
-        return float(every) if every is not None else self.num_training_batches
+        """Validation runs after every this many training batches (``inf``: at the end of a loader without a length)."""
+        return self._settings.val_check_batch(self.num_training_batches)
 
     @property
     def num_sanity_val_batches(self) -> list[float]:

@@ -50,13 +50,13 @@ def evaluate(settings: Settings, engine: Engine, hooks: HookDispatcher, run: Run
     model_eval = hooks.task_hook(f"on_{stage}_model_eval")
     model_eval() if model_eval is not None else task.eval()
     hooks.call(f"on_{stage}_start")
-    counts = [settings.count_batches(loader, limit) for loader in loaders]
-    if cap is not None:
-        counts = [min(n, cap) for n in counts]
+    full = [settings.count_batches(loader, limit) for loader in loaders]
+    counts = full if cap is None else [min(n, cap) for n in full]
+    # The loaders' own counts, also in the sanity check (which runs `cap` of them: num_sanity_val_batches).
     if stage == "validation":
-        run.num_val_batches = counts
+        run.num_val_batches = full
     else:
-        run.num_test_batches = counts
+        run.num_test_batches = full
     hooks.call(f"on_{stage}_epoch_start")
     batch_start, batch_end = hooks.hooks(f"on_{stage}_batch_start"), hooks.hooks(f"on_{stage}_batch_end")
     several = len(loaders) > 1

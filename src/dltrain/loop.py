@@ -113,6 +113,7 @@ class FitLoop:
         # Replica groups: the training loader's position after the batches done (None at an epoch's start).
         self.replica_position: dict[str, Any] | None = None
         self._last_loss: Tensor | None = None  # what an overridden optimizer_step's closure returns
+        self._val_check_batch = math.inf  # Settings.val_check_batch of the epoch being run
         self._batches_with_loss = 0  # this epoch: batches whose training_step returned a loss
 
     @property
@@ -230,13 +231,23 @@ class FitLoop:
         iterator = self._iter(loader)
         self.in_batches = True
         hooks = self._resolve_hooks()
-        val_every = s.val_batches_interval(n, val=bool(self.val_loaders))
-        if self.resumed == "mid_epoch" and val_every and start % val_every == 0 and start < n:
-            self._validate()  # due after the batch the checkpoint was taken at
+        self._val_check_batch = s.val_check_batch(n) if self.val_loaders else math.inf
+        # The validation due after the epoch's last batch (or the batch training stops at) runs in _end_epoch,
+        # before on_train_epoch_end.
+        validate_at_end = False
+        if self.resumed == "mid_epoch" and start > 0:
+            # A checkpoint taken after batch start-1: the validation due after it has not run yet.
+            due = self._validation_due(start - 1, is_last=start >= n, stopping=False)
+            if due and start < n:
+                self._validate()
+            validate_at_end = due and start >= n
         self.resumed = None
         batch_idx = start - 1
         cut_short = False  # stopped before the epoch's end by max_steps or should_stop (max_time, a callback)
         max_steps = s.max_steps
+        # `_validation_due`, inlined below (no call per batch): whether this epoch validates, and how often.
+        val_epoch = bool(self.val_loaders) and s.validates_in_epoch(state.epoch)
+        every, by_fit = self._val_check_batch, s.check_val_every_n_epoch is None
         batches = self.path.batches(loader, iterator, start, n, lookahead=True)
         with contextlib.closing(batches):  # however the epoch ends, its iterator is finished now (see batches)
             for batch_idx, batch, is_last in batches:
@@ -244,9 +255,15 @@ class FitLoop:
                 run.is_last_batch = is_last
                 if self._train_batch(batch, batch_idx, is_last, hooks):
                     break  # the task's on_train_batch_start returned -1: the rest of the epoch is skipped
-                if val_every is not None and (batch_idx + 1) % val_every == 0 and not is_last:
+                stopping = state.should_stop and self._stopping()
+                stop = stopping or 0 < max_steps <= state.global_step
+                due = val_epoch and (stopping or (
+                    is_last if every == math.inf else (state.total_batches if by_fit else batch_idx + 1) % every == 0))
+                if is_last or stop:
+                    validate_at_end = due
+                elif due:
                     self._validate()
-                if (state.should_stop and self._stopping()) or 0 < max_steps <= state.global_step:
+                if stop:
                     cut_short = not is_last
                     break
             else:
@@ -261,7 +278,25 @@ class FitLoop:
                 "Return the loss (a scalar tensor or {'loss': ...}) from training_step; None skips a batch",
                 UserWarning, stacklevel=2,
             )
-        self._end_epoch(complete=not cut_short)
+        self._end_epoch(complete=not cut_short, validate=validate_at_end)
+
+    def _validation_due(self, batch_idx: int, is_last: bool, stopping: bool) -> bool:
+        """Whether a validation follows this training batch: Lightning's rule.
+
+        Only in the epochs ``check_val_every_n_epoch`` names; then after the last batch of a loader without a
+        length, when training stops early (``should_stop``, once ``min_epochs``/``min_steps`` allow it), and after
+        every `Settings.val_check_batch` batches (counted within the epoch, or over the fit when
+        ``check_val_every_n_epoch=None``).
+        """
+        if not self.val_loaders or not self.settings.validates_in_epoch(self.state.epoch):
+            return False
+        every = self._val_check_batch
+        if stopping:
+            return True
+        if every == math.inf:
+            return is_last
+        done = self.state.total_batches if self.settings.check_val_every_n_epoch is None else batch_idx + 1
+        return done % every == 0
 
     def _resolve_hooks(self) -> _TrainHooks:
         hooks, engine = self.hooks, self.engine
@@ -303,8 +338,8 @@ class FitLoop:
             ckpt_io.set_rng_state(self.pending_rng)
             self.pending_rng = None
 
-    def _end_epoch(self, complete: bool) -> None:
-        """Validation and the epoch-end hooks.
+    def _end_epoch(self, complete: bool, validate: bool) -> None:
+        """The validation due after the epoch's last batch (``validate``) and the epoch-end hooks.
 
         An epoch cut short keeps ``phase="train"``: a checkpoint taken now, resumed with a larger max_steps or
         max_time, trains the rest of this epoch.
@@ -313,7 +348,7 @@ class FitLoop:
         self.results.batch = None
         log_skipped_samples(self.loader, self.results, "train")
         self.nonfinite.check()
-        if self.val_loaders and self.settings.validates_after_epoch(state.epoch):
+        if validate:
             self._validate()
         log_into(task, self.results)
         task.on_train_epoch_end()
@@ -385,6 +420,7 @@ class FitLoop:
             if is_step and hooks.optimizer is not None:
                 self._optimizer_step(batch_idx, hooks)
         state.batches_done = batch_idx + 1
+        state.total_batches += 1
         if self.engine.replicas is not None:
             # What a joining replica group receives at the next step's quorum, when this loader has already read
             # that step's batch (and one ahead).

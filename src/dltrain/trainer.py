@@ -155,8 +155,11 @@ class Trainer(LightningTrainerMembers):
             the same ones every epoch: both limits are set to it (over ``fast_dev_run`` and ``limit_*_batches``)
             and a shuffled training or validation loader is read in order instead (with Lightning's warning). For
             debugging a model that should reach ~0 loss. ``0`` (the default): off.
-        val_check_interval: validate every n training batches (int) or fraction of an epoch (float).
-        check_val_every_n_epoch: validate at the end of every n epochs (``None``: only by ``val_check_interval``).
+        val_check_interval: validate after every n training batches (int), or every fraction of an epoch (float;
+            default 1.0: at each epoch's end). As in Lightning, only batches whose count is a multiple of it are
+            followed by a validation (0.5 of 5 batches: after batches 2 and 4).
+        check_val_every_n_epoch: validate only in every n-th epoch (``None``: in every epoch, with an int
+            ``val_check_interval`` counted over the whole fit).
         num_sanity_val_steps: validation batches run before training (default 2; ``-1``: all).
         log_every_n_steps: how often step values are read from the device and sent to the loggers.
         enable_checkpointing: add the default ``ModelCheckpoint`` (and ``Preemption``).
@@ -827,8 +830,10 @@ class Trainer(LightningTrainerMembers):
                         step-interval LR schedulers      (lr_scheduler_step)
                     on_train_batch_end                   callbacks, task
                     step values to the loggers           every log_every_n_steps optimizer steps
-                    validation when val_check_interval is reached (below)
-                validation at the end of the epoch when check_val_every_n_epoch says so:
+                    validation when due (Lightning's rule, below), except after the epoch's last batch
+                validation if due after the last batch: in the epochs check_val_every_n_epoch names, after every
+                val_check_interval batches (counted over the fit with check_val_every_n_epoch=None), and
+                when should_stop ends training early:
                     on_validation_model_zero_grad        task (only when overridden)
                     on_validation_model_eval             task
                     on_validation_start                  callbacks, task

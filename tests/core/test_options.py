@@ -56,9 +56,37 @@ def test_limits_and_val_interval(tmp_path):
     trainer.fit(TinyTask(), loader(n=96), loader(n=64))
     assert trainer.num_training_batches == 6
     assert trainer.global_step == 12
-    # The sanity check first (2 batches, Lightning's default), then every 3 batches but not at an epoch's last
-    # batch; num_val_batches has one count per loader, as in Lightning.
-    assert calls == [(True, 0, [2]), (False, 3, [2]), (False, 9, [2])]
+    # The sanity check first (2 batches, Lightning's default), then, with check_val_every_n_epoch=None, after every
+    # 3 training batches counted over the fit, the epochs' last batches included (as Lightning; dltrain skipped those
+    # before, found by comparing 56 schedules with Lightning's, compat case af_val_schedule); num_val_batches has one
+    # count per loader, as in Lightning.
+    assert calls == [(True, 0, [2]), (False, 3, [2]), (False, 6, [2]), (False, 9, [2]), (False, 12, [2])]
+
+
+def test_validation_schedule_is_lightnings(tmp_path):
+    """Lightning validates only after batches whose count is a multiple of the interval (no extra validation at an
+    epoch's end), only in the epochs check_val_every_n_epoch names, and when should_stop ends training early; an
+    int interval longer than an epoch is an error unless counted over the fit. dltrain validated at every epoch end
+    and mid-epoch in every epoch (27 of 56 schedules differed)."""
+    steps: list[int] = []
+
+    class Count(dltrain.Callback):
+        def on_validation_epoch_end(self, trainer, task):
+            if not trainer.sanity_checking:
+                steps.append(trainer.global_step)
+
+    def schedule(**kwargs):
+        steps.clear()
+        quiet_trainer(tmp_path, max_epochs=4, callbacks=[Count()], **kwargs).fit(
+            TinyTask(), loader(n=40), loader(n=16))  # 5 batches per epoch
+        return list(steps)
+
+    assert schedule(val_check_interval=0.5) == [2, 4, 7, 9, 12, 14, 17, 19]  # not after batch 5 of 5
+    assert schedule(val_check_interval=2, check_val_every_n_epoch=2) == [7, 9, 17, 19]
+    assert schedule(val_check_interval=3, check_val_every_n_epoch=None) == [3, 6, 9, 12, 15, 18]
+    assert schedule(check_val_every_n_epoch=3) == [15]
+    with pytest.raises(dltrain.ConfigurationError, match=r"val_check_interval=7 is more than the 5 training batches"):
+        schedule(val_check_interval=7)
 
 
 def test_max_steps_stops_mid_epoch_and_estimated_stepping_batches(tmp_path):

@@ -157,6 +157,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "aa_task_data_hooks": ([], []),
     "ab_cli_autoencoder": ([], []),
     "ac_eval_after_fit": ([], []),
+    "af_val_schedule": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }

@@ -212,11 +212,11 @@ class SimpleProfiler(Profiler):
 
     @override
     def setup(self, trainer: TrainerView, task: Task, stage: str) -> None:
-        self._start(stage)
+        self._start(_plain(stage))
 
     @override
     def teardown(self, trainer: TrainerView, task: Task, stage: str) -> None:
-        self._stop(stage)
+        self._stop(_plain(stage))
         self._report(trainer, stage, self.summary(), self.file)
 
     @override
