@@ -158,6 +158,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "ab_cli_autoencoder": ([], []),
     "ac_eval_after_fit": ([], []),
     "af_val_schedule": ([], []),
+    "ag_checkpoint_schedule": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }
