@@ -150,6 +150,9 @@ class LoggedValues:
         # With several evaluation loaders: the loader being run, and the name suffix that says so.
         self.dataloader_idx: int | None = None
         self.not_for_loggers: set[str] = set()  # keys logged with logger=False
+        # Inside a hook that runs once per epoch or stage (on_train_start, on_train_epoch_start/_end, the
+        # evaluation epoch ends): as in Lightning, values logged there are epoch values and on_step=True is refused.
+        self.epoch_level = False
 
     def log(
         self,
@@ -172,6 +175,14 @@ class LoggedValues:
             reduce_fx = _REDUCE_NAMES.get(reduce_fx, reduce_fx)
             if reduce_fx not in _REDUCE_FX:
                 raise DltrainError(f"self.log({name!r}, reduce_fx={reduce_fx!r}): use one of {_REDUCE_FX}")
+            if self.epoch_level:
+                if on_step or on_epoch is False:
+                    raise DltrainError(
+                        f"self.log({name!r}, on_step={on_step}, on_epoch={on_epoch}) in {_caller_hook()}: a hook "
+                        "that runs once per epoch logs epoch values only (on_step=False, on_epoch=True, the "
+                        "defaults there), as in Lightning; log per-step values from training_step or a batch hook"
+                    )
+                on_step, on_epoch = False, True
             entry = _Entry(
                 name,
                 self.training if on_step is None else on_step,

@@ -148,9 +148,9 @@ class RunState:
         floats = {k: float(v) for k, v in values.items()}
         self.published.update(values)
         self.published.update(results.under_own_names(values))  # callbacks only, as in Lightning
-        self.logged_metrics.update(floats)
-        self.published_bar.update({k: floats[k] for k in bar})
         for_loggers = {k: v for k, v in floats.items() if k not in results.not_for_loggers}
+        self.logged_metrics.update(for_loggers)  # logger=False values are not "logged" (Lightning)
+        self.published_bar.update({k: floats[k] for k in bar})
         if for_loggers and self.is_global_zero:
             metrics = {**for_loggers, "epoch": float(self.loop_state.epoch)}
             for lg in self.loggers:
@@ -166,7 +166,11 @@ class RunState:
         if not self.sanity_checking:
             self.published.update(metrics)
             self.published.update(results.under_own_names(metrics))
-        hooks.call_callbacks(hook, checkpoints=False)
+        results.epoch_level = True  # what the callbacks' epoch-end hooks log are epoch values
+        try:
+            hooks.call_callbacks(hook, checkpoints=False)
+        finally:
+            results.epoch_level = False
         more, more_bar = results.read_epoch()
         metrics.update(more)
         bar.update(more_bar)

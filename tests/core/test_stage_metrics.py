@@ -111,3 +111,39 @@ def test_on_train_start_may_log_without_a_sanity_check():
                               enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0)
     trainer.fit(StartLogs(), data)
     assert float(trainer.callback_metrics["start_marker"]) == 1.0
+
+
+def test_epoch_hooks_log_epoch_values_and_logger_false_stays_out_of_logged_metrics(tmp_path):
+    """Lightning's per-hook rules: in on_train_epoch_end (and the other once-per-epoch hooks) self.log defaults to
+    an epoch value (dltrain made 'm_step'/'m_epoch' of it, and on_step=False alone raised), and on_step=True or
+    on_epoch=False there is an error; values logged with logger=False are in callback_metrics but not in
+    logged_metrics. 142 of 208 logging cases differed from Lightning's (compat case ai_log_grid)."""
+    import pytest
+
+    class EpochEnd(Logs):
+        def __init__(self, **kwargs) -> None:
+            super().__init__()
+            self.kwargs = kwargs
+
+        def on_train_epoch_end(self):
+            self.log("m", float(self.current_epoch) + 0.5, **self.kwargs)
+
+    def fit(**kwargs):
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+        trainer = dltrain.Trainer(accelerator="cpu", max_epochs=2, enable_progress_bar=False,
+                                  enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=1,
+                                  default_root_dir=str(root))
+        trainer.fit(EpochEnd(**kwargs), data)
+        return trainer
+
+    trainer = fit()
+    assert float(trainer.callback_metrics["m"]) == 1.5 and "m_step" not in trainer.callback_metrics
+    assert trainer.logged_metrics["m"] == 1.5
+    assert float(fit(on_step=False).callback_metrics["m"]) == 1.5
+    for bad in ({"on_step": True}, {"on_epoch": False}):
+        with pytest.raises(dltrain.DltrainError, match=r"self\.log\('m'.*in on_train_epoch_end.*epoch values"):
+            fit(**bad)
+    hidden = fit(logger=False)
+    assert "m" in hidden.callback_metrics and "m" not in hidden.logged_metrics
+    assert "hidden" in hidden.callback_metrics and "hidden" not in hidden.logged_metrics  # from training_step

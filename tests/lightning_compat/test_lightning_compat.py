@@ -159,6 +159,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "ac_eval_after_fit": ([], []),
     "af_val_schedule": ([], []),
     "ag_checkpoint_schedule": ([], []),
+    "ai_log_grid": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }
