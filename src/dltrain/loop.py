@@ -373,7 +373,9 @@ class FitLoop:
         """What follows the epoch-end callbacks (a resume from an epoch-end checkpoint starts here)."""
         state = self.state
         state.should_stop = self.engine.any_rank(state.should_stop)
-        if self.task.automatic_optimization:  # with manual optimization the task steps its schedulers
+        # With manual optimization the task steps its schedulers. An epoch cut short (max_steps, should_stop) does
+        # not step them, as in Lightning: a resume with a larger max_steps finishes that epoch and steps them then.
+        if self.task.automatic_optimization and state.phase == "epoch_end":
             for config in self.engine.lr_scheduler_configs:
                 if config.interval == "epoch" and (state.epoch + 1) % config.frequency == 0:
                     self._step_scheduler(config)
@@ -503,7 +505,8 @@ class FitLoop:
         state.global_step += 1
         state.stepped = True
         for config in engine.lr_scheduler_configs:
-            if config.interval == "step" and state.global_step % config.frequency == 0:
+            # Lightning counts the batch index in the epoch here, not the global step (the same with frequency 1).
+            if config.interval == "step" and (batch_idx + 1) % config.frequency == 0:
                 self._step_scheduler(config)
 
     # ------------------------------------------------------------------ logging and validation

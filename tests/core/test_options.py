@@ -130,3 +130,54 @@ def test_early_stopping_and_plateau_scheduler(tmp_path):
     trainer.fit(Plateau(), loader(n=32), loader(n=16))
     assert trainer.current_epoch == 3  # epochs 0, 1, 2 ran (no improvement after the first); 2 counts as done
     assert trainer.should_stop
+
+
+def test_step_scheduler_frequency_counts_batches_of_the_epoch_as_lightning(tmp_path):
+    """Lightning steps a step-interval scheduler with frequency f after the optimizer steps whose batch index in the
+    epoch + 1 is a multiple of f; dltrain counted global steps, so with 5 batches per epoch the rates parted from
+    Lightning's in the second epoch (found by a grid of 144 schedules run under both; compat case aj_steps_grid)."""
+    rates: list[float] = []
+
+    class Record(dltrain.Callback):
+        def on_train_batch_start(self, trainer, task, batch, batch_idx):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    class Scheduled(TinyTask):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.01)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+            return [opt], [{"scheduler": sched, "interval": "step", "frequency": 2}]
+
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[Record()]).fit(Scheduled(), loader(n=40))  # 5 batches
+    assert [r / 0.01 for r in rates] == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125, 0.125, 0.0625])
+
+
+def test_an_epoch_cut_short_does_not_step_epoch_schedulers_and_a_longer_resume_matches(tmp_path):
+    """An epoch ended by max_steps stepped the epoch-interval schedulers (Lightning does not); the last checkpoint
+    then held a stepped scheduler, and a resume with a larger max_steps stepped it again at that epoch's real end:
+    its rates parted from an uninterrupted run's."""
+    from dltrain.callbacks import ModelCheckpoint
+
+    def run(folder, max_steps, resume=False):
+        rates: list[float] = []
+
+        class Record(dltrain.Callback):
+            def on_train_batch_start(self, trainer, task, batch, batch_idx):
+                rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+        class Scheduled(TinyTask):
+            def configure_optimizers(self):
+                opt = torch.optim.SGD(self.parameters(), lr=0.01)
+                return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
+
+        trainer = quiet_trainer(tmp_path / folder, max_steps=max_steps, enable_checkpointing=True,
+                                callbacks=[Record(), ModelCheckpoint(dirpath=tmp_path / folder / "ckpt")])
+        torch.manual_seed(0)
+        trainer.fit(Scheduled(), loader(n=40), ckpt_path="last" if resume else None)  # 5 batches per epoch
+        return rates, trainer.optimizers[0].param_groups[0]["lr"]
+
+    whole, _ = run("whole", 12)
+    first, lr_at_cut = run("cut", 7)
+    assert lr_at_cut == pytest.approx(0.005)  # epoch 1 was cut at its 2nd batch: only epoch 0's step
+    rest, _ = run("cut", 12, resume=True)
+    assert first + rest == pytest.approx(whole)

@@ -160,6 +160,7 @@ CASES: dict[str, tuple[list[str], list[pytest.MarkDecorator]]] = {
     "af_val_schedule": ([], []),
     "ag_checkpoint_schedule": ([], []),
     "ai_log_grid": ([], []),
+    "aj_steps_grid": ([], []),
     # issue 22 item 10: the Trainer's arguments
     "trainer_arguments": ([], []),
 }
