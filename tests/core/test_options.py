@@ -132,24 +132,37 @@ def test_early_stopping_and_plateau_scheduler(tmp_path):
     assert trainer.should_stop
 
 
+class _Rates(dltrain.Callback):
+    """The learning rate at each training batch's start."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_batch_start(self, trainer, task, batch, batch_idx):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+class _Halving(TinyTask):
+    """SGD at 0.01, halved by a StepLR every step of the given interval and frequency."""
+
+    def __init__(self, interval: str = "epoch", frequency: int = 1) -> None:
+        super().__init__()
+        self.interval, self.frequency = interval, frequency
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        return [opt], [{"scheduler": sched, "interval": self.interval, "frequency": self.frequency}]
+
+
 def test_step_scheduler_frequency_counts_batches_of_the_epoch_as_lightning(tmp_path):
     """Lightning steps a step-interval scheduler with frequency f after the optimizer steps whose batch index in the
     epoch + 1 is a multiple of f; dltrain counted global steps, so with 5 batches per epoch the rates parted from
     Lightning's in the second epoch (found by a grid of 144 schedules run under both; compat case aj_steps_grid)."""
-    rates: list[float] = []
-
-    class Record(dltrain.Callback):
-        def on_train_batch_start(self, trainer, task, batch, batch_idx):
-            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
-
-    class Scheduled(TinyTask):
-        def configure_optimizers(self):
-            opt = torch.optim.SGD(self.parameters(), lr=0.01)
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-            return [opt], [{"scheduler": sched, "interval": "step", "frequency": 2}]
-
-    quiet_trainer(tmp_path, max_epochs=2, callbacks=[Record()]).fit(Scheduled(), loader(n=40))  # 5 batches
-    assert [r / 0.01 for r in rates] == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125, 0.125, 0.0625])
+    record = _Rates()
+    quiet_trainer(tmp_path, max_epochs=2, callbacks=[record]).fit(_Halving("step", 2), loader(n=40))  # 5 batches
+    assert [r / 0.01 for r in record.rates] == pytest.approx(
+        [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125, 0.125, 0.0625])
 
 
 def test_an_epoch_cut_short_does_not_step_epoch_schedulers_and_a_longer_resume_matches(tmp_path):
@@ -159,22 +172,12 @@ def test_an_epoch_cut_short_does_not_step_epoch_schedulers_and_a_longer_resume_m
     from dltrain.callbacks import ModelCheckpoint
 
     def run(folder, max_steps, resume=False):
-        rates: list[float] = []
-
-        class Record(dltrain.Callback):
-            def on_train_batch_start(self, trainer, task, batch, batch_idx):
-                rates.append(trainer.optimizers[0].param_groups[0]["lr"])
-
-        class Scheduled(TinyTask):
-            def configure_optimizers(self):
-                opt = torch.optim.SGD(self.parameters(), lr=0.01)
-                return [opt], [torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)]
-
+        record = _Rates()
         trainer = quiet_trainer(tmp_path / folder, max_steps=max_steps, enable_checkpointing=True,
-                                callbacks=[Record(), ModelCheckpoint(dirpath=tmp_path / folder / "ckpt")])
+                                callbacks=[record, ModelCheckpoint(dirpath=tmp_path / folder / "ckpt")])
         torch.manual_seed(0)
-        trainer.fit(Scheduled(), loader(n=40), ckpt_path="last" if resume else None)  # 5 batches per epoch
-        return rates, trainer.optimizers[0].param_groups[0]["lr"]
+        trainer.fit(_Halving(), loader(n=40), ckpt_path="last" if resume else None)  # 5 batches per epoch
+        return record.rates, trainer.optimizers[0].param_groups[0]["lr"]
 
     whole, _ = run("whole", 12)
     first, lr_at_cut = run("cut", 7)
