@@ -110,6 +110,9 @@ class FitLoop:
         self.nonfinite = NonfiniteLosses(settings.on_nonfinite_loss, engine, self.state)
         self._published_skips = 0
         self._published_replicas: tuple[int, int] | None = None
+        # The fewest replica groups in a quorum since the loggers last got the step values: a group that left and
+        # came back between two logging steps still shows as a dip in ft/replicas.
+        self._fewest_replicas: int | None = None
         # Replica groups: the training loader's position after the batches done (None at an epoch's start).
         self.replica_position: dict[str, Any] | None = None
         self._last_loss: Tensor | None = None  # what an overridden optimizer_step's closure returns
@@ -516,12 +519,19 @@ class FitLoop:
         values, bar = self.results.read_step()
         if values:
             self.run_state.publish(values, bar, self.results)
+        self._fewest_replicas = None  # a new logging window
 
     def _publish_replicas(self) -> None:
-        """``ft/replicas`` and ``ft/quorum_changes`` to the loggers, when they change."""
+        """``ft/replicas`` and ``ft/quorum_changes`` to the loggers, when they change.
+
+        ``ft/replicas`` is the fewest groups in a quorum since the last logging step.
+        """
         replicas = self.engine.replicas
         assert replicas is not None
-        now = (replicas.replicas, replicas.quorum_changes)
+        fewest = self._fewest_replicas
+        fewest = replicas.replicas if fewest is None else min(fewest, replicas.replicas)
+        self._fewest_replicas = fewest
+        now = (fewest, replicas.quorum_changes)
         if now != self._published_replicas:
             self._published_replicas = now
             for name, value in (("ft/replicas", now[0]), ("ft/quorum_changes", now[1])):

@@ -46,6 +46,18 @@ def test_columns_appear_later_and_hparams(tmp_path):
     assert hparams["lr"] == 0.1 and hparams["layers"] == [1, 2] and "object" in hparams["obj"]
 
 
+def test_hparams_yaml_is_written_empty_when_nothing_was_logged(tmp_path):
+    """Lightning's CSV logger writes hparams.yaml at every save, ``{}`` when no hyperparameters were logged (a task
+    without save_hyperparameters); dltrain wrote none once it stopped sending its own Trainer settings."""
+    logger = CSVLogger(tmp_path)
+    logger.log_metrics({"train/loss": 1.5}, step=1)
+    logger.save()
+    assert yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text()) == {}
+    logger.log_hyperparams({"lr": 0.1})  # merged into it
+    logger.finalize("success")
+    assert yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text()) == {"lr": 0.1}
+
+
 def test_a_file_of_an_older_dltrain_with_step_first_is_continued_in_its_own_column_order(tmp_path):
     """metrics.csv of an older dltrain had "step" first and columns in order of appearance; a resumed run appends
     to it under that header (a DictWriter with another order would put values under the wrong columns)."""

@@ -74,6 +74,7 @@ class CSVLogger(FolderLogger):
         self._resume = ResumeFilter()  # what the run this one resumes already wrote
         self._written: list[dict[str, Any]] = []  # on an object store: every row written (each write is whole)
         self._hparams: dict[str, Any] = {}  # on an object store: hparams.yaml as written
+        self._hparams_file = False  # whether this run's hparams.yaml has been written
 
     @property
     def metrics_file(self) -> str:
@@ -90,6 +91,7 @@ class CSVLogger(FolderLogger):
         if self.remote:
             self._hparams.update(yaml_safe(params))
             _storage.write_bytes(path, yaml.safe_dump(self._hparams, sort_keys=True).encode())
+            self._hparams_file = True
             return
         current: dict[str, Any] = {}
         if os.path.exists(path):
@@ -100,6 +102,7 @@ class CSVLogger(FolderLogger):
         with open(tmp, "w", encoding="utf-8") as f:
             yaml.safe_dump(current, f, sort_keys=True)
         os.replace(tmp, path)
+        self._hparams_file = True
 
     @override
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -114,8 +117,13 @@ class CSVLogger(FolderLogger):
             self._write()
 
     def save(self) -> None:
-        """Write the buffered rows and fsync the file: the rows logged up to a checkpoint outlive a crash after it."""
+        """Write the buffered rows and fsync the file: the rows logged up to a checkpoint outlive a crash after it.
+
+        As Lightning's, the run's folder then holds ``hparams.yaml`` too, empty (``{}``) when nothing was logged.
+        """
         self._write(sync=True)
+        if not self._hparams_file:
+            self.log_hyperparams({})
 
     def _write(self, sync: bool = False) -> None:
         """Write the buffered rows (append, or rewrite the file when new columns appeared)."""
