@@ -216,8 +216,8 @@ class FolderLogger(Logger):
         (0, 'logs/exp/version_0', False)
         >>> logger.log_metrics({"loss": 1.0}, step=0)
         >>> logger.save()
-        >>> os.listdir(logger.log_dir), CSVLogger("logs", name="exp").version
-        (['metrics.csv'], 1)
+        >>> sorted(os.listdir(logger.log_dir)), CSVLogger("logs", name="exp").version
+        (['hparams.yaml', 'metrics.csv'], 1)
     """
 
     def __init__(self, save_dir: str | os.PathLike[str], name: str | None, version: int | str | None) -> None:
