@@ -7,9 +7,10 @@ costs one dictionary lookup and an attribute write per logged value.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -228,6 +229,15 @@ class LoggedValues:
             entry.pending_w.append(float(batch_size))
             if len(entry.pending) >= _FOLD_EVERY:
                 entry.fold()
+
+    @contextlib.contextmanager
+    def epoch_values(self) -> Iterator[None]:
+        """Around a hook that runs once per epoch or fit: what it logs are epoch values (see `epoch_level`)."""
+        self.epoch_level = True
+        try:
+            yield
+        finally:
+            self.epoch_level = False
 
     # ------------------------------------------------------------------ reading
     def loaders_of_keys(self) -> dict[str, int | None]:

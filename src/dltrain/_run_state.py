@@ -166,11 +166,8 @@ class RunState:
         if not self.sanity_checking:
             self.published.update(metrics)
             self.published.update(results.under_own_names(metrics))
-        results.epoch_level = True  # what the callbacks' epoch-end hooks log are epoch values
-        try:
+        with results.epoch_values():  # what the callbacks' epoch-end hooks log are epoch values
             hooks.call_callbacks(hook, checkpoints=False)
-        finally:
-            results.epoch_level = False
         more, more_bar = results.read_epoch()
         metrics.update(more)
         bar.update(more_bar)

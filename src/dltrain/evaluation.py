@@ -79,11 +79,8 @@ def evaluate(settings: Settings, engine: Engine, hooks: HookDispatcher, run: Run
             log_skipped_samples(loader, results, stage)
     results.batch = None
     results.dataloader_idx = None
-    results.epoch_level = True  # epoch values only (Lightning's rule for the epoch-end hooks)
-    try:
+    with results.epoch_values():  # epoch values only (Lightning's rule for the epoch-end hooks)
         getattr(task, f"on_{stage}_epoch_end")()
-    finally:
-        results.epoch_level = False
     metrics = run.end_epoch(results, hooks, f"on_{stage}_epoch_end")
     hooks.call(f"on_{stage}_end")
     values = {k: float(v) for k, v in metrics.items()}

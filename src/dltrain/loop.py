@@ -133,7 +133,8 @@ class FitLoop:
         state, max_epochs = self.state, self._epoch_limit()
         self._sanity_check()
         log_into(self.task, self.results)  # on_train_start may log (epoch values), as in Lightning
-        self._epoch_level_hook("on_train_start")
+        with self.results.epoch_values():
+            self.hooks.call("on_train_start")
         if self.resumed in ("epoch_end", "epoch_start"):
             self._restore_rng()
         if self.resumed == "epoch_end":
@@ -230,7 +231,8 @@ class FitLoop:
         self.replica_position = None
         self._batches_with_loss = 0
         self.hooks.refresh()  # hooks are resolved once per epoch (callbacks may have been added in place)
-        self._epoch_level_hook("on_train_epoch_start")
+        with self.results.epoch_values():
+            self.hooks.call("on_train_epoch_start")
         iterator = self._iter(loader)
         self.in_batches = True
         hooks = self._resolve_hooks()
@@ -282,14 +284,6 @@ class FitLoop:
                 UserWarning, stacklevel=2,
             )
         self._end_epoch(complete=not cut_short, validate=validate_at_end)
-
-    def _epoch_level_hook(self, name: str) -> None:
-        """Call a hook that runs once per epoch or fit: what it logs are epoch values (Lightning's rule)."""
-        self.results.epoch_level = True
-        try:
-            self.hooks.call(name)
-        finally:
-            self.results.epoch_level = False
 
     def _validation_due(self, batch_idx: int, is_last: bool, stopping: bool) -> bool:
         """Whether a validation follows this training batch: Lightning's rule.
@@ -362,11 +356,8 @@ class FitLoop:
         if validate:
             self._validate()
         log_into(task, self.results)
-        self.results.epoch_level = True
-        try:
+        with self.results.epoch_values():
             task.on_train_epoch_end()
-        finally:
-            self.results.epoch_level = False
         state.phase = "epoch_end" if complete else "train"
         self._publish_skips()
         self.run_state.end_epoch(self.results, self.hooks, "on_train_epoch_end")
