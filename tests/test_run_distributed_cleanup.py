@@ -61,3 +61,30 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+ORPHAN = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    # A grandchild whose parent is gone: no descendant of torchrun, yet it holds torchrun's output pipe.
+    open(sys.argv[1], "w").write(str(os.getpid()))
+    time.sleep(300)
+    os._exit(0)
+"""
+
+
+@pytest.mark.timeout(150)
+def test_an_orphan_holding_the_output_is_named_and_killed(tmp_path: Path) -> None:
+    """A launch that ends while an orphan it left keeps its output open: a clear failure, not a wait for good."""
+    script, pidfile = tmp_path / "orphan.py", tmp_path / "orphan.pid"
+    script.write_text(ORPHAN)
+    with pytest.raises(AssertionError, match=r"did not finish within 12s.*\n  orphan \d+ held the output pipe"):
+        run_distributed(script, [str(pidfile)], nproc=1, timeout=12)
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(pid), f"the orphan {pid} still runs"

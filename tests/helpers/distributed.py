@@ -35,6 +35,24 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _pipe_holders(fd: int) -> list[tuple[int, str]]:
+    """(pid, description) of the other processes with the pipe behind our ``fd`` open: state, parent, threads'
+    kernel wait channels and command line, so that a hang report says what was stuck."""
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(f) == target for f in (entry / "fd").iterdir()):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                waits = sorted({(t / "wchan").read_text() for t in (entry / "task").iterdir()})
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:300]
+                found.append((pid, f"state {stat[0]}, parent {stat[1]}, waiting in {waits}: {cmd}"))
+    return found
+
+
 def run_distributed(
     script: str | Path,
     args: Sequence[str] = (),
@@ -71,7 +89,8 @@ def run_distributed(
     outputs = []
     codes = []
 
-    def kill_all() -> None:
+    def kill_all() -> str:
+        """Kill every launch, its descendants and any orphan still holding an output pipe; say who the orphans were."""
         # torchrun starts every rank in a session of its own: killing torchrun's group leaves the ranks running.
         for q in procs:
             for pid in [q.pid, *_descendants(q.pid)]:
@@ -79,14 +98,21 @@ def run_distributed(
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(q.pid, signal.SIGKILL)
+        # A process whose parent died before this is no descendant any more, yet keeps the pipe open: without
+        # this, the communicate() after the kill waits for it for good (it hung a CI run once).
+        orphans = [holder for q in procs if q.stdout is not None for holder in _pipe_holders(q.stdout.fileno())]
+        for pid, _ in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return "".join(f"\n  orphan {pid} held the output pipe: {what}" for pid, what in orphans)
 
     for p in procs:
         try:
             out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_all()
-            out, _ = p.communicate()
-            raise AssertionError(f"{script} did not finish within {timeout}s (hang?):\n{out}") from None
+            orphans = kill_all()
+            out, _ = p.communicate(timeout=60)
+            raise AssertionError(f"{script} did not finish within {timeout}s (hang?){orphans}\n{out}") from None
         except BaseException:
             # pytest-timeout's failure, Ctrl-C: the ranks would run on as orphans, loading the machine.
             kill_all()

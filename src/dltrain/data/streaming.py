@@ -27,9 +27,12 @@ also emitted when an epoch ends with skipped samples.
 from __future__ import annotations
 
 import copy
+import ctypes
 import itertools
 import json
 import os
+import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,6 +55,7 @@ __all__ = ["BatchSamples", "DataSkipWarning", "StreamingDataLoader", "StreamingD
 
 STATE_VERSION = 1
 _SPEC_BYTES = 1 << 16
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 _MAX_REPORTED_ERRORS = 20
 _STATE_ONLY = ("version", "batches", "skipped", "num_samples", "num_shards")  # loader state keys outside the level
 
@@ -763,9 +767,33 @@ class _WorkerView(IterableDataset):
         super().__init__()
         self.dataset = dataset
         self.spec = spec
+        self._tied_to_parent = False  # set in each worker's own copy, at its first epoch
 
     def __iter__(self) -> Iterator[Any]:
-        return self.dataset.worker_batches(self.spec.read() or {})
+        spec = self.spec.read() or {}
+        if not self._tied_to_parent and get_worker_info() is not None:
+            self._tied_to_parent = True
+            if spec.get("die_with_parent"):
+                _die_with_parent(int(spec["parent"]))
+        return self.dataset.worker_batches(spec)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have Linux kill this worker when the process that started it dies, even by SIGKILL.
+
+    Why: torch's worker looks for a dead parent only between two batches; one killed inside a slow read or ``map``
+    would run on as an orphan, holding memory and the launcher's output pipe. The signal is tied to the thread that
+    forked the worker, so the loader asks for it only when its main thread started the workers. No-op elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made: nobody will send the signal
+        os._exit(1)
 
 
 class StreamingDataLoader(DataLoader):
@@ -945,7 +973,10 @@ class StreamingDataLoader(DataLoader):
         # Workers resolve nothing themselves: torch.distributed is not initialised inside them.
         self._worker_spec.write({"epoch": self._epoch, "start": start, "rank": rank, "world_size": world,
                                  "level": level, "record": self.record_samples,
-                                 "read_ahead": bool(self.read_ahead and self.persistent_workers and self.num_workers > 0)})
+                                 "read_ahead": bool(self.read_ahead and self.persistent_workers and self.num_workers > 0),
+                                 # Workers started by this iter() read this first (see `_die_with_parent`).
+                                 "parent": os.getpid(),
+                                 "die_with_parent": threading.current_thread() is threading.main_thread()})
         return self._count(super().__iter__())
 
     def _count(self, items: Iterator[Any]) -> Iterator[Any]:
