@@ -26,7 +26,8 @@ class Interrupted(Exception):
     pass
 
 
-def test_an_interrupted_wait_kills_the_ranks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", ["torchrun", "auto"])
+def test_an_interrupted_wait_kills_the_ranks(tmp_path: Path, launcher: str) -> None:
     script, pidfile = tmp_path / "sleeper.py", tmp_path / "rank.pid"
     script.write_text(SCRIPT)
 
@@ -40,7 +41,7 @@ def test_an_interrupted_wait_kills_the_ranks(tmp_path: Path) -> None:
     signal.alarm(1)
     try:
         with pytest.raises(Interrupted):
-            run_distributed(script, [str(pidfile)], nproc=1, timeout=240)
+            run_distributed(script, [str(pidfile)], nproc=1, timeout=240, launcher=launcher)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -82,7 +83,7 @@ def test_an_orphan_holding_the_output_is_named_and_killed(tmp_path: Path) -> Non
     script, pidfile = tmp_path / "orphan.py", tmp_path / "orphan.pid"
     script.write_text(ORPHAN)
     with pytest.raises(AssertionError, match=r"did not finish within 12s.*\n  orphan \d+ held the output pipe"):
-        run_distributed(script, [str(pidfile)], nproc=1, timeout=12)
+        run_distributed(script, [str(pidfile)], nproc=1, timeout=12, launcher="torchrun")
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 10
     while _running(pid) and time.monotonic() < deadline:

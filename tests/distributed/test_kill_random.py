@@ -43,7 +43,8 @@ alone (configuration, kill points; a wall-clock kill lands where the clock says)
 launched. Every failure message names the run's seed, its configuration, what each launch did and the command
 that replays it.
 
-Budget: a launch costs 5-10 s, mostly imports (torch, lightning, torchmetrics, torchvision); the file makes about
+Budget: a launch costs 3-10 s (its ranks are forked from rank servers that imported torch and friends once,
+tests/helpers/forklaunch.py, with torchrun's failure handling: a killed rank's peers get SIGTERM); the file makes about
 45 of them. The runs are executed by DLTRAIN_KILL_JOBS (2) threads started with the session, each test waiting
 for its own run, and the configurations come from a pool of 6 per base seed (see ``config_pool``), so that the
 uninterrupted references, computed once per configuration, are shared by several runs.

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests.helpers.forklaunch import fork_launch
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -63,14 +65,28 @@ def run_distributed(
     env: dict[str, str] | None = None,
     extra_torchrun: Sequence[str] = (),
     check: bool = True,
+    launcher: str = "auto",
 ) -> subprocess.CompletedProcess[str]:
     """Run ``script`` with ``torchrun --nproc_per_node=nproc``; raise with its output if it fails.
 
     With ``nnodes > 1`` every "node" is a separate torchrun on this machine, joined through a c10d rendezvous
-    on localhost, one process each when ``nproc=1``.
+    on localhost, one process each when ``nproc=1``. ``launcher="auto"`` forks the ranks of a one-node launch
+    without torchrun options from rank servers that imported the heavy libraries once, with torchrun's worker
+    environment and failure handling (tests/helpers/forklaunch.py); ``"torchrun"`` (or the environment's
+    ``DLTRAIN_TEST_LAUNCHER=torchrun``) always starts torchrun itself.
     """
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO), full_env.get("PYTHONPATH", "")])
+    if launcher not in ("auto", "torchrun"):
+        raise ValueError(f"launcher={launcher!r}: 'auto' or 'torchrun'")
+    if (launcher == "auto" and os.environ.get("DLTRAIN_TEST_LAUNCHER", "auto") != "torchrun" and nnodes == 1
+            and not extra_torchrun):
+        forked = fork_launch(script, args, nproc=nproc, env=full_env, timeout=timeout)
+        if forked is not None:
+            if check and forked.returncode != 0:
+                raise AssertionError(f"{script} {' '.join(args)} exited {forked.returncode}:\n"
+                                     f"{forked.stdout[-8000:]}")
+            return forked
     base = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra_torchrun]
     if nnodes == 1:
         cmds = [[*base, "--standalone", str(script), *args]]

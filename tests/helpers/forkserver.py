@@ -19,8 +19,31 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-_SERVER = r"""
-import json, os, runpy, sys, traceback
+# Shared with tests/helpers/forklaunch.py: run a script as ``__main__`` in a forked child, as ``python script``
+# would (argv, working directory, sys.path[0]), and return the exit code its interpreter would have had.
+RUN_AS_MAIN = r"""
+import os, runpy, sys, traceback
+
+
+def run_as_main(job):
+    os.chdir(job["cwd"])
+    sys.argv = [job["script"], *job["args"]]
+    sys.path[0] = os.path.dirname(os.path.abspath(job["script"]))
+    try:
+        runpy.run_path(job["script"], run_name="__main__")
+    except SystemExit as exit:
+        if exit.code is None or isinstance(exit.code, int):
+            return exit.code or 0
+        print(exit.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+"""
+
+_SERVER = RUN_AS_MAIN + r"""
+import json
 for name in sys.argv[1:]:
     __import__(name)
 print(json.dumps({"ready": True}), flush=True)
@@ -28,25 +51,13 @@ for line in sys.stdin:
     job = json.loads(line)
     pid = os.fork()
     if pid == 0:
-        code = 0
+        code = 1
         try:
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
                 os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-            os.chdir(job["cwd"])
-            sys.argv = [job["script"], *job["args"]]
-            sys.path[0] = os.path.dirname(os.path.abspath(job["script"]))
-            runpy.run_path(job["script"], run_name="__main__")
-        except SystemExit as exit:
-            if exit.code is None or isinstance(exit.code, int):
-                code = exit.code or 0
-            else:
-                print(exit.code, file=sys.stderr)
-                code = 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
+            code = run_as_main(job)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
