@@ -201,8 +201,13 @@ def test_truncated_index_offsets_are_refused(tmp_path: Path) -> None:
     index = load_index(str(index_path))
     index["shards"][0]["offsets"].pop()
     write_index(index, str(index_path))
-    with pytest.raises(DataError, match=r"offsets for 8 samples.*dltrain shards index"):
-        StreamingDataset(str(tmp_path / "t-000.tar"), batch_size=2).counts  # noqa: B018
+    # A shard's offsets are parsed when it is first read (an index is read lazily, one shard's line at a time):
+    # the refusal comes then, before any sample of it, naming the shard.
+    ds = StreamingDataset(str(tmp_path / "t-000.tar"), batch_size=2)
+    assert ds.counts == [8]
+    with pytest.raises(DataError, match=r"offsets for 8 samples.*dltrain shards index") as err:
+        next(iter(ds))
+    assert err.value.url.endswith("t-000.tar")
 
 
 def test_cli_index_reports_offsets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -212,3 +217,27 @@ def test_cli_index_reports_offsets(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["shards", "index", str(tmp_path / "c-{000..001}.tar")]) == 0
     assert "2 shards, 6 samples, with sample offsets" in capsys.readouterr().out
     assert all(len(s["offsets"]) == s["samples"] + 1 for s in load_index(str(tmp_path / "c.index.json"))["shards"])
+
+
+def test_an_index_is_parsed_one_shard_at_a_time_and_any_json_layout_reads(tmp_path: Path) -> None:
+    """A shard's index line is parsed when that shard is first read (the first batch of a big dataset reads one
+    or two shards; parsing every sample's offsets took most of its time): a line that no longer parses fails
+    only the read of its own shard, naming the index. An index laid out otherwise (a tool's ``indent=2``) is
+    parsed whole and reads the same."""
+    write_shards(_samples(24), str(tmp_path / "t-%03d.tar"), max_count=8)
+    index_path = tmp_path / "t.index.json"
+    pattern = str(tmp_path / "t-{000..002}.tar")
+    whole = [k for b in StreamingDataset(pattern, batch_size=4, shuffle=False, map=key_of, collate_fn=as_list) for k in b]
+    lines = index_path.read_text().split("\n")
+    shard2 = next(i for i, line in enumerate(lines) if '"url": "t-002.tar"' in line)
+    lines[shard2] = lines[shard2].replace('"offsets": [', '"offsets": [oops')
+    index_path.write_text("\n".join(lines))
+    ds = StreamingDataset(str(tmp_path / "t-{000..001}.tar"), batch_size=4, shuffle=False, index=str(index_path),
+                          map=key_of, collate_fn=as_list)
+    assert [k for b in ds for k in b] == whole[:16]  # shard 2's broken line is never parsed
+    with pytest.raises(DataError, match=r"cannot read shard index .*t\.index\.json.*dltrain shards index"):
+        list(StreamingDataset(pattern, batch_size=4, shuffle=False, map=key_of, collate_fn=as_list))
+    build_index(pattern)
+    index_path.write_text(json.dumps(json.loads(index_path.read_text()), indent=2))
+    ds = StreamingDataset(pattern, batch_size=4, shuffle=False, map=key_of, collate_fn=as_list)
+    assert [k for b in ds for k in b] == whole and ds.layout.offsets[2] is not None

@@ -25,6 +25,10 @@ size, flat) and ``check`` (per sample, the CRC-32 of its bytes outside the field
 A read whose check differs parses the headers instead (the shard changed since it was indexed, or is damaged; the
 errors are then those of a version 2 index). Shards whose samples repeat a field have no table. Older indexes
 still read; ``dltrain shards index`` (`build_index`) rewrites one as version 3.
+
+An index is written one shard per line, and read that way: the shards' names and sample counts at once, a
+shard's offsets and table when a reader first needs that shard (so a first batch does not wait for every
+sample's offsets to be parsed). An index laid out otherwise is parsed whole.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -71,9 +76,9 @@ class ShardLayout(NamedTuple):
 
     counts: list[int]
     """Samples per shard."""
-    offsets: list[np.ndarray | None]
+    offsets: Sequence[np.ndarray | None]
     """Per shard, its ``samples + 1`` sample byte offsets (see the module docstring), ``None`` where unknown."""
-    tables: list[SampleTable | None]
+    tables: Sequence[SampleTable | None]
     """Per shard, where each sample's fields lie (version 3 indexes), ``None`` where unknown."""
 
 
@@ -167,16 +172,18 @@ def write_index(index: Mapping[str, Any], path: str) -> None:
             f.write(text.encode("utf-8"))
 
 
-def load_index(path: str) -> dict[str, Any]:
-    """Read and check an index file (local path or URL); raise `DataError` if it is not one."""
+def load_index(path: str, text: str | None = None) -> dict[str, Any]:
+    """Read and check an index file (local path or URL); raise `DataError` if it is not one.
+
+    ``text``: the file's content, where the caller has read it already.
+    """
     try:
-        with open_url(path, "rb") as f:
-            index = json.loads(f.read().decode("utf-8"))
+        if text is None:
+            with open_url(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        index = json.loads(text)
     except (OSError, ValueError) as exn:
-        raise DataError(
-            f"cannot read shard index {path!r} ({type(exn).__name__}: {exn}); rebuild it with "
-            "`dltrain shards index URLS...`"
-        ) from exn
+        raise _unreadable(path, exn) from exn
     if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "shards" not in index:
         raise DataError(f"{path!r} is not a dltrain shard index; rebuild it with `dltrain shards index URLS...`")
     return index
@@ -273,6 +280,129 @@ def _refuse_missing(urls: Sequence[str], missing_ok: bool) -> None:
                     "path and the brace range of the URL pattern")
 
 
+# The start of a shard's line as `_index_text` writes it: its name and sample count, read without parsing the rest.
+_SHARD_HEAD = re.compile(r'\{"url": ("(?:[^"\\]|\\.)*"), "samples": (\d+)[,}]')
+
+
+class _IndexEntries:
+    """The shard entries of an index file: names and sample counts at once, the rest of an entry when asked for.
+
+    Why: an index holds every sample's offsets and field table (1.2 MB for 24,000 samples), and parsing all of it
+    took most of a first batch's time, though the first batch reads one or two shards. `_index_text` writes one
+    shard per line, so an entry's line is parsed when a reader first needs that shard; an index laid out
+    otherwise is parsed whole.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            with open_url(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except (OSError, ValueError) as exn:
+            raise _unreadable(path, exn) from exn
+        lines = text.split("\n")
+        split = self._split(lines)
+        if split is None:
+            index = load_index(path, text)
+            self.names = [str(e["url"]) for e in index["shards"]]
+            self.counts = [int(e["samples"]) for e in index["shards"]]
+            self._lines: list[str] = []
+            self._parsed: list[Mapping[str, Any] | None] = list(index["shards"])
+        else:
+            self.names, self.counts, self._lines = split
+            self._parsed = [None] * len(self._lines)
+
+    def _split(self, lines: list[str]) -> tuple[list[str], list[int], list[str]] | None:
+        if len(lines) < 5 or lines[1] != ' "shards": [' or lines[-2:] != [" ]}", ""]:
+            return None
+        try:
+            head = json.loads(lines[0].removesuffix(",") + "}")
+        except ValueError:
+            return None
+        if not isinstance(head, dict) or head.get("format") != INDEX_FORMAT:
+            return None
+        names, counts, raws = [], [], []
+        for line in lines[2:-2]:
+            raw = line.strip()
+            raw = raw[:-1] if raw.endswith(",") else raw
+            match = _SHARD_HEAD.match(raw)
+            if match is None:
+                return None
+            names.append(json.loads(match.group(1)))
+            counts.append(int(match.group(2)))
+            raws.append(raw)
+        return names, counts, raws
+
+    def entry(self, j: int) -> Mapping[str, Any]:
+        """Entry ``j`` of the index, parsed at the first call."""
+        entry = self._parsed[j]
+        if entry is None:
+            try:
+                entry = self._parsed[j] = json.loads(self._lines[j])
+            except ValueError as exn:
+                raise _unreadable(self.path, exn) from exn
+        return entry
+
+
+class _ShardDetails:
+    """Per shard of a layout, its offsets and `SampleTable`.
+
+    Known already (a scanned shard), or taken from the shard's index entry at first use (see `_IndexEntries`).
+    """
+
+    def __init__(self, path: str, urls: Sequence[str], entries: _IndexEntries | None,
+                 slots: list[int | tuple[np.ndarray | None, SampleTable | None]]) -> None:
+        self.path, self.urls, self.entries, self.slots = path, urls, entries, slots
+
+    def get(self, s: int) -> tuple[np.ndarray | None, SampleTable | None]:
+        slot = self.slots[s]
+        if isinstance(slot, tuple):
+            return slot
+        assert self.entries is not None
+        entry, count = self.entries.entry(slot), self.entries.counts[slot]
+        offs = entry.get("offsets")
+        if offs is None:
+            found: tuple[np.ndarray | None, SampleTable | None] = (None, None)
+        elif len(offs) != count + 1:
+            raise DataError(
+                f"the index {self.path!r} lists {len(offs)} offsets for {count} samples: it is damaged; rebuild it "
+                "with `dltrain shards index URLS...`",
+                url=self.urls[s],
+            )
+        else:
+            found = (np.asarray(offs, dtype=np.int64), _table_of(entry, offs))
+        self.slots[s] = found
+        return found
+
+
+class _Column(Sequence[Any]):
+    """The offsets (part 0) or tables (part 1) of a `_ShardDetails`, as a read-only sequence."""
+
+    def __init__(self, details: _ShardDetails, part: int) -> None:
+        self._details, self._part = details, part
+
+    def __len__(self) -> int:
+        return len(self._details.slots)
+
+    def __getitem__(self, s: Any) -> Any:
+        if isinstance(s, slice):
+            return [self[i] for i in range(len(self))[s]]
+        return self._details.get(range(len(self))[s])[self._part]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+
+def _unreadable(path: str, exn: Exception) -> DataError:
+    return DataError(f"cannot read shard index {path!r} ({type(exn).__name__}: {exn}); rebuild it with "
+                     "`dltrain shards index URLS...`")
+
+
 def shard_layout(
     urls: Sequence[str],
     index: str | None = None,
@@ -295,15 +425,15 @@ def shard_layout(
     """
     warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
     path = index if index is not None else default_index_path(urls)
-    by_name: dict[str, Mapping[str, Any]] = {}
+    by_name: dict[str, int] = {}  # -> entry number
+    entries: _IndexEntries | None = None
     if index is not None or index_exists(path):
-        data = load_index(path)
+        entries = _IndexEntries(path)
         base = dirname(path)
-        for entry in data["shards"]:
-            name = str(entry["url"])
-            by_name[name] = entry
+        for j, name in enumerate(entries.names):
+            by_name[name] = j
             full = os.path.join(base, name) if is_local(path) else f"{base}/{name}"
-            by_name.setdefault(os.path.normpath(full) if is_local(path) else full, entry)
+            by_name.setdefault(os.path.normpath(full) if is_local(path) else full, j)
     else:
         _refuse_missing(urls, missing_ok)  # before advice about an index for shards that are not there
         warn(
@@ -311,8 +441,7 @@ def shard_layout(
             "(slow for big datasets; write one with `dltrain shards index URLS...`)"
         )
     counts: list[int] = []
-    offsets: list[np.ndarray | None] = []
-    tables: list[SampleTable | None] = []
+    slots: list[int | tuple[np.ndarray | None, SampleTable | None]] = []
     for url in urls:
         key = os.path.normpath(local_path(url)) if is_local(url) else url
         found = by_name.get(key, by_name.get(url))
@@ -320,17 +449,10 @@ def shard_layout(
             found = by_name.get(posixpath.basename(local_path(url)))
             if found is None:
                 warn(f"shard {url!r} is not in the index {path!r}; counting it by reading its headers")
-        table = None
-        if found is not None:
-            count, offs = int(found["samples"]), found.get("offsets")
-            if offs is not None and len(offs) == count + 1:
-                table = _table_of(found, offs)
-            if offs is not None and len(offs) != count + 1:
-                raise DataError(
-                    f"the index {path!r} lists {len(offs)} offsets for {count} samples: it is damaged; rebuild it "
-                    "with `dltrain shards index URLS...`",
-                    url=url,
-                )
+        if found is not None and entries is not None:
+            counts.append(entries.counts[found])
+            slots.append(found)  # offsets and table: parsed when a reader first needs this shard
+            continue
         else:
             try:
                 count, offs, _ = scan_shard(url, skip_damaged=missing_ok, warn=warn, advice=(
@@ -342,8 +464,8 @@ def shard_layout(
                 warn(f"{exn}; counting it as 0 samples (on_error='skip')")
                 count, offs = 0, None
         counts.append(count)
-        offsets.append(None if offs is None else np.asarray(offs, dtype=np.int64))
-        tables.append(table)
-    return ShardLayout(counts, offsets, tables)
+        slots.append((None if offs is None else np.asarray(offs, dtype=np.int64), None))
+    details = _ShardDetails(path, list(urls), entries, slots)
+    return ShardLayout(counts, _Column(details, 0), _Column(details, 1))
 
 

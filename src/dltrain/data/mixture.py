@@ -344,6 +344,29 @@ def mixture_locator(
     return where
 
 
+
+class _Chain(Sequence[Any]):
+    """Several sequences read as one, without copying them (a `Mixture`'s layout: its sources' layouts in order)."""
+
+    def __init__(self, parts: Sequence[Sequence[Any]]) -> None:
+        self._parts = list(parts)
+        self._starts = np.cumsum([0] + [len(p) for p in self._parts]).tolist()
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(len(self))[i]]
+        i = range(len(self))[i]
+        part = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self._parts[part][i - self._starts[part]]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
 class Mixture(StreamingDataset):
     """A weighted mixture of `StreamingDataset` sources.
 
@@ -437,8 +460,8 @@ class Mixture(StreamingDataset):
         if self._layout is None:
             layouts = [src.layout for src in self.sources]
             self._layout = ShardLayout([c for lay in layouts for c in lay.counts],
-                                       [o for lay in layouts for o in lay.offsets],
-                                       [t for lay in layouts for t in lay.tables])
+                                       _Chain([lay.offsets for lay in layouts]),  # each parsed at first use
+                                       _Chain([lay.tables for lay in layouts]))
         return self._layout
 
     @property
