@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.distributed import run_distributed
+from tests.helpers.forklaunch import alive
 
 pytestmark = pytest.mark.distributed
 
@@ -48,20 +49,11 @@ def test_an_interrupted_wait_kills_the_ranks(tmp_path: Path, launcher: str) -> N
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if not _running(pid):
+        if not alive(pid):
             return
         time.sleep(0.2)
     os.kill(pid, signal.SIGKILL)
     raise AssertionError(f"rank {pid} still ran 30 s after the interrupted test")
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a killed rank whose parent died too waits for its reaper)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 ORPHAN = """
@@ -86,6 +78,6 @@ def test_an_orphan_holding_the_output_is_named_and_killed(tmp_path: Path) -> Non
         run_distributed(script, [str(pidfile)], nproc=1, timeout=12, launcher="torchrun")
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 10
-    while _running(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _running(pid), f"the orphan {pid} still runs"
+    assert not alive(pid), f"the orphan {pid} still runs"

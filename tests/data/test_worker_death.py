@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.forklaunch import alive
 from tests.helpers.shards import make_shards
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -44,14 +45,6 @@ next(iter(loader))  # waits for the first batch forever: the test kills this pro
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_workers_die_with_a_killed_training_process(tmp_path):
     shards = make_shards(tmp_path / "shards")
     pids = tmp_path / "pids"
@@ -69,12 +62,12 @@ def test_workers_die_with_a_killed_training_process(tmp_path):
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 10
-        while any(map(_alive, workers)) and time.monotonic() < deadline:
+        while any(map(alive, workers)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = [pid for pid in workers if _alive(pid)]
+        left = [pid for pid in workers if alive(pid)]
         assert not left, f"loader workers {left} outlived their killed training process (orphans)"
     finally:
         proc.kill()
         for pid in workers:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)

@@ -167,7 +167,8 @@ class RankServers:
 SERVERS_OF_THIS_PROCESS = RankServers()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs: exists and is not a zombie (a killed process whose parent has not reaped it)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
@@ -241,7 +242,7 @@ def fork_launch(script: str | Path, args: Sequence[str], *, nproc: int, env: Map
     finally:
         # A rank's loader workers die with it (PR_SET_PDEATHSIG); whatever else a rank left in its session goes too.
         for pid in pids:
-            if _alive(pid):
+            if alive(pid):
                 _kill_session(pid)
     del store
     text = output.read_text()
